@@ -1,0 +1,54 @@
+"""Configuration of a masks run, and the run tag derived from everything that shapes its output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.decode import DecodeOptions
+from pipeline.segment.base import SegmenterSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class MasksConfig:
+    dataset: str
+    root: Path | None = None  # None: the dataset's default (the sample generates itself under out/data)
+    out: Path = Path(".")
+    segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    splits: tuple[str, ...] | None = None  # None: every split the dataset has
+    limit: int | None = None  # first N clips in clip-id order
+    shard_size: int = 32  # clips per shard
+    workers: int = 2  # local Dask worker processes; 0 runs in this process
+    scheduler: str | None = None  # address of an existing Dask scheduler
+    overwrite: bool = False
+    tag: str | None = None  # run folder name; None derives one from the settings
+
+    def output_fields(self) -> dict[str, Any]:
+        """What decides the stored masks; two runs agreeing on these may share a run folder."""
+        return {
+            "dataset": self.dataset,
+            "segmenter": self.segmenter.output_fields(),
+            "fps": self.decode.fps,
+            "short_side": self.decode.short_side,
+        }
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.output_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def run_tag(self) -> str:
+        if self.tag:
+            return self.tag
+        backend = self.segmenter.backend
+        if backend == "yolo":
+            name = Path(self.segmenter.model).stem
+        else:
+            name = backend.rpartition(":")[2].lower() or backend
+        return f"{name}-{self.fingerprint()}"
+
+    def run_dir(self) -> Path:
+        return Path(self.out) / "masks" / self.dataset / self.run_tag()

@@ -1,0 +1,136 @@
+"""Decode a video with PyAV into bounded batches of RGB frames, upright, optionally resampled and resized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+
+class DecodeError(Exception):
+    """The file could not be opened or decoded as video; the message names the file."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeOptions:
+    fps: float | None = None  # resample to this rate by timestamps; None keeps every frame
+    short_side: int | None = None  # resize frames for inference so the short side is this; None keeps size
+    batch: int = 16  # frames per batch handed to the segmenter
+
+
+@dataclass(kw_only=True)
+class VideoInfo:
+    """What the decoder learned about a clip; `frames` counts the frames yielded so far."""
+
+    fps: float
+    width: int  # display size (rotation applied), the size masks are stored at
+    height: int
+    duration: float
+    rotation: int  # degrees counter-clockwise applied to every frame
+    frames: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameBatch:
+    """Consecutive frames of one clip, ready for a segmenter."""
+
+    frames: np.ndarray  # (N, h, w, 3) uint8 RGB at inference size
+    indices: np.ndarray  # (N,) source frame index (position in the native decode order)
+    times: np.ndarray  # (N,) presentation time in seconds
+    height: int  # display size of the source frames: masks are returned at this size
+    width: int
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def inference_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side scaled to `short_side`, aspect kept."""
+    if not short_side or min(width, height) == short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class VideoDecoder:
+    """Iterate a video as FrameBatch objects; `info` is filled once the first frame is decoded."""
+
+    def __init__(self, path: Path, options: DecodeOptions = DecodeOptions()) -> None:
+        self.path = Path(path)
+        self.options = options
+        self.info: VideoInfo | None = None
+
+    def __iter__(self) -> Iterator[FrameBatch]:
+        try:
+            yield from self._batches()
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{self.path}: {exc}") from exc
+
+    def _batches(self) -> Iterator[FrameBatch]:
+        with av.open(str(self.path)) as container:
+            if not container.streams.video:
+                raise DecodeError(f"{self.path}: no video stream")
+            stream = container.streams.video[0]
+            native_fps = float(stream.average_rate or stream.guessed_rate or 0)
+            duration = _duration(stream, container)
+            step = 1.0 / self.options.fps if self.options.fps else 0.0
+            next_time = 0.0
+            pending: list[tuple[int, float, np.ndarray]] = []
+            for index, frame in enumerate(container.decode(stream)):
+                time = frame.time if frame.time is not None else index / (native_fps or 1.0)
+                if step and time + 1e-6 < next_time:
+                    continue
+                if step:  # keep the first frame at or after each point of the grid k / fps
+                    next_time = (np.floor(time / step + 1e-6) + 1) * step
+                if self.info is None:
+                    self.info = _info(frame, native_fps, duration)
+                pending.append((index, time, self._to_array(frame)))
+                self.info.frames += 1
+                if len(pending) == self.options.batch:
+                    yield self._batch(pending)
+                    pending = []
+            if pending:
+                yield self._batch(pending)
+        if self.info is not None and not self.info.fps and self.info.duration:
+            self.info.fps = self.info.frames / self.info.duration
+
+    def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
+        assert self.info is not None
+        quarter_turns = round(self.info.rotation / 90) % 4
+        width, height = inference_size(self.info.width, self.info.height, self.options.short_side)
+        if quarter_turns % 2:  # the coded picture is transposed relative to the display
+            width, height = height, width
+        if (width, height) == (frame.width, frame.height):
+            array = frame.to_ndarray(format="rgb24")
+        else:
+            array = frame.to_ndarray(format="rgb24", width=width, height=height)
+        return np.ascontiguousarray(np.rot90(array, quarter_turns)) if quarter_turns else array
+
+    def _batch(self, pending: list[tuple[int, float, np.ndarray]]) -> FrameBatch:
+        assert self.info is not None
+        return FrameBatch(
+            frames=np.stack([array for _, _, array in pending]),
+            indices=np.array([index for index, _, _ in pending], dtype=np.int64),
+            times=np.array([time for _, time, _ in pending], dtype=np.float64),
+            height=self.info.height,
+            width=self.info.width,
+        )
+
+
+def _duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _info(frame: av.VideoFrame, fps: float, duration: float) -> VideoInfo:
+    rotation = int(round(frame.rotation or 0)) % 360
+    width, height = frame.width, frame.height
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(fps=fps, width=width, height=height, duration=duration, rotation=rotation)

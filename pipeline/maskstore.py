@@ -1,0 +1,212 @@
+"""The mask cache: Parquet shard schemas, an atomic shard writer, and readers for one clip or a whole shard.
+
+A run folder holds, per shard, `shard-NNNNN.parquet` (one row per clip, frame and instance),
+`shard-NNNNN.clips.parquet` (one status row per clip) and `shard-NNNNN_stats.json`, written last:
+a shard without its stats file is not done and readers ignore it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import rle
+from pipeline.atomic import temp_name
+from pipeline.decode import FrameBatch
+from pipeline.records import ClipStatus
+from pipeline.segment.base import FrameMasks
+
+MASK_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),  # position in the native decode order
+        pa.field("time", pa.float64(), nullable=False),  # presentation time, seconds
+        pa.field("instance_id", pa.int32(), nullable=False),  # per frame, by descending score
+        pa.field("class_id", pa.int16(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False),  # x1, y1, x2, y2 pixels
+        pa.field("rle", pa.binary(), nullable=False),  # COCO compressed RLE counts (pycocotools)
+        pa.field("height", pa.int32(), nullable=False),  # mask size = source frame display size
+        pa.field("width", pa.int32(), nullable=False),
+    ]
+)
+
+CLIP_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("label_index", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # ok, missing, decode_error, empty
+        pa.field("error", pa.string()),
+        pa.field("frames", pa.int32(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("duration", pa.float64(), nullable=False),
+        pa.field("rotation", pa.int16(), nullable=False),
+        pa.field("instances", pa.int64(), nullable=False),
+    ]
+)
+
+
+def shard_paths(run_dir: Path, shard: str) -> tuple[Path, Path, Path]:
+    """(masks, clips, stats) paths of a shard."""
+    return run_dir / f"{shard}.parquet", run_dir / f"{shard}.clips.parquet", run_dir / f"{shard}_stats.json"
+
+
+class ClipRows:
+    """Mask rows of one clip, gathered batch by batch; nothing reaches a shard until the clip is complete."""
+
+    def __init__(self, clip_id: str, names: dict[int, str]) -> None:
+        self.clip_id, self.names = clip_id, names
+        self.columns: dict[str, list] = {name: [] for name in MASK_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.columns["clip_id"])
+
+    def add(self, batch: FrameBatch, results: list[FrameMasks]) -> None:
+        columns = self.columns
+        for frame_index, time, found in zip(batch.indices.tolist(), batch.times.tolist(), results):
+            count = len(found)
+            columns["clip_id"] += [self.clip_id] * count
+            columns["frame_index"] += [frame_index] * count
+            columns["time"] += [time] * count
+            columns["instance_id"] += list(range(count))
+            columns["class_id"] += found.cls.tolist()
+            columns["class_name"] += [self.names.get(c, str(c)) for c in found.cls.tolist()]
+            columns["score"] += found.conf.tolist()
+            columns["bbox"] += found.xyxy.tolist()
+            columns["rle"] += rle.encode(found.masks)
+            columns["height"] += [batch.height] * count
+            columns["width"] += [batch.width] * count
+
+    def table(self) -> pa.Table:
+        return pa.table(self.columns, schema=MASK_SCHEMA)
+
+
+class ShardWriter:
+    """Writes a shard to temporary files, one row group per clip; `commit` renames them into place."""
+
+    def __init__(self, run_dir: Path, shard: str, metadata: dict[str, str]) -> None:
+        self.masks_path, self.clips_path, _ = shard_paths(run_dir, shard)
+        self.metadata = metadata
+        self._tmp = temp_name(self.masks_path)
+        self._writer = pq.ParquetWriter(self._tmp, MASK_SCHEMA.with_metadata(metadata), compression="zstd")
+
+    def write(self, rows: ClipRows) -> None:
+        if len(rows):
+            self._writer.write_table(rows.table())
+
+    def commit(self, statuses: list[ClipStatus]) -> None:
+        self._writer.close()
+        clips_tmp = temp_name(self.clips_path)
+        table = pa.Table.from_pylist([s.row() for s in statuses], schema=CLIP_SCHEMA.with_metadata(self.metadata))
+        pq.write_table(table, clips_tmp, compression="zstd")
+        self._tmp.replace(self.masks_path)
+        clips_tmp.replace(self.clips_path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ClipMasks:
+    """All stored instances of one clip, with named accessors; masks decode on demand."""
+
+    clip_id: str
+    height: int
+    width: int
+    table: pa.Table  # rows of MASK_SCHEMA for this clip, ordered by frame then instance
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy()
+
+    @property
+    def frame_index(self) -> np.ndarray:
+        return self.column("frame_index")
+
+    @property
+    def instance_id(self) -> np.ndarray:
+        return self.column("instance_id")
+
+    @property
+    def cls(self) -> np.ndarray:
+        return self.column("class_id")
+
+    @property
+    def conf(self) -> np.ndarray:
+        return self.column("score")
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        return np.asarray(self.table.column("bbox").to_pylist(), dtype=np.float32).reshape(-1, 4)
+
+    def masks(self) -> np.ndarray:
+        """Every instance decoded: (rows, H, W) bool, in row order."""
+        out = np.zeros((len(self), self.height, self.width), dtype=bool)
+        for k, counts in enumerate(self.table.column("rle").to_pylist()):
+            out[k] = rle.decode(counts, self.height, self.width)
+        return out
+
+    def frame_mask(self, frame_index: int, class_ids: set[int] | None = None) -> np.ndarray:
+        """Union of a frame's instances (optionally of some classes only) as an (H, W) bool mask."""
+        union = np.zeros((self.height, self.width), dtype=bool)
+        rows = np.flatnonzero(self.frame_index == frame_index)
+        counts, classes = self.table.column("rle"), self.cls
+        for row in rows:
+            if class_ids is None or int(classes[row]) in class_ids:
+                union |= rle.decode(counts[int(row)].as_py(), self.height, self.width)
+        return union
+
+
+def done_shards(run_dir: Path) -> list[str]:
+    """Names of the shards of a run folder that are complete (their stats file exists)."""
+    return sorted(p.name.removesuffix("_stats.json") for p in Path(run_dir).glob("shard-*_stats.json"))
+
+
+def read_clips(run_dir: Path) -> pa.Table:
+    """The status rows of every complete shard of a run folder, with a `shard` column."""
+    tables = []
+    for shard in done_shards(run_dir):
+        table = pq.read_table(shard_paths(Path(run_dir), shard)[1])
+        tables.append(table.append_column("shard", pa.array([shard] * table.num_rows, pa.string())))
+    if not tables:
+        return CLIP_SCHEMA.empty_table().append_column("shard", pa.array([], pa.string()))
+    return pa.concat_tables(tables)
+
+
+def load_clip_masks(run_dir: Path, clip_id: str) -> ClipMasks:
+    """One clip's masks from a run folder; KeyError if no complete shard holds the clip."""
+    clips = read_clips(run_dir)
+    found = clips.filter(pc.equal(clips.column("clip_id"), clip_id))
+    if found.num_rows == 0:
+        raise KeyError(f"clip {clip_id!r} is in no complete shard of {run_dir}")
+    row = found.slice(0, 1).to_pylist()[0]
+    masks_path = shard_paths(Path(run_dir), row["shard"])[0]
+    table = pq.read_table(masks_path, filters=[("clip_id", "=", clip_id)], schema=MASK_SCHEMA)
+    return ClipMasks(clip_id, row["height"], row["width"], table)
+
+
+def iter_shard(masks_path: Path) -> Iterator[ClipMasks]:
+    """Iterate a shard's masks file clip by clip (clips with no instances are not in this file)."""
+    table = pq.read_table(masks_path, schema=MASK_SCHEMA)
+    clip_ids = table.column("clip_id").to_numpy(zero_copy_only=False)
+    if len(clip_ids) == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, clip_ids[1:] != clip_ids[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(clip_ids)]):
+        part = table.slice(int(start), int(end - start))
+        yield ClipMasks(str(clip_ids[start]), int(part["height"][0].as_py()), int(part["width"][0].as_py()), part)

@@ -1,0 +1,112 @@
+"""The segmenter interface: a spec that names a backend, and the per-frame result container."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import cv2
+import numpy as np
+
+from pipeline.decode import FrameBatch
+
+PERSON = 0  # COCO class id of "person"; every backend reports people with this id
+
+
+class SegmenterLoadError(RuntimeError):
+    """The model or its weights could not be loaded; the message says what to pass instead."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmenterSpec:
+    """Everything that decides which segmenter runs and how; hashable so workers can cache the model."""
+
+    backend: str = "yolo"  # "yolo", "selfie", or "package.module:Class" for your own
+    model: str = "yolo11n-seg.pt"  # yolo: a name ultralytics resolves, a local .pt, or a model .yaml
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 100
+    imgsz: int | None = None  # yolo input size; None: the frames' long side, rounded up to 32, at most 640
+    object_classes: tuple[str, ...] | None = None  # None: every non-person class of the model; () none
+    selfie_model: str = "models/selfie_segmentation.tflite"
+    threshold: float = 0.5  # selfie: person probability above which a pixel is a person
+    min_area: int = 64  # selfie: smallest connected component (pixels) kept as an instance
+    threads: int = 0  # CPU threads for the model; 0 leaves the library default
+
+    def output_fields(self) -> dict[str, Any]:
+        """The fields that shape the stored masks (device and threads do not)."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("device", "threads")}
+        if self.backend != "selfie":
+            for key in ("selfie_model", "threshold", "min_area"):
+                fields.pop(key)
+        if self.backend == "selfie":
+            for key in ("model", "conf", "iou", "max_det", "imgsz", "object_classes"):
+                fields.pop(key)
+        return fields
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameMasks:
+    """Instances found in one frame, masks at the source frame's display size."""
+
+    masks: np.ndarray  # (K, H, W) bool
+    xyxy: np.ndarray  # (K, 4) float32 pixel box x1, y1, x2, y2
+    conf: np.ndarray  # (K,) float32 score
+    cls: np.ndarray  # (K,) int16 class id
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> "FrameMasks":
+        return cls(
+            masks=np.zeros((0, height, width), dtype=bool),
+            xyxy=np.zeros((0, 4), dtype=np.float32),
+            conf=np.zeros(0, dtype=np.float32),
+            cls=np.zeros(0, dtype=np.int16),
+        )
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, conf: np.ndarray, class_ids: np.ndarray) -> "FrameMasks":
+        """Build from masks alone; boxes are the masks' tight bounds."""
+        return cls(
+            masks=masks.astype(bool, copy=False),
+            xyxy=boxes_from_masks(masks),
+            conf=np.asarray(conf, dtype=np.float32),
+            cls=np.asarray(class_ids, dtype=np.int16),
+        )
+
+
+class Segmenter(Protocol):
+    """What the masks stage calls. `names` maps class id → class name."""
+
+    names: Mapping[int, str]
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        """One FrameMasks per frame of the batch, masks at (batch.height, batch.width)."""
+        ...
+
+    def provenance(self) -> dict[str, str]:
+        """Weights file, checksum and settings, stored in every shard's metadata."""
+        ...
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes (pixel edges, x2/y2 exclusive) of a (K, H, W) mask stack; zeros for empty masks."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for k, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if len(rows):
+            boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a (K, h, w) stack of binary or [0, 1] masks to (K, height, width) booleans (bilinear, 0.5 cut)."""
+    if masks.shape[1:] == (height, width):
+        return masks > 0.5 if masks.dtype != bool else masks
+    out = np.empty((len(masks), height, width), dtype=bool)
+    for k, mask in enumerate(masks):
+        out[k] = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+    return out

@@ -1,0 +1,122 @@
+"""ultralytics YOLO-seg backend: batched frames, person plus chosen object classes, masks at source size."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.decode import FrameBatch
+from pipeline.segment.base import PERSON, FrameMasks, SegmenterLoadError, SegmenterSpec, resize_masks
+
+log = logging.getLogger(__name__)
+
+
+class YoloSegmenter:
+    def __init__(self, spec: SegmenterSpec) -> None:
+        import torch
+
+        self.spec = spec
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        if spec.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SegmenterLoadError(f"device {spec.device!r} asked for, but no CUDA device is visible; use DEVICE=cpu")
+        self.model = _load(spec.model)
+        self.names = {int(k): str(v) for k, v in self.model.names.items()}
+        self.class_ids = select_classes(self.names, spec.object_classes)
+        self.half = spec.device.startswith("cuda")
+        self.device = _ultralytics_device(spec.device)
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        height, width = batch.frames.shape[1:3]
+        imgsz = self.spec.imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
+        results = self.model.predict(
+            [frame[..., ::-1] for frame in batch.frames],  # ultralytics takes numpy frames as BGR
+            imgsz=imgsz,
+            conf=self.spec.conf,
+            iou=self.spec.iou,
+            max_det=self.spec.max_det,
+            classes=self.class_ids,
+            device=self.device,
+            half=self.half,
+            retina_masks=True,  # masks at the input frame size, not the letterboxed model size
+            verbose=False,
+        )
+        return [self._frame_masks(result, batch.height, batch.width) for result in results]
+
+    def _frame_masks(self, result, out_height: int, out_width: int) -> FrameMasks:
+        if result.masks is None or len(result.boxes) == 0:
+            return FrameMasks.empty(out_height, out_width)
+        in_height, in_width = result.orig_shape
+        scale = np.array([out_width / in_width, out_height / in_height] * 2, dtype=np.float32)
+        return FrameMasks(
+            masks=resize_masks(result.masks.data.cpu().numpy(), out_height, out_width),
+            xyxy=result.boxes.xyxy.cpu().numpy().astype(np.float32) * scale,
+            conf=result.boxes.conf.cpu().numpy().astype(np.float32),
+            cls=result.boxes.cls.cpu().numpy().astype(np.int16),
+        )
+
+    def provenance(self) -> dict[str, str]:
+        weights = getattr(self.model, "ckpt_path", None)
+        return {
+            "model": self.spec.model,
+            "weights_file": str(weights) if weights else f"none (random init from {self.spec.model})",
+            "weights_sha256": sha256(Path(weights)) if weights else "",
+            "classes": ",".join(f"{i}:{self.names[i]}" for i in self.class_ids),
+            "conf": str(self.spec.conf),
+            "iou": str(self.spec.iou),
+            "max_det": str(self.spec.max_det),
+            "imgsz": str(self.spec.imgsz or "auto"),
+            "half": str(self.half),
+        }
+
+
+def select_classes(names: dict[int, str], object_classes: tuple[str, ...] | None) -> list[int]:
+    """Person plus the object classes asked for (names or ids); None means every other class."""
+    if object_classes is None:
+        return sorted(names)
+    by_name = {name: i for i, name in names.items()}
+    ids = {PERSON}
+    for item in object_classes:
+        if item.isdigit() and int(item) in names:
+            ids.add(int(item))
+        elif item in by_name:
+            ids.add(by_name[item])
+        else:
+            raise SegmenterLoadError(f"unknown object class {item!r}; the model knows: {', '.join(names.values())}")
+    return sorted(ids)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ultralytics_device(device: str) -> str:
+    """ultralytics spells GPUs as indices: cuda → 0, cuda:1 → 1."""
+    if device == "cuda":
+        return "0"
+    return device.removeprefix("cuda:")
+
+
+def _load(model: str):
+    from ultralytics import YOLO
+
+    try:
+        yolo = YOLO(model)
+    except Exception as exc:  # ultralytics raises many types (download, pickle, file) for the same cause
+        raise SegmenterLoadError(
+            f"could not load YOLO weights {model!r} ({type(exc).__name__}: {exc}). "
+            "Pass MODEL=/path/to/weights.pt (--model) with a -seg checkpoint you have, "
+            "or SEGMENTER=selfie (--segmenter selfie) for the offline person segmenter."
+        ) from exc
+    if yolo.task != "segment":
+        raise SegmenterLoadError(f"{model!r} is a {yolo.task} model; the masks stage needs a -seg model")
+    log.info("loaded %s (%d classes)", model, len(yolo.names))
+    return yolo

@@ -1,0 +1,99 @@
+"""The masks stage for one shard: decode each clip, segment its frames, write the shard, then its stats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+
+from pipeline import __version__
+from pipeline.atomic import write_json
+from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder
+from pipeline.maskstore import ClipRows, ShardWriter
+from pipeline.records import DECODE_ERROR, EMPTY, MISSING, OK, ClipRecord, ClipStatus
+from pipeline.segment import Segmenter, load_segmenter
+from pipeline.shards import ShardTask
+
+log = logging.getLogger(__name__)
+
+
+def run_shard(task: ShardTask) -> dict:
+    """Process every clip of a shard and commit it; returns the stats also written as the done marker.
+
+    Data problems (a missing or undecodable clip) become status rows. Anything else (the model failing,
+    a full disk) aborts the shard, leaves nothing visible, and propagates so the run reports it.
+    """
+    started = time.perf_counter()
+    config = task.config
+    segmenter = load_segmenter(config.segmenter)
+    writer = ShardWriter(task.run_dir, task.name, shard_metadata(task, segmenter))
+    statuses: list[ClipStatus] = []
+    try:
+        for clip in task.clips:
+            rows = ClipRows(clip.clip_id, dict(segmenter.names))
+            status = segment_clip(clip, segmenter, config.decode, rows)
+            if status.status == OK:
+                writer.write(rows)
+            statuses.append(status)
+        writer.commit(statuses)
+    except BaseException:
+        writer.abort()
+        raise
+    stats = {
+        "shard": task.name,
+        "fingerprint": config.fingerprint(),
+        "clip_ids": [clip.clip_id for clip in task.clips],
+        "clips": len(statuses),
+        "by_status": dict(sorted(Counter(s.status for s in statuses).items())),
+        "frames": sum(s.frames for s in statuses),
+        "instances": sum(s.instances for s in statuses),
+        "seconds": round(time.perf_counter() - started, 3),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    write_json(task.stats_path, stats)  # last: its presence marks the shard done
+    log.info("%s: %d clips, %d frames in %.1fs", task.name, stats["clips"], stats["frames"], stats["seconds"])
+    return stats
+
+
+def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions, rows: ClipRows) -> ClipStatus:
+    """Decode and segment one clip into `rows`; the returned status says whether the rows are usable."""
+    if not clip.path.is_file():
+        return ClipStatus(clip=clip, status=MISSING, error=f"{clip.path}: file not found")
+    decoder = VideoDecoder(clip.path, options)
+    try:
+        for batch in decoder:
+            rows.add(batch, segmenter.segment(batch))
+    except DecodeError as exc:
+        log.warning("decode error: %s", exc)
+        return ClipStatus(clip=clip, status=DECODE_ERROR, error=str(exc))
+    info = decoder.info
+    if info is None:
+        return ClipStatus(clip=clip, status=EMPTY, error=f"{clip.path}: no decodable video frames")
+    return ClipStatus(
+        clip=clip,
+        status=OK,
+        frames=info.frames,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration,
+        rotation=info.rotation,
+        instances=len(rows),
+    )
+
+
+def shard_metadata(task: ShardTask, segmenter: Segmenter) -> dict[str, str]:
+    """Provenance stored in both Parquet files of a shard."""
+    config = task.config
+    return {
+        "pipeline_version": __version__,
+        "dataset": config.dataset,
+        "run_tag": config.run_tag(),
+        "fingerprint": config.fingerprint(),
+        "segmenter": config.segmenter.backend,
+        "decode_fps": str(config.decode.fps or "native"),
+        "short_side": str(config.decode.short_side or "native"),
+        **{f"segmenter.{key}": value for key, value in segmenter.provenance().items()},
+    }
