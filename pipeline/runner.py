@@ -18,7 +18,7 @@ from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
 from pipeline.maskstore import shard_paths
-from pipeline.segment import SegmenterLoadError
+from pipeline.segment import SegmenterLoadError, check_segmenter, load_segmenter
 from pipeline.shards import ShardTask, is_done, plan_shards
 from pipeline.stage import run_shard
 
@@ -58,6 +58,9 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
     clips = list_clips(config.dataset, config.root, config.out, config.splits)
     if config.limit:
         clips = clips[: config.limit]
+    check_segmenter(config.segmenter)
+    if config.workers == 0 and not config.scheduler:
+        load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
     tasks = plan_shards(clips, config)
     todo = tasks if config.overwrite else [task for task in tasks if not is_done(task)]
     log.info("%s: %d clips in %d shards, %d to compute -> %s", config.dataset, len(clips), len(tasks), len(todo), config.run_dir())

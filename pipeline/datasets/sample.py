@@ -133,10 +133,10 @@ def shape_clip(frames: int, width: int, height: int, *, seed: int) -> tuple[np.n
     video = np.full((frames, height, width, 3), BACKGROUND_VALUE, dtype=np.uint8)
     person = np.zeros((frames, height, width), dtype=bool)
     objects = np.zeros((frames, height, width), dtype=bool)
-    p0, p1 = rng.uniform([40, 60], [width - 40, height - 60], size=(2, 2))
-    o0, o1 = rng.uniform([30, 30], [width - 30, height - 30], size=(2, 2))
-    axes = (int(rng.integers(18, 30)), int(rng.integers(40, 55)))
-    half = (int(rng.integers(20, 35)), int(rng.integers(15, 30)))
+    p0, p1 = rng.uniform([0.2 * width, 0.25 * height], [0.8 * width, 0.75 * height], size=(2, 2))
+    o0, o1 = rng.uniform([0.15 * width, 0.15 * height], [0.85 * width, 0.85 * height], size=(2, 2))
+    axes = (round(rng.uniform(0.06, 0.1) * width), round(rng.uniform(0.17, 0.23) * height))
+    half = (round(rng.uniform(0.06, 0.11) * width), round(rng.uniform(0.06, 0.12) * height))
     for i, t in enumerate(np.linspace(0.0, 1.0, frames)):
         ox, oy = (o0 + (o1 - o0) * t).round().astype(int)
         objects[i, max(oy - half[1], 0) : oy + half[1], max(ox - half[0], 0) : ox + half[0]] = True

@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import functools
 import importlib
+from pathlib import Path
 
 from pipeline.segment.base import FrameMasks, Segmenter, SegmenterLoadError, SegmenterSpec
 
 BACKENDS = ("yolo", "selfie")
 
-__all__ = ["BACKENDS", "FrameMasks", "Segmenter", "SegmenterLoadError", "SegmenterSpec", "load_segmenter"]
+__all__ = ["BACKENDS", "FrameMasks", "Segmenter", "SegmenterLoadError", "SegmenterSpec", "check_segmenter",
+           "load_segmenter"]
+
+
+def check_segmenter(spec: SegmenterSpec) -> None:
+    """Fail before a run writes anything when the weights a spec names plainly are not there.
+
+    Cheap: loads nothing. A bare YOLO name (``yolo11n-seg.pt``) passes, since ultralytics may download it;
+    if it cannot, the first shard's load error stops the run.
+    """
+    if spec.backend == "selfie":
+        from pipeline.segment.selfie import missing_model_error
+
+        if not Path(spec.selfie_model).is_file():
+            raise missing_model_error(Path(spec.selfie_model))
+    elif spec.backend == "yolo":
+        from pipeline.segment.yolo import missing_weights_error
+
+        model = Path(spec.model)
+        if model.suffix == ".pt" and model.parent != Path(".") and not model.is_file():
+            raise missing_weights_error(spec.model, FileNotFoundError(f"{model} does not exist"))
 
 
 @functools.lru_cache(maxsize=2)

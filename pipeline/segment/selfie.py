@@ -17,6 +17,13 @@ from pipeline.segment.base import PERSON, FrameMasks, SegmenterLoadError, Segmen
 from pipeline.segment.yolo import sha256
 
 
+def missing_model_error(path: Path) -> SegmenterLoadError:
+    return SegmenterLoadError(
+        f"selfie model not found at {path}: run `make models` (extracts it from the "
+        "mediapipe==0.10.21 wheel) or pass --selfie-model PATH"
+    )
+
+
 class SelfieSegmenter:
     names = {PERSON: "person"}
 
@@ -24,10 +31,7 @@ class SelfieSegmenter:
         self.spec = spec
         self.path = Path(spec.selfie_model)
         if not self.path.is_file():
-            raise SegmenterLoadError(
-                f"selfie model not found at {self.path}: run `make models` (extracts it from the "
-                "mediapipe==0.10.21 wheel) or pass --selfie-model PATH"
-            )
+            raise missing_model_error(self.path)
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=spec.threads or None)

@@ -25,10 +25,11 @@ class YoloSegmenter:
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise SegmenterLoadError(f"device {spec.device!r} asked for, but no CUDA device is visible; use DEVICE=cpu")
         self.model = _load(spec.model)
-        self.names = {int(k): str(v) for k, v in self.model.names.items()}
+        self.names = _class_names(self.model)
         self.class_ids = select_classes(self.names, spec.object_classes)
         self.half = spec.device.startswith("cuda")
         self.device = _ultralytics_device(spec.device)
+        self.precision = _precision_args(self.half)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         height, width = batch.frames.shape[1:3]
@@ -41,7 +42,7 @@ class YoloSegmenter:
             max_det=self.spec.max_det,
             classes=self.class_ids,
             device=self.device,
-            half=self.half,
+            **self.precision,
             retina_masks=True,  # masks at the input frame size, not the letterboxed model size
             verbose=False,
         )
@@ -98,11 +99,38 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _class_names(model) -> dict[int, str]:
+    """The model's class names; a model built from a yaml has only numbers, so an 80-class one gets COCO's."""
+    names = {int(k): str(v) for k, v in model.names.items()}
+    if len(names) == 80 and all(v == str(k) for k, v in names.items()):
+        from ultralytics.utils import ROOT, YAML
+
+        names = {int(k): str(v) for k, v in YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].items()}
+    return names
+
+
+def _precision_args(half: bool) -> dict:
+    """fp16 on CUDA: ultralytics ≥ 8.4 spells it `quantize=16`, older releases `half=True`."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if "quantize" in DEFAULT_CFG_DICT:
+        return {"quantize": 16 if half else None}
+    return {"half": half}
+
+
 def _ultralytics_device(device: str) -> str:
     """ultralytics spells GPUs as indices: cuda → 0, cuda:1 → 1."""
     if device == "cuda":
         return "0"
     return device.removeprefix("cuda:")
+
+
+def missing_weights_error(model: str, cause: Exception) -> SegmenterLoadError:
+    return SegmenterLoadError(
+        f"could not load YOLO weights {model!r} ({type(cause).__name__}: {cause}). "
+        "Pass MODEL=/path/to/weights.pt (--model) with a -seg checkpoint you have, "
+        "or SEGMENTER=selfie (--segmenter selfie) for the offline person segmenter."
+    )
 
 
 def _load(model: str):
@@ -111,11 +139,7 @@ def _load(model: str):
     try:
         yolo = YOLO(model)
     except Exception as exc:  # ultralytics raises many types (download, pickle, file) for the same cause
-        raise SegmenterLoadError(
-            f"could not load YOLO weights {model!r} ({type(exc).__name__}: {exc}). "
-            "Pass MODEL=/path/to/weights.pt (--model) with a -seg checkpoint you have, "
-            "or SEGMENTER=selfie (--segmenter selfie) for the offline person segmenter."
-        ) from exc
+        raise missing_weights_error(model, exc) from exc
     if yolo.task != "segment":
         raise SegmenterLoadError(f"{model!r} is a {yolo.task} model; the masks stage needs a -seg model")
     log.info("loaded %s (%d classes)", model, len(yolo.names))

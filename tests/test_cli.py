@@ -1,0 +1,60 @@
+"""The command line: bad input is one line and exit 2 with nothing written; the sample runs end to end."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.maskstore import load_clip_masks, read_clips
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["masks"], "the following arguments are required: --dataset"),
+        (["masks", "--dataset", "sample", "--batch", "0"], "--batch: must be at least 1"),
+        (["masks", "--dataset", "sample", "--device", "gpu"], "expected cpu, cuda or cuda:N"),
+        (["masks", "--dataset", "sample", "--bogus"], "unrecognized arguments: --bogus"),
+        (["masks", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["masks", "--dataset", "kinetics400"], "needs DATA_ROOT"),
+        (["masks", "--dataset", "kinetics400", "--root", "/does/not/exist"], "/does/not/exist: dataset folder not found"),
+        (["masks", "--dataset", "sample", "--segmenter", "selfie", "--selfie-model", "/no/model.tflite"],
+         "selfie model not found at /no/model.tflite"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    extra = ["--out", str(out), "--workers", "0"] if len(argv) > 1 else []
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (out / "masks").exists()
+
+
+def test_yolo_without_weights_says_what_to_pass(shapes_dataset, tmp_path, capsys):
+    root, _ = shapes_dataset
+    code = main(["masks", "--dataset", "kinetics400", "--root", str(root), "--out", str(tmp_path),
+                 "--model", str(tmp_path / "missing-seg.pt"), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "MODEL=/path/to/weights.pt" in err and "SEGMENTER=selfie" in err
+
+
+def test_sample_end_to_end_on_dask_finds_people_and_reruns_instantly(tmp_path, capsys, selfie_model):
+    argv = ["masks", "--dataset", "sample", "--out", str(tmp_path), "--selfie-model", str(selfie_model)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "masks sample: 10 clips (ok 10)" in printed and "3 computed" in printed
+    (run_dir,) = (tmp_path / "masks" / "sample").iterdir()
+    clips = read_clips(run_dir).to_pylist()
+    coverage = {}
+    for clip in clips:
+        masks = load_clip_masks(run_dir, clip["clip_id"])
+        coverage[clip["clip_id"]] = np.mean([masks.frame_mask(f).mean() for f in range(clip["frames"])])
+    photo = {k: v for k, v in coverage.items() if k.startswith(("zidane", "bus"))}
+    assert len(photo) == 7 and all(v > 0.05 for v in photo.values()), coverage
+    assert all(coverage[k] > 0.3 for k in photo if k.startswith("zidane")), coverage
+    assert main(argv) == 0
+    assert "0 computed, 3 already done" in capsys.readouterr().out

@@ -1,0 +1,95 @@
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.datasets.sample import shape_clip, write_video
+from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder, inference_size
+
+
+def decode_all(path, **options):
+    decoder = VideoDecoder(path, DecodeOptions(**options))
+    batches = list(decoder)
+    return decoder, batches
+
+
+def test_decodes_every_frame_in_bounded_batches(tmp_path):
+    frames, _, _ = shape_clip(23, 96, 64, seed=1)
+    write_video(tmp_path / "a.mp4", frames, 12, lossless=True)
+    decoder, batches = decode_all(tmp_path / "a.mp4", batch=5)
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    info = decoder.info
+    assert (info.frames, info.fps, info.width, info.height, info.rotation) == (23, 12.0, 96, 64, 0)
+    assert info.duration == pytest.approx(23 / 12, abs=0.01)
+    indices = np.concatenate([b.indices for b in batches])
+    times = np.concatenate([b.times for b in batches])
+    np.testing.assert_array_equal(indices, np.arange(23))
+    np.testing.assert_allclose(times, np.arange(23) / 12, atol=1e-3)
+    decoded = np.concatenate([b.frames for b in batches])
+    assert np.abs(decoded.astype(int) - frames.astype(int)).max() <= 2  # lossless luma, grey chroma
+
+
+def test_rotation_metadata_gives_upright_frames(tmp_path):
+    frames = np.zeros((3, 64, 96, 3), dtype=np.uint8)
+    frames[:, :16, :24] = 255  # a marker in the coded top-left corner
+    write_video(tmp_path / "rot.mp4", frames, 10, rotation=90)
+    decoder, (batch,) = decode_all(tmp_path / "rot.mp4")
+    assert decoder.info.rotation == 90
+    assert (decoder.info.width, decoder.info.height) == (64, 96)
+    assert (batch.width, batch.height) == (64, 96)
+    assert batch.frames.shape == (3, 96, 64, 3)
+    expected = np.rot90(frames[0], 1)  # 90° counter-clockwise moves top-left to bottom-left
+    assert np.abs(batch.frames[0].astype(int) - expected.astype(int)).mean() < 3
+
+
+def test_short_side_resize_keeps_aspect_and_source_size(tmp_path):
+    frames, _, _ = shape_clip(4, 160, 120, seed=2)
+    write_video(tmp_path / "a.mp4", frames, 10)
+    _, (batch,) = decode_all(tmp_path / "a.mp4", short_side=60)
+    assert batch.frames.shape == (4, 60, 80, 3)
+    assert (batch.height, batch.width) == (120, 160)  # masks are stored at the source size
+    assert inference_size(160, 120, None) == (160, 120)
+
+
+def test_fps_resampling_follows_timestamps(tmp_path):
+    frames, _, _ = shape_clip(30, 64, 48, seed=3)
+    write_video(tmp_path / "a.mp4", frames, 30)
+    _, batches = decode_all(tmp_path / "a.mp4", fps=10)
+    indices = np.concatenate([b.indices for b in batches])
+    np.testing.assert_array_equal(indices, np.arange(0, 30, 3))
+
+
+def test_variable_frame_rate_keeps_real_timestamps(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    pts_ms = [0, 40, 80, 200, 240, 500, 540]  # irregular gaps
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for pts in pts_ms:
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), pts % 255, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    decoder, batches = decode_all(path)
+    times = np.concatenate([b.times for b in batches])
+    np.testing.assert_allclose(times, np.array(pts_ms) / 1000, atol=2e-3)
+    _, batches = decode_all(path, fps=5)  # one frame per 200 ms slot that has one
+    np.testing.assert_allclose(np.concatenate([b.times for b in batches]), [0, 0.2, 0.5], atol=2e-3)
+
+
+def test_corrupt_and_non_video_files_raise_decode_error_naming_the_file(tmp_path):
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DecodeError, match="broken.mp4"):
+        decode_all(garbage)
+    audio_only = tmp_path / "audio.wav"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(DecodeError, match="no video stream"):
+        decode_all(audio_only)

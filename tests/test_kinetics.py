@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.datasets import DatasetError, list_clips
+from pipeline.datasets.kinetics import list_kinetics
+from tests.conftest import write_kinetics_csv
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_cvdf_layout_labels_splits_and_missing_files(tmp_path):
+    write_kinetics_csv(tmp_path, "train", [("zumba", "-abc_def", 5, 15), ("abseiling", "xyz", 0, 10)])
+    write_kinetics_csv(tmp_path, "val", [("passing American football (in game)", "q1", 30, 40)])
+    write_kinetics_csv(tmp_path, "test", [(None, "t1", 1, 11)])
+    touch(tmp_path / "train" / "-abc_def_000005_000015.mp4")
+    touch(tmp_path / "train" / "nested" / "xyz_000000_000010.mkv")  # other containers, nested folders
+    clips = {c.clip_id: c for c in list_kinetics(tmp_path)}
+    assert set(clips) == {"-abc_def_000005_000015", "xyz_000000_000010", "q1_000030_000040", "t1_000001_000011"}
+    assert clips["xyz_000000_000010"].path == tmp_path / "train" / "nested" / "xyz_000000_000010.mkv"
+    assert clips["q1_000030_000040"].path == tmp_path / "val" / "q1_000030_000040.mp4"  # listed, not on disk
+    # label index = position in the sorted class names
+    assert {c.label: c.label_index for c in clips.values()} == {
+        "abseiling": 0, "passing American football (in game)": 1, "zumba": 2, None: None,
+    }
+    assert clips["t1_000001_000011"].split == "test"
+    assert [c.split for c in list_kinetics(tmp_path, ("val",))] == ["val"]
+
+
+def test_class_folder_layout(tmp_path):
+    touch(tmp_path / "train" / "riding a bike" / "b.mp4")
+    touch(tmp_path / "train" / "abseiling" / "a.mp4")
+    touch(tmp_path / "val" / "abseiling" / "c.webm")
+    touch(tmp_path / "val" / "abseiling" / "notes.txt")
+    clips = sorted(list_kinetics(tmp_path), key=lambda c: c.clip_id)
+    assert [(c.clip_id, c.split, c.label, c.label_index) for c in clips] == [
+        ("a", "train", "abseiling", 0), ("b", "train", "riding a bike", 1), ("c", "val", "abseiling", 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("label,youtube_id,time_end\nx,a,1\n", r"train.csv:1: header lacks \['time_start'\]"),
+        ("label,youtube_id,time_start,time_end,split\nx,a,0,10,train\ny,b,zero,10,train\n", r"train.csv:3: time_start"),
+        ("label,youtube_id,time_start,time_end,split\nx,../up,0,10,train\n", r"train.csv:2: bad youtube_id"),
+    ],
+)
+def test_malformed_csv_names_file_and_line(tmp_path, content, message):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "train.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        list_kinetics(tmp_path)
+
+
+def test_bad_roots_and_names(tmp_path):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        list_kinetics(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="no clips found"):
+        list_kinetics(tmp_path)
+    with pytest.raises(DatasetError, match="needs DATA_ROOT"):
+        list_clips("kinetics400", None, tmp_path)
+    with pytest.raises(DatasetError, match="unknown dataset 'k401'"):
+        list_clips("k401", tmp_path, tmp_path)
+
+
+def test_duplicate_clip_ids_are_refused(tmp_path):
+    write_kinetics_csv(tmp_path, "train", [("a", "dup", 0, 10)])
+    write_kinetics_csv(tmp_path, "val", [("a", "dup", 0, 10)])
+    with pytest.raises(DatasetError, match="listed twice"):
+        list_kinetics(tmp_path)

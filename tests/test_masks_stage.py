@@ -1,0 +1,148 @@
+"""The masks stage end to end on generated clips, through the public run_masks entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import MasksConfig
+from pipeline.maskstore import MASK_SCHEMA, done_shards, iter_shard, load_clip_masks, read_clips
+from pipeline.runner import run_masks
+from pipeline.segment import SegmenterSpec
+from tests.conftest import LUMA
+
+
+def config(root: Path, out: Path, **overrides) -> MasksConfig:
+    fields = dict(dataset="kinetics400", root=root, out=out, segmenter=SegmenterSpec(backend=LUMA),
+                  workers=0, shard_size=2)
+    return MasksConfig(**{**fields, **overrides})
+
+
+def shard_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run_dir.glob("shard-*.parquet"))}
+
+
+def test_stored_masks_decode_to_the_exact_truth(shapes_dataset, tmp_path):
+    root, truth = shapes_dataset
+    summary = run_masks(config(root, tmp_path / "out"), progress=False)
+    assert summary.by_status == {"ok": 5}
+    assert summary.frames == sum(len(p) for p, _ in truth.values())
+    run_dir = Path(summary.run_dir)
+    assert done_shards(run_dir) == ["shard-00000", "shard-00001", "shard-00002"]
+    for clip_id, (person, box) in truth.items():
+        clip = load_clip_masks(run_dir, clip_id)
+        assert (clip.height, clip.width) == person.shape[1:]
+        for frame in range(len(person)):
+            np.testing.assert_array_equal(clip.frame_mask(frame, {0}), person[frame])
+            np.testing.assert_array_equal(clip.frame_mask(frame, {1}), box[frame])
+        assert set(clip.cls.tolist()) == {0, 1}
+        masks = clip.masks()
+        # boxes are the tight bounds of the masks they describe
+        for mask, (x1, y1, x2, y2) in zip(masks, clip.xyxy):
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            assert (x1, y1, x2, y2) == (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+
+
+def test_shard_tables_carry_schema_status_and_provenance(shapes_dataset, tmp_path):
+    root, truth = shapes_dataset
+    summary = run_masks(config(root, tmp_path / "out"), progress=False)
+    run_dir = Path(summary.run_dir)
+    masks_file = run_dir / "shard-00000.parquet"
+    assert pq.read_schema(masks_file).remove_metadata() == MASK_SCHEMA
+    meta = pq.read_schema(masks_file).metadata
+    assert meta[b"segmenter"] == LUMA.encode() and meta[b"dataset"] == b"kinetics400"
+    assert pq.ParquetFile(masks_file).metadata.row_group(0).column(0).compression == "ZSTD"
+    clips = read_clips(run_dir).to_pylist()
+    assert sorted(c["clip_id"] for c in clips) == sorted(truth)
+    labels = {c["label"]: c["label_index"] for c in clips}
+    assert labels == {"juggling balls": 0, "passing American football (in game)": 1}
+    assert all(c["status"] == "ok" and c["fps"] == 12.0 and (c["width"], c["height"]) == (96, 64) for c in clips)
+    seen = [clip.clip_id for shard in done_shards(run_dir) for clip in iter_shard(run_dir / f"{shard}.parquet")]
+    assert sorted(seen) == sorted(truth)
+
+
+def test_rerun_skips_done_shards_and_overwrite_redoes_them(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    first = run_masks(config(root, tmp_path / "out"), progress=False)
+    run_dir = Path(first.run_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("shard-*")}
+    second = run_masks(config(root, tmp_path / "out"), progress=False)
+    assert (second.shards_computed, second.shards_skipped) == (0, 3)
+    assert second.by_status == first.by_status and second.frames == first.frames
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("shard-*")} == before
+    third = run_masks(config(root, tmp_path / "out", overwrite=True), progress=False)
+    assert (third.shards_computed, third.shards_skipped) == (3, 0)
+
+
+def test_limited_run_is_reused_by_the_full_run(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    limited = run_masks(config(root, tmp_path / "out", limit=3), progress=False)
+    assert (limited.clips, limited.shards_computed) == (3, 2)
+    full = run_masks(config(root, tmp_path / "out"), progress=False)
+    # shard-00000 (2 clips) is complete and reused; shard-00001 held 1 of its 2 clips and is redone
+    assert (full.shards_skipped, full.shards_computed) == (1, 2)
+
+
+def test_same_inputs_give_byte_identical_shards(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    a = run_masks(config(root, tmp_path / "a"), progress=False)
+    b = run_masks(config(root, tmp_path / "b"), progress=False)
+    assert shard_bytes(Path(a.run_dir)) == shard_bytes(Path(b.run_dir)) != {}
+
+
+def test_settings_change_the_run_folder(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    base = config(root, tmp_path)
+    from pipeline.decode import DecodeOptions
+
+    assert base.run_dir() != config(root, tmp_path, decode=DecodeOptions(fps=5)).run_dir()
+    assert base.run_dir() == config(root, tmp_path, decode=DecodeOptions(batch=3)).run_dir()  # batch shapes nothing
+
+
+def test_model_crash_leaves_no_partial_shard_and_rerun_completes(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    from pipeline.datasets.sample import write_video
+    from tests.conftest import write_kinetics_csv
+
+    bright = root / "train" / "zzbright_000000_000010.mp4"  # sorts last: alone with -clip4_x in shard-00002
+    write_video(bright, np.full((4, 64, 96, 3), 250, np.uint8), 12)
+    rows = [("juggling balls", f"-clip{i}_x", i, i + 10) for i in (1, 3)]
+    rows += [("passing American football (in game)", f"-clip{i}_x", i, i + 10) for i in (0, 2)]
+    write_kinetics_csv(root, "train", rows + [("juggling balls", "zzbright", 0, 10)])
+    failing = config(root, tmp_path / "out", segmenter=SegmenterSpec(backend="tests.segmenters:FailingSegmenter"))
+
+    summary = run_masks(failing, progress=False)
+    run_dir = Path(summary.run_dir)
+    assert list(summary.failed_shards) == ["shard-00002"]
+    assert "injected model failure" in summary.failed_shards["shard-00002"]
+    assert summary.by_status == {"ok": 4, "shard_failed": 2}
+    assert not list(run_dir.glob("shard-00002*")), "a failed shard must leave nothing visible"
+    assert not list(run_dir.glob(".*tmp*")), "temporary files are removed"
+
+    write_video(bright, np.full((4, 64, 96, 3), 40, np.uint8), 12)  # the input is fixed; same settings
+    fixed = run_masks(failing, progress=False)
+    assert (fixed.shards_computed, fixed.shards_skipped, fixed.by_status) == (1, 2, {"ok": 6})
+
+
+def test_missing_and_corrupt_clips_become_status_rows(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    from tests.conftest import write_kinetics_csv
+
+    (root / "val" / "corrupt_000000_000010.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(500))
+    write_kinetics_csv(root, "val", [
+        ("juggling balls", "-clip4_x", 4, 14),
+        ("juggling balls", "corrupt", 0, 10),
+        ("passing American football (in game)", "gone", 5, 15),
+    ])
+    summary = run_masks(config(root, tmp_path / "out"), progress=False)
+    assert summary.by_status == {"decode_error": 1, "missing": 1, "ok": 5}
+    rows = {r["clip_id"]: r for r in read_clips(Path(summary.run_dir)).to_pylist()}
+    assert rows["gone_000005_000015"]["status"] == "missing"
+    assert "gone_000005_000015.mp4" in rows["gone_000005_000015"]["error"]
+    assert rows["corrupt_000000_000010"]["status"] == "decode_error"
+    assert "corrupt_000000_000010.mp4" in rows["corrupt_000000_000010"]["error"]
+    with pytest.raises(KeyError):
+        load_clip_masks(Path(summary.run_dir), "not-a-clip")
