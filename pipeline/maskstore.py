@@ -8,6 +8,7 @@ a shard without its stats file is not done and readers ignore it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -134,23 +135,23 @@ class ClipMasks:
     def column(self, name: str) -> np.ndarray:
         return self.table.column(name).to_numpy()
 
-    @property
+    @cached_property
     def frame_index(self) -> np.ndarray:
         return self.column("frame_index")
 
-    @property
+    @cached_property
     def instance_id(self) -> np.ndarray:
         return self.column("instance_id")
 
-    @property
+    @cached_property
     def cls(self) -> np.ndarray:
         return self.column("class_id")
 
-    @property
+    @cached_property
     def conf(self) -> np.ndarray:
         return self.column("score")
 
-    @property
+    @cached_property
     def xyxy(self) -> np.ndarray:
         return np.asarray(self.table.column("bbox").to_pylist(), dtype=np.float32).reshape(-1, 4)
 

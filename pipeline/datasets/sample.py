@@ -1,7 +1,9 @@
 """The `sample` dataset: short clips generated on first use, in the Kinetics CVDF layout, no download needed.
 
 Photo clips pan and zoom over the two real photos that ship inside ultralytics (`zidane.jpg`, `bus.jpg`),
-so they contain real people. Shape clips move a white ellipse ("person") over a grey rectangle ("object")
+so they contain real people. Every clip is lossless H.264: lossy x264 output was seen to vary between runs
+here (same frames, one thread), which would make the masks differ between machines; lossless bitstreams
+always decode to the same pixels. The whole sample is about 10 MB. Shape clips move a white ellipse ("person") over a grey rectangle ("object")
 on a dark background; they are encoded losslessly and their true masks are written to `truth/<clip_id>.json`
 as COCO RLE, so stored masks can be checked exactly.
 """
@@ -85,7 +87,7 @@ def write_sample(root: Path) -> None:
         else:
             photo = cv2.cvtColor(cv2.imread(str(asset(clip.source))), cv2.COLOR_BGR2RGB)
             size = (320, 240) if photo.shape[1] > photo.shape[0] else (240, 320)
-            write_video(path, pan_zoom(photo, *size, frames_count, seed=clip.seed), FPS)
+            write_video(path, pan_zoom(photo, *size, frames_count, seed=clip.seed), FPS, lossless=True)
         start = clip.seed * 10
         rows.setdefault(clip.split, []).append(f'"{clip.label}",{clip.youtube_id},{start},{start + 10},{clip.split}')
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -150,11 +152,12 @@ def shape_clip(frames: int, width: int, height: int, *, seed: int) -> tuple[np.n
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, *, lossless: bool = False, rotation: int = 0) -> None:
-    """Encode RGB frames as H.264 in an mp4 (lossless luma with `lossless`); deterministic, single-threaded."""
+    """Encode RGB frames as H.264 (yuv420p) in an mp4; `lossless` (qp 0) keeps the luma exact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"qp": "0"} if lossless else {"crf": "20"}
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={**options, "threads": "1", "preset": "fast"})
+        stream = container.add_stream("libx264", rate=fps, options={**options, "preset": "fast"})
+        stream.codec_context.thread_count = 1
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         if rotation:
