@@ -1,7 +1,5 @@
 """The command line: bad input is one line and exit 2 with nothing written; the sample runs end to end."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

@@ -52,7 +52,7 @@ def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path]]:
         if not csv_path.is_file():
             continue
         videos = _index_videos(root / split)
-        for line, label, youtube_id, start, end in _read_csv(csv_path):
+        for label, youtube_id, start, end in _read_csv(csv_path):
             clip_id = f"{youtube_id}_{start:06d}_{end:06d}"
             path = videos.get(clip_id, root / split / f"{clip_id}.mp4")  # a missing file becomes a status row
             entries.append((split, clip_id, label, path))
@@ -60,7 +60,7 @@ def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path]]:
 
 
 def _read_csv(csv_path: Path):
-    """Yield (line, label or None, youtube_id, time_start, time_end); errors name the file and line."""
+    """Yield (label or None, youtube_id, time_start, time_end); errors name the file and line."""
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
@@ -75,7 +75,7 @@ def _read_csv(csv_path: Path):
             if not youtube_id or "/" in youtube_id or youtube_id.startswith("."):
                 raise DatasetError(f"{csv_path}:{reader.line_num}: bad youtube_id {youtube_id!r}")
             label = (row.get("label") or "").strip() or None
-            yield reader.line_num, label, youtube_id, start, end
+            yield label, youtube_id, start, end
 
 
 def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path]]:
