@@ -62,6 +62,8 @@ class VideoDecoder:
         self.path = Path(path)
         self.options = options
         self.info: VideoInfo | None = None
+        self._quarter_turns = 0  # set with `info`, from the first frame
+        self._coded_size = (0, 0)  # (width, height) to ask of the coded, unrotated picture
 
     def __iter__(self) -> Iterator[FrameBatch]:
         try:
@@ -86,7 +88,7 @@ class VideoDecoder:
                 if step:  # keep the first frame at or after each point of the grid k / fps
                     next_time = (np.floor(time / step + 1e-6) + 1) * step
                 if self.info is None:
-                    self.info = _info(frame, native_fps, duration)
+                    self._start(_info(frame, native_fps, duration))
                 pending.append((index, time, self._to_array(frame)))
                 self.info.frames += 1
                 if len(pending) == self.options.batch:
@@ -97,17 +99,21 @@ class VideoDecoder:
         if self.info is not None and not self.info.fps and self.info.duration:
             self.info.fps = self.info.frames / self.info.duration
 
+    def _start(self, info: VideoInfo) -> None:
+        self.info = info
+        self._quarter_turns = round(info.rotation / 90) % 4
+        width, height = inference_size(info.width, info.height, self.options.short_side)
+        # the coded picture is transposed relative to the display after a quarter turn
+        self._coded_size = (height, width) if self._quarter_turns % 2 else (width, height)
+
     def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
-        assert self.info is not None
-        quarter_turns = round(self.info.rotation / 90) % 4
-        width, height = inference_size(self.info.width, self.info.height, self.options.short_side)
-        if quarter_turns % 2:  # the coded picture is transposed relative to the display
-            width, height = height, width
+        width, height = self._coded_size
         if (width, height) == (frame.width, frame.height):
             array = frame.to_ndarray(format="rgb24")
         else:
             array = frame.to_ndarray(format="rgb24", width=width, height=height)
-        return np.ascontiguousarray(np.rot90(array, quarter_turns)) if quarter_turns else array
+        turns = self._quarter_turns
+        return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
 
     def _batch(self, pending: list[tuple[int, float, np.ndarray]]) -> FrameBatch:
         assert self.info is not None

@@ -1,11 +1,12 @@
 """The `sample` dataset: short clips generated on first use, in the Kinetics CVDF layout, no download needed.
 
 Photo clips pan and zoom over the two real photos that ship inside ultralytics (`zidane.jpg`, `bus.jpg`),
-so they contain real people. Every clip is lossless H.264: lossy x264 output was seen to vary between runs
-here (same frames, one thread), which would make the masks differ between machines; lossless bitstreams
-always decode to the same pixels. The whole sample is about 10 MB. Shape clips move a white ellipse ("person") over a grey rectangle ("object")
-on a dark background; they are encoded losslessly and their true masks are written to `truth/<clip_id>.json`
-as COCO RLE, so stored masks can be checked exactly.
+so they contain real people. Shape clips move a white ellipse ("person") over a grey rectangle ("object")
+on a dark background; their true masks are written to `truth/<clip_id>.json` as COCO RLE.
+
+Every clip is lossless H.264 (about 7 MB in all): lossy x264 output was seen to vary from one encode to the
+next here (same frames, one thread), which would make the masks differ between machines, while a lossless
+bitstream always decodes to the same pixels. That also makes the shape truth exact on screen.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 
 from pipeline.decode import FrameBatch
-from pipeline.segment.base import PERSON, FrameMasks, SegmenterLoadError, SegmenterSpec
-from pipeline.segment.yolo import sha256
+from pipeline.segment.base import PERSON, FrameMasks, SegmenterLoadError, SegmenterSpec, file_sha256
 
 
 def missing_model_error(path: Path) -> SegmenterLoadError:
@@ -68,7 +67,7 @@ class SelfieSegmenter:
         return {
             "model": "mediapipe selfie_segmentation (general, 256x256)",
             "weights_file": str(self.path),
-            "weights_sha256": sha256(self.path),
+            "weights_sha256": file_sha256(self.path),
             "classes": f"{PERSON}:person",
             "threshold": str(self.spec.threshold),
             "min_area": str(self.spec.min_area),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -10,7 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.decode import FrameBatch
-from pipeline.segment.base import PERSON, FrameMasks, SegmenterLoadError, SegmenterSpec, resize_masks
+from pipeline.segment.base import (
+    PERSON,
+    FrameMasks,
+    SegmenterLoadError,
+    SegmenterSpec,
+    file_sha256,
+    resize_masks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,7 @@ class YoloSegmenter:
         return {
             "model": self.spec.model,
             "weights_file": str(weights) if weights else f"none (random init from {self.spec.model})",
-            "weights_sha256": sha256(Path(weights)) if weights else "",
+            "weights_sha256": file_sha256(Path(weights)) if weights else "",
             "classes": ",".join(f"{i}:{self.names[i]}" for i in self.class_ids),
             "conf": str(self.spec.conf),
             "iou": str(self.spec.iou),
@@ -89,14 +95,6 @@ def select_classes(names: dict[int, str], object_classes: tuple[str, ...] | None
         else:
             raise SegmenterLoadError(f"unknown object class {item!r}; the model knows: {', '.join(names.values())}")
     return sorted(ids)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _class_names(model) -> dict[int, str]:
