@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -17,6 +15,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
+from pipeline.executor import ExecOptions, run_tasks
 from pipeline.maskstore import shard_paths
 from pipeline.segment import SegmenterLoadError, check_segmenter, load_segmenter
 from pipeline.shards import ShardTask, is_done, plan_shards
@@ -87,68 +86,16 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
 
 
 def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[ShardTask, dict], None]) -> dict[str, str]:
-    """Run shard tasks (in this process when workers == 0, else on Dask); returns failed shard → error.
+    """Run shard tasks in this process or on Dask; returns failed shard → error.
 
     A segmenter that cannot load fails every shard the same way, so it stops the run at once.
     """
-    failed: dict[str, str] = {}
-    if not tasks:
-        return failed
-    if config.workers == 0 and not config.scheduler:
-        for task in tasks:
-            try:
-                on_done(task, run_shard(task))
-            except SegmenterLoadError:
-                raise
-            except Exception as exc:
-                failed[task.name] = _failure(task, exc)
-        return failed
-    from distributed import as_completed
-
-    with dask_client(config) as client:
-        tasks = [dataclasses.replace(task, config=_with_threads(task.config, client)) for task in tasks]
-        futures = client.map(run_shard, tasks, key=[f"masks-{t.name}-{config.fingerprint()}" for t in tasks], pure=False)
-        by_key = {future.key: task for future, task in zip(futures, tasks)}
-        for future in as_completed(futures):
-            task = by_key[future.key]
-            if future.status == "finished":
-                on_done(task, future.result())
-                continue
-            exc = future.exception()
-            if isinstance(exc, SegmenterLoadError):
-                client.cancel(futures)
-                raise exc
-            failed[task.name] = _failure(task, exc)
-    return failed
-
-
-@contextmanager
-def dask_client(config: MasksConfig) -> Iterator["distributed.Client"]:  # noqa: F821
-    """A client of the given scheduler, or of a LocalCluster of single-threaded worker processes."""
-    from distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
-    if config.scheduler:
-        with Client(config.scheduler) as client:
-            yield client
-        return
-    with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
-        yield client
-
-
-def _with_threads(config: MasksConfig, client) -> MasksConfig:
-    """Give each worker's model an equal share of its machine's cores unless threads were set."""
-    if config.segmenter.threads:
-        return config
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    threads = max(1, (os.cpu_count() or 1) // workers) if not config.scheduler else 0
-    return dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter, threads=threads))
-
-
-def _failure(task: ShardTask, exc: BaseException) -> str:
-    log.error("%s failed: %s: %s", task.name, type(exc).__name__, exc)
-    return f"{type(exc).__name__}: {exc}"
+    options = ExecOptions(workers=config.workers, scheduler=config.scheduler)
+    if not options.in_process and not config.segmenter.threads:  # share the cores between the workers' models
+        segmenter = dataclasses.replace(config.segmenter, threads=options.threads_per_worker())
+        tasks = [dataclasses.replace(t, config=dataclasses.replace(t.config, segmenter=segmenter)) for t in tasks]
+    return run_tasks(run_shard, tasks, names=[t.name for t in tasks], options=options, on_done=on_done,
+                     fatal=(SegmenterLoadError,), key_prefix=f"masks-{config.fingerprint()}")
 
 
 def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str], *, computed: int, seconds: float) -> RunSummary:

@@ -1,0 +1,95 @@
+"""Run independent tasks in this process or on Dask, collecting each task's result or error.
+
+Every stage (masks, coverage, render) hands this a function and a list of named tasks. A task that raises
+is reported by name and the others go on, except for the exception types the caller calls fatal (a model
+that cannot load fails every task the same way), which cancel the rest and propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecOptions:
+    workers: int = 2  # local Dask worker processes; 0 runs in this process
+    scheduler: str | None = None  # address of an existing Dask scheduler
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers == 0 and not self.scheduler
+
+    def threads_per_worker(self) -> int:
+        """An equal share of this machine's cores per local worker; 0 (library default) on a remote cluster."""
+        if self.scheduler:
+            return 0
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+def run_tasks(
+    fn: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    names: Sequence[str],
+    options: ExecOptions,
+    on_done: Callable[[Any, Any], None],
+    fatal: tuple[type[BaseException], ...] = (),
+    key_prefix: str = "task",
+) -> dict[str, str]:
+    """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error."""
+    failed: dict[str, str] = {}
+    if not tasks:
+        return failed
+    if options.in_process:
+        for task, name in zip(tasks, names):
+            try:
+                result = fn(task)
+            except fatal:
+                raise
+            except Exception as exc:
+                failed[name] = _failure(name, exc)
+                continue
+            on_done(task, result)
+        return failed
+    from distributed import as_completed
+
+    with dask_client(options) as client:
+        futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False)
+        by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
+        for future in as_completed(futures):
+            task, name = by_key[future.key]
+            if future.status == "finished":
+                on_done(task, future.result())
+                continue
+            exc = future.exception()
+            if isinstance(exc, fatal):
+                client.cancel(futures)
+                raise exc
+            failed[name] = _failure(name, exc)
+    return failed
+
+
+@contextmanager
+def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa: F821
+    """A client of the given scheduler, or of a LocalCluster of single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
+    if options.scheduler:
+        with Client(options.scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _failure(name: str, exc: BaseException) -> str:
+    log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+    return f"{type(exc).__name__}: {exc}"
