@@ -1,4 +1,4 @@
-# Entry points: `make masks DATASET=...` and `make test`. Every target builds its own .venv first.
+# Entry points: `make all|masks|render|manifests|report DATASET=...` and `make test`. Every target builds its own .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -27,10 +27,48 @@ MASKS_FLAGS := --dataset "$(DATASET)" \
 	$(if $(LIMIT),--limit "$(LIMIT)") \
 	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
-.PHONY: masks test models venv clean-sample
+RENDER_FLAGS := --dataset "$(DATASET)" \
+	$(if $(OUT),--out "$(OUT)") \
+	$(if $(MASKS),--masks "$(MASKS)") \
+	$(if $(VARIANTS),--variants "$(VARIANTS)") \
+	$(if $(VARIANTS_FILE),--variants-file "$(VARIANTS_FILE)") \
+	$(if $(FORMAT),--format "$(FORMAT)") \
+	$(if $(SHORT_SIDE),--short-side "$(SHORT_SIDE)") \
+	$(if $(WORKERS),--workers "$(WORKERS)") \
+	$(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
+	$(if $(LIMIT),--limit "$(LIMIT)") \
+	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+
+MANIFEST_FLAGS := --dataset "$(DATASET)" \
+	$(if $(OUT),--out "$(OUT)") \
+	$(if $(VARIANTS),--variants "$(VARIANTS)") \
+	$(if $(MIN_COVERAGE),--min-coverage "$(MIN_COVERAGE)") \
+	$(if $(MIN_FRAMES_FRAC),--min-frames-frac "$(MIN_FRAMES_FRAC)")
+
+.PHONY: all masks render manifests report bench-render test models venv clean-sample
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
+
+render: $(STAMP)
+	$(PY) -m pipeline render $(RENDER_FLAGS)
+
+manifests: $(STAMP)
+	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
+
+report: $(STAMP)
+	$(PY) -m pipeline report --dataset "$(DATASET)" $(if $(OUT),--out "$(OUT)")
+
+# masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
+all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
+	$(MAKE) --no-print-directory masks
+	$(MAKE) --no-print-directory render
+	$(MAKE) --no-print-directory manifests
+	$(MAKE) --no-print-directory report
+
+# Render throughput against a bare PyAV decode + encode of the same clips (a benchmark, not a test).
+bench-render: $(STAMP) $(SELFIE_MODEL)
+	$(PY) -m pipeline.bench_render $(if $(OUT),--out "$(OUT)")
 
 test: $(STAMP) $(SELFIE_MODEL)
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline masks ...` and `python -m pipeline fetch-models`.
+"""Command line: `python -m pipeline masks|render|manifests|report|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
 A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those).
@@ -13,9 +13,15 @@ import sys
 from pathlib import Path
 
 from pipeline.config import MasksConfig
-from pipeline.datasets import DATASETS, DatasetError
+from pipeline.datasets import DATASETS
 from pipeline.decode import DecodeOptions
+from pipeline.encode import FORMATS, EncodeOptions
+from pipeline.errors import InputError
+from pipeline.executor import ExecOptions
+from pipeline.pairing import PAIR_RANGE
+from pipeline.render_runner import RenderConfig
 from pipeline.segment import BACKENDS, SegmenterLoadError, SegmenterSpec
+from pipeline.variants import PRESETS, MaskOptions, resolve
 
 log = logging.getLogger("pipeline")
 
@@ -81,10 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--model", default="yolo11n-seg.pt", help="YOLO-seg weights: a local .pt, a name ultralytics can download, or a .yaml (random init)")
     masks.add_argument("--device", type=device, default="cpu")
     masks.add_argument("--batch", type=positive_int, default=16, help="frames per model call")
-    masks.add_argument("--workers", type=non_negative_int, default=2, help="local Dask worker processes; 0 runs in this process")
-    masks.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-    masks.add_argument("--limit", type=positive_int, help="only the first N clips (by clip id)")
-    masks.add_argument("--overwrite", action="store_true", help="recompute shards that are already done")
     masks.add_argument("--splits", help="comma-separated splits to process (default: all)")
     masks.add_argument("--fps", type=positive_float, help="resample to this frame rate (default: every frame)")
     masks.add_argument("--short-side", type=positive_int, help="resize frames for inference to this short side")
@@ -97,11 +99,66 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
     masks.add_argument("--shard-size", type=positive_int, help="clips per shard (default: 32; 4 for the sample)")
     masks.add_argument("--tag", help="run folder name (default: derived from the settings)")
-    masks.add_argument("-v", "--verbose", action="store_true")
+    _add_execution(masks)
+
+    render = commands.add_parser("render", help="render masked clip variants from the mask cache")
+    render.add_argument("--dataset", required=True)
+    render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
+    render.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the only one)")
+    render.add_argument("--variants", default=",".join(PRESETS), help=f"comma-separated (default: every preset: {', '.join(PRESETS)})")
+    render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
+    render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
+                        help="define a variant, e.g. 'blue:background=color(0,0,255);objects=blur(8)'")
+    render.add_argument("--format", choices=FORMATS, default="mp4")
+    render.add_argument("--crf", type=non_negative_int, default=23, help="x264 quality (mp4)")
+    render.add_argument("--preset", default="veryfast", help="x264 preset (mp4)")
+    render.add_argument("--jpeg-quality", type=positive_int, default=95, help="rawframes JPEG quality")
+    render.add_argument("--short-side", type=positive_int, help="scale outputs to this short side (default: source size)")
+    render.add_argument("--seed", type=int, default=0, help="seed of noise fills and swap pairing")
+    render.add_argument("--pair-coverage", type=coverage_range, default=PAIR_RANGE, metavar="LOW,HIGH",
+                        help="swap: person coverage range of paired clips (default 0.05,0.5)")
+    render.add_argument("--dilate", type=non_negative_int, default=0, help="grow masks by N pixels")
+    render.add_argument("--temporal", type=non_negative_int, default=0, help="OR masks over ±K neighbouring frames")
+    render.add_argument("--min-area", type=non_negative_int, default=0, help="ignore instances under N pixels")
+    render.add_argument("--min-score", type=unit_float, default=0.0, help="ignore instances scored below S")
+    _add_execution(render)
+
+    manifests = commands.add_parser("manifests", help="write mmaction2 / PySlowFast lists and Parquet manifests")
+    manifests.add_argument("--dataset", required=True)
+    manifests.add_argument("--out", type=Path, default=Path("."))
+    manifests.add_argument("--variants", help="comma-separated (default: every rendered variant)")
+    manifests.add_argument("--min-coverage", type=unit_float, default=0.0, help="quality filter: person coverage F …")
+    manifests.add_argument("--min-frames-frac", type=unit_float, default=0.0, help="… in at least this fraction G of frames")
+
+    report = commands.add_parser("report", help="write an offline HTML report of the masks and variants")
+    report.add_argument("--dataset", required=True)
+    report.add_argument("--out", type=Path, default=Path("."))
+    report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
+    report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
 
     fetch = commands.add_parser("fetch-models", help="extract the selfie model from the mediapipe wheel")
     fetch.add_argument("--dest", type=Path, default=Path("models"))
+    for sub in (manifests, report, fetch):
+        sub.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _add_execution(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--workers", type=non_negative_int, default=2, help="local Dask worker processes; 0 runs in this process")
+    sub.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    sub.add_argument("--limit", type=positive_int, help="only the first N clips (by clip id)")
+    sub.add_argument("--overwrite", action="store_true", help="recompute shards that are already done")
+    sub.add_argument("-v", "--verbose", action="store_true")
+
+
+def coverage_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (unit_float(v) for v in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH between 0 and 1, got {text!r}") from None
+    if low > high:
+        raise argparse.ArgumentTypeError(f"LOW must not exceed HIGH, got {text!r}")
+    return low, high
 
 
 def masks_config(args: argparse.Namespace) -> MasksConfig:
@@ -139,6 +196,60 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
     )
 
 
+def render_config(args: argparse.Namespace) -> RenderConfig:
+    defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    return RenderConfig(
+        dataset=args.dataset,
+        variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define),
+        out=args.out,
+        masks_tag=args.masks,
+        encode=EncodeOptions(format=args.format, crf=args.crf, preset=args.preset, short_side=args.short_side,
+                             jpeg_quality=args.jpeg_quality),
+        seed=args.seed,
+        pair_range=args.pair_coverage,
+        limit=args.limit,
+        execution=ExecOptions(workers=args.workers, scheduler=args.scheduler),
+        overwrite=args.overwrite,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one command; returns the exit code (bad input raises InputError or SegmenterLoadError)."""
+    if args.command == "fetch-models":
+        from pipeline.weights import fetch_selfie_model
+
+        print(fetch_selfie_model(args.dest))
+        return 0
+    if args.command == "masks":
+        from pipeline.runner import run_masks
+
+        summary = run_masks(masks_config(args))
+        print("\n".join(summary.lines()))
+        return 1 if summary.failed_shards else 0
+    if args.command == "render":
+        from pipeline.render_runner import run_render
+
+        rendered = run_render(render_config(args))
+        print("\n".join(rendered.lines()))
+        return 1 if rendered.failed else 0
+    if args.command == "manifests":
+        from pipeline.manifests import ManifestConfig, write_manifests
+
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+        config = ManifestConfig(dataset=args.dataset, out=args.out, variants=variants,
+                                min_coverage=args.min_coverage, min_frames_frac=args.min_frames_frac)
+        for summary in write_manifests(config):
+            counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
+            print(f"manifests {args.dataset}/{summary['variant']}: {counts}")
+        print(f"output: {Path(args.out) / 'manifests' / args.dataset}")
+        return 0
+    from pipeline.report import write_report
+
+    print(f"report: {write_report(dataset=args.dataset, out=args.out, clips=args.clips, frames=args.frames)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -146,16 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        if args.command == "fetch-models":
-            from pipeline.weights import fetch_selfie_model
-
-            print(fetch_selfie_model(args.dest))
-            return 0
-        from pipeline.runner import run_masks
-
-        summary = run_masks(masks_config(args))
-    except (UsageError, DatasetError, SegmenterLoadError) as exc:
+        return run(args)
+    except (UsageError, InputError, SegmenterLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(summary.lines()))
-    return 1 if summary.failed_shards else 0

@@ -7,6 +7,7 @@ a shard without its stats file is not done and readers ignore it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from pipeline import rle
 from pipeline.atomic import temp_name
 from pipeline.decode import FrameBatch
+from pipeline.errors import InputError
 from pipeline.records import ClipStatus
 from pipeline.segment.base import FrameMasks
 
@@ -196,9 +198,14 @@ def load_clip_masks(run_dir: Path, clip_id: str) -> ClipMasks:
     if found.num_rows == 0:
         raise KeyError(f"clip {clip_id!r} is in no complete shard of {run_dir}")
     row = found.slice(0, 1).to_pylist()[0]
-    masks_path = shard_paths(Path(run_dir), row["shard"])[0]
+    return read_clip_masks(run_dir, row["shard"], clip_id, row["height"], row["width"])
+
+
+def read_clip_masks(run_dir: Path, shard: str, clip_id: str, height: int, width: int) -> ClipMasks:
+    """One clip's masks when its shard is known (reads only that clip's rows)."""
+    masks_path = shard_paths(Path(run_dir), shard)[0]
     table = pq.read_table(masks_path, filters=[("clip_id", "=", clip_id)], schema=MASK_SCHEMA)
-    return ClipMasks(clip_id, row["height"], row["width"], table)
+    return ClipMasks(clip_id, height, width, table)
 
 
 def iter_shard(masks_path: Path) -> Iterator[ClipMasks]:
@@ -211,3 +218,34 @@ def iter_shard(masks_path: Path) -> Iterator[ClipMasks]:
     for start, end in zip(starts, np.r_[starts[1:], len(clip_ids)]):
         part = table.slice(int(start), int(end - start))
         yield ClipMasks(str(clip_ids[start]), int(part["height"][0].as_py()), int(part["width"][0].as_py()), part)
+
+
+def find_run(out: Path, dataset: str, tag: str | None = None) -> Path:
+    """The masks run folder of a dataset: `tag` if given, else the only run there is (InputError otherwise)."""
+    base = Path(out) / "masks" / dataset
+    if tag:
+        run_dir = base / tag
+        if not (run_dir / "run.json").is_file():
+            raise InputError(f"{run_dir}: no masks run there; run `make masks DATASET={dataset}` or pick MASKS= from "
+                             f"{', '.join(_runs(base)) or 'none'}")
+        return run_dir
+    runs = _runs(base)
+    if not runs:
+        raise InputError(f"{base}: no masks yet; run `make masks DATASET={dataset}` first")
+    if len(runs) > 1:
+        raise InputError(f"{base} holds several masks runs ({', '.join(runs)}); choose one with MASKS=<run> (--masks)")
+    return base / runs[0]
+
+
+def _runs(base: Path) -> list[str]:
+    return sorted(p.parent.name for p in base.glob("*/run.json")) if base.is_dir() else []
+
+
+def run_info(run_dir: Path) -> dict:
+    """What made a masks run: its run.json (config, fingerprint) plus the provenance stored in its shards."""
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    shards = done_shards(run_dir)
+    if shards:
+        metadata = pq.read_schema(shard_paths(Path(run_dir), shards[0])[1]).metadata or {}
+        info["provenance"] = {k.decode(): v.decode() for k, v in metadata.items()}
+    return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,10 @@ class ClipStatus:
         clip["path"] = str(self.clip.path)
         fields = {k: v for k, v in asdict(self).items() if k != "clip"}
         return {**clip, **fields}
+
+
+def path_name(text: str | None) -> str:
+    """A label as a folder name safe on every platform and in space-separated lists: runs of anything but
+    letters, digits, '-' and '.' become '_' ("passing American football (in game)" → "passing_American_football_in_game")."""
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", text or "").strip("_.")
+    return name or "_unlabelled"

@@ -24,3 +24,19 @@ def decode(counts: bytes, height: int, width: int) -> np.ndarray:
 def area(counts: bytes, height: int, width: int) -> int:
     """Foreground pixel count of one RLE, without decoding it."""
     return int(coco_mask.area({"size": [int(height), int(width)], "counts": counts}))
+
+
+def union_area(counts: list[bytes], height: int, width: int) -> int:
+    """Foreground pixel count of the union of several RLEs, without decoding them."""
+    if not counts:
+        return 0
+    rles = [{"size": [int(height), int(width)], "counts": c} for c in counts]
+    return int(coco_mask.area(coco_mask.merge(rles, intersect=0) if len(rles) > 1 else rles[0]))
+
+
+def decode_union(counts: list[bytes], height: int, width: int) -> np.ndarray:
+    """The union of several RLEs as one (H, W) boolean mask (merged as RLE, decoded once)."""
+    if not counts:
+        return np.zeros((int(height), int(width)), dtype=bool)
+    rles = [{"size": [int(height), int(width)], "counts": c} for c in counts]
+    return coco_mask.decode(coco_mask.merge(rles, intersect=0) if len(rles) > 1 else rles[0]).astype(bool)

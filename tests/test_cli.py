@@ -5,6 +5,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.maskstore import load_clip_masks, read_clips
+from tests.conftest import LUMA
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,35 @@ def test_sample_end_to_end_on_dask_finds_people_and_reruns_instantly(tmp_path, c
     assert all(coverage[k] > 0.3 for k in photo if k.startswith("zidane")), coverage
     assert main(argv) == 0
     assert "0 computed, 3 already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render", "--dataset", "kinetics400"], "no masks yet; run `make masks DATASET=kinetics400` first"),
+    (["render", "--dataset", "kinetics400", "--variants", "bg,nope"], "unknown variant(s) nope"),
+    (["render", "--dataset", "kinetics400", "--define", "x:sky=keep"], "unknown keys ['sky']"),
+    (["render", "--dataset", "kinetics400", "--format", "gif"], "invalid choice: 'gif'"),
+    (["render", "--dataset", "kinetics400", "--pair-coverage", "0.5,0.1"], "LOW must not exceed HIGH"),
+    (["manifests", "--dataset", "kinetics400"], "run `make render DATASET=kinetics400` first"),
+    (["report", "--dataset", "kinetics400"], "run `make manifests DATASET=kinetics400` first"),
+])
+def test_later_stages_refuse_bad_input_in_one_line(argv, message, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "renders").exists() and not (tmp_path / "manifests").exists()
+
+
+def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, tmp_path, capsys):
+    root, _ = shapes_dataset
+    out = ["--dataset", "kinetics400", "--out", str(tmp_path)]
+    assert main(["masks", *out, "--root", str(root), "--segmenter", LUMA, "--workers", "0"]) == 0
+    assert main(["render", *out, "--variants", "bg_obj2,swap,mine", "--define", "mine:background=blur(3)",
+                 "--workers", "2", "--dilate", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "bg_obj2: 5 clips (ok 5)" in printed and "mine: 5 clips (ok 5)" in printed
+    assert main(["manifests", *out]) == 0
+    assert "manifests kinetics400/mine: mp4/train: ok 4; mp4/val: ok 1" in capsys.readouterr().out
+    assert main(["report", *out]) == 0
+    assert (tmp_path / "reports" / "kinetics400" / "index.html").is_file()
+    spec = (tmp_path / "renders" / "kinetics400" / "mine" / "variant.mp4.json").read_text()
+    assert '"background": "blur(3)"' in spec and '"dilate": 1' in spec

@@ -138,7 +138,7 @@ def shape_clip(frames: int, width: int, height: int, *, seed: int) -> tuple[np.n
     objects = np.zeros((frames, height, width), dtype=bool)
     p0, p1 = rng.uniform([0.2 * width, 0.25 * height], [0.8 * width, 0.75 * height], size=(2, 2))
     o0, o1 = rng.uniform([0.15 * width, 0.15 * height], [0.85 * width, 0.85 * height], size=(2, 2))
-    axes = (round(rng.uniform(0.06, 0.1) * width), round(rng.uniform(0.17, 0.23) * height))
+    axes = (round(rng.uniform(0.1, 0.13) * width), round(rng.uniform(0.22, 0.28) * height))
     half = (round(rng.uniform(0.06, 0.11) * width), round(rng.uniform(0.06, 0.12) * height))
     for i, t in enumerate(np.linspace(0.0, 1.0, frames)):
         ox, oy = (o0 + (o1 - o0) * t).round().astype(int)

@@ -1,0 +1,186 @@
+"""A single self-contained HTML page (images inlined) to look at a dataset's masks and variants offline.
+
+Per variant: the same frames of the same few clips side by side (a contact sheet), status counts and the
+settings; above them the source frames with the masks overlaid, a histogram of person/object coverage,
+the masks run's status counts and provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+from pipeline.compose import decoded
+from pipeline.decode import DecodeOptions
+from pipeline.errors import InputError
+from pipeline.maskstore import read_clip_masks, read_clips, run_info
+from pipeline.records import OK
+from pipeline.regions import RegionMasks
+from pipeline.variants import MaskOptions
+
+TILE_HEIGHT = 120
+PERSON_TINT, OBJECT_TINT = (255, 40, 40), (40, 120, 255)
+
+
+def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames: int = 4) -> Path:
+    """Build `<out>/reports/<dataset>/index.html` from the manifests; returns its path."""
+    manifests_dir = Path(out) / "manifests" / dataset
+    variants = sorted(p.parent.name for p in manifests_dir.glob("*/manifest.parquet")) if manifests_dir.is_dir() else []
+    if not variants:
+        raise InputError(f"{manifests_dir}: no manifests; run `make manifests DATASET={dataset}` first")
+    summaries = {v: json.loads((manifests_dir / v / "manifest.json").read_text()) for v in variants}
+    tables = {v: pq.read_table(manifests_dir / v / "manifest.parquet").to_pylist() for v in variants}
+    masks_dir = Path(next(iter(next(iter(summaries.values()))["settings"].values()))["masks_dir"])
+    chosen = choose_clips(tables, clips)
+    masks_clips = {c["clip_id"]: c for c in read_clips(masks_dir).to_pylist()}
+    info = run_info(masks_dir)
+    fps = info["config"]["decode"]["fps"]
+
+    parts = [f"<h1>{html.escape(dataset)}: masks and variants</h1>",
+             f"<p>masks run <code>{html.escape(str(masks_dir))}</code></p>",
+             "<h2>Masks</h2>", _counts_table({"masks": Counter(c["status"] for c in masks_clips.values())})]
+    if chosen:
+        sheet = contact_sheet([overlay_frames(masks_dir, masks_clips[c], frames, fps) for c in chosen], chosen)
+        parts += ["<p>Source frames with people (red) and objects (blue) overlaid, rows are clips.</p>", _img(sheet)]
+    parts += ["<h3>Coverage per clip</h3>", _img_png(histogram(tables[variants[0]]))]
+    parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(info, indent=2, sort_keys=True))}</pre>"]
+    for variant in variants:
+        rows = {r["clip_id"]: r for r in tables[variant]}
+        renders = Path(out) / "renders" / dataset / variant
+        parts += [f"<h2>{html.escape(variant)}</h2>",
+                  f"<p>{html.escape(_describe(summaries[variant]))}</p>",
+                  _counts_table(summaries[variant]["counts"])]
+        if chosen:
+            strips = [rendered_frames(renders, rows.get(c), masks_clips[c]["frames"], frames) for c in chosen]
+            parts.append(_img(contact_sheet(strips, [_caption(rows.get(c), c) for c in chosen])))
+    page = "\n".join([_HEAD.format(title=html.escape(f"{dataset} masks report")), *parts, "</body></html>"])
+    path = Path(out) / "reports" / dataset / "index.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path
+
+
+def choose_clips(tables: dict[str, list[dict]], count: int) -> list[str]:
+    """Up to `count` clips ok in the first variant, one label after another, in clip-id order."""
+    ok = sorted((r for r in next(iter(tables.values())) if r["status"] == OK), key=lambda r: r["clip_id"])
+    by_label: dict[str, list[str]] = {}
+    for row in ok:
+        by_label.setdefault(row["label"] or "", []).append(row["clip_id"])
+    chosen: list[str] = []
+    while len(chosen) < count and any(by_label.values()):
+        for ids in by_label.values():
+            if ids and len(chosen) < count:
+                chosen.append(ids.pop(0))
+    return chosen
+
+
+def positions(total: int, count: int) -> list[int]:
+    """`count` evenly spread frame positions of a clip of `total` frames."""
+    return sorted({min(total - 1, round((i + 0.5) * total / count)) for i in range(count)}) if total else []
+
+
+def overlay_frames(masks_dir: Path, clip: dict, count: int, fps: float | None) -> list[np.ndarray]:
+    masks = read_clip_masks(masks_dir, clip["shard"], clip["clip_id"], clip["height"], clip["width"])
+    regions = RegionMasks(masks, clip["height"], clip["width"], MaskOptions())
+    wanted, out = set(positions(clip["frames"], count)), []
+    for position, (index, frame) in enumerate(decoded(Path(clip["path"]), DecodeOptions(fps=fps))):
+        if position in wanted:
+            person, objects = regions.raw(index)
+            tinted = frame.astype(np.float32)
+            tinted[person] = 0.5 * tinted[person] + 0.5 * np.array(PERSON_TINT)
+            tinted[objects & ~person] = 0.5 * tinted[objects & ~person] + 0.5 * np.array(OBJECT_TINT)
+            out.append(tinted.astype(np.uint8))
+    return out
+
+
+def rendered_frames(variant_dir: Path, row: dict | None, total: int, count: int) -> list[np.ndarray]:
+    """The rendered frames of a clip at the sheet's positions (nothing when the clip was not rendered)."""
+    if row is None or not row["path"] or row["status"] not in (OK, "filtered"):
+        return []
+    wanted = positions(row["frames"], count)
+    path = variant_dir / row["path"]
+    if row["format"] == "rawframes":
+        return [cv2.cvtColor(cv2.imread(str(path / f"img_{p + 1:05d}.jpg")), cv2.COLOR_BGR2RGB) for p in wanted]
+    return [frame for position, (_, frame) in enumerate(decoded(path, DecodeOptions())) if position in wanted]
+
+
+def contact_sheet(strips: list[list[np.ndarray]], captions: list[str]) -> np.ndarray:
+    """Rows of tiles (one row per clip) scaled to one height, with a caption bar above each row."""
+    rows = []
+    for frames, caption in zip(strips, captions):
+        tiles = [cv2.resize(f, (max(1, round(f.shape[1] * TILE_HEIGHT / f.shape[0])), TILE_HEIGHT)) for f in frames]
+        row = np.hstack(tiles) if tiles else np.full((TILE_HEIGHT, 4 * TILE_HEIGHT, 3), 64, np.uint8)
+        bar = np.full((18, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, caption[:120], (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.vstack([bar, row]))
+    width = max(r.shape[1] for r in rows)
+    return np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
+def histogram(rows: list[dict]) -> bytes:
+    """PNG: histogram of per-clip mean person and object coverage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    ok = [r for r in rows if r["status"] in (OK, "filtered")]
+    fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
+    bins = np.linspace(0, 1, 21)
+    ax.hist([[r["person_coverage"] for r in ok], [r["object_coverage"] for r in ok]], bins=bins,
+            label=["person", "objects"], color=["#e33", "#37f"])
+    ax.set_xlabel("mean fraction of the frame covered")
+    ax.set_ylabel("clips")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _caption(row: dict | None, clip_id: str) -> str:
+    if row is None:
+        return f"{clip_id}: not in this variant"
+    text = f"{clip_id} [{row['label']}] {row['status']}"
+    return text + (f" <- background of {row['pair_clip_id']} [{row['pair_label']}]" if row["pair_clip_id"] else "")
+
+
+def _describe(summary: dict) -> str:
+    settings = next(iter(summary["settings"].values()))
+    variant = settings["variant"]
+    fills = ", ".join(f"{r}={variant[r]}" for r in ("background", "person", "objects"))
+    return f"{variant['description']} ({fills}; masks {variant['masks']}; filter {summary['filter']})"
+
+
+def _counts_table(counts: dict[str, dict[str, int]]) -> str:
+    statuses = sorted({s for c in counts.values() for s in c})
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in statuses)
+    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{c.get(s, 0)}</td>" for s in statuses) + "</tr>"
+                   for k, c in counts.items())
+    return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def _img(rgb: np.ndarray) -> str:
+    _, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(data.tobytes()).decode()}">'
+
+
+def _img_png(png: bytes) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body {{ font-family: sans-serif; margin: 2em; }} img {{ max-width: 100%; display: block; margin: .5em 0; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+pre {{ background: #f6f6f6; padding: 1em; max-height: 20em; overflow: auto; }}
+</style></head><body>"""

@@ -1,0 +1,176 @@
+"""Render stage: every preset checked pixel-wise against the shape clips' true masks, then end to end."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.compose import PartnerFrames, composed, decoded
+from pipeline.decode import DecodeOptions
+from pipeline.encode import EncodeOptions
+from pipeline.executor import ExecOptions
+from pipeline.maskstore import load_clip_masks
+from pipeline.regions import RegionMasks
+from pipeline.render_runner import RenderConfig, run_render
+from pipeline.runner import run_masks
+from pipeline.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
+from tests.test_masks_stage import config as masks_config
+
+
+@pytest.fixture
+def masked(shapes_dataset, tmp_path):
+    """The shape clips with masks from the luma-key segmenter (exactly the truth): (root, truth, out, run_dir)."""
+    root, truth = shapes_dataset
+    out = tmp_path / "out"
+    summary = run_masks(masks_config(root, out), progress=False)
+    return root, truth, out, Path(summary.run_dir)
+
+
+def render_frames(root: Path, run_dir: Path, clip_id: str, variant: Variant, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(source frames, composed frames) of one clip, before encoding."""
+    path = next(root.glob(f"*/{clip_id}.mp4"))
+    clip = load_clip_masks(run_dir, clip_id)
+    source = np.stack([frame for _, frame in decoded(path, DecodeOptions())])
+    regions = RegionMasks(clip, clip.height, clip.width, variant.masks)
+    frames = [f for f, _ in composed(path, regions, variant, decode=DecodeOptions(), frames=len(source), seed=0,
+                                     clip_id=clip_id, **kwargs)]
+    return source, np.stack(frames)
+
+
+def expected(source: np.ndarray, person: np.ndarray, objects: np.ndarray, fills: dict[str, tuple]) -> np.ndarray:
+    want = source.copy()
+    background = ~(person | objects)
+    for region, mask in (("background", background), ("person", person), ("objects", objects)):
+        if region in fills:
+            want[mask] = fills[region]
+    return want
+
+
+MEAN = tuple(round(v) for v in IMAGENET_MEAN_RGB)
+
+
+@pytest.mark.parametrize("name, fills", [
+    ("bg", {"background": (0, 0, 0)}),
+    ("bg_obj", {"background": (0, 0, 0), "objects": (0, 0, 0)}),
+    ("bg_obj2", {"background": (0, 0, 0), "objects": (0, 255, 0)}),
+    ("person", {"person": (0, 0, 0)}),
+    ("obj", {"objects": (0, 0, 0)}),
+    ("human_only", {"background": MEAN, "objects": MEAN}),
+])
+def test_colour_presets_fill_exactly_the_true_regions(masked, name, fills):
+    root, truth, _, run_dir = masked
+    (variant,) = resolve([name])
+    for clip_id, (person, objects) in truth.items():
+        source, frames = render_frames(root, run_dir, clip_id, variant)
+        assert person.any() and objects.any()
+        np.testing.assert_array_equal(frames, expected(source, person, objects, fills), err_msg=f"{name} {clip_id}")
+
+
+def test_background_only_removes_people_and_keeps_the_rest(masked):
+    root, truth, _, run_dir = masked
+    (variant,) = resolve(["background_only"])
+    for clip_id, (person, _) in truth.items():
+        source, frames = render_frames(root, run_dir, clip_id, variant)
+        np.testing.assert_array_equal(frames[~person], source[~person])
+        # the person (white) is gone: its pixels come from the background or the box seen in other frames
+        assert frames[person].max() < 200, clip_id
+        assert source[person].min() > 200
+
+
+def test_swap_pastes_people_onto_the_partner_background_only_frames(masked):
+    root, truth, _, run_dir = masked
+    a, b = sorted(truth)[:2]  # different labels, same split (train)
+    _, background_b = render_frames(root, run_dir, b, resolve(["background_only"])[0])
+    partner = PartnerFrames(iter(background_b), len(background_b), len(truth[a][0]), (96, 64))
+    source, frames = render_frames(root, run_dir, a, resolve(["swap"])[0], swap=partner)
+    person = truth[a][0]
+    np.testing.assert_array_equal(frames[person], source[person])
+    for i in range(len(frames)):
+        j = min(len(background_b) - 1, i * len(background_b) // len(frames))
+        np.testing.assert_array_equal(frames[i][~person[i]], background_b[j][~person[i]])
+
+
+def test_temporal_or_and_dilation_grow_the_regions(masked):
+    root, truth, _, run_dir = masked
+    clip_id = sorted(truth)[0]
+    person = truth[clip_id][0]
+    variant = resolve(["person"], defaults=MaskOptions(temporal=1, dilate=2))[0]
+    source, frames = render_frames(root, run_dir, clip_id, variant)
+    filled = (frames == 0).all(axis=3) & (source != 0).any(axis=3)
+    for i in range(1, len(person) - 1):
+        union = person[i - 1] | person[i] | person[i + 1]
+        assert filled[i][union].all()  # every pixel of the ±1 union is filled…
+        assert filled[i].sum() > union.sum()  # …and the dilation adds a rim around it
+        assert not filled[i][:, :2].any() or union[:, :5].any()  # but not far from the masks
+
+
+def test_score_and_area_filters_drop_instances(masked):
+    root, truth, _, run_dir = masked
+    clip_id = sorted(truth)[0]
+    source, frames = render_frames(root, run_dir, clip_id, resolve(["person"], defaults=MaskOptions(min_area=10**6))[0])
+    np.testing.assert_array_equal(frames, source)  # every instance is smaller than the threshold: nothing filled
+
+
+def render_config(out: Path, names: list[str], **overrides) -> RenderConfig:
+    fields = dict(dataset="kinetics400", out=out, variants=resolve(names), execution=ExecOptions(workers=0))
+    return RenderConfig(**{**fields, **overrides})
+
+
+def test_render_stage_writes_every_clip_and_reruns_nothing(masked):
+    _, truth, out, _ = masked
+    summary = run_render(render_config(out, ["bg", "swap"]), progress=False)
+    bg, swap = summary.variants
+    assert bg.by_status == {"ok": 5} and bg.shards_computed == 3
+    assert swap.by_status.get("ok", 0) >= 2 and sum(swap.by_status.values()) == 5
+    files = sorted((out / "renders" / "kinetics400" / "bg").rglob("*.mp4"))
+    assert len(files) == 5
+    assert files[0].parent.name in ("juggling_balls", "passing_American_football_in_game")
+    for path in files:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            decoded_frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        person, _ = truth[path.stem]
+        assert (len(decoded_frames), stream.width, stream.height, float(stream.average_rate)) == (len(person), 96, 64, 12.0)
+        video = np.stack(decoded_frames).astype(int)
+        background = ~(person | truth[path.stem][1])
+        assert np.abs(video[background]).mean() < 6  # black within encoding error…
+        assert np.abs(video[person] - 255).mean() < 25  # …and the person kept
+
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = run_render(render_config(out, ["bg", "swap"]), progress=False)
+    assert [v.shards_computed for v in again.variants] == [0, 0]
+    assert [v.shards_skipped for v in again.variants] == [3, 3]
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+def test_two_runs_give_byte_identical_renders(masked, tmp_path):
+    _, _, out, _ = masked
+    other = tmp_path / "other"
+    shutil.copytree(out / "masks", other / "masks")
+    for target in (out, other):
+        run_render(render_config(target, ["bg_obj2", "swap"], encode=EncodeOptions(crf=28)), progress=False)
+
+    def files(base: Path) -> dict[str, bytes]:
+        renders = base / "renders" / "kinetics400"
+        return {str(p.relative_to(renders)): p.read_bytes() for p in sorted(renders.rglob("*.mp4"))}
+
+    assert files(out) == files(other) and len(files(out)) >= 7
+
+
+def test_rawframes_format_and_dask_workers(masked):
+    _, truth, out, _ = masked
+    summary = run_render(render_config(out, ["person"], encode=EncodeOptions(format="rawframes", short_side=32),
+                                       execution=ExecOptions(workers=2)), progress=False)
+    assert summary.variants[0].by_status == {"ok": 5}
+    folders = sorted(p for p in (out / "renders" / "kinetics400" / "person").glob("*/*/*") if p.is_dir())
+    assert len(folders) == 5
+    for folder in folders:
+        images = sorted(folder.iterdir())
+        assert [p.name for p in images][:2] == ["img_00001.jpg", "img_00002.jpg"]
+        assert len(images) == len(truth[folder.name][0])
+        assert cv2.imread(str(images[0])).shape == (32, 48, 3)
