@@ -174,3 +174,22 @@ def test_rawframes_format_and_dask_workers(masked):
         assert [p.name for p in images][:2] == ["img_00001.jpg", "img_00002.jpg"]
         assert len(images) == len(truth[folder.name][0])
         assert cv2.imread(str(images[0])).shape == (32, 48, 3)
+
+
+def test_blur_and_seeded_noise_fills_touch_only_their_region(masked):
+    root, truth, _, run_dir = masked
+    clip_id = min(truth)
+    person, objects = truth[clip_id]
+    background = ~(person | objects)
+    (blur,) = resolve(["b"], defines=["b:background=blur(2)"])
+    source, frames = render_frames(root, run_dir, clip_id, blur)
+    np.testing.assert_array_equal(frames[~background], source[~background])
+    for i in range(len(frames)):
+        blurred = cv2.GaussianBlur(source[i], (0, 0), 2.0)
+        np.testing.assert_array_equal(frames[i][background[i]], blurred[background[i]])
+    (noise,) = resolve(["n"], defines=["n:person=noise"])
+    _, first = render_frames(root, run_dir, clip_id, noise)
+    _, again = render_frames(root, run_dir, clip_id, noise)
+    np.testing.assert_array_equal(first, again)  # seeded: the same every time
+    np.testing.assert_array_equal(first[~person], source[~person])
+    assert first[person].std() > 50  # uniform noise, not the white person
