@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -30,6 +31,30 @@ class ExecOptions:
         if self.scheduler:
             return 0
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+
+class ShardProgress:
+    """A tqdm bar over the clips of the planned tasks (those already done count from the start), with the
+    frames per second of the tasks finished in this run; call it with (task, stats) as each task finishes."""
+
+    def __init__(self, tasks: Sequence[Any], todo: Sequence[Any], *, enabled: bool, desc: str | None = None) -> None:
+        from tqdm import tqdm
+
+        total = sum(len(task.clips) for task in tasks)
+        self._bar = tqdm(total=total, initial=total - sum(len(task.clips) for task in todo), unit="clip",
+                         disable=not enabled, dynamic_ncols=True, desc=desc)
+        self._frames, self._started = 0, time.perf_counter()
+
+    def __call__(self, task: Any, stats: dict) -> None:
+        self._frames += stats["frames"]
+        self._bar.update(len(task.clips))
+        self._bar.set_postfix(frames_per_s=f"{self._frames / (time.perf_counter() - self._started):.1f}")
+
+    def __enter__(self) -> "ShardProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
 
 
 def run_tasks(

@@ -66,14 +66,14 @@ def write_manifests(config: ManifestConfig) -> list[dict]:
 
 
 def write_variant(variant_dir: Path, dest: Path, config: ManifestConfig) -> dict:
-    rows, settings = [], {}
+    rows, settings, masks = [], {}, {}
     for status_dir in sorted((variant_dir / "_status").iterdir()):
         fmt = status_dir.name
         settings[fmt] = json.loads((variant_dir / f"variant.{fmt}.json").read_text())
-        masks = run_info(Path(settings[fmt]["masks_dir"]))
+        masks[fmt] = run_info(Path(settings[fmt]["masks_dir"]))
         for shard in sorted(status_dir.glob("shard-*_stats.json")):
             table = pq.read_table(shard.with_name(shard.name.replace("_stats.json", ".parquet")))
-            rows += [manifest_row(row, masks, config) for row in table.to_pylist()]
+            rows += [manifest_row(row, masks[fmt], config) for row in table.to_pylist()]
     rows.sort(key=lambda r: (r["format"], r["split"], r["clip_id"]))
     labels = label_map(Path(next(iter(settings.values()))["masks_dir"]))
     dest.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def write_variant(variant_dir: Path, dest: Path, config: ManifestConfig) -> dict
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA.with_metadata(metadata)), tmp, compression="zstd")
     summary = {
         "variant": variant_dir.name, "settings": settings, "filter": config.filter(), "labels": len(labels),
-        "counts": _counts(rows), "masks": {fmt: run_info(Path(s["masks_dir"])) for fmt, s in settings.items()},
+        "counts": _counts(rows), "masks": masks,
     }
     write_json(dest / "manifest.json", summary)
     return summary

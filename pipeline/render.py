@@ -154,7 +154,7 @@ def partner_frames(partner: dict, task: RenderTask, clip: dict) -> PartnerFrames
     """The partner clip's background_only frames (people inpainted), timed to this clip's frames."""
     masks = read_clip_masks(task.masks_dir, partner["shard"], partner["clip_id"], partner["height"], partner["width"])
     background_only = Variant(name="background_only", person=PRESETS["background_only"].person, masks=task.variant.masks)
-    regions = RegionMasks(masks if len(masks) else None, partner["height"], partner["width"], task.variant.masks)
+    regions = RegionMasks(masks, partner["height"], partner["width"], task.variant.masks)
     frames = (frame for frame, _ in composed(Path(partner["path"]), regions, background_only,
                                             decode=DecodeOptions(fps=task.decode_fps), frames=partner["frames"],
                                             seed=task.seed, clip_id=partner["clip_id"]))

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.atomic import write_json
 from pipeline.encode import EncodeOptions
-from pipeline.executor import ExecOptions, run_tasks
+from pipeline.executor import ExecOptions, ShardProgress, run_tasks
 from pipeline.maskstore import find_run, read_clips, run_info
 from pipeline.pairing import PAIR_RANGE, pair_clips, shard_coverage
 from pipeline.render import RenderTask, is_done, render_shard
@@ -112,22 +111,9 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
             ))
     todo = tasks if config.overwrite else [task for task in tasks if not is_done(task)]
     log.info("render %s: %d variants x %d shards, %d to compute", config.dataset, len(config.variants), len(by_shard), len(todo))
-    total = len(tasks) and sum(len(t.clips) for t in tasks)
-    bar = tqdm(total=total, initial=total - sum(len(t.clips) for t in todo), unit="clip", disable=not progress,
-               dynamic_ncols=True, desc="render")
-    frames = 0
-
-    def on_done(task: RenderTask, stats: dict) -> None:
-        nonlocal frames
-        frames += stats["frames"]
-        bar.update(len(task.clips))
-        bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - started):.1f}")
-
-    try:
+    with ShardProgress(tasks, todo, enabled=progress, desc="render") as on_done:
         failed = run_tasks(render_shard, todo, names=[t.name for t in todo], options=execution, on_done=on_done,
                            key_prefix="render")
-    finally:
-        bar.close()
     summary = RenderSummary(dataset=config.dataset, masks_dir=str(masks_dir),
                             variants=[summarize(config, v, tasks, todo, failed) for v in config.variants],
                             seconds=round(time.perf_counter() - started, 2))

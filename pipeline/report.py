@@ -60,7 +60,7 @@ def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames:
                   f"<p>{html.escape(_describe(summaries[variant]))}</p>",
                   _counts_table(summaries[variant]["counts"])]
         if chosen:
-            strips = [rendered_frames(renders, rows.get(c), masks_clips[c]["frames"], frames) for c in chosen]
+            strips = [rendered_frames(renders, rows.get(c), frames) for c in chosen]
             parts.append(_img(contact_sheet(strips, [_caption(rows.get(c), c) for c in chosen])))
     page = "\n".join([_HEAD.format(title=html.escape(f"{dataset} masks report")), *parts, "</body></html>"])
     path = Path(out) / "reports" / dataset / "index.html"
@@ -102,7 +102,7 @@ def overlay_frames(masks_dir: Path, clip: dict, count: int, fps: float | None) -
     return out
 
 
-def rendered_frames(variant_dir: Path, row: dict | None, total: int, count: int) -> list[np.ndarray]:
+def rendered_frames(variant_dir: Path, row: dict | None, count: int) -> list[np.ndarray]:
     """The rendered frames of a clip at the sheet's positions (nothing when the clip was not rendered)."""
     if row is None or not row["path"] or row["status"] not in (OK, "filtered"):
         return []

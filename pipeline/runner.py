@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
-from pipeline.executor import ExecOptions, run_tasks
+from pipeline.executor import ExecOptions, ShardProgress, run_tasks
 from pipeline.maskstore import shard_paths
 from pipeline.segment import SegmenterLoadError, check_segmenter, load_segmenter
 from pipeline.shards import ShardTask, is_done, plan_shards
@@ -66,20 +65,8 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
     config.run_dir().mkdir(parents=True, exist_ok=True)
     write_json(config.run_dir() / "run.json", {"config": dataclasses.asdict(config), "fingerprint": config.fingerprint()})
 
-    bar = tqdm(total=len(clips), initial=len(clips) - sum(len(t.clips) for t in todo), unit="clip",
-               disable=not progress, dynamic_ncols=True)
-    frames = 0
-
-    def on_done(task: ShardTask, stats: dict) -> None:
-        nonlocal frames
-        frames += stats["frames"]
-        bar.update(len(task.clips))
-        bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - started):.1f}")
-
-    try:
+    with ShardProgress(tasks, todo, enabled=progress) as on_done:
         failed = execute(todo, config, on_done)
-    finally:
-        bar.close()
     summary = summarize(config, tasks, failed, computed=len(todo) - len(failed), seconds=time.perf_counter() - started)
     write_json(config.run_dir() / "summary.json", dataclasses.asdict(summary))
     return summary
