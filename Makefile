@@ -15,8 +15,12 @@ SELFIE_MODEL := models/selfie_segmentation.tflite
 DATASET ?= sample
 SEGMENTER_USED := $(or $(SEGMENTER),$(if $(filter sample,$(DATASET)),selfie,yolo))
 
-MASKS_FLAGS := --dataset "$(DATASET)" \
+DATASET_FLAGS := --dataset "$(DATASET)" $(if $(SPLIT_ID),--split-id "$(SPLIT_ID)")
+
+MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(DATA_ROOT),--root "$(DATA_ROOT)") \
+	$(if $(VIDEO_DIR),--videos "$(VIDEO_DIR)") \
+	$(if $(CLASS_LIST),--class-list "$(CLASS_LIST)") \
 	$(if $(OUT),--out "$(OUT)") \
 	$(if $(SEGMENTER),--segmenter "$(SEGMENTER)") \
 	$(if $(MODEL),--model "$(MODEL)") \
@@ -27,7 +31,7 @@ MASKS_FLAGS := --dataset "$(DATASET)" \
 	$(if $(LIMIT),--limit "$(LIMIT)") \
 	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
-RENDER_FLAGS := --dataset "$(DATASET)" \
+RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(if $(OUT),--out "$(OUT)") \
 	$(if $(MASKS),--masks "$(MASKS)") \
 	$(if $(VARIANTS),--variants "$(VARIANTS)") \
@@ -39,7 +43,7 @@ RENDER_FLAGS := --dataset "$(DATASET)" \
 	$(if $(LIMIT),--limit "$(LIMIT)") \
 	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
-MANIFEST_FLAGS := --dataset "$(DATASET)" \
+MANIFEST_FLAGS := $(DATASET_FLAGS) \
 	$(if $(OUT),--out "$(OUT)") \
 	$(if $(VARIANTS),--variants "$(VARIANTS)") \
 	$(if $(MIN_COVERAGE),--min-coverage "$(MIN_COVERAGE)") \
@@ -57,7 +61,7 @@ manifests: $(STAMP)
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
 report: $(STAMP)
-	$(PY) -m pipeline report --dataset "$(DATASET)" $(if $(OUT),--out "$(OUT)")
+	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(OUT),--out "$(OUT)")
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
 all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import MasksConfig
-from pipeline.datasets import DATASETS
+from pipeline.datasets import DATASETS, ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
 from pipeline.encode import FORMATS, EncodeOptions
 from pipeline.errors import InputError
@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     masks = commands.add_parser("masks", help="decode, segment and cache masks as Parquet shards")
     masks.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
-    masks.add_argument("--root", type=Path, help="dataset folder (DATA_ROOT); the sample makes its own")
+    _add_split_id(masks)
+    masks.add_argument("--root", type=Path, help="dataset folder, or the list/CSV file for list and mimetics (DATA_ROOT); the sample makes its own")
+    masks.add_argument("--videos", type=Path, help="video folder when not the usual one (ssv2, ucf101, hmdb51, mimetics, list)")
+    masks.add_argument("--class-list", type=Path, help="mimetics: Kinetics class list (label_map_k400.txt or a Kinetics annotation CSV)")
     masks.add_argument("--out", type=Path, default=Path("."), help="output root; shards go to OUT/masks/DATASET/TAG")
     masks.add_argument("--segmenter", type=segmenter, help="yolo, selfie or module:Class (default: selfie for sample, else yolo)")
     masks.add_argument("--model", default="yolo11n-seg.pt", help="YOLO-seg weights: a local .pt, a name ultralytics can download, or a .yaml (random init)")
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="render masked clip variants from the mask cache")
     render.add_argument("--dataset", required=True)
+    _add_split_id(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
     render.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the only one)")
     render.add_argument("--variants", default=",".join(PRESETS), help=f"comma-separated (default: every preset: {', '.join(PRESETS)})")
@@ -125,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     manifests = commands.add_parser("manifests", help="write mmaction2 / PySlowFast lists and Parquet manifests")
     manifests.add_argument("--dataset", required=True)
+    _add_split_id(manifests)
     manifests.add_argument("--out", type=Path, default=Path("."))
     manifests.add_argument("--variants", help="comma-separated (default: every rendered variant)")
     manifests.add_argument("--min-coverage", type=unit_float, default=0.0, help="quality filter: person coverage F …")
@@ -132,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write an offline HTML report of the masks and variants")
     report.add_argument("--dataset", required=True)
+    _add_split_id(report)
     report.add_argument("--out", type=Path, default=Path("."))
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
@@ -141,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (manifests, report, fetch):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _add_split_id(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--split-id", type=int, choices=(1, 2, 3),
+                     help="ucf101, hmdb51: official split (default 1); outputs go to DATASET-splitN")
 
 
 def _add_execution(sub: argparse.ArgumentParser) -> None:
@@ -172,6 +183,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
     return MasksConfig(
         dataset=args.dataset,
         root=args.root,
+        reader=ReaderOptions(split_id=args.split_id, videos=args.videos, class_list=args.class_list),
         out=args.out,
         segmenter=SegmenterSpec(
             backend=backend,
@@ -200,7 +212,7 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
     defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
     return RenderConfig(
-        dataset=args.dataset,
+        dataset=output_name(args.dataset, args.split_id),
         variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define),
         out=args.out,
         masks_tag=args.masks,
@@ -237,16 +249,18 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.manifests import ManifestConfig, write_manifests
 
         variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
-        config = ManifestConfig(dataset=args.dataset, out=args.out, variants=variants,
+        dataset = output_name(args.dataset, args.split_id)
+        config = ManifestConfig(dataset=dataset, out=args.out, variants=variants,
                                 min_coverage=args.min_coverage, min_frames_frac=args.min_frames_frac)
         for summary in write_manifests(config):
             counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
-            print(f"manifests {args.dataset}/{summary['variant']}: {counts}")
-        print(f"output: {Path(args.out) / 'manifests' / args.dataset}")
+            print(f"manifests {dataset}/{summary['variant']}: {counts}")
+        print(f"output: {Path(args.out) / 'manifests' / dataset}")
         return 0
     from pipeline.report import write_report
 
-    print(f"report: {write_report(dataset=args.dataset, out=args.out, clips=args.clips, frames=args.frames)}")
+    dataset = output_name(args.dataset, args.split_id)
+    print(f"report: {write_report(dataset=dataset, out=args.out, clips=args.clips, frames=args.frames)}")
     return 0
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.datasets import ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
 from pipeline.segment.base import SegmenterSpec
 
@@ -16,6 +17,7 @@ from pipeline.segment.base import SegmenterSpec
 class MasksConfig:
     dataset: str
     root: Path | None = None  # None: the dataset's default (the sample generates itself under out/data)
+    reader: ReaderOptions = field(default_factory=ReaderOptions)  # split id, video folder, class list
     out: Path = Path(".")
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
@@ -26,6 +28,11 @@ class MasksConfig:
     scheduler: str | None = None  # address of an existing Dask scheduler
     overwrite: bool = False
     tag: str | None = None  # run folder name; None derives one from the settings
+
+    @property
+    def name(self) -> str:
+        """The dataset's output folder name (`ucf101-split2` for a split of a dataset with split ids)."""
+        return output_name(self.dataset, self.reader.split_id)
 
     def output_fields(self) -> dict[str, Any]:
         """What decides the stored masks; two runs agreeing on these may share a run folder."""
@@ -51,4 +58,4 @@ class MasksConfig:
         return f"{name}-{self.fingerprint()}"
 
     def run_dir(self) -> Path:
-        return Path(self.out) / "masks" / self.dataset / self.run_tag()
+        return Path(self.out) / "masks" / self.name / self.run_tag()

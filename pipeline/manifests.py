@@ -30,6 +30,7 @@ FILTERED = "filtered"  # rendered, but below the quality filter: in the Parquet,
 
 MANIFEST_SCHEMA = pa.schema([
     ("clip_id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("label_index", pa.int32()),
+    ("meta", pa.string()),  # JSON of dataset extras: SSv2 template/placeholders/caption, Mimetics index, UCF group
     ("variant", pa.string()), ("format", pa.string()), ("path", pa.string()), ("frames", pa.int32()),
     ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
     ("person_coverage", pa.float32()),  # mean over frames of the fraction of the frame in people
@@ -75,7 +76,8 @@ def write_variant(variant_dir: Path, dest: Path, config: ManifestConfig) -> dict
             table = pq.read_table(shard.with_name(shard.name.replace("_stats.json", ".parquet")))
             rows += [manifest_row(row, masks[fmt], config) for row in table.to_pylist()]
     rows.sort(key=lambda r: (r["format"], r["split"], r["clip_id"]))
-    labels = label_map(Path(next(iter(settings.values()))["masks_dir"]))
+    fmt = next(iter(settings))
+    labels = label_map(Path(settings[fmt]["masks_dir"]), masks[fmt])
     dest.mkdir(parents=True, exist_ok=True)
     write_lines(dest / "label_map.txt", labels)
     for split in sorted({r["split"] for r in rows}):
@@ -107,6 +109,7 @@ def manifest_row(row: dict, masks: dict, config: ManifestConfig) -> dict:
         status = FILTERED
     provenance = masks.get("provenance", {})
     return {
+        "meta": row.get("meta"),
         **{k: row[k] for k in ("clip_id", "split", "label", "variant", "format", "path", "frames", "fps", "width",
                                "height", "error", "pair_clip_id", "pair_label", "pair_label_index")},
         "label_index": -1 if row["label_index"] is None else row["label_index"],
@@ -118,8 +121,11 @@ def manifest_row(row: dict, masks: dict, config: ManifestConfig) -> dict:
     }
 
 
-def label_map(masks_dir: Path) -> list[str]:
-    """Labels in index order, from the masks run's clip rows (every listed clip, whatever its status)."""
+def label_map(masks_dir: Path, info: dict) -> list[str]:
+    """Labels in index order: the dataset's class list when its reader gave one (recorded in run.json),
+    else from the masks run's clip rows (every listed clip, whatever its status)."""
+    if info.get("classes"):
+        return list(info["classes"])
     by_index: dict[int, str] = {}
     for clip in read_clips(masks_dir).select(["label", "label_index"]).to_pylist():
         if clip["label_index"] is not None:

@@ -48,6 +48,7 @@ CLIP_SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("label", pa.string()),
         pa.field("label_index", pa.int32()),
+        pa.field("meta", pa.string()),  # JSON object of dataset extras (SSv2 template/placeholders, Mimetics index)
         pa.field("status", pa.string(), nullable=False),  # ok, missing, decode_error, empty
         pa.field("error", pa.string()),
         pa.field("frames", pa.int32(), nullable=False),
@@ -188,7 +189,7 @@ def read_clips(run_dir: Path) -> pa.Table:
         tables.append(table.append_column("shard", pa.array([shard] * table.num_rows, pa.string())))
     if not tables:
         return CLIP_SCHEMA.empty_table().append_column("shard", pa.array([], pa.string()))
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # shards from before a column was added: nulls
 
 
 def load_clip_masks(run_dir: Path, clip_id: str) -> ClipMasks:

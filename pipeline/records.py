@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,23 @@ class ClipRecord:
     clip_id: str  # unique within the dataset, safe as a file name
     path: Path
     split: str
-    label: str | None = None  # None where the split is unlabelled (Kinetics test)
+    label: str | None = None  # None where the split is unlabelled (Kinetics test); the original text
     label_index: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)  # dataset extras (SSv2 placeholders, …)
+
+    def meta_json(self) -> str | None:
+        """`meta` as the JSON text stored in the clip tables and manifests (keys sorted), or None when empty."""
+        return json.dumps(self.meta, sort_keys=True, ensure_ascii=False) if self.meta else None
+
+    def listing_digest(self) -> str:
+        return listing_digest(self.split, self.label, self.label_index, self.meta_json())
+
+
+def listing_digest(split: str, label: str | None, label_index: int | None, meta: str | None) -> str:
+    """A short hash of what a clip's rows take from the dataset listing. Stats files keep it per clip, so a
+    relabelled clip (new annotations, another class list) makes the shards that hold it not done."""
+    blob = json.dumps([split, label, label_index, meta], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 @dataclass(kw_only=True)
@@ -44,6 +61,7 @@ class ClipStatus:
     def row(self) -> dict[str, Any]:
         clip = asdict(self.clip)
         clip["path"] = str(self.clip.path)
+        clip["meta"] = self.clip.meta_json()
         fields = {k: v for k, v in asdict(self).items() if k != "clip"}
         return {**clip, **fields}
 

@@ -25,7 +25,7 @@ from pipeline.compose import PartnerFrames, composed
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.encode import ClipWriter, EncodeOptions
 from pipeline.maskstore import ClipMasks, iter_shard, read_clip_masks, shard_paths
-from pipeline.records import DECODE_ERROR, OK, path_name
+from pipeline.records import DECODE_ERROR, OK, listing_digest, path_name
 from pipeline.regions import RegionMasks
 from pipeline.variants import PRESETS, Variant
 
@@ -38,6 +38,7 @@ RENDER_SCHEMA = pa.schema([
     pa.field("split", pa.string(), nullable=False),
     pa.field("label", pa.string()),
     pa.field("label_index", pa.int32()),
+    pa.field("meta", pa.string()),  # the clip's dataset extras, JSON (from the masks clips table)
     pa.field("variant", pa.string(), nullable=False),
     pa.field("format", pa.string(), nullable=False),
     pa.field("path", pa.string()),  # relative to the variant folder; null unless ok
@@ -79,6 +80,11 @@ class RenderTask:
         folder = self.variant_dir / "_status" / self.encode.format
         return folder / f"{self.shard}.parquet", folder / f"{self.shard}_stats.json"
 
+    def listing(self) -> dict[str, str]:
+        """Clip id → digest of its listing (split, label, index, meta): renders are filed by split and label."""
+        return {clip["clip_id"]: listing_digest(clip["split"], clip["label"], clip["label_index"], clip.get("meta"))
+                for clip in self.clips}
+
     def expected(self) -> dict[str, str]:
         """Clip id → partner id ('' without one): what a finished shard must have rendered."""
         return {clip["clip_id"]: self.pairs.get(clip["clip_id"], {}).get("clip_id", "") for clip in self.clips}
@@ -99,6 +105,7 @@ def render_shard(task: RenderTask) -> dict:
         "variant": task.variant.name,
         "fingerprint": task.fingerprint,
         "clips": task.expected(),
+        "listing": task.listing(),
         "by_status": dict(sorted(Counter(row["status"] for row in rows).items())),
         "frames": sum(row["frames"] for row in rows),
         "seconds": round(time.perf_counter() - started, 3),
@@ -111,7 +118,7 @@ def render_shard(task: RenderTask) -> dict:
 
 def render_clip(clip: dict, masks: ClipMasks | None, task: RenderTask) -> dict:
     """Render one clip (or say why not) and return its status row."""
-    row = {name: clip.get(name) for name in ("clip_id", "split", "label", "label_index")}
+    row = {name: clip.get(name) for name in ("clip_id", "split", "label", "label_index", "meta")}
     row |= {"variant": task.variant.name, "format": task.encode.format, "path": None, "status": clip["status"],
             "error": clip["error"], "frames": 0, "fps": 0.0, "width": 0, "height": 0, "person_coverage": [],
             "object_coverage": [], "pair_clip_id": None, "pair_label": None, "pair_label_index": None,
@@ -169,6 +176,8 @@ def is_done(task: RenderTask) -> bool:
         return False
     if stats.get("fingerprint") != task.fingerprint:
         return False
-    done = stats.get("clips", {})
+    done, listed = stats.get("clips", {}), stats.get("listing")
+    if listed is not None and any(listed.get(clip_id) != digest for clip_id, digest in task.listing().items()):
+        return False  # relabelled in the masks run since
     return all(done.get(clip_id) == partner for clip_id, partner in task.expected().items())
 

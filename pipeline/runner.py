@@ -53,7 +53,10 @@ class RunSummary:
 def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
     """Segment every clip of the dataset into the run folder; safe to rerun (done shards are skipped)."""
     started = time.perf_counter()
-    clips = list_clips(config.dataset, config.root, config.out, config.splits)
+    listing = list_clips(config.dataset, config.root, config.out, config.splits, config.reader)
+    for reason, count in listing.skipped.items():
+        log.info("%s: %d entries left out (%s)", config.name, count, reason)
+    clips = listing.clips
     if config.limit:
         clips = clips[: config.limit]
     check_segmenter(config.segmenter)
@@ -61,9 +64,10 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
         load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
     tasks = plan_shards(clips, config)
     todo = tasks if config.overwrite else [task for task in tasks if not is_done(task)]
-    log.info("%s: %d clips in %d shards, %d to compute -> %s", config.dataset, len(clips), len(tasks), len(todo), config.run_dir())
+    log.info("%s: %d clips in %d shards, %d to compute -> %s", config.name, len(clips), len(tasks), len(todo), config.run_dir())
     config.run_dir().mkdir(parents=True, exist_ok=True)
-    write_json(config.run_dir() / "run.json", {"config": dataclasses.asdict(config), "fingerprint": config.fingerprint()})
+    write_json(config.run_dir() / "run.json", {"config": dataclasses.asdict(config), "fingerprint": config.fingerprint(),
+                                               "classes": list(listing.classes)})
 
     with ShardProgress(tasks, todo, enabled=progress) as on_done:
         failed = execute(todo, config, on_done)
@@ -100,7 +104,7 @@ def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str
                 frames += row["frames"]
                 instances += row["instances"]
     return RunSummary(
-        dataset=config.dataset,
+        dataset=config.name,
         run_dir=str(config.run_dir()),
         clips=sum(len(task.clips) for task in tasks),
         by_status=dict(sorted(statuses.items())),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import MasksConfig
 from pipeline.maskstore import shard_paths
 from pipeline.records import ClipRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,8 +47,17 @@ def read_stats(task: ShardTask) -> dict | None:
 
 
 def is_done(task: ShardTask) -> bool:
-    """True when the shard's stats file exists, was written under the same settings, and covers these clips."""
+    """True when the shard's stats file exists, was written under the same settings, and covers these clips
+    as the dataset lists them now (same split, label, index and meta)."""
     stats = read_stats(task)
     if stats is None or stats.get("fingerprint") != task.config.fingerprint():
         return False
-    return {clip.clip_id for clip in task.clips} <= set(stats.get("clip_ids", ()))
+    if not {clip.clip_id for clip in task.clips} <= set(stats.get("clip_ids", ())):
+        return False
+    listed = stats.get("listing")
+    if listed is None:  # written before listings were recorded
+        return True
+    changed = [clip.clip_id for clip in task.clips if listed.get(clip.clip_id) != clip.listing_digest()]
+    if changed:
+        log.info("%s: %d clip(s) relabelled since it was computed (e.g. %s); recomputing", task.name, len(changed), changed[0])
+    return not changed

@@ -45,6 +45,7 @@ def run_shard(task: ShardTask) -> dict:
         "shard": task.name,
         "fingerprint": config.fingerprint(),
         "clip_ids": [clip.clip_id for clip in task.clips],
+        "listing": {clip.clip_id: clip.listing_digest() for clip in task.clips},
         "clips": len(statuses),
         "by_status": dict(sorted(Counter(s.status for s in statuses).items())),
         "frames": sum(s.frames for s in statuses),

@@ -8,9 +8,10 @@ from pipeline.decode import VideoDecoder
 
 
 def test_sample_is_deterministic_kinetics_layout_with_exact_truth(tmp_path):
-    clips = list_clips("sample", None, tmp_path / "a")
-    again = list_clips("sample", None, tmp_path / "b")
+    listing = list_clips("sample", None, tmp_path / "a")
+    clips, again = listing.clips, list_clips("sample", None, tmp_path / "b").clips
     assert len(clips) == len(CLIPS) == 10
+    assert listing.classes == ("celebrating (zidane photo)", "moving shapes (synthetic)", "waiting for a bus")
     assert {c.split for c in clips} == {"train", "val"}
     assert sorted({(c.label, c.label_index) for c in clips}) == [
         ("celebrating (zidane photo)", 0), ("moving shapes (synthetic)", 1), ("waiting for a bus", 2),

@@ -152,12 +152,17 @@ def shape_clip(frames: int, width: int, height: int, *, seed: int) -> tuple[np.n
     return video, person, objects
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int, *, lossless: bool = False, rotation: int = 0) -> None:
-    """Encode RGB frames as H.264 (yuv420p) in an mp4; `lossless` (qp 0) keeps the luma exact."""
+def write_video(path: Path, frames: np.ndarray, fps: int, *, lossless: bool = False, rotation: int = 0,
+                codec: str = "libx264") -> None:
+    """Encode RGB frames (yuv420p) as H.264, or VP9 with codec="libvpx-vp9" (for .webm, as SSv2 ships);
+    `lossless` keeps the luma exact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"qp": "0"} if lossless else {"crf": "20"}
+    if codec == "libx264":
+        options = {"qp": "0", "preset": "fast"} if lossless else {"crf": "20", "preset": "fast"}
+    else:
+        options = {"lossless": "1"} if lossless else {"crf": "30", "b": "0"}
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={**options, "preset": "fast"})
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.codec_context.thread_count = 1
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"

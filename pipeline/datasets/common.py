@@ -1,0 +1,120 @@
+"""What every dataset reader shares: its options, its result, safe clip ids, video lookup, annotation lines."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.datasets.errors import DatasetError
+from pipeline.records import ClipRecord
+
+# Containers PyAV reads that datasets ship in; other files in a video folder are ignored.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                            ".3gp", ".ogv", ".ts"})
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaderOptions:
+    """Reader settings beyond the root folder; each reader uses the ones it documents."""
+
+    split_id: int | None = None  # ucf101, hmdb51: official split 1, 2 or 3 (None: 1)
+    videos: Path | None = None  # ssv2, ucf101, hmdb51, list: the folder holding the videos, when not the usual one
+    class_list: Path | None = None  # mimetics: the Kinetics class list that gives label indices
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """A reader's result: the clips, and the dataset's class names in label-index order."""
+
+    clips: list[ClipRecord]
+    classes: tuple[str, ...] = ()
+    skipped: dict[str, int] = field(default_factory=dict)  # reason → count of entries deliberately left out
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
+
+
+def safe_id(text: str) -> str:
+    """A clip id safe as a file name on every platform and in space-separated lists: runs of anything but
+    letters, digits, '.', '_' and '-' become '_', as do '..' and a leading '.'; Windows device names get a
+    trailing '_'. Ids that are already safe (Kinetics, SSv2, UCF101) are unchanged."""
+    if not (_SAFE.fullmatch(text) and ".." not in text):
+        text = _UNSAFE_RUN.sub("_", text)
+        text = "_" + text[1:] if text.startswith(".") else text
+    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
+        text += "_"
+    return text or "_"
+
+
+def path_id(relative: Path) -> str:
+    """The clip id of a video known only by its path: the path without suffix, folders joined by '__'."""
+    return safe_id("__".join(relative.with_suffix("").parts))
+
+
+def index_videos(folder: Path) -> dict[str, Path]:
+    """File stem → path for every video under `folder` (flat or nested); the first in sorted order wins."""
+    found: dict[str, Path] = {}
+    for directory, subdirs, files in os.walk(folder):
+        subdirs.sort()
+        for name in sorted(files):
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in VIDEO_SUFFIXES and stem not in found:
+                found[stem] = Path(directory, name)
+    return found
+
+
+def find_videos(folder: Path) -> list[Path]:
+    """Every video under `folder`, sorted by path."""
+    return sorted(Path(d) / name for d, _, files in os.walk(folder) for name in files
+                  if os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES)
+
+
+def numbered_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of each non-empty line; a missing file is a DatasetError naming `what`."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} not found")
+    with open(path, encoding="utf-8", errors="replace", newline=None) as f:  # CRLF files (UCF101) read the same
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield number, line.strip()
+
+
+def need_dir(path: Path, what: str, hint: str = "") -> Path:
+    """`path` if it is a folder; else a DatasetError `<path>: <what> not found; <hint>`."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: {what} not found" + (f"; {hint}" if hint else ""))
+    return path
+
+
+def sorted_index(labels) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Class names sorted (the mmaction2 convention for Kinetics, HMDB51, folders) and name → index."""
+    classes = tuple(sorted({label for label in labels if label is not None}))
+    return classes, {label: i for i, label in enumerate(classes)}
+
+
+def finish(listing: Listing, splits: tuple[str, ...] | None, root: Path) -> Listing:
+    """Keep the requested splits, check that ids are unique and safe, and sort by clip id."""
+    clips, seen = [], {}
+    for clip in listing.clips:
+        if clip.split != safe_id(clip.split) or clip.split.startswith("."):
+            raise DatasetError(f"{clip.path}: split name {clip.split!r} is not safe as a folder name")
+        if clip.clip_id != safe_id(clip.clip_id):
+            raise DatasetError(f"{clip.path}: clip id {clip.clip_id!r} is not safe as a file name")
+        key = clip.clip_id.casefold()  # renders are files named by id: unique on case-insensitive disks too
+        if key in seen:
+            raise DatasetError(f"clip id {clip.clip_id!r} is listed twice ({seen[key]} and {clip.path}); "
+                               "clip ids must be unique, ignoring case")
+        seen[key] = clip.path
+        if not splits or clip.split in splits:
+            clips.append(clip)
+    if not clips:
+        found = sorted({clip.split for clip in listing.clips})
+        raise DatasetError(f"{root}: no clips in split(s) {', '.join(splits or ())}; the dataset has: {', '.join(found)}"
+                           if listing.clips else f"{root}: no clips found")
+    clips.sort(key=lambda clip: clip.clip_id)
+    return Listing(clips=clips, classes=listing.classes, skipped=listing.skipped)
