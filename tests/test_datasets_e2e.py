@@ -82,12 +82,11 @@ def test_relabelled_clips_are_recomputed_and_rerendered_the_rest_skipped(tmp_pat
     replace_with_videos(videos, ".mp4")
     listed = videos / "clips.txt"
     listed.write_text("a.mp4 jump train\nb.mp4 jump train\nc.mp4 run train\nd.mp4 run val\n")
-    out = tmp_path / "out"
-    argv = ["--dataset", "list", "--shard-size", "2"]
-    run_stages(argv[:2], out, ["--root", str(listed), *argv[2:]])
+    out, masks_flags = tmp_path / "out", ["--root", str(listed), "--shard-size", "2"]
+    run_stages(["--dataset", "list"], out, masks_flags)
     capsys.readouterr()
     listed.write_text("a.mp4 jump train\nb.mp4 jump train\nc.mp4 run train\nd.mp4 walk val\n")  # d relabelled
-    run_stages(argv[:2], out, ["--root", str(listed), *argv[2:]])
+    run_stages(["--dataset", "list"], out, masks_flags)
     printed = capsys.readouterr().out
     assert "1 computed, 1 already done" in printed  # masks: only d's shard
     assert "bg: 4 clips (ok 4), " in printed and "shards 1 computed, 1 already done" in printed
