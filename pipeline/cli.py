@@ -21,6 +21,7 @@ from pipeline.executor import ExecOptions
 from pipeline.pairing import PAIR_RANGE
 from pipeline.render_runner import RenderConfig
 from pipeline.segment import BACKENDS, SegmenterLoadError, SegmenterSpec
+from pipeline.tracking import TrackOptions
 from pipeline.variants import PRESETS, MaskOptions, resolve
 
 log = logging.getLogger("pipeline")
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--object-classes", help="comma-separated object classes besides person (default: all; 'none' for none)")
     masks.add_argument("--selfie-model", default="models/selfie_segmentation.tflite", help="path of the selfie .tflite")
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
+    masks.add_argument("--track-iou", type=unit_float, default=0.3, help="least mask IoU that continues an instance's track id")
+    masks.add_argument("--track-gap", type=non_negative_int, default=5, help="frames a track may go unseen and continue")
     masks.add_argument("--shard-size", type=positive_int, help="clips per shard (default: 32; 4 for the sample)")
     masks.add_argument("--tag", help="run folder name (default: derived from the settings)")
     _add_execution(masks)
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--dataset", required=True)
     _add_split_id(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
-    render.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the only one)")
+    render.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the one whose masks stage started last)")
     render.add_argument("--variants", default=",".join(PRESETS), help=f"comma-separated (default: every preset: {', '.join(PRESETS)})")
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
@@ -198,6 +201,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             threshold=args.threshold,
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),
+        track=TrackOptions(min_iou=args.track_iou, max_gap=args.track_gap),
         splits=tuple(args.splits.split(",")) if args.splits else None,
         limit=args.limit,
         shard_size=args.shard_size or DATASETS.get(args.dataset, DATASETS["sample"]).shard_size,

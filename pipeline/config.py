@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.datasets import ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
 from pipeline.segment.base import SegmenterSpec
+from pipeline.tracking import TrackOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +22,7 @@ class MasksConfig:
     out: Path = Path(".")
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    track: TrackOptions = field(default_factory=TrackOptions)  # stable instance ids across frames
     splits: tuple[str, ...] | None = None  # None: every split the dataset has
     limit: int | None = None  # first N clips in clip-id order
     shard_size: int = 32  # clips per shard
@@ -41,6 +43,7 @@ class MasksConfig:
             "segmenter": self.segmenter.output_fields(),
             "fps": self.decode.fps,
             "short_side": self.decode.short_side,
+            "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
         }
 
     def fingerprint(self) -> str:

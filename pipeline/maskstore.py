@@ -8,6 +8,7 @@ a shard without its stats file is not done and readers ignore it.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,13 +25,16 @@ from pipeline.decode import FrameBatch
 from pipeline.errors import InputError
 from pipeline.records import ClipStatus
 from pipeline.segment.base import FrameMasks
+from pipeline.tracking import IouTracker
+
+log = logging.getLogger(__name__)
 
 MASK_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("frame_index", pa.int32(), nullable=False),  # position in the native decode order
         pa.field("time", pa.float64(), nullable=False),  # presentation time, seconds
-        pa.field("instance_id", pa.int32(), nullable=False),  # per frame, by descending score
+        pa.field("instance_id", pa.int32(), nullable=False),  # track id: the same across the clip's frames
         pa.field("class_id", pa.int16(), nullable=False),
         pa.field("class_name", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
@@ -70,8 +74,9 @@ def shard_paths(run_dir: Path, shard: str) -> tuple[Path, Path, Path]:
 class ClipRows:
     """Mask rows of one clip, gathered batch by batch; nothing reaches a shard until the clip is complete."""
 
-    def __init__(self, clip_id: str, names: dict[int, str]) -> None:
+    def __init__(self, clip_id: str, names: dict[int, str], tracker: IouTracker | None = None) -> None:
         self.clip_id, self.names = clip_id, names
+        self.tracker = tracker or IouTracker()
         self.columns: dict[str, list] = {name: [] for name in MASK_SCHEMA.names}
 
     def __len__(self) -> int:
@@ -81,15 +86,16 @@ class ClipRows:
         columns = self.columns
         for frame_index, time, found in zip(batch.indices.tolist(), batch.times.tolist(), results):
             count = len(found)
+            counts = rle.encode(found.masks)
             columns["clip_id"] += [self.clip_id] * count
             columns["frame_index"] += [frame_index] * count
             columns["time"] += [time] * count
-            columns["instance_id"] += list(range(count))
+            columns["instance_id"] += self.tracker.assign(found.cls, counts, batch.height, batch.width)
             columns["class_id"] += found.cls.tolist()
             columns["class_name"] += [self.names.get(c, str(c)) for c in found.cls.tolist()]
             columns["score"] += found.conf.tolist()
             columns["bbox"] += found.xyxy.tolist()
-            columns["rle"] += rle.encode(found.masks)
+            columns["rle"] += counts
             columns["height"] += [batch.height] * count
             columns["width"] += [batch.width] * count
 
@@ -222,7 +228,8 @@ def iter_shard(masks_path: Path) -> Iterator[ClipMasks]:
 
 
 def find_run(out: Path, dataset: str, tag: str | None = None) -> Path:
-    """The masks run folder of a dataset: `tag` if given, else the only run there is (InputError otherwise)."""
+    """The masks run folder of a dataset: `tag` if given, else the run whose masks stage was started last
+    (so `make all` renders what its masks step just made, also after settings changed)."""
     base = Path(out) / "masks" / dataset
     if tag:
         run_dir = base / tag
@@ -233,9 +240,11 @@ def find_run(out: Path, dataset: str, tag: str | None = None) -> Path:
     runs = _runs(base)
     if not runs:
         raise InputError(f"{base}: no masks yet; run `make masks DATASET={dataset}` first")
+    newest = max(runs, key=lambda run: ((base / run / "run.json").stat().st_mtime_ns, run))
     if len(runs) > 1:
-        raise InputError(f"{base} holds several masks runs ({', '.join(runs)}); choose one with MASKS=<run> (--masks)")
-    return base / runs[0]
+        log.warning("%s holds %d masks runs (%s); using the latest, %s; choose another with MASKS=<run> (--masks)",
+                    base, len(runs), ", ".join(runs), newest)
+    return base / newest
 
 
 def _runs(base: Path) -> list[str]:

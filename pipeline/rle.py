@@ -40,3 +40,13 @@ def decode_union(counts: list[bytes], height: int, width: int) -> np.ndarray:
         return np.zeros((int(height), int(width)), dtype=bool)
     rles = [{"size": [int(height), int(width)], "counts": c} for c in counts]
     return coco_mask.decode(coco_mask.merge(rles, intersect=0) if len(rles) > 1 else rles[0]).astype(bool)
+
+
+def iou(first: list[bytes], second: list[bytes], height: int, width: int) -> np.ndarray:
+    """(len(first), len(second)) mask IoU of two lists of RLEs of the same size, without decoding them."""
+    if not first or not second:
+        return np.zeros((len(first), len(second)), dtype=np.float64)
+    size = [int(height), int(width)]
+    a = [{"size": size, "counts": c} for c in first]
+    b = [{"size": size, "counts": c} for c in second]
+    return np.asarray(coco_mask.iou(a, b, [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))

@@ -15,6 +15,7 @@ from pipeline.maskstore import ClipRows, ShardWriter
 from pipeline.records import DECODE_ERROR, EMPTY, MISSING, OK, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, load_segmenter
 from pipeline.shards import ShardTask
+from pipeline.tracking import IouTracker
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def run_shard(task: ShardTask) -> dict:
     statuses: list[ClipStatus] = []
     try:
         for clip in task.clips:
-            rows = ClipRows(clip.clip_id, dict(segmenter.names))
+            rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(config.track))
             status = segment_clip(clip, segmenter, config.decode, rows)
             if status.status == OK:
                 writer.write(rows)
@@ -96,5 +97,6 @@ def shard_metadata(task: ShardTask, segmenter: Segmenter) -> dict[str, str]:
         "segmenter": config.segmenter.backend,
         "decode_fps": str(config.decode.fps or "native"),
         "short_side": str(config.decode.short_side or "native"),
+        "instance_ids": f"iou-track min_iou={config.track.min_iou} max_gap={config.track.max_gap}",
         **{f"segmenter.{key}": value for key, value in segmenter.provenance().items()},
     }

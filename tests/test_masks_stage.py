@@ -146,3 +146,21 @@ def test_missing_and_corrupt_clips_become_status_rows(shapes_dataset, tmp_path):
     assert "corrupt_000000_000010.mp4" in rows["corrupt_000000_000010"]["error"]
     with pytest.raises(KeyError):
         load_clip_masks(Path(summary.run_dir), "not-a-clip")
+
+
+def test_find_run_takes_the_named_run_or_the_latest_started(tmp_path, caplog):
+    import os
+
+    from pipeline.errors import InputError
+    from pipeline.maskstore import find_run
+
+    base = tmp_path / "masks" / "ds"
+    for i, tag in enumerate(("zzz-old", "aaa-new")):
+        (base / tag).mkdir(parents=True)
+        (base / tag / "run.json").write_text("{}")
+        os.utime(base / tag / "run.json", ns=(10**18 + i, 10**18 + i))
+    assert find_run(tmp_path, "ds", "zzz-old") == base / "zzz-old"
+    assert find_run(tmp_path, "ds") == base / "aaa-new"
+    assert "using the latest, aaa-new" in caplog.text and "zzz-old" in caplog.text
+    with pytest.raises(InputError, match="no masks yet"):
+        find_run(tmp_path, "other")
