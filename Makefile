@@ -15,36 +15,30 @@ SELFIE_MODEL := models/selfie_segmentation.tflite
 DATASET ?= sample
 SEGMENTER_USED := $(or $(SEGMENTER),$(if $(filter sample,$(DATASET)),selfie,yolo))
 
-DATASET_FLAGS := --dataset "$(DATASET)" $(if $(SPLIT_ID),--split-id "$(SPLIT_ID)")
+# Flags every stage takes, and the execution flags of the Dask stages (the CLI's _add_execution).
+DATASET_FLAGS := --dataset "$(DATASET)" $(if $(SPLIT_ID),--split-id "$(SPLIT_ID)") $(if $(OUT),--out "$(OUT)")
+EXEC_FLAGS := $(if $(WORKERS),--workers "$(WORKERS)") $(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
+	$(if $(LIMIT),--limit "$(LIMIT)") $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(DATA_ROOT),--root "$(DATA_ROOT)") \
 	$(if $(VIDEO_DIR),--videos "$(VIDEO_DIR)") \
 	$(if $(CLASS_LIST),--class-list "$(CLASS_LIST)") \
-	$(if $(OUT),--out "$(OUT)") \
 	$(if $(SEGMENTER),--segmenter "$(SEGMENTER)") \
 	$(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
 	$(if $(BATCH),--batch "$(BATCH)") \
-	$(if $(WORKERS),--workers "$(WORKERS)") \
-	$(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
-	$(if $(LIMIT),--limit "$(LIMIT)") \
-	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+	$(EXEC_FLAGS)
 
 RENDER_FLAGS := $(DATASET_FLAGS) \
-	$(if $(OUT),--out "$(OUT)") \
 	$(if $(MASKS),--masks "$(MASKS)") \
 	$(if $(VARIANTS),--variants "$(VARIANTS)") \
 	$(if $(VARIANTS_FILE),--variants-file "$(VARIANTS_FILE)") \
 	$(if $(FORMAT),--format "$(FORMAT)") \
 	$(if $(SHORT_SIDE),--short-side "$(SHORT_SIDE)") \
-	$(if $(WORKERS),--workers "$(WORKERS)") \
-	$(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
-	$(if $(LIMIT),--limit "$(LIMIT)") \
-	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+	$(EXEC_FLAGS)
 
 MANIFEST_FLAGS := $(DATASET_FLAGS) \
-	$(if $(OUT),--out "$(OUT)") \
 	$(if $(VARIANTS),--variants "$(VARIANTS)") \
 	$(if $(MIN_COVERAGE),--min-coverage "$(MIN_COVERAGE)") \
 	$(if $(MIN_FRAMES_FRAC),--min-frames-frac "$(MIN_FRAMES_FRAC)")
@@ -61,7 +55,7 @@ manifests: $(STAMP)
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
 report: $(STAMP)
-	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(OUT),--out "$(OUT)")
+	$(PY) -m pipeline report $(DATASET_FLAGS)
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
 all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))

@@ -49,7 +49,9 @@ __all__ = ["DATASETS", "DatasetError", "Listing", "ReaderOptions", "list_clips",
 def list_clips(name: str, root: Path | None, out: Path, splits: tuple[str, ...] | None = None,
                options: ReaderOptions = ReaderOptions()) -> Listing:
     """The clips of a dataset, sorted by clip id, with its class names; DatasetError for bad input."""
-    dataset = _get(name)
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    dataset = DATASETS[name]
     output_name(name, options.split_id)  # refuses a split id the dataset does not have
     if root is None:
         if dataset.default_root is None:
@@ -69,8 +71,3 @@ def output_name(name: str, split_id: int | None = None) -> str:
         raise DatasetError(f"{name} has no official alternative splits; drop SPLIT_ID (--split-id)")
     return name
 
-
-def _get(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[name]

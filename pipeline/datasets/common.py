@@ -91,6 +91,13 @@ def need_dir(path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
+def check_split_id(split_id: int | None, dataset: str) -> int:
+    split_id = 1 if split_id is None else split_id
+    if split_id not in (1, 2, 3):
+        raise DatasetError(f"{dataset} has official splits 1, 2 and 3, not {split_id} (SPLIT_ID / --split-id)")
+    return split_id
+
+
 def sorted_index(labels) -> tuple[tuple[str, ...], dict[str, int]]:
     """Class names sorted (the mmaction2 convention for Kinetics, HMDB51, folders) and name → index."""
     classes = tuple(sorted({label for label in labels if label is not None}))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.datasets.common import Listing, ReaderOptions, need_dir, numbered_lines, safe_id
+from pipeline.datasets.common import Listing, ReaderOptions, check_split_id, need_dir, numbered_lines, safe_id
 from pipeline.datasets.errors import DatasetError
-from pipeline.datasets.ucf101 import check_split_id
 from pipeline.records import ClipRecord
 
 SPLITS_FOLDER = "testTrainMulti_7030_splits"

@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.datasets.common import Listing, ReaderOptions, need_dir, numbered_lines, safe_id
+from pipeline.datasets.common import Listing, ReaderOptions, check_split_id, need_dir, numbered_lines, safe_id
 from pipeline.datasets.errors import DatasetError
 from pipeline.records import ClipRecord
 
-SPLIT_IDS = (1, 2, 3)
 _GROUP_CLIP = re.compile(r"_g(\d+)_c(\d+)$")
 
 
@@ -48,13 +47,6 @@ def list_ucf101(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing
             clips.append(ClipRecord(clip_id=safe_id(stem), path=video_dir / relative, split=split,
                                     label=classes[index], label_index=index, meta=meta))
     return Listing(clips=clips, classes=classes)
-
-
-def check_split_id(split_id: int | None, dataset: str) -> int:
-    split_id = 1 if split_id is None else split_id
-    if split_id not in SPLIT_IDS:
-        raise DatasetError(f"{dataset} has official splits 1, 2 and 3, not {split_id} (SPLIT_ID / --split-id)")
-    return split_id
 
 
 def read_class_index(path: Path) -> tuple[str, ...]:
