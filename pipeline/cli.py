@@ -20,7 +20,9 @@ from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
 from pipeline.pairing import PAIR_RANGE
 from pipeline.render_runner import RenderConfig
-from pipeline.segment import BACKENDS, SegmenterLoadError, SegmenterSpec
+from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
+from pipeline.segment.base import RANDOM
+from pipeline.segment.sam import SAM_TYPES
 from pipeline.tracking import TrackOptions
 from pipeline.variants import PRESETS, MaskOptions, resolve
 
@@ -101,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--object-classes", help="comma-separated object classes besides person (default: all; 'none' for none)")
     masks.add_argument("--selfie-model", default="models/selfie_segmentation.tflite", help="path of the selfie .tflite")
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
+    masks.add_argument("--refine", choices=("none", "sam"), default="none", help="refine masks with segment-anything, prompted by each instance's box")
+    masks.add_argument("--sam-type", choices=SAM_TYPES, default="vit_b", help="SAM architecture of --sam-checkpoint")
+    masks.add_argument("--sam-checkpoint", default="", help=f"SAM weights (.pth) for --refine sam; '{RANDOM}' for random weights (timing only)")
+    masks.add_argument("--refine-every", type=positive_int, default=1, help="refine every Nth frame of a clip; others keep the detector's mask")
     masks.add_argument("--track-iou", type=unit_float, default=0.3, help="least mask IoU that continues an instance's track id")
     masks.add_argument("--track-gap", type=non_negative_int, default=5, help="frames a track may go unseen and continue")
     masks.add_argument("--shard-size", type=positive_int, help="clips per shard (default: 32; 4 for the sample)")
@@ -199,6 +205,8 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             object_classes=object_classes,
             selfie_model=args.selfie_model,
             threshold=args.threshold,
+            refine=RefineSpec(sam_type=args.sam_type, checkpoint=args.sam_checkpoint, every=args.refine_every)
+            if args.refine == "sam" else None,
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),
         track=TrackOptions(min_iou=args.track_iou, max_gap=args.track_gap),

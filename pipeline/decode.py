@@ -42,6 +42,7 @@ class FrameBatch:
     times: np.ndarray  # (N,) presentation time in seconds
     height: int  # display size of the source frames: masks are returned at this size
     width: int
+    start: int = 0  # position of the first frame among the frames this clip yielded (0 for its first batch)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -123,6 +124,7 @@ class VideoDecoder:
             times=np.array([time for _, time, _ in pending], dtype=np.float64),
             height=self.info.height,
             width=self.info.width,
+            start=self.info.frames - len(pending),
         )
 
 

@@ -6,11 +6,11 @@ import functools
 import importlib
 from pathlib import Path
 
-from pipeline.segment.base import FrameMasks, Segmenter, SegmenterLoadError, SegmenterSpec
+from pipeline.segment.base import FrameMasks, RefineSpec, Segmenter, SegmenterLoadError, SegmenterSpec
 
 BACKENDS = ("yolo", "selfie")
 
-__all__ = ["BACKENDS", "FrameMasks", "Segmenter", "SegmenterLoadError", "SegmenterSpec", "check_segmenter",
+__all__ = ["BACKENDS", "FrameMasks", "RefineSpec", "Segmenter", "SegmenterLoadError", "SegmenterSpec", "check_segmenter",
            "load_segmenter"]
 
 
@@ -20,6 +20,10 @@ def check_segmenter(spec: SegmenterSpec) -> None:
     Cheap: loads nothing. A bare YOLO name (``yolo11n-seg.pt``) passes, since ultralytics may download it;
     if it cannot, the first shard's load error stops the run.
     """
+    if spec.refine:
+        from pipeline.segment.sam import check_refine
+
+        check_refine(spec.refine)
     if spec.backend == "selfie":
         from pipeline.segment.selfie import missing_model_error
 
@@ -36,6 +40,17 @@ def check_segmenter(spec: SegmenterSpec) -> None:
 @functools.lru_cache(maxsize=2)
 def load_segmenter(spec: SegmenterSpec) -> Segmenter:
     """The segmenter a spec names; a worker process loads each model once and reuses it for every shard."""
+    base = _load_backend(spec)
+    if not spec.refine:
+        return base
+    from pipeline.segment.sam import RefinedSegmenter, SamRefiner, load_sam, refine_provenance
+
+    sam = load_sam(spec.refine, spec.device)
+    refiner = SamRefiner(sam, every=spec.refine.every, images=spec.refine.images)
+    return RefinedSegmenter(base, refiner, refine_provenance(spec.refine))
+
+
+def _load_backend(spec: SegmenterSpec) -> Segmenter:
     if spec.backend == "yolo":
         from pipeline.segment.yolo import YoloSegmenter
 

@@ -20,6 +20,22 @@ class SegmenterLoadError(RuntimeError):
     """The model or its weights could not be loaded; the message says what to pass instead."""
 
 
+RANDOM = "random"  # SAM checkpoint value that builds the architecture with random weights (tests, timing)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefineSpec:
+    """segment-anything refinement of the detector's masks (pipeline/segment/sam.py)."""
+
+    sam_type: str = "vit_b"  # vit_b, vit_l or vit_h
+    checkpoint: str = ""  # path of the SAM .pth of sam_type; "random" for random weights
+    every: int = 1  # refine every Nth frame of a clip (1: all); the others keep the detector's mask
+    images: int = 4  # keyframes per SAM image-encoder call
+
+    def output_fields(self) -> dict[str, Any]:
+        return {"sam_type": self.sam_type, "checkpoint": self.checkpoint, "every": self.every}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SegmenterSpec:
     """Everything that decides which segmenter runs and how; hashable so workers can cache the model."""
@@ -36,10 +52,13 @@ class SegmenterSpec:
     threshold: float = 0.5  # selfie: person probability above which a pixel is a person
     min_area: int = 64  # selfie: smallest connected component (pixels) kept as an instance
     threads: int = 0  # CPU threads for the model; 0 leaves the library default
+    refine: RefineSpec | None = None  # None: the backend's masks as they are
 
     def output_fields(self) -> dict[str, Any]:
         """The fields that shape the stored masks (device and threads do not)."""
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("device", "threads")}
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("device", "threads", "refine")}
+        if self.refine:  # absent rather than None when unset, so older runs keep their fingerprint
+            fields["refine"] = self.refine.output_fields()
         if self.backend != "selfie":
             for key in ("selfie_model", "threshold", "min_area"):
                 fields.pop(key)
