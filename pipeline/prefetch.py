@@ -1,11 +1,12 @@
-"""Run an iterator on a background thread a bounded number of items ahead, so that decoding overlaps
-inference (PyAV and torch both release the GIL while they work)."""
+"""Overlap the steps around inference: `prefetched` runs the decoder a bounded number of batches ahead on a
+thread, `Behind` runs the work after inference on another (PyAV, torch and numpy release the GIL as they work)."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections import deque
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
@@ -48,3 +49,31 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
+
+
+class Behind:
+    """Run calls on one background thread, in the order submitted, at most `depth` waiting, so that the work
+    after inference (RLE encoding, tracking) overlaps the next batch's inference. A call's exception is raised
+    by a later `submit` or on leaving the `with` block; leaving because of an exception drops what waits."""
+
+    def __init__(self, depth: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="behind")
+        self._pending: deque = deque()
+        self._depth = depth
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def __enter__(self) -> "Behind":
+        return self
+
+    def __exit__(self, exc_type, *rest: object) -> None:
+        try:
+            while self._pending and exc_type is None:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)

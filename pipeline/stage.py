@@ -12,7 +12,7 @@ from pipeline import __version__
 from pipeline.atomic import write_json
 from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder
 from pipeline.maskstore import ClipRows, ShardWriter
-from pipeline.prefetch import prefetched
+from pipeline.prefetch import Behind, prefetched
 from pipeline.records import DECODE_ERROR, EMPTY, MISSING, OK, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, load_segmenter
 from pipeline.shards import ShardTask
@@ -66,8 +66,9 @@ def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions,
         return ClipStatus(clip=clip, status=MISSING, error=f"{clip.path}: file not found")
     decoder = VideoDecoder(clip.path, options)
     try:
-        for batch in prefetched(decoder):  # the next batch decodes while the model runs on this one
-            rows.add(batch, segmenter.segment(batch))
+        with Behind() as after:  # RLE and tracking of one batch run while the model works on the next
+            for batch in prefetched(decoder):  # the next batch decodes while the model runs on this one
+                after.submit(rows.add, batch, segmenter.segment(batch))
     except DecodeError as exc:
         log.warning("decode error: %s", exc)
         return ClipStatus(clip=clip, status=DECODE_ERROR, error=str(exc))

@@ -15,7 +15,6 @@ from pipeline.segment.base import (
     SegmenterLoadError,
     SegmenterSpec,
     file_sha256,
-    resize_masks,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class YoloSegmenter:
         in_height, in_width = result.orig_shape
         scale = np.array([out_width / in_width, out_height / in_height] * 2, dtype=np.float32)
         return FrameMasks(
-            masks=resize_masks(result.masks.data.cpu().numpy(), out_height, out_width),
+            masks=_to_source_size(result.masks.data, out_height, out_width),
             xyxy=result.boxes.xyxy.cpu().numpy().astype(np.float32) * scale,
             conf=result.boxes.conf.cpu().numpy().astype(np.float32),
             cls=result.boxes.cls.cpu().numpy().astype(np.int16),
@@ -79,6 +78,16 @@ class YoloSegmenter:
             "imgsz": str(self.spec.imgsz or "auto"),
             "half": str(self.half),
         }
+
+
+def _to_source_size(masks, height: int, width: int) -> np.ndarray:
+    """(K, h, w) mask probabilities on the model's device → (K, height, width) bool on the host. Upsampled and
+    thresholded on the device, so one byte per source pixel crosses to the host instead of four."""
+    import torch.nn.functional as F
+
+    if masks.shape[1:] != (height, width):
+        masks = F.interpolate(masks[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (masks > 0.5).cpu().numpy()
 
 
 def select_classes(names: dict[int, str], object_classes: tuple[str, ...] | None) -> list[int]:
