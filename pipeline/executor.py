@@ -17,14 +17,18 @@ from typing import Any, Callable, Iterator, Sequence
 log = logging.getLogger(__name__)
 
 
+GPU = "GPU"  # the Dask worker resource a GPU worker declares (dask worker --resources GPU=1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecOptions:
     workers: int = 2  # local Dask worker processes; 0 runs in this process
     scheduler: str | None = None  # address of an existing Dask scheduler
+    gpus: tuple[str, ...] = ()  # local GPU workers instead: one per GPU id, pinned by CUDA_VISIBLE_DEVICES
 
     @property
     def in_process(self) -> bool:
-        return self.workers == 0 and not self.scheduler
+        return self.workers == 0 and not self.scheduler and not self.gpus
 
     def threads_per_worker(self) -> int:
         """An equal share of this machine's cores per local worker; 0 (library default) on a remote cluster."""
@@ -66,8 +70,12 @@ def run_tasks(
     on_done: Callable[[Any, Any], None],
     fatal: tuple[type[BaseException], ...] = (),
     key_prefix: str = "task",
+    resources: dict[str, float] | None = None,
 ) -> dict[str, str]:
-    """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error."""
+    """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error.
+
+    `resources` (on Dask): each task runs only on a worker that declares them, one task per unit at a time.
+    """
     failed: dict[str, str] = {}
     if not tasks:
         return failed
@@ -85,7 +93,10 @@ def run_tasks(
     from distributed import as_completed
 
     with dask_client(options) as client:
-        futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False)
+        if resources:
+            require_resources(client, resources)
+        futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False,
+                             resources=resources)
         by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
         for future in as_completed(futures):
             task, name = by_key[future.key]
@@ -110,9 +121,51 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
         with Client(options.scheduler) as client:
             yield client
         return
+    if options.gpus:
+        with gpu_cluster(options.gpus) as cluster, Client(cluster) as client:
+            yield client
+        return
     with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         yield client
+
+
+def gpu_cluster(gpus: tuple[str, ...]) -> "distributed.SpecCluster":  # noqa: F821
+    """A local cluster of one single-threaded worker process per GPU: each sees only its GPU (as cuda:0)
+    through CUDA_VISIBLE_DEVICES and declares the resource GPU=1, so a GPU task owns the whole device."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+        for gpu in gpus
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
+
+
+def require_resources(client: "distributed.Client", resources: dict[str, float]) -> None:  # noqa: F821
+    """Fail at once, rather than wait forever, when no worker of the cluster declares `resources`."""
+    from pipeline.errors import InputError
+
+    workers = client.scheduler_info()["workers"]
+    if not any(all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items()) for w in workers.values()):
+        wanted = " ".join(f"{k}={v:g}" for k, v in resources.items())
+        raise InputError(f"none of the {len(workers)} workers of {client.scheduler.address} declares the resources "
+                         f"{wanted} this stage needs; start GPU workers with `dask worker ADDRESS --nthreads 1 "
+                         f"--resources {wanted}` (one per GPU, with CUDA_VISIBLE_DEVICES set)")
+
+
+def visible_gpus(device: str) -> tuple[str, ...]:
+    """The GPU ids (as CUDA_VISIBLE_DEVICES spells them) a device means: `cuda` every visible GPU, `cuda:N` the Nth."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    ids = [item.strip() for item in listed.split(",")][:count] if listed else [str(i) for i in range(count)]
+    if device == "cuda":
+        return tuple(ids)
+    index = int(device.partition(":")[2])
+    return (ids[index],) if index < len(ids) else ()
 
 
 def _failure(name: str, exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
-from pipeline.executor import ExecOptions, ShardProgress, run_tasks
+from pipeline.executor import GPU, ExecOptions, ShardProgress, run_tasks, visible_gpus
 from pipeline.maskstore import shard_paths
 from pipeline.segment import SegmenterLoadError, check_segmenter, load_segmenter
 from pipeline.shards import ShardTask, is_done, plan_shards
@@ -82,11 +82,25 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
     A segmenter that cannot load fails every shard the same way, so it stops the run at once.
     """
     options = ExecOptions(workers=config.workers, scheduler=config.scheduler)
-    if not options.in_process and not config.segmenter.threads:  # share the cores between the workers' models
-        segmenter = dataclasses.replace(config.segmenter, threads=options.threads_per_worker())
+    segmenter, resources = config.segmenter, None
+    if options.in_process:
+        return run_tasks(run_shard, tasks, names=[t.name for t in tasks], options=options, on_done=on_done,
+                         fatal=(SegmenterLoadError,))
+    if segmenter.device.startswith("cuda"):  # each GPU worker owns one GPU; a shard runs only on such a worker
+        resources = {GPU: 1}
+        if not options.scheduler:
+            gpus = visible_gpus(segmenter.device)
+            if not gpus:
+                raise SegmenterLoadError(f"device {segmenter.device!r} asked for, but no such CUDA device is visible; use DEVICE=cpu")
+            log.info("one worker per GPU: %s (WORKERS is for CPU runs)", ", ".join(gpus))
+            options = ExecOptions(gpus=gpus)
+            segmenter = dataclasses.replace(segmenter, device="cuda")  # each worker sees only its own GPU
+    elif not segmenter.threads:  # share the cores between the workers' models
+        segmenter = dataclasses.replace(segmenter, threads=options.threads_per_worker())
+    if segmenter != config.segmenter:
         tasks = [dataclasses.replace(t, config=dataclasses.replace(t.config, segmenter=segmenter)) for t in tasks]
     return run_tasks(run_shard, tasks, names=[t.name for t in tasks], options=options, on_done=on_done,
-                     fatal=(SegmenterLoadError,), key_prefix=f"masks-{config.fingerprint()}")
+                     fatal=(SegmenterLoadError,), key_prefix=f"masks-{config.fingerprint()}", resources=resources)
 
 
 def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str], *, computed: int, seconds: float) -> RunSummary:

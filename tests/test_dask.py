@@ -1,10 +1,19 @@
-"""The same stage on two Dask worker processes gives the same shards as in-process."""
+"""The same stage on two Dask worker processes gives the same shards as in-process; GPU workers and resources."""
 
 import json
 import os
+import time
 from pathlib import Path
 
+import pytest
+import torch
+from distributed import LocalCluster
+
+from pipeline.errors import InputError
+from pipeline.executor import GPU, ExecOptions, run_tasks
 from pipeline.runner import run_masks
+from pipeline.segment import SegmenterSpec
+from tests.conftest import LUMA
 from tests.test_masks_stage import config, shard_bytes
 
 
@@ -16,3 +25,35 @@ def test_two_worker_processes_match_in_process_run(shapes_dataset, tmp_path):
     assert shard_bytes(Path(dask.run_dir)) == shard_bytes(Path(local.run_dir))
     workers = {json.loads(p.read_text())["worker"] for p in Path(dask.run_dir).glob("*_stats.json")}
     assert len(workers) >= 1 and not any(w.endswith(f":{os.getpid()}") for w in workers)
+
+
+def visible_device(seconds: float) -> str:
+    time.sleep(seconds)  # long enough that both workers get tasks
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_gpu_workers_each_see_one_gpu_and_take_gpu_tasks():
+    seen: list[str] = []
+    failed = run_tasks(visible_device, [0.3] * 6, names=[str(i) for i in range(6)], options=ExecOptions(gpus=("0", "1")),
+                       on_done=lambda task, result: seen.append(result), resources={GPU: 1})
+    assert not failed and len(seen) == 6 and set(seen) == {"0", "1"}
+
+
+def test_gpu_stage_on_a_cluster_without_gpu_workers_fails_at_once_and_clearly(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    spec = SegmenterSpec(backend=LUMA, device="cuda")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(InputError, match=r"none of the 1 workers .* declares the resources GPU=1.*--resources GPU=1"):
+            run_masks(config(root, tmp_path / "out", segmenter=spec, scheduler=cluster.scheduler_address), progress=False)
+    assert not list((tmp_path / "out").rglob("*_stats.json"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_masks_run_uses_one_worker_per_visible_gpu(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    spec = SegmenterSpec(backend=LUMA, device="cuda")
+    summary = run_masks(config(root, tmp_path / "out", segmenter=spec, workers=2), progress=False)
+    assert summary.by_status == {"ok": 5}
+    workers = {json.loads(p.read_text())["worker"] for p in Path(summary.run_dir).glob("*_stats.json")}
+    assert 1 <= len(workers) <= torch.cuda.device_count()
