@@ -45,6 +45,13 @@ MASK_SCHEMA = pa.schema(
     ]
 )
 
+# Min/max statistics only where a reader filters (clip, frame, instance, class): per row group, the RLE column's
+# would hold two whole masks in the footer. Dictionaries only for the repeated strings. Together ~12% smaller.
+STORAGE = {
+    "write_statistics": ["clip_id", "frame_index", "instance_id", "class_id"],
+    "use_dictionary": ["clip_id", "class_name"],
+}
+
 CLIP_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
@@ -110,7 +117,7 @@ class ShardWriter:
         self.masks_path, self.clips_path, _ = shard_paths(run_dir, shard)
         self.metadata = metadata
         self._tmp = temp_name(self.masks_path)
-        self._writer = pq.ParquetWriter(self._tmp, MASK_SCHEMA.with_metadata(metadata), compression="zstd")
+        self._writer = pq.ParquetWriter(self._tmp, MASK_SCHEMA.with_metadata(metadata), compression="zstd", **STORAGE)
 
     def write(self, rows: ClipRows) -> None:
         if len(rows):
