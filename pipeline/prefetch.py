@@ -54,7 +54,8 @@ def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 class Behind:
     """Run calls on one background thread, in the order submitted, at most `depth` waiting, so that the work
     after inference (RLE encoding, tracking) overlaps the next batch's inference. A call's exception is raised
-    by a later `submit` or on leaving the `with` block; leaving because of an exception drops what waits."""
+    by a later `submit` or on leaving the `with` block; leaving because of an exception drops what waits.
+    `depth=0` runs each call inline instead."""
 
     def __init__(self, depth: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,9 @@ class Behind:
         self._depth = depth
 
     def submit(self, fn: Callable[..., object], *args: object) -> None:
+        if self._depth == 0:  # inline: where threads only compete for the same cores
+            fn(*args)
+            return
         while len(self._pending) >= self._depth:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(fn, *args))

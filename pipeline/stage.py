@@ -35,7 +35,8 @@ def run_shard(task: ShardTask) -> dict:
     try:
         for clip in task.clips:
             rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(config.track))
-            status = segment_clip(clip, segmenter, config.decode, rows)
+            status = segment_clip(clip, segmenter, config.decode, rows,
+                                  overlap=config.segmenter.device.startswith("cuda"))
             if status.status == OK:
                 writer.write(rows)
             statuses.append(status)
@@ -60,13 +61,18 @@ def run_shard(task: ShardTask) -> dict:
     return stats
 
 
-def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions, rows: ClipRows) -> ClipStatus:
-    """Decode and segment one clip into `rows`; the returned status says whether the rows are usable."""
+def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions, rows: ClipRows, *,
+                 overlap: bool = False) -> ClipStatus:
+    """Decode and segment one clip into `rows`; the returned status says whether the rows are usable.
+
+    With `overlap` (a GPU model, whose thread mostly waits), RLE and tracking run on a thread of their own; on
+    CPU they run inline, since there they only compete with the model for the cores (measured 5–8% slower).
+    """
     if not clip.path.is_file():
         return ClipStatus(clip=clip, status=MISSING, error=f"{clip.path}: file not found")
     decoder = VideoDecoder(clip.path, options)
     try:
-        with Behind() as after:  # RLE and tracking of one batch run while the model works on the next
+        with Behind(depth=2 if overlap else 0) as after:  # RLE and tracking while the model runs the next batch
             for batch in prefetched(decoder):  # the next batch decodes while the model runs on this one
                 after.submit(rows.add, batch, segmenter.segment(batch))
     except DecodeError as exc:

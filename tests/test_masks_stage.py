@@ -9,9 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import MasksConfig
-from pipeline.maskstore import MASK_SCHEMA, done_shards, iter_shard, load_clip_masks, read_clips
+from pipeline.datasets import ReaderOptions, list_clips
+from pipeline.decode import DecodeOptions
+from pipeline.maskstore import MASK_SCHEMA, ClipRows, done_shards, iter_shard, load_clip_masks, read_clips
 from pipeline.runner import run_masks
-from pipeline.segment import SegmenterSpec
+from pipeline.segment import SegmenterSpec, load_segmenter
+from pipeline.stage import segment_clip
+from pipeline.tracking import IouTracker, TrackOptions
 from tests.conftest import LUMA
 
 
@@ -164,3 +168,16 @@ def test_find_run_takes_the_named_run_or_the_latest_started(tmp_path, caplog):
     assert "using the latest, aaa-new" in caplog.text and "zzz-old" in caplog.text
     with pytest.raises(InputError, match="no masks yet"):
         find_run(tmp_path, "other")
+
+
+def test_rle_on_its_own_thread_gives_the_same_rows(shapes_dataset):
+    root, _ = shapes_dataset
+    segmenter = load_segmenter(SegmenterSpec(backend=LUMA))
+    clip = list_clips("kinetics400", root, root, None, ReaderOptions()).clips[0]
+    tables = []
+    for overlap in (False, True):  # True is what a GPU run does
+        rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(TrackOptions()))
+        status = segment_clip(clip, segmenter, DecodeOptions(batch=3), rows, overlap=overlap)
+        assert status.status == "ok" and len(rows) == 2 * status.frames
+        tables.append(rows.table())
+    assert tables[0].equals(tables[1])

@@ -81,3 +81,10 @@ def test_behind_raises_a_failed_call_and_drops_waiting_calls_when_the_block_fail
             started.wait()
             raise KeyError("decode failed")
     assert done == [0]  # the running call finished; the waiting ones were dropped
+
+
+def test_behind_with_depth_zero_runs_inline():
+    threads = []
+    with Behind(depth=0) as after:
+        after.submit(lambda: threads.append(threading.current_thread().name))
+        assert threads == [threading.current_thread().name]  # done before submit returned
