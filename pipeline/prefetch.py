@@ -60,12 +60,12 @@ class Behind:
     def __init__(self, depth: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="behind")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="behind") if depth else None
         self._pending: deque = deque()
         self._depth = depth
 
     def submit(self, fn: Callable[..., object], *args: object) -> None:
-        if self._depth == 0:  # inline: where threads only compete for the same cores
+        if self._pool is None:  # inline: where threads only compete for the same cores
             fn(*args)
             return
         while len(self._pending) >= self._depth:
@@ -80,4 +80,5 @@ class Behind:
             while self._pending and exc_type is None:
                 self._pending.popleft().result()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)

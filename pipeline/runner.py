@@ -83,10 +83,7 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
     """
     options = ExecOptions(workers=config.workers, scheduler=config.scheduler)
     segmenter, resources = config.segmenter, None
-    if options.in_process:
-        return run_tasks(run_shard, tasks, names=[t.name for t in tasks], options=options, on_done=on_done,
-                         fatal=(SegmenterLoadError,))
-    if segmenter.device.startswith("cuda"):  # each GPU worker owns one GPU; a shard runs only on such a worker
+    if not options.in_process and segmenter.device.startswith("cuda"):  # a GPU worker owns one GPU
         resources = {GPU: 1}
         if not options.scheduler:
             gpus = visible_gpus(segmenter.device)
@@ -95,7 +92,7 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
             log.info("one worker per GPU: %s (WORKERS is for CPU runs)", ", ".join(gpus))
             options = ExecOptions(gpus=gpus)
             segmenter = dataclasses.replace(segmenter, device="cuda")  # each worker sees only its own GPU
-    elif not segmenter.threads:  # share the cores between the workers' models
+    elif not options.in_process and not segmenter.threads:  # share the cores between the workers' models
         segmenter = dataclasses.replace(segmenter, threads=options.threads_per_worker())
     if segmenter != config.segmenter:
         tasks = [dataclasses.replace(t, config=dataclasses.replace(t.config, segmenter=segmenter)) for t in tasks]
