@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 
 def temp_name(path: Path) -> Path:
-    """A sibling temporary name, unique per process, on the same filesystem as `path`."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """A hidden sibling name, unique per host and process, on the same filesystem as `path`."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 @contextmanager

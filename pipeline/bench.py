@@ -142,7 +142,7 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
     cuda = spec.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode, workers=0,
+    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode, execution=ExecOptions(workers=0),
                          shard_size=8, overwrite=True)
     batches = [b for path in sources for b in VideoDecoder(path, decode)]
     predictor = segmenter.model.predictor
@@ -182,7 +182,7 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
 def bench_selfie(root: Path, out: Path, selfie_model: str) -> dict:
     """Real person masks (the pretrained selfie model) on the same clips: what storage costs for true shapes."""
     spec = SegmenterSpec(backend="selfie", selfie_model=selfie_model)
-    summary = run_masks(MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, workers=0, shard_size=8),
+    summary = run_masks(MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, execution=ExecOptions(workers=0), shard_size=8),
                         progress=False)
     return {
         "run_tag": Path(summary.run_dir).name,

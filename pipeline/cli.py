@@ -168,7 +168,14 @@ def _add_execution(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     sub.add_argument("--limit", type=positive_int, help="only the first N clips (by clip id)")
     sub.add_argument("--overwrite", action="store_true", help="recompute shards that are already done")
+    sub.add_argument("--retry-failed", action="store_true", help="recompute done shards holding clips given up as failed")
+    sub.add_argument("--max-tries", type=positive_int, default=3,
+                     help="tries per clip (a raised error, or its worker dying) before it is recorded as failed")
     sub.add_argument("-v", "--verbose", action="store_true")
+
+
+def execution(args: argparse.Namespace) -> ExecOptions:
+    return ExecOptions(workers=args.workers, scheduler=args.scheduler, max_tries=args.max_tries)
 
 
 def coverage_range(text: str) -> tuple[float, float]:
@@ -213,9 +220,9 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
         splits=tuple(args.splits.split(",")) if args.splits else None,
         limit=args.limit,
         shard_size=args.shard_size or DATASETS.get(args.dataset, DATASETS["sample"]).shard_size,
-        workers=args.workers,
-        scheduler=args.scheduler,
+        execution=execution(args),
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
         tag=args.tag,
     )
 
@@ -233,8 +240,9 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
         seed=args.seed,
         pair_range=args.pair_coverage,
         limit=args.limit,
-        execution=ExecOptions(workers=args.workers, scheduler=args.scheduler),
+        execution=execution(args),
         overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
     )
 
 

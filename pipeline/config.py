@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.datasets import ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
+from pipeline.executor import ExecOptions
 from pipeline.segment.base import SegmenterSpec
 from pipeline.tracking import TrackOptions
 
@@ -26,9 +27,9 @@ class MasksConfig:
     splits: tuple[str, ...] | None = None  # None: every split the dataset has
     limit: int | None = None  # first N clips in clip-id order
     shard_size: int = 32  # clips per shard
-    workers: int = 2  # local Dask worker processes; 0 runs in this process
-    scheduler: str | None = None  # address of an existing Dask scheduler
-    overwrite: bool = False
+    execution: ExecOptions = field(default_factory=ExecOptions)  # where shards run, and how often a clip is tried
+    overwrite: bool = False  # recompute shards that are done
+    retry_failed: bool = False  # recompute done shards that hold clips given up as failed
     tag: str | None = None  # run folder name; None derives one from the settings
 
     @property

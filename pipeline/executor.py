@@ -25,6 +25,7 @@ class ExecOptions:
     workers: int = 2  # local Dask worker processes; 0 runs in this process
     scheduler: str | None = None  # address of an existing Dask scheduler
     gpus: tuple[str, ...] = ()  # local GPU workers instead: one per GPU id, pinned by CUDA_VISIBLE_DEVICES
+    max_tries: int = 3  # a clip that raises or kills its worker this often is recorded as failed
 
     @property
     def in_process(self) -> bool:
@@ -114,6 +115,7 @@ def run_tasks(
 @contextmanager
 def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa: F821
     """A client of the given scheduler, or of a LocalCluster of single-threaded worker processes."""
+    import dask
     from distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
@@ -121,13 +123,16 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
         with Client(options.scheduler) as client:
             yield client
         return
-    if options.gpus:
-        with gpu_cluster(options.gpus) as cluster, Client(cluster) as client:
+    # A task whose worker dies is rerun elsewhere; let that happen more often than a clip is tried, so the
+    # clip that kills workers is given up (claims.Tries) before Dask gives up its whole shard (KilledWorker).
+    with dask.config.set({"distributed.scheduler.allowed-failures": options.max_tries + 1}):
+        if options.gpus:
+            with gpu_cluster(options.gpus) as cluster, Client(cluster) as client:
+                yield client
+            return
+        with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
             yield client
-        return
-    with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
-        yield client
 
 
 def gpu_cluster(gpus: tuple[str, ...]) -> "distributed.SpecCluster":  # noqa: F821

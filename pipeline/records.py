@@ -14,7 +14,8 @@ OK = "ok"
 MISSING = "missing"  # listed in the annotations, not on disk
 DECODE_ERROR = "decode_error"  # the container or stream could not be decoded
 EMPTY = "empty"  # opened, but holds no video frames
-STATUSES = (OK, MISSING, DECODE_ERROR, EMPTY)
+FAILED = "failed"  # raised (or killed its worker) on every one of its tries; the error says what happened
+STATUSES = (OK, MISSING, DECODE_ERROR, EMPTY, FAILED)
 
 
 @dataclass(frozen=True, kw_only=True)

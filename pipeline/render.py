@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,11 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.claims import Tries, claim, peak_rss_mb, remove_stale_temps, tries_path, worker_name
 from pipeline.compose import PartnerFrames, composed
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.encode import ClipWriter, EncodeOptions
 from pipeline.maskstore import ClipMasks, iter_shard, read_clip_masks, shard_paths
-from pipeline.records import DECODE_ERROR, OK, listing_digest, path_name
+from pipeline.records import DECODE_ERROR, FAILED, OK, listing_digest, path_name
 from pipeline.regions import RegionMasks
 from pipeline.variants import PRESETS, Variant
 
@@ -71,6 +70,9 @@ class RenderTask:
     seed: int
     fingerprint: str
     pairs: dict[str, dict] = field(default_factory=dict)  # clip id → partner's clips-table row (swap only)
+    max_tries: int = 3  # tries per clip before it is recorded as failed
+    overwrite: bool = False  # recompute even when done
+    retry_failed: bool = False  # a done shard holding failed clips is not done
 
     @property
     def name(self) -> str:
@@ -91,11 +93,25 @@ class RenderTask:
 
 
 def render_shard(task: RenderTask) -> dict:
-    """Render every clip of the task; returns the stats also written (last) as the done marker."""
+    """Render every clip of the task; returns the stats also written (last) as the done marker.
+
+    Claimed first, like a masks shard (claims.claim); a clip that raises is tried again, and after `max_tries`
+    becomes a `failed` row with its error."""
+    status_path, stats_path = task.status_paths()
+    with claim(stats_path, outputs=(status_path,)):
+        if not task.overwrite and is_done(task):
+            log.info("%s: finished by another run meanwhile", task.name)
+            return json.loads(stats_path.read_text())
+        return _render_claimed(task)
+
+
+def _render_claimed(task: RenderTask) -> dict:
     started = time.perf_counter()
     masks_file = shard_paths(task.masks_dir, task.shard)[0]
     stored = {clip.clip_id: clip for clip in iter_shard(masks_file)} if masks_file.exists() else {}
-    rows = [render_clip(clip, stored.get(clip["clip_id"]), task) for clip in task.clips]
+    tries = Tries(tries_path(task.status_paths()[1]), task.max_tries)
+    rows = [tries.run(clip["clip_id"], lambda: render_clip(clip, stored.get(clip["clip_id"]), task),
+                      lambda error: failed_row(clip, task, error)) for clip in task.clips]
     status_path, stats_path = task.status_paths()
     with atomic_path(status_path) as tmp:
         metadata = {"variant": task.variant.spec_json(), "fingerprint": task.fingerprint, "masks_dir": str(task.masks_dir)}
@@ -107,22 +123,34 @@ def render_shard(task: RenderTask) -> dict:
         "clips": task.expected(),
         "listing": task.listing(),
         "by_status": dict(sorted(Counter(row["status"] for row in rows).items())),
+        "retried": tries.retried(),
         "frames": sum(row["frames"] for row in rows),
         "seconds": round(time.perf_counter() - started, 3),
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": worker_name(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     write_json(stats_path, stats)
+    tries.clear()
     log.info("%s: %d clips, %d frames in %.1fs", task.name, len(rows), stats["frames"], stats["seconds"])
     return stats
 
 
+def status_row(clip: dict, task: RenderTask) -> dict:
+    """The status row of a clip not rendered (yet): the masks stage's status and error."""
+    row = {name: clip.get(name) for name in ("clip_id", "split", "label", "label_index", "meta")}
+    return row | {"variant": task.variant.name, "format": task.encode.format, "path": None, "status": clip["status"],
+                  "error": clip["error"], "frames": 0, "fps": 0.0, "width": 0, "height": 0, "person_coverage": [],
+                  "object_coverage": [], "pair_clip_id": None, "pair_label": None, "pair_label_index": None,
+                  "masks_shard": task.shard}
+
+
+def failed_row(clip: dict, task: RenderTask, error: str) -> dict:
+    return status_row(clip, task) | {"status": FAILED, "error": error}
+
+
 def render_clip(clip: dict, masks: ClipMasks | None, task: RenderTask) -> dict:
     """Render one clip (or say why not) and return its status row."""
-    row = {name: clip.get(name) for name in ("clip_id", "split", "label", "label_index", "meta")}
-    row |= {"variant": task.variant.name, "format": task.encode.format, "path": None, "status": clip["status"],
-            "error": clip["error"], "frames": 0, "fps": 0.0, "width": 0, "height": 0, "person_coverage": [],
-            "object_coverage": [], "pair_clip_id": None, "pair_label": None, "pair_label_index": None,
-            "masks_shard": task.shard}
+    row = status_row(clip, task)
     if clip["status"] != OK:
         return row  # the masks stage already said why (missing, decode_error, empty)
     partner = task.pairs.get(clip["clip_id"])
@@ -132,6 +160,7 @@ def render_clip(clip: dict, masks: ClipMasks | None, task: RenderTask) -> dict:
     decode = DecodeOptions(fps=task.decode_fps)
     regions = RegionMasks(masks, clip["height"], clip["width"], task.variant.masks)
     fps = task.decode_fps or clip["fps"]
+    remove_stale_temps((task.variant_dir / relative,))  # left by a killed try; the shard's claim is held
     writer = ClipWriter(task.variant_dir / relative, fps=fps, width=clip["width"], height=clip["height"], options=task.encode)
     person, objects = [], []
     try:
@@ -175,6 +204,8 @@ def is_done(task: RenderTask) -> bool:
     except (FileNotFoundError, json.JSONDecodeError):
         return False
     if stats.get("fingerprint") != task.fingerprint:
+        return False
+    if task.retry_failed and stats.get("by_status", {}).get(FAILED):
         return False
     done, listed = stats.get("clips", {}), stats.get("listing")
     if listed is not None and any(listed.get(clip_id) != digest for clip_id, digest in task.listing().items()):

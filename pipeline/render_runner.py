@@ -36,6 +36,7 @@ class RenderConfig:
     limit: int | None = None  # first N clips in clip-id order
     execution: ExecOptions = field(default_factory=ExecOptions)
     overwrite: bool = False
+    retry_failed: bool = False  # rerender done shards holding clips given up as failed
 
     def variant_dir(self, variant: Variant) -> Path:
         return Path(self.out) / "renders" / self.dataset / variant.name
@@ -108,6 +109,7 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
                 decode_fps=info["config"]["decode"]["fps"], seed=config.seed,
                 fingerprint=config.fingerprint(variant, info["fingerprint"]),
                 pairs={c["clip_id"]: pairs[c["clip_id"]] for c in shard_clips if c["clip_id"] in pairs},
+                max_tries=execution.max_tries, overwrite=config.overwrite, retry_failed=config.retry_failed,
             ))
     todo = tasks if config.overwrite else [task for task in tasks if not is_done(task)]
     log.info("render %s: %d variants x %d shards, %d to compute", config.dataset, len(config.variants), len(by_shard), len(todo))

@@ -14,10 +14,11 @@ import pyarrow.parquet as pq
 from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
-from pipeline.executor import GPU, ExecOptions, ShardProgress, run_tasks, visible_gpus
+from pipeline.executor import GPU, ShardProgress, run_tasks, visible_gpus
 from pipeline.maskstore import shard_paths
+from pipeline.records import FAILED
 from pipeline.segment import SegmenterLoadError, check_segmenter, load_segmenter
-from pipeline.shards import ShardTask, is_done, plan_shards
+from pipeline.shards import ShardTask, is_done, plan_shards, read_stats
 from pipeline.stage import run_shard
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ class RunSummary:
     shards_skipped: int  # done by an earlier run, not recomputed
     shards_computed: int
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard → error; rerun to retry them
+    failed_clips: dict[str, str] = field(default_factory=dict)  # clip → error, for clips given up after max_tries
+    retried: dict[str, int] = field(default_factory=dict)  # clip → tries, where more than one was needed
+    workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak MiB
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -46,8 +50,34 @@ class RunSummary:
             f"{len(self.failed_shards)} failed",
             f"output: {self.run_dir}",
         ]
+        if self.retried:
+            out.append(f"retried: {len(self.retried)} clips needed more than one try")
+        out += worker_lines(self.workers)
         out += [f"FAILED {name}: {error}" for name, error in self.failed_shards.items()]
+        out += [f"FAILED clip {clip}: {error}" for clip, error in list(self.failed_clips.items())[:20]]
+        if len(self.failed_clips) > 20:
+            out.append(f"... and {len(self.failed_clips) - 20} more failed clips (see the clips tables)")
         return out
+
+
+def worker_lines(workers: dict[str, dict]) -> list[str]:
+    """One line per worker of this run: its shards, frames/s while busy, and peak memory."""
+    return [f"worker {name}: {w['shards']} shards, {w['frames']} frames, {w['frames_per_s']:.1f} frames/s, "
+            f"peak {w['peak_rss_mb']:.0f} MiB" for name, w in sorted(workers.items())]
+
+
+def worker_totals(stats: list[dict]) -> dict[str, dict]:
+    """Per-worker totals over the stats files of the shards computed in this run."""
+    workers: dict[str, dict] = {}
+    for item in stats:
+        w = workers.setdefault(item["worker"], {"shards": 0, "frames": 0, "seconds": 0.0, "peak_rss_mb": 0.0})
+        w["shards"] += 1
+        w["frames"] += item["frames"]
+        w["seconds"] = round(w["seconds"] + item["seconds"], 3)
+        w["peak_rss_mb"] = max(w["peak_rss_mb"], item.get("peak_rss_mb", 0.0))
+    for w in workers.values():
+        w["frames_per_s"] = round(w["frames"] / w["seconds"], 2) if w["seconds"] else 0.0
+    return workers
 
 
 def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
@@ -60,7 +90,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
     if config.limit:
         clips = clips[: config.limit]
     check_segmenter(config.segmenter)
-    if config.workers == 0 and not config.scheduler:
+    if config.execution.in_process:
         load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
     tasks = plan_shards(clips, config)
     todo = tasks if config.overwrite else [task for task in tasks if not is_done(task)]
@@ -69,9 +99,14 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> RunSummary:
     write_json(config.run_dir() / "run.json", {"config": dataclasses.asdict(config), "fingerprint": config.fingerprint(),
                                                "classes": list(listing.classes)})
 
-    with ShardProgress(tasks, todo, enabled=progress) as on_done:
+    computed: list[dict] = []
+    with ShardProgress(tasks, todo, enabled=progress) as progress_bar:
+        def on_done(task: ShardTask, stats: dict) -> None:
+            computed.append(stats)
+            progress_bar(task, stats)
+
         failed = execute(todo, config, on_done)
-    summary = summarize(config, tasks, failed, computed=len(todo) - len(failed), seconds=time.perf_counter() - started)
+    summary = summarize(config, tasks, failed, computed=computed, seconds=time.perf_counter() - started)
     write_json(config.run_dir() / "summary.json", dataclasses.asdict(summary))
     return summary
 
@@ -81,7 +116,7 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
 
     A segmenter that cannot load fails every shard the same way, so it stops the run at once.
     """
-    options = ExecOptions(workers=config.workers, scheduler=config.scheduler)
+    options = config.execution
     segmenter, resources = config.segmenter, None
     if not options.in_process and segmenter.device.startswith("cuda"):  # a GPU worker owns one GPU
         resources = {GPU: 1}
@@ -90,7 +125,7 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
             if not gpus:
                 raise SegmenterLoadError(f"device {segmenter.device!r} asked for, but no such CUDA device is visible; use DEVICE=cpu")
             log.info("one worker per GPU: %s (WORKERS is for CPU runs)", ", ".join(gpus))
-            options = ExecOptions(gpus=gpus)
+            options = dataclasses.replace(options, workers=0, gpus=gpus)
             segmenter = dataclasses.replace(segmenter, device="cuda")  # each worker sees only its own GPU
     elif not options.in_process and not segmenter.threads:  # share the cores between the workers' models
         segmenter = dataclasses.replace(segmenter, threads=options.threads_per_worker())
@@ -100,10 +135,13 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
                      fatal=(SegmenterLoadError,), key_prefix=f"masks-{config.fingerprint()}", resources=resources)
 
 
-def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str], *, computed: int, seconds: float) -> RunSummary:
-    """Totals over the planned clips, read back from the committed shards' status tables."""
+def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str], *, computed: list[dict],
+              seconds: float) -> RunSummary:
+    """Totals over the planned clips, read back from the committed shards' status tables and stats files."""
     statuses: Counter[str] = Counter()
     frames = instances = 0
+    failed_clips: dict[str, str] = {}
+    retried: dict[str, int] = {}
     for task in tasks:
         if task.name in failed:
             statuses["shard_failed"] += len(task.clips)
@@ -114,6 +152,9 @@ def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str
                 statuses[row["status"]] += 1
                 frames += row["frames"]
                 instances += row["instances"]
+                if row["status"] == FAILED:
+                    failed_clips[row["clip_id"]] = row["error"]
+        retried |= {clip: n for clip, n in (read_stats(task) or {}).get("retried", {}).items() if clip in wanted}
     return RunSummary(
         dataset=config.name,
         run_dir=str(config.run_dir()),
@@ -122,8 +163,11 @@ def summarize(config: MasksConfig, tasks: list[ShardTask], failed: dict[str, str
         frames=frames,
         instances=instances,
         shards=len(tasks),
-        shards_skipped=len(tasks) - computed - len(failed),
-        shards_computed=computed,
+        shards_skipped=len(tasks) - len(computed) - len(failed),
+        shards_computed=len(computed),
         failed_shards=failed,
+        failed_clips=failed_clips,
+        retried=retried,
+        workers=worker_totals(computed),
         seconds=round(seconds, 2),
     )

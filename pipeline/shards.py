@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.config import MasksConfig
 from pipeline.maskstore import shard_paths
-from pipeline.records import ClipRecord
+from pipeline.records import FAILED, ClipRecord
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,12 @@ def read_stats(task: ShardTask) -> dict | None:
 
 def is_done(task: ShardTask) -> bool:
     """True when the shard's stats file exists, was written under the same settings, and covers these clips
-    as the dataset lists them now (same split, label, index and meta)."""
+    as the dataset lists them now (same split, label, index and meta); with `retry_failed`, also when none of
+    its clips was given up as failed."""
     stats = read_stats(task)
     if stats is None or stats.get("fingerprint") != task.config.fingerprint():
+        return False
+    if task.config.retry_failed and stats.get("by_status", {}).get(FAILED):
         return False
     if not {clip.clip_id for clip in task.clips} <= set(stats.get("clip_ids", ())):
         return False

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections import Counter
 
 from pipeline import __version__
 from pipeline.atomic import write_json
+from pipeline.claims import Tries, claim, peak_rss_mb, tries_path, worker_name
 from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder
-from pipeline.maskstore import ClipRows, ShardWriter
+from pipeline.maskstore import ClipRows, ShardWriter, shard_paths
 from pipeline.prefetch import Behind, prefetched
-from pipeline.records import DECODE_ERROR, EMPTY, MISSING, OK, ClipRecord, ClipStatus
+from pipeline.records import DECODE_ERROR, EMPTY, FAILED, MISSING, OK, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, load_segmenter
-from pipeline.shards import ShardTask
+from pipeline.shards import ShardTask, is_done, read_stats
 from pipeline.tracking import IouTracker
 
 log = logging.getLogger(__name__)
@@ -24,19 +23,30 @@ log = logging.getLogger(__name__)
 def run_shard(task: ShardTask) -> dict:
     """Process every clip of a shard and commit it; returns the stats also written as the done marker.
 
-    Data problems (a missing or undecodable clip) become status rows. Anything else (the model failing,
-    a full disk) aborts the shard, leaves nothing visible, and propagates so the run reports it.
+    The shard is claimed first (ShardBusy if another process holds it); one that another run finished in the
+    meantime is not recomputed. Data problems (a missing or undecodable clip) become status rows; a clip that
+    raises is tried again, and after `max_tries` (counting tries cut short by a dead worker) becomes a `failed`
+    row with its error. Anything else (the model not loading, a full disk) aborts the shard, leaves nothing
+    visible, and propagates so the run reports it.
     """
+    with claim(task.stats_path, outputs=shard_paths(task.run_dir, task.name)[:2]):
+        if not task.config.overwrite and is_done(task):
+            log.info("%s: finished by another run meanwhile", task.name)
+            return read_stats(task)
+        return _run_claimed(task)
+
+
+def _run_claimed(task: ShardTask) -> dict:
     started = time.perf_counter()
     config = task.config
     segmenter = load_segmenter(config.segmenter)
     writer = ShardWriter(task.run_dir, task.name, shard_metadata(task, segmenter))
+    tries = Tries(tries_path(task.stats_path), config.execution.max_tries)
     statuses: list[ClipStatus] = []
     try:
         for clip in task.clips:
-            rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(config.track))
-            status = segment_clip(clip, segmenter, config.decode, rows,
-                                  overlap=config.segmenter.device.startswith("cuda"))
+            status, rows = tries.run(clip.clip_id, lambda: _segment_new(clip, segmenter, config),
+                                     lambda error: (ClipStatus(clip=clip, status=FAILED, error=error), None))
             if status.status == OK:
                 writer.write(rows)
             statuses.append(status)
@@ -51,14 +61,23 @@ def run_shard(task: ShardTask) -> dict:
         "listing": {clip.clip_id: clip.listing_digest() for clip in task.clips},
         "clips": len(statuses),
         "by_status": dict(sorted(Counter(s.status for s in statuses).items())),
+        "retried": tries.retried(),
         "frames": sum(s.frames for s in statuses),
         "instances": sum(s.instances for s in statuses),
         "seconds": round(time.perf_counter() - started, 3),
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": worker_name(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     write_json(task.stats_path, stats)  # last: its presence marks the shard done
+    tries.clear()
     log.info("%s: %d clips, %d frames in %.1fs", task.name, stats["clips"], stats["frames"], stats["seconds"])
     return stats
+
+
+def _segment_new(clip: ClipRecord, segmenter: Segmenter, config) -> tuple[ClipStatus, ClipRows]:
+    rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(config.track))
+    status = segment_clip(clip, segmenter, config.decode, rows, overlap=config.segmenter.device.startswith("cuda"))
+    return status, rows
 
 
 def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions, rows: ClipRows, *,

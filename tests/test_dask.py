@@ -20,7 +20,7 @@ from tests.test_masks_stage import config, shard_bytes
 def test_two_worker_processes_match_in_process_run(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
     local = run_masks(config(root, tmp_path / "local"), progress=False)
-    dask = run_masks(config(root, tmp_path / "dask", workers=2), progress=False)
+    dask = run_masks(config(root, tmp_path / "dask", execution=ExecOptions(workers=2)), progress=False)
     assert dask.by_status == {"ok": 5} and dask.shards_computed == 3
     assert shard_bytes(Path(dask.run_dir)) == shard_bytes(Path(local.run_dir))
     workers = {json.loads(p.read_text())["worker"] for p in Path(dask.run_dir).glob("*_stats.json")}
@@ -44,7 +44,7 @@ def test_gpu_stage_on_a_cluster_without_gpu_workers_fails_at_once_and_clearly(sh
     spec = SegmenterSpec(backend=LUMA, device="cuda")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with pytest.raises(InputError, match=r"none of the 1 workers .* declares the resources GPU=1.*--resources GPU=1"):
-            run_masks(config(root, tmp_path / "out", segmenter=spec, scheduler=cluster.scheduler_address), progress=False)
+            run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(scheduler=cluster.scheduler_address)), progress=False)
     assert not list((tmp_path / "out").rglob("*_stats.json"))
 
 
@@ -53,7 +53,7 @@ def test_gpu_stage_on_a_cluster_without_gpu_workers_fails_at_once_and_clearly(sh
 def test_cuda_masks_run_uses_one_worker_per_visible_gpu(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
     spec = SegmenterSpec(backend=LUMA, device="cuda")
-    summary = run_masks(config(root, tmp_path / "out", segmenter=spec, workers=2), progress=False)
+    summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2)), progress=False)
     assert summary.by_status == {"ok": 5}
     workers = {json.loads(p.read_text())["worker"] for p in Path(summary.run_dir).glob("*_stats.json")}
     assert 1 <= len(workers) <= torch.cuda.device_count()

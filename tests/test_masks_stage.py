@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from pipeline.config import MasksConfig
 from pipeline.datasets import ReaderOptions, list_clips
 from pipeline.decode import DecodeOptions
+from pipeline.executor import ExecOptions
 from pipeline.maskstore import MASK_SCHEMA, ClipRows, done_shards, iter_shard, load_clip_masks, read_clips
 from pipeline.runner import run_masks
 from pipeline.segment import SegmenterSpec, load_segmenter
@@ -21,7 +23,7 @@ from tests.conftest import LUMA
 
 def config(root: Path, out: Path, **overrides) -> MasksConfig:
     fields = dict(dataset="kinetics400", root=root, out=out, segmenter=SegmenterSpec(backend=LUMA),
-                  workers=0, shard_size=2)
+                  execution=ExecOptions(workers=0), shard_size=2)
     return MasksConfig(**{**fields, **overrides})
 
 
@@ -100,7 +102,6 @@ def test_same_inputs_give_byte_identical_shards(shapes_dataset, tmp_path):
 def test_settings_change_the_run_folder(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
     base = config(root, tmp_path)
-    from pipeline.decode import DecodeOptions
 
     assert base.run_dir() != config(root, tmp_path, decode=DecodeOptions(fps=5)).run_dir()
     assert base.run_dir() == config(root, tmp_path, decode=DecodeOptions(batch=3)).run_dir()  # batch shapes nothing
@@ -120,15 +121,33 @@ def test_model_crash_leaves_no_partial_shard_and_rerun_completes(shapes_dataset,
 
     summary = run_masks(failing, progress=False)
     run_dir = Path(summary.run_dir)
-    assert list(summary.failed_shards) == ["shard-00002"]
-    assert "injected model failure" in summary.failed_shards["shard-00002"]
-    assert summary.by_status == {"ok": 4, "shard_failed": 2}
-    assert not list(run_dir.glob("shard-00002*")), "a failed shard must leave nothing visible"
-    assert not list(run_dir.glob(".*tmp*")), "temporary files are removed"
+    assert not summary.failed_shards and summary.by_status == {"failed": 1, "ok": 5}
+    assert summary.failed_clips == {"zzbright_000000_000010": "gave up after 3 tries: RuntimeError: injected model failure"}
+    assert summary.retried == {"zzbright_000000_000010": 3}
+    rows = {row["clip_id"]: row for row in pq.read_table(run_dir / "shard-00002.clips.parquet").to_pylist()}
+    assert rows["zzbright_000000_000010"]["status"] == "failed" and rows["-clip4_x_000004_000014"]["status"] == "ok"
+    assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob(".*_tries.json")), "nothing left behind"
 
+    assert run_masks(failing, progress=False).shards_computed == 0, "a given-up clip is not retried by default"
     write_video(bright, np.full((4, 64, 96, 3), 40, np.uint8), 12)  # the input is fixed; same settings
-    fixed = run_masks(failing, progress=False)
+    fixed = run_masks(dataclasses.replace(failing, retry_failed=True), progress=False)
     assert (fixed.shards_computed, fixed.shards_skipped, fixed.by_status) == (1, 2, {"ok": 6})
+
+
+def test_a_shard_that_cannot_be_written_leaves_nothing_visible(shapes_dataset, tmp_path, monkeypatch):
+    root, _ = shapes_dataset
+    from pipeline.maskstore import ShardWriter
+
+    def disk_full(self, statuses):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "commit", disk_full)
+    summary = run_masks(config(root, tmp_path / "out"), progress=False)
+    assert sorted(summary.failed_shards) == ["shard-00000", "shard-00001", "shard-00002"]
+    assert "No space left on device" in summary.failed_shards["shard-00000"]
+    assert not [p.name for p in Path(summary.run_dir).iterdir() if p.name.startswith("shard-") or ".tmp" in p.name]
+    monkeypatch.undo()
+    assert run_masks(config(root, tmp_path / "out"), progress=False).by_status == {"ok": 5}
 
 
 def test_missing_and_corrupt_clips_become_status_rows(shapes_dataset, tmp_path):

@@ -1,0 +1,129 @@
+"""What lets restarts, retries and concurrent runs share one output folder: an exclusive claim per shard, and
+a per-clip count of tries kept beside the shard, so a clip that keeps failing (or killing its worker) is
+recorded with its error and given up after N tries instead of blocking the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from pipeline.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ShardBusy(Exception):
+    """Another process (another run, or a worker Dask still believes lost) holds the shard's claim."""
+
+
+@contextmanager
+def claim(marker: Path, outputs: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Hold the shard whose done marker is `marker` for the block, or raise ShardBusy at once.
+
+    The claim is a POSIX record lock on a hidden `.<marker>.lock` file beside it: the kernel releases it when
+    its holder exits or is killed (SIGKILL, a lost node), and NFS propagates it through its lock manager, so a
+    stale claim never blocks a rerun. While held, the temporary files that a killed writer left beside
+    `outputs` are removed: nobody else can be writing them.
+    """
+    marker = Path(marker)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = marker.with_name(f".{marker.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise ShardBusy(f"{marker.name.removesuffix('_stats.json')}: being computed by another process "
+                            f"({_holder(lock_path)}); rerun when it has finished") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
+        remove_stale_temps((marker, *outputs))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temps(paths: tuple[Path, ...]) -> None:
+    """Delete the temporary siblings (`.<name>.tmp-*`, see atomic.temp_name) of each path."""
+    import shutil
+
+    for path in paths:
+        for stale in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
+            log.info("removing %s, left by a writer that did not finish", stale)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text().strip() or "unknown holder"
+    except OSError:
+        return "unknown holder"
+
+
+class Tries:
+    """How many times each clip of a shard was started, and its last error; on disk (`.<shard>_tries.json`),
+    rewritten atomically before every try, so tries cut short by a killed worker or run count too."""
+
+    def __init__(self, path: Path, max_tries: int) -> None:
+        self.path, self.max_tries = Path(path), max_tries
+        try:
+            self._entries: dict[str, dict] = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self._entries = {}
+
+    def run(self, clip_id: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
+        """`attempt()` until it returns, at most `max_tries` times over all runs; then `give_up(error)`."""
+        while True:
+            entry = self._entries.setdefault(clip_id, {"tries": 0, "error": None})
+            if entry["tries"] >= self.max_tries:
+                error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
+                log.error("%s: giving up after %d tries: %s", clip_id, entry["tries"], error)
+                return give_up(f"gave up after {entry['tries']} tries: {error}")
+            entry["tries"] += 1
+            entry["error"] = None
+            self._save()
+            try:
+                return attempt()
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: try %d of %d failed: %s", clip_id, entry["tries"], self.max_tries, entry["error"])
+                self._save()
+
+    def retried(self) -> dict[str, int]:
+        """Clip id → tries, for the clips that needed more than one."""
+        return {clip_id: entry["tries"] for clip_id, entry in sorted(self._entries.items()) if entry["tries"] > 1}
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        write_json(self.path, self._entries)
+
+
+def tries_path(marker: Path) -> Path:
+    """Where the tries of the shard whose done marker is `marker` are kept."""
+    return Path(marker).with_name(f".{Path(marker).name.removesuffix('_stats.json')}_tries.json")
+
+
+def worker_name() -> str:
+    """host:pid of this process, as stats files record who computed a shard."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
