@@ -73,8 +73,10 @@ def _holder(lock_path: Path) -> str:
 
 
 class Tries:
-    """How many times each clip of a shard was started, and its last error; on disk (`.<shard>_tries.json`),
-    rewritten atomically before every try, so tries cut short by a killed worker or run count too."""
+    """How often each clip of a shard was started, how many of those tries in a row did not finish, and the
+    last error; on disk (`.<shard>_tries.json`), rewritten atomically around every try, so tries cut short by a
+    killed worker or run count too. A clip that finished once and is redone (its shard was cut short later)
+    starts its count of failures again."""
 
     def __init__(self, path: Path, max_tries: int) -> None:
         self.path, self.max_tries = Path(path), max_tries
@@ -84,22 +86,27 @@ class Tries:
             self._entries = {}
 
     def run(self, clip_id: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
-        """`attempt()` until it returns, at most `max_tries` times over all runs; then `give_up(error)`."""
+        """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`."""
+        entry = self._entries.setdefault(clip_id, {"tries": 0, "failures": 0, "error": None})
         while True:
-            entry = self._entries.setdefault(clip_id, {"tries": 0, "error": None})
-            if entry["tries"] >= self.max_tries:
+            if entry["failures"] >= self.max_tries:
                 error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
-                log.error("%s: giving up after %d tries: %s", clip_id, entry["tries"], error)
-                return give_up(f"gave up after {entry['tries']} tries: {error}")
+                log.error("%s: giving up after %d tries: %s", clip_id, entry["failures"], error)
+                return give_up(f"gave up after {entry['failures']} tries: {error}")
             entry["tries"] += 1
+            entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
             entry["error"] = None
             self._save()
             try:
-                return attempt()
+                result = attempt()
             except Exception as exc:
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: try %d of %d failed: %s", clip_id, entry["tries"], self.max_tries, entry["error"])
+                log.warning("%s: try %d of %d failed: %s", clip_id, entry["failures"], self.max_tries, entry["error"])
                 self._save()
+                continue
+            entry["failures"] = 0
+            self._save()
+            return result
 
     def retried(self) -> dict[str, int]:
         """Clip id → tries, for the clips that needed more than one."""

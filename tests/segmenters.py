@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import numpy as np
 
 from pipeline.datasets.sample import OBJECT_VALUE, PERSON_VALUE
@@ -43,4 +48,25 @@ class FailingSegmenter(LumaKeySegmenter):
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         if batch.frames.mean() > 100:
             raise RuntimeError("injected model failure")
+        return super().segment(batch)
+
+
+class SlowLumaSegmenter(LumaKeySegmenter):
+    """The luma key, sleeping FAULT_SLEEP seconds per batch; where FAULT_MARKS names a folder, it first leaves
+    a file there named by its process id, so a fault test knows which process is mid-shard and can kill it."""
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        if os.environ.get("FAULT_MARKS"):
+            Path(os.environ["FAULT_MARKS"], str(os.getpid())).touch()
+        time.sleep(float(os.environ.get("FAULT_SLEEP", "0")))
+        return super().segment(batch)
+
+
+class WorkerKillingSegmenter(LumaKeySegmenter):
+    """Kills its own process (SIGKILL) on any clip whose frames are bright on average: a clip that crashes its
+    worker every time (a decoder segfault, the kernel's OOM killer). Only for runs on worker processes."""
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        if batch.frames.mean() > 100:
+            os.kill(os.getpid(), signal.SIGKILL)
         return super().segment(batch)

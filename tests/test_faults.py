@@ -1,0 +1,152 @@
+"""Faults really injected: a Dask worker killed by pid, the whole run killed with SIGKILL and resumed, two runs
+at once on one output folder, a clip that kills its worker every time. Each ends with the same shard bytes as
+an undisturbed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.executor import ExecOptions
+from pipeline.runner import run_masks
+from pipeline.segment import SegmenterSpec
+from tests.conftest import ROOT
+from tests.test_masks_stage import config, shard_bytes
+
+SLOW = SegmenterSpec(backend="tests.segmenters:SlowLumaSegmenter")
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def masks_cli(root: Path, out: Path, **extra: str) -> subprocess.Popen:
+    """`python -m pipeline masks` on the shapes dataset, in-process, in its own process group."""
+    argv = [sys.executable, "-m", "pipeline", "masks", "--dataset", "kinetics400", "--root", str(root), "--out", str(out),
+            "--segmenter", SLOW.backend, "--workers", "0", "--shard-size", "2"]
+    return subprocess.Popen(argv, cwd=ROOT, env=env(**extra), start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def reference(shapes_dataset, tmp_path) -> Path:
+    """The run folder of an undisturbed in-process run with the same segmenter settings."""
+    root, _ = shapes_dataset
+    return Path(run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False).run_dir)
+
+
+def test_run_killed_with_sigkill_mid_shard_resumes_to_identical_shards(shapes_dataset, reference, tmp_path):
+    root, _ = shapes_dataset
+    run_dir = tmp_path / "out" / reference.relative_to(tmp_path / "reference")
+    proc = masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.15")
+    wait_for(lambda: (run_dir / "shard-00000_stats.json").exists() and (run_dir / ".shard-00001_tries.json").exists(),
+             what="shard-00000 done and shard-00001 started")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "shard-00001_stats.json").exists() and not (run_dir / "shard-00001.parquet").exists()
+    assert list(run_dir.glob(".shard-00001.parquet.tmp-*")), "the killed writer's partial file is hidden"
+
+    resumed = run_masks(config(root, tmp_path / "out", segmenter=SLOW), progress=False)
+    assert (resumed.shards_skipped, resumed.shards_computed, resumed.by_status) == (1, 2, {"ok": 5})
+    assert list(resumed.retried.values()) == [2], "the clip cut short is tried again"
+    assert shard_bytes(run_dir) == shard_bytes(reference)
+    assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob(".*_tries.json"))
+
+
+def test_two_runs_at_once_compute_each_shard_once(shapes_dataset, reference, tmp_path):
+    root, _ = shapes_dataset
+    runs = [masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.1") for _ in range(2)]
+    outputs = [run.communicate(timeout=180)[0] for run in runs]
+    computed = [line for out in outputs for line in out.splitlines() if "pipeline.stage: shard-" in line]
+    assert sorted(line.split("pipeline.stage: ")[1].split(":")[0] for line in computed) == \
+        ["shard-00000", "shard-00001", "shard-00002"], "each shard computed by exactly one of the runs"
+    for run, out in zip(runs, outputs):  # a run that met a claimed shard says so and exits 1
+        assert run.returncode == (1 if "being computed by another process" in out else 0), out
+    run_dir = tmp_path / "out" / reference.relative_to(tmp_path / "reference")
+    assert shard_bytes(run_dir) == shard_bytes(reference)
+    after = run_masks(config(root, tmp_path / "out", segmenter=SLOW), progress=False)
+    assert (after.shards_computed, after.by_status) == (0, {"ok": 5})
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes (no nanny) on 127.0.0.1; yields (address, marks)."""
+    marks, scheduler_file = tmp_path / "marks", tmp_path / "scheduler.json"
+    marks.mkdir()
+    extra = env(FAULT_SLEEP="0.15", FAULT_MARKS=str(marks))
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(scheduler_file)], env=extra, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(scheduler_file.exists, what="the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                    "--no-nanny", "--no-dashboard", "--name", f"w{i}"], env=extra, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+        from distributed import Client
+
+        with Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, marks
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_worker_killed_mid_shard_is_replaced_and_the_run_completes(shapes_dataset, reference, dask_processes, tmp_path):
+    root, _ = shapes_dataset
+    address, marks = dask_processes
+    killed: list[int] = []
+
+    def kill_first_busy_worker() -> None:
+        wait_for(lambda: any(marks.iterdir()), what="a worker to start a batch")
+        killed.append(int(next(marks.iterdir()).name))
+        os.kill(killed[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_first_busy_worker)
+    killer.start()
+    summary = run_masks(config(root, tmp_path / "out", segmenter=SLOW, execution=ExecOptions(scheduler=address)),
+                        progress=False)
+    killer.join()
+    assert killed and not summary.failed_shards and summary.by_status == {"ok": 5}
+    assert list(summary.retried.values()) == [2], "the clip the killed worker was on is tried again"
+    assert not any(name.endswith(f":{killed[0]}") for name in summary.workers)
+    run_dir = Path(summary.run_dir)
+    assert shard_bytes(run_dir) == shard_bytes(reference)
+    assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob(".*_tries.json"))
+
+
+def test_clip_that_kills_its_worker_every_time_is_given_up_and_the_run_completes(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    from pipeline.datasets.sample import write_video
+    from tests.conftest import write_kinetics_csv
+
+    import numpy as np
+
+    write_video(root / "train" / "zzbright_000000_000010.mp4", np.full((4, 64, 96, 3), 250, np.uint8), 12)
+    rows = [("juggling balls", f"-clip{i}_x", i, i + 10) for i in (1, 3)]
+    rows += [("passing American football (in game)", f"-clip{i}_x", i, i + 10) for i in (0, 2)]
+    write_kinetics_csv(root, "train", rows + [("juggling balls", "zzbright", 0, 10)])
+    spec = SegmenterSpec(backend="tests.segmenters:WorkerKillingSegmenter")
+    summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2, max_tries=2)),
+                        progress=False)
+    assert not summary.failed_shards and summary.by_status == {"failed": 1, "ok": 5}
+    assert summary.failed_clips == {"zzbright_000000_000010": "gave up after 2 tries: its worker died each time "
+                                                              "(killed, out of memory, or crashed)"}
