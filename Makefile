@@ -18,6 +18,9 @@ SEGMENTER_USED := $(or $(SEGMENTER),$(if $(filter sample,$(DATASET)),selfie,yolo
 # Flags every stage takes, and the execution flags of the Dask stages (the CLI's _add_execution).
 DATASET_FLAGS := --dataset "$(DATASET)" $(if $(SPLIT_ID),--split-id "$(SPLIT_ID)") $(if $(OUT),--out "$(OUT)")
 EXEC_FLAGS := $(if $(WORKERS),--workers "$(WORKERS)") $(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
+	$(if $(CLUSTER),--cluster "$(CLUSTER)") $(if $(CLUSTER_CONFIG),--cluster-config "$(CLUSTER_CONFIG)") \
+	$(if $(JOBS),--jobs "$(JOBS)") $(if $(DASHBOARD),--dashboard "$(DASHBOARD)") \
+	$(if $(MAX_TRIES),--max-tries "$(MAX_TRIES)") $(if $(filter 1 yes true,$(RETRY_FAILED)),--retry-failed) \
 	$(if $(LIMIT),--limit "$(LIMIT)") $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 MASKS_FLAGS := $(DATASET_FLAGS) \
@@ -74,7 +77,10 @@ bench: $(STAMP) $(SELFIE_MODEL)
 	$(PY) -m pipeline.bench $(if $(DEVICE),--device "$(DEVICE)") $(if $(MODEL),--model "$(MODEL)") \
 		$(if $(BATCH),--batch "$(BATCH)") $(if $(OUT),--out "$(OUT)")
 
+# The SLURM tests start a single-node SLURM; as root on Debian, tests/install_slurm.sh installs it first
+# (SLURM=no leaves it out, and those tests skip saying why).
 test: $(STAMP) $(SELFIE_MODEL)
+	$(if $(filter no,$(SLURM)),,bash tests/install_slurm.sh)
 	$(PY) -m pytest -q
 
 models: $(SELFIE_MODEL)

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline.cluster import KINDS, load_cluster_spec
 from pipeline.config import MasksConfig
 from pipeline.datasets import DATASETS, ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
@@ -166,6 +167,10 @@ def _add_split_id(sub: argparse.ArgumentParser) -> None:
 def _add_execution(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--workers", type=non_negative_int, default=2, help="local Dask worker processes; 0 runs in this process")
     sub.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    sub.add_argument("--cluster", choices=KINDS, help="run the workers as batch jobs (dask-jobqueue), shaped by --cluster-config")
+    sub.add_argument("--cluster-config", type=Path, default=Path("cluster.yaml"), help="job shape (default: cluster.yaml)")
+    sub.add_argument("--jobs", type=positive_int, help="at most this many batch jobs at once (overrides max_jobs)")
+    sub.add_argument("--dashboard", metavar="ADDRESS", help="serve the Dask dashboard of the cluster started here, e.g. :8787")
     sub.add_argument("--limit", type=positive_int, help="only the first N clips (by clip id)")
     sub.add_argument("--overwrite", action="store_true", help="recompute shards that are already done")
     sub.add_argument("--retry-failed", action="store_true", help="recompute done shards holding clips given up as failed")
@@ -175,7 +180,11 @@ def _add_execution(sub: argparse.ArgumentParser) -> None:
 
 
 def execution(args: argparse.Namespace) -> ExecOptions:
-    return ExecOptions(workers=args.workers, scheduler=args.scheduler, max_tries=args.max_tries)
+    cluster = load_cluster_spec(args.cluster_config, args.cluster, max_jobs=args.jobs) if args.cluster else None
+    if cluster and args.scheduler:
+        raise UsageError("--cluster starts its own scheduler; leave out --scheduler")
+    return ExecOptions(workers=args.workers, scheduler=args.scheduler, cluster=cluster, dashboard=args.dashboard,
+                       max_tries=args.max_tries)
 
 
 def coverage_range(text: str) -> tuple[float, float]:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from pipeline.cluster import ClusterSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -25,14 +27,19 @@ class ExecOptions:
     workers: int = 2  # local Dask worker processes; 0 runs in this process
     scheduler: str | None = None  # address of an existing Dask scheduler
     gpus: tuple[str, ...] = ()  # local GPU workers instead: one per GPU id, pinned by CUDA_VISIBLE_DEVICES
+    cluster: ClusterSpec | None = None  # batch-system jobs instead (SLURM, PBS, SGE through dask-jobqueue)
+    dashboard: str | None = None  # serve the Dask dashboard of a cluster started here, e.g. ":8787"
     max_tries: int = 3  # a clip that raises or kills its worker this often is recorded as failed
 
     @property
     def in_process(self) -> bool:
-        return self.workers == 0 and not self.scheduler and not self.gpus
+        return self.workers == 0 and not self.scheduler and not self.gpus and not self.cluster
 
     def threads_per_worker(self) -> int:
-        """An equal share of this machine's cores per local worker; 0 (library default) on a remote cluster."""
+        """An equal share of the cores per worker (of this machine, or of a batch job); 0 (library default) on a
+        remote cluster."""
+        if self.cluster:
+            return self.cluster.threads_per_worker()
         if self.scheduler:
             return 0
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
@@ -94,7 +101,7 @@ def run_tasks(
     from distributed import as_completed
 
     with dask_client(options) as client:
-        if resources:
+        if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
             require_resources(client, resources)
         futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False,
                              resources=resources)
@@ -126,16 +133,22 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
     # A task whose worker dies is rerun elsewhere; let that happen more often than a clip is tried, so the
     # clip that kills workers is given up (claims.Tries) before Dask gives up its whole shard (KilledWorker).
     with dask.config.set({"distributed.scheduler.allowed-failures": options.max_tries + 1}):
-        if options.gpus:
-            with gpu_cluster(options.gpus) as cluster, Client(cluster) as client:
-                yield client
-            return
-        with LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+        if options.cluster:
+            from pipeline.cluster import job_cluster
+
+            cluster = job_cluster(options.cluster, dashboard=options.dashboard)
+        elif options.gpus:
+            cluster = gpu_cluster(options.gpus, dashboard=options.dashboard)
+        else:
+            cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=options.dashboard, silence_logs=logging.WARNING)
+        with cluster, Client(cluster) as client:
+            if options.dashboard:
+                log.warning("Dask dashboard: %s", client.dashboard_link)  # a warning, so it shows above the bar
             yield client
 
 
-def gpu_cluster(gpus: tuple[str, ...]) -> "distributed.SpecCluster":  # noqa: F821
+def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "distributed.SpecCluster":  # noqa: F821
     """A local cluster of one single-threaded worker process per GPU: each sees only its GPU (as cuda:0)
     through CUDA_VISIBLE_DEVICES and declares the resource GPU=1, so a GPU task owns the whole device."""
     from distributed import Nanny, Scheduler, SpecCluster
@@ -144,7 +157,7 @@ def gpu_cluster(gpus: tuple[str, ...]) -> "distributed.SpecCluster":  # noqa: F8
         f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
         for gpu in gpus
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
 
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import write_json
 from pipeline.config import MasksConfig
 from pipeline.datasets import list_clips
+from pipeline.errors import InputError
 from pipeline.executor import GPU, ShardProgress, run_tasks, visible_gpus
 from pipeline.maskstore import shard_paths
 from pipeline.records import FAILED
@@ -120,12 +121,16 @@ def execute(tasks: list[ShardTask], config: MasksConfig, on_done: Callable[[Shar
     segmenter, resources = config.segmenter, None
     if not options.in_process and segmenter.device.startswith("cuda"):  # a GPU worker owns one GPU
         resources = {GPU: 1}
-        if not options.scheduler:
+        if options.cluster and not options.cluster.gpus:
+            raise InputError(f"DEVICE={segmenter.device} on a {options.cluster.kind} cluster needs GPU jobs: set "
+                             "`gpus:` in the cluster file")
+        if not options.scheduler and not options.cluster:
             gpus = visible_gpus(segmenter.device)
             if not gpus:
                 raise SegmenterLoadError(f"device {segmenter.device!r} asked for, but no such CUDA device is visible; use DEVICE=cpu")
             log.info("one worker per GPU: %s (WORKERS is for CPU runs)", ", ".join(gpus))
             options = dataclasses.replace(options, workers=0, gpus=gpus)
+        if not options.scheduler:
             segmenter = dataclasses.replace(segmenter, device="cuda")  # each worker sees only its own GPU
     elif not options.in_process and not segmenter.threads:  # share the cores between the workers' models
         segmenter = dataclasses.replace(segmenter, threads=options.threads_per_worker())

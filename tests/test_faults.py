@@ -135,10 +135,10 @@ def test_worker_killed_mid_shard_is_replaced_and_the_run_completes(shapes_datase
 
 def test_clip_that_kills_its_worker_every_time_is_given_up_and_the_run_completes(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
+    import numpy as np
+
     from pipeline.datasets.sample import write_video
     from tests.conftest import write_kinetics_csv
-
-    import numpy as np
 
     write_video(root / "train" / "zzbright_000000_000010.mp4", np.full((4, 64, 96, 3), 250, np.uint8), 12)
     rows = [("juggling balls", f"-clip{i}_x", i, i + 10) for i in (1, 3)]

@@ -1,0 +1,121 @@
+"""Batch-system clusters (SLURM, PBS, SGE) through dask-jobqueue: the job shape from a small YAML file, workers
+that each own one GPU of their job, and adaptive scaling between a minimum and a maximum number of jobs.
+
+The scheduler runs in the process that starts the run (`make masks … CLUSTER=slurm`); each job runs
+`dask worker` processes that connect back to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("slurm", "pbs", "sge")
+GPUS_PER_JOB_ENV = "PIPELINE_GPUS_PER_JOB"  # read by pipeline.gpu_preload in each worker
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """One job's shape; the defaults are those documented in cluster.yaml."""
+
+    kind: str = "slurm"  # slurm, pbs or sge
+    queue: str | None = None  # SLURM partition, PBS or SGE queue
+    account: str | None = None  # account (SLURM, PBS) or project (SGE) charged
+    walltime: str = "04:00:00"  # per job; workers retire 5 minutes (or a tenth) before, and their shards move on
+    cores: int = 8  # per job
+    memory: str = "32GB"  # per job
+    gpus: int = 0  # per job: one worker per GPU, each declaring GPU=1 (SLURM gets --gres=gpu:N itself)
+    processes: int | None = None  # workers per job; default: one per GPU, else one single-threaded one per core
+    directives: tuple[str, ...] = ()  # extra scheduler lines, e.g. "--constraint=a100" or "-l ngpus=1"
+    setup: tuple[str, ...] = ()  # shell lines run before the workers start (module load, source .venv/bin/activate)
+    min_jobs: int = 1  # adaptive scaling keeps at least this many jobs while the run lasts
+    max_jobs: int = 8  # and at most this many (JOBS=N overrides)
+    interface: str | None = None  # network interface the workers and scheduler talk on (e.g. ib0)
+    local_directory: str | None = None  # node-local scratch for worker files, e.g. $TMPDIR
+    log_directory: str | None = None  # where the job's stdout/stderr go
+
+    def workers_per_job(self) -> int:
+        return self.processes or self.gpus or self.cores
+
+    def threads_per_worker(self) -> int:
+        return max(1, self.cores // self.workers_per_job())
+
+
+def load_cluster_spec(path: Path, kind: str, *, max_jobs: int | None = None) -> ClusterSpec:
+    """The job shape from `path` (every key optional) for a cluster of `kind`; JOBS (`max_jobs`) overrides."""
+    import yaml
+
+    if kind not in KINDS:
+        raise InputError(f"unknown cluster {kind!r}; choose one of {', '.join(KINDS)}")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"cluster file {path} not found; copy the project's cluster.yaml and edit it") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected key: value lines, found {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(ClusterSpec)} - {"kind"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = {key: tuple(str(v) for v in value) if key in ("directives", "setup") else value
+              for key, value in data.items() if value is not None}
+    if max_jobs is not None:
+        values["max_jobs"] = max_jobs
+    spec = ClusterSpec(kind=kind, **values)
+    if spec.min_jobs > spec.max_jobs or spec.max_jobs < 1:
+        raise InputError(f"{path}: need 0 <= min_jobs <= max_jobs and max_jobs >= 1, got {spec.min_jobs}..{spec.max_jobs}")
+    try:
+        walltime_seconds(spec.walltime)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return spec
+
+
+def walltime_seconds(walltime: str) -> int:
+    """Seconds of a [[D-]HH:]MM:SS walltime."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", walltime.strip())
+    if not match:
+        raise InputError(f"walltime {walltime!r}: expected HH:MM:SS (or D-HH:MM:SS)")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool = True):
+    """A dask-jobqueue cluster for `spec`, scaling adaptively between its min and max jobs (unless not `adapt`:
+    then it submits nothing until scaled)."""
+    import dask_jobqueue
+
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster, "sge": dask_jobqueue.SGECluster}[spec.kind]
+    workers = spec.workers_per_job()
+    walltime = walltime_seconds(spec.walltime)  # retire before the batch system kills the job
+    worker_args = ["--lifetime", f"{walltime - min(300, walltime // 10)}s", "--lifetime-stagger", f"{min(60, walltime // 20)}s"]
+    directives = list(spec.directives)
+    setup = list(spec.setup)
+    if spec.gpus:
+        worker_args += ["--resources", "GPU=1", "--preload", "pipeline.gpu_preload"]
+        setup.append(f"export {GPUS_PER_JOB_ENV}={spec.gpus}")
+        if spec.kind == "slurm" and not any("gres" in d or "gpus" in d for d in directives):
+            directives.append(f"--gres=gpu:{spec.gpus}")
+    options = dict(
+        queue=spec.queue, cores=spec.cores, memory=spec.memory, processes=workers, walltime=spec.walltime,
+        job_extra_directives=directives, job_script_prologue=setup, worker_extra_args=worker_args,
+        interface=spec.interface, local_directory=spec.local_directory, log_directory=spec.log_directory,
+        job_name="static-bias", scheduler_options={"dashboard_address": dashboard},
+    )
+    if spec.account:
+        options["account" if spec.kind != "sge" else "project"] = spec.account
+    cluster = cls(**options)
+    if adapt:
+        cluster.adapt(minimum_jobs=spec.min_jobs, maximum_jobs=spec.max_jobs)
+    log.info("%s cluster: %d-%d jobs of %d worker(s), %s cores, %s, %d GPU(s), walltime %s", spec.kind, spec.min_jobs,
+             spec.max_jobs, workers, spec.cores, spec.memory, spec.gpus, spec.walltime)
+    return cluster

@@ -1,0 +1,126 @@
+"""Batch-system clusters: the job shape from cluster.yaml, the job scripts dask-jobqueue writes from it, GPU
+pinning per worker, and a real single-node SLURM running the masks stage while one of its jobs is cancelled."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.cluster import ClusterSpec, job_cluster, load_cluster_spec
+from pipeline.errors import InputError
+from pipeline.executor import ExecOptions
+from pipeline.gpu_preload import gpu_for
+from pipeline.runner import run_masks
+from tests.conftest import ROOT
+from tests.slurm_node import Unavailable, single_node
+from tests.test_faults import SLOW, wait_for
+from tests.test_masks_stage import config, shard_bytes
+
+
+def test_the_documented_cluster_file_holds_the_defaults():
+    assert load_cluster_spec(ROOT / "cluster.yaml", "slurm") == ClusterSpec(kind="slurm")
+    assert load_cluster_spec(ROOT / "cluster.yaml", "pbs", max_jobs=3) == ClusterSpec(kind="pbs", max_jobs=3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("cpus: 4\n", "unknown keys cpus"),
+    ("walltime: 4h\n", "walltime '4h'"),
+    ("min_jobs: 5\nmax_jobs: 2\n", "min_jobs <= max_jobs"),
+    ("- a\n", "expected key: value"),
+])
+def test_bad_cluster_files_are_refused_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as err:
+        load_cluster_spec(path, "slurm")
+    assert str(path) in str(err.value)
+
+
+def test_cli_refuses_a_missing_cluster_file_and_a_second_scheduler(tmp_path, capsys):
+    base = ["masks", "--dataset", "sample", "--out", str(tmp_path), "--cluster", "slurm"]
+    assert main(base + ["--cluster-config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml not found" in capsys.readouterr().err
+    assert main(base + ["--cluster-config", str(ROOT / "cluster.yaml"), "--scheduler", "tcp://x:8786"]) == 2
+    assert "leave out --scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "masks").exists()
+
+
+def job_script(spec: ClusterSpec) -> str:
+    cluster = job_cluster(spec, adapt=False)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+def test_gpu_jobs_run_one_gpu_worker_per_gpu():
+    spec = ClusterSpec(kind="slurm", queue="gpu", account="lab", gpus=2, cores=16, memory="64GB", walltime="02:00:00",
+                       setup=("module load cuda",), directives=("--constraint=a100",))
+    script = job_script(spec)
+    for line in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=a100", "#SBATCH -t 02:00:00",
+                 "module load cuda", "export PIPELINE_GPUS_PER_JOB=2"):
+        assert line in script.splitlines(), line
+    for args in ("--nworkers 2", "--nthreads 8", "--resources GPU=1", "--preload pipeline.gpu_preload", "--lifetime 6900s"):
+        assert args in script, args
+    pbs = job_script(dataclasses.replace(spec, kind="pbs", directives=("-l ngpus=2",)))
+    assert "#PBS -l ngpus=2" in pbs and "gres" not in pbs and "--resources GPU=1" in pbs
+
+
+def test_cpu_jobs_run_one_single_threaded_worker_per_core():
+    script = job_script(ClusterSpec(kind="sge", cores=4, memory="8GB", account="proj"))
+    assert "--nworkers 4" in script and "--nthreads 1" in script and "#$ -P proj" in script
+    assert "GPU=1" not in script and "gpu_preload" not in script
+
+
+def test_each_worker_of_a_gpu_job_owns_one_of_its_gpus():
+    assert [gpu_for(f"SLURMCluster-7-{i}", "4,5", 2) for i in range(2)] == ["4", "5"]
+    assert gpu_for("SLURMCluster-7-1", "", 2) == "1"
+    assert gpu_for("SLURMCluster-7", "3", 1) is None  # one GPU per job: the job's own CUDA_VISIBLE_DEVICES
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    try:
+        with single_node(tmp_path_factory.mktemp("slurm")) as env:
+            yield env
+    except Unavailable as exc:
+        pytest.skip(f"no SLURM here: {exc}")
+
+
+def job_of(pid: int) -> str:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"SLURM_JOB_ID="))
+
+
+def test_slurm_run_survives_a_cancelled_job_with_identical_shards(slurm, shapes_dataset, tmp_path, monkeypatch):
+    root, _ = shapes_dataset
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    reference = run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = ClusterSpec(kind="slurm", cores=1, memory="1GB", walltime="00:10:00", min_jobs=1, max_jobs=2,
+                       log_directory=str(tmp_path / "logs"),
+                       setup=(f"export PYTHONPATH={ROOT}", "export FAULT_SLEEP=0.2", f"export FAULT_MARKS={marks}"))
+    cancelled: list[str] = []
+
+    def cancel_a_busy_job() -> None:  # what SLURM does at a job's walltime: SIGTERM, then SIGKILL
+        wait_for(lambda: any(marks.iterdir()), timeout=120, what="a SLURM worker to start a batch")
+        cancelled.append(job_of(int(next(marks.iterdir()).name)))
+        subprocess.run(["scancel", "--full", "--signal=KILL", cancelled[0]], env=slurm, check=True)
+
+    canceller = threading.Thread(target=cancel_a_busy_job)
+    canceller.start()
+    summary = run_masks(config(root, tmp_path / "out", segmenter=SLOW, execution=ExecOptions(cluster=spec)), progress=False)
+    canceller.join()
+    assert cancelled and not summary.failed_shards and summary.by_status == {"ok": 5}
+    assert list(summary.retried.values()) == [2], "the clip the cancelled job was on is tried again"
+    assert shard_bytes(Path(summary.run_dir)) == shard_bytes(Path(reference.run_dir))
+    assert not list(Path(summary.run_dir).glob(".*tmp*"))
+    squeue = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True, text=True).stdout.split()
+    assert cancelled[0] not in squeue and os.environ["SLURM_CONF"] == slurm["SLURM_CONF"]
