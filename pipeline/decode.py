@@ -19,6 +19,7 @@ class DecodeOptions:
     fps: float | None = None  # resample to this rate by timestamps; None keeps every frame
     short_side: int | None = None  # resize frames for inference so the short side is this; None keeps size
     batch: int = 16  # frames per batch handed to the segmenter
+    max_batch_mb: int = 128  # and fewer when frames are large (4K: 5), so a worker's memory stays bounded
 
 
 @dataclass(kw_only=True)
@@ -92,13 +93,17 @@ class VideoDecoder:
                     self._start(_info(frame, native_fps, duration))
                 pending.append((index, time, self._to_array(frame)))
                 self.info.frames += 1
-                if len(pending) == self.options.batch:
+                if len(pending) == self.options.batch or len(pending) * pending[0][2].nbytes >= self._batch_bytes:
                     yield self._batch(pending)
                     pending = []
             if pending:
                 yield self._batch(pending)
         if self.info is not None and not self.info.fps and self.info.duration:
             self.info.fps = self.info.frames / self.info.duration
+
+    @property
+    def _batch_bytes(self) -> int:
+        return self.options.max_batch_mb << 20
 
     def _start(self, info: VideoInfo) -> None:
         self.info = info

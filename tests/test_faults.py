@@ -150,3 +150,54 @@ def test_clip_that_kills_its_worker_every_time_is_given_up_and_the_run_completes
     assert not summary.failed_shards and summary.by_status == {"failed": 1, "ok": 5}
     assert summary.failed_clips == {"zzbright_000000_000010": "gave up after 2 tries: its worker died each time "
                                                               "(killed, out of memory, or crashed)"}
+
+
+SLOW_RENDER = """
+import sys, time
+import pipeline.encode as encode
+write = encode.ClipWriter.write
+encode.ClipWriter.write = lambda self, frame: (time.sleep(0.03), write(self, frame))[1]
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "rawframes"])
+def test_render_killed_with_sigkill_resumes_to_identical_outputs(shapes_dataset, tmp_path, fmt):
+    import shutil
+
+    from pipeline.encode import EncodeOptions
+    from pipeline.render_runner import RenderConfig, run_render
+    from pipeline.variants import resolve
+
+    root, _ = shapes_dataset
+    masks = run_masks(config(root, tmp_path / "reference"), progress=False)
+    shutil.copytree(tmp_path / "reference" / "masks", tmp_path / "out" / "masks")
+    render = dict(dataset="kinetics400", variants=resolve(["bg_obj2"]), execution=ExecOptions(workers=0),
+                  encode=EncodeOptions(format=fmt))
+    run_render(RenderConfig(out=tmp_path / "reference", **render), progress=False)
+    assert masks.by_status == {"ok": 5}
+
+    variant_dir = tmp_path / "out" / "renders" / "kinetics400" / "bg_obj2"
+    status = variant_dir / "_status" / fmt
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RENDER, "render", "--dataset", "kinetics400", "--out",
+                             str(tmp_path / "out"), "--variants", "bg_obj2", "--workers", "0", "--format", fmt],
+                            cwd=ROOT, env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for(lambda: (status / "shard-00000_stats.json").exists() and (status / ".shard-00001_tries.json").exists(),
+             what="render shard-00000 done and shard-00001 started")
+    time.sleep(0.15)  # into the clip's frames
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if fmt == "rawframes":  # x264 holds a short clip's packets until the end, so only rawframes shows its partial
+        assert list(variant_dir.rglob(".*.tmp-*/img_00001.jpg")), "the killed writer's partial clip is hidden"
+
+    resumed = run_render(RenderConfig(out=tmp_path / "out", **render), progress=False)
+    assert resumed.variants[0].shards_skipped == 1 and resumed.variants[0].by_status == {"ok": 5}
+
+    def outputs(base: Path) -> dict[str, bytes]:
+        folder = base / "renders" / "kinetics400" / "bg_obj2"
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.suffix in (".mp4", ".jpg")}
+
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "reference") and len(outputs(tmp_path / "out")) >= 5
+    assert not list(variant_dir.rglob(".*tmp*")) and not list(variant_dir.rglob(".*_tries.json"))
