@@ -48,6 +48,8 @@ def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames:
     parts = [f"<h1>{html.escape(dataset)}: masks and variants</h1>",
              f"<p>masks run <code>{html.escape(str(masks_dir))}</code></p>",
              "<h2>Masks</h2>", _counts_table({"masks": Counter(c["status"] for c in masks_clips.values())})]
+    if (masks_dir / "summary.json").exists():
+        parts.append(_run_section(json.loads((masks_dir / "summary.json").read_text())))
     if chosen:
         sheet = contact_sheet([overlay_frames(masks_dir, masks_clips[c], frames, fps) for c in chosen], chosen)
         parts += ["<p>Source frames with people (red) and objects (blue) overlaid, rows are clips.</p>", _img(sheet)]
@@ -160,6 +162,28 @@ def _describe(summary: dict) -> str:
     variant = settings["variant"]
     fills = ", ".join(f"{r}={variant[r]}" for r in ("background", "person", "objects"))
     return f"{variant['description']} ({fills}; masks {variant['masks']}; filter {summary['filter']})"
+
+
+def _run_section(summary: dict) -> str:
+    """The last masks run: wall time, shards, clips given up and retried, and each worker's throughput."""
+    lines = [f"<h3>Last masks run</h3><p>{summary['seconds']:.0f} s wall time; shards: {summary['shards_computed']} "
+             f"computed, {summary['shards_skipped']} already done, {len(summary['failed_shards'])} failed; "
+             f"{len(summary.get('retried', {}))} clips needed more than one try.</p>"]
+    rows = [(name, str(w["shards"]), str(w["frames"]), f"{w['frames_per_s']:.1f}", f"{w['peak_rss_mb']:.0f}")
+            for name, w in sorted(summary.get("workers", {}).items())]
+    if rows:
+        lines.append(_table(("worker", "shards", "frames", "frames/s", "peak MiB"), rows))
+    failed = [(name, error) for name, error in summary["failed_shards"].items()]
+    failed += [(clip, error) for clip, error in summary.get("failed_clips", {}).items()]
+    if failed:
+        lines.append(_table(("failed shard or clip", "error"), failed[:50]))
+    return "\n".join(lines)
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
 
 
 def _counts_table(counts: dict[str, dict[str, int]]) -> str:

@@ -1,5 +1,8 @@
 """The command line: bad input is one line and exit 2 with nothing written; the sample runs end to end."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -82,6 +85,9 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     root, _ = shapes_dataset
     out = ["--dataset", "kinetics400", "--out", str(tmp_path)]
     assert main(["masks", *out, "--root", str(root), "--segmenter", LUMA, "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "masks kinetics400: 5 clips (ok 5)" in printed
+    assert re.search(rf"worker [^:]+:{os.getpid()}: 1 shards, 70 frames, [\d.]+ frames/s, peak \d+ MiB", printed)
     assert main(["render", *out, "--variants", "bg_obj2,swap,mine", "--define", "mine:background=blur(3)",
                  "--workers", "2", "--dilate", "1"]) == 0
     printed = capsys.readouterr().out
@@ -89,6 +95,8 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     assert main(["manifests", *out]) == 0
     assert "manifests kinetics400/mine: mp4/train: ok 4; mp4/val: ok 1" in capsys.readouterr().out
     assert main(["report", *out]) == 0
-    assert (tmp_path / "reports" / "kinetics400" / "index.html").is_file()
+    page = (tmp_path / "reports" / "kinetics400" / "index.html").read_text()
+    assert "<h3>Last masks run</h3>" in page and "1 computed, 0 already done, 0 failed" in page
+    assert re.search(rf"<td>[^<]+:{os.getpid()}</td><td>1</td><td>70</td>", page), "the worker table"
     spec = (tmp_path / "renders" / "kinetics400" / "mine" / "variant.mp4.json").read_text()
     assert '"background": "blur(3)"' in spec and '"dilate": 1' in spec
