@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -27,32 +28,43 @@ class ShardBusy(Exception):
 
 
 @contextmanager
-def claim(marker: Path, outputs: tuple[Path, ...] = ()) -> Iterator[None]:
-    """Hold the shard whose done marker is `marker` for the block, or raise ShardBusy at once.
+def claim(marker: Path, outputs: tuple[Path, ...] = (), *, wait: float = 600.0) -> Iterator[None]:
+    """Hold the shard whose done marker is `marker` for the block, waiting up to `wait` seconds for another
+    holder to let go (then ShardBusy).
 
     The claim is a POSIX record lock on a hidden `.<marker>.lock` file beside it: the kernel releases it when
     its holder exits or is killed (SIGKILL, a lost node), and NFS propagates it through its lock manager, so a
-    stale claim never blocks a rerun. While held, the temporary files that a killed writer left beside
-    `outputs` are removed: nobody else can be writing them.
+    stale claim never blocks a rerun. Waiting covers a holder that is finishing the shard anyway (a second run
+    on the same folder, or a retired worker's thread that Dask has already rescheduled); the caller then finds
+    the shard done. While held, the temporary files a killed writer left beside `outputs` are removed.
     """
     marker = Path(marker)
     marker.parent.mkdir(parents=True, exist_ok=True)
     lock_path = marker.with_name(f".{marker.name}.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            raise ShardBusy(f"{marker.name.removesuffix('_stats.json')}: being computed by another process "
-                            f"({_holder(lock_path)}); rerun when it has finished") from None
+        deadline = time.monotonic() + wait
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                raise ShardBusy(f"{marker.name.removesuffix('_stats.json')}: being computed by another process "
+                                f"({_holder(lock_path)}) for over {wait:.0f}s; rerun when it has finished")
+            time.sleep(min(1.0, wait / 10))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
         remove_stale_temps((marker, *outputs))
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return False
 
 
 def remove_stale_temps(paths: tuple[Path, ...]) -> None:

@@ -53,11 +53,12 @@ class FailingSegmenter(LumaKeySegmenter):
 
 class SlowLumaSegmenter(LumaKeySegmenter):
     """The luma key, sleeping FAULT_SLEEP seconds per batch; where FAULT_MARKS names a folder, it first leaves
-    a file there named by its process id, so a fault test knows which process is mid-shard and can kill it."""
+    a file there named by its process id (holding its SLURM job id, if any), so a fault test knows which
+    process is mid-shard and can kill it."""
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         if os.environ.get("FAULT_MARKS"):
-            Path(os.environ["FAULT_MARKS"], str(os.getpid())).touch()
+            Path(os.environ["FAULT_MARKS"], str(os.getpid())).write_text(os.environ.get("SLURM_JOB_ID", ""))
         time.sleep(float(os.environ.get("FAULT_SLEEP", "0")))
         return super().segment(batch)
 

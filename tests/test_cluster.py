@@ -124,3 +124,23 @@ def test_slurm_run_survives_a_cancelled_job_with_identical_shards(slurm, shapes_
     assert not list(Path(summary.run_dir).glob(".*tmp*"))
     squeue = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True, text=True).stdout.split()
     assert cancelled[0] not in squeue and os.environ["SLURM_CONF"] == slurm["SLURM_CONF"]
+
+
+def test_slurm_run_outlives_a_job_that_reaches_its_walltime(slurm, shapes_dataset, tmp_path, monkeypatch):
+    """One job at a time, with a one-minute walltime, and about 75 s of work: the first job's worker retires
+    (or SLURM ends it) mid-run, a second job takes over, and the shards come out as an undisturbed run's."""
+    root, _ = shapes_dataset
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    reference = run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = ClusterSpec(kind="slurm", cores=1, memory="1GB", walltime="00:01:00", min_jobs=1, max_jobs=1,
+                       log_directory=str(tmp_path / "logs"),
+                       setup=(f"export PYTHONPATH={ROOT}", "export FAULT_SLEEP=12", f"export FAULT_MARKS={marks}"))
+    summary = run_masks(config(root, tmp_path / "out", segmenter=SLOW, execution=ExecOptions(cluster=spec)), progress=False)
+    jobs = sorted(path.name for path in (tmp_path / "logs").glob("*.err"))
+    assert len(jobs) >= 2, f"the work outlived the first job: {jobs}"
+    assert "worker-lifetime-reached" in (tmp_path / "logs" / jobs[0]).read_text()
+    assert not summary.failed_shards and summary.by_status == {"ok": 5}
+    assert shard_bytes(Path(summary.run_dir)) == shard_bytes(Path(reference.run_dir))
+    assert not list(Path(summary.run_dir).glob(".*tmp*"))
