@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -69,8 +70,6 @@ def _try_lock(fd: int) -> bool:
 
 def remove_stale_temps(paths: tuple[Path, ...]) -> None:
     """Delete the temporary siblings (`.<name>.tmp-*`, see atomic.temp_name) of each path."""
-    import shutil
-
     for path in paths:
         for stale in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
             log.info("removing %s, left by a writer that did not finish", stale)

@@ -121,7 +121,8 @@ def run_tasks(
 
 @contextmanager
 def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa: F821
-    """A client of the given scheduler, or of a LocalCluster of single-threaded worker processes."""
+    """A client of the given scheduler, or of a cluster started here: batch jobs (dask-jobqueue), one worker
+    per local GPU, or a LocalCluster of single-threaded worker processes."""
     import dask
     from distributed import Client, LocalCluster
 

@@ -109,10 +109,10 @@ def _render_claimed(task: RenderTask) -> dict:
     started = time.perf_counter()
     masks_file = shard_paths(task.masks_dir, task.shard)[0]
     stored = {clip.clip_id: clip for clip in iter_shard(masks_file)} if masks_file.exists() else {}
-    tries = Tries(tries_path(task.status_paths()[1]), task.max_tries)
+    status_path, stats_path = task.status_paths()
+    tries = Tries(tries_path(stats_path), task.max_tries)
     rows = [tries.run(clip["clip_id"], lambda: render_clip(clip, stored.get(clip["clip_id"]), task),
                       lambda error: failed_row(clip, task, error)) for clip in task.clips]
-    status_path, stats_path = task.status_paths()
     with atomic_path(status_path) as tmp:
         metadata = {"variant": task.variant.spec_json(), "fingerprint": task.fingerprint, "masks_dir": str(task.masks_dir)}
         pq.write_table(pa.Table.from_pylist(rows, schema=RENDER_SCHEMA.with_metadata(metadata)), tmp, compression="zstd")

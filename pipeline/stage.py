@@ -9,6 +9,7 @@ from collections import Counter
 from pipeline import __version__
 from pipeline.atomic import write_json
 from pipeline.claims import Tries, claim, peak_rss_mb, tries_path, worker_name
+from pipeline.config import MasksConfig
 from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder
 from pipeline.maskstore import ClipRows, ShardWriter, shard_paths
 from pipeline.prefetch import Behind, prefetched
@@ -74,7 +75,8 @@ def _run_claimed(task: ShardTask) -> dict:
     return stats
 
 
-def _segment_new(clip: ClipRecord, segmenter: Segmenter, config) -> tuple[ClipStatus, ClipRows]:
+def _segment_new(clip: ClipRecord, segmenter: Segmenter, config: MasksConfig) -> tuple[ClipStatus, ClipRows]:
+    """One try at a clip: fresh rows (nothing from an earlier try), then decode and segment into them."""
     rows = ClipRows(clip.clip_id, dict(segmenter.names), IouTracker(config.track))
     status = segment_clip(clip, segmenter, config.decode, rows, overlap=config.segmenter.device.startswith("cuda"))
     return status, rows

@@ -93,6 +93,17 @@ def slurm(tmp_path_factory):
         pytest.skip(f"no SLURM here: {exc}")
 
 
+def slow_jobs(tmp_path: Path, *, walltime: str, max_jobs: int, sleep: float) -> tuple[ClusterSpec, Path]:
+    """One-core SLURM jobs whose workers run the slow luma segmenter (FAULT_SLEEP seconds a batch, marks in
+    the returned folder), with their logs in tmp_path/logs."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = ClusterSpec(kind="slurm", cores=1, memory="1GB", walltime=walltime, min_jobs=1, max_jobs=max_jobs,
+                       log_directory=str(tmp_path / "logs"),
+                       setup=(f"export PYTHONPATH={ROOT}", f"export FAULT_SLEEP={sleep}", f"export FAULT_MARKS={marks}"))
+    return spec, marks
+
+
 def job_of(pid: int) -> str:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return next(item.split(b"=", 1)[1].decode() for item in environ if item.startswith(b"SLURM_JOB_ID="))
@@ -102,11 +113,7 @@ def test_slurm_run_survives_a_cancelled_job_with_identical_shards(slurm, shapes_
     root, _ = shapes_dataset
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
     reference = run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    spec = ClusterSpec(kind="slurm", cores=1, memory="1GB", walltime="00:10:00", min_jobs=1, max_jobs=2,
-                       log_directory=str(tmp_path / "logs"),
-                       setup=(f"export PYTHONPATH={ROOT}", "export FAULT_SLEEP=0.2", f"export FAULT_MARKS={marks}"))
+    spec, marks = slow_jobs(tmp_path, walltime="00:10:00", max_jobs=2, sleep=0.2)
     cancelled: list[str] = []
 
     def cancel_a_busy_job() -> None:  # what SLURM does at a job's walltime: SIGTERM, then SIGKILL
@@ -132,11 +139,7 @@ def test_slurm_run_outlives_a_job_that_reaches_its_walltime(slurm, shapes_datase
     root, _ = shapes_dataset
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
     reference = run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    spec = ClusterSpec(kind="slurm", cores=1, memory="1GB", walltime="00:01:00", min_jobs=1, max_jobs=1,
-                       log_directory=str(tmp_path / "logs"),
-                       setup=(f"export PYTHONPATH={ROOT}", "export FAULT_SLEEP=12", f"export FAULT_MARKS={marks}"))
+    spec, _ = slow_jobs(tmp_path, walltime="00:01:00", max_jobs=1, sleep=12)
     summary = run_masks(config(root, tmp_path / "out", segmenter=SLOW, execution=ExecOptions(cluster=spec)), progress=False)
     jobs = sorted(path.name for path in (tmp_path / "logs").glob("*.err"))
     assert len(jobs) >= 2, f"the work outlived the first job: {jobs}"

@@ -20,7 +20,7 @@ from pipeline.executor import ExecOptions
 from pipeline.runner import run_masks
 from pipeline.segment import SegmenterSpec
 from tests.conftest import ROOT
-from tests.test_masks_stage import config, shard_bytes
+from tests.test_masks_stage import add_bright_clip, config, shard_bytes
 
 SLOW = SegmenterSpec(backend="tests.segmenters:SlowLumaSegmenter")
 
@@ -156,15 +156,7 @@ def test_worker_killed_mid_shard_is_replaced_and_the_run_completes(shapes_datase
 
 def test_clip_that_kills_its_worker_every_time_is_given_up_and_the_run_completes(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
-    import numpy as np
-
-    from pipeline.datasets.sample import write_video
-    from tests.conftest import write_kinetics_csv
-
-    write_video(root / "train" / "zzbright_000000_000010.mp4", np.full((4, 64, 96, 3), 250, np.uint8), 12)
-    rows = [("juggling balls", f"-clip{i}_x", i, i + 10) for i in (1, 3)]
-    rows += [("passing American football (in game)", f"-clip{i}_x", i, i + 10) for i in (0, 2)]
-    write_kinetics_csv(root, "train", rows + [("juggling balls", "zzbright", 0, 10)])
+    add_bright_clip(root)
     spec = SegmenterSpec(backend="tests.segmenters:WorkerKillingSegmenter")
     summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2, max_tries=2)),
                         progress=False)

@@ -107,16 +107,25 @@ def test_settings_change_the_run_folder(shapes_dataset, tmp_path):
     assert base.run_dir() == config(root, tmp_path, decode=DecodeOptions(batch=3)).run_dir()  # batch shapes nothing
 
 
-def test_model_crash_leaves_no_partial_shard_and_rerun_completes(shapes_dataset, tmp_path):
-    root, _ = shapes_dataset
+def add_bright_clip(root: Path) -> Path:
+    """A bright clip (the failing test segmenters' trigger) in the shapes dataset; its id sorts last, so it
+    shares shard-00002 with -clip4_x."""
     from pipeline.datasets.sample import write_video
     from tests.conftest import write_kinetics_csv
 
-    bright = root / "train" / "zzbright_000000_000010.mp4"  # sorts last: alone with -clip4_x in shard-00002
+    bright = root / "train" / "zzbright_000000_000010.mp4"
     write_video(bright, np.full((4, 64, 96, 3), 250, np.uint8), 12)
     rows = [("juggling balls", f"-clip{i}_x", i, i + 10) for i in (1, 3)]
     rows += [("passing American football (in game)", f"-clip{i}_x", i, i + 10) for i in (0, 2)]
     write_kinetics_csv(root, "train", rows + [("juggling balls", "zzbright", 0, 10)])
+    return bright
+
+
+def test_model_crash_leaves_no_partial_shard_and_rerun_completes(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    from pipeline.datasets.sample import write_video
+
+    bright = add_bright_clip(root)
     failing = config(root, tmp_path / "out", segmenter=SegmenterSpec(backend="tests.segmenters:FailingSegmenter"))
 
     summary = run_masks(failing, progress=False)
