@@ -15,7 +15,10 @@ MISSING = "missing"  # listed in the annotations, not on disk
 DECODE_ERROR = "decode_error"  # the container or stream could not be decoded
 EMPTY = "empty"  # opened, but holds no video frames
 FAILED = "failed"  # raised (or killed its worker) on every one of its tries; the error says what happened
-STATUSES = (OK, MISSING, DECODE_ERROR, EMPTY, FAILED)
+PARTIAL = "partial"  # decoded only in part (a truncated file): the frames that decoded are segmented and usable
+CONFLICT = "conflict"  # listed twice with different labels or splits; the error names both entries
+STATUSES = (OK, PARTIAL, MISSING, DECODE_ERROR, EMPTY, FAILED, CONFLICT)
+USABLE = (OK, PARTIAL)  # statuses whose masks (and renders) hold frames
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,19 +31,22 @@ class ClipRecord:
     label: str | None = None  # None where the split is unlabelled (Kinetics test); the original text
     label_index: int | None = None
     meta: dict[str, Any] = field(default_factory=dict, hash=False)  # dataset extras (SSv2 placeholders, …)
+    source: str = field(default="", compare=False)  # where the reader found it: `file:line`, or the video path
+    conflict: str | None = None  # listed again with another label/split: names both entries; the clip is not processed
 
     def meta_json(self) -> str | None:
         """`meta` as the JSON text stored in the clip tables and manifests (keys sorted), or None when empty."""
         return json.dumps(self.meta, sort_keys=True, ensure_ascii=False) if self.meta else None
 
     def listing_digest(self) -> str:
-        return listing_digest(self.split, self.label, self.label_index, self.meta_json())
+        return listing_digest(self.split, self.label, self.label_index, self.meta_json(), self.conflict)
 
 
-def listing_digest(split: str, label: str | None, label_index: int | None, meta: str | None) -> str:
+def listing_digest(split: str, label: str | None, label_index: int | None, meta: str | None,
+                   conflict: str | None = None) -> str:
     """A short hash of what a clip's rows take from the dataset listing. Stats files keep it per clip, so a
     relabelled clip (new annotations, another class list) makes the shards that hold it not done."""
-    blob = json.dumps([split, label, label_index, meta], ensure_ascii=False)
+    blob = json.dumps([split, label, label_index, meta] + ([conflict] if conflict else []), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -238,6 +238,18 @@ def test_hmdb51_errors(tmp_path):
         listing("hmdb51", tmp_path)
     with pytest.raises(DatasetError, match=r"testTrainMulti_7030_splits: no <class>_test_split3.txt files"):
         listing("hmdb51", tmp_path, split_id=3)
-    (tmp_path / "testTrainMulti_7030_splits" / "clap_test_split1.txt").write_text("a b.avi 1\na(b.avi 1\n")
-    with pytest.raises(DatasetError, match=r"clip id 'a_b' is listed twice"):
-        listing("hmdb51", tmp_path)
+
+
+def test_hmdb51_names_that_collide_as_ids_are_a_conflict(tmp_path):
+    hmdb51_tree(tmp_path)
+    split_file = tmp_path / "testTrainMulti_7030_splits" / "clap_test_split1.txt"
+    split_file.write_text("a b.avi 1\na(b.avi 1\n")
+    clips = by_id(listing("hmdb51", tmp_path))
+    clip = clips["a_b"]
+    assert (clip.split, clip.label, clip.path, clip.source) == (
+        "train", "clap", tmp_path / "clap" / "a b.avi", f"{split_file}:1")
+    assert clip.conflict == (
+        f"listed twice: {split_file}:1 (split train, label 'clap', meta {{'video': 'a b.avi'}}, "
+        f"path {tmp_path}/clap/a b.avi) and {split_file}:2 (split train, label 'clap', "
+        f"meta {{'video': 'a(b.avi'}}, path {tmp_path}/clap/a(b.avi)")
+    assert clips["April_09_brush_hair_u_nm_np1_ba_goo_0"].conflict is None

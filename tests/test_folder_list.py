@@ -93,13 +93,23 @@ def test_list_csv_with_header_and_mmaction_integer_labels(tmp_path):
     ("../up.mp4 x\n", r"clips.txt:1: '../up.mp4' climbs out of the base folder"),
     ("a.mp4 x ../../etc\n", r"split name '../../etc' is not safe"),
     ("a b.mp4 x\n", r"clips.txt:1: label 'b.mp4' looks like a video file; quote paths"),
-    ("a.mp4 x\nb.mkv z\nA.mp4 y\n", r"clip id 'A' is listed twice .*/a.mp4 and .*/A.mp4.*ignoring case"),
     ("# nothing\n", r"the list is empty"),
 ])
 def test_list_errors_name_file_and_line(tmp_path, content, message):
     (tmp_path / "clips.txt").write_text(content)
     with pytest.raises(DatasetError, match=message):
         listing("list", tmp_path / "clips.txt")
+
+
+def test_list_ids_that_differ_only_in_case_are_a_conflict(tmp_path):
+    listed = tmp_path / "clips.txt"
+    listed.write_text("a.mp4 x\nb.mkv z\nA.mp4 y\n")
+    result = listing("list", listed)
+    assert [(c.clip_id, c.label, c.source) for c in result.clips] == [
+        ("a", "x", f"{listed}:1"), ("b", "z", f"{listed}:2")]
+    assert result.clips[0].conflict == (f"listed twice: {listed}:1 (id 'a', split all, label 'x') and "
+                                        f"{listed}:3 (id 'A', split all, label 'y')")
+    assert result.clips[1].conflict is None and result.skipped == {}
 
 
 def test_output_names_carry_the_split_id():

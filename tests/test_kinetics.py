@@ -86,8 +86,17 @@ def test_bad_roots_and_names(tmp_path):
         list_clips("k401", tmp_path, tmp_path)
 
 
-def test_duplicate_clip_ids_are_refused(tmp_path):
+def test_a_clip_in_two_splits_is_kept_once_as_a_conflict(tmp_path):
     write_kinetics_csv(tmp_path, "train", [("a", "dup", 0, 10)])
     write_kinetics_csv(tmp_path, "val", [("a", "dup", 0, 10)])
-    with pytest.raises(DatasetError, match="listed twice"):
-        kinetics(tmp_path)
+    listing = kinetics(tmp_path)
+    [clip] = listing.clips
+    annotations = tmp_path / "annotations"
+    assert (clip.clip_id, clip.split, clip.label, clip.source) == (
+        "dup_000000_000010", "train", "a", f"{annotations}/train.csv:2")
+    assert clip.conflict == (f"listed twice: {annotations}/train.csv:2 (split train, label 'a') and "
+                             f"{annotations}/val.csv:2 (split val, label 'a')")
+    assert listing.skipped == {}
+    assert kinetics(tmp_path, ("train",)).clips == [clip]
+    with pytest.raises(DatasetError, match="no clips in split.*val.*has: train, val"):
+        kinetics(tmp_path, ("val",))  # the kept entry's split decides

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.datasets.errors import DatasetError
+from pipeline.datasets.repeats import MERGED, log_repeats, merge_repeats
 from pipeline.records import ClipRecord
 
 # Containers PyAV reads that datasets ship in; other files in a video folder are ignored.
@@ -105,23 +106,19 @@ def sorted_index(labels) -> tuple[tuple[str, ...], dict[str, int]]:
 
 
 def finish(listing: Listing, splits: tuple[str, ...] | None, root: Path) -> Listing:
-    """Keep the requested splits, check that ids are unique and safe, and sort by clip id."""
-    clips, seen = [], {}
+    """Check that splits and ids are safe, merge ids listed more than once (see repeats.py), keep the requested
+    splits and sort by clip id. Dropped word-for-word repeats are counted in `skipped`."""
     for clip in listing.clips:
         if clip.split != safe_id(clip.split) or clip.split.startswith("."):
-            raise DatasetError(f"{clip.path}: split name {clip.split!r} is not safe as a folder name")
+            raise DatasetError(f"{clip.source or clip.path}: split name {clip.split!r} is not safe as a folder name")
         if clip.clip_id != safe_id(clip.clip_id):
-            raise DatasetError(f"{clip.path}: clip id {clip.clip_id!r} is not safe as a file name")
-        key = clip.clip_id.casefold()  # renders are files named by id: unique on case-insensitive disks too
-        if key in seen:
-            raise DatasetError(f"clip id {clip.clip_id!r} is listed twice ({seen[key]} and {clip.path}); "
-                               "clip ids must be unique, ignoring case")
-        seen[key] = clip.path
-        if not splits or clip.split in splits:
-            clips.append(clip)
-    if not clips:
+            raise DatasetError(f"{clip.source or clip.path}: clip id {clip.clip_id!r} is not safe as a file name")
+    merged = [item for item in merge_repeats(listing.clips) if not splits or item.clip.split in splits]
+    if not merged:
         found = sorted({clip.split for clip in listing.clips})
         raise DatasetError(f"{root}: no clips in split(s) {', '.join(splits or ())}; the dataset has: {', '.join(found)}"
                            if listing.clips else f"{root}: no clips found")
-    clips.sort(key=lambda clip: clip.clip_id)
-    return Listing(clips=clips, classes=listing.classes, skipped=listing.skipped)
+    dropped = log_repeats(root, merged)
+    skipped = {**listing.skipped, MERGED: dropped} if dropped else listing.skipped
+    return Listing(clips=sorted((item.clip for item in merged), key=lambda clip: clip.clip_id),
+                   classes=listing.classes, skipped=skipped)

@@ -53,7 +53,8 @@ def list_folder(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing
             entries.append((split, relative, video))
     classes, index = sorted_index(relative.parts[0] for _, relative, _ in entries)
     clips = [ClipRecord(clip_id=path_id(relative), path=video, split=split, label=relative.parts[0],
-                        label_index=index[relative.parts[0]]) for split, relative, video in entries]
+                        label_index=index[relative.parts[0]], source=str(video))
+             for split, relative, video in entries]
     return Listing(clips=clips, classes=classes, skipped={"videos outside class folders": loose} if loose else {})
 
 
@@ -68,14 +69,14 @@ def list_file(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing:
     numeric = all(label.isdigit() for _, _, label, _ in rows)
     classes, index = ((), {}) if numeric else sorted_index(label for _, _, label, _ in rows)
     clips = []
-    for _, video, label, split in rows:
+    for line, video, label, split in rows:
         video_path = Path(video) if Path(video).is_absolute() else base / video
         try:
             relative = video_path.relative_to(base)
         except ValueError:
             relative = Path(*video_path.parts[1:])  # an absolute path elsewhere: its whole path names it
         clips.append(ClipRecord(clip_id=path_id(relative), path=video_path, split=split, label=label,
-                                label_index=int(label) if numeric else index[label]))
+                                label_index=int(label) if numeric else index[label], source=f"{path}:{line}"))
     return Listing(clips=clips, classes=classes)
 
 

@@ -43,5 +43,5 @@ def list_hmdb51(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing
                 continue
             name = match["name"]
             clips.append(ClipRecord(clip_id=safe_id(Path(name).stem), path=video_dir / label / name, split=split,
-                                    label=label, label_index=index, meta={"video": name}))
+                                    label=label, label_index=index, meta={"video": name}, source=f"{path}:{line}"))
     return Listing(clips=clips, classes=classes, skipped={f"unused in split {split_id}": unused} if unused else {})

@@ -29,9 +29,9 @@ def list_kinetics(root: Path, options: ReaderOptions = ReaderOptions()) -> Listi
             f"{root}: no clips found; expected annotations/{{train,val,test}}.csv with train/ val/ test/ "
             "video folders, or <split>/<label>/<video> class folders"
         )
-    classes, index = sorted_index(label for _, _, label, _ in entries)
-    clips = [ClipRecord(clip_id=clip_id, path=path, split=split, label=label, label_index=index.get(label))
-             for split, clip_id, label, path in entries]
+    classes, index = sorted_index(label for _, _, label, _, _ in entries)
+    clips = [ClipRecord(clip_id=clip_id, path=path, split=split, label=label, label_index=index.get(label),
+                        source=source) for split, clip_id, label, path, source in entries]
     return Listing(clips=clips, classes=classes)
 
 
@@ -40,17 +40,17 @@ def clip_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path]]:
+def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path, str]]:
     entries = []
     for split in SPLITS:
         csv_path = next((root / "annotations" / name for name in CSV_NAMES[split] if (root / "annotations" / name).is_file()), None)
         if csv_path is None:
             continue
         videos = index_videos(root / split)
-        for _, label, youtube_id, start, end in read_kinetics_csv(csv_path):
+        for line, label, youtube_id, start, end in read_kinetics_csv(csv_path):
             clip_id = clip_name(youtube_id, start, end)
             path = videos.get(clip_id, root / split / f"{clip_id}.mp4")  # a missing file becomes a status row
-            entries.append((split, clip_id, label, path))
+            entries.append((split, clip_id, label, path, f"{csv_path}:{line}"))
     return entries
 
 
@@ -73,7 +73,7 @@ def read_kinetics_csv(csv_path: Path) -> Iterator[tuple[int, str | None, str, in
             yield reader.line_num, label, youtube_id, start, end
 
 
-def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path]]:
+def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path, str]]:
     entries = []
     for split in SPLITS:
         split_dir = root / split
@@ -82,5 +82,5 @@ def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path]]:
         for label_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for video in sorted(label_dir.iterdir()):
                 if video.suffix.lower() in VIDEO_SUFFIXES:
-                    entries.append((split, safe_id(video.stem), label_dir.name, video))
+                    entries.append((split, safe_id(video.stem), label_dir.name, video, str(video)))
     return entries

@@ -37,11 +37,11 @@ def list_mimetics(root: Path, options: ReaderOptions = ReaderOptions()) -> Listi
     _, local_index = sorted_index(label for _, label, *_ in rows)
     videos = index_videos(options.videos or csv_path.parent)
     clips = []
-    for _, label, youtube_id, start, end in rows:
+    for line, label, youtube_id, start, end in rows:
         clip_id = clip_name(youtube_id, start, end)
         path = videos.get(clip_id, csv_path.parent / label / f"{clip_id}.mp4")  # a missing file becomes a status row
         clips.append(ClipRecord(clip_id=clip_id, path=path, split=SPLIT, label=label, label_index=kinetics_index[label],
-                                meta={"mimetics_index": local_index[label]}))
+                                meta={"mimetics_index": local_index[label]}, source=f"{csv_path}:{line}"))
     return Listing(clips=clips, classes=classes)
 
 

@@ -103,7 +103,7 @@ def _clip(entry: Any, split: str, index: dict[str, int], videos: dict[str, Path]
         raise DatasetError(f"{where}: id {clip_id!r} is not a plain video name")
     path = videos.get(clip_id, video_dir / f"{clip_id}.webm")  # a missing file becomes a status row
     if split == "test" and "template" not in entry:
-        return ClipRecord(clip_id=clip_id, path=path, split=split)
+        return ClipRecord(clip_id=clip_id, path=path, split=split, source=where)
     template = entry.get("template")
     if not isinstance(template, str):
         raise DatasetError(f"{where}: clip {clip_id} has no template")
@@ -113,4 +113,5 @@ def _clip(entry: Any, split: str, index: dict[str, int], videos: dict[str, Path]
     meta = {"template": template, "placeholders": list(entry.get("placeholders") or [])}
     if entry.get("label"):
         meta["caption"] = entry["label"]
-    return ClipRecord(clip_id=clip_id, path=path, split=split, label=label, label_index=index[label], meta=meta)
+    return ClipRecord(clip_id=clip_id, path=path, split=split, label=label, label_index=index[label], meta=meta,
+                      source=where)

@@ -45,7 +45,7 @@ def list_ucf101(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing
             match = _GROUP_CLIP.search(stem)
             meta = {"group": int(match[1]), "clip": int(match[2])} if match else {}
             clips.append(ClipRecord(clip_id=safe_id(stem), path=video_dir / relative, split=split,
-                                    label=classes[index], label_index=index, meta=meta))
+                                    label=classes[index], label_index=index, meta=meta, source=where))
     return Listing(clips=clips, classes=classes)
 
 
