@@ -29,14 +29,13 @@ from pathlib import Path
 import av
 import cv2
 
-from pipeline.config import MasksConfig
 from pipeline.datasets.sample import asset, pan_zoom, write_video
 from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.executor import ExecOptions
-from pipeline.render_runner import RenderConfig, run_render
-from pipeline.runner import run_masks
+from pipeline.masks import MasksConfig, run_masks
+from pipeline.render import RenderConfig, run_render
+from pipeline.render.variants import resolve
 from pipeline.segment import SegmenterSpec, load_segmenter
-from pipeline.variants import resolve
 
 WIDTH, HEIGHT, FPS = 340, 256, 25
 
@@ -58,7 +57,7 @@ def make_clips(root: Path, clips: int, frames: int) -> list[Path]:
 
 def bare_decode_encode(sources: list[Path], dest: Path, options) -> int:
     """PyAV decode → x264 encode of every frame, touching no pixels, with the render stage's x264 settings."""
-    from pipeline.encode import X264_PARAMS
+    from pipeline.render.encode import X264_PARAMS
 
     frames = 0
     dest.mkdir(parents=True, exist_ok=True)
@@ -125,7 +124,7 @@ class Clock:
 
 def stored_bytes(run_dir: Path) -> int:
     """Bytes of a run's mask shards (the RLE tables, not the clip status tables)."""
-    return sum(p.stat().st_size for p in run_dir.glob("shard-*.parquet") if not p.name.endswith(".clips.parquet"))
+    return sum(p.stat().st_size for p in run_dir.glob("*.parquet") if not p.name.endswith(".clips.parquet"))
 
 
 def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: int) -> dict:
@@ -165,7 +164,7 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
     return {
         "conf": spec.conf,
         "frames": frames,
-        "instances_per_frame": round(summary.instances / max(1, frames), 2),
+        "instances_per_frame": round(summary.totals["instances"] / max(1, frames), 2),
         "input_shape": list(inputs[0].shape),
         "stage_frames_per_s": round(fps["stage"], 1),
         "segment_frames_per_s": round(fps["segment"], 1),
@@ -175,7 +174,7 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
         # the whole process's peak, with every decoded batch and input tensor of this benchmark held
         "peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "bytes_per_instance_frame": round(stored_bytes(Path(summary.run_dir)) / max(1, summary.instances), 1),
+        "bytes_per_instance_frame": round(stored_bytes(Path(summary.output)) / max(1, summary.totals["instances"]), 1),
     }
 
 
@@ -185,15 +184,15 @@ def bench_selfie(root: Path, out: Path, selfie_model: str) -> dict:
     summary = run_masks(MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, execution=ExecOptions(workers=0), shard_size=8),
                         progress=False)
     return {
-        "run_tag": Path(summary.run_dir).name,
-        "instances_per_frame": round(summary.instances / max(1, summary.frames), 2),
-        "bytes_per_instance_frame": round(stored_bytes(Path(summary.run_dir)) / max(1, summary.instances), 1),
+        "run_tag": Path(summary.output).name,
+        "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2),
+        "bytes_per_instance_frame": round(stored_bytes(Path(summary.output)) / max(1, summary.totals["instances"]), 1),
     }
 
 
 def bench_render(root: Path, out: Path, variant: str, masks_tag: str, repeat: int) -> dict:
     """Best of `repeat` rounds of: bare decode + encode, and the render stage for one variant."""
-    from pipeline.encode import X264_PARAMS, EncodeOptions
+    from pipeline.render.encode import X264_PARAMS, EncodeOptions
 
     encode = EncodeOptions()
     config = RenderConfig(dataset="kinetics400", out=out, masks_tag=masks_tag, variants=resolve([variant]),

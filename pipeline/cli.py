@@ -13,19 +13,20 @@ import sys
 from pathlib import Path
 
 from pipeline.cluster import KINDS, load_cluster_spec
-from pipeline.config import MasksConfig
 from pipeline.datasets import DATASETS, ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
-from pipeline.encode import FORMATS, EncodeOptions
+from pipeline.engine import Interrupted, stop_on_sigterm
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
-from pipeline.pairing import PAIR_RANGE
-from pipeline.render_runner import RenderConfig
+from pipeline.masks.config import MasksConfig
+from pipeline.render.encode import FORMATS, EncodeOptions
+from pipeline.render.pairing import PAIR_RANGE
+from pipeline.render.runner import RenderConfig
+from pipeline.render.variants import PRESETS, MaskOptions, resolve
 from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
 from pipeline.segment.base import RANDOM
 from pipeline.segment.sam import SAM_TYPES
 from pipeline.tracking import TrackOptions
-from pipeline.variants import PRESETS, MaskOptions, resolve
 
 log = logging.getLogger("pipeline")
 
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--dataset", required=True)
     _add_split_id(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
-    render.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the one whose masks stage started last)")
+    _add_masks_run(render)
     render.add_argument("--variants", default=",".join(PRESETS), help=f"comma-separated (default: every preset: {', '.join(PRESETS)})")
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--dataset", required=True)
     _add_split_id(manifests)
     manifests.add_argument("--out", type=Path, default=Path("."))
+    _add_masks_run(manifests)
     manifests.add_argument("--variants", help="comma-separated (default: every rendered variant)")
     manifests.add_argument("--min-coverage", type=unit_float, default=0.0, help="quality filter: person coverage F …")
     manifests.add_argument("--min-frames-frac", type=unit_float, default=0.0, help="… in at least this fraction G of frames")
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--dataset", required=True)
     _add_split_id(report)
     report.add_argument("--out", type=Path, default=Path("."))
+    _add_masks_run(report)
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
 
@@ -164,6 +167,19 @@ def _add_split_id(sub: argparse.ArgumentParser) -> None:
                      help="ucf101, hmdb51: official split (default 1); outputs go to DATASET-splitN")
 
 
+def _add_masks_run(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the one with committed "
+                                     "shards whose masks stage started last)")
+
+
+def make_args(args: argparse.Namespace) -> str:
+    """How the user names this dataset to `make`, for hints (`DATASET=ucf101 SPLIT_ID=1`)."""
+    split = DATASETS.get(args.dataset)
+    if split is not None and split.split_ids:
+        return f"DATASET={args.dataset} SPLIT_ID={args.split_id or 1}"
+    return f"DATASET={args.dataset}"
+
+
 def _add_execution(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--workers", type=non_negative_int, default=2, help="local Dask worker processes; 0 runs in this process")
     sub.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
@@ -171,7 +187,7 @@ def _add_execution(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--cluster-config", type=Path, default=Path("cluster.yaml"), help="job shape (default: cluster.yaml)")
     sub.add_argument("--jobs", type=positive_int, help="at most this many batch jobs at once (overrides max_jobs)")
     sub.add_argument("--dashboard", metavar="ADDRESS", help="serve the Dask dashboard of the cluster started here, e.g. :8787")
-    sub.add_argument("--limit", type=positive_int, help="only the first N clips (by clip id)")
+    sub.add_argument("--limit", type=positive_int, help="only the first shards (by name) holding at least N clips")
     sub.add_argument("--overwrite", action="store_true", help="recompute shards that are already done")
     sub.add_argument("--retry-failed", action="store_true", help="recompute done shards holding clips given up as failed")
     sub.add_argument("--max-tries", type=positive_int, default=3,
@@ -244,6 +260,7 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
         variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define),
         out=args.out,
         masks_tag=args.masks,
+        make_args=make_args(args),
         encode=EncodeOptions(format=args.format, crf=args.crf, preset=args.preset, short_side=args.short_side,
                              jpeg_quality=args.jpeg_quality),
         seed=args.seed,
@@ -263,13 +280,13 @@ def run(args: argparse.Namespace) -> int:
         print(fetch_selfie_model(args.dest))
         return 0
     if args.command == "masks":
-        from pipeline.runner import run_masks
+        from pipeline.masks import run_masks
 
         summary = run_masks(masks_config(args))
         print("\n".join(summary.lines()))
         return 1 if summary.failed_shards else 0
     if args.command == "render":
-        from pipeline.render_runner import run_render
+        from pipeline.render import run_render
 
         rendered = run_render(render_config(args))
         print("\n".join(rendered.lines()))
@@ -279,17 +296,20 @@ def run(args: argparse.Namespace) -> int:
 
         variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
         dataset = output_name(args.dataset, args.split_id)
-        config = ManifestConfig(dataset=dataset, out=args.out, variants=variants,
-                                min_coverage=args.min_coverage, min_frames_frac=args.min_frames_frac)
-        for summary in write_manifests(config):
+        config = ManifestConfig(dataset=dataset, out=args.out, masks_tag=args.masks, make_args=make_args(args),
+                                variants=variants, min_coverage=args.min_coverage, min_frames_frac=args.min_frames_frac)
+        summaries = write_manifests(config)
+        for summary in summaries:
             counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
             print(f"manifests {dataset}/{summary['variant']}: {counts}")
-        print(f"output: {Path(args.out) / 'manifests' / dataset}")
+        print(f"output: {Path(args.out) / 'manifests' / dataset / summaries[0]['masks_run']}")
         return 0
     from pipeline.report import write_report
 
     dataset = output_name(args.dataset, args.split_id)
-    print(f"report: {write_report(dataset=dataset, out=args.out, clips=args.clips, frames=args.frames)}")
+    path = write_report(dataset=dataset, out=args.out, masks_tag=args.masks, make_args=make_args(args),
+                        clips=args.clips, frames=args.frames)
+    print(f"report: {path}")
     return 0
 
 
@@ -300,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        stop_on_sigterm()
         return run(args)
     except (UsageError, InputError, SegmenterLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; nothing partial is visible, rerun to resume", file=sys.stderr)
+        return 143

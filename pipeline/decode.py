@@ -83,21 +83,29 @@ class VideoDecoder:
             step = 1.0 / self.options.fps if self.options.fps else 0.0
             next_time = 0.0
             pending: list[tuple[int, float, np.ndarray]] = []
-            for index, frame in enumerate(container.decode(stream)):
-                time = frame.time if frame.time is not None else index / (native_fps or 1.0)
-                if step and time + 1e-6 < next_time:
-                    continue
-                if step:  # keep the first frame at or after each point of the grid k / fps
-                    next_time = (np.floor(time / step + 1e-6) + 1) * step
+            error: av.FFmpegError | None = None
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    time = frame.time if frame.time is not None else index / (native_fps or 1.0)
+                    if step and time + 1e-6 < next_time:
+                        continue
+                    if step:  # keep the first frame at or after each point of the grid k / fps
+                        next_time = (np.floor(time / step + 1e-6) + 1) * step
+                    if self.info is None:
+                        self._start(_info(frame, native_fps, duration))
+                    pending.append((index, time, self._to_array(frame)))
+                    self.info.frames += 1
+                    if len(pending) == self.options.batch or len(pending) * pending[0][2].nbytes >= self._batch_bytes:
+                        yield self._batch(pending)
+                        pending = []
+            except av.FFmpegError as exc:  # part way (a truncated file): first hand out the frames before it
                 if self.info is None:
-                    self._start(_info(frame, native_fps, duration))
-                pending.append((index, time, self._to_array(frame)))
-                self.info.frames += 1
-                if len(pending) == self.options.batch or len(pending) * pending[0][2].nbytes >= self._batch_bytes:
-                    yield self._batch(pending)
-                    pending = []
+                    raise
+                error = exc
             if pending:
                 yield self._batch(pending)
+            if error is not None:
+                raise error
         if self.info is not None and not self.info.fps and self.info.duration:
             self.info.fps = self.info.frames / self.info.duration
 

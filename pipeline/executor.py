@@ -46,20 +46,20 @@ class ExecOptions:
 
 
 class ShardProgress:
-    """A tqdm bar over the clips of the planned tasks (those already done count from the start), with the
-    frames per second of the tasks finished in this run; call it with (task, stats) as each task finishes."""
+    """A tqdm bar over the items of the selected tasks (those already done count from the start), with the
+    frames per second of the tasks finished in this run; call it with (task, frames) as each task finishes."""
 
     def __init__(self, tasks: Sequence[Any], todo: Sequence[Any], *, enabled: bool, desc: str | None = None) -> None:
         from tqdm import tqdm
 
-        total = sum(len(task.clips) for task in tasks)
-        self._bar = tqdm(total=total, initial=total - sum(len(task.clips) for task in todo), unit="clip",
+        total = sum(len(task.items) for task in tasks)
+        self._bar = tqdm(total=total, initial=total - sum(len(task.items) for task in todo), unit="clip",
                          disable=not enabled, dynamic_ncols=True, desc=desc)
         self._frames, self._started = 0, time.perf_counter()
 
-    def __call__(self, task: Any, stats: dict) -> None:
-        self._frames += stats["frames"]
-        self._bar.update(len(task.clips))
+    def __call__(self, task: Any, frames: int) -> None:
+        self._frames += frames
+        self._bar.update(len(task.items))
         self._bar.set_postfix(frames_per_s=f"{self._frames / (time.perf_counter() - self._started):.1f}")
 
     def __enter__(self) -> "ShardProgress":
@@ -79,10 +79,12 @@ def run_tasks(
     fatal: tuple[type[BaseException], ...] = (),
     key_prefix: str = "task",
     resources: dict[str, float] | None = None,
+    client: "distributed.Client | None" = None,  # noqa: F821
 ) -> dict[str, str]:
     """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error.
 
     `resources` (on Dask): each task runs only on a worker that declares them, one task per unit at a time.
+    `client`: a session's client (see `session`), so that one invocation starts one cluster for all its steps.
     """
     failed: dict[str, str] = {}
     if not tasks:
@@ -98,25 +100,37 @@ def run_tasks(
                 continue
             on_done(task, result)
         return failed
+    if client is None:
+        with dask_client(options) as client:
+            return run_tasks(fn, tasks, names=names, options=options, on_done=on_done, fatal=fatal,
+                             key_prefix=key_prefix, resources=resources, client=client)
     from distributed import as_completed
 
-    with dask_client(options) as client:
-        if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
-            require_resources(client, resources)
-        futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False,
-                             resources=resources)
-        by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
-        for future in as_completed(futures):
-            task, name = by_key[future.key]
-            if future.status == "finished":
-                on_done(task, future.result())
-                continue
-            exc = future.exception()
-            if isinstance(exc, fatal):
-                client.cancel(futures)
-                raise exc
-            failed[name] = _failure(name, exc)
+    if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
+        require_resources(client, resources)
+    futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False, resources=resources)
+    by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
+    for future in as_completed(futures):
+        task, name = by_key[future.key]
+        if future.status == "finished":
+            on_done(task, future.result())
+            continue
+        exc = future.exception()
+        if isinstance(exc, fatal):
+            client.cancel(futures)
+            raise exc
+        failed[name] = _failure(name, exc)
     return failed
+
+
+@contextmanager
+def session(options: ExecOptions) -> Iterator["distributed.Client | None"]:  # noqa: F821
+    """One Dask client for all the steps of an invocation (None when it runs in this process)."""
+    if options.in_process:
+        yield None
+        return
+    with dask_client(options) as client:
+        yield client
 
 
 @contextmanager

@@ -34,6 +34,10 @@ class ClipRecord:
     source: str = field(default="", compare=False)  # where the reader found it: `file:line`, or the video path
     conflict: str | None = None  # listed again with another label/split: names both entries; the clip is not processed
 
+    @property
+    def key(self) -> str:
+        return self.clip_id
+
     def meta_json(self) -> str | None:
         """`meta` as the JSON text stored in the clip tables and manifests (keys sorted), or None when empty."""
         return json.dumps(self.meta, sort_keys=True, ensure_ascii=False) if self.meta else None

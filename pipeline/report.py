@@ -19,45 +19,45 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path
-from pipeline.compose import decoded
 from pipeline.decode import DecodeOptions
 from pipeline.errors import InputError
-from pipeline.maskstore import read_clip_masks, read_clips, run_info
-from pipeline.records import OK
-from pipeline.regions import RegionMasks
-from pipeline.variants import MaskOptions
+from pipeline.masks import MasksRun, StoredClip, find_run
+from pipeline.records import USABLE
+from pipeline.render.compose import decoded
+from pipeline.render.regions import RegionMasks
+from pipeline.render.variants import MaskOptions
 
 TILE_HEIGHT = 120
 PERSON_TINT, OBJECT_TINT = (255, 40, 40), (40, 120, 255)
 
 
-def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames: int = 4) -> Path:
-    """Build `<out>/reports/<dataset>/index.html` from the manifests; returns its path."""
-    manifests_dir = Path(out) / "manifests" / dataset
+def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None = None, make_args: str | None = None,
+                 clips: int = 4, frames: int = 4) -> Path:
+    """Build `<out>/reports/<dataset>/<masks run>/index.html` from the manifests; returns its path."""
+    masks = find_run(out, dataset, masks_tag, make_args=make_args)
+    manifests_dir = Path(out) / "manifests" / dataset / masks.tag
     variants = sorted(p.parent.name for p in manifests_dir.glob("*/manifest.parquet")) if manifests_dir.is_dir() else []
     if not variants:
-        raise InputError(f"{manifests_dir}: no manifests; run `make manifests DATASET={dataset}` first")
+        raise InputError(f"{manifests_dir}: no manifests; run `make manifests {make_args or f'DATASET={dataset}'}` first")
     summaries = {v: json.loads((manifests_dir / v / "manifest.json").read_text()) for v in variants}
     tables = {v: pq.read_table(manifests_dir / v / "manifest.parquet").to_pylist() for v in variants}
-    masks_dir = Path(next(iter(next(iter(summaries.values()))["settings"].values()))["masks_dir"])
     chosen = choose_clips(tables, clips)
-    masks_clips = {c["clip_id"]: c for c in read_clips(masks_dir).to_pylist()}
-    info = run_info(masks_dir)
-    fps = info["config"]["decode"]["fps"]
+    masks_clips = {c.clip_id: c for c in masks.clips()}
 
     parts = [f"<h1>{html.escape(dataset)}: masks and variants</h1>",
-             f"<p>masks run <code>{html.escape(str(masks_dir))}</code></p>",
-             "<h2>Masks</h2>", _counts_table({"masks": Counter(c["status"] for c in masks_clips.values())})]
-    if (masks_dir / "summary.json").exists():
-        parts.append(_run_section(json.loads((masks_dir / "summary.json").read_text())))
+             f"<p>masks run <code>{html.escape(str(masks.folder))}</code></p>",
+             "<h2>Masks</h2>", _counts_table({"masks": Counter(c.status for c in masks_clips.values())})]
+    if (masks.folder / "summary.json").exists():
+        parts.append(_run_section(json.loads((masks.folder / "summary.json").read_text())))
     if chosen:
-        sheet = contact_sheet([overlay_frames(masks_dir, masks_clips[c], frames, fps) for c in chosen], chosen)
+        sheet = contact_sheet([overlay_frames(masks, masks_clips[c], frames) for c in chosen], chosen)
         parts += ["<p>Source frames with people (red) and objects (blue) overlaid, rows are clips.</p>", _img(sheet)]
     parts += ["<h3>Coverage per clip</h3>", _img_png(histogram(tables[variants[0]]))]
-    parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(info, indent=2, sort_keys=True))}</pre>"]
+    provenance = {**masks.info, "shard_provenance": masks.provenance(next(iter(masks.shards))) if masks.shards else {}}
+    parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
     for variant in variants:
         rows = {r["clip_id"]: r for r in tables[variant]}
-        renders = Path(out) / "renders" / dataset / variant
+        renders = Path(out) / "renders" / dataset / masks.tag / variant
         parts += [f"<h2>{html.escape(variant)}</h2>",
                   f"<p>{html.escape(_describe(summaries[variant]))}</p>",
                   _counts_table(summaries[variant]["counts"])]
@@ -65,7 +65,7 @@ def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames:
             strips = [rendered_frames(renders, rows.get(c), frames) for c in chosen]
             parts.append(_img(contact_sheet(strips, [_caption(rows.get(c), c) for c in chosen])))
     page = "\n".join([_HEAD.format(title=html.escape(f"{dataset} masks report")), *parts, "</body></html>"])
-    path = Path(out) / "reports" / dataset / "index.html"
+    path = Path(out) / "reports" / dataset / masks.tag / "index.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
@@ -73,7 +73,7 @@ def write_report(*, dataset: str, out: Path = Path("."), clips: int = 4, frames:
 
 def choose_clips(tables: dict[str, list[dict]], count: int) -> list[str]:
     """Up to `count` clips ok in the first variant, one label after another, in clip-id order."""
-    ok = sorted((r for r in next(iter(tables.values())) if r["status"] == OK), key=lambda r: r["clip_id"])
+    ok = sorted((r for r in next(iter(tables.values())) if r["status"] in USABLE), key=lambda r: r["clip_id"])
     by_label: dict[str, list[str]] = {}
     for row in ok:
         by_label.setdefault(row["label"] or "", []).append(row["clip_id"])
@@ -90,11 +90,10 @@ def positions(total: int, count: int) -> list[int]:
     return sorted({min(total - 1, round((i + 0.5) * total / count)) for i in range(count)}) if total else []
 
 
-def overlay_frames(masks_dir: Path, clip: dict, count: int, fps: float | None) -> list[np.ndarray]:
-    masks = read_clip_masks(masks_dir, clip["shard"], clip["clip_id"], clip["height"], clip["width"])
-    regions = RegionMasks(masks, clip["height"], clip["width"], MaskOptions())
-    wanted, out = set(positions(clip["frames"], count)), []
-    for position, (index, frame) in enumerate(decoded(Path(clip["path"]), DecodeOptions(fps=fps))):
+def overlay_frames(masks: MasksRun, clip: StoredClip, count: int) -> list[np.ndarray]:
+    regions = RegionMasks(masks.clip_masks(clip), clip.height, clip.width, MaskOptions())
+    wanted, out = set(positions(clip.frames, count)), []
+    for position, (index, frame) in enumerate(decoded(clip.path, DecodeOptions(fps=masks.decode_fps), clip.frames)):
         if position in wanted:
             person, objects = regions.raw(index)
             tinted = frame.astype(np.float32)
@@ -106,7 +105,7 @@ def overlay_frames(masks_dir: Path, clip: dict, count: int, fps: float | None) -
 
 def rendered_frames(variant_dir: Path, row: dict | None, count: int) -> list[np.ndarray]:
     """The rendered frames of a clip at the sheet's positions (nothing when the clip was not rendered)."""
-    if row is None or not row["path"] or row["status"] not in (OK, "filtered"):
+    if row is None or not row["path"]:
         return []
     wanted = positions(row["frames"], count)
     path = variant_dir / row["path"]
@@ -135,7 +134,7 @@ def histogram(rows: list[dict]) -> bytes:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    ok = [r for r in rows if r["status"] in (OK, "filtered")]
+    ok = [r for r in rows if r["path"]]  # rendered: usable or filtered
     fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
     bins = np.linspace(0, 1, 21)
     ax.hist([[r["person_coverage"] for r in ok], [r["object_coverage"] for r in ok]], bins=bins,
@@ -166,15 +165,14 @@ def _describe(summary: dict) -> str:
 
 def _run_section(summary: dict) -> str:
     """The last masks run: wall time, shards, clips given up and retried, and each worker's throughput."""
-    lines = [f"<h3>Last masks run</h3><p>{summary['seconds']:.0f} s wall time; shards: {summary['shards_computed']} "
-             f"computed, {summary['shards_skipped']} already done, {len(summary['failed_shards'])} failed; "
-             f"{len(summary.get('retried', {}))} clips needed more than one try.</p>"]
+    lines = [f"<h3>Last masks run</h3><p>{summary['seconds']:.0f} s wall time; shards: {summary['shards']} of "
+             f"{summary['planned']} selected, {summary['computed']} computed, {summary['skipped']} already done, "
+             f"{len(summary['failed_shards'])} failed; {len(summary['retried'])} clips needed more than one try.</p>"]
     rows = [(name, str(w["shards"]), str(w["frames"]), f"{w['frames_per_s']:.1f}", f"{w['peak_rss_mb']:.0f}")
-            for name, w in sorted(summary.get("workers", {}).items())]
+            for name, w in sorted(summary["workers"].items())]
     if rows:
         lines.append(_table(("worker", "shards", "frames", "frames/s", "peak MiB"), rows))
-    failed = [(name, error) for name, error in summary["failed_shards"].items()]
-    failed += [(clip, error) for clip, error in summary.get("failed_clips", {}).items()]
+    failed = list(summary["failed_shards"].items()) + list(summary["failed_items"].items())
     if failed:
         lines.append(_table(("failed shard or clip", "error"), failed[:50]))
     return "\n".join(lines)

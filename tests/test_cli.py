@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.maskstore import load_clip_masks, read_clips
+from pipeline.masks import load_clip_masks, read_clips
 from tests.conftest import LUMA
 
 
@@ -71,8 +71,8 @@ def test_sample_end_to_end_on_dask_finds_people_and_reruns_instantly(tmp_path, c
     (["render", "--dataset", "kinetics400", "--define", "x:sky=keep"], "unknown keys ['sky']"),
     (["render", "--dataset", "kinetics400", "--format", "gif"], "invalid choice: 'gif'"),
     (["render", "--dataset", "kinetics400", "--pair-coverage", "0.5,0.1"], "LOW must not exceed HIGH"),
-    (["manifests", "--dataset", "kinetics400"], "run `make render DATASET=kinetics400` first"),
-    (["report", "--dataset", "kinetics400"], "run `make manifests DATASET=kinetics400` first"),
+    (["manifests", "--dataset", "kinetics400"], "no masks yet; run `make masks DATASET=kinetics400` first"),
+    (["report", "--dataset", "ucf101", "--split-id", "2"], "no masks yet; run `make masks DATASET=ucf101 SPLIT_ID=2` first"),
 ])
 def test_later_stages_refuse_bad_input_in_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) == 2
@@ -87,7 +87,9 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     assert main(["masks", *out, "--root", str(root), "--segmenter", LUMA, "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "masks kinetics400: 5 clips (ok 5)" in printed
-    assert re.search(rf"worker [^:]+:{os.getpid()}: 1 shards, 70 frames, [\d.]+ frames/s, peak \d+ MiB", printed)
+    # one train and one val shard (32 clips per shard by default), in this process
+    assert re.search(rf"worker [^:]+:{os.getpid()}: 2 shards, 70 frames, [\d.]+ frames/s, peak \d+ MiB", printed)
+    (tag,) = [p.name for p in (tmp_path / "masks" / "kinetics400").iterdir()]
     assert main(["render", *out, "--variants", "bg_obj2,swap,mine", "--define", "mine:background=blur(3)",
                  "--workers", "2", "--dilate", "1"]) == 0
     printed = capsys.readouterr().out
@@ -95,8 +97,8 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     assert main(["manifests", *out]) == 0
     assert "manifests kinetics400/mine: mp4/train: ok 4; mp4/val: ok 1" in capsys.readouterr().out
     assert main(["report", *out]) == 0
-    page = (tmp_path / "reports" / "kinetics400" / "index.html").read_text()
-    assert "<h3>Last masks run</h3>" in page and "1 computed, 0 already done, 0 failed" in page
-    assert re.search(rf"<td>[^<]+:{os.getpid()}</td><td>1</td><td>70</td>", page), "the worker table"
-    spec = (tmp_path / "renders" / "kinetics400" / "mine" / "variant.mp4.json").read_text()
+    page = (tmp_path / "reports" / "kinetics400" / tag / "index.html").read_text()
+    assert "<h3>Last masks run</h3>" in page and "2 computed, 0 already done, 0 failed" in page
+    assert re.search(rf"<td>[^<]+:{os.getpid()}</td><td>2</td><td>70</td>", page), "the worker table"
+    spec = (tmp_path / "renders" / "kinetics400" / tag / "mine" / "variant.mp4.json").read_text()
     assert '"background": "blur(3)"' in spec and '"dilate": 1' in spec

@@ -16,7 +16,7 @@ from pipeline.cluster import ClusterSpec, job_cluster, load_cluster_spec
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
 from pipeline.gpu_preload import gpu_for
-from pipeline.runner import run_masks
+from pipeline.masks import run_masks
 from tests.conftest import ROOT
 from tests.slurm_node import Unavailable, single_node
 from tests.test_faults import SLOW, wait_for
@@ -127,8 +127,8 @@ def test_slurm_run_survives_a_cancelled_job_with_identical_shards(slurm, shapes_
     canceller.join()
     assert cancelled and not summary.failed_shards and summary.by_status == {"ok": 5}
     assert list(summary.retried.values()) == [2], "the clip the cancelled job was on is tried again"
-    assert shard_bytes(Path(summary.run_dir)) == shard_bytes(Path(reference.run_dir))
-    assert not list(Path(summary.run_dir).glob(".*tmp*"))
+    assert shard_bytes(Path(summary.output)) == shard_bytes(Path(reference.output))
+    assert not list(Path(summary.output).glob(".*tmp*"))
     squeue = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True, text=True).stdout.split()
     assert cancelled[0] not in squeue and os.environ["SLURM_CONF"] == slurm["SLURM_CONF"]
 
@@ -145,5 +145,5 @@ def test_slurm_run_outlives_a_job_that_reaches_its_walltime(slurm, shapes_datase
     assert len(jobs) >= 2, f"the work outlived the first job: {jobs}"
     assert "worker-lifetime-reached" in (tmp_path / "logs" / jobs[0]).read_text()
     assert not summary.failed_shards and summary.by_status == {"ok": 5}
-    assert shard_bytes(Path(summary.run_dir)) == shard_bytes(Path(reference.run_dir))
-    assert not list(Path(summary.run_dir).glob(".*tmp*"))
+    assert shard_bytes(Path(summary.output)) == shard_bytes(Path(reference.output))
+    assert not list(Path(summary.output).glob(".*tmp*"))

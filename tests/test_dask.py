@@ -11,7 +11,7 @@ from distributed import LocalCluster
 
 from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, run_tasks
-from pipeline.runner import run_masks
+from pipeline.masks import run_masks
 from pipeline.segment import SegmenterSpec
 from tests.conftest import LUMA
 from tests.test_masks_stage import config, shard_bytes
@@ -21,9 +21,9 @@ def test_two_worker_processes_match_in_process_run(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
     local = run_masks(config(root, tmp_path / "local"), progress=False)
     dask = run_masks(config(root, tmp_path / "dask", execution=ExecOptions(workers=2)), progress=False)
-    assert dask.by_status == {"ok": 5} and dask.shards_computed == 3
-    assert shard_bytes(Path(dask.run_dir)) == shard_bytes(Path(local.run_dir))
-    workers = {json.loads(p.read_text())["worker"] for p in Path(dask.run_dir).glob("*_stats.json")}
+    assert dask.by_status == {"ok": 5} and dask.computed == 3
+    assert shard_bytes(Path(dask.output)) == shard_bytes(Path(local.output))
+    workers = {json.loads(p.read_text())["worker"] for p in Path(dask.output).glob("*_stats.json")}
     assert len(workers) >= 1 and not any(w.endswith(f":{os.getpid()}") for w in workers)
 
 
@@ -55,5 +55,5 @@ def test_cuda_masks_run_uses_one_worker_per_visible_gpu(shapes_dataset, tmp_path
     spec = SegmenterSpec(backend=LUMA, device="cuda")
     summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2)), progress=False)
     assert summary.by_status == {"ok": 5}
-    workers = {json.loads(p.read_text())["worker"] for p in Path(summary.run_dir).glob("*_stats.json")}
+    workers = {json.loads(p.read_text())["worker"] for p in Path(summary.output).glob("*_stats.json")}
     assert 1 <= len(workers) <= torch.cuda.device_count()

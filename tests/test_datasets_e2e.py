@@ -39,19 +39,20 @@ def test_ucf101_split2_lands_in_its_own_folders_with_classind_label_map(tmp_path
     run_stages(["--dataset", "ucf101", "--split-id", "2"], out, ["--root", str(root)])
     assert "masks ucf101-split2: 6 clips (ok 6)" in capsys.readouterr().out
     assert [p.name for p in (out / "masks").iterdir()] == ["ucf101-split2"]
-    manifests = out / "manifests" / "ucf101-split2" / "bg"
+    (tag,) = [p.name for p in (out / "masks" / "ucf101-split2").iterdir()]
+    manifests = out / "manifests" / "ucf101-split2" / tag / "bg"
     assert (manifests / "label_map.txt").read_text().splitlines() == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
     test_list = [line.split() for line in (manifests / "test_list_videos.txt").read_text().splitlines()]
     assert test_list == [["test/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c02.mp4", "0"],
                          ["test/HandstandPushups/v_HandStandPushups_g09_c03.mp4", "1"],
                          ["test/YoYo/v_YoYo_g10_c04.mp4", "2"]]
-    renders = out / "renders" / "ucf101-split2" / "bg"
+    renders = out / "renders" / "ucf101-split2" / tag / "bg"
     assert all((renders / path).stat().st_size > 0 for path, _ in test_list)
     rows = {r["clip_id"]: r for r in pq.read_table(manifests / "manifest.parquet").to_pylist()}
     assert json.loads(rows["v_YoYo_g10_c04"]["meta"]) == {"group": 10, "clip": 4}
     # the other stages find the split's folders from the same flags; split 1 has no masks yet
     assert main(["render", "--dataset", "ucf101", "--out", str(out), "--workers", "0"]) == 2
-    assert "masks/ucf101-split1" in capsys.readouterr().err
+    assert "masks/ucf101-split1: no masks yet; run `make masks DATASET=ucf101 SPLIT_ID=1` first" in capsys.readouterr().err
 
 
 def test_ssv2_webm_keeps_template_placeholders_and_label_text(tmp_path):
@@ -61,7 +62,7 @@ def test_ssv2_webm_keeps_template_placeholders_and_label_text(tmp_path):
     shutil.copy(root / "20bn-something-something-v2" / "78687.webm", root / "20bn-something-something-v2" / "42326.webm")
     out = tmp_path / "out"
     run_stages(["--dataset", "ssv2"], out, ["--root", str(root)])
-    manifests = out / "manifests" / "ssv2" / "bg"
+    (manifests,) = (out / "manifests" / "ssv2").glob("*/bg")
     rows = {r["clip_id"]: r for r in pq.read_table(manifests / "manifest.parquet").to_pylist()}
     assert {k: (r["split"], r["status"]) for k, r in rows.items()} == {
         "78687": ("train", "ok"), "42326": ("train", "ok"), "24746": ("val", "ok"), "1420": ("test", "ok")}
@@ -88,9 +89,11 @@ def test_relabelled_clips_are_recomputed_and_rerendered_the_rest_skipped(tmp_pat
     listed.write_text("a.mp4 jump train\nb.mp4 jump train\nc.mp4 run train\nd.mp4 walk val\n")  # d relabelled
     run_stages(["--dataset", "list"], out, masks_flags)
     printed = capsys.readouterr().out
-    assert "1 computed, 1 already done" in printed  # masks: only d's shard
-    assert "bg: 4 clips (ok 4), " in printed and "shards 1 computed, 1 already done" in printed
-    manifests = out / "manifests" / "list" / "bg"
+    # a, b, c hash into one of train's 2 shards (the other is empty), d into val's one; only d's shard is
+    # redone, in masks and in render
+    assert "masks list: 4 clips (ok 4)" in printed and "render bg: 4 clips (ok 4)" in printed
+    assert printed.count("shards: 2 of 2 selected, 1 computed, 1 already done") == 2, printed
+    (manifests,) = (out / "manifests" / "list").glob("*/bg")
     assert (manifests / "val_list_videos.txt").read_text() == "val/walk/d.mp4 2\n"
     assert (manifests / "label_map.txt").read_text().splitlines() == ["jump", "run", "walk"]
     assert (manifests / "train_list_videos.txt").read_text().splitlines() == ["train/jump/a.mp4 0", "train/jump/b.mp4 0",

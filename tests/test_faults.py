@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.executor import ExecOptions
-from pipeline.runner import run_masks
+from pipeline.masks import run_masks
 from pipeline.segment import SegmenterSpec
 from tests.conftest import ROOT
 from tests.test_masks_stage import add_bright_clip, config, shard_bytes
@@ -49,45 +49,45 @@ def masks_cli(root: Path, out: Path, **extra: str) -> subprocess.Popen:
 def reference(shapes_dataset, tmp_path) -> Path:
     """The run folder of an undisturbed in-process run with the same segmenter settings."""
     root, _ = shapes_dataset
-    return Path(run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False).run_dir)
+    return Path(run_masks(config(root, tmp_path / "reference", segmenter=SLOW), progress=False).output)
 
 
 def test_run_killed_with_sigkill_mid_shard_resumes_to_identical_shards(shapes_dataset, reference, tmp_path):
     root, _ = shapes_dataset
     run_dir = tmp_path / "out" / reference.relative_to(tmp_path / "reference")
     proc = masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.15")
-    wait_for(lambda: (run_dir / "shard-00000_stats.json").exists() and (run_dir / ".shard-00001_tries.json").exists(),
-             what="shard-00000 done and shard-00001 started")
+    wait_for(lambda: (run_dir / "train-00000_stats.json").exists() and (run_dir / ".train-00001_tries.json").exists(),
+             what="train-00000 done and train-00001 started")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (run_dir / "shard-00001_stats.json").exists() and not (run_dir / "shard-00001.parquet").exists()
-    assert list(run_dir.glob(".shard-00001.parquet.tmp-*")), "the killed writer's partial file is hidden"
+    assert not (run_dir / "train-00001_stats.json").exists() and not (run_dir / "train-00001.parquet").exists()
+    assert list(run_dir.glob(".train-00001.parquet.tmp-*")), "the killed writer's partial file is hidden"
 
     resumed = run_masks(config(root, tmp_path / "out", segmenter=SLOW), progress=False)
-    assert (resumed.shards_skipped, resumed.shards_computed, resumed.by_status) == (1, 2, {"ok": 5})
+    assert (resumed.skipped, resumed.computed, resumed.by_status) == (1, 2, {"ok": 5})
     assert list(resumed.retried.values()) == [2], "the clip cut short is tried again"
     assert shard_bytes(run_dir) == shard_bytes(reference)
     assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob(".*_tries.json"))
 
 
 def test_a_claim_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
-    from pipeline.claims import ShardBusy, claim
+    from pipeline.engine.claims import ShardBusy, claim
 
     marker = tmp_path / "shard-00000_stats.json"
     stale = tmp_path / ".shard-00000.parquet.tmp-otherhost-123"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.claims import claim\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.engine.claims import claim\n"
                                f"with claim(__import__('pathlib').Path({str(marker)!r})):\n"
                                "    print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
     stale.write_bytes(b"partial")
     with pytest.raises(ShardBusy, match=rf"shard-00000: being computed by another process \(.+:{holder.pid}\)"):
-        with claim(marker, (tmp_path / "shard-00000.parquet",), wait=0.3):
+        with claim(marker, wait=0.3):
             pass
     assert stale.exists(), "a busy claim touches nothing"
     holder.kill()
     holder.wait()
-    with claim(marker, (tmp_path / "shard-00000.parquet",), wait=0):
+    with claim(marker, wait=0):
         assert not stale.exists(), "the killed holder's partial file is removed under the claim"
 
 
@@ -95,14 +95,14 @@ def test_two_runs_at_once_compute_each_shard_once(shapes_dataset, reference, tmp
     root, _ = shapes_dataset
     runs = [masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.1") for _ in range(2)]
     outputs = [run.communicate(timeout=180)[0] for run in runs]
-    computed = re.findall(r"pipeline\.stage: (shard-\d+): \d+ clips, \d+ frames in", "".join(outputs))
-    assert sorted(computed) == ["shard-00000", "shard-00001", "shard-00002"], "each shard computed by one run only"
+    computed = re.findall(r"pipeline\.engine\.shard: ([a-z]+-\d+): \d+ items, \d+ frames in", "".join(outputs))
+    assert sorted(computed) == ["train-00000", "train-00001", "val-00000"], "each shard computed by one run only"
     assert [run.returncode for run in runs] == [0, 0], "a run that meets a claimed shard waits, then finds it done"
     assert "finished by another run meanwhile" in "".join(outputs)
     run_dir = tmp_path / "out" / reference.relative_to(tmp_path / "reference")
     assert shard_bytes(run_dir) == shard_bytes(reference)
     after = run_masks(config(root, tmp_path / "out", segmenter=SLOW), progress=False)
-    assert (after.shards_computed, after.by_status) == (0, {"ok": 5})
+    assert (after.computed, after.by_status) == (0, {"ok": 5})
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_worker_killed_mid_shard_is_replaced_and_the_run_completes(shapes_datase
     assert killed and not summary.failed_shards and summary.by_status == {"ok": 5}
     assert list(summary.retried.values()) == [2], "the clip the killed worker was on is tried again"
     assert not any(name.endswith(f":{killed[0]}") for name in summary.workers)
-    run_dir = Path(summary.run_dir)
+    run_dir = Path(summary.output)
     assert shard_bytes(run_dir) == shard_bytes(reference)
     assert not list(run_dir.glob(".*tmp*")) and not list(run_dir.glob(".*_tries.json"))
 
@@ -161,13 +161,13 @@ def test_clip_that_kills_its_worker_every_time_is_given_up_and_the_run_completes
     summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2, max_tries=2)),
                         progress=False)
     assert not summary.failed_shards and summary.by_status == {"failed": 1, "ok": 5}
-    assert summary.failed_clips == {"zzbright_000000_000010": "gave up after 2 tries: its worker died each time "
+    assert summary.failed_items == {"zzbright_000000_000010": "gave up after 2 tries: its worker died each time "
                                                               "(killed, out of memory, or crashed)"}
 
 
 SLOW_RENDER = """
 import sys, time
-import pipeline.encode as encode
+import pipeline.render.encode as encode
 write = encode.ClipWriter.write
 encode.ClipWriter.write = lambda self, frame: (time.sleep(0.03), write(self, frame))[1]
 from pipeline.cli import main
@@ -179,9 +179,9 @@ sys.exit(main(sys.argv[1:]))
 def test_render_killed_with_sigkill_resumes_to_identical_outputs(shapes_dataset, tmp_path, fmt):
     import shutil
 
-    from pipeline.encode import EncodeOptions
-    from pipeline.render_runner import RenderConfig, run_render
-    from pipeline.variants import resolve
+    from pipeline.render import RenderConfig, run_render
+    from pipeline.render.encode import EncodeOptions
+    from pipeline.render.variants import resolve
 
     root, _ = shapes_dataset
     masks = run_masks(config(root, tmp_path / "reference"), progress=False)
@@ -191,13 +191,13 @@ def test_render_killed_with_sigkill_resumes_to_identical_outputs(shapes_dataset,
     run_render(RenderConfig(out=tmp_path / "reference", **render), progress=False)
     assert masks.by_status == {"ok": 5}
 
-    variant_dir = tmp_path / "out" / "renders" / "kinetics400" / "bg_obj2"
+    variant_dir = tmp_path / "out" / "renders" / "kinetics400" / Path(masks.output).name / "bg_obj2"
     status = variant_dir / "_status" / fmt
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RENDER, "render", "--dataset", "kinetics400", "--out",
                              str(tmp_path / "out"), "--variants", "bg_obj2", "--workers", "0", "--format", fmt],
                             cwd=ROOT, env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for(lambda: (status / "shard-00000_stats.json").exists() and (status / ".shard-00001_tries.json").exists(),
-             what="render shard-00000 done and shard-00001 started")
+    wait_for(lambda: (status / "train-00000_stats.json").exists() and (status / ".train-00001_tries.json").exists(),
+             what="render train-00000 done and train-00001 started")
     time.sleep(0.15)  # into the clip's frames
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -205,10 +205,10 @@ def test_render_killed_with_sigkill_resumes_to_identical_outputs(shapes_dataset,
         assert list(variant_dir.rglob(".*.tmp-*/img_00001.jpg")), "the killed writer's partial clip is hidden"
 
     resumed = run_render(RenderConfig(out=tmp_path / "out", **render), progress=False)
-    assert resumed.variants[0].shards_skipped == 1 and resumed.variants[0].by_status == {"ok": 5}
+    assert resumed.variants[0].skipped == 1 and resumed.variants[0].by_status == {"ok": 5}
 
     def outputs(base: Path) -> dict[str, bytes]:
-        folder = base / "renders" / "kinetics400" / "bg_obj2"
+        folder = base / "renders" / "kinetics400" / Path(masks.output).name / "bg_obj2"
         return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
                 if p.is_file() and p.suffix in (".mp4", ".jpg")}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+
 import pytest
 
 from pipeline.datasets import DatasetError

@@ -10,15 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.compose import PartnerFrames, composed, decoded
 from pipeline.decode import DecodeOptions
-from pipeline.encode import EncodeOptions
 from pipeline.executor import ExecOptions
-from pipeline.maskstore import load_clip_masks
-from pipeline.regions import RegionMasks
-from pipeline.render_runner import RenderConfig, run_render
-from pipeline.runner import run_masks
-from pipeline.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
+from pipeline.masks import load_clip_masks, run_masks
+from pipeline.render import RenderConfig, run_render
+from pipeline.render.compose import PartnerFrames, composed, decoded
+from pipeline.render.encode import EncodeOptions
+from pipeline.render.regions import RegionMasks
+from pipeline.render.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
 from tests.test_masks_stage import config as masks_config
 
 
@@ -28,7 +27,7 @@ def masked(shapes_dataset, tmp_path):
     root, truth = shapes_dataset
     out = tmp_path / "out"
     summary = run_masks(masks_config(root, out), progress=False)
-    return root, truth, out, Path(summary.run_dir)
+    return root, truth, out, Path(summary.output)
 
 
 def render_frames(root: Path, run_dir: Path, clip_id: str, variant: Variant, **kwargs) -> tuple[np.ndarray, np.ndarray]:
@@ -122,12 +121,12 @@ def render_config(out: Path, names: list[str], **overrides) -> RenderConfig:
 
 
 def test_render_stage_writes_every_clip_and_reruns_nothing(masked):
-    _, truth, out, _ = masked
+    _, truth, out, run_dir = masked
     summary = run_render(render_config(out, ["bg", "swap"]), progress=False)
     bg, swap = summary.variants
-    assert bg.by_status == {"ok": 5} and bg.shards_computed == 3
+    assert bg.by_status == {"ok": 5} and bg.computed == 3
     assert swap.by_status.get("ok", 0) >= 2 and sum(swap.by_status.values()) == 5
-    files = sorted((out / "renders" / "kinetics400" / "bg").rglob("*.mp4"))
+    files = sorted((out / "renders" / "kinetics400" / run_dir.name / "bg").rglob("*.mp4"))
     assert len(files) == 5
     assert files[0].parent.name in ("juggling_balls", "passing_American_football_in_game")
     for path in files:
@@ -143,8 +142,8 @@ def test_render_stage_writes_every_clip_and_reruns_nothing(masked):
 
     before = {p: p.stat().st_mtime_ns for p in files}
     again = run_render(render_config(out, ["bg", "swap"]), progress=False)
-    assert [v.shards_computed for v in again.variants] == [0, 0]
-    assert [v.shards_skipped for v in again.variants] == [3, 3]
+    assert [v.computed for v in again.variants] == [0, 0]
+    assert [v.skipped for v in again.variants] == [3, 3]
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
@@ -163,11 +162,11 @@ def test_two_runs_give_byte_identical_renders(masked, tmp_path):
 
 
 def test_rawframes_format_and_dask_workers(masked):
-    _, truth, out, _ = masked
+    _, truth, out, run_dir = masked
     summary = run_render(render_config(out, ["person"], encode=EncodeOptions(format="rawframes", short_side=32),
                                        execution=ExecOptions(workers=2)), progress=False)
     assert summary.variants[0].by_status == {"ok": 5}
-    folders = sorted(p for p in (out / "renders" / "kinetics400" / "person").glob("*/*/*") if p.is_dir())
+    folders = sorted(p for p in (out / "renders" / "kinetics400" / run_dir.name / "person").glob("*/*/*") if p.is_dir())
     assert len(folders) == 5
     for folder in folders:
         images = sorted(folder.iterdir())

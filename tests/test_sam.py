@@ -15,8 +15,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from pipeline.cli import main
 from pipeline.datasets.sample import shape_clip, write_video
 from pipeline.decode import DecodeOptions, VideoDecoder
-from pipeline.maskstore import load_clip_masks
-from pipeline.runner import run_masks
+from pipeline.masks import load_clip_masks, run_masks
 from pipeline.segment import RefineSpec, SegmenterLoadError, SegmenterSpec, load_segmenter
 from pipeline.segment.sam import RefinedSegmenter, SamRefiner, load_sam
 from tests.conftest import LUMA
@@ -116,16 +115,16 @@ def test_a_real_tiny_sam_refines_deterministically_and_empty_answers_keep_the_de
 
 def test_random_vit_b_through_the_masks_stage_records_sam_and_leaves_other_frames_alone(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
-    plain = run_masks(config(root, tmp_path / "out", limit=1), progress=False)
+    plain = run_masks(config(root, tmp_path / "out", splits=("val",)), progress=False)
     spec = SegmenterSpec(backend=LUMA, refine=RefineSpec(checkpoint="random", every=100))  # frame 0 only
-    refined = run_masks(config(root, tmp_path / "out", limit=1, segmenter=spec), progress=False)
-    assert refined.by_status == {"ok": 1} and refined.run_dir != plain.run_dir  # refinement is in the fingerprint
-    meta = pq.read_schema(Path(refined.run_dir) / "shard-00000.parquet").metadata
+    refined = run_masks(config(root, tmp_path / "out", splits=("val",), segmenter=spec), progress=False)
+    assert refined.by_status == {"ok": 1} and refined.output != plain.output  # refinement is in the fingerprint
+    meta = pq.read_schema(Path(refined.output) / "val-00000.parquet").metadata
     assert meta[b"segmenter.refine"] == b"sam" and meta[b"segmenter.sam_type"] == b"vit_b"
     assert meta[b"segmenter.sam_checkpoint"] == b"none (random init of vit_b)"
     assert meta[b"segmenter.sam_every"] == b"100"
-    clip_id = sorted(p.name for p in (root / "train").glob("*.mp4"))[0].removesuffix(".mp4")
-    a, b = load_clip_masks(Path(plain.run_dir), clip_id), load_clip_masks(Path(refined.run_dir), clip_id)
+    (clip_id,) = [p.name.removesuffix(".mp4") for p in (root / "val").glob("*.mp4")]
+    a, b = load_clip_masks(Path(plain.output), clip_id), load_clip_masks(Path(refined.output), clip_id)
     later_a, later_b = a.frame_index > 0, b.frame_index > 0
     masks_a, masks_b = a.masks(), b.masks()
     np.testing.assert_array_equal(masks_a[later_a], masks_b[later_b])

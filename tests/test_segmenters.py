@@ -9,8 +9,7 @@ import torch
 
 from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
-from pipeline.maskstore import MASK_SCHEMA, read_clips
-from pipeline.runner import run_masks
+from pipeline.masks import MASK_SCHEMA, read_clips, run_masks
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 from pipeline.segment.yolo import select_classes
 from tests.test_masks_stage import config
@@ -81,12 +80,12 @@ def test_yolo_run_writes_a_valid_table(shapes_dataset, tmp_path):
     root, truth = shapes_dataset
     spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", conf=0.01, max_det=2, object_classes=())
     yolo_with_detections(spec)  # workers=0: the run uses this cached instance
-    summary = run_masks(config(root, tmp_path, segmenter=spec, limit=1), progress=False)
+    summary = run_masks(config(root, tmp_path, segmenter=spec, splits=("val",)), progress=False)
     assert summary.by_status == {"ok": 1}
-    run_dir = Path(summary.run_dir)
+    run_dir = Path(summary.output)
     import pyarrow.parquet as pq
 
-    table = pq.read_table(run_dir / "shard-00000.parquet")
+    table = pq.read_table(run_dir / "val-00000.parquet")
     assert table.schema.remove_metadata() == MASK_SCHEMA
     frames = read_clips(run_dir).to_pylist()[0]["frames"]
     assert table.num_rows == 2 * frames

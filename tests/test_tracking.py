@@ -8,8 +8,7 @@ import numpy as np
 
 from pipeline import rle
 from pipeline.datasets.sample import shape_clip, write_video
-from pipeline.maskstore import load_clip_masks, read_clips
-from pipeline.runner import run_masks
+from pipeline.masks import load_clip_masks, read_clips, run_masks
 from pipeline.tracking import IouTracker, TrackOptions
 from tests.test_masks_stage import config as masks_config
 
@@ -50,7 +49,7 @@ def test_masks_stage_keeps_each_shape_under_one_id_through_the_clip(tmp_path):
         frames, _, _ = shape_clip(40, 96, 64, seed=seed)
         write_video(root / "shapes" / f"clip{seed}.mp4", frames, 30, lossless=True)
     summary = run_masks(masks_config(root, tmp_path / "out", dataset="folder"), progress=False)
-    run_dir = Path(summary.run_dir)
+    run_dir = Path(summary.output)
     for clip in read_clips(run_dir).to_pylist():
         masks = load_clip_masks(run_dir, clip["clip_id"])
         assert len(set(masks.frame_index.tolist())) == 40

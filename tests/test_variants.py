@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pipeline.pairing import pair_clips
-from pipeline.variants import PRESETS, Fill, MaskOptions, VariantError, parse_fill, resolve
+from pipeline.masks import StoredClip
+from pipeline.render.pairing import pair_clips
+from pipeline.render.variants import PRESETS, Fill, MaskOptions, VariantError, parse_fill, resolve
 
 
 def test_presets_cover_the_literature_settings():
@@ -57,19 +60,21 @@ def test_bad_toml_names_the_file(tmp_path):
         resolve(["a"], file=path)
 
 
-def clips(n: int) -> list[dict]:
-    return [{"clip_id": f"c{i:03d}", "split": "train" if i % 5 else "val", "label": f"L{i % 3}"} for i in range(n)]
+def clips(n: int) -> list[StoredClip]:
+    return [StoredClip(clip_id=f"c{i:03d}", path=Path(f"c{i:03d}.mp4"), split="train" if i % 5 else "val",
+                       label=f"L{i % 3}", label_index=i % 3, meta=None, status="ok", error=None, frames=10, fps=12.0,
+                       width=8, height=8, shard="train-00000") for i in range(n)]
 
 
 def test_swap_pairing_is_seeded_in_range_and_across_labels():
     rows = clips(60)
-    coverage = {r["clip_id"]: (0.01 if i % 7 == 0 else 0.6 if i % 11 == 0 else 0.2) for i, r in enumerate(rows)}
+    coverage = {r.clip_id: (0.01 if i % 7 == 0 else 0.6 if i % 11 == 0 else 0.2) for i, r in enumerate(rows)}
     pairs = pair_clips(rows, coverage, seed=3)
     assert pairs == pair_clips(list(reversed(rows)), coverage, seed=3)  # order of listing does not matter
     assert pairs != pair_clips(rows, coverage, seed=4)
-    by_id = {r["clip_id"]: r for r in rows}
+    by_id = {r.clip_id: r for r in rows}
     for a, b in pairs.items():
-        assert 0.05 <= coverage[a] <= 0.5 and 0.05 <= coverage[b["clip_id"]] <= 0.5
-        assert by_id[a]["split"] == b["split"] and by_id[a]["label"] != b["label"]
-    eligible = [r["clip_id"] for r in rows if 0.05 <= coverage[r["clip_id"]] <= 0.5]
+        assert 0.05 <= coverage[a] <= 0.5 and 0.05 <= coverage[b.clip_id] <= 0.5
+        assert by_id[a].split == b.split and by_id[a].label != b.label
+    eligible = [r.clip_id for r in rows if 0.05 <= coverage[r.clip_id] <= 0.5]
     assert sorted(pairs) == sorted(eligible)

@@ -13,7 +13,15 @@ import csv
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.datasets.common import VIDEO_SUFFIXES, Listing, ReaderOptions, index_videos, need_dir, safe_id, sorted_index
+from pipeline.datasets.common import (
+    VIDEO_SUFFIXES,
+    Listing,
+    ReaderOptions,
+    index_videos,
+    need_dir,
+    safe_id,
+    sorted_index,
+)
 from pipeline.datasets.errors import DatasetError
 from pipeline.records import ClipRecord
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from pathlib import Path
 
-from pipeline.segment.base import FrameMasks, RefineSpec, Segmenter, SegmenterLoadError, SegmenterSpec
+from pipeline.segment.base import (
+    RANDOM,
+    FrameMasks,
+    RefineSpec,
+    Segmenter,
+    SegmenterLoadError,
+    SegmenterSpec,
+    file_sha256,
+)
 
 BACKENDS = ("yolo", "selfie")
 
 __all__ = ["BACKENDS", "FrameMasks", "RefineSpec", "Segmenter", "SegmenterLoadError", "SegmenterSpec", "check_segmenter",
-           "load_segmenter"]
+           "load_segmenter", "resolve_weights", "weights_digests"]
 
 
 def check_segmenter(spec: SegmenterSpec) -> None:
@@ -35,6 +44,38 @@ def check_segmenter(spec: SegmenterSpec) -> None:
         model = Path(spec.model)
         if model.suffix == ".pt" and model.parent != Path(".") and not model.is_file():
             raise missing_weights_error(spec.model, FileNotFoundError(f"{model} does not exist"))
+
+
+def resolve_weights(spec: SegmenterSpec) -> SegmenterSpec:
+    """The spec with every weights file it names as an absolute path (workers may run in another folder), a
+    YOLO name found where ultralytics keeps weights (or downloaded, where it can be); SegmenterLoadError when
+    the weights cannot be had. Runs before anything is written."""
+    check_segmenter(spec)
+    changes = {}
+    if spec.backend == "yolo":
+        from pipeline.segment.yolo import locate_weights
+
+        changes["model"] = locate_weights(spec.model)
+    elif spec.backend == "selfie":
+        changes["selfie_model"] = str(Path(spec.selfie_model).absolute())
+    if spec.refine and spec.refine.checkpoint != RANDOM:
+        changes["refine"] = dataclasses.replace(spec.refine, checkpoint=str(Path(spec.refine.checkpoint).absolute()))
+    return dataclasses.replace(spec, **changes)
+
+
+def weights_digests(spec: SegmenterSpec) -> dict[str, str]:
+    """SHA-256 of the content of every weights file a resolved spec names (YOLO weights or architecture yaml,
+    selfie model, SAM checkpoint): what the masks are made from, wherever the file lies."""
+    digests = {}
+    if spec.backend == "yolo":
+        from pipeline.segment.yolo import weights_digest
+
+        digests["model"] = weights_digest(spec.model)
+    elif spec.backend == "selfie":
+        digests["selfie_model"] = file_sha256(Path(spec.selfie_model))
+    if spec.refine and spec.refine.checkpoint != RANDOM:
+        digests["sam_checkpoint"] = file_sha256(Path(spec.refine.checkpoint))
+    return digests
 
 
 @functools.lru_cache(maxsize=2)

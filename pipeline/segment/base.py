@@ -33,7 +33,8 @@ class RefineSpec:
     images: int = 4  # keyframes per SAM image-encoder call
 
     def output_fields(self) -> dict[str, Any]:
-        return {"sam_type": self.sam_type, "checkpoint": self.checkpoint, "every": self.every}
+        """What shapes the masks; the checkpoint by content (weights_digests), not by where it lies."""
+        return {"sam_type": self.sam_type, "random": self.checkpoint == RANDOM, "every": self.every}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,16 +56,18 @@ class SegmenterSpec:
     refine: RefineSpec | None = None  # None: the backend's masks as they are
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that shape the stored masks (device and threads do not)."""
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("device", "threads", "refine")}
-        if self.refine:  # absent rather than None when unset, so older runs keep their fingerprint
-            fields["refine"] = self.refine.output_fields()
+        """The fields that shape the stored masks. Device and threads do not; weights count by their content
+        (segment.weights_digests), not by where they lie, so the paths are left out too."""
+        unused = {"device", "threads", "refine"}
         if self.backend != "selfie":
-            for key in ("selfie_model", "threshold", "min_area"):
-                fields.pop(key)
+            unused |= {"selfie_model", "threshold", "min_area"}
         if self.backend == "selfie":
-            for key in ("model", "conf", "iou", "max_det", "imgsz", "object_classes"):
-                fields.pop(key)
+            unused |= {"model", "conf", "iou", "max_det", "imgsz", "object_classes"}
+        if self.backend in ("yolo", "selfie"):
+            unused |= {"model", "selfie_model"}
+        fields = {k: v for k, v in self.__dict__.items() if k not in unused}
+        if self.refine:  # absent rather than None when unset
+            fields["refine"] = self.refine.output_fields()
         return fields
 
 

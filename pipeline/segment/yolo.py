@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -138,6 +140,41 @@ def missing_weights_error(model: str, cause: Exception) -> SegmenterLoadError:
         "Pass MODEL=/path/to/weights.pt (--model) with a -seg checkpoint you have, "
         "or SEGMENTER=selfie (--segmenter selfie) for the offline person segmenter."
     )
+
+
+def locate_weights(model: str) -> str:
+    """What a YOLO `--model` names, as workers will load it: a local file as an absolute path, a checkpoint
+    name as the file found in (or downloaded to) ultralytics' weights folder, or an architecture yaml that
+    ultralytics ships (`yolo11n-seg.yaml`: the name keeps its scale letter) as it is."""
+    path = Path(model)
+    if path.is_file():
+        return str(path.absolute())
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            architecture(model)
+            return model
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        found = Path(attempt_download_asset(model))
+        if not found.is_file():
+            raise FileNotFoundError(f"{model} not found locally and could not be downloaded")
+        return str(found.absolute())
+    except Exception as exc:  # ultralytics raises many types (download, file) for the same cause
+        raise missing_weights_error(model, exc) from exc
+
+
+def weights_digest(model: str) -> str:
+    """SHA-256 of the weights file, or of the architecture a packaged yaml builds (random weights)."""
+    if Path(model).is_file():
+        return file_sha256(Path(model))
+    blob = json.dumps(architecture(model), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def architecture(model: str) -> dict:
+    from ultralytics.nn.tasks import yaml_model_load
+
+    return yaml_model_load(model)
 
 
 def _load(model: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -11,8 +12,8 @@ import cv2
 import numpy as np
 
 from pipeline.decode import DecodeOptions, VideoDecoder
-from pipeline.regions import RegionMasks, Regions
-from pipeline.variants import Variant
+from pipeline.render.regions import RegionMasks, Regions
+from pipeline.render.variants import Variant
 
 PLATE_SAMPLES = 24  # frames the inpainting median is taken over, evenly spread through the clip
 
@@ -53,10 +54,11 @@ def _solid(shape: tuple[int, ...], rgb: tuple[int, int, int]) -> np.ndarray:
     return solid
 
 
-def decoded(path: Path, options: DecodeOptions) -> Iterator[tuple[int, np.ndarray]]:
-    """(source frame index, RGB frame) pairs of a clip, upright, at display size."""
-    for batch in VideoDecoder(path, options):
-        yield from zip(batch.indices.tolist(), batch.frames)
+def decoded(path: Path, options: DecodeOptions, limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(source frame index, RGB frame) pairs of a clip, upright, at display size; with `limit`, its first
+    `limit` frames only (a clip the masks stage decoded in part: the frames it segmented, not the error after)."""
+    frames = (pair for batch in VideoDecoder(path, options) for pair in zip(batch.indices.tolist(), batch.frames))
+    yield from itertools.islice(frames, limit)
 
 
 def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: DecodeOptions, frames: int,
@@ -70,7 +72,7 @@ def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: Deco
     holes = [region for region, fill in variant.fills().items() if fill.kind == "inpaint"]
     plate = background_plate(path, regions, holes, decode, frames) if holes else None
     rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])
-    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode))):
+    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
         yield compose(frame, found, variant, rng=rng, plate=plate, swap=swap(i) if swap else None), found
 
 
@@ -79,7 +81,7 @@ def background_plate(path: Path, regions: RegionMasks, holes: list[str], decode:
     pixels inside a hole in every sample are filled by cv2.inpaint (Telea)."""
     step = max(1, -(-frames // PLATE_SAMPLES))
     samples, masks = [], []
-    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode))):
+    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
         if i % step == 0:
             samples.append(frame)
             masks.append(np.logical_or.reduce([found.get(region) for region in holes]))

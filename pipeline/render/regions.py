@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from pipeline import rle
-from pipeline.maskstore import ClipMasks
+from pipeline.masks import ClipMasks
+from pipeline.render.variants import MaskOptions
 from pipeline.segment.base import PERSON
-from pipeline.variants import MaskOptions
 
 T = TypeVar("T")
 

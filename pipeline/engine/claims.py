@@ -15,9 +15,10 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from pipeline.atomic import write_json
+from pipeline.engine.failures import InfrastructureError, Interrupted, is_infrastructure
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ShardBusy(Exception):
 
 
 @contextmanager
-def claim(marker: Path, outputs: tuple[Path, ...] = (), *, wait: float = 600.0) -> Iterator[None]:
+def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
     """Hold the shard whose done marker is `marker` for the block, waiting up to `wait` seconds for another
     holder to let go (then ShardBusy).
 
@@ -37,7 +38,8 @@ def claim(marker: Path, outputs: tuple[Path, ...] = (), *, wait: float = 600.0) 
     its holder exits or is killed (SIGKILL, a lost node), and NFS propagates it through its lock manager, so a
     stale claim never blocks a rerun. Waiting covers a holder that is finishing the shard anyway (a second run
     on the same folder, or a retired worker's thread that Dask has already rescheduled); the caller then finds
-    the shard done. While held, the temporary files a killed writer left beside `outputs` are removed.
+    the shard done. While held, the temporary files a killed writer left for the shard are removed (hidden
+    names that start with the shard's name: see atomic.temp_name).
     """
     marker = Path(marker)
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,8 @@ def claim(marker: Path, outputs: tuple[Path, ...] = (), *, wait: float = 600.0) 
             time.sleep(min(1.0, wait / 10))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
-        remove_stale_temps((marker, *outputs))
+        shard = marker.name.removesuffix("_stats.json")
+        remove_stale_temps(marker.parent.glob(f".{shard}[._]*.tmp-*"))
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -68,12 +71,16 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def remove_stale_temps(paths: tuple[Path, ...]) -> None:
-    """Delete the temporary siblings (`.<name>.tmp-*`, see atomic.temp_name) of each path."""
-    for path in paths:
-        for stale in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
-            log.info("removing %s, left by a writer that did not finish", stale)
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+def remove_stale_temps(stale_files: Iterable[Path]) -> None:
+    """Delete temporary files or folders a writer that did not finish left behind."""
+    for stale in list(stale_files):
+        log.info("removing %s, left by a writer that did not finish", stale)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def temps_of(path: Path) -> Iterator[Path]:
+    """The temporary siblings (`.<name>.tmp-*`, see atomic.temp_name) of one output path."""
+    return Path(path).parent.glob(f".{Path(path).name}.tmp-*")
 
 
 def _holder(lock_path: Path) -> str:
@@ -84,10 +91,14 @@ def _holder(lock_path: Path) -> str:
 
 
 class Tries:
-    """How often each clip of a shard was started, how many of those tries in a row did not finish, and the
+    """How often each item of a shard was started, how many of those tries in a row did not finish, and the
     last error; on disk (`.<shard>_tries.json`), rewritten atomically around every try, so tries cut short by a
-    killed worker or run count too. A clip that finished once and is redone (its shard was cut short later)
-    starts its count of failures again."""
+    killed worker or run count too. An item that finished once and is redone (its shard was cut short later)
+    starts its count of failures again.
+
+    Only the item's own errors count. A device or memory error (failures.is_infrastructure) and a stop from
+    outside (Interrupted) take the try back and give up the whole shard: the item is not to blame.
+    """
 
     def __init__(self, path: Path, max_tries: int) -> None:
         self.path, self.max_tries = Path(path), max_tries
@@ -96,13 +107,13 @@ class Tries:
         except (FileNotFoundError, json.JSONDecodeError):
             self._entries = {}
 
-    def run(self, clip_id: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
+    def run(self, key: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
         """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`."""
-        entry = self._entries.setdefault(clip_id, {"tries": 0, "failures": 0, "error": None})
+        entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "error": None})
         while True:
             if entry["failures"] >= self.max_tries:
                 error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
-                log.error("%s: giving up after %d tries: %s", clip_id, entry["failures"], error)
+                log.error("%s: giving up after %d tries: %s", key, entry["failures"], error)
                 return give_up(f"gave up after {entry['failures']} tries: {error}")
             entry["tries"] += 1
             entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
@@ -110,18 +121,29 @@ class Tries:
             self._save()
             try:
                 result = attempt()
+            except (Interrupted, KeyboardInterrupt):
+                self._take_back(entry)
+                raise
             except Exception as exc:
+                if is_infrastructure(exc):
+                    self._take_back(entry)
+                    raise InfrastructureError(f"{key}: {type(exc).__name__}: {exc}") from exc
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: try %d of %d failed: %s", clip_id, entry["failures"], self.max_tries, entry["error"])
+                log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, entry["error"])
                 self._save()
                 continue
             entry["failures"] = 0
             self._save()
             return result
 
+    def _take_back(self, entry: dict) -> None:
+        entry["tries"] -= 1
+        entry["failures"] -= 1
+        self._save()
+
     def retried(self) -> dict[str, int]:
-        """Clip id → tries, for the clips that needed more than one."""
-        return {clip_id: entry["tries"] for clip_id, entry in sorted(self._entries.items()) if entry["tries"] > 1}
+        """Item key → tries, for the items that needed more than one."""
+        return {key: entry["tries"] for key, entry in sorted(self._entries.items()) if entry["tries"] > 1}
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 from pipeline.datasets import ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
-from pipeline.segment.base import SegmenterSpec
+from pipeline.segment import SegmenterSpec, resolve_weights, weights_digests
 from pipeline.tracking import TrackOptions
 
 
@@ -24,9 +25,9 @@ class MasksConfig:
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     track: TrackOptions = field(default_factory=TrackOptions)  # stable instance ids across frames
-    splits: tuple[str, ...] | None = None  # None: every split the dataset has
-    limit: int | None = None  # first N clips in clip-id order
-    shard_size: int = 32  # clips per shard
+    splits: tuple[str, ...] | None = None  # None: every split; selects shards, never changes them
+    limit: int | None = None  # the first shards (by name) holding at least this many clips
+    shard_size: int = 32  # clips per shard, on average, for a new run folder
     execution: ExecOptions = field(default_factory=ExecOptions)  # where shards run, and how often a clip is tried
     overwrite: bool = False  # recompute shards that are done
     retry_failed: bool = False  # recompute done shards that hold clips given up as failed
@@ -37,11 +38,25 @@ class MasksConfig:
         """The dataset's output folder name (`ucf101-split2` for a split of a dataset with split ids)."""
         return output_name(self.dataset, self.reader.split_id)
 
+    def absolute(self) -> "MasksConfig":
+        """Every folder as an absolute path, so a worker started in another folder sees the same files."""
+        reader = self.reader
+        reader = dataclasses.replace(reader, videos=reader.videos and Path(reader.videos).absolute(),
+                                     class_list=reader.class_list and Path(reader.class_list).absolute())
+        return dataclasses.replace(self, root=self.root and Path(self.root).absolute(), reader=reader,
+                                   out=Path(self.out).absolute())
+
+    def with_weights(self) -> "MasksConfig":
+        """The weights located, as absolute paths (SegmenterLoadError if they cannot be had)."""
+        return dataclasses.replace(self, segmenter=resolve_weights(self.segmenter))
+
     def output_fields(self) -> dict[str, Any]:
-        """What decides the stored masks; two runs agreeing on these may share a run folder."""
+        """What decides the stored masks; two runs agreeing on these may share a run folder. The weights count
+        by the SHA-256 of their content, so weights rewritten in place make a new run folder."""
         return {
             "dataset": self.dataset,
             "segmenter": self.segmenter.output_fields(),
+            "weights": weights_digests(self.segmenter),
             "fps": self.decode.fps,
             "short_side": self.decode.short_side,
             "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},

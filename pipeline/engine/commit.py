@@ -1,0 +1,86 @@
+"""A shard's commit: files are written under temporary names, hashed, then renamed into place one by one; the
+stats file (the done marker) is written after the last rename. The caller removed the old marker before any of
+this began, so a crash anywhere in between leaves the shard "not done", never half old and half new."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import temp_name
+
+log = logging.getLogger(__name__)
+
+
+class Commit:
+    """The files of one shard: staged ones (written to a temporary name, renamed at `finish`) and placed ones
+    (an item's file the stage already renamed into place, such as a rendered clip)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, final)
+        self._placed: list[Path] = []
+
+    def stage(self, path: Path) -> Path:
+        """A temporary path to write `path` to; it is renamed into place at `finish`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(path)
+        self._staged.append((tmp, path))
+        return tmp
+
+    def placed(self, path: Path) -> None:
+        """Record an output already in place (written and renamed by the stage itself)."""
+        self._placed.append(Path(path))
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Hash every output, rename the staged ones into place (in the order staged); returns the outputs
+        (relative to the shard's folder) with their sha256 and size."""
+        outputs = {self._name(final): file_digest(tmp) for tmp, final in self._staged}
+        outputs |= {self._name(path): file_digest(path) for path in self._placed}
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        self._staged = []
+        return dict(sorted(outputs.items()))
+
+    def abort(self) -> None:
+        for tmp, _ in self._staged:
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        self._staged = []
+
+    def _name(self, path: Path) -> str:
+        return os.path.relpath(path, self.folder)
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """sha256 and size of a file, or of a folder's files (names and contents, in sorted order)."""
+    path = Path(path)
+    digest, size = hashlib.sha256(), 0
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def outputs_present(folder: Path, outputs: dict[str, dict[str, Any]]) -> bool:
+    """Every recorded output still exists with its recorded size (a cheap check: sizes, not contents)."""
+    for name, entry in outputs.items():
+        path = Path(folder) / name
+        if path.is_dir():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            size = path.stat().st_size
+        else:
+            return False
+        if size != entry["bytes"]:
+            return False
+    return True

@@ -1,0 +1,65 @@
+"""Failure classes. Only an error raised by an item's own data counts as one of its tries; a broken device, a
+full memory or a stop from outside (SIGTERM: walltime, preemption, Ctrl-C of a batch job) never turns a good
+item into `failed`: the shard is given up whole, untouched, and redone by the next run or another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+# What a broken or exhausted device says (torch raises plain RuntimeErrors for most of these).
+_DEVICE_MESSAGES = re.compile(
+    r"CUDA error|CUDA out of memory|out of memory|CUBLAS_STATUS|CUDNN_STATUS|cuDNN error|NCCL error|"
+    r"device-side assert|illegal memory access|ECC error|no CUDA-capable device|CUDA driver",
+    re.IGNORECASE,
+)
+_DEVICE_TYPES = {"OutOfMemoryError", "AcceleratorError", "CudaError"}  # torch.cuda.OutOfMemoryError, …
+
+INFRASTRUCTURE_EXIT = 75  # a worker's exit code after a device error (EX_TEMPFAIL): its nanny starts a fresh one
+
+
+class InfrastructureError(RuntimeError):
+    """The machine failed the item, not its data: the shard is given up and redone elsewhere or later."""
+
+
+class Interrupted(BaseException):
+    """This process was asked to stop (SIGTERM) while working; what it was doing is not the item's fault."""
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """A device error, or memory exhausted on the device or the host."""
+    if isinstance(exc, (MemoryError, InfrastructureError)):
+        return True
+    if any(cls.__name__ in _DEVICE_TYPES for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_DEVICE_MESSAGES.search(str(exc)))
+
+
+def stop_on_sigterm() -> None:
+    """In this process's main thread, turn SIGTERM into `Interrupted` (so the item being worked on is released,
+    uncounted, and nothing partial stays visible). Elsewhere, or where a handler is already set, do nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(f"stopped by signal {signum} (pid {os.getpid()})")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,82 @@
+"""Which shard an item lands in: by its key's hash among a fixed number of shards per group (split), fixed the
+first time a run folder is planned and kept in its `layout.json`. So a clip always lands in the same shard,
+whatever `--splits` or `--limit` select, and a clip added or removed changes only its own shard.
+
+Shards are named `<group>-<bucket:05d>` (`train-00042`). A later run adds groups it has not seen (a test split
+that arrived later) and never renumbers those it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence, TypeVar
+
+from pipeline.atomic import write_json
+from pipeline.engine.claims import claim
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Layout:
+    shard_size: int  # the mean number of items per shard the layout was made for
+    buckets: dict[str, int]  # group → number of shards
+
+    def shard_of(self, group: str, key: str) -> str:
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return f"{group}-{int.from_bytes(digest, 'big') % self.buckets[group]:05d}"
+
+    def assign(self, items: Iterable[T], *, group, key) -> dict[str, list[T]]:
+        """Shard name → its items (in the order given), for the shards that have any; in name order."""
+        shards: dict[str, list[T]] = {}
+        for item in items:
+            shards.setdefault(self.shard_of(group(item), key(item)), []).append(item)
+        return dict(sorted(shards.items()))
+
+
+def load_layout(folder: Path, counts: Counter[str], shard_size: int) -> Layout:
+    """The layout of the run folder: as recorded, extended by the groups in `counts` it lacks (each gets
+    ceil(count / shard_size) shards). Created, or extended, under a lock, so concurrent runs agree."""
+    path = Path(folder) / "layout.json"
+    with claim(path):
+        try:
+            recorded = json.loads(path.read_text())
+        except FileNotFoundError:
+            recorded = {"shard_size": shard_size, "buckets": {}}
+        layout = Layout(recorded["shard_size"], dict(recorded["buckets"]))
+        if shard_size != layout.shard_size:
+            log.warning("%s: shards keep the layout this run folder was made with (%d clips per shard); "
+                        "--shard-size %d applies to new run folders only (--tag)", folder, layout.shard_size, shard_size)
+        new = {group: max(1, math.ceil(n / layout.shard_size)) for group, n in counts.items() if group not in layout.buckets}
+        if new:
+            layout.buckets.update(new)
+            write_json(path, {"shard_size": layout.shard_size, "buckets": dict(sorted(layout.buckets.items()))})
+        grown = [g for g, n in counts.items() if n > 2 * layout.shard_size * layout.buckets[g]]
+        if grown:
+            log.warning("%s: split(s) %s now hold over twice the clips the layout was made for; shards stay correct "
+                        "but large (a new run folder, --tag, lays them out afresh)", folder, ", ".join(grown))
+        return layout
+
+
+def select(shards: dict[str, Sequence[T]], *, groups: Sequence[str] | None = None, limit: int | None = None,
+           group_of=lambda name: name.rpartition("-")[0]) -> list[str]:
+    """The shard names a run works on: those of `groups` (all if None), then, with `limit`, the first ones in
+    name order until they hold at least `limit` items. Whole shards: selection never shrinks one."""
+    names = [name for name in shards if groups is None or group_of(name) in groups]
+    if limit is None:
+        return names
+    chosen, count = [], 0
+    for name in names:
+        if count >= limit:
+            break
+        chosen.append(name)
+        count += len(shards[name])
+    return chosen

@@ -1,0 +1,139 @@
+"""The engine's records: a shard to compute (ShardTask), what a stage plugs in (ShardStage, ShardWork), and the
+stats a committed shard leaves as its done marker (ShardStats)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+
+from pipeline.atomic import write_json
+
+STATS_VERSION = 2
+
+
+class Item(Protocol):
+    """One unit of a shard (a clip): `key` is unique within the stage's output."""
+
+    @property
+    def key(self) -> str: ...
+
+
+class Outcome(Protocol):
+    """What one item came to: its status row, as the stage writes it."""
+
+    status: str
+    error: str | None
+    frames: int
+
+
+I = TypeVar("I", bound=Item)
+O = TypeVar("O", bound=Outcome)
+
+
+class ShardWork(Protocol[I, O]):
+    """A stage's work on one shard, opened on the worker under the shard's claim."""
+
+    def process(self, item: I) -> O:
+        """One try at one item; raising counts as a failed try (unless the machine is to blame)."""
+        ...
+
+    def give_up(self, item: I, error: str) -> O:
+        """The outcome of an item given up after its tries (status `failed`, with the error)."""
+        ...
+
+    def keep(self, outcome: O) -> None:
+        """Called with each item's final outcome, outside its tries: write what it produced (a full disk
+        there fails the shard, not the item)."""
+        ...
+
+    def finish(self, outcomes: list[O], commit: "Commit") -> dict[str, Any]:  # noqa: F821
+        """Write the shard's files (through `commit.stage`); returns the stage's own totals for its stats."""
+        ...
+
+    def abort(self) -> None:
+        """Release what `open` took (files being written); the commit removes staged files itself."""
+        ...
+
+
+class ShardStage(Protocol):
+    """What a stage plugs into the engine: a picklable settings object that opens the work on one shard."""
+
+    def open(self, task: "ShardTask", commit: "Commit") -> ShardWork:  # noqa: F821
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardTask(Generic[I]):
+    """One shard to compute: its items, where its files go, and what it is made from."""
+
+    stage: ShardStage
+    name: str  # e.g. `train-00042`: stable, whatever the run selects
+    folder: Path  # absolute; holds the shard's table files and its stats (the done marker)
+    items: tuple[I, ...]
+    identity: Mapping[str, str]  # item key → digest of what the item is made from (listing, file, partner…)
+    upstream: Mapping[str, str] = field(default_factory=dict)  # upstream shard → digest of its committed files
+    fingerprint: str  # the stage's settings
+    max_tries: int = 3
+    overwrite: bool = False  # recompute even when done
+    retry_failed: bool = False  # a done shard holding failed items is not done
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / f"{self.name}_stats.json"
+
+    def plan_digest(self) -> str:
+        """One digest of everything the shard's outputs are made from; its stats record it, and a shard is
+        current only while the plan of the latest run still gives the same."""
+        blob = json.dumps([self.fingerprint, sorted(self.identity.items()), sorted(self.upstream.items())])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class ShardStats:
+    """The done marker of a committed shard, written last."""
+
+    shard: str
+    plan: str  # ShardTask.plan_digest() of the task that made it
+    fingerprint: str
+    items: dict[str, str]  # item key → identity digest
+    upstream: dict[str, str]
+    outputs: dict[str, dict[str, Any]]  # file (relative to the shard's folder) → {"sha256", "bytes"}
+    digest: str  # over every output's sha256: what the next stage's done check compares
+    by_status: dict[str, int]
+    retried: dict[str, int]  # item key → tries, where more than one
+    failed: dict[str, str]  # item key → error, for the items given up after their tries
+    frames: int
+    seconds: float
+    worker: str  # host:pid
+    peak_rss_mb: float
+    totals: dict[str, Any] = field(default_factory=dict)  # the stage's own (masks: instances)
+    version: int = STATS_VERSION
+
+    def write(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> "ShardStats | None":
+        """The stats at `path`, or None when absent, unreadable, or from an older layout."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if data.get("version") != STATS_VERSION:
+            return None
+        return cls(**data)
+
+
+def outputs_digest(outputs: Mapping[str, Mapping[str, Any]]) -> str:
+    blob = json.dumps(sorted((name, entry["sha256"]) for name, entry in outputs.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def count_statuses(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,137 @@
+"""Run a stage's planned shards: record the plan, skip the shards already done, compute the rest (in this
+process or on Dask) with a progress bar, and sum up what the selected shards hold. Also reads back which
+committed shards of a folder are current, for the next stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.atomic import write_json
+from pipeline.engine.records import ShardStats, ShardTask
+from pipeline.engine.shard import is_done, run_shard_task
+from pipeline.executor import ExecOptions, ShardProgress, run_tasks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class StageSummary:
+    """What one invocation of a stage did, and what its selected shards now hold."""
+
+    stage: str
+    output: str
+    planned: int  # shards in the whole plan
+    shards: int  # shards this run selected
+    computed: int
+    skipped: int  # done before, not recomputed
+    failed_shards: dict[str, str] = field(default_factory=dict)  # shard → error; a rerun redoes them
+    items: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    frames: int = 0
+    failed_items: dict[str, str] = field(default_factory=dict)  # item → error, given up after their tries
+    retried: dict[str, int] = field(default_factory=dict)  # item → tries, where more than one was needed
+    totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances)
+    workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        statuses = ", ".join(f"{k} {v}" for k, v in self.by_status.items()) or "none"
+        out = [f"{self.stage}: {self.items} clips ({statuses}), {self.frames} frames"
+               + "".join(f", {v} {k}" for k, v in self.totals.items()) + f" in {self.seconds:.1f}s",
+               f"  shards: {self.shards} of {self.planned} selected, {self.computed} computed, {self.skipped} already "
+               f"done, {len(self.failed_shards)} failed -> {self.output}"]
+        if self.retried:
+            out.append(f"  retried: {len(self.retried)} clips needed more than one try")
+        out += [f"  worker {name}: {w['shards']} shards, {w['frames']} frames, {w['frames_per_s']:.1f} frames/s, "
+                f"peak {w['peak_rss_mb']:.0f} MiB" for name, w in sorted(self.workers.items())]
+        out += [f"  FAILED {name}: {error}" for name, error in self.failed_shards.items()]
+        out += [f"  FAILED clip {key}: {error}" for key, error in list(self.failed_items.items())[:20]]
+        if len(self.failed_items) > 20:
+            out.append(f"  ... and {len(self.failed_items) - 20} more failed clips (see the status tables)")
+        return out
+
+
+def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Sequence[ShardTask], *,
+              options: ExecOptions, progress: bool = True, resources: dict[str, float] | None = None,
+              fatal: tuple[type[BaseException], ...] = (), key_prefix: str | None = None,
+              client: "distributed.Client | None" = None) -> StageSummary:  # noqa: F821
+    """Compute the `selected` shards of `plan` that are not done; `plan.json` in each shard folder first
+    records the whole plan, so readers serve only shards made from what the plan says now."""
+    started = time.perf_counter()
+    write_plan(plan)
+    todo = [task for task in selected if task.overwrite or not is_done(task)]
+    log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
+    computed: dict[str, ShardStats] = {}
+    with ShardProgress(selected, todo, enabled=progress, desc=stage) as bar:
+        def on_done(task: ShardTask, stats: ShardStats) -> None:
+            computed[task.name] = stats
+            bar(task, stats.frames)
+
+        failed = run_tasks(run_shard_task, todo, names=[t.name for t in todo], options=options, on_done=on_done,
+                           fatal=fatal, key_prefix=key_prefix or stage, resources=resources, client=client)
+    summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
+                           computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
+                           workers=worker_totals(list(computed.values())))
+    statuses: Counter[str] = Counter()
+    for task in selected:
+        if task.name in failed:
+            statuses["shard_failed"] += len(task.items)
+            continue
+        stats = computed.get(task.name) or ShardStats.read(task.marker)
+        statuses.update(stats.by_status)
+        summary.items += len(stats.items)
+        summary.frames += stats.frames
+        summary.failed_items |= stats.failed
+        summary.retried |= stats.retried
+        for key, value in stats.totals.items():
+            summary.totals[key] = summary.totals.get(key, 0) + value
+    summary.by_status = dict(sorted(statuses.items()))
+    summary.items += statuses["shard_failed"]
+    summary.seconds = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def worker_totals(stats: list[ShardStats]) -> dict[str, dict]:
+    """Per-worker totals over the shards computed in this run."""
+    workers: dict[str, dict] = {}
+    for item in stats:
+        w = workers.setdefault(item.worker, {"shards": 0, "frames": 0, "seconds": 0.0, "peak_rss_mb": 0.0})
+        w["shards"] += 1
+        w["frames"] += item.frames
+        w["seconds"] = round(w["seconds"] + item.seconds, 3)
+        w["peak_rss_mb"] = max(w["peak_rss_mb"], item.peak_rss_mb)
+    for w in workers.values():
+        w["frames_per_s"] = round(w["frames"] / w["seconds"], 2) if w["seconds"] else 0.0
+    return workers
+
+
+def write_plan(plan: Sequence[ShardTask]) -> None:
+    """`plan.json` in each shard folder of the plan: shard → plan digest."""
+    by_folder: dict[Path, dict[str, str]] = {}
+    for task in plan:
+        by_folder.setdefault(task.folder, {})[task.name] = task.plan_digest()
+    for folder, digests in by_folder.items():
+        write_json(folder / "plan.json", digests)
+
+
+def current_shards(folder: Path) -> tuple[dict[str, ShardStats], list[str]]:
+    """The committed shards of a folder that the latest plan still stands behind (name → stats), and the
+    names of planned shards that are not committed, or were made from something else (stale)."""
+    try:
+        plan = json.loads((Path(folder) / "plan.json").read_text())
+    except FileNotFoundError:
+        return {}, []
+    current, missing = {}, []
+    for name, digest in sorted(plan.items()):
+        stats = ShardStats.read(Path(folder) / f"{name}_stats.json")
+        if stats is not None and stats.plan == digest:
+            current[name] = stats
+        else:
+            missing.append(name)
+    return current, missing

@@ -1,0 +1,89 @@
+"""One shard's life, the same for every stage: claim → done check → invalidate the old marker → each item
+through its tries → commit (renames) → stats last."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pipeline.engine.claims import Tries, claim, peak_rss_mb, tries_path, worker_name
+from pipeline.engine.commit import Commit, outputs_present
+from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker
+from pipeline.engine.records import ShardStats, ShardTask, count_statuses, outputs_digest
+from pipeline.records import FAILED
+
+log = logging.getLogger(__name__)
+
+
+def is_done(task: ShardTask) -> bool:
+    """The shard's stats exist, were made from exactly what the task is made from (settings, items and their
+    identities, upstream digests), its files are still there, and (with `retry_failed`) no item failed."""
+    stats = ShardStats.read(task.marker)
+    if stats is None or stats.plan != task.plan_digest():
+        return False
+    if task.retry_failed and stats.by_status.get(FAILED):
+        return False
+    if not outputs_present(task.folder, stats.outputs):
+        log.warning("%s: committed files are missing or changed on disk; recomputing", task.name)
+        return False
+    return True
+
+
+def run_shard(task: ShardTask) -> ShardStats:
+    """Compute and commit one shard; returns its stats (also written, last, as its done marker).
+
+    Under the shard's claim (another process holding it is waited for, and a shard it finished meanwhile is
+    not recomputed). The old done marker goes first, so from then on a crash leaves the shard not done. Items
+    go through `Tries`: a data error is tried again, then recorded as failed; a machine error gives the shard up.
+    """
+    with claim(task.marker):
+        if not task.overwrite and is_done(task):
+            log.info("%s: finished by another run meanwhile", task.name)
+            return ShardStats.read(task.marker)
+        task.marker.unlink(missing_ok=True)  # invalidate first
+        return _compute(task)
+
+
+def _compute(task: ShardTask) -> ShardStats:
+    started = time.perf_counter()
+    tries = Tries(tries_path(task.marker), task.max_tries)
+    commit = Commit(task.folder)
+    work = task.stage.open(task, commit)
+    try:
+        outcomes = []
+        for item in task.items:
+            outcomes.append(tries.run(item.key, lambda: work.process(item), lambda error: work.give_up(item, error)))
+            work.keep(outcomes[-1])
+        totals = work.finish(outcomes, commit)
+        outputs = commit.finish()
+    except BaseException:
+        work.abort()
+        commit.abort()
+        raise
+    stats = ShardStats(
+        shard=task.name, plan=task.plan_digest(), fingerprint=task.fingerprint, items=dict(task.identity),
+        upstream=dict(task.upstream), outputs=outputs, digest=outputs_digest(outputs),
+        by_status=count_statuses(outcomes), retried=tries.retried(),
+        failed={item.key: o.error for item, o in zip(task.items, outcomes) if o.status == FAILED}, frames=sum(o.frames for o in outcomes),
+        seconds=round(time.perf_counter() - started, 3), worker=worker_name(), peak_rss_mb=peak_rss_mb(),
+        totals=totals,
+    )
+    stats.write(task.marker)  # last: its presence marks the shard done
+    tries.clear()
+    log.info("%s: %d items, %d frames in %.1fs", task.name, len(outcomes), stats.frames, stats.seconds)
+    return stats
+
+
+def run_shard_task(task: ShardTask) -> ShardStats:
+    """`run_shard` as shipped to workers. On a Dask worker a device or memory error ends the worker process
+    (its nanny starts a fresh one, with a fresh device context) and Dask gives the shard to another worker; a
+    broken GPU never eats the queue by failing every shard it is handed."""
+    try:
+        return run_shard(task)
+    except InfrastructureError as exc:
+        if not in_dask_worker():
+            raise
+        log.error("%s: %s; restarting this worker, the shard goes to another", task.name, exc)
+        logging.shutdown()
+        os._exit(INFRASTRUCTURE_EXIT)

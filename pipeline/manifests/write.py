@@ -1,0 +1,136 @@
+"""Trainer manifests from the render stage's current status shards, one folder per dataset, masks run and variant.
+
+`<out>/manifests/<dataset>/<masks run>/<variant>/`:
+- `<split>_list_videos.txt` — mmaction2 VideoDataset: `path label_index` (mp4 renders)
+- `<split>_list_rawframes.txt` — mmaction2 RawframeDataset: `frame_dir total_frames label_index`
+- `<split>.csv` — PySlowFast: `path label_index`, space separated (mp4 renders)
+- `label_map.txt` — one label per line, in index order
+- `manifest.parquet` — every clip (failed and filtered ones too) with status, coverage and its own provenance
+- `manifest.json` — counts, the quality filter, settings, provenance, and the shards left out (not current)
+Paths are relative to `<out>/renders/<dataset>/<masks run>/<variant>/` (mmaction2's `data_prefix`, PySlowFast's
+`PATH_PREFIX`). Unlabelled clips (a test split) get label index -1. Only status shards that the latest render
+plan stands behind are read: a shard rendered under other settings or from other masks is left out and named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.engine import ShardStats, current_shards
+from pipeline.errors import InputError
+from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row
+from pipeline.masks import MasksRun, find_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestConfig:
+    dataset: str  # the output name (`ucf101-split1`)
+    out: Path = Path(".")
+    masks_tag: str | None = None  # None: the masks run started last that has committed shards
+    make_args: str | None = None  # how the user names the dataset to `make`, for hints
+    variants: tuple[str, ...] | None = None  # None: every rendered variant
+    min_coverage: float = 0.0  # quality filter: keep a clip only if people cover ≥ this fraction of the frame…
+    min_frames_frac: float = 0.0  # …in at least this fraction of its frames
+
+    def filter(self) -> dict[str, float]:
+        return {"min_coverage": self.min_coverage, "min_frames_frac": self.min_frames_frac}
+
+
+def write_manifests(config: ManifestConfig) -> list[dict]:
+    """Write the manifests of every requested variant; returns each variant's manifest.json content."""
+    masks = find_run(config.out, config.dataset, config.masks_tag, make_args=config.make_args)
+    renders = Path(config.out) / "renders" / config.dataset / masks.tag
+    found = sorted(p.parent.name for p in renders.glob("*/_status")) if renders.is_dir() else []
+    names = list(config.variants or found)
+    missing = [name for name in names if name not in found]
+    if not names or missing:
+        raise InputError(f"{renders}: no renders for {', '.join(missing) or 'any variant'}; run "
+                         f"`make render {config.make_args or f'DATASET={config.dataset}'}` first")
+    dest = Path(config.out) / "manifests" / config.dataset / masks.tag
+    return [write_variant(renders / name, dest / name, masks, config) for name in names]
+
+
+def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: ManifestConfig) -> dict:
+    rows: list[ManifestRow] = []
+    settings, left_out = {}, {}
+    for status_dir in sorted(p for p in (variant_dir / "_status").iterdir() if p.is_dir()):
+        fmt = status_dir.name
+        settings[fmt] = json.loads((variant_dir / f"variant.{fmt}.json").read_text())
+        shards, stale = current_shards(status_dir)
+        if stale:
+            log.warning("%s/%s: %d status shard(s) not rendered, or rendered from other settings or masks (e.g. %s); "
+                        "left out until `make render` redoes them", variant_dir.name, fmt, len(stale), stale[0])
+            left_out[fmt] = stale
+        for name, stats in shards.items():
+            provenance = shard_provenance(masks, stats)
+            table = pq.read_table(status_dir / f"{name}.parquet")
+            rows += [manifest_row(row, provenance, config.min_coverage, config.min_frames_frac) for row in table.to_pylist()]
+    rows.sort(key=lambda r: (r.format, r.split, r.clip_id))
+    labels = label_map(masks)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_lines(dest / "label_map.txt", labels)
+    for split in sorted({r.split for r in rows}):
+        listed = [r for r in rows if r.split == split and r.in_lists]
+        videos = [f"{r.path} {r.label_index}" for r in listed if r.format == "mp4"]
+        frames = [f"{r.path} {r.frames} {r.label_index}" for r in listed if r.format == "rawframes"]
+        if "mp4" in settings:
+            write_lines(dest / f"{split}_list_videos.txt", videos)
+            write_lines(dest / f"{split}.csv", videos)
+        if "rawframes" in settings:
+            write_lines(dest / f"{split}_list_rawframes.txt", frames)
+    metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(config.filter())}
+    with atomic_path(dest / "manifest.parquet") as tmp:
+        table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))
+        pq.write_table(table, tmp, compression="zstd")
+    summary = {
+        "variant": variant_dir.name, "masks_run": masks.tag, "renders": str(variant_dir), "settings": settings,
+        "filter": config.filter(), "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
+        "masks": masks.info,
+    }
+    write_json(dest / "manifest.json", summary)
+    return summary
+
+
+def shard_provenance(masks: MasksRun, stats: ShardStats) -> dict[str, str]:
+    """The provenance of the masks one render shard was made from: the masks run, the masks shard and the
+    digest of its files as read, and the segmenter recorded in that shard."""
+    shard = stats.shard
+    recorded = masks.provenance(shard) if shard in masks.shards else {}
+    return {"masks_run": masks.tag, "masks_shard": shard, "masks_digest": stats.upstream.get(shard, ""),
+            "segmenter": recorded.get("segmenter", ""), "model": recorded.get("segmenter.model", ""),
+            "weights_sha256": recorded.get("segmenter.weights_sha256", "")}
+
+
+def label_map(masks: MasksRun) -> list[str]:
+    """Labels in index order: the dataset's class list when its reader gave one (recorded in run.json),
+    else from the masks run's clip rows (every listed clip, whatever its status)."""
+    if masks.classes:
+        return masks.classes
+    by_index: dict[int, str] = {}
+    for clip in masks.clips():
+        if clip.label_index is not None:
+            by_index[clip.label_index] = clip.label
+    return [by_index.get(i, "") for i in range(max(by_index, default=-1) + 1)]
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _counts(rows: list[ManifestRow]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        key = f"{row.format}/{row.split}"
+        counts.setdefault(key, {})
+        counts[key][row.status] = counts[key].get(row.status, 0) + 1
+    return {key: dict(sorted(value.items())) for key, value in sorted(counts.items())}

@@ -1,0 +1,143 @@
+"""Run the render stage: read a masks run's current shards, pair clips for swap variants, and render every
+(variant, masks shard) through the shard engine. Renders live under the masks run they came from:
+`renders/<dataset>/<masks run>/<variant>/`, so two masks runs never write into one folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.atomic import write_json
+from pipeline.engine import ShardTask, StageSummary, run_stage, select
+from pipeline.executor import ExecOptions, run_tasks, session
+from pipeline.masks import MasksRun, StoredClip, find_run
+from pipeline.render.encode import EncodeOptions
+from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, shard_coverage
+from pipeline.render.stage import RenderItem, RenderStage
+from pipeline.render.variants import Variant
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderConfig:
+    dataset: str  # the output name (`ucf101-split1`)
+    variants: tuple[Variant, ...]
+    out: Path = Path(".")
+    masks_tag: str | None = None  # None: the masks run started last that has committed shards
+    make_args: str | None = None  # how the user names the dataset to `make` (`DATASET=ucf101 SPLIT_ID=1`), for hints
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+    seed: int = 0  # noise fills and swap pairing
+    pair_range: tuple[float, float] = PAIR_RANGE
+    limit: int | None = None  # the first masks shards (by name) holding at least this many clips
+    execution: ExecOptions = field(default_factory=ExecOptions)
+    overwrite: bool = False
+    retry_failed: bool = False  # rerender done shards holding clips given up as failed
+
+    def variant_dir(self, masks: MasksRun, variant: Variant) -> Path:
+        return Path(self.out).absolute() / "renders" / self.dataset / masks.tag / variant.name
+
+    def fingerprint(self, variant: Variant) -> str:
+        fields = {"variant": variant.spec(), "encode": self.encode.output_fields(), "seed": self.seed,
+                  "pair_range": list(self.pair_range) if variant.needs_pair else None}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(kw_only=True)
+class RenderSummary:
+    dataset: str
+    masks_dir: str
+    variants: list[StageSummary]
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(v.failed_shards for v in self.variants)
+
+    def lines(self) -> list[str]:
+        out = [f"render {self.dataset} from {self.masks_dir} in {self.seconds:.1f}s"]
+        for summary in self.variants:
+            out += summary.lines()
+        return out
+
+
+def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
+    """Render every variant from the dataset's masks run; safe to rerun (finished shards are skipped, and a
+    shard whose masks, partners or settings changed is redone)."""
+    started = time.perf_counter()
+    masks = find_run(config.out, config.dataset, config.masks_tag, make_args=config.make_args)
+    clips = masks.clips()
+    by_shard: dict[str, list[StoredClip]] = {}
+    for clip in clips:
+        by_shard.setdefault(clip.shard, []).append(clip)
+    chosen = set(select(by_shard, limit=config.limit))
+    execution = config.execution
+    encode = config.encode if execution.in_process or config.encode.threads else \
+        dataclasses.replace(config.encode, threads=execution.threads_per_worker())
+    summaries = []
+    with session(execution) as client:
+        for variant in config.variants:
+            pairs = swap_pairs(masks, by_shard, variant, config, client) if variant.needs_pair else {}
+            stage = RenderStage(variant=variant, encode=encode, masks_dir=masks.folder,
+                                variant_dir=config.variant_dir(masks, variant), decode_fps=masks.decode_fps,
+                                seed=config.seed)
+            write_json(stage.variant_dir / f"variant.{config.encode.format}.json",
+                       {"variant": variant.spec(), "encode": config.encode.output_fields(), "seed": config.seed,
+                        "fingerprint": config.fingerprint(variant), "masks_dir": str(masks.folder),
+                        "masks_fingerprint": masks.fingerprint,
+                        "pair_range": list(config.pair_range) if variant.needs_pair else None})
+            plan = [render_task(stage, masks, shard, shard_clips, pairs, config) for shard, shard_clips in by_shard.items()]
+            summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
+                                [task for task in plan if task.name in chosen], options=execution,
+                                progress=progress, key_prefix=f"render-{variant.name}", client=client)
+            write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
+            summaries.append(summary)
+    return RenderSummary(dataset=config.dataset, masks_dir=str(masks.folder), variants=summaries,
+                         seconds=round(time.perf_counter() - started, 2))
+
+
+def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[StoredClip],
+                pairs: dict[str, StoredClip], config: RenderConfig) -> ShardTask:
+    """One variant over one masks shard. Made from: each clip's status row and masks identity (its source
+    file included), its partner's, and the committed digests of the masks shards read."""
+    items = tuple(RenderItem(clip=clip, partner=pairs.get(clip.clip_id)) for clip in clips)
+    upstream = {shard: masks.shards[shard].digest}
+    identity = {}
+    for item in items:
+        made_of = [_describe(item.clip, masks)]
+        if item.partner:
+            made_of.append(_describe(item.partner, masks))
+            upstream[item.partner.shard] = masks.shards[item.partner.shard].digest
+        identity[item.key] = hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]
+    return ShardTask(stage=stage, name=shard, folder=stage.status_dir, items=items, identity=identity,
+                     upstream=upstream, fingerprint=config.fingerprint(stage.variant),
+                     max_tries=config.execution.max_tries, overwrite=config.overwrite, retry_failed=config.retry_failed)
+
+
+def _describe(clip: StoredClip, masks: MasksRun) -> dict:
+    row = {k: str(v) for k, v in dataclasses.asdict(clip).items()}
+    return row | {"masks_identity": masks.shards[clip.shard].items.get(clip.clip_id, "")}
+
+
+def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: Variant, config: RenderConfig,
+               client) -> dict[str, StoredClip]:
+    """Person coverage of every clip (one task per masks shard), then the seeded pairing: over every clip of
+    the run, whatever LIMIT selects, so a clip's partner does not depend on the selection."""
+    coverage: dict[str, float] = {}
+    jobs = [CoverageTask(masks_dir=masks.folder, shard=shard, clips=tuple(clips), options=variant.masks)
+            for shard, clips in by_shard.items()]
+    failed = run_tasks(shard_coverage, jobs, names=[job.shard for job in jobs], options=config.execution,
+                       on_done=lambda _, result: coverage.update(result), key_prefix=f"coverage-{variant.name}",
+                       client=client)
+    if failed:
+        raise RuntimeError(f"person coverage failed for shards {sorted(failed)}: {next(iter(failed.values()))}")
+    clips = [clip for shard_clips in by_shard.values() for clip in shard_clips]
+    pairs = pair_clips(clips, coverage, seed=config.seed, low=config.pair_range[0], high=config.pair_range[1])
+    log.info("%s: %d of %d clips paired (person coverage %.0f-%.0f%%)", variant.name, len(pairs), len(clips),
+             100 * config.pair_range[0], 100 * config.pair_range[1])
+    return pairs

@@ -1,0 +1,196 @@
+"""What the render stage does per shard and per clip: one variant over the clips of one masks shard, each clip
+composed and encoded to `<variant dir>/<split>/<label>/<clip_id>.mp4` (or a rawframes folder), and the
+shard's status rows to `<variant dir>/_status/<format>/<shard>.parquet` (RENDER_SCHEMA); the engine claims,
+retries, commits and marks the shard done."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.decode import DecodeError, DecodeOptions
+from pipeline.engine import Commit, ShardTask
+from pipeline.engine.claims import remove_stale_temps, temps_of
+from pipeline.masks import ClipMasks, MasksRun, StoredClip, iter_shard
+from pipeline.records import DECODE_ERROR, FAILED, path_name
+from pipeline.render.compose import PartnerFrames, composed
+from pipeline.render.encode import ClipWriter, EncodeOptions
+from pipeline.render.regions import RegionMasks
+from pipeline.render.variants import PRESETS, Variant
+
+log = logging.getLogger(__name__)
+
+NO_PAIR = "no_pair"  # a swap variant found no partner for the clip (coverage outside the range, or alone)
+
+RENDER_SCHEMA = pa.schema([
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("label", pa.string()),
+    pa.field("label_index", pa.int32()),
+    pa.field("meta", pa.string()),  # the clip's dataset extras, JSON (from the masks clips table)
+    pa.field("variant", pa.string(), nullable=False),
+    pa.field("format", pa.string(), nullable=False),
+    pa.field("path", pa.string()),  # relative to the variant folder; null unless rendered
+    pa.field("status", pa.string(), nullable=False),  # ok, partial, no_pair, failed, or the masks status
+    pa.field("error", pa.string()),
+    pa.field("frames", pa.int32(), nullable=False),
+    pa.field("fps", pa.float64(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),  # output size
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("person_coverage", pa.list_(pa.float32()), nullable=False),  # per frame, of the masks used
+    pa.field("object_coverage", pa.list_(pa.float32()), nullable=False),
+    pa.field("pair_clip_id", pa.string()),  # swap: the clip whose background was used
+    pa.field("pair_label", pa.string()),
+    pa.field("pair_label_index", pa.int32()),
+    pa.field("masks_shard", pa.string(), nullable=False),
+])
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderItem:
+    """One clip to render, and its swap partner (whose background it is pasted onto), if any."""
+
+    clip: StoredClip
+    partner: StoredClip | None = None
+
+    @property
+    def key(self) -> str:
+        return self.clip.clip_id
+
+
+@dataclass(kw_only=True)
+class RenderRow:
+    """One clip's outcome in one variant and format: a row of RENDER_SCHEMA."""
+
+    clip_id: str
+    split: str
+    label: str | None
+    label_index: int | None
+    meta: str | None
+    variant: str
+    format: str
+    status: str
+    error: str | None = None
+    path: str | None = None
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    person_coverage: list[float] = field(default_factory=list)
+    object_coverage: list[float] = field(default_factory=list)
+    pair_clip_id: str | None = None
+    pair_label: str | None = None
+    pair_label_index: int | None = None
+    masks_shard: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderStage:
+    """The render stage's settings for one variant, as each worker needs them (the engine's ShardStage)."""
+
+    variant: Variant
+    encode: EncodeOptions
+    masks_dir: Path
+    variant_dir: Path
+    decode_fps: float | None  # the masks run's --fps, so frames line up with the stored masks
+    seed: int
+
+    @property
+    def status_dir(self) -> Path:
+        """Where the shards' status tables, stats and plan live."""
+        return self.variant_dir / "_status" / self.encode.format
+
+    def status_path(self, shard: str) -> Path:
+        return self.status_dir / f"{shard}.parquet"
+
+    def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
+        masks_file = MasksRun(self.masks_dir).files(task.name).masks
+        stored = {clip.clip_id: clip for clip in iter_shard(masks_file)}
+        return RenderWork(self, task, stored, commit)
+
+
+class RenderWork:
+    def __init__(self, stage: RenderStage, task: ShardTask, stored: dict[str, ClipMasks], commit: Commit) -> None:
+        self.stage, self.task, self.stored, self.commit = stage, task, stored, commit
+
+    def process(self, item: RenderItem) -> RenderRow:
+        return render_clip(item, self.stored.get(item.key), self.stage, shard=self.task.name)
+
+    def give_up(self, item: RenderItem, error: str) -> RenderRow:
+        return not_rendered(item.clip, self.stage, self.task.name, FAILED, error)
+
+    def keep(self, row: RenderRow) -> None:
+        if row.path:
+            self.commit.placed(self.stage.variant_dir / row.path)
+
+    def finish(self, rows: list[RenderRow], commit: Commit) -> dict[str, Any]:
+        metadata = {"variant": self.stage.variant.spec_json(), "fingerprint": self.task.fingerprint,
+                    "masks_dir": str(self.stage.masks_dir)}
+        table = pa.Table.from_pylist([asdict(row) for row in rows], schema=RENDER_SCHEMA.with_metadata(metadata))
+        pq.write_table(table, commit.stage(self.stage.status_path(self.task.name)), compression="zstd")
+        return {}
+
+    def abort(self) -> None:
+        pass
+
+
+def not_rendered(clip: StoredClip, stage: RenderStage, shard: str, status: str, error: str | None) -> RenderRow:
+    return RenderRow(clip_id=clip.clip_id, split=clip.split, label=clip.label, label_index=clip.label_index,
+                     meta=clip.meta, variant=stage.variant.name, format=stage.encode.format, status=status,
+                     error=error, masks_shard=shard)
+
+
+def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, *, shard: str) -> RenderRow:
+    """Render one clip (or say why not). A clip the masks stage decoded only in part renders the frames it
+    segmented, and keeps its status (`partial`) and error."""
+    clip, partner = item.clip, item.partner
+    if not clip.usable:
+        return not_rendered(clip, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
+    if stage.variant.needs_pair and partner is None:
+        return not_rendered(clip, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
+    relative = Path(clip.split) / path_name(clip.label) / f"{clip.clip_id}{stage.encode.suffix()}"
+    decode = DecodeOptions(fps=stage.decode_fps)
+    regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
+    fps = stage.decode_fps or clip.fps
+    remove_stale_temps(temps_of(stage.variant_dir / relative))  # left by a killed try; the shard's claim is held
+    writer = ClipWriter(stage.variant_dir / relative, fps=fps, width=clip.width, height=clip.height, options=stage.encode)
+    person, objects = [], []
+    try:
+        swap = partner_frames(partner, stage, clip) if partner else None
+        for frame, found in composed(clip.path, regions, stage.variant, decode=decode, frames=clip.frames,
+                                     seed=stage.seed, clip_id=clip.clip_id, swap=swap):
+            writer.write(frame)
+            person.append(np.count_nonzero(found.person) / found.person.size)
+            objects.append(np.count_nonzero(found.objects) / found.objects.size)
+        writer.commit()
+    except DecodeError as exc:
+        writer.abort()
+        log.warning("render %s: %s", stage.variant.name, exc)
+        return not_rendered(clip, stage, shard, DECODE_ERROR, str(exc))
+    except BaseException:
+        writer.abort()
+        raise
+    width, height = writer.size
+    row = not_rendered(clip, stage, shard, clip.status, clip.error)  # ok, or partial with its error
+    row.path, row.frames, row.fps, row.width, row.height = relative.as_posix(), writer.frames, fps, width, height
+    row.person_coverage, row.object_coverage = person, objects
+    if partner:
+        row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
+    return row
+
+
+def partner_frames(partner: StoredClip, stage: RenderStage, clip: StoredClip) -> PartnerFrames:
+    """The partner clip's background_only frames (people inpainted), timed to this clip's frames."""
+    masks = MasksRun(stage.masks_dir).clip_masks(partner)
+    background_only = Variant(name="background_only", person=PRESETS["background_only"].person, masks=stage.variant.masks)
+    regions = RegionMasks(masks, partner.height, partner.width, stage.variant.masks)
+    frames = (frame for frame, _ in composed(partner.path, regions, background_only,
+                                            decode=DecodeOptions(fps=stage.decode_fps), frames=partner.frames,
+                                            seed=stage.seed, clip_id=partner.clip_id))
+    return PartnerFrames(frames, partner.frames, clip.frames, (clip.width, clip.height))
