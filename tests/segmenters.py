@@ -81,3 +81,15 @@ class BoxSegmenter(LumaKeySegmenter):
         mask = np.zeros((1, batch.height, batch.width), bool)
         mask[:, batch.height // 4 : 3 * batch.height // 4, batch.width // 4 : 3 * batch.width // 4] = True
         return [FrameMasks.from_masks(mask, np.ones(1), [0]) for _ in range(len(batch))]
+
+
+class DeviceErrorOnceSegmenter(LumaKeySegmenter):
+    """Raises what a broken GPU raises (torch's RuntimeError "CUDA error: …") on its first batch after the file
+    FAULT_ONCE names appears, removing the file: the machine fails, once, not the clip."""
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        flag = Path(os.environ.get("FAULT_ONCE", "/nonexistent"))
+        if flag.exists():
+            flag.unlink()
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().segment(batch)

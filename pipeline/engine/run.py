@@ -37,6 +37,7 @@ class StageSummary:
     failed_items: dict[str, str] = field(default_factory=dict)  # item → error, given up after their tries
     retried: dict[str, int] = field(default_factory=dict)  # item → tries, where more than one was needed
     totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances)
+    left_out: dict[str, int] = field(default_factory=dict)  # input entries not made items, by reason (duplicates)
     workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
     seconds: float = 0.0
 
@@ -46,6 +47,8 @@ class StageSummary:
                + "".join(f", {v} {k}" for k, v in self.totals.items()) + f" in {self.seconds:.1f}s",
                f"  shards: {self.shards} of {self.planned} selected, {self.computed} computed, {self.skipped} already "
                f"done, {len(self.failed_shards)} failed -> {self.output}"]
+        if self.left_out:
+            out.append("  listing: " + ", ".join(f"{n} {reason}" for reason, n in self.left_out.items()))
         if self.retried:
             out.append(f"  retried: {len(self.retried)} clips needed more than one try")
         out += [f"  worker {name}: {w['shards']} shards, {w['frames']} frames, {w['frames_per_s']:.1f} frames/s, "

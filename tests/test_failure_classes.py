@@ -1,0 +1,138 @@
+"""Faults injected in fresh processes: a crash between the renames of a commit, SIGTERM against SIGKILL, an
+error that looks like a broken GPU, and a worker started in another folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.executor import ExecOptions
+from pipeline.masks import read_clips, run_masks
+from pipeline.segment import SegmenterSpec
+from tests.conftest import LUMA, ROOT
+from tests.test_faults import env, masks_cli, wait_for
+from tests.test_masks_stage import config, shard_bytes
+
+CRASH_AT_RENAME = """
+import os, sys
+real, seen, crash_at = os.replace, [0], int(sys.argv[1])
+def replace(src, dst):
+    name = os.path.basename(str(dst))
+    if name.startswith("train-00000"):  # the shard's visible files and its stats, in commit order
+        if seen[0] == crash_at:
+            os._exit(9)
+        seen[0] += 1
+    return real(src, dst)
+os.replace = replace
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("crash_at", [0, 1, 2])  # before the masks file, before the clips file, before the stats
+def test_a_crash_between_the_renames_of_a_commit_leaves_the_shard_not_done(shapes_dataset, tmp_path, crash_at):
+    root, _ = shapes_dataset
+    reference = Path(run_masks(config(root, tmp_path / "reference"), progress=False).output)
+    shutil.copytree(tmp_path / "reference", tmp_path / "out")
+    run_dir = tmp_path / "out" / reference.relative_to(tmp_path / "reference")
+    argv = ["masks", "--dataset", "kinetics400", "--root", str(root), "--out", str(tmp_path / "out"), "--segmenter",
+            LUMA, "--workers", "0", "--shard-size", "2", "--overwrite"]  # recompute shards that are done
+    crashed = subprocess.run([sys.executable, "-c", CRASH_AT_RENAME, str(crash_at), *argv], cwd=ROOT, env=env(),
+                             capture_output=True, text=True)
+    assert crashed.returncode == 9, crashed.stdout + crashed.stderr
+    assert not (run_dir / "train-00000_stats.json").exists(), "the old done marker went first"
+    served = {row["shard"] for row in read_clips(run_dir).to_pylist()}
+    assert served == {"train-00001", "val-00000"}, "readers never serve the half-committed shard"
+    resumed = run_masks(config(root, tmp_path / "out"), progress=False)
+    assert (resumed.computed, resumed.skipped, resumed.by_status) == (1, 2, {"ok": 5})
+    assert shard_bytes(run_dir) == shard_bytes(reference)
+    assert not list(run_dir.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "ok"), (signal.SIGKILL, "failed")])
+def test_sigterm_is_not_the_clips_fault_but_sigkill_counts(shapes_dataset, tmp_path, sig, status):
+    """With one try per clip: a clip cut short by SIGTERM (walltime, preemption) is tried again by the next run;
+    one whose process was killed outright (as by a crash it caused) has used its try."""
+    root, _ = shapes_dataset
+    run = masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.15")
+    wait_for(lambda: bool(list((tmp_path / "out").rglob(".train-00000_tries.json"))), what="train-00000 started")
+    os.kill(run.pid, sig)
+    output = run.communicate(timeout=60)[0]
+    if sig == signal.SIGTERM:
+        assert run.returncode == 143 and "interrupted" in output and "rerun to resume" in output, output
+    (tries,) = (tmp_path / "out").rglob(".train-00000_tries.json")
+    counted = json.loads(tries.read_text())
+    assert sum(entry["failures"] for entry in counted.values()) == (0 if sig == signal.SIGTERM else 1), counted
+    slow = SegmenterSpec(backend="tests.segmenters:SlowLumaSegmenter")
+    resumed = run_masks(config(root, tmp_path / "out", segmenter=slow, execution=ExecOptions(workers=0, max_tries=1)),
+                        progress=False)
+    assert resumed.by_status == ({"ok": 5} if status == "ok" else {"failed": 1, "ok": 4})
+
+
+def test_a_device_error_fails_the_shard_not_the_clip(shapes_dataset, tmp_path, monkeypatch):
+    root, _ = shapes_dataset
+    monkeypatch.setenv("FAULT_ONCE", str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    spec = SegmenterSpec(backend="tests.segmenters:DeviceErrorOnceSegmenter")
+    first = run_masks(config(root, tmp_path / "out", segmenter=spec), progress=False)
+    assert list(first.failed_shards) == ["train-00000"]
+    assert "InfrastructureError" in first.failed_shards["train-00000"] and "CUDA error" in first.failed_shards["train-00000"]
+    assert first.by_status == {"ok": 3, "shard_failed": 2} and not first.failed_items
+    again = run_masks(config(root, tmp_path / "out", segmenter=spec), progress=False)
+    assert (again.computed, again.by_status, again.retried) == (1, {"ok": 5}, {}), "the try was not the clip's"
+
+
+def test_on_dask_a_device_error_restarts_the_worker_and_the_shard_runs_elsewhere(shapes_dataset, tmp_path, monkeypatch):
+    root, _ = shapes_dataset
+    monkeypatch.setenv("FAULT_ONCE", str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    spec = SegmenterSpec(backend="tests.segmenters:DeviceErrorOnceSegmenter")
+    summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=2)), progress=False)
+    assert not (tmp_path / "flag").exists(), "the error was raised"
+    assert (summary.failed_shards, summary.by_status, summary.retried) == ({}, {"ok": 5}, {})
+
+
+@pytest.fixture
+def scheduler_elsewhere(tmp_path):
+    """A `dask scheduler` and one `dask worker`, both started in a folder of their own; yields the address."""
+    elsewhere, scheduler_file = tmp_path / "elsewhere", tmp_path / "scheduler.json"
+    elsewhere.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)], cwd=elsewhere, env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(scheduler_file.exists, what="the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                       "--no-dashboard"], cwd=elsewhere, env=env(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        yield address
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_in_another_folder_sees_the_same_files(shapes_dataset, tmp_path, scheduler_elsewhere):
+    root, _ = shapes_dataset
+    here = root.parent  # relative paths from here: k400/, out/
+    argv = ["masks", "--dataset", "kinetics400", "--root", root.name, "--out", "out", "--segmenter", LUMA,
+            "--scheduler", scheduler_elsewhere, "--shard-size", "2"]
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=here, env=env(), capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0 and "masks kinetics400: 5 clips (ok 5)" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "elsewhere" / "out").exists()
+
+
+def test_config_paths_are_absolute_before_tasks_leave(shapes_dataset, monkeypatch):
+    root, _ = shapes_dataset
+    monkeypatch.chdir(root.parent)
+    absolute = config(Path(root.name), Path("out")).absolute()
+    assert (absolute.root, absolute.out) == (root, root.parent / "out")
