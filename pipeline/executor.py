@@ -143,6 +143,7 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
     if options.scheduler:
         with Client(options.scheduler) as client:
+            _release_on_close(client)
             yield client
         return
     # A task whose worker dies is rerun elsewhere; let that happen more often than a clip is tried, so the
@@ -158,9 +159,17 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
             cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=options.dashboard, silence_logs=logging.WARNING)
         with cluster, Client(cluster) as client:
+            _release_on_close(client)
             if options.dashboard:
                 log.warning("Dask dashboard: %s", client.dashboard_link)  # a warning, so it shows above the bar
             yield client
+
+
+def _release_on_close(client: "distributed.Client") -> None:  # noqa: F821
+    """Workers that close while on a shard take its tries in flight back (engine.worker_plugin)."""
+    from pipeline.engine.worker_plugin import ReleaseOnClose
+
+    client.register_plugin(ReleaseOnClose())
 
 
 def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "distributed.SpecCluster":  # noqa: F821

@@ -136,3 +136,57 @@ def test_config_paths_are_absolute_before_tasks_leave(shapes_dataset, monkeypatc
     monkeypatch.chdir(root.parent)
     absolute = config(Path(root.name), Path("out")).absolute()
     assert (absolute.root, absolute.out) == (root, root.parent / "out")
+
+
+@pytest.fixture
+def nanny_workers(tmp_path):
+    """A `dask scheduler` and two `dask worker` processes with their nannies, as batch jobs start them; yields
+    (address, marks folder, worker processes)."""
+    marks, scheduler_file = tmp_path / "marks", tmp_path / "scheduler.json"
+    marks.mkdir()
+    extra = env(FAULT_SLEEP="0.5", FAULT_MARKS=str(marks))
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)], cwd=ROOT, env=extra,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(scheduler_file.exists, what="the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                     "--no-dashboard", "--name", f"w{i}"], cwd=ROOT, env=extra,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+        procs += workers
+        from distributed import Client
+
+        with Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, marks, workers
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_stopped_with_sigterm_mid_clip_does_not_use_up_the_clips_tries(shapes_dataset, tmp_path,
+                                                                                 nanny_workers, caplog):
+    """As a batch system stops a job (walltime, preemption): SIGTERM to `dask worker`. Each clip has one try,
+    yet the clip it was on is done by the other worker, not given up."""
+    import threading
+
+    root, _ = shapes_dataset
+    address, marks, workers = nanny_workers
+    stopped: list[int] = []
+
+    def stop_first_busy_worker() -> None:
+        wait_for(lambda: any(marks.iterdir()), what="a worker to start a batch")
+        busy = int(next(marks.iterdir()).name)  # the worker process the nanny started
+        stopped.append(busy)
+        os.kill(busy, signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_first_busy_worker)
+    stopper.start()
+    slow = SegmenterSpec(backend="tests.segmenters:SlowLumaSegmenter")
+    summary = run_masks(config(root, tmp_path / "out", segmenter=slow,
+                               execution=ExecOptions(scheduler=address, max_tries=1)), progress=False)
+    stopper.join()
+    assert stopped
+    assert (summary.failed_shards, summary.by_status) == ({}, {"ok": 5}), summary.failed_items

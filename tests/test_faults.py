@@ -93,7 +93,7 @@ def test_a_claim_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path
 
 def test_two_runs_at_once_compute_each_shard_once(shapes_dataset, reference, tmp_path):
     root, _ = shapes_dataset
-    runs = [masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.1") for _ in range(2)]
+    runs = [masks_cli(root, tmp_path / "out", FAULT_SLEEP="0.5") for _ in range(2)]  # ~2.5 s each: they overlap
     outputs = [run.communicate(timeout=180)[0] for run in runs]
     computed = re.findall(r"pipeline\.engine\.shard: ([a-z]+-\d+): \d+ items, \d+ frames in", "".join(outputs))
     assert sorted(computed) == ["train-00000", "train-00001", "val-00000"], "each shard computed by one run only"

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,11 +98,13 @@ class Tries:
     starts its count of failures again.
 
     Only the item's own errors count. A device or memory error (failures.is_infrastructure) and a stop from
-    outside (Interrupted) take the try back and give up the whole shard: the item is not to blame.
+    outside (SIGTERM in this process: Interrupted; a Dask worker closing: `release_in_flight`) take the try
+    back: the item is not to blame.
     """
 
     def __init__(self, path: Path, max_tries: int) -> None:
         self.path, self.max_tries = Path(path), max_tries
+        self._lock = threading.Lock()  # a worker closing releases tries from another thread
         try:
             self._entries: dict[str, dict] = json.loads(self.path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
@@ -115,31 +118,41 @@ class Tries:
                 error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
                 log.error("%s: giving up after %d tries: %s", key, entry["failures"], error)
                 return give_up(f"gave up after {entry['failures']} tries: {error}")
-            entry["tries"] += 1
-            entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
-            entry["error"] = None
-            self._save()
+            with self._lock:
+                entry["tries"] += 1
+                entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
+                entry["error"] = None
+                self._save()
+                _IN_FLIGHT[id(entry)] = (self, entry)
             try:
                 result = attempt()
             except (Interrupted, KeyboardInterrupt):
-                self._take_back(entry)
+                self.take_back(entry)
                 raise
             except Exception as exc:
                 if is_infrastructure(exc):
-                    self._take_back(entry)
+                    self.take_back(entry)
                     raise InfrastructureError(f"{key}: {type(exc).__name__}: {exc}") from exc
-                entry["error"] = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    _IN_FLIGHT.pop(id(entry), None)
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                    self._save()
                 log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, entry["error"])
-                self._save()
                 continue
-            entry["failures"] = 0
-            self._save()
+            with self._lock:
+                _IN_FLIGHT.pop(id(entry), None)
+                entry["failures"] = 0
+                self._save()
             return result
 
-    def _take_back(self, entry: dict) -> None:
-        entry["tries"] -= 1
-        entry["failures"] -= 1
-        self._save()
+    def take_back(self, entry: dict) -> None:
+        """Uncount the try in flight on `entry` (once, whoever calls first)."""
+        with self._lock:
+            if _IN_FLIGHT.pop(id(entry), None) is None:
+                return
+            entry["tries"] -= 1
+            entry["failures"] -= 1
+            self._save()
 
     def retried(self) -> dict[str, int]:
         """Item key → tries, for the items that needed more than one."""
@@ -150,6 +163,17 @@ class Tries:
 
     def _save(self) -> None:
         write_json(self.path, self._entries)
+
+
+_IN_FLIGHT: dict[int, tuple[Tries, dict]] = {}  # the tries this process is making now, by entry
+
+
+def release_in_flight() -> int:
+    """Take back every try this process is making now (it is being stopped from outside); returns how many."""
+    pending = list(_IN_FLIGHT.values())
+    for tries, entry in pending:
+        tries.take_back(entry)
+    return len(pending)
 
 
 def tries_path(marker: Path) -> Path:

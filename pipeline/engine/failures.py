@@ -63,3 +63,4 @@ def in_dask_worker() -> bool:
         return True
     except (ImportError, ValueError):
         return False
+

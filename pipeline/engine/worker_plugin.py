@@ -1,0 +1,48 @@
+"""The Dask worker plugin that keeps a stop from outside from counting against clips."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from distributed import WorkerPlugin
+
+from pipeline.engine.claims import release_in_flight
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseOnClose(WorkerPlugin):
+    """When its worker is stopped while on a shard (SIGTERM from the batch system at walltime or preemption,
+    retired before its walltime, the cluster shutting down), the tries in flight are taken back before the
+    process goes: not the clips' fault. A worker killed outright (SIGKILL, the OOM killer, a crash it
+    caused) runs no code, so its tries stay counted."""
+
+    name = "pipeline-release-tries"
+
+    def setup(self, worker: object) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            _release("SIGTERM")
+            if callable(previous):
+                previous(signum, frame)
+            else:  # the default: die of the signal, as before
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def teardown(self, worker: object) -> None:
+        _release("worker closing")
+
+
+def _release(why: str) -> None:
+    released = release_in_flight()
+    if released:
+        log.warning("%s: %d clip tr%s in flight released, not counted against the clips", why, released,
+                    "y" if released == 1 else "ies")
