@@ -27,6 +27,7 @@ MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(DATA_ROOT),--root "$(DATA_ROOT)") \
 	$(if $(VIDEO_DIR),--videos "$(VIDEO_DIR)") \
 	$(if $(CLASS_LIST),--class-list "$(CLASS_LIST)") \
+	$(if $(SPLITS),--splits "$(SPLITS)") \
 	$(if $(SEGMENTER),--segmenter "$(SEGMENTER)") \
 	$(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
@@ -46,6 +47,7 @@ RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(EXEC_FLAGS)
 
 MANIFEST_FLAGS := $(DATASET_FLAGS) \
+	$(if $(MASKS),--masks "$(MASKS)") \
 	$(if $(VARIANTS),--variants "$(VARIANTS)") \
 	$(if $(MIN_COVERAGE),--min-coverage "$(MIN_COVERAGE)") \
 	$(if $(MIN_FRAMES_FRAC),--min-frames-frac "$(MIN_FRAMES_FRAC)")
@@ -62,7 +64,7 @@ manifests: $(STAMP)
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
 report: $(STAMP)
-	$(PY) -m pipeline report $(DATASET_FLAGS)
+	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)")
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
 all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
