@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -108,7 +109,9 @@ def run_tasks(
 
     if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
         require_resources(client, resources)
-    futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}" for name in names], pure=False, resources=resources)
+    run = uuid.uuid4().hex[:8]  # keys unique to this call: another client's tasks on a shared scheduler are not ours
+    futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}-{run}" for name in names], pure=False,
+                         resources=resources)
     by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
     for future in as_completed(futures):
         task, name = by_key[future.key]

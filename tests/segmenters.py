@@ -84,12 +84,14 @@ class BoxSegmenter(LumaKeySegmenter):
 
 
 class DeviceErrorOnceSegmenter(LumaKeySegmenter):
-    """Raises what a broken GPU raises (torch's RuntimeError "CUDA error: …") on its first batch after the file
-    FAULT_ONCE names appears, removing the file: the machine fails, once, not the clip."""
+    """Raises what a broken GPU raises (torch's RuntimeError "CUDA error: …"; a MemoryError with
+    FAULT_KIND=memory) on its first batch after the file FAULT_ONCE names appears, removing the file."""
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         flag = Path(os.environ.get("FAULT_ONCE", "/nonexistent"))
         if flag.exists():
             flag.unlink()
+            if os.environ.get("FAULT_KIND") == "memory":
+                raise MemoryError("out of host memory")
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return super().segment(batch)

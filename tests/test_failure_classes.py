@@ -89,6 +89,36 @@ def test_a_device_error_fails_the_shard_not_the_clip(shapes_dataset, tmp_path, m
     assert (again.computed, again.by_status, again.retried) == (1, {"ok": 5}, {}), "the try was not the clip's"
 
 
+def test_a_clip_that_fails_every_machine_is_its_own_problem(shapes_dataset, tmp_path, monkeypatch):
+    """A MemoryError that the clip causes wherever it goes: after max_tries of them in a row (over runs) it is
+    given up like any clip, so it cannot block its shard for ever."""
+    root, _ = shapes_dataset
+    monkeypatch.setenv("FAULT_ONCE", str(tmp_path / "flag"))
+    monkeypatch.setenv("FAULT_KIND", "memory")
+    spec = SegmenterSpec(backend="tests.segmenters:DeviceErrorOnceSegmenter")
+    options = ExecOptions(workers=0, max_tries=2)
+    for expected in ({"ok": 3, "shard_failed": 2}, {"failed": 1, "ok": 4}):
+        (tmp_path / "flag").touch()  # fails again, on every run
+        summary = run_masks(config(root, tmp_path / "out", segmenter=spec, execution=options), progress=False)
+        assert summary.by_status == expected, summary
+    assert summary.failed_items == {"-clip0_x_000000_000010": "gave up after 2 device, memory or disk errors in a row "
+                                    "(on any worker, so the clip's own): MemoryError: out of host memory"}
+
+
+def test_machine_errors_are_told_from_the_clips_own():
+    import errno
+
+    from pipeline.engine.failures import is_infrastructure
+
+    assert is_infrastructure(RuntimeError("CUDA error: device-side assert triggered"))
+    assert is_infrastructure(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_infrastructure(MemoryError())
+    assert is_infrastructure(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_infrastructure(OSError(errno.ENOENT, "No such file or directory"))
+    assert not is_infrastructure(RuntimeError("shape mismatch in the model"))
+    assert not is_infrastructure(ValueError("CUDA error"))  # only what torch raises for it
+
+
 def test_on_dask_a_device_error_restarts_the_worker_and_the_shard_runs_elsewhere(shapes_dataset, tmp_path, monkeypatch):
     root, _ = shapes_dataset
     monkeypatch.setenv("FAULT_ONCE", str(tmp_path / "flag"))
@@ -123,11 +153,13 @@ def scheduler_elsewhere(tmp_path):
 def test_a_worker_in_another_folder_sees_the_same_files(shapes_dataset, tmp_path, scheduler_elsewhere):
     root, _ = shapes_dataset
     here = root.parent  # relative paths from here: k400/, out/
-    argv = ["masks", "--dataset", "kinetics400", "--root", root.name, "--out", "out", "--segmenter", LUMA,
-            "--scheduler", scheduler_elsewhere, "--shard-size", "2"]
-    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=here, env=env(), capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0 and "masks kinetics400: 5 clips (ok 5)" in done.stdout, done.stdout + done.stderr
+    common = ["--dataset", "kinetics400", "--out", "out", "--scheduler", scheduler_elsewhere]
+    for argv, printed in ((["masks", *common, "--root", root.name, "--segmenter", LUMA, "--shard-size", "2"],
+                           "masks kinetics400: 5 clips (ok 5)"),
+                          (["render", *common, "--variants", "bg,swap"], "render bg: 5 clips (ok 5)")):
+        done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=here, env=env(), capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0 and printed in done.stdout, done.stdout + done.stderr
     assert not (tmp_path / "elsewhere" / "out").exists()
 
 

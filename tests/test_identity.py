@@ -118,6 +118,10 @@ def test_masks_recomputed_then_render_and_manifests_follow(shapes_dataset, tmp_p
     frames, _, _ = shape_clip(13, 96, 64, seed=7)
     write_video(root / "train" / f"{clip}.mp4", frames, 12, lossless=True)
     assert masks(root, out) == 0 and "1 computed, 2 already done" in capsys.readouterr().out
+    assert later(out, "manifests") == 0  # before render: the render made from the old masks is not served
+    summary = json.loads((manifest.parent / "manifest.json").read_text())
+    assert summary["left_out"] == {"mp4": ["train-00001"]}
+    assert clip not in (manifest.parent / "train_list_videos.txt").read_text()
     assert later(out, "render", "--variants", "bg") == 0 and "1 computed, 2 already done" in capsys.readouterr().out
     assert later(out, "manifests") == 0
     rows = {r["clip_id"]: r for r in pq.read_table(manifest).to_pylist()}
@@ -213,3 +217,40 @@ def test_reading_a_run_refuses_a_clip_in_two_shards(shapes_dataset, tmp_path):
     (run_dir / "plan.json").write_text(json.dumps(plan | {"train-00099": plan["train-00000"]}))
     with pytest.raises(InputError, match="is in two shards .train-00000 and train-00099."):
         read_clips(run_dir)
+
+
+def test_lists_never_outlive_their_renders(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    out = tmp_path / "out"
+    assert masks(root, out) == 0 and later(out, "render", "--variants", "bg") == 0 and later(out, "manifests") == 0
+    folder = out / "manifests" / "kinetics400" / only_run(out).name / "bg"
+    assert len((folder / "val_list_videos.txt").read_text().splitlines()) == 1
+    # other encoder settings, tried on the first shard only: the rest are no longer current
+    assert later(out, "render", "--variants", "bg", "--crf", "30", "--limit", "1") == 0
+    assert later(out, "manifests") == 0
+    assert (folder / "val_list_videos.txt").read_text() == "" and (folder / "val.csv").read_text() == ""
+    assert len((folder / "train_list_videos.txt").read_text().splitlines()) == 2  # train-00000's clips
+    assert json.loads((folder / "manifest.json").read_text())["left_out"] == {"mp4": ["train-00001", "val-00000"]}
+
+
+def test_weights_count_by_content_not_path(shapes_dataset, tmp_path):
+    from pipeline.segment import RefineSpec, SegmenterSpec
+    from tests.test_masks_stage import config
+
+    root, _ = shapes_dataset
+    weights, sam = tmp_path / "a" / "yolo-seg.pt", tmp_path / "sam.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights v1")
+    sam.write_bytes(b"sam v1")
+    spec = SegmenterSpec(backend="yolo", model=str(weights), refine=RefineSpec(checkpoint=str(sam)))
+    first = config(root, tmp_path, segmenter=spec).fingerprint()
+    moved = tmp_path / "b" / "yolo-seg.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(b"weights v1")
+    assert config(root, tmp_path, segmenter=SegmenterSpec(backend="yolo", model=str(moved), refine=spec.refine)
+                  ).fingerprint() == first, "the same weights elsewhere"
+    weights.write_bytes(b"weights v2.0")  # (a process hashes a file once per path, size and mtime)
+    assert config(root, tmp_path, segmenter=spec).fingerprint() != first, "YOLO weights rewritten in place"
+    weights.write_bytes(b"weights v1")
+    sam.write_bytes(b"sam v2.0")
+    assert config(root, tmp_path, segmenter=spec).fingerprint() != first, "SAM checkpoint rewritten in place"

@@ -46,9 +46,10 @@ def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
     marker.parent.mkdir(parents=True, exist_ok=True)
     lock_path = marker.with_name(f".{marker.name}.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         deadline = time.monotonic() + wait
-        while not _try_lock(fd):
+        while not (held := _try_lock(fd, str(lock_path))):
             if time.monotonic() >= deadline:
                 raise ShardBusy(f"{marker.name.removesuffix('_stats.json')}: being computed by another process "
                                 f"({_holder(lock_path)}) for over {wait:.0f}s; rerun when it has finished")
@@ -60,16 +61,27 @@ def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+        if held:
+            with _HELD_LOCK:
+                _HELD.discard(str(lock_path))
 
 
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+_HELD: set[str] = set()  # POSIX locks belong to the process: threads of one worker also exclude each other here
+_HELD_LOCK = threading.Lock()
+
+
+def _try_lock(fd: int, name: str) -> bool:
+    with _HELD_LOCK:
+        if name in _HELD:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            return False
+        _HELD.add(name)
         return True
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        return False
 
 
 def remove_stale_temps(stale_files: Iterable[Path]) -> None:
@@ -112,7 +124,8 @@ class Tries:
 
     def run(self, key: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
         """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`."""
-        entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "error": None})
+        entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "machine": 0, "error": None})
+        entry.setdefault("machine", 0)
         while True:
             if entry["failures"] >= self.max_tries:
                 error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
@@ -132,7 +145,16 @@ class Tries:
             except Exception as exc:
                 if is_infrastructure(exc):
                     self.take_back(entry)
-                    raise InfrastructureError(f"{key}: {type(exc).__name__}: {exc}") from exc
+                    error = f"{type(exc).__name__}: {exc}"
+                    with self._lock:
+                        entry["machine"] = entry.get("machine", 0) + 1  # in a row, over workers and runs
+                        entry["error"] = error
+                        self._save()
+                    if entry["machine"] < self.max_tries:
+                        raise InfrastructureError(f"{key}: {error}") from exc
+                    log.error("%s: a device, memory or disk error on %d tries in a row: %s", key, entry["machine"], error)
+                    return give_up(f"gave up after {entry['machine']} device, memory or disk errors in a row "
+                                   f"(on any worker, so the clip's own): {error}")
                 with self._lock:
                     _IN_FLIGHT.pop(id(entry), None)
                     entry["error"] = f"{type(exc).__name__}: {exc}"
@@ -141,7 +163,7 @@ class Tries:
                 continue
             with self._lock:
                 _IN_FLIGHT.pop(id(entry), None)
-                entry["failures"] = 0
+                entry["failures"] = entry["machine"] = 0
                 self._save()
             return result
 

@@ -17,43 +17,49 @@ log = logging.getLogger(__name__)
 
 
 class Commit:
-    """The files of one shard: staged ones (written to a temporary name, renamed at `finish`) and placed ones
-    (an item's file the stage already renamed into place, such as a rendered clip)."""
+    """The files of one shard, written to temporary names and renamed into place at `finish`: the shard's
+    tables, and files per item (a rendered clip) wherever the stage puts them."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._staged: list[tuple[Path, Path]] = []  # (temporary, final)
-        self._placed: list[Path] = []
+        self._staged: dict[Path, Path] = {}  # final → temporary, in the order staged
 
     def stage(self, path: Path) -> Path:
-        """A temporary path to write `path` to; it is renamed into place at `finish`."""
+        """A temporary path (file or folder) to write `path` to; it is renamed into place at `finish`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(path)
-        self._staged.append((tmp, path))
-        return tmp
+        self.unstage(path)  # a try before this one left it
+        self._staged[path] = temp_name(path)
+        return self._staged[path]
 
-    def placed(self, path: Path) -> None:
-        """Record an output already in place (written and renamed by the stage itself)."""
-        self._placed.append(Path(path))
+    def unstage(self, path: Path) -> None:
+        """Drop a staged output and what was written to it (an item's try that failed)."""
+        tmp = self._staged.pop(Path(path), None)
+        if tmp is not None:
+            _remove(tmp)
 
     def finish(self) -> dict[str, dict[str, Any]]:
-        """Hash every output, rename the staged ones into place (in the order staged); returns the outputs
+        """Hash every staged output, then rename each into place (in the order staged); returns the outputs
         (relative to the shard's folder) with their sha256 and size."""
-        outputs = {self._name(final): file_digest(tmp) for tmp, final in self._staged}
-        outputs |= {self._name(path): file_digest(path) for path in self._placed}
-        for tmp, final in self._staged:
+        outputs = {self._name(final): file_digest(tmp) for final, tmp in self._staged.items()}
+        for final, tmp in self._staged.items():
+            if tmp.is_dir() and final.is_dir():  # a rawframes folder: a folder cannot replace a folder in one rename
+                _remove(final)
             os.replace(tmp, final)
-        self._staged = []
+        self._staged = {}
         return dict(sorted(outputs.items()))
 
     def abort(self) -> None:
-        for tmp, _ in self._staged:
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        self._staged = []
+        for tmp in self._staged.values():
+            _remove(tmp)
+        self._staged = {}
 
     def _name(self, path: Path) -> str:
         return os.path.relpath(path, self.folder)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def file_digest(path: Path) -> dict[str, Any]:

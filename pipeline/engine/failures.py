@@ -1,10 +1,12 @@
 """Failure classes. Only an error raised by an item's own data counts as one of its tries; a broken device, a
-full memory or a stop from outside (SIGTERM: walltime, preemption, Ctrl-C of a batch job) never turns a good
-item into `failed`: the shard is given up whole, untouched, and redone by the next run or another worker.
+full memory or disk, or a stop from outside (SIGTERM: walltime, preemption) never turns a good item into
+`failed`: the shard is given up whole, untouched, and redone by the next run or another worker. (An item that
+meets a device or memory error on every one of `max_tries` machines in a row is its own problem: see Tries.)
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -32,9 +34,14 @@ class Interrupted(BaseException):
     """This process was asked to stop (SIGTERM) while working; what it was doing is not the item's fault."""
 
 
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # full disk, quota, read-only, I/O error
+
+
 def is_infrastructure(exc: BaseException) -> bool:
-    """A device error, or memory exhausted on the device or the host."""
+    """A device error, memory exhausted on the device or the host, or a disk that cannot take the output."""
     if isinstance(exc, (MemoryError, InfrastructureError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return True
     if any(cls.__name__ in _DEVICE_TYPES for cls in type(exc).__mro__):
         return True

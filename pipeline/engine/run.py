@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pipeline.atomic import write_json
 from pipeline.engine.records import ShardStats, ShardTask
@@ -87,6 +87,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             statuses["shard_failed"] += len(task.items)
             continue
         stats = computed.get(task.name) or ShardStats.read(task.marker)
+        if stats is None:  # another run is recomputing it right now
+            statuses["not_done"] += len(task.items)
+            continue
         statuses.update(stats.by_status)
         summary.items += len(stats.items)
         summary.frames += stats.frames
@@ -95,7 +98,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         for key, value in stats.totals.items():
             summary.totals[key] = summary.totals.get(key, 0) + value
     summary.by_status = dict(sorted(statuses.items()))
-    summary.items += statuses["shard_failed"]
+    summary.items += statuses["shard_failed"] + statuses["not_done"]
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
 
@@ -123,18 +126,22 @@ def write_plan(plan: Sequence[ShardTask]) -> None:
         write_json(folder / "plan.json", digests)
 
 
-def current_shards(folder: Path) -> tuple[dict[str, ShardStats], list[str]]:
+def current_shards(folder: Path, upstream: Mapping[str, str] | None = None) -> tuple[dict[str, ShardStats], list[str]]:
     """The committed shards of a folder that the latest plan still stands behind (name → stats), and the
-    names of planned shards that are not committed, or were made from something else (stale)."""
+    names of planned shards that are not committed, or were made from something else (stale). With
+    `upstream` (upstream shard → the digest of its files now), a shard made from other upstream files than
+    those is stale too: its upstream was recomputed since the plan was written."""
     try:
         plan = json.loads((Path(folder) / "plan.json").read_text())
     except FileNotFoundError:
         return {}, []
-    current, missing = {}, []
+    current, stale = {}, []
     for name, digest in sorted(plan.items()):
         stats = ShardStats.read(Path(folder) / f"{name}_stats.json")
-        if stats is not None and stats.plan == digest:
-            current[name] = stats
+        if stats is None or stats.plan != digest:
+            stale.append(name)
+        elif upstream is not None and any(upstream.get(shard) != used for shard, used in stats.upstream.items()):
+            stale.append(name)
         else:
-            missing.append(name)
-    return current, missing
+            current[name] = stats
+    return current, stale

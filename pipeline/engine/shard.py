@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from pipeline.engine.claims import Tries, claim, peak_rss_mb, tries_path, worker_name
+from pipeline.engine.claims import Tries, claim, peak_rss_mb, release_in_flight, tries_path, worker_name
 from pipeline.engine.commit import Commit, outputs_present
 from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker
 from pipeline.engine.records import ShardStats, ShardTask, count_statuses, outputs_digest
@@ -85,5 +85,6 @@ def run_shard_task(task: ShardTask) -> ShardStats:
         if not in_dask_worker():
             raise
         log.error("%s: %s; restarting this worker, the shard goes to another", task.name, exc)
+        release_in_flight()  # what other threads of this worker are on is not their items' fault either
         logging.shutdown()
         os._exit(INFRASTRUCTURE_EXIT)

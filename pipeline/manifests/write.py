@@ -62,13 +62,15 @@ def write_manifests(config: ManifestConfig) -> list[dict]:
 def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: ManifestConfig) -> dict:
     rows: list[ManifestRow] = []
     settings, left_out = {}, {}
+    masks_now = {name: stats.digest for name, stats in masks.shards.items()}
     for status_dir in sorted(p for p in (variant_dir / "_status").iterdir() if p.is_dir()):
         fmt = status_dir.name
         settings[fmt] = json.loads((variant_dir / f"variant.{fmt}.json").read_text())
-        shards, stale = current_shards(status_dir)
+        shards, stale = current_shards(status_dir, upstream=masks_now)
         if stale:
-            log.warning("%s/%s: %d status shard(s) not rendered, or rendered from other settings or masks (e.g. %s); "
-                        "left out until `make render` redoes them", variant_dir.name, fmt, len(stale), stale[0])
+            log.warning("%s/%s: %d status shard(s) not rendered, or rendered from other settings or from masks since "
+                        "recomputed (e.g. %s); left out until `make render` redoes them", variant_dir.name, fmt,
+                        len(stale), stale[0])
             left_out[fmt] = stale
         for name, stats in shards.items():
             provenance = shard_provenance(masks, stats)
@@ -78,15 +80,21 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     labels = label_map(masks)
     dest.mkdir(parents=True, exist_ok=True)
     write_lines(dest / "label_map.txt", labels)
-    for split in sorted({r.split for r in rows}):
+    lists = {}  # every split of the masks run gets its lists, empty where nothing current is rendered
+    for split in sorted({clip.split for clip in masks.clips()} | {r.split for r in rows}):
         listed = [r for r in rows if r.split == split and r.in_lists]
-        videos = [f"{r.path} {r.label_index}" for r in listed if r.format == "mp4"]
-        frames = [f"{r.path} {r.frames} {r.label_index}" for r in listed if r.format == "rawframes"]
         if "mp4" in settings:
-            write_lines(dest / f"{split}_list_videos.txt", videos)
-            write_lines(dest / f"{split}.csv", videos)
+            videos = [f"{r.path} {r.label_index}" for r in listed if r.format == "mp4"]
+            lists[f"{split}_list_videos.txt"] = lists[f"{split}.csv"] = videos
         if "rawframes" in settings:
-            write_lines(dest / f"{split}_list_rawframes.txt", frames)
+            lists[f"{split}_list_rawframes.txt"] = [f"{r.path} {r.frames} {r.label_index}" for r in listed
+                                                    if r.format == "rawframes"]
+    for name, lines in lists.items():
+        write_lines(dest / name, lines)
+    for old in [*dest.glob("*_list_videos.txt"), *dest.glob("*_list_rawframes.txt"), *dest.glob("*.csv")]:
+        if old.name not in lists:  # a split or format no longer there: no list may outlive its renders
+            log.warning("%s: removed; nothing of it is current", old)
+            old.unlink()
     metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(config.filter())}
     with atomic_path(dest / "manifest.parquet") as tmp:
         table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))

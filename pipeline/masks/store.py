@@ -170,6 +170,10 @@ class MasksRun:
         metadata = pq.read_schema(self.files(shard).clips).metadata or {}
         return {k.decode(): v.decode() for k, v in metadata.items()}
 
+    def shard_masks(self, shard: str) -> dict[str, ClipMasks]:
+        """Clip id → masks, for every clip of a shard that has any."""
+        return {clip.clip_id: clip for clip in iter_shard(self.files(shard).masks)}
+
     def clip_masks(self, clip: StoredClip) -> ClipMasks:
         """One clip's masks (only its rows are read)."""
         table = pq.read_table(self.files(clip.shard).masks, filters=[("clip_id", "=", clip.clip_id)], schema=MASK_SCHEMA)
@@ -206,7 +210,7 @@ def find_run(out: Path, dataset: str, tag: str | None = None, *, make_args: str 
     """The masks run of a dataset: `tag` if given, else, of the runs with committed shards, the one whose masks
     stage was started last (so `make all` renders what its masks step just made). `make_args` is how the user
     names the dataset to make (`DATASET=ucf101 SPLIT_ID=1`), for the hint."""
-    base = Path(out) / "masks" / dataset
+    base = Path(out).absolute() / "masks" / dataset  # absolute: tasks carry it to workers in other folders
     hint = f"run `make masks {make_args or f'DATASET={dataset}'}`"
     runs = sorted(p.parent.name for p in base.glob("*/plan.json")) if base.is_dir() else []
     if tag:

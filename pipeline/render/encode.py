@@ -18,8 +18,6 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.atomic import temp_name
-
 FORMATS = ("mp4", "rawframes")
 X264_PARAMS = "mbtree=0"  # deterministic output (see the module docstring)
 
@@ -55,18 +53,19 @@ def output_size(width: int, height: int, short_side: int | None) -> tuple[int, i
 
 
 class ClipWriter:
-    """Collects frames into a temporary file or folder; `commit` renames it onto `dest`, `abort` removes it.
+    """Writes frames to `path`, an mp4 file or a rawframes folder; `close` finishes it, `abort` removes it.
+    The caller gives a temporary path (the engine's Commit), so nothing partial is ever visible.
 
     Conversion and encoding run on a writer thread (PyAV and OpenCV release the GIL), so they overlap the
     caller's decoding and compositing; frames are written in the order given.
     """
 
-    def __init__(self, dest: Path, *, fps: float, width: int, height: int, options: EncodeOptions) -> None:
-        self.dest, self.options = Path(dest), options
+    def __init__(self, path: Path, *, fps: float, width: int, height: int, options: EncodeOptions) -> None:
+        self.options = options
         self.size = output_size(width, height, options.short_side)
         self.frames = 0
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_name(self.dest)
+        self._tmp = Path(path)
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
         if options.format == "mp4":
             self._container = av.open(str(self._tmp), "w", format="mp4")
             codec_options = {"crf": str(options.crf), "preset": options.preset, "x264-params": X264_PARAMS}
@@ -81,7 +80,7 @@ class ClipWriter:
             self._tmp.mkdir()
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name=f"write {self.dest.name}", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"write {self._tmp.name}", daemon=True)
         self._thread.start()
 
     def write(self, frame: np.ndarray) -> None:
@@ -91,16 +90,11 @@ class ClipWriter:
         self.frames += 1
         self._queue.put((self.frames, frame))
 
-    def commit(self) -> None:
+    def close(self) -> None:
         self._finish()
         if self.options.format == "mp4":
             self._container.mux(self._stream.encode())
             self._container.close()
-            self._tmp.replace(self.dest)
-            return
-        if self.dest.exists():
-            shutil.rmtree(self.dest)
-        self._tmp.rename(self.dest)
 
     def abort(self) -> None:
         try:

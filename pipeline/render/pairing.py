@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.masks import MasksRun, StoredClip, iter_shard
+from pipeline.masks import MasksRun, StoredClip
 from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import MaskOptions
 
@@ -34,7 +34,7 @@ class CoverageTask:
 
 def shard_coverage(task: CoverageTask) -> dict[str, float]:
     """Mean person coverage of each usable clip of one masks shard (frames without people count as 0)."""
-    stored = {clip.clip_id: clip for clip in iter_shard(MasksRun(task.masks_dir).files(task.shard).masks)}
+    stored = MasksRun(task.masks_dir).shard_masks(task.shard)
     coverage = {}
     for clip in task.clips:
         if not clip.usable or not clip.frames:

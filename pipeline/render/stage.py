@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
-from pipeline.masks import ClipMasks, MasksRun, StoredClip, iter_shard
+from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, path_name
 from pipeline.render.compose import PartnerFrames, composed
 from pipeline.render.encode import ClipWriter, EncodeOptions
@@ -109,25 +109,41 @@ class RenderStage:
     def status_path(self, shard: str) -> Path:
         return self.status_dir / f"{shard}.parquet"
 
+    def clip_path(self, clip: StoredClip) -> Path:
+        """Where a clip's render goes: `<variant dir>/<split>/<label>/<clip_id>.mp4` (or a rawframes folder)."""
+        return self.variant_dir / clip.split / path_name(clip.label) / f"{clip.clip_id}{self.encode.suffix()}"
+
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
-        masks_file = MasksRun(self.masks_dir).files(task.name).masks
-        stored = {clip.clip_id: clip for clip in iter_shard(masks_file)}
-        return RenderWork(self, task, stored, commit)
+        for item in task.items:  # under the shard's claim: what a killed writer left
+            remove_stale_temps(temps_of(self.clip_path(item.clip)))
+        masks = MasksRun(self.masks_dir)
+        return RenderWork(self, task, masks, masks.shard_masks(task.name), commit)
 
 
 class RenderWork:
-    def __init__(self, stage: RenderStage, task: ShardTask, stored: dict[str, ClipMasks], commit: Commit) -> None:
-        self.stage, self.task, self.stored, self.commit = stage, task, stored, commit
+    """One variant over one masks shard's clips; each clip's file is staged in the shard's commit."""
+
+    def __init__(self, stage: RenderStage, task: ShardTask, masks: MasksRun, stored: dict[str, ClipMasks],
+                 commit: Commit) -> None:
+        self.stage, self.task, self.masks, self.stored, self.commit = stage, task, masks, stored, commit
 
     def process(self, item: RenderItem) -> RenderRow:
-        return render_clip(item, self.stored.get(item.key), self.stage, shard=self.task.name)
+        final = self.stage.clip_path(item.clip)
+        try:
+            row = render_clip(item, self.stored.get(item.key), self.stage, self.masks, shard=self.task.name,
+                              out=lambda: self.commit.stage(final))
+        except BaseException:
+            self.commit.unstage(final)
+            raise
+        if not row.path:
+            self.commit.unstage(final)
+        return row
 
     def give_up(self, item: RenderItem, error: str) -> RenderRow:
         return not_rendered(item.clip, self.stage, self.task.name, FAILED, error)
 
     def keep(self, row: RenderRow) -> None:
-        if row.path:
-            self.commit.placed(self.stage.variant_dir / row.path)
+        pass
 
     def finish(self, rows: list[RenderRow], commit: Commit) -> dict[str, Any]:
         metadata = {"variant": self.stage.variant.spec_json(), "fingerprint": self.task.fingerprint,
@@ -146,29 +162,29 @@ def not_rendered(clip: StoredClip, stage: RenderStage, shard: str, status: str, 
                      error=error, masks_shard=shard)
 
 
-def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, *, shard: str) -> RenderRow:
-    """Render one clip (or say why not). A clip the masks stage decoded only in part renders the frames it
-    segmented, and keeps its status (`partial`) and error."""
+def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, run: MasksRun, *, shard: str,
+                out: Callable[[], Path]) -> RenderRow:
+    """Render one clip (or say why not) to the path `out()` gives. A clip the masks stage decoded only in part
+    renders the frames it segmented, and keeps its status (`partial`) and error."""
     clip, partner = item.clip, item.partner
     if not clip.usable:
         return not_rendered(clip, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
     if stage.variant.needs_pair and partner is None:
         return not_rendered(clip, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
-    relative = Path(clip.split) / path_name(clip.label) / f"{clip.clip_id}{stage.encode.suffix()}"
+    relative = stage.clip_path(clip).relative_to(stage.variant_dir)
     decode = DecodeOptions(fps=stage.decode_fps)
     regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
     fps = stage.decode_fps or clip.fps
-    remove_stale_temps(temps_of(stage.variant_dir / relative))  # left by a killed try; the shard's claim is held
-    writer = ClipWriter(stage.variant_dir / relative, fps=fps, width=clip.width, height=clip.height, options=stage.encode)
+    writer = ClipWriter(out(), fps=fps, width=clip.width, height=clip.height, options=stage.encode)
     person, objects = [], []
     try:
-        swap = partner_frames(partner, stage, clip) if partner else None
+        swap = partner_frames(partner, stage, run, clip) if partner else None
         for frame, found in composed(clip.path, regions, stage.variant, decode=decode, frames=clip.frames,
                                      seed=stage.seed, clip_id=clip.clip_id, swap=swap):
             writer.write(frame)
             person.append(np.count_nonzero(found.person) / found.person.size)
             objects.append(np.count_nonzero(found.objects) / found.objects.size)
-        writer.commit()
+        writer.close()
     except DecodeError as exc:
         writer.abort()
         log.warning("render %s: %s", stage.variant.name, exc)
@@ -185,9 +201,9 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, *
     return row
 
 
-def partner_frames(partner: StoredClip, stage: RenderStage, clip: StoredClip) -> PartnerFrames:
+def partner_frames(partner: StoredClip, stage: RenderStage, run: MasksRun, clip: StoredClip) -> PartnerFrames:
     """The partner clip's background_only frames (people inpainted), timed to this clip's frames."""
-    masks = MasksRun(stage.masks_dir).clip_masks(partner)
+    masks = run.clip_masks(partner)
     background_only = Variant(name="background_only", person=PRESETS["background_only"].person, masks=stage.variant.masks)
     regions = RegionMasks(masks, partner.height, partner.width, stage.variant.masks)
     frames = (frame for frame, _ in composed(partner.path, regions, background_only,

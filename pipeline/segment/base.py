@@ -68,6 +68,8 @@ class SegmenterSpec:
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
         if self.refine:  # absent rather than None when unset
             fields["refine"] = self.refine.output_fields()
+        if self.backend != "selfie" or self.refine:  # the models that run in fp16 on CUDA
+            fields["precision"] = "fp16" if self.device.startswith("cuda") else "fp32"
         return fields
 
 
