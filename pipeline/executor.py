@@ -78,40 +78,50 @@ def run_tasks(
     options: ExecOptions,
     on_done: Callable[[Any, Any], None],
     fatal: tuple[type[BaseException], ...] = (),
+    stop_on: tuple[type[BaseException], ...] = (),
     key_prefix: str = "task",
+    keys: Sequence[str] | None = None,
     resources: dict[str, float] | None = None,
     client: "distributed.Client | None" = None,  # noqa: F821
 ) -> dict[str, str]:
     """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error.
 
-    `resources` (on Dask): each task runs only on a worker that declares them, one task per unit at a time.
-    `client`: a session's client (see `session`), so that one invocation starts one cluster for all its steps.
+    `fatal` errors cancel the rest and propagate. In this process, a `stop_on` error (the machine failing)
+    reports the rest as not run: they would meet the same machine. `keys` name the tasks on Dask: tasks of
+    two clients with the same key share one result, so a key must stand for everything the result depends on
+    (default: unique to this call). `resources`: each task runs only on a worker that declares them, one task
+    per unit at a time. `client`: a session's client (see `session`), one cluster for all of an invocation.
     """
     failed: dict[str, str] = {}
     if not tasks:
         return failed
     if options.in_process:
-        for task, name in zip(tasks, names):
+        for i, (task, name) in enumerate(zip(tasks, names)):
             try:
                 result = fn(task)
             except fatal:
                 raise
             except Exception as exc:
                 failed[name] = _failure(name, exc)
+                if isinstance(exc, stop_on):
+                    log.error("the machine failed; %d task(s) left for the next run", len(names) - i - 1)
+                    failed |= {rest: f"not run: the machine failed on {name} first" for rest in names[i + 1:]}
+                    break
                 continue
             on_done(task, result)
         return failed
     if client is None:
         with dask_client(options) as client:
             return run_tasks(fn, tasks, names=names, options=options, on_done=on_done, fatal=fatal,
-                             key_prefix=key_prefix, resources=resources, client=client)
+                             key_prefix=key_prefix, keys=keys, resources=resources, client=client)
     from distributed import as_completed
 
     if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
         require_resources(client, resources)
-    run = uuid.uuid4().hex[:8]  # keys unique to this call: another client's tasks on a shared scheduler are not ours
-    futures = client.map(fn, tasks, key=[f"{key_prefix}-{name}-{run}" for name in names], pure=False,
-                         resources=resources)
+    if keys is None:
+        run = uuid.uuid4().hex[:8]
+        keys = [f"{name}-{run}" for name in names]
+    futures = client.map(fn, tasks, key=[f"{key_prefix}-{key}" for key in keys], pure=False, resources=resources)
     by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
     for future in as_completed(futures):
         task, name = by_key[future.key]

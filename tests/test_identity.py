@@ -228,9 +228,12 @@ def test_lists_never_outlive_their_renders(shapes_dataset, tmp_path):
     # other encoder settings, tried on the first shard only: the rest are no longer current
     assert later(out, "render", "--variants", "bg", "--crf", "30", "--limit", "1") == 0
     assert later(out, "manifests") == 0
-    assert (folder / "val_list_videos.txt").read_text() == "" and (folder / "val.csv").read_text() == ""
+    assert not (folder / "val_list_videos.txt").exists() and not (folder / "val.csv").exists(), "a trainer fails loudly"
     assert len((folder / "train_list_videos.txt").read_text().splitlines()) == 2  # train-00000's clips
     assert json.loads((folder / "manifest.json").read_text())["left_out"] == {"mp4": ["train-00001", "val-00000"]}
+    (folder / "mine.csv").write_text("a file of the user's\n")
+    assert later(out, "render", "--variants", "bg", "--crf", "30") == 0 and later(out, "manifests") == 0
+    assert len((folder / "val_list_videos.txt").read_text().splitlines()) == 1 and (folder / "mine.csv").exists()
 
 
 def test_weights_count_by_content_not_path(shapes_dataset, tmp_path):

@@ -45,43 +45,48 @@ def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
     marker = Path(marker)
     marker.parent.mkdir(parents=True, exist_ok=True)
     lock_path = marker.with_name(f".{marker.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    held = False
+    shard = marker.name.removesuffix("_stats.json")
+    deadline = time.monotonic() + wait
+    # A POSIX lock belongs to the whole process, and closing any descriptor of its file drops it: so threads of
+    # one process take turns on a lock of their own first, and only the one holding it opens the file.
+    own = _thread_lock(str(lock_path))
+    if not own.acquire(timeout=wait):
+        raise ShardBusy(f"{shard}: being computed by another thread of this process for over {wait:.0f}s")
     try:
-        deadline = time.monotonic() + wait
-        while not (held := _try_lock(fd, str(lock_path))):
-            if time.monotonic() >= deadline:
-                raise ShardBusy(f"{marker.name.removesuffix('_stats.json')}: being computed by another process "
-                                f"({_holder(lock_path)}) for over {wait:.0f}s; rerun when it has finished")
-            time.sleep(min(1.0, wait / 10))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
-        shard = marker.name.removesuffix("_stats.json")
-        remove_stale_temps(marker.parent.glob(f".{shard}[._]*.tmp-*"))
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-        if held:
-            with _HELD_LOCK:
-                _HELD.discard(str(lock_path))
-
-
-_HELD: set[str] = set()  # POSIX locks belong to the process: threads of one worker also exclude each other here
-_HELD_LOCK = threading.Lock()
-
-
-def _try_lock(fd: int, name: str) -> bool:
-    with _HELD_LOCK:
-        if name in _HELD:
-            return False
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            return False
-        _HELD.add(name)
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise ShardBusy(f"{shard}: being computed by another process ({_holder(lock_path)}) for over "
+                                    f"{wait:.0f}s; rerun when it has finished")
+                time.sleep(min(1.0, wait / 10))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode(), 0)
+            remove_stale_temps(marker.parent.glob(f".{shard}[._]*.tmp-*"))
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    finally:
+        own.release()
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(name: str) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(name, threading.Lock())
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return False
 
 
 def remove_stale_temps(stale_files: Iterable[Path]) -> None:
@@ -109,9 +114,11 @@ class Tries:
     killed worker or run count too. An item that finished once and is redone (its shard was cut short later)
     starts its count of failures again.
 
-    Only the item's own errors count. A device or memory error (failures.is_infrastructure) and a stop from
-    outside (SIGTERM in this process: Interrupted; a Dask worker closing: `release_in_flight`) take the try
-    back: the item is not to blame.
+    Only the item's own errors count. A device, memory or disk error (failures.is_infrastructure) and a stop
+    from outside (SIGTERM in this process: Interrupted; a Dask worker closing: `release_in_flight`) take the try
+    back: the item is not to blame, and the process gives the shard up. An item that meets such an error on
+    `max_tries` tries in a row, each in a fresh process, is given up as its own problem at its next try, before
+    it touches the machine again.
     """
 
     def __init__(self, path: Path, max_tries: int) -> None:
@@ -131,6 +138,11 @@ class Tries:
                 error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
                 log.error("%s: giving up after %d tries: %s", key, entry["failures"], error)
                 return give_up(f"gave up after {entry['failures']} tries: {error}")
+            if entry["machine"] >= self.max_tries:  # on as many fresh processes: the clip's own doing
+                log.error("%s: giving up after %d device, memory or disk errors in a row: %s", key, entry["machine"],
+                          entry["error"])
+                return give_up(f"gave up after {entry['machine']} device, memory or disk errors in a row, each in a "
+                               f"fresh process: {entry['error']}")
             with self._lock:
                 entry["tries"] += 1
                 entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
@@ -147,14 +159,10 @@ class Tries:
                     self.take_back(entry)
                     error = f"{type(exc).__name__}: {exc}"
                     with self._lock:
-                        entry["machine"] = entry.get("machine", 0) + 1  # in a row, over workers and runs
+                        entry["machine"] += 1  # in a row, over workers and runs
                         entry["error"] = error
                         self._save()
-                    if entry["machine"] < self.max_tries:
-                        raise InfrastructureError(f"{key}: {error}") from exc
-                    log.error("%s: a device, memory or disk error on %d tries in a row: %s", key, entry["machine"], error)
-                    return give_up(f"gave up after {entry['machine']} device, memory or disk errors in a row "
-                                   f"(on any worker, so the clip's own): {error}")
+                    raise InfrastructureError(f"{key}: {error}") from exc  # this process is done with the shard
                 with self._lock:
                     _IN_FLIGHT.pop(id(entry), None)
                     entry["error"] = f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ committed shards of a folder are current, for the next stage."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.atomic import write_json
+from pipeline.engine.failures import InfrastructureError
 from pipeline.engine.records import ShardStats, ShardTask
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, ShardProgress, run_tasks
@@ -77,7 +79,8 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             bar(task, stats.frames)
 
         failed = run_tasks(run_shard_task, todo, names=[t.name for t in todo], options=options, on_done=on_done,
-                           fatal=fatal, key_prefix=key_prefix or stage, resources=resources, client=client)
+                           fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
+                           keys=[task_key(t) for t in todo], resources=resources, client=client)
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
                            workers=worker_totals(list(computed.values())))
@@ -101,6 +104,13 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     summary.items += statuses["shard_failed"] + statuses["not_done"]
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
+
+
+def task_key(task: ShardTask) -> str:
+    """The shard's Dask key: where it goes and what it is made from. Two runs on one scheduler that want the
+    very same shard share one task (and its result); anything else gets a task of its own."""
+    where = hashlib.sha256(str(task.folder).encode()).hexdigest()[:8]
+    return f"{task.name}-{where}-{task.plan_digest()}"
 
 
 def worker_totals(stats: list[ShardStats]) -> dict[str, dict]:

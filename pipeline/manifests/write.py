@@ -80,8 +80,8 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     labels = label_map(masks)
     dest.mkdir(parents=True, exist_ok=True)
     write_lines(dest / "label_map.txt", labels)
-    lists = {}  # every split of the masks run gets its lists, empty where nothing current is rendered
-    for split in sorted({clip.split for clip in masks.clips()} | {r.split for r in rows}):
+    lists = {}
+    for split in sorted({r.split for r in rows}):
         listed = [r for r in rows if r.split == split and r.in_lists]
         if "mp4" in settings:
             videos = [f"{r.path} {r.label_index}" for r in listed if r.format == "mp4"]
@@ -91,10 +91,7 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
                                                     if r.format == "rawframes"]
     for name, lines in lists.items():
         write_lines(dest / name, lines)
-    for old in [*dest.glob("*_list_videos.txt"), *dest.glob("*_list_rawframes.txt"), *dest.glob("*.csv")]:
-        if old.name not in lists:  # a split or format no longer there: no list may outlive its renders
-            log.warning("%s: removed; nothing of it is current", old)
-            old.unlink()
+    remove_outdated_lists(dest, set(lists))
     metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(config.filter())}
     with atomic_path(dest / "manifest.parquet") as tmp:
         table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))
@@ -102,6 +99,7 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     summary = {
         "variant": variant_dir.name, "masks_run": masks.tag, "renders": str(variant_dir), "settings": settings,
         "filter": config.filter(), "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
+        "lists": sorted(lists),
         "masks": masks.info,
     }
     write_json(dest / "manifest.json", summary)
@@ -116,6 +114,18 @@ def shard_provenance(masks: MasksRun, stats: ShardStats) -> dict[str, str]:
     return {"masks_run": masks.tag, "masks_shard": shard, "masks_digest": stats.upstream.get(shard, ""),
             "segmenter": recorded.get("segmenter", ""), "model": recorded.get("segmenter.model", ""),
             "weights_sha256": recorded.get("segmenter.weights_sha256", "")}
+
+
+def remove_outdated_lists(dest: Path, written: set[str]) -> None:
+    """Remove the lists the last manifests wrote that this one does not (a split with nothing current now):
+    a trainer pointed at one fails loudly instead of reading renders the plan no longer stands behind."""
+    try:
+        before = json.loads((dest / "manifest.json").read_text()).get("lists", [])
+    except FileNotFoundError:
+        return
+    for name in sorted(set(before) - written):
+        log.warning("%s: removed; no current render of its split is left (see left_out in manifest.json)", dest / name)
+        (dest / name).unlink(missing_ok=True)
 
 
 def label_map(masks: MasksRun) -> list[str]:

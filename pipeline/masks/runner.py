@@ -75,7 +75,7 @@ def _run(config: MasksConfig, clips: list[ClipRecord], classes: tuple[str, ...],
         options = gpu_options(config)
     summary = run_stage(f"masks {config.name}", run_dir, plan, [t for t in plan if t.name in chosen], options=options,
                         progress=progress, resources=resources, fatal=(SegmenterLoadError,),
-                        key_prefix=f"masks-{config.fingerprint()}")
+                        key_prefix=f"masks-{config.name}")
     summary.left_out = dict(skipped)
     write_json(run_dir / "summary.json", dataclasses.asdict(summary))
     return summary

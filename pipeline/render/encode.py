@@ -133,6 +133,8 @@ class ClipWriter:
             yuv = cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)
             self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))
             return
-        path = self._tmp / f"img_{number:05d}.jpg"
-        if not cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality]):
-            raise OSError(f"{path}: could not write the JPEG frame")
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
+        if not ok:
+            raise ValueError(f"frame {number}: JPEG encoding failed")
+        (self._tmp / f"img_{number:05d}.jpg").write_bytes(jpeg.tobytes())  # a full disk raises with its errno

@@ -94,7 +94,7 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
             plan = [render_task(stage, masks, shard, shard_clips, pairs, config) for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
                                 [task for task in plan if task.name in chosen], options=execution,
-                                progress=progress, key_prefix=f"render-{variant.name}", client=client)
+                                progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
             write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
             summaries.append(summary)
     return RenderSummary(dataset=config.dataset, masks_dir=str(masks.folder), variants=summaries,
@@ -131,8 +131,10 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
     coverage: dict[str, float] = {}
     jobs = [CoverageTask(masks_dir=masks.folder, shard=shard, clips=tuple(clips), options=variant.masks)
             for shard, clips in by_shard.items()]
+    options = hashlib.sha256(json.dumps(dataclasses.asdict(variant.masks), sort_keys=True).encode()).hexdigest()[:8]
     failed = run_tasks(shard_coverage, jobs, names=[job.shard for job in jobs], options=config.execution,
-                       on_done=lambda _, result: coverage.update(result), key_prefix=f"coverage-{variant.name}",
+                       on_done=lambda _, result: coverage.update(result), key_prefix="coverage",
+                       keys=[f"{masks.tag}-{job.shard}-{masks.shards[job.shard].digest}-{options}" for job in jobs],
                        client=client)
     if failed:
         raise RuntimeError(f"person coverage failed for shards {sorted(failed)}: {next(iter(failed.values()))}")
