@@ -59,14 +59,14 @@ def _run(config: MasksConfig, clips: list[ClipRecord], classes: tuple[str, ...],
     by_shard = layout.assign(clips, group=lambda clip: clip.split, key=lambda clip: clip.clip_id)
     stage = MasksStage(segmenter=worker_spec(config), decode=config.decode, track=config.track,
                        metadata=shard_metadata(config))
-    identities = clip_identities(clips)
+    identities, fingerprint = clip_identities(clips), config.fingerprint()  # once: it hashes the weights
     plan = [ShardTask(stage=stage, name=name, folder=run_dir, items=tuple(items),
                       identity={clip.clip_id: identities[clip.clip_id] for clip in items},
-                      fingerprint=config.fingerprint(), max_tries=config.execution.max_tries,
+                      fingerprint=fingerprint, max_tries=config.execution.max_tries,
                       overwrite=config.overwrite, retry_failed=config.retry_failed)
             for name, items in by_shard.items()]
     chosen = set(select(by_shard, groups=config.splits, limit=config.limit))
-    write_json(run_dir / "run.json", {"config": dataclasses.asdict(config), "fingerprint": config.fingerprint(),
+    write_json(run_dir / "run.json", {"config": dataclasses.asdict(config), "fingerprint": fingerprint,
                                       "classes": list(classes), "listing": {"clips": len(clips), "skipped": skipped}})
     options = config.execution
     resources = None

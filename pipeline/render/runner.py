@@ -91,7 +91,9 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
                         "fingerprint": config.fingerprint(variant), "masks_dir": str(masks.folder),
                         "masks_fingerprint": masks.fingerprint,
                         "pair_range": list(config.pair_range) if variant.needs_pair else None})
-            plan = [render_task(stage, masks, shard, shard_clips, pairs, config) for shard, shard_clips in by_shard.items()]
+            fingerprint = config.fingerprint(variant)
+            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint, config)
+                    for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
                                 [task for task in plan if task.name in chosen], options=execution,
                                 progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
@@ -102,7 +104,7 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
 
 
 def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[StoredClip],
-                pairs: dict[str, StoredClip], config: RenderConfig) -> ShardTask:
+                pairs: dict[str, StoredClip], fingerprint: str, config: RenderConfig) -> ShardTask:
     """One variant over one masks shard. Made from: each clip's status row and masks identity (its source
     file included), its partner's, and the committed digests of the masks shards read."""
     items = tuple(RenderItem(clip=clip, partner=pairs.get(clip.clip_id)) for clip in clips)
@@ -115,7 +117,7 @@ def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[Sto
             upstream[item.partner.shard] = masks.shards[item.partner.shard].digest
         identity[item.key] = hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]
     return ShardTask(stage=stage, name=shard, folder=stage.status_dir, items=items, identity=identity,
-                     upstream=upstream, fingerprint=config.fingerprint(stage.variant),
+                     upstream=upstream, fingerprint=fingerprint,
                      max_tries=config.execution.max_tries, overwrite=config.overwrite, retry_failed=config.retry_failed)
 
 
