@@ -32,6 +32,7 @@ MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
 	$(if $(BATCH),--batch "$(BATCH)") \
+	$(if $(INFERENCE),--inference "$(INFERENCE)") \
 	$(if $(REFINE),--refine "$(REFINE)") \
 	$(if $(SAM_TYPE),--sam-type "$(SAM_TYPE)") \
 	$(if $(SAM_CHECKPOINT),--sam-checkpoint "$(SAM_CHECKPOINT)") \

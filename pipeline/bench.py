@@ -1,16 +1,21 @@
 """Benchmark (not a test): the masks and render stages against their bare baselines, printed as one JSON object.
 
-    python -m pipeline.bench [--device auto] [--clips N] [--frames N] [--model yolo11n-seg.yaml] [--repeat 3]
+    python -m pipeline.bench [--device auto] [--clips N] [--frames N] [--sizes 340x256,1280x720]
+                             [--model yolo11n-seg.yaml] [--inference device|predict] [--repeat 3]
 
-Generates photo pan/zoom clips at 340×256 (lossy H.264, 25 fps; 32×300 frames on CUDA, 4×60 on CPU by
+Generates photo pan/zoom clips at each size (lossy H.264, 25 fps; 32×300 frames on CUDA, 4×60 on CPU by
 default) and times, in this process, after one warm-up batch, the best of `--repeat` interleaved rounds:
-- masks stage: `run_masks` over the clips (decode, YOLO-seg, RLE, tracking, Parquet), frames/s;
-- segment: the segmenter alone on the same frames, decoded beforehand (pre- and postprocessing included);
+- stage: `run_masks` over the clips (decode, YOLO-seg, RLE, tracking, Parquet), frames/s;
+- segment: the segmenter alone on the same frames, decoded beforehand (letterbox, forward, NMS, masks);
+- predict: the same through ultralytics' predict(), the reference path;
 - forward: the network alone on the same frames, letterboxed and on the device beforehand;
-- render: variant `bg` against a bare PyAV decode + x264 encode of the same clips, from masks of the real
-  pretrained selfie model (true person shapes), which also give the storage cost of real masks.
-A model built from a .yaml has random weights: it is seeded, and its score threshold is set so that about 100
-boxes per frame enter NMS, which keeps `max_det` of them: postprocessing about as busy as a trained model's.
+- decode: PyAV decoding alone;
+- on CUDA, the share of the stage's wall time spent in the network's forward (CUDA events), and peak memory;
+- render (first size): variant `bg` against a bare PyAV decode + x264 encode of the same clips, from masks
+  of the real pretrained selfie model (true person shapes), which also give the storage cost of real masks.
+A model built from a .yaml has random weights: seeded, its batch norms calibrated on the clip's frames so that
+its outputs depend on them (`lively`), and its score threshold set so that about 100 boxes per frame enter
+NMS, which keeps `max_det` of them: postprocessing about as busy as a trained model's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -28,19 +34,20 @@ from pathlib import Path
 
 import av
 import cv2
+import numpy as np
 
 from pipeline.datasets.sample import asset, pan_zoom, write_video
-from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.executor import ExecOptions
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.variants import resolve
 from pipeline.segment import SegmenterSpec, load_segmenter
 
-WIDTH, HEIGHT, FPS = 340, 256, 25
+FPS = 25
 
 
-def make_clips(root: Path, clips: int, frames: int) -> list[Path]:
+def make_clips(root: Path, clips: int, frames: int, width: int = 340, height: int = 256) -> list[Path]:
     """Kinetics-layout clips panning over the two ultralytics photos with people."""
     lines, paths = ["label,youtube_id,time_start,time_end,split"], []
     for i in range(clips):
@@ -48,7 +55,7 @@ def make_clips(root: Path, clips: int, frames: int) -> list[Path]:
         photo = cv2.cvtColor(cv2.imread(str(asset(photo_name))), cv2.COLOR_BGR2RGB)
         youtube_id = f"bench{i:05d}_"
         paths.append(root / "train" / f"{youtube_id}_000000_000010.mp4")
-        write_video(paths[-1], pan_zoom(photo, WIDTH, HEIGHT, frames, seed=i), FPS)
+        write_video(paths[-1], pan_zoom(photo, width, height, frames, seed=i), FPS)
         lines.append(f"{photo_name.removesuffix('.jpg')},{youtube_id},0,10,train")
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / "train.csv").write_text("\n".join(lines) + "\n")
@@ -75,27 +82,51 @@ def bare_decode_encode(sources: list[Path], dest: Path, options) -> int:
     return frames
 
 
-def realistic_spec(spec: SegmenterSpec, frames, *, candidates: int = 100, seed: int = 0) -> SegmenterSpec:
-    """For a .yaml model (random weights, seeded): the spec with `conf` set so that about `candidates` boxes per
-    frame pass into NMS, as with a trained model on a busy frame; the segmenter it names is cached with mask
-    coefficients biased so that kept boxes have non-empty masks (ultralytics drops empty ones)."""
+def lively(model, frames: np.ndarray, *, masks_fill: bool = False) -> None:
+    """Make a randomly initialised ultralytics model (built from a .yaml) behave like a trained one in the ways
+    that cost time and that equivalence tests need: outputs that depend on the image, scores spread over
+    (0, 1), masks of both signs. Its batch norms are calibrated on `frames` (random weights otherwise fade the
+    signal out within a few layers: every score the same, every mask the same), and the class logits are
+    widened; with `masks_fill`, masks cover most of their box (closer to real masks' cost than noise). Call
+    before the model is fused."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = (32 * math.ceil(side / 32) for side in frames.shape[1:3])
+    images = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, size=(height, width))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # running statistics = this batch's
+    model.train()
+    with torch.no_grad():
+        model(images)
+        for branch in model.model[-1].cv3:  # class logits: spread, centred so that few pass a 0.5 threshold
+            branch[-1].weight.mul_(2)
+            branch[-1].bias.fill_(-5)
+        if masks_fill:
+            for branch in model.model[-1].cv4:  # mask coefficients: masks fill most of their box, ragged edges
+                branch[-1].weight.mul_(0.3)
+                branch[-1].bias.fill_(2.0)
+    model.eval()
+
+
+def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, *, candidates: int = 100, seed: int = 0) -> SegmenterSpec:
+    """For a .yaml model (random weights, seeded, made lively): the spec with `conf` set so that about
+    `candidates` boxes per frame pass into NMS, as with a trained model on a busy frame; the segmenter it names
+    is cached with that model."""
     import dataclasses
 
     import torch
 
     torch.manual_seed(seed)
-    probe = load_segmenter(spec)
-    probe.segment(frames)  # sets up ultralytics' predictor
-    predictor = probe.model.predictor
-    with torch.inference_mode():
-        raw = predictor.inference(predictor.preprocess([frame[..., ::-1] for frame in frames.frames]))
-    while isinstance(raw, (list, tuple)):  # segmentation heads return ((N, 4 + classes + 32, anchors), proto), …
-        raw = raw[0]
-    scores = raw[:, 4:4 + len(probe.names)].amax(dim=1)
+    probe = load_segmenter(dataclasses.replace(spec, conf=0.0))
+    lively(probe.model.model, frames.frames, masks_fill=True)
+    preds, _ = probe.on_device.forward(probe.on_device.prepare(frames.frames)[0])
+    scores = preds[:, 4:4 + len(probe.names)].amax(dim=1)
     realistic = dataclasses.replace(spec, conf=float(scores.topk(candidates, dim=1).values[:, -1].median()))
     torch.manual_seed(seed)  # the same weights again under the final spec
-    for branch in load_segmenter(realistic).model.model.model[-1].cv4:  # mask-coefficient convolutions
-        branch[-1].bias.data.fill_(0.5)
+    lively(load_segmenter(realistic).model.model, frames.frames, masks_fill=True)
     return realistic
 
 
@@ -128,7 +159,8 @@ def stored_bytes(run_dir: Path) -> int:
 
 
 def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: int) -> dict:
-    """Best of `repeat` rounds of: the masks stage, the segmenter alone, the network alone (same frames)."""
+    """Best of `repeat` interleaved rounds of: the masks stage, the segmenter alone (the device path, and
+    ultralytics' predict() for reference), the network alone, and decoding alone, all on the same frames."""
     import torch
 
     sources = sorted(root.glob("train/*.mp4"))
@@ -137,40 +169,51 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
     if spec.model.endswith(".yaml"):
         spec = realistic_spec(spec, first)
     segmenter = load_segmenter(spec)
+    device_path = segmenter.on_device
     segmenter.segment(first)  # warm-up: lazy setup, kernels, allocator
+    segmenter.predict(first)
     cuda = spec.device.startswith("cuda")
+    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode,
+                         execution=ExecOptions(workers=0), shard_size=8, overwrite=True)
+    batches = [b for path in sources for b in VideoDecoder(path, decode)]
+    inputs = [device_path.prepare(b.frames)[0] for b in batches]
+    frames = sum(len(b) for b in batches)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode, execution=ExecOptions(workers=0),
-                         shard_size=8, overwrite=True)
-    batches = [b for path in sources for b in VideoDecoder(path, decode)]
-    predictor = segmenter.model.predictor
-    inputs = [predictor.preprocess([frame[..., ::-1] for frame in b.frames]) for b in batches]
-    frames = sum(len(b) for b in batches)
-    best = {"stage": float("inf"), "segment": float("inf"), "forward": float("inf")}
-    for _ in range(repeat):  # interleaved, so a slow spell of a shared machine hits all three alike
-        with Clock(spec.device) as stage:
+    best = dict.fromkeys(("stage", "segment", "predict", "forward", "decode"), float("inf"))
+    busy = 0.0
+    for _ in range(repeat):  # interleaved, so a slow spell of a shared machine hits all alike
+        with Clock(spec.device) as stage, device_path.timed() as forward_seconds:
             summary = run_masks(config, progress=False)
+        if cuda:
+            busy = max(busy, sum(forward_seconds) / stage.seconds)
         with Clock(spec.device) as segment:
             for b in batches:
                 segmenter.segment(b)
-        with Clock(spec.device) as forward, torch.inference_mode():
+        with Clock(spec.device) as predict:
+            for b in batches:
+                segmenter.predict(b)
+        with Clock(spec.device) as forward:
             for x in inputs:
-                predictor.inference(x)
-        for name, clock in (("stage", stage), ("segment", segment), ("forward", forward)):
+                device_path.forward(x)
+        with Clock("cpu") as decoding:
+            decoded = sum(len(b) for path in sources for b in VideoDecoder(path, decode))
+        for name, clock in (("stage", stage), ("segment", segment), ("predict", predict), ("forward", forward),
+                            ("decode", decoding)):
             best[name] = min(best[name], clock.seconds)
-    assert summary.frames == frames, (summary.frames, frames)
+    assert summary.frames == frames == decoded, (summary.frames, frames, decoded)
     fps = {name: frames / seconds for name, seconds in best.items()}
     return {
         "conf": spec.conf,
         "frames": frames,
         "instances_per_frame": round(summary.totals["instances"] / max(1, frames), 2),
         "input_shape": list(inputs[0].shape),
-        "stage_frames_per_s": round(fps["stage"], 1),
-        "segment_frames_per_s": round(fps["segment"], 1),
-        "forward_frames_per_s": round(fps["forward"], 1),
+        **{f"{name}_frames_per_s": round(value, 1) for name, value in fps.items()},
         "stage_vs_forward": round(fps["stage"] / fps["forward"], 3),
         "stage_vs_segment": round(fps["stage"] / fps["segment"], 3),
+        "segment_vs_predict": round(fps["segment"] / fps["predict"], 3),
+        # CUDA only: the share of the stage's wall time the device spent in the network (CUDA events)
+        "gpu_forward_busy": round(busy, 3) if cuda else None,
         # the whole process's peak, with every decoded batch and input tensor of this benchmark held
         "peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
@@ -233,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variant", default="bg")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each measurement; the best counts")
     parser.add_argument("--selfie-model", default="models/selfie_segmentation.tflite")
+    parser.add_argument("--sizes", default="340x256", help="source sizes, comma-separated WxH; the masks stage is "
+                        "measured at each, render and storage at the first (e.g. 340x256,1280x720)")
+    parser.add_argument("--inference", default="device", choices=("device", "predict"), help="the stage's YOLO path")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -241,19 +287,26 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     clips, frames = args.clips or (32 if cuda else 4), args.frames or (300 if cuda else 60)
-    root, out = args.out / "data", args.out / "run"
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     shutil.rmtree(args.out, ignore_errors=True)
-    make_clips(root, clips, frames)
-    spec = SegmenterSpec(backend="yolo", model=args.model, device=device, max_det=args.max_det)
+    spec = SegmenterSpec(backend="yolo", model=args.model, device=device, max_det=args.max_det, inference=args.inference)
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
-        "clips": clips, "frames_per_clip": frames, "size": f"{WIDTH}x{HEIGHT}",
-        "model": args.model, "batch": args.batch or (64 if cuda else 8), "max_det": args.max_det,
+        "clips": clips, "frames_per_clip": frames,
+        "model": args.model, "inference": args.inference, "batch": args.batch or (64 if cuda else 8),
+        "max_det": args.max_det, "masks": {},
     }
-    result["masks"] = bench_masks(root, out, spec, result["batch"], args.repeat)
-    result["selfie_masks"] = bench_selfie(root, out, args.selfie_model)
-    result["render"] = bench_render(root, out, args.variant, result["selfie_masks"]["run_tag"], args.repeat)
+    for width, height in sizes:
+        folder = args.out / f"{width}x{height}"
+        make_clips(folder / "data", clips, frames, width, height)
+        load_segmenter.cache_clear()  # a fresh model at each size
+        result["masks"][f"{width}x{height}"] = bench_masks(folder / "data", folder / "run", spec, result["batch"],
+                                                           args.repeat)
+    folder = args.out / "x".join(map(str, sizes[0]))
+    result["selfie_masks"] = bench_selfie(folder / "data", folder / "run", args.selfie_model)
+    result["render"] = bench_render(folder / "data", folder / "run", args.variant, result["selfie_masks"]["run_tag"],
+                                    args.repeat)
     print(json.dumps(result, indent=2))
     return result
 

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--iou", type=unit_float, default=0.7, help="yolo NMS IoU threshold")
     masks.add_argument("--max-det", type=positive_int, default=100, help="yolo instances per frame at most")
     masks.add_argument("--imgsz", type=positive_int, help="yolo input size (default: frame long side, ≤ 640)")
+    masks.add_argument("--inference", choices=("device", "predict"), default="device",
+                       help="yolo: batched letterbox, NMS and mask assembly on the model's device (default), or "
+                            "ultralytics' predict() as the reference")
     masks.add_argument("--object-classes", help="comma-separated object classes besides person (default: all; 'none' for none)")
     masks.add_argument("--selfie-model", default="models/selfie_segmentation.tflite", help="path of the selfie .tflite")
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
@@ -234,6 +237,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             iou=args.iou,
             max_det=args.max_det,
             imgsz=args.imgsz,
+            inference=args.inference,
             object_classes=object_classes,
             selfie_model=args.selfie_model,
             threshold=args.threshold,

@@ -16,6 +16,25 @@ def encode(masks: np.ndarray) -> list[bytes]:
     return [rle["counts"] for rle in coco_mask.encode(stacked)]
 
 
+def encode_window(window: np.ndarray, y: int, x: int, height: int, width: int) -> bytes:
+    """Compressed COCO RLE of a (height, width) mask that is `window` at (y, x) and zero elsewhere: the same
+    bytes as `encode` of the whole mask, from work proportional to the window, not the frame."""
+    rows, cols = window.shape
+    if y < 0 or x < 0 or y + rows > height or x + cols > width:
+        raise ValueError(f"window {window.shape} at ({y}, {x}) does not fit a {height}x{width} frame")
+    padded = np.zeros((cols, rows + 2), dtype=bool)  # the window's columns (RLE runs down columns), zero above, below
+    padded[:, 1:-1] = window.T
+    col, row = np.divmod(np.flatnonzero(padded[:, 1:] != padded[:, :-1]), rows + 1)
+    edges = (x + col) * height + y + row  # where the value changes, in column-major order over the whole frame
+    touching = np.flatnonzero(edges[1:] == edges[:-1])  # a run that ends a column where the next one starts
+    if len(touching):
+        edges = np.delete(edges, np.concatenate([touching, touching + 1]))
+    counts = np.diff(np.concatenate([[0], edges, [height * width]]))
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the frame's last pixel
+        counts = counts[:-1]
+    return coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)["counts"]
+
+
 def decode(counts: bytes, height: int, width: int) -> np.ndarray:
     """Decode one compressed RLE string into an (H, W) boolean mask."""
     return coco_mask.decode({"size": [int(height), int(width)], "counts": counts}).astype(bool)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import rle
 from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.masks import MASK_SCHEMA, read_clips, run_masks
@@ -55,8 +56,9 @@ def test_selfie_finds_the_people_in_zidane(selfie_model):
     assert segmenter.provenance()["weights_sha256"] != ""
 
 
-def test_yolo_from_yaml_masks_at_source_size_with_coco_names():
-    spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", conf=0.01, max_det=3)
+@pytest.mark.parametrize("inference", ["device", "predict"])
+def test_yolo_from_yaml_masks_at_source_size_with_coco_names(inference):
+    spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", conf=0.01, max_det=3, inference=inference)
     segmenter = yolo_with_detections(spec)
     assert len(segmenter.names) == 80 and segmenter.names[0] == "person"
     batch = photo_batch("bus.jpg", 240, 320, frames=3, short_side=128)  # inference at 128×171, stored at 240×320
@@ -67,13 +69,19 @@ def test_yolo_from_yaml_masks_at_source_size_with_coco_names():
         results = segmenter.segment(batch)
     finally:
         segmenter.model.predict = original
-    np.testing.assert_array_equal(seen[0][0], batch.frames[0][..., ::-1])  # ultralytics gets BGR
+    if inference == "predict":
+        np.testing.assert_array_equal(seen[0][0], batch.frames[0][..., ::-1])  # ultralytics gets BGR
+    else:
+        assert not seen  # predict() is not on the device path
     assert len(results) == 3
     for found in results:
         assert len(found) == 3
-        assert found.masks.shape == (len(found), 320, 240) and found.masks.dtype == bool
+        masks = found.full()
+        assert masks.shape == (len(found), 320, 240) and masks.dtype == bool and masks.any(axis=(1, 2)).all()
         assert np.all(found.xyxy[:, 2] <= 240 + 1e-3) and np.all(found.xyxy[:, 3] <= 320 + 1e-3)
+        assert found.rle() == rle.encode(masks)
     assert segmenter.provenance()["weights_file"].startswith("none (random init")
+    assert segmenter.provenance()["inference"] == inference
 
 
 def test_yolo_run_writes_a_valid_table(shapes_dataset, tmp_path):
@@ -108,4 +116,4 @@ def test_yolo_on_cuda_fp16():
     spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", device="cuda", conf=0.01, max_det=3)
     segmenter = yolo_with_detections(spec)
     results = segmenter.segment(photo_batch("zidane.jpg", 320, 240))
-    assert segmenter.half and all(len(r) == 3 and r.masks.shape[1:] == (240, 320) for r in results)
+    assert segmenter.half and all(len(r) == 3 and r.full().shape[1:] == (240, 320) for r in results)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import rle
 from pipeline.decode import FrameBatch
 from pipeline.engine import Commit
 from pipeline.records import ClipStatus
@@ -100,7 +99,7 @@ class ClipRows:
         columns = self.columns
         for frame_index, time, found in zip(batch.indices.tolist(), batch.times.tolist(), results):
             count = len(found)
-            counts = rle.encode(found.masks)
+            counts = found.rle()
             columns["clip_id"] += [self.clip_id] * count
             columns["frame_index"] += [frame_index] * count
             columns["time"] += [time] * count

@@ -48,6 +48,7 @@ class SegmenterSpec:
     iou: float = 0.7
     max_det: int = 100
     imgsz: int | None = None  # yolo input size; None: the frames' long side, rounded up to 32, at most 640
+    inference: str = "device"  # yolo: "device" (yolo_device: batched, on the model's device) or "predict" (reference)
     object_classes: tuple[str, ...] | None = None  # None: every non-person class of the model; () none
     selfie_model: str = "models/selfie_segmentation.tflite"
     threshold: float = 0.5  # selfie: person probability above which a pixel is a person
@@ -62,7 +63,9 @@ class SegmenterSpec:
         if self.backend != "selfie":
             unused |= {"selfie_model", "threshold", "min_area"}
         if self.backend == "selfie":
-            unused |= {"model", "conf", "iou", "max_det", "imgsz", "object_classes"}
+            unused |= {"model", "conf", "iou", "max_det", "imgsz", "object_classes", "inference"}
+        if self.backend != "yolo":
+            unused.add("inference")
         if self.backend in ("yolo", "selfie"):
             unused |= {"model", "selfie_model"}
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
@@ -75,15 +78,38 @@ class SegmenterSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class FrameMasks:
-    """Instances found in one frame, masks at the source frame's display size."""
+    """Instances found in one frame, masks at the source frame's display size: either whole frames (`masks`), or
+    each instance's mask inside a window of the frame (`windows`, placed at `origins`, zero outside them), which
+    is what the device backend hands over instead of K whole frames. `full()` and `rle()` read either."""
 
-    masks: np.ndarray  # (K, H, W) bool
     xyxy: np.ndarray  # (K, 4) float32 pixel box x1, y1, x2, y2
     conf: np.ndarray  # (K,) float32 score
     cls: np.ndarray  # (K,) int16 class id
+    masks: np.ndarray | None = None  # (K, H, W) bool
+    windows: tuple[np.ndarray, ...] = ()  # or K (h_k, w_k) bool windows …
+    origins: np.ndarray | None = None  # … with their top-left corners (K, 2) int (y, x) …
+    size: tuple[int, int] | None = None  # … in a frame of (H, W)
 
     def __len__(self) -> int:
         return len(self.conf)
+
+    def full(self) -> np.ndarray:
+        """(K, H, W) bool whole-frame masks."""
+        if self.masks is not None:
+            return self.masks
+        height, width = self.size
+        out = np.zeros((len(self), height, width), dtype=bool)
+        for k, (window, (y, x)) in enumerate(zip(self.windows, self.origins.tolist())):
+            out[k, y:y + window.shape[0], x:x + window.shape[1]] = window
+        return out
+
+    def rle(self) -> list[bytes]:
+        """COCO compressed RLE counts of every instance's whole-frame mask (pycocotools' bytes, either way)."""
+        from pipeline import rle
+
+        if self.masks is not None:
+            return rle.encode(self.masks)
+        return [rle.encode_window(window, y, x, *self.size) for window, (y, x) in zip(self.windows, self.origins.tolist())]
 
     @classmethod
     def empty(cls, height: int, width: int) -> "FrameMasks":

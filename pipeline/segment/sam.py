@@ -152,6 +152,6 @@ def _merge(found: FrameMasks, sam_masks: np.ndarray) -> FrameMasks:
     empty = ~sam_masks.any(axis=(1, 2))
     if empty.any():
         log.debug("SAM gave %d empty masks; kept the detector's", int(empty.sum()))
-        sam_masks[empty] = found.masks[empty]
+        sam_masks[empty] = found.full()[empty]
     return FrameMasks(masks=sam_masks, xyxy=np.where(empty[:, None], found.xyxy, boxes_from_masks(sam_masks)),
                       conf=found.conf, cls=found.cls)

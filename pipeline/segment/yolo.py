@@ -27,6 +27,8 @@ class YoloSegmenter:
         import torch
 
         self.spec = spec
+        if spec.inference not in ("device", "predict"):
+            raise SegmenterLoadError(f"unknown YOLO inference {spec.inference!r}; use 'device' or 'predict'")
         if spec.threads:
             torch.set_num_threads(spec.threads)
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
@@ -37,8 +39,27 @@ class YoloSegmenter:
         self.half = spec.device.startswith("cuda")
         self.device = _ultralytics_device(spec.device)
         self.precision = _precision_args(self.half)
+        self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        if self.spec.inference == "predict":
+            return self.predict(batch)
+        return self.on_device(batch.frames, batch.height, batch.width)
+
+    @property
+    def on_device(self):
+        """The batched device path (pipeline/segment/yolo_device.py) over this segmenter's model."""
+        if self._on_device is None:
+            from pipeline.segment.yolo_device import DeviceYolo
+
+            spec = self.spec
+            self._on_device = DeviceYolo(self.model.model.fuse(verbose=False), device=spec.device, half=self.half,
+                                         conf=spec.conf, iou=spec.iou, max_det=spec.max_det, classes=self.class_ids,
+                                         imgsz=spec.imgsz)
+        return self._on_device
+
+    def predict(self, batch: FrameBatch) -> list[FrameMasks]:
+        """The reference path: ultralytics' predict(), image by image around one batched forward."""
         height, width = batch.frames.shape[1:3]
         imgsz = self.spec.imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
         results = self.model.predict(
@@ -79,6 +100,7 @@ class YoloSegmenter:
             "max_det": str(self.spec.max_det),
             "imgsz": str(self.spec.imgsz or "auto"),
             "half": str(self.half),
+            "inference": self.spec.inference,
         }
 
 

@@ -1,0 +1,326 @@
+"""YOLO-seg inference kept on the device for a whole batch: letterbox, forward, NMS and mask assembly.
+
+The same computation as ultralytics' `predict()` (LetterBox, non_max_suppression, scale_boxes,
+process_mask_native, crop_mask) without its per-image host work:
+- the uint8 frames cross to the device once; letterboxing is a bilinear resize and a pad there;
+- NMS is one `torchvision.ops.nms` over the batch (boxes offset per frame and class in float64, exact);
+- each kept instance's mask is assembled only inside its box, at the source size: ultralytics upsamples the
+  prototype-resolution logits in two bilinear steps, which are linear and separable, so they are folded into one
+  row operator and one column operator (built once per frame geometry by running the same interpolations on an
+  identity), and a window is `rows @ logits @ cols.T`;
+- the windows cross to the host as booleans (`FrameMasks.windows`), not K whole frames.
+Equivalence with `predict()` is tested (tests/test_yolo_device.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from pipeline.segment.base import FrameMasks
+
+PAD_VALUE = 114  # ultralytics' letterbox grey
+MAX_WH = 7680  # ultralytics' per-class box offset in NMS
+WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
+NMS_ONE_CALL = 16384  # CUDA: candidates of a batch that go through one NMS call (its all-pairs work grows as n²)
+PADDING_WASTE = 2.0  # windows assembled together are padded to the largest; at most this many times the work
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How frames of one size map onto the model input (ultralytics' LetterBox with `auto`, and scale_boxes)."""
+
+    height: int  # the frames handed to the model
+    width: int
+    input_height: int  # the model input, padded to the stride
+    input_width: int
+    new_height: int  # the frame resized, before padding
+    new_width: int
+    top: int
+    left: int
+
+    @classmethod
+    def of(cls, height: int, width: int, imgsz: int, stride: int) -> "Geometry":
+        imgsz = max(stride, math.ceil(imgsz / stride) * stride)  # ultralytics' check_imgsz
+        r = min(imgsz / height, imgsz / width)
+        new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+        dw, dh = (imgsz - new_w) % stride / 2, (imgsz - new_h) % stride / 2
+        top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
+        return cls(height, width, new_h + top + bottom, new_w + left + right, new_h, new_w, top, left)
+
+    def to_frame(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Model-input xyxy → frame pixels, clipped (scale_boxes)."""
+        gain = min(self.input_height / self.height, self.input_width / self.width)
+        new_h, new_w = max(round(self.height * gain), 1), max(round(self.width * gain), 1)
+        pad_x = round((self.input_width - new_w) / 2 - 0.1)
+        pad_y = round((self.input_height - new_h) / 2 - 0.1)
+        offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+        scale = boxes.new_tensor([new_w / self.width, new_h / self.height] * 2)
+        limit = boxes.new_tensor([self.width, self.height] * 2)
+        return torch.minimum(((boxes - offset) / scale).clamp(min=0), limit)
+
+
+def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
+    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
+    x = frames.permute(0, 3, 1, 2).float()
+    if (geometry.new_height, geometry.new_width) != (geometry.height, geometry.width):
+        x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
+        x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
+    bottom = geometry.input_height - geometry.new_height - geometry.top
+    right = geometry.input_width - geometry.new_width - geometry.left
+    x = F.pad(x, (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
+    return x.div_(255).to(dtype)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The linear map along one axis from prototype resolution to frame pixels. Each output reads at most `taps`
+    neighbouring inputs, from `start` on, so a window of outputs needs only a short span of inputs."""
+
+    dense: torch.Tensor  # (out, size + 1): the map, with a zero column at `size` for reads past the end
+    start: torch.Tensor  # (out,) int64: the first input each output reads
+    taps: int
+
+    @classmethod
+    def of(cls, dense: torch.Tensor) -> "Axis":
+        nonzero = dense != 0
+        size = dense.shape[1]
+        first = torch.where(nonzero.any(1), nonzero.float().argmax(1), 0)
+        last = size - 1 - nonzero.flip(1).float().argmax(1)
+        return cls(F.pad(dense, (0, 1)), first, int((last - first).max()) + 1)
+
+    def sub(self, outputs: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
+        """(k, n, length): for each k, the map's rows `outputs[k]` over the inputs begin[k] … begin[k] + length."""
+        size = self.dense.shape[1] - 1
+        inputs = (begin[:, None] + torch.arange(length, device=begin.device)).clamp(max=size)
+        return self.dense[outputs[:, :, None], inputs[:, None, :]]
+
+
+@functools.lru_cache(maxsize=32)
+def mask_operators(proto_shape: tuple[int, int], height: int, width: int, device: torch.device) -> tuple[Axis, Axis]:
+    """The maps along rows and along columns that take prototype-resolution logits to the frame
+    (process_mask_native: upsample ×f, crop the letterbox padding, resize to the frame)."""
+    mh, mw = proto_shape
+    gain = min(4 * mh / height, 4 * mw / width)
+    pad = (4 * mh - max(round(height * gain), 1)) | (4 * mw - max(round(width * gain), 1))
+    f = 4 // math.gcd(4, pad | pad // 2)
+    im_h, im_w = mh * f, mw * f
+    gain = min(im_h / height, im_w / width)
+    pad_w, pad_h = (im_w - max(round(width * gain), 1)) / 2, (im_h - max(round(height * gain), 1)) / 2
+    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+    bottom, right = top + max(round(height * gain), 1), left + max(round(width * gain), 1)
+    return (Axis.of(_axis_operator(mh, f, top, bottom, height, device)),
+            Axis.of(_axis_operator(mw, f, left, right, width, device)))
+
+
+def _axis_operator(size: int, f: int, start: int, stop: int, out: int, device: torch.device) -> torch.Tensor:
+    """The same interpolations along one axis, applied to each unit vector: column j is the response to e_j."""
+    unit = torch.eye(size, device=device, dtype=torch.float32)[:, None, :, None]  # (size, 1, size, 1)
+    if f > 1:
+        unit = F.interpolate(unit, scale_factor=(f, 1), mode="bilinear")
+    unit = F.interpolate(unit[:, :, start:stop], size=(out, 1), mode="bilinear")
+    return unit[:, 0, :, 0].T.contiguous()  # (out, size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detections:
+    """A batch's kept instances, on the device, boxes in frame pixels, ordered by frame then score."""
+
+    frame: torch.Tensor  # (K,) frame index in the batch
+    xyxy: torch.Tensor  # (K, 4) float32
+    conf: torch.Tensor  # (K,) float32
+    cls: torch.Tensor  # (K,) int64
+    coeffs: torch.Tensor  # (K, 32) mask coefficients
+
+
+class DeviceYolo:
+    """A fused ultralytics SegmentationModel run on a device, with predict()'s settings."""
+
+    def __init__(self, model: torch.nn.Module, *, device: str, half: bool, conf: float, iou: float, max_det: int,
+                 classes: list[int], imgsz: int | None) -> None:
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half else torch.float32
+        self.model = model.to(self.device).to(self.dtype).eval()
+        if getattr(model, "end2end", False):  # predict() runs NMS on the one-to-many head unless told nms=False
+            model.end2end = False
+        self.stride = int(max(model.stride))
+        self.nc = len(model.names)
+        self.conf, self.iou, self.max_det, self.imgsz = conf, iou, max_det, imgsz
+        self.classes = torch.tensor(classes, device=self.device)
+        self._events: list | None = None  # CUDA events of each forward, while `timed`
+
+    def imgsz_for(self, height: int, width: int) -> int:
+        return self.imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray, out_height: int, out_width: int) -> list[FrameMasks]:
+        """(N, h, w, 3) uint8 RGB frames → one FrameMasks per frame, masks at (out_height, out_width)."""
+        x, geometry = self.prepare(frames)
+        preds, proto = self.forward(x)
+        found = self._select(preds.float())
+        boxes = geometry.to_frame(found.xyxy)
+        scale = boxes.new_tensor([out_width / geometry.width, out_height / geometry.height] * 2)
+        found = Detections(frame=found.frame, xyxy=boxes * scale, conf=found.conf, cls=found.cls, coeffs=found.coeffs)
+        windows, origins = self._windows(found, proto.float(), out_height, out_width)
+        return _per_frame(found, windows, origins, len(frames), out_height, out_width)
+
+    def prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """The frames on the device, letterboxed: the model's input."""
+        height, width = frames.shape[1:3]
+        geometry = Geometry.of(height, width, self.imgsz_for(height, width), self.stride)
+        pixels = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        return letterbox(pixels, geometry, self.dtype), geometry
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network alone: (N, 4 + classes + 32, anchors) predictions and (N, 32, mh, mw) prototypes."""
+        if self._events is None or self.device.type != "cuda":
+            (preds, proto), _ = self.model(x)
+            return preds, proto
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        (preds, proto), _ = self.model(x)
+        end.record()
+        self._events.append((start, end))
+        return preds, proto
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[list[float]]:
+        """Within the block, CUDA events time every forward; the list yielded gets their seconds on leaving it
+        (on a CPU device it stays empty)."""
+        self._events, seconds = [], []
+        try:
+            yield seconds
+        finally:
+            events, self._events = self._events, None
+            if events:
+                torch.cuda.synchronize(self.device)
+                seconds.extend(start.elapsed_time(end) / 1000 for start, end in events)
+
+    def _select(self, preds: torch.Tensor) -> Detections:
+        """Score threshold, classes, NMS and max_det for the whole batch (non_max_suppression)."""
+        nc = self.nc
+        preds = preds.transpose(1, 2)  # (N, anchors, 4 + nc + 32)
+        score, cls = preds[..., 4:4 + nc].max(dim=2)
+        frame, anchor = torch.nonzero((score > self.conf) & torch.isin(cls, self.classes), as_tuple=True)
+        rows, score, cls = preds[frame, anchor], score[frame, anchor], cls[frame, anchor]
+        xyxy = torchvision.ops.box_convert(rows[:, :4], "cxcywh", "xyxy")
+        keep = self._nms(xyxy, score, cls, frame, len(preds))  # by frame, by falling score within it
+        first = torch.searchsorted(frame[keep], frame[keep], right=False)
+        keep = keep[torch.arange(len(keep), device=keep.device) - first < self.max_det]
+        return _detections(frame[keep], xyxy[keep], score[keep], cls[keep], rows[keep, 4 + nc:])
+
+    def _nms(self, xyxy: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, frame: torch.Tensor,
+             frames: int) -> torch.Tensor:
+        """Indices kept by class-aware NMS within each frame, by frame, by falling score within it. On CUDA,
+        one call for the whole batch (its kernel compares all pairs at once; boxes set apart per frame and
+        class, in float64 so that the offsets cost no precision); on a CPU, whose NMS runs pair by pair, one
+        call per frame, as predict() does."""
+        if self.device.type == "cuda" and len(xyxy) <= NMS_ONE_CALL:
+            offset = (cls.double() + frame.double() * self.nc) * MAX_WH
+            keep = torchvision.ops.nms(xyxy.double() + offset[:, None], score.double(), self.iou)
+            return keep[torch.sort(frame[keep], stable=True).indices]
+        kept, start = [], 0
+        for count in torch.bincount(frame, minlength=frames).tolist():
+            if count:
+                at = slice(start, start + count)
+                boxes = xyxy[at] + cls[at, None].to(xyxy.dtype) * MAX_WH
+                kept.append(torchvision.ops.nms(boxes, score[at], self.iou) + start)
+            start += count
+        return torch.cat(kept) if kept else frame.new_zeros(0)
+
+    def _windows(self, found: Detections, proto: torch.Tensor, height: int, width: int):
+        """Each instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), as booleans on
+        the host, with the windows' corners (y, x). A window is rows @ logits @ cols.T over just the prototype
+        span it reads; windows of similar size are assembled together, as many as WINDOW_BUDGET allows."""
+        if not len(found.conf):
+            return [], np.zeros((0, 2), dtype=np.int64)
+        rows, cols = mask_operators(tuple(proto.shape[2:]), height, width, proto.device)
+        corner = found.xyxy.new_tensor([width - 1, height - 1]).long()
+        origin = torch.minimum(found.xyxy[:, :2].ceil().long(), corner)  # a box of no width at the edge: in
+        extent = (found.xyxy[:, 2:].ceil().long() - origin).clamp(min=1)  # (K, 2) width, height
+        last = torch.minimum(origin + extent - 1, corner)
+        span = torch.stack([cols.start[last[:, 0]] - cols.start[origin[:, 0]] + cols.taps,
+                            rows.start[last[:, 1]] - rows.start[origin[:, 1]] + rows.taps], dim=1)
+        sizes = torch.cat([extent, span], dim=1).cpu().numpy()  # (K, 4): w, h, proto w, proto h
+        logits = _logits(found, proto)  # (K, mh, mw)
+        order = np.argsort(sizes[:, 0] * sizes[:, 1], kind="stable")
+        windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
+        start = 0
+        while start < len(order):
+            w, h, pw, ph = np.maximum.accumulate(sizes[order[start:]], axis=0).T  # padded sizes if cut after each
+            cost = np.arange(1, len(w) + 1) * _elements(w, h, pw, ph)
+            own = np.cumsum(_elements(*sizes[order[start:]].T))
+            fits = (cost <= WINDOW_BUDGET) & (cost <= PADDING_WASTE * own)
+            count = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))
+            chunk = torch.from_numpy(order[start:start + count]).to(proto.device)
+            padded = (int(w[count - 1]), int(h[count - 1]), int(pw[count - 1]), int(ph[count - 1]))
+            assembled = _assemble(logits[chunk], found.xyxy[chunk], origin[chunk], rows, cols, *padded)
+            for k, window in zip(order[start:start + count], assembled):
+                windows[k] = window[:sizes[k, 1], :sizes[k, 0]]
+            start += count
+        return windows, origin.cpu().numpy()[:, ::-1].copy()
+
+
+def _elements(w, h, pw, ph):
+    """Elements a window of these sizes takes to assemble: itself and its operands."""
+    return h * w + h * pw + h * ph + w * pw
+
+
+def _assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
+              w: int, h: int, pw: int, ph: int) -> np.ndarray:
+    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
+    to the box."""
+    device = logits.device
+    ys = (origin[:, 1, None] + torch.arange(h, device=device)).clamp(max=len(rows.start) - 1)  # (k, h)
+    xs = (origin[:, 0, None] + torch.arange(w, device=device)).clamp(max=len(cols.start) - 1)  # (k, w)
+    top, left = rows.start[ys[:, 0]], cols.start[xs[:, 0]]
+    mh, mw = logits.shape[1:]
+    proto_rows = (top[:, None] + torch.arange(ph, device=device)).clamp(max=mh - 1)
+    proto_cols = (left[:, None] + torch.arange(pw, device=device)).clamp(max=mw - 1)
+    span = logits[torch.arange(len(logits), device=device)[:, None, None], proto_rows[:, :, None], proto_cols[:, None, :]]
+    window = rows.sub(ys, top, ph) @ span @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
+    inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
+    inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
+    return ((window > 0) & inside_y[:, :, None] & inside_x[:, None, :]).cpu().numpy()
+
+
+def _logits(found: Detections, proto: torch.Tensor) -> torch.Tensor:
+    """(K, mh, mw) prototype-resolution mask logits: each instance's coefficients times its frame's prototypes,
+    one batched matmul over frames (instances are ordered by frame)."""
+    frames, channels, mh, mw = proto.shape
+    rank = torch.arange(len(found.frame), device=proto.device) - torch.searchsorted(found.frame, found.frame)
+    padded = found.coeffs.new_zeros((frames, int(rank.max()) + 1, channels))
+    padded[found.frame, rank] = found.coeffs
+    return (padded @ proto.view(frames, channels, -1))[found.frame, rank].view(-1, mh, mw)
+
+
+def _detections(frame, xyxy, conf, cls, coeffs) -> Detections:
+    return Detections(frame=frame, xyxy=xyxy, conf=conf, cls=cls, coeffs=coeffs)
+
+
+def _per_frame(found: Detections, windows: list[np.ndarray], origins: np.ndarray, frames: int, height: int,
+               width: int) -> list[FrameMasks]:
+    """Split the batch's instances by frame; an instance whose mask is empty is dropped (as predict() does)."""
+    frame = found.frame.cpu().numpy()
+    xyxy = found.xyxy.cpu().numpy().astype(np.float32)
+    conf = found.conf.cpu().numpy().astype(np.float32)
+    cls = found.cls.cpu().numpy().astype(np.int16)
+    kept = np.array([window.any() for window in windows], dtype=bool)
+    out = []
+    for i in range(frames):
+        at = np.flatnonzero((frame == i) & kept)
+        if not len(at):
+            out.append(FrameMasks.empty(height, width))
+            continue
+        out.append(FrameMasks(xyxy=xyxy[at], conf=conf[at], cls=cls[at], windows=tuple(windows[k] for k in at),
+                              origins=origins[at], size=(height, width)))
+    return out

@@ -1,0 +1,127 @@
+"""The batched device path of YOLO-seg against ultralytics' predict(), and window RLE against pycocotools.
+
+Models are built from the packaged yamls with seeded random weights, made lively (batch norms calibrated on
+the frames, so that scores, boxes and masks depend on the image) as the benchmark does. predict() runs on the
+same segmenter object, so both paths see the very same (fused) network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import rle
+from pipeline.bench import lively
+from pipeline.datasets.sample import asset, pan_zoom
+from pipeline.decode import FrameBatch
+from pipeline.segment import SegmenterSpec
+from pipeline.segment.base import FrameMasks
+from pipeline.segment.yolo import YoloSegmenter
+
+FRAMES = 4
+
+
+def clip(width: int, height: int, seed: int) -> FrameBatch:
+    import cv2
+
+    photo = cv2.cvtColor(cv2.imread(str(asset(("bus.jpg", "zidane.jpg")[seed % 2]))), cv2.COLOR_BGR2RGB)
+    frames = np.stack(list(pan_zoom(photo, width, height, FRAMES, seed=seed)))
+    return FrameBatch(frames=frames, indices=np.arange(FRAMES), times=np.arange(FRAMES) / 25, height=height,
+                      width=width)
+
+
+def segmenter(model: str, batch: FrameBatch, seed: int, **spec) -> YoloSegmenter:
+    torch.manual_seed(seed)
+    found = YoloSegmenter(SegmenterSpec(model=model, **spec))
+    lively(found.model.model, batch.frames)
+    return found
+
+
+def assert_same(reference: list[FrameMasks], device: list[FrameMasks]) -> int:
+    """The issue's tolerances: same classes, boxes within 1 px, scores within 1e-3, mask IoU ≥ 0.98."""
+    assert len(reference) == len(device)
+    for ref, dev in zip(reference, device):
+        assert len(ref) == len(dev)
+        np.testing.assert_array_equal(ref.cls, dev.cls)
+        np.testing.assert_allclose(dev.xyxy, ref.xyxy, atol=1.0, rtol=0)
+        np.testing.assert_allclose(dev.conf, ref.conf, atol=1e-3, rtol=0)
+        for a, b in zip(ref.full(), dev.full()):
+            assert (a & b).sum() / max(1, (a | b).sum()) >= 0.98
+    return sum(len(ref) for ref in reference)
+
+
+@pytest.mark.parametrize("model", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_device_path_matches_predict(model, seed):
+    """Frames at a multiple of the stride: the model input is the frame itself, padded by nothing."""
+    batch = clip(352, 288, seed)
+    yolo = segmenter(model, batch, seed, conf=0.3, max_det=30)
+    device = yolo.segment(batch)
+    assert all(found.masks is None and found.windows for found in device if len(found))  # windows, not frames
+    assert assert_same(yolo.predict(batch), device) >= FRAMES * 10
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_device_path_matches_predict_through_the_letterbox(monkeypatch, seed):
+    """340×256 frames: resized to 352×265 and padded to 288 rows, masks upsampled ×4, the padding cut, resized
+    back. With OpenCV's resize in place of the device's (the two differ by rounding, tested below), the
+    geometry of boxes and masks must match predict()'s exactly."""
+    from ultralytics.data.augment import LetterBox
+
+    import pipeline.segment.yolo_device as yolo_device
+
+    def opencv_letterbox(frames, geometry, dtype):
+        box = LetterBox((geometry.input_height, geometry.input_width), auto=False, stride=32)
+        padded = np.stack([box(image=frame) for frame in frames.cpu().numpy()])
+        return torch.from_numpy(padded).permute(0, 3, 1, 2).float().div(255).to(dtype)
+
+    monkeypatch.setattr(yolo_device, "letterbox", opencv_letterbox)
+    batch = clip(340, 256, seed)
+    yolo = segmenter("yolo11n-seg.yaml", batch, seed, conf=0.3, max_det=30)
+    assert assert_same(yolo.predict(batch), yolo.segment(batch)) >= FRAMES * 10
+
+
+@pytest.mark.parametrize("size", [(340, 256), (1280, 720), (171, 128)])
+def test_device_letterbox_is_opencvs_within_rounding(size):
+    from ultralytics.data.augment import LetterBox
+
+    from pipeline.segment.yolo_device import Geometry, letterbox
+
+    width, height = size
+    frames = clip(width, height, 0).frames
+    geometry = Geometry.of(height, width, min(640, 32 * -(-max(height, width) // 32)), 32)
+    ours = (letterbox(torch.from_numpy(frames), geometry, torch.float32) * 255).round().byte()
+    theirs = np.stack([LetterBox(min(640, 32 * -(-max(height, width) // 32)), auto=True, stride=32)(image=f)
+                       for f in frames])
+    assert ours.permute(0, 2, 3, 1).shape == theirs.shape
+    difference = np.abs(ours.permute(0, 2, 3, 1).numpy().astype(int) - theirs)
+    assert difference.max() <= 1 and difference.mean() < 0.2
+
+
+def test_window_rle_is_pycocotools_bytes():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        height, width = rng.integers(1, 40, 2)
+        h, w = rng.integers(1, height + 1), rng.integers(1, width + 1)
+        y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        window = rng.random((h, w)) < rng.random()
+        whole = np.zeros((1, height, width), dtype=bool)
+        whole[0, y:y + h, x:x + w] = window
+        assert rle.encode_window(window, y, x, height, width) == rle.encode(whole)[0]
+    full = np.ones((3, 5), dtype=bool)  # touching every edge, and the frame's last pixel
+    assert rle.encode_window(full, 0, 0, 3, 5) == rle.encode(full[None])[0]
+    with pytest.raises(ValueError, match="does not fit"):
+        rle.encode_window(full, 1, 0, 3, 5)
+
+
+def test_predict_stays_selectable_and_is_in_the_fingerprint():
+    device, predict = SegmenterSpec(model="yolo11n-seg.yaml"), SegmenterSpec(model="yolo11n-seg.yaml",
+                                                                             inference="predict")
+    assert device.output_fields() != predict.output_fields()
+    selfie = SegmenterSpec(backend="selfie")
+    assert "inference" not in selfie.output_fields()
+    from pipeline.segment import SegmenterLoadError
+
+    with pytest.raises(SegmenterLoadError, match="unknown YOLO inference"):
+        YoloSegmenter(SegmenterSpec(model="yolo11n-seg.yaml", inference="tensorrt"))
