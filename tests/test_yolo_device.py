@@ -82,6 +82,30 @@ def test_device_path_matches_predict_through_the_letterbox(monkeypatch, seed):
     assert assert_same(yolo.predict(batch), yolo.segment(batch)) >= FRAMES * 10
 
 
+@pytest.mark.parametrize("display, frames", [((1920, 1080), (455, 256)), ((160, 263), (128, 210)),
+                                             ((320, 240), (171, 128))])
+def test_masks_at_the_display_size_when_inference_frames_are_smaller(display, frames):
+    """`--short-side`: the model sees smaller frames; boxes and masks come back at the source's display size,
+    boxes inside it even where float rounding of the scale would push an edge box past it."""
+    small = clip(*frames, 3)
+    batch = FrameBatch(frames=small.frames, indices=small.indices, times=small.times, height=display[1],
+                       width=display[0])
+    yolo = segmenter("yolo11n-seg.yaml", batch, 3, conf=0.05, max_det=50)
+    found = yolo.segment(batch)
+    assert sum(len(f) for f in found) >= FRAMES * 20
+    touching = 0
+    for f in found:
+        assert np.all(f.xyxy[:, 2] <= display[0]) and np.all(f.xyxy[:, 3] <= display[1])
+        touching += int(np.sum(np.ceil(f.xyxy[:, 2]) == display[0]) + np.sum(np.ceil(f.xyxy[:, 3]) == display[1]))
+        masks = f.full()
+        assert masks.shape == (len(f), display[1], display[0]) and masks.any(axis=(1, 2)).all()
+        assert f.rle() == rle.encode(masks)
+        for mask, box in zip(masks, f.xyxy):  # nothing outside the box (crop_mask)
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            assert cols[0] >= np.ceil(box[0]) and cols[-1] < box[2] and rows[0] >= np.ceil(box[1]) and rows[-1] < box[3]
+    assert touching  # the case that once crashed is exercised
+
+
 @pytest.mark.parametrize("size", [(340, 256), (1280, 720), (171, 128)])
 def test_device_letterbox_is_opencvs_within_rounding(size):
     from ultralytics.data.augment import LetterBox

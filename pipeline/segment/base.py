@@ -90,6 +90,12 @@ class FrameMasks:
     origins: np.ndarray | None = None  # … with their top-left corners (K, 2) int (y, x) …
     size: tuple[int, int] | None = None  # … in a frame of (H, W)
 
+    def __post_init__(self) -> None:
+        count = len(self.conf)
+        if self.masks is None and (len(self.windows) != count or self.size is None or self.origins is None
+                                   or self.origins.shape != (count, 2)):
+            raise ValueError(f"FrameMasks of {count} instances needs `masks`, or a window and origin each and a size")
+
     def __len__(self) -> int:
         return len(self.conf)
 

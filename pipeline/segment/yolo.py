@@ -53,6 +53,8 @@ class YoloSegmenter:
             from pipeline.segment.yolo_device import DeviceYolo
 
             spec = self.spec
+            if getattr(self.model.model, "end2end", False):  # predict() runs NMS on the one-to-many head (unless
+                self.model.model.end2end = False  # told nms=False); switched before fusing, which drops the other
             self._on_device = DeviceYolo(self.model.model.fuse(verbose=False), device=spec.device, half=self.half,
                                          conf=spec.conf, iou=spec.iou, max_det=spec.max_det, classes=self.class_ids,
                                          imgsz=spec.imgsz)

@@ -3,7 +3,8 @@
 The same computation as ultralytics' `predict()` (LetterBox, non_max_suppression, scale_boxes,
 process_mask_native, crop_mask) without its per-image host work:
 - the uint8 frames cross to the device once; letterboxing is a bilinear resize and a pad there;
-- NMS is one `torchvision.ops.nms` over the batch (boxes offset per frame and class in float64, exact);
+- NMS is `torchvision.ops.nms`: on CUDA one call over the batch (boxes offset per frame and class, in float64),
+  on a CPU, where it runs pair by pair, one call per frame;
 - each kept instance's mask is assembled only inside its box, at the source size: ultralytics upsamples the
   prototype-resolution logits in two bilinear steps, which are linear and separable, so they are folded into one
   row operator and one column operator (built once per frame geometry by running the same interpolations on an
@@ -70,7 +71,7 @@ class Geometry:
 
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
     """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
-    x = frames.permute(0, 3, 1, 2).float()
+    x = frames.permute(0, 3, 1, 2).to(torch.float16 if dtype == torch.float16 else torch.float32)  # half on CUDA
     if (geometry.new_height, geometry.new_width) != (geometry.height, geometry.width):
         x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
@@ -105,9 +106,11 @@ class Axis:
 
 
 @functools.lru_cache(maxsize=32)
-def mask_operators(proto_shape: tuple[int, int], height: int, width: int, device: torch.device) -> tuple[Axis, Axis]:
-    """The maps along rows and along columns that take prototype-resolution logits to the frame
-    (process_mask_native: upsample ×f, crop the letterbox padding, resize to the frame)."""
+def mask_operators(proto_shape: tuple[int, int], height: int, width: int, out_height: int, out_width: int,
+                   device: torch.device) -> tuple[Axis, Axis]:
+    """The maps along rows and along columns that take prototype-resolution logits to output pixels
+    (process_mask_native: upsample ×f, crop the letterbox padding of the (height, width) frames the model saw,
+    resize, here straight to the output size, the source's display size)."""
     mh, mw = proto_shape
     gain = min(4 * mh / height, 4 * mw / width)
     pad = (4 * mh - max(round(height * gain), 1)) | (4 * mw - max(round(width * gain), 1))
@@ -117,8 +120,8 @@ def mask_operators(proto_shape: tuple[int, int], height: int, width: int, device
     pad_w, pad_h = (im_w - max(round(width * gain), 1)) / 2, (im_h - max(round(height * gain), 1)) / 2
     top, left = round(pad_h - 0.1), round(pad_w - 0.1)
     bottom, right = top + max(round(height * gain), 1), left + max(round(width * gain), 1)
-    return (Axis.of(_axis_operator(mh, f, top, bottom, height, device)),
-            Axis.of(_axis_operator(mw, f, left, right, width, device)))
+    return (Axis.of(_axis_operator(mh, f, top, bottom, out_height, device)),
+            Axis.of(_axis_operator(mw, f, left, right, out_width, device)))
 
 
 def _axis_operator(size: int, f: int, start: int, stop: int, out: int, device: torch.device) -> torch.Tensor:
@@ -149,8 +152,7 @@ class DeviceYolo:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.model = model.to(self.device).to(self.dtype).eval()
-        if getattr(model, "end2end", False):  # predict() runs NMS on the one-to-many head unless told nms=False
-            model.end2end = False
+        self.masks = int(model.model[-1].nm)  # mask coefficients per box
         self.stride = int(max(model.stride))
         self.nc = len(model.names)
         self.conf, self.iou, self.max_det, self.imgsz = conf, iou, max_det, imgsz
@@ -168,8 +170,10 @@ class DeviceYolo:
         found = self._select(preds.float())
         boxes = geometry.to_frame(found.xyxy)
         scale = boxes.new_tensor([out_width / geometry.width, out_height / geometry.height] * 2)
-        found = Detections(frame=found.frame, xyxy=boxes * scale, conf=found.conf, cls=found.cls, coeffs=found.coeffs)
-        windows, origins = self._windows(found, proto.float(), out_height, out_width)
+        limit = boxes.new_tensor([out_width, out_height] * 2)  # float rounding may cross the edge by a hair
+        boxes = torch.minimum(boxes * scale, limit)
+        found = Detections(frame=found.frame, xyxy=boxes, conf=found.conf, cls=found.cls, coeffs=found.coeffs)
+        windows, origins = self._windows(found, proto.float(), geometry, out_height, out_width)
         return _per_frame(found, windows, origins, len(frames), out_height, out_width)
 
     def prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, Geometry]:
@@ -208,6 +212,9 @@ class DeviceYolo:
     def _select(self, preds: torch.Tensor) -> Detections:
         """Score threshold, classes, NMS and max_det for the whole batch (non_max_suppression)."""
         nc = self.nc
+        if preds.shape[1] != 4 + nc + self.masks:
+            raise RuntimeError(f"unexpected YOLO-seg output {tuple(preds.shape)}: expected (N, {4 + nc + self.masks}, "
+                               "anchors); an end-to-end head must be switched off before the model is fused")
         preds = preds.transpose(1, 2)  # (N, anchors, 4 + nc + 32)
         score, cls = preds[..., 4:4 + nc].max(dim=2)
         frame, anchor = torch.nonzero((score > self.conf) & torch.isin(cls, self.classes), as_tuple=True)
@@ -216,7 +223,8 @@ class DeviceYolo:
         keep = self._nms(xyxy, score, cls, frame, len(preds))  # by frame, by falling score within it
         first = torch.searchsorted(frame[keep], frame[keep], right=False)
         keep = keep[torch.arange(len(keep), device=keep.device) - first < self.max_det]
-        return _detections(frame[keep], xyxy[keep], score[keep], cls[keep], rows[keep, 4 + nc:])
+        return Detections(frame=frame[keep], xyxy=xyxy[keep], conf=score[keep], cls=cls[keep],
+                          coeffs=rows[keep, 4 + nc:])
 
     def _nms(self, xyxy: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, frame: torch.Tensor,
              frames: int) -> torch.Tensor:
@@ -237,16 +245,17 @@ class DeviceYolo:
             start += count
         return torch.cat(kept) if kept else frame.new_zeros(0)
 
-    def _windows(self, found: Detections, proto: torch.Tensor, height: int, width: int):
+    def _windows(self, found: Detections, proto: torch.Tensor, geometry: Geometry, height: int, width: int):
         """Each instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), as booleans on
         the host, with the windows' corners (y, x). A window is rows @ logits @ cols.T over just the prototype
         span it reads; windows of similar size are assembled together, as many as WINDOW_BUDGET allows."""
         if not len(found.conf):
             return [], np.zeros((0, 2), dtype=np.int64)
-        rows, cols = mask_operators(tuple(proto.shape[2:]), height, width, proto.device)
+        rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
+                                    proto.device)
         corner = found.xyxy.new_tensor([width - 1, height - 1]).long()
         origin = torch.minimum(found.xyxy[:, :2].ceil().long(), corner)  # a box of no width at the edge: in
-        extent = (found.xyxy[:, 2:].ceil().long() - origin).clamp(min=1)  # (K, 2) width, height
+        extent = torch.minimum(found.xyxy[:, 2:].ceil().long() - origin, corner + 1 - origin).clamp(min=1)  # w, h
         last = torch.minimum(origin + extent - 1, corner)
         span = torch.stack([cols.start[last[:, 0]] - cols.start[origin[:, 0]] + cols.taps,
                             rows.start[last[:, 1]] - rows.start[origin[:, 1]] + rows.taps], dim=1)
@@ -301,10 +310,6 @@ def _logits(found: Detections, proto: torch.Tensor) -> torch.Tensor:
     padded = found.coeffs.new_zeros((frames, int(rank.max()) + 1, channels))
     padded[found.frame, rank] = found.coeffs
     return (padded @ proto.view(frames, channels, -1))[found.frame, rank].view(-1, mh, mw)
-
-
-def _detections(frame, xyxy, conf, cls, coeffs) -> Detections:
-    return Detections(frame=frame, xyxy=xyxy, conf=conf, cls=cls, coeffs=coeffs)
 
 
 def _per_frame(found: Detections, windows: list[np.ndarray], origins: np.ndarray, frames: int, height: int,
