@@ -17,7 +17,7 @@ from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.base import FrameMasks
-from pipeline.segment.yolo import YoloSegmenter
+from pipeline.segment.yolo import YoloSegmenter, input_size
 
 FRAMES = 4
 
@@ -114,9 +114,10 @@ def test_device_letterbox_is_opencvs_within_rounding(size):
 
     width, height = size
     frames = clip(width, height, 0).frames
-    geometry = Geometry.of(height, width, min(640, 32 * -(-max(height, width) // 32)), 32)
+    imgsz = input_size(height, width, None)
+    geometry = Geometry.of(height, width, imgsz, 32)
     ours = (letterbox(torch.from_numpy(frames), geometry, torch.float32) * 255).round().byte()
-    theirs = np.stack([LetterBox(min(640, 32 * -(-max(height, width) // 32)), auto=True, stride=32)(image=f)
+    theirs = np.stack([LetterBox(imgsz, auto=True, stride=32)(image=f)
                        for f in frames])
     assert ours.permute(0, 2, 3, 1).shape == theirs.shape
     difference = np.abs(ours.permute(0, 2, 3, 1).numpy().astype(int) - theirs)

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Protocol
 import cv2
 import numpy as np
 
+from pipeline import rle
 from pipeline.decode import FrameBatch
 
 PERSON = 0  # COCO class id of "person"; every backend reports people with this id
@@ -111,8 +112,6 @@ class FrameMasks:
 
     def rle(self) -> list[bytes]:
         """COCO compressed RLE counts of every instance's whole-frame mask (pycocotools' bytes, either way)."""
-        from pipeline import rle
-
         if self.masks is not None:
             return rle.encode(self.masks)
         return [rle.encode_window(window, y, x, *self.size) for window, (y, x) in zip(self.windows, self.origins.tolist())]

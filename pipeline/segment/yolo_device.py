@@ -16,6 +16,7 @@ Equivalence with `predict()` is tested (tests/test_yolo_device.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 
 from pipeline.segment.base import FrameMasks
+from pipeline.segment.yolo import input_size
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
 MAX_WH = 7680  # ultralytics' per-class box offset in NMS
@@ -159,9 +161,6 @@ class DeviceYolo:
         self.classes = torch.tensor(classes, device=self.device)
         self._events: list | None = None  # CUDA events of each forward, while `timed`
 
-    def imgsz_for(self, height: int, width: int) -> int:
-        return self.imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
-
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray, out_height: int, out_width: int) -> list[FrameMasks]:
         """(N, h, w, 3) uint8 RGB frames → one FrameMasks per frame, masks at (out_height, out_width)."""
@@ -172,14 +171,14 @@ class DeviceYolo:
         scale = boxes.new_tensor([out_width / geometry.width, out_height / geometry.height] * 2)
         limit = boxes.new_tensor([out_width, out_height] * 2)  # float rounding may cross the edge by a hair
         boxes = torch.minimum(boxes * scale, limit)
-        found = Detections(frame=found.frame, xyxy=boxes, conf=found.conf, cls=found.cls, coeffs=found.coeffs)
+        found = dataclasses.replace(found, xyxy=boxes)
         windows, origins = self._windows(found, proto.float(), geometry, out_height, out_width)
         return _per_frame(found, windows, origins, len(frames), out_height, out_width)
 
     def prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """The frames on the device, letterboxed: the model's input."""
         height, width = frames.shape[1:3]
-        geometry = Geometry.of(height, width, self.imgsz_for(height, width), self.stride)
+        geometry = Geometry.of(height, width, input_size(height, width, self.imgsz), self.stride)
         pixels = torch.from_numpy(frames).to(self.device, non_blocking=True)
         return letterbox(pixels, geometry, self.dtype), geometry
 
