@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
@@ -20,6 +20,7 @@ class DecodeOptions:
     short_side: int | None = None  # resize frames for inference so the short side is this; None keeps size
     batch: int = 16  # frames per batch handed to the segmenter
     max_batch_mb: int = 128  # and fewer when frames are large (4K: 5), so a worker's memory stays bounded
+    pixels: str = "rgb24"  # or "yuv420p": the planes as (H·3/2, W) arrays, for sources of even width and height
 
 
 @dataclass(kw_only=True)
@@ -38,7 +39,7 @@ class VideoInfo:
 class FrameBatch:
     """Consecutive frames of one clip, ready for a segmenter."""
 
-    frames: np.ndarray  # (N, h, w, 3) uint8 RGB at inference size
+    frames: np.ndarray  # (N, h, w, 3) uint8 RGB at inference size (yuv420p: (N, h·3/2, w) planes)
     indices: np.ndarray  # (N,) source frame index (position in the native decode order)
     times: np.ndarray  # (N,) presentation time in seconds
     height: int  # display size of the source frames: masks are returned at this size
@@ -117,17 +118,22 @@ class VideoDecoder:
         self.info = info
         self._quarter_turns = round(info.rotation / 90) % 4
         width, height = inference_size(info.width, info.height, self.options.short_side)
+        if self.options.pixels == "yuv420p" and (width % 2 or height % 2):
+            raise ValueError(f"{self.path}: {width}x{height} frames have no yuv420p planes (odd size); decode to rgb24")
         # the coded picture is transposed relative to the display after a quarter turn
         self._coded_size = (height, width) if self._quarter_turns % 2 else (width, height)
 
     def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
         width, height = self._coded_size
+        pixels = self.options.pixels
         if (width, height) == (frame.width, frame.height):
-            array = frame.to_ndarray(format="rgb24")
+            array = frame.to_ndarray(format=pixels)
         else:
-            array = frame.to_ndarray(format="rgb24", width=width, height=height)
+            array = frame.to_ndarray(format=pixels, width=width, height=height)
         turns = self._quarter_turns
-        return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+        if not turns:
+            return array
+        return _rotate_yuv420(array, turns) if pixels == "yuv420p" else np.ascontiguousarray(np.rot90(array, turns))
 
     def _batch(self, pending: list[tuple[int, float, np.ndarray]]) -> FrameBatch:
         assert self.info is not None
@@ -139,6 +145,23 @@ class VideoDecoder:
             width=self.info.width,
             start=self.info.frames - len(pending),
         )
+
+
+def yuv420_planes(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, chroma) views of an (H·3/2, W) yuv420p array: Y is (H, W), chroma (2, H/2, W/2), U then V."""
+    height, width = array.shape[0] * 2 // 3, array.shape[1]
+    return array[:height], array[height:].reshape(2, height // 2, width // 2)
+
+
+def pack_yuv420(luma: np.ndarray, chroma: Iterable[np.ndarray]) -> np.ndarray:
+    """The (H·3/2, W) yuv420p array of a Y plane and its U and V planes."""
+    return np.concatenate([plane.ravel() for plane in (luma, *chroma)]).reshape(-1, luma.shape[1])
+
+
+def _rotate_yuv420(array: np.ndarray, turns: int) -> np.ndarray:
+    """A yuv420p array turned `turns` quarter turns counter-clockwise, each plane on its own."""
+    luma, chroma = yuv420_planes(array)
+    return pack_yuv420(np.rot90(luma, turns), [np.rot90(plane, turns) for plane in chroma])
 
 
 def _duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> float:

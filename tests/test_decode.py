@@ -1,6 +1,7 @@
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -93,3 +94,24 @@ def test_corrupt_and_non_video_files_raise_decode_error_naming_the_file(tmp_path
         container.mux(stream.encode())
     with pytest.raises(DecodeError, match="no video stream"):
         decode_all(audio_only)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+def test_yuv420p_planes_are_the_rgb_frames_before_conversion(tmp_path, rotation):
+    frames, _, _ = shape_clip(5, 96, 64, seed=4)
+    frames[:, :16, :24] = (200, 40, 90)  # colour in the coded top-left corner: chroma that must turn too
+    write_video(tmp_path / "a.mp4", frames, 10, rotation=rotation)
+    _, (rgb,) = decode_all(tmp_path / "a.mp4")
+    _, (planes,) = decode_all(tmp_path / "a.mp4", pixels="yuv420p")
+    height, width = rgb.frames.shape[1:3]
+    assert planes.frames.shape == (5, height * 3 // 2, width)
+    converted = np.stack([cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420) for frame in planes.frames])
+    assert np.abs(converted.astype(int) - rgb.frames.astype(int)).max() <= 6  # two conversions' rounding
+    np.testing.assert_array_equal(planes.indices, rgb.indices)
+
+
+def test_yuv420p_planes_need_an_even_size(tmp_path):
+    frames, _, _ = shape_clip(3, 95, 63, seed=5)
+    write_video(tmp_path / "odd.webm", frames, 10, codec="libvpx-vp9")
+    with pytest.raises(ValueError, match="odd size"):
+        decode_all(tmp_path / "odd.webm", pixels="yuv420p")

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.datasets.sample import shape_clip, write_video
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
 from pipeline.masks import load_clip_masks, run_masks
@@ -18,6 +19,7 @@ from pipeline.render.compose import PartnerFrames, composed, decoded
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
+from tests.conftest import write_kinetics_csv
 from tests.test_masks_stage import config as masks_config
 
 
@@ -192,3 +194,101 @@ def test_blur_and_seeded_noise_fills_touch_only_their_region(masked):
     np.testing.assert_array_equal(first, again)  # seeded: the same every time
     np.testing.assert_array_equal(first[~person], source[~person])
     assert first[person].std() > 50  # uniform noise, not the white person
+
+
+def planar_frames(root: Path, run_dir: Path, clip_id: str, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
+    """(source yuv420p planes, planes composed on them) of one clip."""
+    path = next(root.glob(f"*/{clip_id}.mp4"))
+    clip = load_clip_masks(run_dir, clip_id)
+    source = np.stack([frame for _, frame in decoded(path, DecodeOptions(pixels="yuv420p"))])
+    regions = RegionMasks(clip, clip.height, clip.width, variant.masks)
+    frames = [f for f, _ in composed(path, regions, variant, decode=DecodeOptions(), frames=len(source), seed=0,
+                                     clip_id=clip_id, planes=True)]
+    return source, np.stack(frames)
+
+
+def block_mean(full: np.ndarray) -> np.ndarray:
+    """2×2 block means of (N, H, W) values, rounded half up: the subsampling a chroma sample stands for."""
+    total = full[:, 0::2, 0::2] + full[:, 0::2, 1::2] + full[:, 1::2, 0::2] + full[:, 1::2, 1::2]
+    return (total + 2) // 4
+
+
+@pytest.mark.parametrize("name", ["bg", "bg_obj2", "person", "human_only"])
+def test_colour_fills_on_yuv_planes_fill_exactly_the_true_regions(masked, name):
+    root, truth, _, run_dir = masked
+    (variant,) = resolve([name])
+    for clip_id, (person, objects) in truth.items():
+        source, planes = planar_frames(root, run_dir, clip_id, variant)
+        height = person.shape[1]
+        regions = {"background": ~(person | objects), "person": person, "objects": objects}
+        want_y = source[:, :height].astype(int)
+        want_chroma = [np.repeat(np.repeat(source[:, height:].reshape(len(source), 2, height // 2, -1)[:, c],
+                                           2, axis=1), 2, axis=2).astype(int) for c in (0, 1)]
+        for region, fill in variant.fills().items():
+            if fill.kind == "keep":
+                continue
+            yuv = cv2.cvtColor(np.full((2, 2, 3), fill.rgb, dtype=np.uint8), cv2.COLOR_RGB2YUV_I420).ravel()
+            want_y[regions[region]] = yuv[0]
+            for c in (0, 1):
+                want_chroma[c][regions[region]] = yuv[4 + c]
+        np.testing.assert_array_equal(planes[:, :height], want_y, err_msg=f"{name} {clip_id} luma")
+        chroma = planes[:, height:].reshape(len(planes), 2, height // 2, -1)
+        for c in (0, 1):
+            np.testing.assert_array_equal(chroma[:, c], block_mean(want_chroma[c]), err_msg=f"{name} {clip_id} chroma")
+
+
+@pytest.mark.parametrize("name", ["bg_obj2", "person"])
+def test_yuv_planes_agree_with_the_rgb_path(masked, name):
+    """What the encoder receives from the two paths: the same frame within a conversion's rounding, except chroma
+    along mask edges (where the RGB path takes a block's top-left pixel and the planes its mix)."""
+    root, truth, _, run_dir = masked
+    (variant,) = resolve([name])
+    for clip_id, (person, objects) in truth.items():
+        _, rgb = render_frames(root, run_dir, clip_id, variant)
+        _, planes = planar_frames(root, run_dir, clip_id, variant)
+        via_rgb = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420) for frame in rgb]).astype(int)
+        height = person.shape[1]
+        assert np.abs(via_rgb[:, :height] - planes[:, :height]).max() <= 2
+        whole = np.ones(person[:, 0::2, 0::2].shape, dtype=bool)  # blocks inside one region
+        for mask in (person, objects):
+            inside = mask[:, 0::2, 0::2].astype(int) + mask[:, 0::2, 1::2] + mask[:, 1::2, 0::2] + mask[:, 1::2, 1::2]
+            whole &= inside % 4 == 0
+        edges = ~whole
+        for c in (0, 1):
+            theirs = via_rgb[:, height:].reshape(len(rgb), 2, height // 2, -1)[:, c]
+            ours = planes[:, height:].reshape(len(rgb), 2, height // 2, -1)[:, c].astype(int)
+            assert np.abs(theirs - ours)[whole].max() <= 2
+            assert edges.any() and whole.any()
+
+
+def test_planar_renders_scale_and_odd_sizes_go_through_rgb(tmp_path):
+    """A colour variant scaled by the encoder (planes resized one by one), and a source of odd size (no 4:2:0
+    planes to composite on), both rendered and both right."""
+    root = tmp_path / "k400"
+    rows, truth = [], {}
+    for i, (width, height, codec) in enumerate([(96, 64, "libx264"), (95, 63, "libvpx-vp9")]):
+        frames, person, box = shape_clip(8, width, height, seed=i)
+        youtube_id = f"size{i}_xxxx"
+        write_video(root / "train" / f"{youtube_id}_000000_000010.mp4", frames, 12, lossless=True, codec=codec)
+        rows.append(("juggling balls", youtube_id, 0, 10))
+        truth[f"{youtube_id}_000000_000010"] = (person, box)
+    write_kinetics_csv(root, "train", rows)
+    out = tmp_path / "out"
+    run_masks(masks_config(root, out), progress=False)
+    for short_side, sizes in ((None, {(96, 64), (94, 62)}), (32, {(48, 32)})):
+        summary = run_render(render_config(out, ["bg"], encode=EncodeOptions(short_side=short_side), overwrite=True),
+                             progress=False)
+        assert summary.variants[0].by_status == {"ok": 2}
+        seen = set()
+        for path in (out / "renders").rglob("*.mp4"):
+            with av.open(str(path)) as container:
+                video = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
+            seen.add((video.shape[2], video.shape[1]))
+            person, box = truth[path.stem]
+            size = (video.shape[2], video.shape[1])
+            background = np.stack([cv2.resize((~(p | b)).view(np.uint8), size, interpolation=cv2.INTER_AREA)
+                                   for p, b in zip(person, box)]) == 1
+            people = np.stack([cv2.resize(p.view(np.uint8), size, interpolation=cv2.INTER_AREA) for p in person]) == 1
+            assert np.abs(video[background]).mean() < 6, path.name  # black…
+            assert np.abs(video[people] - 255).mean() < 25, path.name  # …and the person kept
+        assert seen == sizes

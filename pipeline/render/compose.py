@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import zlib
 from functools import lru_cache
@@ -12,6 +13,8 @@ import cv2
 import numpy as np
 
 from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.prefetch import prefetched
+from pipeline.render.planes import compose_planes
 from pipeline.render.regions import RegionMasks, Regions
 from pipeline.render.variants import Variant
 
@@ -55,20 +58,28 @@ def _solid(shape: tuple[int, ...], rgb: tuple[int, int, int]) -> np.ndarray:
 
 
 def decoded(path: Path, options: DecodeOptions, limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(source frame index, RGB frame) pairs of a clip, upright, at display size; with `limit`, its first
-    `limit` frames only (a clip the masks stage decoded in part: the frames it segmented, not the error after)."""
-    frames = (pair for batch in VideoDecoder(path, options) for pair in zip(batch.indices.tolist(), batch.frames))
+    """(source frame index, frame) pairs of a clip, upright, at display size, decoded on a thread of their own;
+    with `limit`, its first `limit` frames only (a clip the masks stage decoded in part: the frames it
+    segmented, not the error after). Frames are RGB, or yuv420p planes if `options.pixels` says so."""
+    batches = prefetched(VideoDecoder(path, options))
+    frames = (pair for batch in batches for pair in zip(batch.indices.tolist(), batch.frames))
     yield from itertools.islice(frames, limit)
 
 
 def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: DecodeOptions, frames: int,
-             seed: int, clip_id: str, swap: Callable[[int], np.ndarray] | None = None,
+             seed: int, clip_id: str, swap: Callable[[int], np.ndarray] | None = None, planes: bool = False,
              ) -> Iterator[tuple[np.ndarray, Regions]]:
     """Every frame of one clip rendered as `variant` (with the regions it was rendered with).
 
     `frames` is the clip's frame count (to spread the inpainting samples); `swap(i)` gives the partner frame
-    for output frame i when the variant pastes onto another clip.
+    for output frame i when the variant pastes onto another clip. With `planes` (colour fills only, a source
+    of even size) frames are composited and handed out as yuv420p planes, never converted to RGB.
     """
+    if planes:
+        yuv = dataclasses.replace(decode, pixels="yuv420p")
+        for _, frame, found in regions.stream(decoded(path, yuv, frames)):
+            yield compose_planes(frame, found, variant), found
+        return
     holes = [region for region, fill in variant.fills().items() if fill.kind == "inpaint"]
     plate = background_plate(path, regions, holes, decode, frames) if holes else None
     rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])

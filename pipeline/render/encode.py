@@ -18,6 +18,8 @@ import av
 import cv2
 import numpy as np
 
+from pipeline.decode import pack_yuv420, yuv420_planes
+
 FORMATS = ("mp4", "rawframes")
 X264_PARAMS = "mbtree=0"  # deterministic output (see the module docstring)
 
@@ -84,9 +86,12 @@ class ClipWriter:
         self._thread.start()
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one RGB frame (any size: it is scaled to the output size). Do not modify it afterwards."""
+        """Append one frame: RGB (H, W, 3), or for mp4 yuv420p planes (H·3/2, W); any size, it is scaled to the
+        output size. Do not modify it afterwards."""
         if self._error is not None:
             raise self._error
+        if frame.ndim == 2 and self.options.format != "mp4":
+            raise ValueError(f"{self._tmp}: yuv420p planes can only be written to mp4")
         self.frames += 1
         self._queue.put((self.frames, frame))
 
@@ -126,6 +131,10 @@ class ClipWriter:
                 pass
 
     def _write_now(self, number: int, frame: np.ndarray) -> None:
+        if frame.ndim == 2:  # yuv420p planes
+            self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(self._scaled_planes(frame),
+                                                                               format="yuv420p")))
+            return
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         if self.options.format == "mp4":
@@ -138,3 +147,12 @@ class ClipWriter:
         if not ok:
             raise ValueError(f"frame {number}: JPEG encoding failed")
         (self._tmp / f"img_{number:05d}.jpg").write_bytes(jpeg.tobytes())  # a full disk raises with its errno
+
+    def _scaled_planes(self, planes: np.ndarray) -> np.ndarray:
+        """yuv420p planes at the output size, each plane scaled on its own."""
+        luma, chroma = yuv420_planes(planes)
+        if (luma.shape[1], luma.shape[0]) == self.size:
+            return planes
+        width, height = self.size
+        return pack_yuv420(cv2.resize(luma, (width, height), interpolation=cv2.INTER_AREA),
+                           [cv2.resize(plane, (width // 2, height // 2), interpolation=cv2.INTER_AREA) for plane in chroma])

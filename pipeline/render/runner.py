@@ -18,6 +18,7 @@ from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, shard_coverage
+from pipeline.render.planes import planar
 from pipeline.render.stage import RenderItem, RenderStage
 from pipeline.render.variants import Variant
 
@@ -44,7 +45,8 @@ class RenderConfig:
 
     def fingerprint(self, variant: Variant) -> str:
         fields = {"variant": variant.spec(), "encode": self.encode.output_fields(), "seed": self.seed,
-                  "pair_range": list(self.pair_range) if variant.needs_pair else None}
+                  "pair_range": list(self.pair_range) if variant.needs_pair else None,
+                  "composite": "yuv420p" if planar(variant, self.encode.format) else "rgb"}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 

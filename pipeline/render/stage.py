@@ -21,11 +21,13 @@ from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, path_name
 from pipeline.render.compose import PartnerFrames, composed
 from pipeline.render.encode import ClipWriter, EncodeOptions
+from pipeline.render.planes import planar
 from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import PRESETS, Variant
 
 log = logging.getLogger(__name__)
 
+RENDER_BATCH = 4  # frames decoded at a time: the encoder gets a clip's first frame sooner than with 16
 NO_PAIR = "no_pair"  # a swap variant found no partner for the clip (coverage outside the range, or alone)
 
 RENDER_SCHEMA = pa.schema([
@@ -172,15 +174,16 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     if stage.variant.needs_pair and partner is None:
         return not_rendered(clip, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
     relative = stage.clip_path(clip).relative_to(stage.variant_dir)
-    decode = DecodeOptions(fps=stage.decode_fps)
+    decode = DecodeOptions(fps=stage.decode_fps, batch=RENDER_BATCH)
     regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
     fps = stage.decode_fps or clip.fps
+    planes = planar(stage.variant, stage.encode.format) and clip.width % 2 == 0 and clip.height % 2 == 0 and partner is None
     writer = ClipWriter(out(), fps=fps, width=clip.width, height=clip.height, options=stage.encode)
     person, objects = [], []
     try:
         swap = partner_frames(partner, stage, run, clip) if partner else None
         for frame, found in composed(clip.path, regions, stage.variant, decode=decode, frames=clip.frames,
-                                     seed=stage.seed, clip_id=clip.clip_id, swap=swap):
+                                     seed=stage.seed, clip_id=clip.clip_id, swap=swap, planes=planes):
             writer.write(frame)
             person.append(np.count_nonzero(found.person) / found.person.size)
             objects.append(np.count_nonzero(found.objects) / found.objects.size)
