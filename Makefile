@@ -32,6 +32,7 @@ MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
 	$(if $(BATCH),--batch "$(BATCH)") \
+	$(if $(DECODERS),--decoders "$(DECODERS)") \
 	$(if $(INFERENCE),--inference "$(INFERENCE)") \
 	$(if $(REFINE),--refine "$(REFINE)") \
 	$(if $(SAM_TYPE),--sam-type "$(SAM_TYPE)") \

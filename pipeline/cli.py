@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--model", default="yolo11n-seg.pt", help="YOLO-seg weights: a local .pt, a name ultralytics can download, or a .yaml (random init)")
     masks.add_argument("--device", type=device, default="cpu")
     masks.add_argument("--batch", type=positive_int, default=16, help="frames per model call")
+    masks.add_argument("--decoders", type=positive_int, help="clips decoded at once per worker, their frames packed "
+                       "into shared model batches (default: 1 on CPU; on CUDA the cores per GPU, 2 to 8)")
     masks.add_argument("--splits", help="comma-separated splits to process (default: all)")
     masks.add_argument("--fps", type=positive_float, help="resample to this frame rate (default: every frame)")
     masks.add_argument("--short-side", type=positive_int, help="resize frames for inference to this short side")
@@ -245,6 +247,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             if args.refine == "sam" else None,
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),
+        decoders=args.decoders or 0,
         track=TrackOptions(min_iou=args.track_iou, max_gap=args.track_gap),
         splits=tuple(args.splits.split(",")) if args.splits else None,
         limit=args.limit,

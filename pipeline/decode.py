@@ -44,10 +44,37 @@ class FrameBatch:
     times: np.ndarray  # (N,) presentation time in seconds
     height: int  # display size of the source frames: masks are returned at this size
     width: int
-    start: int = 0  # position of the first frame among the frames this clip yielded (0 for its first batch)
+    positions: np.ndarray | None = None  # (N,) each frame's position among the frames its clip yielded; None: 0…N-1
+
+    def __post_init__(self) -> None:
+        if self.positions is None:
+            object.__setattr__(self, "positions", np.arange(len(self.indices)))
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @classmethod
+    def concat(cls, batches: list["FrameBatch"]) -> "FrameBatch":
+        """One batch of the frames of several (of one size, possibly from different clips), in order."""
+        first = batches[0]
+        if any(b.frames.shape[1:] != first.frames.shape[1:] or (b.height, b.width) != (first.height, first.width)
+               for b in batches):
+            raise ValueError("frames of different sizes cannot share a batch")
+        return cls(frames=np.concatenate([b.frames for b in batches]), indices=np.concatenate([b.indices for b in batches]),
+                   times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,
+                   positions=np.concatenate([b.positions for b in batches]))
+
+    def split(self, count: int) -> tuple["FrameBatch", "FrameBatch | None"]:
+        """(the first `count` frames, the rest or None)."""
+        if count >= len(self):
+            return self, None
+        parts = [FrameBatch(frames=self.frames[s], indices=self.indices[s], times=self.times[s], height=self.height,
+                            width=self.width, positions=self.positions[s]) for s in (slice(0, count), slice(count, None))]
+        return parts[0], parts[1]
+
+    def fits(self, other: "FrameBatch") -> bool:
+        """Whether `other`'s frames can share a batch with these (same frame and display size)."""
+        return self.frames.shape[1:] == other.frames.shape[1:] and (self.height, self.width) == (other.height, other.width)
 
 
 def inference_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -143,7 +170,7 @@ class VideoDecoder:
             times=np.array([time for _, time, _ in pending], dtype=np.float64),
             height=self.info.height,
             width=self.info.width,
-            start=self.info.frames - len(pending),
+            positions=np.arange(self.info.frames - len(pending), self.info.frames),
         )
 
 

@@ -72,6 +72,11 @@ class Behind:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(fn, *args))
 
+    def drain(self) -> None:
+        """Wait for every call submitted so far (raising the first exception among them)."""
+        while self._pending:
+            self._pending.popleft().result()
+
     def __enter__(self) -> "Behind":
         return self
 

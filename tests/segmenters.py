@@ -42,11 +42,16 @@ class LumaKeySegmenter:
         return {"model": "luma key (tests)"}
 
 
+def bright(batch: FrameBatch) -> bool:
+    """Whether the batch holds a bright frame (one of a bright clip's, whatever other clips share the batch)."""
+    return bool((batch.frames.reshape(len(batch), -1).mean(axis=1) > 100).any())
+
+
 class FailingSegmenter(LumaKeySegmenter):
-    """Raises on any clip whose frames are bright on average: a model crash in the middle of a shard."""
+    """Raises on any batch holding a bright clip's frames: a model crash in the middle of a shard."""
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        if batch.frames.mean() > 100:
+        if bright(batch):
             raise RuntimeError("injected model failure")
         return super().segment(batch)
 
@@ -64,11 +69,11 @@ class SlowLumaSegmenter(LumaKeySegmenter):
 
 
 class WorkerKillingSegmenter(LumaKeySegmenter):
-    """Kills its own process (SIGKILL) on any clip whose frames are bright on average: a clip that crashes its
+    """Kills its own process (SIGKILL) on any batch holding a bright clip's frames: a clip that crashes its
     worker every time (a decoder segfault, the kernel's OOM killer). Only for runs on worker processes."""
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        if batch.frames.mean() > 100:
+        if bright(batch):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().segment(batch)
 
@@ -98,10 +103,10 @@ class DeviceErrorOnceSegmenter(LumaKeySegmenter):
 
 
 class MemoryHogSegmenter(LumaKeySegmenter):
-    """Runs out of memory on any clip whose frames are bright on average, every time and on any machine: a clip
+    """Runs out of memory on any batch holding a bright clip's frames, every time and on any machine: a clip
     that is its own problem although what it raises looks like the machine's."""
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        if batch.frames.mean() > 100:
+        if bright(batch):
             raise MemoryError("out of host memory")
         return super().segment(batch)

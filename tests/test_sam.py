@@ -83,7 +83,7 @@ def test_keyframes_get_the_prompt_box_back_at_source_size(tmp_path, short_side):
     keyframes = 0
     for batch in decoder:  # batches of 5: keyframes 0, 3 | 6, 9 fall at different places in each
         base, out = luma().segment(batch), refined.segment(batch)
-        for position, (before, after) in enumerate(zip(base, out), start=batch.start):
+        for position, (before, after) in zip(batch.positions.tolist(), zip(base, out)):
             assert after.masks.shape == (len(before), 64, 96) and after.masks.dtype == bool
             np.testing.assert_array_equal(after.cls, before.cls)
             if position % 3:

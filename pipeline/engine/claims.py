@@ -131,49 +131,93 @@ class Tries:
 
     def run(self, key: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
         """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`."""
-        entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "machine": 0, "error": None})
-        entry.setdefault("machine", 0)
         while True:
-            if entry["failures"] >= self.max_tries:
-                error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
-                log.error("%s: giving up after %d tries: %s", key, entry["failures"], error)
-                return give_up(f"gave up after {entry['failures']} tries: {error}")
-            if entry["machine"] >= self.max_tries:  # on as many fresh processes: the clip's own doing
-                log.error("%s: giving up after %d device, memory or disk errors in a row: %s", key, entry["machine"],
-                          entry["error"])
-                return give_up(f"gave up after {entry['machine']} device, memory or disk errors in a row, each in a "
-                               f"fresh process: {entry['error']}")
-            with self._lock:
-                entry["tries"] += 1
-                entry["failures"] += 1  # until it returns: a try whose worker dies stays counted
-                entry["error"] = None
-                self._save()
-                _IN_FLIGHT[id(entry)] = (self, entry)
+            verdict = self.verdict(key)
+            if verdict is not None:
+                return give_up(verdict)
+            self.begin(key)
             try:
                 result = attempt()
             except (Interrupted, KeyboardInterrupt):
-                self.take_back(entry)
+                self.take_back(self._entry(key))
                 raise
             except Exception as exc:
-                if is_infrastructure(exc):
-                    self.take_back(entry)
-                    error = f"{type(exc).__name__}: {exc}"
-                    with self._lock:
-                        entry["machine"] += 1  # in a row, over workers and runs
-                        entry["error"] = error
-                        self._save()
-                    raise InfrastructureError(f"{key}: {error}") from exc  # this process is done with the shard
+                self.failed(key, exc)  # raises for a machine error
+                continue
+            self.succeeded(key)
+            return result
+
+    def verdict(self, key: str) -> str | None:
+        """Why the item is to be given up without another try, or None."""
+        entry = self._entry(key)
+        if entry["failures"] >= self.max_tries:
+            error = entry["error"] or "its worker died each time (killed, out of memory, or crashed)"
+            log.error("%s: giving up after %d tries: %s", key, entry["failures"], error)
+            return f"gave up after {entry['failures']} tries: {error}"
+        if entry["machine"] >= self.max_tries:  # on as many fresh processes: the clip's own doing
+            log.error("%s: giving up after %d device, memory or disk errors in a row: %s", key, entry["machine"],
+                      entry["error"])
+            return (f"gave up after {entry['machine']} device, memory or disk errors in a row, each in a "
+                    f"fresh process: {entry['error']}")
+        return None
+
+    def clean(self, key: str) -> bool:
+        """No try of the item has failed, died or met a machine error since it last finished."""
+        entry = self._entries.get(key)
+        return entry is None or not (entry["failures"] or entry.get("machine"))
+
+    def begin(self, key: str) -> None:
+        """Count a try, in flight until `succeeded` or `failed` (a try whose worker dies stays counted)."""
+        entry = self._entry(key)
+        with self._lock:
+            entry["tries"] += 1
+            entry["failures"] += 1
+            entry["error"] = None
+            self._save()
+            _IN_FLIGHT[id(entry)] = (self, entry)
+
+    def succeeded(self, key: str) -> None:
+        entry = self._entry(key)
+        with self._lock:
+            _IN_FLIGHT.pop(id(entry), None)
+            entry["failures"] = entry["machine"] = 0
+            self._save()
+
+    def failed(self, key: str, exc: Exception) -> None:
+        """The try raised: the item's own failure, recorded; or the machine's (device, memory, disk), taken back,
+        counted apart, and raised as InfrastructureError (this process is done with the shard)."""
+        entry = self._entry(key)
+        error = f"{type(exc).__name__}: {exc}"
+        if is_infrastructure(exc):
+            self.take_back(entry)
+            with self._lock:
+                entry["machine"] += 1  # in a row, over workers and runs
+                entry["error"] = error
+                self._save()
+            raise InfrastructureError(f"{key}: {error}") from exc
+        with self._lock:
+            _IN_FLIGHT.pop(id(entry), None)
+            entry["error"] = error
+            self._save()
+        log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, error)
+
+    def abandon(self, exc: BaseException) -> None:
+        """Everything this shard still has in flight stops because of `exc` (raised by work on several items at
+        once): each try is taken back, and a machine error is counted against each, so they run alone next."""
+        with self._lock:
+            pending = [entry for tries, entry in _IN_FLIGHT.values() if tries is self]
+        for entry in pending:
+            self.take_back(entry)
+            if isinstance(exc, Exception) and is_infrastructure(exc):
                 with self._lock:
-                    _IN_FLIGHT.pop(id(entry), None)
+                    entry["machine"] += 1
                     entry["error"] = f"{type(exc).__name__}: {exc}"
                     self._save()
-                log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, entry["error"])
-                continue
-            with self._lock:
-                _IN_FLIGHT.pop(id(entry), None)
-                entry["failures"] = entry["machine"] = 0
-                self._save()
-            return result
+
+    def _entry(self, key: str) -> dict:
+        entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "machine": 0, "error": None})
+        entry.setdefault("machine", 0)
+        return entry
 
     def take_back(self, entry: dict) -> None:
         """Uncount the try in flight on `entry` (once, whoever calls first)."""

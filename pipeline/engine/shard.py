@@ -9,7 +9,7 @@ import time
 
 from pipeline.engine.claims import Tries, claim, peak_rss_mb, release_in_flight, tries_path, worker_name
 from pipeline.engine.commit import Commit, outputs_present
-from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker
+from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker, is_infrastructure
 from pipeline.engine.records import ShardStats, ShardTask, count_statuses, outputs_digest
 from pipeline.records import FAILED
 
@@ -51,10 +51,7 @@ def _compute(task: ShardTask) -> ShardStats:
     commit = Commit(task.folder)
     work = task.stage.open(task, commit)
     try:
-        outcomes = []
-        for item in task.items:
-            outcomes.append(tries.run(item.key, lambda: work.process(item), lambda error: work.give_up(item, error)))
-            work.keep(outcomes[-1])
+        outcomes = _outcomes(task, tries, work)
         totals = work.finish(outcomes, commit)
         outputs = commit.finish()
     except BaseException:
@@ -73,6 +70,54 @@ def _compute(task: ShardTask) -> ShardStats:
     tries.clear()
     log.info("%s: %d items, %d frames in %.1fs", task.name, len(outcomes), stats.frames, stats.seconds)
     return stats
+
+
+def _outcomes(task: ShardTask, tries: Tries, work) -> list:
+    """Every item's outcome, kept (`work.keep`) in item order as soon as the items before it are settled.
+
+    A work that can process several items at once (`process_together`) gets the items with a clean record
+    first; it calls `begin` as it starts each, so a try cut short by a dying worker is counted against every
+    item it was on. Items that fail there, or came with a failed or unfinished try, then go one by one through
+    their tries, alone: an item is only ever given up for what it does by itself.
+    """
+    items, settled, kept = task.items, {}, 0
+
+    def settle(item, outcome) -> None:
+        nonlocal kept
+        settled[item.key] = outcome
+        while kept < len(items) and items[kept].key in settled:
+            work.keep(settled[items[kept].key])
+            kept += 1
+
+    together = getattr(work, "process_together", None)
+    if together is not None:
+        stream = together([item for item in items if tries.clean(item.key)], begin=lambda item: tries.begin(item.key))
+        try:
+            for item, result in _machine_errors_named(stream, task.name):
+                if isinstance(result, Exception):
+                    tries.failed(item.key, result)  # raises for a machine error; else the item is retried alone
+                else:
+                    tries.succeeded(item.key)
+                    settle(item, result)
+        except BaseException as exc:
+            tries.abandon(exc)  # the tries still in flight
+            raise
+        finally:
+            stream.close()  # stops whatever the work still runs for the items in flight
+    for item in items:
+        if item.key not in settled:
+            settle(item, tries.run(item.key, lambda: work.process(item), lambda error: work.give_up(item, error)))
+    return [settled[item.key] for item in items]
+
+
+def _machine_errors_named(stream, shard: str):
+    """The items of `stream`; a machine error the work raises for all of them becomes InfrastructureError."""
+    try:
+        yield from stream
+    except Exception as exc:
+        if is_infrastructure(exc) and not isinstance(exc, InfrastructureError):
+            raise InfrastructureError(f"{shard}: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def run_shard_task(task: ShardTask) -> ShardStats:

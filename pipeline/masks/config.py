@@ -24,6 +24,7 @@ class MasksConfig:
     out: Path = Path(".")
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    decoders: int = 0  # clips decoded at once per worker, sharing model batches; 0: auto (1 on CPU); shapes nothing
     track: TrackOptions = field(default_factory=TrackOptions)  # stable instance ids across frames
     splits: tuple[str, ...] | None = None  # None: every split; selects shards, never changes them
     limit: int | None = None  # the first shards (by name) holding at least this many clips

@@ -58,7 +58,7 @@ def _run(config: MasksConfig, clips: list[ClipRecord], classes: tuple[str, ...],
     layout = load_layout(run_dir, _counts(clips), config.shard_size)
     by_shard = layout.assign(clips, group=lambda clip: clip.split, key=lambda clip: clip.clip_id)
     stage = MasksStage(segmenter=worker_spec(config), decode=config.decode, track=config.track,
-                       metadata=shard_metadata(config))
+                       metadata=shard_metadata(config), decoders=config.decoders)
     identities, fingerprint = clip_identities(clips), config.fingerprint()  # once: it hashes the weights
     plan = [ShardTask(stage=stage, name=name, folder=run_dir, items=tuple(items),
                       identity={clip.clip_id: identities[clip.clip_id] for clip in items},

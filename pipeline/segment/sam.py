@@ -49,7 +49,7 @@ class SamRefiner:
 
     def refine(self, batch: FrameBatch, found: list[FrameMasks]) -> list[FrameMasks]:
         """`found` with the masks of every keyframe's instances replaced by SAM's (at the source size)."""
-        keys = [i for i in range(len(batch)) if (batch.start + i) % self.every == 0 and len(found[i])]
+        keys = [i for i in range(len(batch)) if batch.positions[i] % self.every == 0 and len(found[i])]
         refined = list(found)
         for first in range(0, len(keys), self.images):
             chunk = keys[first:first + self.images]
