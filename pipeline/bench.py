@@ -158,7 +158,7 @@ def stored_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in run_dir.glob("*.parquet") if not p.name.endswith(".clips.parquet"))
 
 
-def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: int) -> dict:
+def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: int, decoders: int = 0) -> dict:
     """Best of `repeat` interleaved rounds of: the masks stage, the segmenter alone (the device path, and
     ultralytics' predict() for reference), the network alone, and decoding alone, all on the same frames."""
     import torch
@@ -173,7 +173,7 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
     segmenter.segment(first)  # warm-up: lazy setup, kernels, allocator
     segmenter.predict(first)
     cuda = spec.device.startswith("cuda")
-    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode,
+    config = MasksConfig(dataset="kinetics400", root=root, out=out, segmenter=spec, decode=decode, decoders=decoders,
                          execution=ExecOptions(workers=0), shard_size=8, overwrite=True)
     batches = [b for path in sources for b in VideoDecoder(path, decode)]
     inputs = [device_path.prepare(b.frames)[0] for b in batches]
@@ -206,6 +206,8 @@ def bench_masks(root: Path, out: Path, spec: SegmenterSpec, batch: int, repeat: 
     fps = {name: frames / seconds for name, seconds in best.items()}
     return {
         "conf": spec.conf,
+        "decoders": decoders or None,  # None: the stage's default (1 on CPU)
+        "frames_in_flight_max": summary.totals.get("frames_in_flight_max"),
         "frames": frames,
         "instances_per_frame": round(summary.totals["instances"] / max(1, frames), 2),
         "input_shape": list(inputs[0].shape),
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="340x256", help="source sizes, comma-separated WxH; the masks stage is "
                         "measured at each, render and storage at the first (e.g. 340x256,1280x720)")
     parser.add_argument("--inference", default="device", choices=("device", "predict"), help="the stage's YOLO path")
+    parser.add_argument("--decoders", type=int, default=0, help="the stage's clips decoded at once (0: its default)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         make_clips(folder / "data", clips, frames, width, height)
         load_segmenter.cache_clear()  # a fresh model at each size
         result["masks"][f"{width}x{height}"] = bench_masks(folder / "data", folder / "run", spec, result["batch"],
-                                                           args.repeat)
+                                                           args.repeat, args.decoders)
     folder = args.out / "x".join(map(str, sizes[0]))
     result["selfie_masks"] = bench_selfie(folder / "data", folder / "run", args.selfie_model)
     result["render"] = bench_render(folder / "data", folder / "run", args.variant, result["selfie_masks"]["run_tag"],

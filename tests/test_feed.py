@@ -100,11 +100,11 @@ def test_a_clip_that_fails_to_decode_stays_its_own(shapes_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("decoders", [2, 5])
-def test_frames_in_flight_are_bounded_and_reported(shapes_dataset, tmp_path, decoders):
+def test_the_bound_on_frames_in_flight_is_reported(shapes_dataset, tmp_path, decoders):
     root, _ = shapes_dataset
-    summary = run_masks(config(root, tmp_path / "out", shard_size=6, decoders=decoders,
+    summary = run_masks(config(root, tmp_path / "out", shard_size=2, decoders=decoders,
                                decode=DecodeOptions(batch=10)), progress=False)
-    totals = [json.loads(p.read_text())["totals"] for p in Path(summary.output).glob("*_stats.json")]
-    assert totals and all(t["decoders"] == decoders for t in totals)
-    piece = max(1, 10 // decoders)
-    assert all(t["frames_in_flight_max"] == decoders * 3 * piece + 10 for t in totals)
+    bound = decoders * 3 * (10 // decoders) + 10  # each decoder 2 pieces ahead plus the one taken, and the batch
+    shards = [json.loads(p.read_text())["totals"] for p in Path(summary.output).glob("*_stats.json")]
+    assert len(shards) > 1 and all(t["frames_in_flight_max"] == bound for t in shards)
+    assert summary.totals["frames_in_flight_max"] == bound  # the largest, not the sum over shards

@@ -38,7 +38,7 @@ class StageSummary:
     frames: int = 0
     failed_items: dict[str, str] = field(default_factory=dict)  # item → error, given up after their tries
     retried: dict[str, int] = field(default_factory=dict)  # item → tries, where more than one was needed
-    totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances)
+    totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances), and maxima
     left_out: dict[str, int] = field(default_factory=dict)  # input entries not made items, by reason (duplicates)
     workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
     seconds: float = 0.0
@@ -98,8 +98,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         summary.frames += stats.frames
         summary.failed_items |= stats.failed
         summary.retried |= stats.retried
-        for key, value in stats.totals.items():
-            summary.totals[key] = summary.totals.get(key, 0) + value
+        for key, value in stats.totals.items():  # sums; a `_max` is the largest of the shards'
+            merge = max if key.endswith("_max") else int.__add__
+            summary.totals[key] = merge(summary.totals.get(key, 0), value)
     summary.by_status = dict(sorted(statuses.items()))
     summary.items += statuses["shard_failed"] + statuses["not_done"]
     summary.seconds = round(time.perf_counter() - started, 2)

@@ -98,8 +98,8 @@ class MasksWork:
 
     def finish(self, outcomes: list[ClipStatus], commit: Commit) -> dict[str, Any]:
         self.writer.finish(outcomes)
-        totals = {"instances": sum(status.instances for status in outcomes), "decoders": self.decoders}
-        if self.decoders > 1:
+        totals = {"instances": sum(status.instances for status in outcomes)}
+        if self.frames_in_flight:  # the feeder's bound on decoded frames held at once (host memory)
             totals["frames_in_flight_max"] = self.frames_in_flight
         return totals
 
