@@ -57,8 +57,7 @@ class FrameBatch:
     def concat(cls, batches: list["FrameBatch"]) -> "FrameBatch":
         """One batch of the frames of several (of one size, possibly from different clips), in order."""
         first = batches[0]
-        if any(b.frames.shape[1:] != first.frames.shape[1:] or (b.height, b.width) != (first.height, first.width)
-               for b in batches):
+        if not all(first.fits(b) for b in batches):
             raise ValueError("frames of different sizes cannot share a batch")
         return cls(frames=np.concatenate([b.frames for b in batches]), indices=np.concatenate([b.indices for b in batches]),
                    times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,

@@ -106,6 +106,22 @@ def test_a_clip_that_fails_every_machine_is_its_own_problem(shapes_dataset, tmp_
                                     "row, each in a fresh process: MemoryError: out of host memory"}
 
 
+def test_clips_that_shared_batches_with_it_are_not_given_up(shapes_dataset, tmp_path):
+    """Several clips in flight when the bright clip runs out of memory: the machine error is counted against
+    none of them (max_tries 1 would give each up at once); each is tried alone next, and only the bright clip,
+    failing alone, is given up."""
+    root, _ = shapes_dataset
+    add_bright_clip(root)
+    spec = SegmenterSpec(backend="tests.segmenters:MemoryHogSegmenter")
+    masks = config(root, tmp_path / "out", segmenter=spec, execution=ExecOptions(workers=0, max_tries=1), decoders=3,
+                   shard_size=6)
+    runs = [run_masks(masks, progress=False) for _ in range(3)]
+    assert [bool(run.failed_shards) for run in runs] == [True, True, False]  # together; the bright clip alone; done
+    assert (runs[-1].by_status, runs[-1].failed_items) == ({"failed": 1, "ok": 5}, {
+        "zzbright_000000_000010": "gave up after 1 device, memory or disk errors in a row, each in a fresh "
+                                  "process: MemoryError: out of host memory"})
+
+
 def test_machine_errors_are_told_from_the_clips_own():
     import errno
 

@@ -4,12 +4,13 @@ back at its clip; the shards come out byte-identical to one clip at a time, and 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.datasets.sample import shape_clip
+from pipeline.datasets.sample import shape_clip, write_video
 from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.masks import run_masks
 from pipeline.masks.feed import Feeder
@@ -23,14 +24,17 @@ from tests.test_masks_stage import config, shard_bytes
 
 
 class Recording(LumaKeySegmenter):
-    """The luma key, remembering each batch it was given: (positions in their clips, display height)."""
+    """The luma key, remembering each batch it was given: each frame's position in its clip and its pixel sum
+    (which tells the clips apart)."""
 
     def __init__(self) -> None:
         super().__init__(SegmenterSpec(backend="luma"))
         self.batches: list[tuple[int, ...]] = []
+        self.contents: list[tuple[int, ...]] = []
 
     def segment(self, batch: FrameBatch):
         self.batches.append(tuple(batch.positions.tolist()))
+        self.contents.append(tuple(batch.frames.reshape(len(batch), -1).sum(axis=1).tolist()))
         return super().segment(batch)
 
 
@@ -57,13 +61,27 @@ def test_frames_of_several_clips_share_full_batches_packed_the_same_way_each_tim
     mixed = [p for p in segmenter.batches if list(p) != sorted(p)]  # positions restart: another clip's frames
     assert len(mixed) >= len(sizes) // 2
     again, _, _ = feed(records, decoders=3, batch=8)
-    assert again.batches == segmenter.batches  # the packing does not depend on thread timing
+    assert (again.batches, again.contents) == (segmenter.batches, segmenter.contents)  # not on thread timing
 
     alone = Recording()
     for record in records:  # each clip's rows: the same as decoding and segmenting it on its own
         rows = ClipRows(record.clip_id, dict(alone.names))
         status = segment_clip(record, alone, DecodeOptions(batch=8), rows)
         assert status.frames == fed[record].frames and fed[record].error is None
+        assert fed[record].rows.table().equals(rows.table()), record.clip_id
+
+
+def test_frames_of_other_sizes_are_packed_apart_in_full_batches(tmp_path):
+    sizes = [(96, 64), (128, 64), (96, 64), (128, 64), (96, 64)]
+    for i, (width, height) in enumerate(sizes):
+        write_video(tmp_path / "train" / f"c{i}.mp4", shape_clip(20, width, height, seed=i)[0], 12, lossless=True)
+    records = clips(tmp_path)
+    segmenter, fed, _ = feed(records, decoders=2, batch=8)
+    sizes = [len(positions) for positions in segmenter.batches]
+    assert sum(sizes) == 100 and sizes.count(8) >= len(sizes) - 3, sizes  # the last of each size, at the end
+    for record in records:
+        rows = ClipRows(record.clip_id, dict(segmenter.names))
+        segment_clip(record, LumaKeySegmenter(SegmenterSpec()), DecodeOptions(batch=8), rows)
         assert fed[record].rows.table().equals(rows.table()), record.clip_id
 
 
@@ -99,12 +117,65 @@ def test_a_clip_that_fails_to_decode_stays_its_own(shapes_dataset, tmp_path):
     assert mask_tables(together) == mask_tables(alone)
 
 
-@pytest.mark.parametrize("decoders", [2, 5])
-def test_the_bound_on_frames_in_flight_is_reported(shapes_dataset, tmp_path, decoders):
+class Counting:
+    """Counts the decoded frames alive (yielded by a decoder, not yet in a clip's rows) and their peak."""
+
+    def __init__(self, monkeypatch) -> None:
+        import threading
+
+        import pipeline.masks.feed as feed
+
+        self.lock, self.alive, self.peak = threading.Lock(), 0, 0
+        counting = self
+
+        class Decoder(feed.VideoDecoder):
+            def __iter__(self):
+                for batch in super().__iter__():
+                    counting.change(len(batch))
+                    yield batch
+
+        monkeypatch.setattr(feed, "VideoDecoder", Decoder)
+
+    def change(self, frames: int) -> None:
+        with self.lock:
+            self.alive += frames
+            self.peak = max(self.peak, self.alive)
+
+    def rows(self, names):
+        counting = self
+
+        class Rows(ClipRows):
+            def add(self, batch, results):
+                super().add(batch, results)
+                counting.change(-len(batch))
+
+        return lambda clip: Rows(clip.clip_id, names)
+
+
+@pytest.mark.parametrize("decoders, overlap", [(2, False), (3, True), (5, True)])
+def test_decoded_frames_held_at_once_stay_within_the_reported_bound(tmp_path, monkeypatch, decoders, overlap):
+    for i in range(4):  # long enough for the decoders to run ahead as far as they may
+        write_video(tmp_path / "train" / f"long{i}.mp4", shape_clip(48, 96, 64, seed=i)[0], 12, lossless=True)
+    counting = Counting(monkeypatch)
+
+    class Slow(Recording):
+        def segment(self, batch):
+            time.sleep(0.01)  # the decoders run ahead as far as they may
+            return super().segment(batch)
+
+    segmenter = Slow()
+    feeder = Feeder(segmenter, DecodeOptions(batch=6), decoders=decoders, rows=counting.rows(dict(segmenter.names)),
+                    overlap=overlap)
+    fed = dict(feeder.run(clips(tmp_path), lambda clip: None))
+    assert sum(outcome.frames for outcome in fed.values()) == 4 * 48 and counting.alive == 0
+    assert 6 <= counting.peak <= feeder.frames_in_flight, (counting.peak, feeder.frames_in_flight)
+
+
+def test_the_bound_is_reported_per_shard_and_as_the_largest(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
-    summary = run_masks(config(root, tmp_path / "out", shard_size=2, decoders=decoders,
-                               decode=DecodeOptions(batch=10)), progress=False)
-    bound = decoders * 3 * (10 // decoders) + 10  # each decoder 2 pieces ahead plus the one taken, and the batch
+    summary = run_masks(config(root, tmp_path / "out", shard_size=2, decoders=3, decode=DecodeOptions(batch=10)),
+                        progress=False)
+    bound = Feeder(LumaKeySegmenter(SegmenterSpec()), DecodeOptions(batch=10), decoders=3, rows=None).frames_in_flight
     shards = [json.loads(p.read_text())["totals"] for p in Path(summary.output).glob("*_stats.json")]
     assert len(shards) > 1 and all(t["frames_in_flight_max"] == bound for t in shards)
     assert summary.totals["frames_in_flight_max"] == bound  # the largest, not the sum over shards

@@ -261,9 +261,15 @@ def test_yuv_planes_agree_with_the_rgb_path(masked, name):
             assert edges.any() and whole.any()
 
 
-def test_planar_renders_scale_and_odd_sizes_go_through_rgb(tmp_path):
+def test_planar_renders_scale_and_odd_sizes_go_through_rgb(tmp_path, monkeypatch):
     """A colour variant scaled by the encoder (planes resized one by one), and a source of odd size (no 4:2:0
     planes to composite on), both rendered and both right."""
+    from pipeline.render.encode import ClipWriter
+
+    written = []  # (the odd-sized clip's, planes or RGB) of every frame handed to a writer
+    write = ClipWriter.write
+    monkeypatch.setattr(ClipWriter, "write", lambda self, frame: (written.append(("size1" in self._tmp.name,
+                                                                                  frame.ndim)), write(self, frame))[1])
     root = tmp_path / "k400"
     rows, truth = [], {}
     for i, (width, height, codec) in enumerate([(96, 64, "libx264"), (95, 63, "libvpx-vp9")]):
@@ -276,6 +282,7 @@ def test_planar_renders_scale_and_odd_sizes_go_through_rgb(tmp_path):
     out = tmp_path / "out"
     run_masks(masks_config(root, out), progress=False)
     for short_side, sizes in ((None, {(96, 64), (94, 62)}), (32, {(48, 32)})):
+        written.clear()
         summary = run_render(render_config(out, ["bg"], encode=EncodeOptions(short_side=short_side), overwrite=True),
                              progress=False)
         assert summary.variants[0].by_status == {"ok": 2}
@@ -292,3 +299,15 @@ def test_planar_renders_scale_and_odd_sizes_go_through_rgb(tmp_path):
             assert np.abs(video[background]).mean() < 6, path.name  # black…
             assert np.abs(video[people] - 255).mean() < 25, path.name  # …and the person kept
         assert seen == sizes
+        assert set(written) == {(False, 2), (True, 3)}  # the even clip on planes, the odd one in RGB
+
+
+def test_only_colour_variants_into_mp4_are_keyed_by_their_yuv_compositing():
+    """Colour fills into mp4 now come from the YUV planes (other pixels than before): their renders are redone.
+    Every other variant's renders are as they were, and keep their fingerprint."""
+    for fmt, names in (("mp4", ["bg", "bg_obj2", "person", "human_only"]), ("mp4", ["background_only", "swap"]),
+                       ("rawframes", ["bg", "person", "background_only"])):
+        config = render_config(Path("."), names, encode=EncodeOptions(format=fmt))
+        keyed = {variant.name: config.made_of(variant).get("composite") for variant in config.variants}
+        planar = fmt == "mp4" and "bg" in names
+        assert keyed == dict.fromkeys(names, "yuv420p" if planar else None), (fmt, keyed)

@@ -162,57 +162,64 @@ class Tries:
         return None
 
     def clean(self, key: str) -> bool:
-        """No try of the item has failed, died or met a machine error since it last finished."""
+        """No try of the item has failed, died, met a machine error, or been cut short while shared, since it
+        last finished: it may share a process with other items' tries."""
         entry = self._entries.get(key)
-        return entry is None or not (entry["failures"] or entry.get("machine"))
+        return entry is None or not (entry["failures"] or entry.get("machine") or entry.get("shared"))
 
-    def begin(self, key: str) -> None:
-        """Count a try, in flight until `succeeded` or `failed` (a try whose worker dies stays counted)."""
+    def begin(self, key: str, *, shared: bool = False) -> None:
+        """Count a try, in flight until `succeeded` or `failed`; a try whose worker dies stays counted as a
+        failure. A `shared` try (the item is one of several in flight in one process) is not: a death or machine
+        error then may be another item's doing, so it only marks the item to be tried alone next."""
         entry = self._entry(key)
         with self._lock:
             entry["tries"] += 1
-            entry["failures"] += 1
+            if shared:
+                entry["shared"] = True  # until it finishes: not clean, so its next try is alone
+            else:
+                entry["failures"] += 1
             entry["error"] = None
             self._save()
-            _IN_FLIGHT[id(entry)] = (self, entry)
+            _IN_FLIGHT[id(entry)] = (self, entry, shared)
 
     def succeeded(self, key: str) -> None:
         entry = self._entry(key)
         with self._lock:
             _IN_FLIGHT.pop(id(entry), None)
             entry["failures"] = entry["machine"] = 0
+            entry.pop("shared", None)
             self._save()
 
     def failed(self, key: str, exc: Exception) -> None:
         """The try raised: the item's own failure, recorded; or the machine's (device, memory, disk), taken back,
-        counted apart, and raised as InfrastructureError (this process is done with the shard)."""
+        counted apart (unless the try was shared), and raised as InfrastructureError (this process is done with
+        the shard)."""
         entry = self._entry(key)
         error = f"{type(exc).__name__}: {exc}"
+        shared = _IN_FLIGHT.get(id(entry), (None, None, False))[2]
         if is_infrastructure(exc):
             self.take_back(entry)
-            with self._lock:
-                entry["machine"] += 1  # in a row, over workers and runs
-                entry["error"] = error
-                self._save()
+            if not shared:
+                with self._lock:
+                    entry["machine"] += 1  # in a row, over workers and runs
+                    entry["error"] = error
+                    self._save()
             raise InfrastructureError(f"{key}: {error}") from exc
         with self._lock:
             _IN_FLIGHT.pop(id(entry), None)
+            if shared:  # raised by the item's own work (the shared work tells items apart): counted
+                entry["failures"] += 1
             entry["error"] = error
             self._save()
         log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, error)
 
-    def abandon(self, exc: BaseException) -> None:
-        """Everything this shard still has in flight stops because of `exc` (raised by work on several items at
-        once): each try is taken back, and a machine error is counted against each, so they run alone next."""
+    def abandon(self) -> None:
+        """Take back every try of this shard still in flight (the work on several items at once stopped);
+        shared ones stay marked, so each of those items is tried alone next."""
         with self._lock:
-            pending = [entry for tries, entry in _IN_FLIGHT.values() if tries is self]
+            pending = [entry for tries, entry, _ in _IN_FLIGHT.values() if tries is self]
         for entry in pending:
             self.take_back(entry)
-            if isinstance(exc, Exception) and is_infrastructure(exc):
-                with self._lock:
-                    entry["machine"] += 1
-                    entry["error"] = f"{type(exc).__name__}: {exc}"
-                    self._save()
 
     def _entry(self, key: str) -> dict:
         entry = self._entries.setdefault(key, {"tries": 0, "failures": 0, "machine": 0, "error": None})
@@ -222,10 +229,12 @@ class Tries:
     def take_back(self, entry: dict) -> None:
         """Uncount the try in flight on `entry` (once, whoever calls first)."""
         with self._lock:
-            if _IN_FLIGHT.pop(id(entry), None) is None:
+            record = _IN_FLIGHT.pop(id(entry), None)
+            if record is None:
                 return
             entry["tries"] -= 1
-            entry["failures"] -= 1
+            if not record[2]:  # a shared try counted no failure
+                entry["failures"] -= 1
             self._save()
 
     def retried(self) -> dict[str, int]:
@@ -239,13 +248,13 @@ class Tries:
         write_json(self.path, self._entries)
 
 
-_IN_FLIGHT: dict[int, tuple[Tries, dict]] = {}  # the tries this process is making now, by entry
+_IN_FLIGHT: dict[int, tuple[Tries, dict, bool]] = {}  # the tries this process is making now, by entry
 
 
 def release_in_flight() -> int:
     """Take back every try this process is making now (it is being stopped from outside); returns how many."""
     pending = list(_IN_FLIGHT.values())
-    for tries, entry in pending:
+    for tries, entry, _ in pending:
         tries.take_back(entry)
     return len(pending)
 

@@ -76,9 +76,10 @@ def _outcomes(task: ShardTask, tries: Tries, work) -> list:
     """Every item's outcome, kept (`work.keep`) in item order as soon as the items before it are settled.
 
     A work that can process several items at once (`process_together`) gets the items with a clean record
-    first; it calls `begin` as it starts each, so a try cut short by a dying worker is counted against every
-    item it was on. Items that fail there, or came with a failed or unfinished try, then go one by one through
-    their tries, alone: an item is only ever given up for what it does by itself.
+    first; it calls `begin` as it starts each (a shared try: a worker dying or a machine error there is not
+    counted against the items, but marks them to be tried alone). Items that fail there, or came with a
+    failed, unfinished or shared try, then go one by one through their tries, alone: an item is only ever
+    given up for what it does by itself.
     """
     items, settled, kept = task.items, {}, 0
 
@@ -91,7 +92,8 @@ def _outcomes(task: ShardTask, tries: Tries, work) -> list:
 
     together = getattr(work, "process_together", None)
     if together is not None:
-        stream = together([item for item in items if tries.clean(item.key)], begin=lambda item: tries.begin(item.key))
+        stream = together([item for item in items if tries.clean(item.key)],
+                          begin=lambda item: tries.begin(item.key, shared=True))
         try:
             for item, result in _machine_errors_named(stream, task.name):
                 if isinstance(result, Exception):
@@ -99,8 +101,8 @@ def _outcomes(task: ShardTask, tries: Tries, work) -> list:
                 else:
                     tries.succeeded(item.key)
                     settle(item, result)
-        except BaseException as exc:
-            tries.abandon(exc)  # the tries still in flight
+        except BaseException:
+            tries.abandon()  # the tries still in flight: taken back, their items tried alone next
             raise
         finally:
             stream.close()  # stops whatever the work still runs for the items in flight

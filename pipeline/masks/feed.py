@@ -3,14 +3,13 @@ into model batches by a fixed round-robin over the decoder slots, and every resu
 frame order.
 
 The packing depends only on the clips' frame sequences, never on thread timing: the feeder takes the next
-piece of each slot in turn, waiting for it, so the same clips give the same batches. A slot whose clip ends is
-given the next clip at the start of the next round. A batch holds frames of one size; a piece of another size
-starts a new one.
+piece of each slot in turn, waiting for it, and a slot whose clip ends is given the next clip at the start of
+the next round. Frames of different sizes are packed apart, one batch per size; a batch is run when it holds
+`batch` frames or `max_batch_mb` of them (the decoder's own caps), or when no slot decodes its size any more.
 
 A clip's failure stays its own: a decoder that raises ends only its clip, and a batch the segmenter raises on is
 run again clip by clip, so that only the clip whose frames raise it gets the error. A machine error (device,
-memory) stops the feeder. Frames in flight are bounded: each slot's decoder is at most `PREFETCH` pieces ahead,
-plus the batch being packed and what waits for RLE and tracking.
+memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`).
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 PREFETCH = 2  # pieces each slot's decoder may be ahead
 BEHIND = 2  # batches waiting for RLE and tracking (on CUDA)
 
+Packed = list[tuple["FedClip", FrameBatch]]
+
 
 @dataclass(eq=False, kw_only=True)
 class FedClip:
@@ -42,9 +43,13 @@ class FedClip:
     info: VideoInfo | None = None  # None: no frame decoded
     frames: int = 0
     error: str | None = None  # the decode error that ended it part way (or before any frame)
-    failed: Exception | None = field(default=None, repr=False)  # the clip's own failure: it has no usable rows
-    ended: bool = False
-    waiting: int = 0  # pieces packed or segmented whose masks are not yet in `rows`
+    failed: Exception | None = field(default=None, repr=False)  # its own failure: no usable rows
+    add_error: Exception | None = field(default=None, repr=False)  # its failure in RLE or tracking (behind)
+    sent: int = 0  # pieces handed to RLE and tracking (main thread)
+    added: int = 0  # of those, added to `rows` (the thread behind)
+    waiting: int = 0  # pieces packed but not yet segmented
+    shape: tuple | None = None  # the size its frames are packed by
+    ahead: FrameBatch | None = field(default=None, repr=False)  # its next piece, taken from the decoder
     decoder: VideoDecoder | None = field(default=None, repr=False)
     pieces: Iterator[FrameBatch] | None = field(default=None, repr=False)
 
@@ -54,54 +59,66 @@ class Feeder:
 
     def __init__(self, segmenter: Segmenter, options: DecodeOptions, *, decoders: int,
                  rows: Callable[[ClipRecord], ClipRows], overlap: bool = False) -> None:
-        self.segmenter, self.decoders, self.batch = segmenter, max(1, decoders), options.batch
+        self.segmenter, self.decoders = segmenter, max(1, decoders)
+        self.batch, self.batch_bytes = options.batch, options.max_batch_mb << 20
         self.options = replace(options, batch=max(1, options.batch // self.decoders))  # a piece: one slot's share
         self.rows, self.overlap = rows, overlap
 
     @property
     def frames_in_flight(self) -> int:
-        """At most this many decoded frames are held at once (decoders ahead, the batch, RLE and tracking)."""
-        return self.decoders * (PREFETCH + 1) * self.options.batch + self.batch * (1 + (BEHIND if self.overlap else 0))
+        """At most this many decoded frames are held at once: per decoder, the pieces queued ahead, the one its
+        thread waits to queue, the one it is filling and the one taken ahead; a batch being packed per frame
+        size (at most one per decoder); the batch being segmented; the batches behind (RLE and tracking, on
+        CUDA)."""
+        behind = BEHIND + 1 if self.overlap else 0
+        return self.decoders * ((PREFETCH + 3) * self.options.batch + self.batch) + self.batch * (1 + behind)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
-        """Every clip's outcome, in the order they finish; `begin(clip)` is called as each is opened."""
+        """Every clip's outcome, as each is finished; `begin(clip)` is called as each is opened."""
         waiting, slots = deque(clips), [None] * self.decoders
-        packing: list[tuple[FedClip, FrameBatch]] = []
+        packing: dict[tuple, Packed] = {}  # by frame size, in the order sizes first came
         ended: list[FedClip] = []
         try:
             with Behind(depth=BEHIND if self.overlap else 0) as after:
                 while True:
-                    for s in range(len(slots)):
-                        if slots[s] is None and waiting:
-                            clip = waiting.popleft()
-                            begin(clip)
-                            slots[s] = self._open(clip)
-                    if not any(slots):
+                    self._fill(slots, waiting, begin, ended)
+                    live = [fed for fed in slots if fed is not None]
+                    decoding = {fed.shape for fed in live}
+                    for shape in [shape for shape in packing if shape not in decoding]:
+                        self._segment(packing.pop(shape), after)  # no slot fills it any more: its clips end
+                    yield from self._finished(ended)
+                    if not live:
                         break
-                    for s, fed in enumerate(slots):
-                        if fed is None:
-                            continue
-                        piece = self._next(fed)
-                        if piece is None:
-                            slots[s], fed.ended = None, True
-                            ended.append(fed)
-                            continue
-                        while piece is not None:  # what fits fills the batch; the rest starts the next
-                            if packing and not packing[0][1].fits(piece):
-                                packing = self._segment(packing, after)
-                            head, piece = piece.split(self.batch - _frames(packing))
-                            packing.append((fed, head))
-                            fed.waiting += 1
-                            if _frames(packing) == self.batch:
-                                packing = self._segment(packing, after)
-                    yield from self._finished(ended, after)
-                self._segment(packing, after)
-                yield from self._finished(ended, after)
+                    for fed in live:
+                        piece, fed.ahead = fed.ahead, None
+                        self._pack(packing, fed, piece, after)
+                after.drain()
+                yield from self._finished(ended)
         finally:
             for fed in slots:
-                if fed is not None and fed.pieces is not None:
+                if fed is not None:
                     fed.pieces.close()  # stops its decoder thread
+
+    def _fill(self, slots: list[FedClip | None], waiting: deque, begin: Callable[[ClipRecord], None],
+              ended: list[FedClip]) -> None:
+        """Each slot in turn with its next piece ahead: a clip without one has ended and leaves its slot to the
+        next waiting clip (opened, and its first piece taken, so that its frame size is known)."""
+        for s in range(len(slots)):
+            while True:
+                if slots[s] is None:
+                    if not waiting:
+                        break
+                    clip = waiting.popleft()
+                    begin(clip)
+                    slots[s] = self._open(clip)
+                fed = slots[s]
+                if fed.ahead is None:
+                    fed.ahead = self._next(fed)
+                if fed.ahead is not None:
+                    break
+                slots[s] = None
+                ended.append(fed)
 
     def _open(self, clip: ClipRecord) -> FedClip:
         decoder = VideoDecoder(clip.path, self.options)
@@ -109,89 +126,98 @@ class Feeder:
 
     def _next(self, fed: FedClip) -> FrameBatch | None:
         """The slot's next piece; None once its clip has ended (decoded to the end, a decode error, a failure)."""
-        try:
-            piece = next(fed.pieces, None)
-        except DecodeError as exc:
-            log.warning("decode error after %d frames: %s", fed.frames, exc)
-            fed.error = str(exc)
-            piece = None
-        except Exception as exc:
-            if is_infrastructure(exc):
-                raise
-            fed.failed = exc
-            piece = None
+        piece = None
+        if fed.failed is None:  # a clip that failed (its batch, alone) is not decoded further
+            try:
+                piece = next(fed.pieces, None)
+            except DecodeError as exc:
+                log.warning("decode error after %d frames: %s", fed.frames, exc)
+                fed.error = str(exc)
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                fed.failed = exc
         if piece is None:
             fed.info = fed.decoder.info
             fed.pieces.close()
             return None
         fed.frames += len(piece)
+        fed.shape = (*piece.frames.shape[1:], piece.height, piece.width)
         return piece
 
-    def _segment(self, packing: list[tuple[FedClip, FrameBatch]], after: Behind) -> list:
-        """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order); returns
-        the next, empty, batch."""
-        for fed, _ in packing:
+    def _pack(self, packing: dict[tuple, Packed], fed: FedClip, piece: FrameBatch, after: Behind) -> None:
+        """Add a piece to the batch of its size; what fits fills it (then it runs), the rest starts the next."""
+        nbytes = piece.frames[0].nbytes
+        limit = min(self.batch, max(1, -(-self.batch_bytes // nbytes)))  # as VideoDecoder caps its batches
+        while piece is not None:
+            packed = packing.setdefault(fed.shape, [])
+            head, piece = piece.split(limit - sum(len(p) for _, p in packed))
+            packed.append((fed, head))
+            fed.waiting += 1
+            if sum(len(p) for _, p in packed) >= limit:
+                self._segment(packing.pop(fed.shape), after)
+
+    def _segment(self, packed: Packed, after: Behind) -> None:
+        """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order)."""
+        for fed, _ in packed:
             fed.waiting -= 1
-        live = [(fed, piece) for fed, piece in packing if fed.failed is None]
+        live = [(fed, piece) for fed, piece in packed if fed.failed is None]
         if not live:
-            return []
+            return
         try:
-            results = self.segmenter.segment(FrameBatch.concat([piece for _, piece in live]))
-            found, offset = {}, 0
-            for _, piece in live:
-                found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
+            found = self._masks([piece for _, piece in live])
         except Exception as exc:
             if is_infrastructure(exc):
                 raise
             found = self._clip_by_clip(live, exc)
-        for fed, piece in live:
-            if fed.failed is None:
-                after.submit(_add, fed, piece, found[id(piece)])
-        return []
+        work = [(fed, piece, found[id(piece)]) for fed, piece in live if fed.failed is None]
+        for fed, _, _ in work:
+            fed.sent += 1
+        after.submit(_add, work)
 
-    def _clip_by_clip(self, live: list[tuple[FedClip, FrameBatch]], error: Exception) -> dict[int, list[FrameMasks]]:
+    def _masks(self, pieces: list[FrameBatch]) -> dict[int, list[FrameMasks]]:
+        """The segmenter on the pieces as one batch: each piece's masks, by the piece's id."""
+        results = self.segmenter.segment(FrameBatch.concat(pieces))
+        if len(results) != sum(len(piece) for piece in pieces):
+            raise ValueError(f"the segmenter gave {len(results)} results for {sum(map(len, pieces))} frames")
+        found, offset = {}, 0
+        for piece in pieces:
+            found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
+        return found
+
+    def _clip_by_clip(self, live: Packed, error: Exception) -> dict[int, list[FrameMasks]]:
         """A batch raised `error`: each clip's pieces again on their own. A clip that raises alone (or was alone
-        in the batch) fails with its error; the others' masks come back by piece."""
+        in the batch) fails with its error; the others' masks come back."""
         owners = list(dict.fromkeys(fed for fed, _ in live))
         found = {}
         for fed in owners:
-            pieces = [piece for owner, piece in live if owner is fed]
             try:
                 if len(owners) == 1:
                     raise error
-                results = self.segmenter.segment(FrameBatch.concat(pieces))
+                found |= self._masks([piece for owner, piece in live if owner is fed])
             except Exception as exc:
                 if is_infrastructure(exc):
                     raise
                 fed.failed = exc
-                continue
-            offset = 0
-            for piece in pieces:
-                found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
         return found
 
-    def _finished(self, ended: list[FedClip], after: Behind) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
-        """The ended clips whose masks are all in their rows (what runs behind is waited for only then)."""
-        ready = [fed for fed in ended if fed.failed is not None or fed.waiting == 0]
-        if any(fed.failed is None for fed in ready):
-            after.drain()
-        for fed in ready:
+    def _finished(self, ended: list[FedClip]) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
+        """The ended clips that failed, or whose masks are all in their rows."""
+        for fed in [fed for fed in ended if fed.failed is not None or (fed.waiting == 0 and fed.added == fed.sent)]:
             ended.remove(fed)
+            if fed.failed is None and fed.add_error is not None:  # read once everything behind is done
+                fed.failed = fed.add_error
             yield fed.clip, (fed.failed if fed.failed is not None else fed)
 
 
-def _add(fed: FedClip, piece: FrameBatch, found: list[FrameMasks]) -> None:
-    if fed.failed is not None:
-        return
-    try:
-        fed.rows.add(piece, found)
-    except Exception as exc:  # noqa: BLE001 - the clip's own failure (a machine error is raised on)
-        if is_infrastructure(exc):
-            raise
-        fed.failed = exc
-
-
-def _frames(packing: list[tuple[FedClip, FrameBatch]]) -> int:
-    return sum(len(piece) for _, piece in packing)
-
-
+def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
+    """Behind the model: each piece's masks into its clip's rows (RLE, tracking), in order."""
+    for fed, piece, found in work:
+        if fed.add_error is None:
+            try:
+                fed.rows.add(piece, found)
+            except Exception as exc:  # noqa: BLE001 - the clip's own failure; a machine error is raised on
+                if is_infrastructure(exc):
+                    raise
+                fed.add_error = exc
+        fed.added += 1

@@ -10,11 +10,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from pipeline.decode import DecodeError, DecodeOptions, VideoDecoder, VideoInfo
+from pipeline.decode import DecodeOptions, VideoInfo
 from pipeline.engine import Commit, ShardTask
 from pipeline.masks.feed import Feeder
 from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
-from pipeline.prefetch import Behind, prefetched
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
 from pipeline.tracking import IouTracker, TrackOptions
@@ -136,7 +135,8 @@ def undecodable(clip: ClipRecord) -> ClipStatus | None:
 
 def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions, rows: ClipRows, *,
                  overlap: bool = False) -> ClipStatus:
-    """Decode and segment one clip into `rows`; the returned status says whether the rows are usable.
+    """Decode and segment one clip into `rows` (the Feeder with one decoder); the returned status says whether
+    the rows are usable, and the clip's own failure is raised.
 
     A clip that stops decoding part way (a truncated download) keeps the masks of the frames before the
     error: status `partial`, with the error and the frame count. With `overlap` (a GPU model, whose thread
@@ -146,17 +146,11 @@ def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions,
     status = undecodable(clip)
     if status is not None:
         return status
-    decoder = VideoDecoder(clip.path, options)
-    frames, error = 0, None
-    with Behind(depth=2 if overlap else 0) as after:  # RLE and tracking while the model runs the next batch
-        try:
-            for batch in prefetched(decoder):  # the next batch decodes while the model runs on this one
-                after.submit(rows.add, batch, segmenter.segment(batch))
-                frames += len(batch)
-        except DecodeError as exc:
-            log.warning("decode error after %d frames: %s", frames, exc)
-            error = str(exc)
-    return decoded_status(clip, decoder.info, frames, error, len(rows))
+    feeder = Feeder(segmenter, options, decoders=1, rows=lambda _: rows, overlap=overlap)
+    ((_, fed),) = feeder.run([clip], begin=lambda _: None)
+    if isinstance(fed, Exception):
+        raise fed
+    return decoded_status(clip, fed.info, fed.frames, fed.error, len(rows))
 
 
 def decoded_status(clip: ClipRecord, info: VideoInfo | None, frames: int, error: str | None, instances: int

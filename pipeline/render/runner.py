@@ -44,10 +44,17 @@ class RenderConfig:
         return Path(self.out).absolute() / "renders" / self.dataset / masks.tag / variant.name
 
     def fingerprint(self, variant: Variant) -> str:
+        return hashlib.sha256(json.dumps(self.made_of(variant), sort_keys=True).encode()).hexdigest()[:10]
+
+    def made_of(self, variant: Variant) -> dict:
+        """The settings a variant's renders are made from (what `fingerprint` hashes). Colour variants into mp4
+        are composited on YUV planes, which gives other pixels than the RGB path they had before: they say so,
+        and only they (every other variant's renders are as they were)."""
         fields = {"variant": variant.spec(), "encode": self.encode.output_fields(), "seed": self.seed,
-                  "pair_range": list(self.pair_range) if variant.needs_pair else None,
-                  "composite": "yuv420p" if planar(variant, self.encode.format) else "rgb"}
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+                  "pair_range": list(self.pair_range) if variant.needs_pair else None}
+        if planar(variant, self.encode.format):
+            fields["composite"] = "yuv420p"
+        return fields
 
 
 @dataclass(kw_only=True)
@@ -89,10 +96,8 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
                                 variant_dir=config.variant_dir(masks, variant), decode_fps=masks.decode_fps,
                                 seed=config.seed)
             write_json(stage.variant_dir / f"variant.{config.encode.format}.json",
-                       {"variant": variant.spec(), "encode": config.encode.output_fields(), "seed": config.seed,
-                        "fingerprint": config.fingerprint(variant), "masks_dir": str(masks.folder),
-                        "masks_fingerprint": masks.fingerprint,
-                        "pair_range": list(config.pair_range) if variant.needs_pair else None})
+                       {**config.made_of(variant), "fingerprint": config.fingerprint(variant),
+                        "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
             fingerprint = config.fingerprint(variant)
             plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint, config)
                     for shard, shard_clips in by_shard.items()]
