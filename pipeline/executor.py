@@ -160,8 +160,10 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
             yield client
         return
     # A task whose worker dies is rerun elsewhere; let that happen more often than a clip is tried, so the
-    # clip that kills workers is given up (claims.Tries) before Dask gives up its whole shard (KilledWorker).
-    with dask.config.set({"distributed.scheduler.allowed-failures": options.max_tries + 1}):
+    # clip that kills workers is given up (claims.Tries) before Dask gives up its whole shard (KilledWorker):
+    # with several clips in flight a death is first uncounted (a shared try), then max_tries alone, and room
+    # for a second such clip in the shard.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2 * (options.max_tries + 1)}):
         if options.cluster:
             from pipeline.cluster import job_cluster
 

@@ -311,3 +311,5 @@ def test_only_colour_variants_into_mp4_are_keyed_by_their_yuv_compositing():
         keyed = {variant.name: config.made_of(variant).get("composite") for variant in config.variants}
         planar = fmt == "mp4" and "bg" in names
         assert keyed == dict.fromkeys(names, "yuv420p" if planar else None), (fmt, keyed)
+    # what the fingerprint of an untouched variant was before the planes came, so its renders are not redone
+    assert render_config(Path("."), ["background_only"]).fingerprint(resolve(["background_only"])[0]) == "c0f4732b47"

@@ -196,7 +196,9 @@ class Tries:
         the shard)."""
         entry = self._entry(key)
         error = f"{type(exc).__name__}: {exc}"
-        shared = _IN_FLIGHT.get(id(entry), (None, None, False))[2]
+        with self._lock:
+            record = _IN_FLIGHT.get(id(entry))
+        shared = record is not None and record[2]
         if is_infrastructure(exc):
             self.take_back(entry)
             if not shared:
@@ -206,9 +208,9 @@ class Tries:
                     self._save()
             raise InfrastructureError(f"{key}: {error}") from exc
         with self._lock:
-            _IN_FLIGHT.pop(id(entry), None)
-            if shared:  # raised by the item's own work (the shared work tells items apart): counted
-                entry["failures"] += 1
+            record = _IN_FLIGHT.pop(id(entry), None)
+            if record is not None and record[2]:  # raised by the item's own work (the shared work tells items
+                entry["failures"] += 1  # apart): counted
             entry["error"] = error
             self._save()
         log.warning("%s: try %d of %d failed: %s", key, entry["failures"], self.max_tries, error)

@@ -35,13 +35,17 @@ class Interrupted(BaseException):
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # full disk, quota, read-only, I/O error
+_PROCESS_ERRNOS = {errno.EMFILE, errno.ENFILE}  # out of file handles: the process's, not the clip's
 
 
 def is_infrastructure(exc: BaseException) -> bool:
-    """A device error, memory exhausted on the device or the host, or a disk that cannot take the output."""
+    """A device error, memory exhausted on the device or the host, a disk that cannot take the output, or a
+    process out of file handles or threads."""
     if isinstance(exc, (MemoryError, InfrastructureError)):
         return True
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS | _PROCESS_ERRNOS:
+        return True
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):  # out of threads
         return True
     if any(cls.__name__ in _DEVICE_TYPES for cls in type(exc).__mro__):
         return True

@@ -39,7 +39,7 @@ class FedClip:
     """One clip as the feeder leaves it: what its decoder learned, its frames, and the rows of its masks."""
 
     clip: ClipRecord
-    rows: ClipRows
+    rows: ClipRows | None  # None: it could not be opened (`failed` says why)
     info: VideoInfo | None = None  # None: no frame decoded
     frames: int = 0
     error: str | None = None  # the decode error that ended it part way (or before any frame)
@@ -111,7 +111,13 @@ class Feeder:
                         break
                     clip = waiting.popleft()
                     begin(clip)
-                    slots[s] = self._open(clip)
+                    try:
+                        slots[s] = self._open(clip)
+                    except Exception as exc:  # noqa: BLE001 - the clip's (a machine error is raised on)
+                        if is_infrastructure(exc):
+                            raise
+                        ended.append(FedClip(clip=clip, rows=None, failed=exc))
+                        continue
                 fed = slots[s]
                 if fed.ahead is None:
                     fed.ahead = self._next(fed)
@@ -174,6 +180,9 @@ class Feeder:
         for fed, _, _ in work:
             fed.sent += 1
         after.submit(_add, work)
+        if not self.overlap:  # `_add` ran inline: a clip it failed is not decoded further
+            for fed, _, _ in work:
+                fed.failed = fed.failed or fed.add_error
 
     def _masks(self, pieces: list[FrameBatch]) -> dict[int, list[FrameMasks]]:
         """The segmenter on the pieces as one batch: each piece's masks, by the piece's id."""
