@@ -157,10 +157,11 @@ class Feeder:
         limit = min(self.batch, max(1, -(-self.batch_bytes // nbytes)))  # as VideoDecoder caps its batches
         while piece is not None:
             packed = packing.setdefault(fed.shape, [])
-            head, piece = piece.split(limit - sum(len(p) for _, p in packed))
+            room = limit - sum(len(p) for _, p in packed)
+            head, piece = piece.split(room)
             packed.append((fed, head))
             fed.waiting += 1
-            if sum(len(p) for _, p in packed) >= limit:
+            if len(head) == room:
                 self._segment(packing.pop(fed.shape), after)
 
     def _segment(self, packed: Packed, after: Behind) -> None:

@@ -5,7 +5,6 @@ that fails there, or whose last try did not finish, is then tried alone, one cli
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -17,8 +16,6 @@ from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
 from pipeline.tracking import IouTracker, TrackOptions
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +45,9 @@ class MasksWork:
         self.stage, self.segmenter, self.writer = stage, segmenter, writer
         self.decoders = stage.decoders_here()
         self._rows: dict[str, ClipRows] = {}  # usable clips' rows, until kept
-        self.frames_in_flight = 0  # the feeder's bound, when clips go through it
-        self.process_together = self._together if self.decoders > 1 else None  # the engine's hook, or none
+        self._feeder = Feeder(segmenter, stage.decode, decoders=self.decoders, rows=self._new_rows,
+                              overlap=self.overlap) if self.decoders > 1 else None
+        self.process_together = self._together if self._feeder else None  # the engine's hook, or none
 
     @property
     def overlap(self) -> bool:
@@ -75,10 +73,7 @@ class MasksWork:
                 continue
             begin(clip)
             yield clip, status
-        feeder = Feeder(self.segmenter, self.stage.decode, decoders=self.decoders, rows=self._new_rows,
-                        overlap=self.overlap)
-        self.frames_in_flight = feeder.frames_in_flight
-        for clip, fed in feeder.run(feedable, begin):
+        for clip, fed in self._feeder.run(feedable, begin):
             if isinstance(fed, Exception):
                 yield clip, fed
                 continue
@@ -98,8 +93,8 @@ class MasksWork:
     def finish(self, outcomes: list[ClipStatus], commit: Commit) -> dict[str, Any]:
         self.writer.finish(outcomes)
         totals = {"instances": sum(status.instances for status in outcomes)}
-        if self.frames_in_flight:  # the feeder's bound on decoded frames held at once (host memory)
-            totals["frames_in_flight_max"] = self.frames_in_flight
+        if self._feeder:  # its bound on decoded frames held at once (host memory)
+            totals["frames_in_flight_max"] = self._feeder.frames_in_flight
         return totals
 
     def abort(self) -> None:
