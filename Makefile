@@ -46,6 +46,11 @@ RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(if $(VARIANTS_FILE),--variants-file "$(VARIANTS_FILE)") \
 	$(if $(FORMAT),--format "$(FORMAT)") \
 	$(if $(SHORT_SIDE),--short-side "$(SHORT_SIDE)") \
+	$(if $(SCUBA_IMAGES),--scuba-images "$(SCUBA_IMAGES)") \
+	$(if $(BACKGROUNDS_PER_CLIP),--backgrounds-per-clip "$(BACKGROUNDS_PER_CLIP)") \
+	$(if $(SWAP_SEEDS),--swap-seeds "$(SWAP_SEEDS)") \
+	$(if $(SWAP_ALIGN),--swap-align "$(SWAP_ALIGN)") \
+	$(if $(SWAP_RELATIONS),--swap-relations "$(SWAP_RELATIONS)") \
 	$(EXEC_FLAGS)
 
 MANIFEST_FLAGS := $(DATASET_FLAGS) \
@@ -54,7 +59,12 @@ MANIFEST_FLAGS := $(DATASET_FLAGS) \
 	$(if $(MIN_COVERAGE),--min-coverage "$(MIN_COVERAGE)") \
 	$(if $(MIN_FRAMES_FRAC),--min-frames-frac "$(MIN_FRAMES_FRAC)")
 
-.PHONY: all masks render manifests report bench test models venv clean-sample
+EVALUATE_FLAGS := $(DATASET_FLAGS) \
+	$(if $(MASKS),--masks "$(MASKS)") \
+	$(if $(SPLIT),--split "$(SPLIT)") \
+	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)")
+
+.PHONY: all masks render manifests report evaluate bench test models venv clean-sample
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
@@ -67,6 +77,11 @@ manifests: $(STAMP)
 
 report: $(STAMP)
 	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)")
+
+# Score a model: PREDICTIONS=DIR holds <variant>.pkl|csv (subfolders <train variant>/ for a grid).
+evaluate: $(STAMP)
+	$(if $(PREDICTIONS),,$(error PREDICTIONS=DIR is required: one predictions file per variant, <variant>.pkl or .csv))
+	$(PY) -m pipeline evaluate $(EVALUATE_FLAGS) --predictions "$(PREDICTIONS)"
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
 all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))

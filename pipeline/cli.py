@@ -22,7 +22,7 @@ from pipeline.masks.config import MasksConfig
 from pipeline.render.encode import FORMATS, EncodeOptions
 from pipeline.render.pairing import PAIR_RANGE
 from pipeline.render.runner import RenderConfig
-from pipeline.render.variants import PRESETS, MaskOptions, resolve
+from pipeline.render.variants import ALIGNS, DEFAULT_VARIANTS, NEEDS_RELATIONS, MaskOptions, ProtocolOptions, resolve
 from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
 from pipeline.segment.base import RANDOM
 from pipeline.segment.sam import SAM_TYPES
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_id(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
     _add_masks_run(render)
-    render.add_argument("--variants", default=",".join(PRESETS), help=f"comma-separated (default: every preset: {', '.join(PRESETS)})")
+    render.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
+                             f"{', '.join(DEFAULT_VARIANTS)})")
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
                         help="define a variant, e.g. 'blue:background=color(0,0,255);objects=blur(8)'")
@@ -137,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--seed", type=int, default=0, help="seed of noise fills and swap pairing")
     render.add_argument("--pair-coverage", type=coverage_range, default=PAIR_RANGE, metavar="LOW,HIGH",
                         help="swap: person coverage range of paired clips (default 0.05,0.5)")
+    render.add_argument("--scuba-images", type=Path, metavar="DIR",
+                        help="scuba / scufo: backgrounds drawn from this folder of images (default: stripes)")
+    render.add_argument("--backgrounds-per-clip", type=positive_int, metavar="K",
+                        help="static-background variants (scuba, scufo): K renders per clip, as <id>__<k> (default 1)")
+    render.add_argument("--swap-seeds", type=int_list, metavar="S,S,...",
+                        help="render each swap variant V once per seed, as V-s<seed> (HAT used three)")
+    render.add_argument("--swap-align", choices=ALIGNS,
+                        help="centroid: shift the pasted people so the first frames' person centres line up (HAT)")
+    render.add_argument("--swap-relations", type=Path, metavar="CSV",
+                        help="swap_close / swap_far: rows of `class, related class, ...`")
     render.add_argument("--dilate", type=non_negative_int, default=0, help="grow masks by N pixels")
     render.add_argument("--temporal", type=non_negative_int, default=0, help="OR masks over ±K neighbouring frames")
     render.add_argument("--min-area", type=non_negative_int, default=0, help="ignore instances under N pixels")
@@ -149,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_argument("--out", type=Path, default=Path("."))
     _add_masks_run(manifests)
     manifests.add_argument("--variants", help="comma-separated (default: every rendered variant)")
-    manifests.add_argument("--min-coverage", type=unit_float, default=0.0, help="quality filter: person coverage F …")
-    manifests.add_argument("--min-frames-frac", type=unit_float, default=0.0, help="… in at least this fraction G of frames")
+    manifests.add_argument("--min-coverage", type=unit_float, help="quality filter: person coverage F … (default: "
+                           "the variant's own rule: 0.1 for scuba / scufo, else 0)")
+    manifests.add_argument("--min-frames-frac", type=unit_float, help="… in at least this fraction G of frames "
+                           "(default: 0.9 for scuba / scufo, else 0)")
 
     report = commands.add_parser("report", help="write an offline HTML report of the masks and variants")
     report.add_argument("--dataset", required=True)
@@ -208,6 +222,16 @@ def execution(args: argparse.Namespace) -> ExecOptions:
                        max_tries=args.max_tries)
 
 
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers, got {text!r}")
+    return values
+
+
 def coverage_range(text: str) -> tuple[float, float]:
     try:
         low, high = (unit_float(v) for v in text.split(","))
@@ -262,9 +286,11 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
 def render_config(args: argparse.Namespace) -> RenderConfig:
     defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
     names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    protocol = ProtocolOptions(scuba_images=args.scuba_images, backgrounds=args.backgrounds_per_clip,
+                               swap_seeds=tuple(args.swap_seeds or ()), swap_align=args.swap_align)
     return RenderConfig(
         dataset=output_name(args.dataset, args.split_id),
-        variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define),
+        variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define, protocol=protocol),
         out=args.out,
         masks_tag=args.masks,
         make_args=make_args(args),
@@ -272,6 +298,7 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
                              jpeg_quality=args.jpeg_quality),
         seed=args.seed,
         pair_range=args.pair_coverage,
+        relations=args.swap_relations,
         limit=args.limit,
         execution=execution(args),
         overwrite=args.overwrite,

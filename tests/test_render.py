@@ -17,7 +17,7 @@ from pipeline.masks import load_clip_masks, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.compose import PartnerFrames, composed, decoded
 from pipeline.render.encode import EncodeOptions
-from pipeline.render.regions import RegionMasks
+from pipeline.render.regions import RegionMasks, Regions
 from pipeline.render.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
 from tests.conftest import write_kinetics_csv
 from tests.test_masks_stage import config as masks_config
@@ -87,7 +87,8 @@ def test_swap_pastes_people_onto_the_partner_background_only_frames(masked):
     root, truth, _, run_dir = masked
     a, b = sorted(truth)[:2]  # different labels, same split (train)
     _, background_b = render_frames(root, run_dir, b, resolve(["background_only"])[0])
-    partner = PartnerFrames(iter(background_b), len(background_b), len(truth[a][0]), (96, 64))
+    nobody = Regions(person=np.zeros((64, 96), bool), objects=np.zeros((64, 96), bool))
+    partner = PartnerFrames(((f, nobody) for f in background_b), len(background_b), len(truth[a][0]), (96, 64))
     source, frames = render_frames(root, run_dir, a, resolve(["swap"])[0], swap=partner)
     person = truth[a][0]
     np.testing.assert_array_equal(frames[person], source[person])

@@ -12,7 +12,8 @@ from pipeline.render.variants import PRESETS, Fill, MaskOptions, VariantError, p
 
 
 def test_presets_cover_the_literature_settings():
-    assert set(PRESETS) == {"bg", "bg_obj", "bg_obj2", "person", "obj", "human_only", "background_only", "swap"}
+    assert set(PRESETS) == {"bg", "bg_obj", "bg_obj2", "person", "obj", "human_only", "background_only", "swap",
+                            "swap_same", "swap_close", "swap_far", "original", "scuba", "scufo"}
     bg_obj2 = PRESETS["bg_obj2"]
     assert bg_obj2.background.kind == bg_obj2.objects.kind == "color" and bg_obj2.background.rgb != bg_obj2.objects.rgb
     assert PRESETS["human_only"].background.rgb == (124, 116, 104)

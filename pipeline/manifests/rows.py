@@ -25,6 +25,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("pair_clip_id", pa.string()), ("pair_label", pa.string()), ("pair_label_index", pa.int32()),
     ("masks_run", pa.string()), ("masks_shard", pa.string()), ("masks_digest", pa.string()),
     ("segmenter", pa.string()), ("model", pa.string()), ("weights_sha256", pa.string()),
+    ("source_clip_id", pa.string()),  # the dataset's clip id; clip_id is `<id>__<k>` for static background k
+    ("background", pa.int32()),
 ])
 
 
@@ -57,6 +59,8 @@ class ManifestRow:
     segmenter: str
     model: str
     weights_sha256: str
+    source_clip_id: str
+    background: int | None
 
 
 def manifest_row(row: dict, provenance: dict[str, str], min_coverage: float, min_frames_frac: float) -> ManifestRow:
@@ -80,4 +84,5 @@ def manifest_row(row: dict, provenance: dict[str, str], min_coverage: float, min
         pair_clip_id=render.pair_clip_id, pair_label=render.pair_label, pair_label_index=render.pair_label_index,
         **{key: provenance.get(key, "") for key in ("masks_run", "masks_shard", "masks_digest", "segmenter", "model",
                                                     "weights_sha256")},
+        source_clip_id=render.source_clip_id or render.clip_id, background=render.background,
     )

@@ -1,7 +1,8 @@
 """Trainer manifests from the render stage's current status shards, one folder per dataset, masks run and variant.
 
 `<out>/manifests/<dataset>/<masks run>/<variant>/`:
-- `<split>_list_videos.txt` — mmaction2 VideoDataset: `path label_index` (mp4 renders)
+- `<split>_list_videos.txt` — mmaction2 VideoDataset: `path label_index` (mp4 renders; the `original` variant's
+  absolute source paths)
 - `<split>_list_rawframes.txt` — mmaction2 RawframeDataset: `frame_dir total_frames label_index`
 - `<split>.csv` — PySlowFast: `path label_index`, space separated (mp4 renders)
 - `label_map.txt` — one label per line, in index order
@@ -27,6 +28,7 @@ from pipeline.engine import ShardStats, current_shards
 from pipeline.errors import InputError
 from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row
 from pipeline.masks import MasksRun, find_run
+from pipeline.render.stage import SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,15 @@ class ManifestConfig:
     masks_tag: str | None = None  # None: the masks run started last that has committed shards
     make_args: str | None = None  # how the user names the dataset to `make`, for hints
     variants: tuple[str, ...] | None = None  # None: every rendered variant
-    min_coverage: float = 0.0  # quality filter: keep a clip only if people cover ≥ this fraction of the frame…
-    min_frames_frac: float = 0.0  # …in at least this fraction of its frames
+    min_coverage: float | None = None  # quality filter: keep a clip only if people cover ≥ this fraction of the
+    min_frames_frac: float | None = None  # frame in at least this fraction of its frames (None: the variant's own
+    # rule, SCUBA's 10% in 90% for scuba / scufo, else 0)
 
-    def filter(self) -> dict[str, float]:
-        return {"min_coverage": self.min_coverage, "min_frames_frac": self.min_frames_frac}
+    def filter(self, keep_if: list[float] | None = None) -> dict[str, float]:
+        """The filter for a variant whose own rule is `keep_if`: the flags where given, else that rule."""
+        own = keep_if or (0.0, 0.0)
+        return {"min_coverage": own[0] if self.min_coverage is None else self.min_coverage,
+                "min_frames_frac": own[1] if self.min_frames_frac is None else self.min_frames_frac}
 
 
 def write_manifests(config: ManifestConfig) -> list[dict]:
@@ -63,9 +69,11 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     rows: list[ManifestRow] = []
     settings, left_out = {}, {}
     masks_now = {name: stats.digest for name, stats in masks.shards.items()}
+    keep = config.filter()
     for status_dir in sorted(p for p in (variant_dir / "_status").iterdir() if p.is_dir()):
         fmt = status_dir.name
         settings[fmt] = json.loads((variant_dir / f"variant.{fmt}.json").read_text())
+        keep = config.filter(settings[fmt].get("keep_if"))
         shards, stale = current_shards(status_dir, upstream=masks_now)
         if stale:
             log.warning("%s/%s: %d status shard(s) not rendered, or rendered from other settings or from masks since "
@@ -75,7 +83,8 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
         for name, stats in shards.items():
             provenance = shard_provenance(masks, stats)
             table = pq.read_table(status_dir / f"{name}.parquet")
-            rows += [manifest_row(row, provenance, config.min_coverage, config.min_frames_frac) for row in table.to_pylist()]
+            rows += [manifest_row(row, provenance, keep["min_coverage"], keep["min_frames_frac"])
+                     for row in table.to_pylist()]
     rows.sort(key=lambda r: (r.format, r.split, r.clip_id))
     labels = label_map(masks)
     dest.mkdir(parents=True, exist_ok=True)
@@ -83,8 +92,8 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     lists = {}
     for split in sorted({r.split for r in rows}):
         listed = [r for r in rows if r.split == split and r.in_lists]
-        if "mp4" in settings:
-            videos = [f"{r.path} {r.label_index}" for r in listed if r.format == "mp4"]
+        if "mp4" in settings or SOURCE in settings:
+            videos = [f"{r.path} {r.label_index}" for r in listed if r.format in ("mp4", SOURCE)]
             lists[f"{split}_list_videos.txt"] = lists[f"{split}.csv"] = videos
         if "rawframes" in settings:
             lists[f"{split}_list_rawframes.txt"] = [f"{r.path} {r.frames} {r.label_index}" for r in listed
@@ -92,13 +101,13 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     for name, lines in lists.items():
         write_lines(dest / name, lines)
     remove_outdated_lists(dest, set(lists))
-    metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(config.filter())}
+    metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(keep)}
     with atomic_path(dest / "manifest.parquet") as tmp:
         table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))
         pq.write_table(table, tmp, compression="zstd")
     summary = {
         "variant": variant_dir.name, "masks_run": masks.tag, "renders": str(variant_dir), "settings": settings,
-        "filter": config.filter(), "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
+        "filter": keep, "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
         "lists": sorted(lists),
         "masks": masks.info,
     }

@@ -1,4 +1,5 @@
-"""Apply a variant's fills to decoded frames: one clip in, composed RGB frames out, in decode order."""
+"""Apply a variant's fills to decoded frames: one clip in, composed RGB frames out, in decode order; the
+inpainting plate, static backgrounds, partner frames for swap and HAT's centroid alignment of the pasted people."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import numpy as np
 
 from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.prefetch import prefetched
+from pipeline.render.backdrops import backdrop
 from pipeline.render.planes import compose_planes
 from pipeline.render.regions import RegionMasks, Regions
-from pipeline.render.variants import Variant
+from pipeline.render.variants import STATIC_FILLS, Fill, Variant
 
 PLATE_SAMPLES = 24  # frames the inpainting median is taken over, evenly spread through the clip
 
 
 def compose(frame: np.ndarray, regions: Regions, variant: Variant, *, rng: np.random.Generator | None = None,
-            plate: np.ndarray | None = None, swap: np.ndarray | None = None) -> np.ndarray:
+            plate: np.ndarray | None = None, swap: np.ndarray | None = None,
+            backdrops: dict[Fill, np.ndarray] | None = None) -> np.ndarray:
     """The frame with each region filled as the variant says; every fill reads the original frame."""
     out = frame
     for region, fill in variant.fills().items():
@@ -43,6 +46,8 @@ def compose(frame: np.ndarray, regions: Regions, variant: Variant, *, rng: np.ra
             source = plate
         elif fill.kind == "swap":
             source = swap
+        elif fill.kind in STATIC_FILLS:
+            source = backdrops[fill]
         else:
             raise ValueError(f"variant {variant.name}: unknown fill {fill.kind!r}")
         cv2.copyTo(source, mask.view(np.uint8), out)  # ~20x faster than out[mask] = source[mask]
@@ -67,13 +72,14 @@ def decoded(path: Path, options: DecodeOptions, limit: int | None = None) -> Ite
 
 
 def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: DecodeOptions, frames: int,
-             seed: int, clip_id: str, swap: Callable[[int], np.ndarray] | None = None, planes: bool = False,
-             ) -> Iterator[tuple[np.ndarray, Regions]]:
+             seed: int, clip_id: str, key: str | None = None, swap: "PartnerFrames | None" = None,
+             planes: bool = False) -> Iterator[tuple[np.ndarray, Regions]]:
     """Every frame of one clip rendered as `variant` (with the regions it was rendered with).
 
-    `frames` is the clip's frame count (to spread the inpainting samples); `swap(i)` gives the partner frame
-    for output frame i when the variant pastes onto another clip. With `planes` (colour fills only, a source
-    of even size) frames are composited and handed out as yuv420p planes, never converted to RGB.
+    `frames` is the clip's frame count (to spread the inpainting samples); `key` names the render (the clip
+    id, or `<clip id>__<k>` for the k-th static background); `swap(i)` gives the partner frame for output frame
+    i when the variant pastes onto another clip. With `planes` (colour fills only, a source of even size)
+    frames are composited and handed out as yuv420p planes, never converted to RGB.
     """
     if planes:
         yuv = dataclasses.replace(decode, pixels="yuv420p")
@@ -82,9 +88,46 @@ def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: Deco
         return
     holes = [region for region, fill in variant.fills().items() if fill.kind == "inpaint"]
     plate = background_plate(path, regions, holes, decode, frames) if holes else None
+    statics = {fill: backdrop(fill, seed=seed, key=key or clip_id, width=regions.width, height=regions.height)
+               for fill in variant.fills().values() if fill.kind in STATIC_FILLS}
     rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])
+    offset = None
     for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
-        yield compose(frame, found, variant, rng=rng, plate=plate, swap=swap(i) if swap else None), found
+        if swap is not None and variant.pairing.align == "centroid":
+            if offset is None:
+                offset = centroid_offset(found.person, swap.first_person())
+            frame, found = shifted_frame(frame, found, offset)
+        yield compose(frame, found, variant, rng=rng, plate=plate, swap=swap(i) if swap else None,
+                      backdrops=statics), found
+
+
+def centroid_offset(person: np.ndarray, target: np.ndarray) -> tuple[int, int]:
+    """(dx, dy) that moves the centre of mass of `person` onto that of `target` (HAT's alignment, on the
+    first frames); an empty mask counts as the image centre."""
+    def centre(mask: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(mask)
+        return np.array([xs.mean(), ys.mean()]) if len(xs) else np.array([(mask.shape[1] - 1) / 2, (mask.shape[0] - 1) / 2])
+
+    dx, dy = np.round(centre(target) - centre(person)).astype(int)
+    return int(dx), int(dy)
+
+
+def shifted_frame(frame: np.ndarray, regions: Regions, offset: tuple[int, int]) -> tuple[np.ndarray, Regions]:
+    """The frame and its regions moved by (dx, dy); what moves in from outside is background (black)."""
+    person = shift(regions.person, offset)
+    return shift(frame, offset), Regions(person=person, objects=shift(regions.objects, offset) & ~person)
+
+
+def shift(array: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """`array` translated by whole pixels (dx right, dy down), zeros where nothing moved in."""
+    dx, dy = offset
+    height, width = array.shape[:2]
+    out = np.zeros_like(array)
+    if abs(dx) >= width or abs(dy) >= height:
+        return out
+    out[max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)] = \
+        array[max(0, -dy) : height + min(0, -dy), max(0, -dx) : width + min(0, -dx)]
+    return out
 
 
 def background_plate(path: Path, regions: RegionMasks, holes: list[str], decode: DecodeOptions, frames: int) -> np.ndarray:
@@ -110,21 +153,41 @@ def background_plate(path: Path, regions: RegionMasks, holes: list[str], decode:
 
 
 class PartnerFrames:
-    """Frame i of a clip of `length` frames → the partner's frame at the same relative time, at `size`."""
+    """Frame i of a clip of `length` frames → the partner's frame at the same relative time, at `size`; and
+    the partner's first person mask at that size (for the centroid alignment)."""
 
-    def __init__(self, frames: Iterator[np.ndarray], partner_length: int, length: int, size: tuple[int, int]) -> None:
+    def __init__(self, frames: Iterator[tuple[np.ndarray, Regions]], partner_length: int, length: int,
+                 size: tuple[int, int]) -> None:
         self._frames, self._partner_length, self._length = frames, max(1, partner_length), max(1, length)
         self._size = size  # (width, height)
-        self._position, self._current = -1, None
+        self._position, self._current, self._first_person = -1, None, None
 
     def __call__(self, i: int) -> np.ndarray:
         target = min(self._partner_length - 1, i * self._partner_length // self._length)
-        while self._position < target:
-            frame = next(self._frames, None)
-            if frame is None:  # the partner decoded fewer frames than its status row says: hold the last one
-                break
-            self._position, self._current = self._position + 1, frame
+        while self._position < target and self._advance():
+            pass
         frame = self._current
         if (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         return frame
+
+    def first_person(self) -> np.ndarray:
+        if self._position < 0:
+            self._advance()
+        person = self._first_person
+        if person is None:  # the partner gave no frame at all: its mask counts as empty (the image centre)
+            return np.zeros(self._size[::-1], dtype=bool)
+        if (person.shape[1], person.shape[0]) != self._size:
+            person = cv2.resize(person.view(np.uint8), self._size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        return person
+
+    def _advance(self) -> bool:
+        """The partner's next frame; False when it decoded fewer frames than its status row says (the last one
+        is held)."""
+        pair = next(self._frames, None)
+        if pair is None:
+            return False
+        self._position, (self._current, found) = self._position + 1, pair
+        if self._first_person is None:
+            self._first_person = found.person
+        return True

@@ -35,6 +35,8 @@ class EncodeOptions:
 
     def output_fields(self) -> dict:
         """What shapes the files (threads does not)."""
+        if self.format == "source":  # the `original` variant: no files, the source videos themselves
+            return {"format": "source"}
         fields = {k: v for k, v in asdict(self).items() if k != "threads"}
         if self.format == "rawframes":
             fields.pop("crf"), fields.pop("preset")

@@ -63,6 +63,12 @@ class RegionMasks:
         return [rle.union_area([c for c, p in self._rows.get(f, ()) if p], self.height, self.width) / pixels
                 for f in frame_indices]
 
+    def object_coverage(self, frame_indices: Iterable[int]) -> list[float]:
+        """Fraction of each frame covered by objects outside people, from the RLEs alone."""
+        pixels, h, w = self.height * self.width, self.height, self.width
+        return [(rle.union_area([c for c, _ in self._rows.get(f, ())], h, w)
+                 - rle.union_area([c for c, p in self._rows.get(f, ()) if p], h, w)) / pixels for f in frame_indices]
+
     def stream(self, items: Iterable[tuple[int, T]]) -> Iterator[tuple[int, T, Regions]]:
         """Attach Regions to each (frame index, payload) in decode order; holds at most 2k+1 items for ±k."""
         k = self.options.temporal

@@ -16,10 +16,12 @@ from pipeline.atomic import write_json
 from pipeline.engine import ShardTask, StageSummary, run_stage, select
 from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
+from pipeline.errors import InputError
+from pipeline.render.backdrops import folder_digest
 from pipeline.render.encode import EncodeOptions
-from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, shard_coverage
+from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, read_relations, relations_digest, shard_coverage
 from pipeline.render.planes import planar
-from pipeline.render.stage import RenderItem, RenderStage
+from pipeline.render.stage import SOURCE, RenderItem, RenderStage
 from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,9 @@ class RenderConfig:
     masks_tag: str | None = None  # None: the masks run started last that has committed shards
     make_args: str | None = None  # how the user names the dataset to `make` (`DATASET=ucf101 SPLIT_ID=1`), for hints
     encode: EncodeOptions = field(default_factory=EncodeOptions)
-    seed: int = 0  # noise fills and swap pairing
+    seed: int = 0  # noise fills, static backgrounds, SCUFO frames and swap pairing (unless a variant has its own)
     pair_range: tuple[float, float] = PAIR_RANGE
+    relations: Path | None = None  # swap close / far: CSV of `class, related classes`
     limit: int | None = None  # the first masks shards (by name) holding at least this many clips
     execution: ExecOptions = field(default_factory=ExecOptions)
     overwrite: bool = False
@@ -46,14 +49,28 @@ class RenderConfig:
     def fingerprint(self, variant: Variant) -> str:
         return hashlib.sha256(json.dumps(self.made_of(variant), sort_keys=True).encode()).hexdigest()[:10]
 
+    def encode_for(self, variant: Variant) -> EncodeOptions:
+        """The `original` variant writes no files: its rows point at the sources, whatever --format says."""
+        return EncodeOptions(format=SOURCE) if variant.original else self.encode
+
     def made_of(self, variant: Variant) -> dict:
         """The settings a variant's renders are made from (what `fingerprint` hashes). Colour variants into mp4
         are composited on YUV planes, which gives other pixels than the RGB path they had before: they say so,
-        and only they (every other variant's renders are as they were)."""
-        fields = {"variant": variant.spec(), "encode": self.encode.output_fields(), "seed": self.seed,
+        and only they (every other variant's renders are as they were). The inputs a protocol variant reads
+        besides the masks (a folder of backgrounds, the class relations of close / far swaps) are named by
+        their content."""
+        fields = {"variant": variant.spec(), "encode": self.encode_for(variant).output_fields(), "seed": self.seed,
                   "pair_range": list(self.pair_range) if variant.needs_pair else None}
         if planar(variant, self.encode.format):
             fields["composite"] = "yuv420p"
+        images = sorted({fill.path for fill in variant.fills().values() if fill.kind == "image"})
+        if images:
+            fields["images"] = {folder: folder_digest(folder) for folder in images}
+        if variant.needs_pair and variant.pairing.mode in ("close", "far"):
+            if self.relations is None:
+                raise InputError(f"variant {variant.name!r}: swap mode {variant.pairing.mode} needs a class relations "
+                                 "file (--swap-relations FILE, `SWAP_RELATIONS=FILE`; CSV rows: class, related classes)")
+            fields["relations"] = relations_digest(read_relations(self.relations))
         return fields
 
 
@@ -88,18 +105,19 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     execution = config.execution
     encode = config.encode if execution.in_process or config.encode.threads else \
         dataclasses.replace(config.encode, threads=execution.threads_per_worker())
+    fingerprints = {variant.name: config.fingerprint(variant) for variant in config.variants}  # bad input first
     summaries = []
     with session(execution) as client:
         for variant in config.variants:
             pairs = swap_pairs(masks, by_shard, variant, config, client) if variant.needs_pair else {}
-            stage = RenderStage(variant=variant, encode=encode, masks_dir=masks.folder,
-                                variant_dir=config.variant_dir(masks, variant), decode_fps=masks.decode_fps,
-                                seed=config.seed)
-            write_json(stage.variant_dir / f"variant.{config.encode.format}.json",
-                       {**config.made_of(variant), "fingerprint": config.fingerprint(variant),
+            stage = RenderStage(variant=variant, encode=config.encode_for(variant) if variant.original else encode,
+                                masks_dir=masks.folder, variant_dir=config.variant_dir(masks, variant),
+                                decode_fps=masks.decode_fps, seed=config.seed)
+            write_json(stage.variant_dir / f"variant.{stage.encode.format}.json",
+                       {**config.made_of(variant), "fingerprint": fingerprints[variant.name],
+                        "keep_if": list(variant.keep_if) if variant.keep_if else None,
                         "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
-            fingerprint = config.fingerprint(variant)
-            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint, config)
+            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprints[variant.name], config)
                     for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
                                 [task for task in plan if task.name in chosen], options=execution,
@@ -113,8 +131,11 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
 def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[StoredClip],
                 pairs: dict[str, StoredClip], fingerprint: str, config: RenderConfig) -> ShardTask:
     """One variant over one masks shard. Made from: each clip's status row and masks identity (its source
-    file included), its partner's, and the committed digests of the masks shards read."""
-    items = tuple(RenderItem(clip=clip, partner=pairs.get(clip.clip_id)) for clip in clips)
+    file included), its partner's, and the committed digests of the masks shards read. A variant with static
+    backgrounds renders each clip once per background."""
+    backgrounds = range(stage.variant.backgrounds) if stage.variant.static else [None]
+    items = tuple(RenderItem(clip=clip, partner=pairs.get(clip.clip_id), background=k)
+                  for clip in clips for k in backgrounds)
     upstream = {shard: masks.shards[shard].digest}
     identity = {}
     for item in items:
@@ -148,7 +169,11 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
     if failed:
         raise RuntimeError(f"person coverage failed for shards {sorted(failed)}: {next(iter(failed.values()))}")
     clips = [clip for shard_clips in by_shard.values() for clip in shard_clips]
-    pairs = pair_clips(clips, coverage, seed=config.seed, low=config.pair_range[0], high=config.pair_range[1])
-    log.info("%s: %d of %d clips paired (person coverage %.0f-%.0f%%)", variant.name, len(pairs), len(clips),
-             100 * config.pair_range[0], 100 * config.pair_range[1])
+    pairing = variant.pairing
+    relations = read_relations(config.relations, {c.label for c in clips if c.label}) \
+        if pairing.mode in ("close", "far") else None
+    pairs = pair_clips(clips, coverage, seed=config.seed if pairing.seed is None else pairing.seed,
+                       low=config.pair_range[0], high=config.pair_range[1], mode=pairing.mode, relations=relations)
+    log.info("%s: %d of %d clips paired (%s, person coverage %.0f-%.0f%%)", variant.name, len(pairs), len(clips),
+             pairing.mode, 100 * config.pair_range[0], 100 * config.pair_range[1])
     return pairs

@@ -19,6 +19,7 @@ from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, path_name
+from pipeline.render.backdrops import still_index
 from pipeline.render.compose import PartnerFrames, composed
 from pipeline.render.encode import ClipWriter, EncodeOptions
 from pipeline.render.planes import planar
@@ -51,19 +52,25 @@ RENDER_SCHEMA = pa.schema([
     pa.field("pair_label", pa.string()),
     pa.field("pair_label_index", pa.int32()),
     pa.field("masks_shard", pa.string(), nullable=False),
+    pa.field("source_clip_id", pa.string()),  # the dataset's clip id (clip_id is `<id>__<k>` for background k)
+    pa.field("background", pa.int32()),  # static-background variants: which of the clip's backgrounds
 ])
+SOURCE = "source"  # the `original` variant's format: rows that point at the source videos
 
 
 @dataclass(frozen=True, kw_only=True)
 class RenderItem:
-    """One clip to render, and its swap partner (whose background it is pasted onto), if any."""
+    """One clip to render, its swap partner (whose background it is pasted onto), if any, and which of its
+    static backgrounds (SCUBA), if the variant has them."""
 
     clip: StoredClip
     partner: StoredClip | None = None
+    background: int | None = None
 
     @property
     def key(self) -> str:
-        return self.clip.clip_id
+        """The render's id: the clip's, or `<clip id>__<k>` for its k-th background (StillMix's naming)."""
+        return self.clip.clip_id if self.background is None else f"{self.clip.clip_id}__{self.background}"
 
 
 @dataclass(kw_only=True)
@@ -90,6 +97,8 @@ class RenderRow:
     pair_label: str | None = None
     pair_label_index: int | None = None
     masks_shard: str = ""
+    source_clip_id: str | None = None
+    background: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,13 +120,17 @@ class RenderStage:
     def status_path(self, shard: str) -> Path:
         return self.status_dir / f"{shard}.parquet"
 
-    def clip_path(self, clip: StoredClip) -> Path:
-        """Where a clip's render goes: `<variant dir>/<split>/<label>/<clip_id>.mp4` (or a rawframes folder)."""
-        return self.variant_dir / clip.split / path_name(clip.label) / f"{clip.clip_id}{self.encode.suffix()}"
+    def clip_path(self, item: RenderItem) -> Path:
+        """Where a render goes: `<variant dir>/<split>/<label>/<key>.mp4` (or a rawframes folder); the
+        `original` variant's is the source video itself."""
+        if self.variant.original:
+            return item.clip.path
+        clip = item.clip
+        return self.variant_dir / clip.split / path_name(clip.label) / f"{item.key}{self.encode.suffix()}"
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
-        for item in task.items:  # under the shard's claim: what a killed writer left
-            remove_stale_temps(temps_of(self.clip_path(item.clip)))
+        for item in task.items if not self.variant.original else ():  # under the claim: what a killed writer left
+            remove_stale_temps(temps_of(self.clip_path(item)))
         masks = MasksRun(self.masks_dir)
         return RenderWork(self, task, masks, masks.shard_masks(task.name), commit)
 
@@ -130,9 +143,11 @@ class RenderWork:
         self.stage, self.task, self.masks, self.stored, self.commit = stage, task, masks, stored, commit
 
     def process(self, item: RenderItem) -> RenderRow:
-        final = self.stage.clip_path(item.clip)
+        final = self.stage.clip_path(item)
+        if self.stage.variant.original:
+            return source_row(item, self.stored.get(item.clip.clip_id), self.stage, self.task.name)
         try:
-            row = render_clip(item, self.stored.get(item.key), self.stage, self.masks, shard=self.task.name,
+            row = render_clip(item, self.stored.get(item.clip.clip_id), self.stage, self.masks, shard=self.task.name,
                               out=lambda: self.commit.stage(final))
         except BaseException:
             self.commit.unstage(final)
@@ -142,7 +157,7 @@ class RenderWork:
         return row
 
     def give_up(self, item: RenderItem, error: str) -> RenderRow:
-        return not_rendered(item.clip, self.stage, self.task.name, FAILED, error)
+        return not_rendered(item, self.stage, self.task.name, FAILED, error)
 
     def keep(self, row: RenderRow) -> None:
         pass
@@ -158,45 +173,72 @@ class RenderWork:
         pass
 
 
-def not_rendered(clip: StoredClip, stage: RenderStage, shard: str, status: str, error: str | None) -> RenderRow:
-    return RenderRow(clip_id=clip.clip_id, split=clip.split, label=clip.label, label_index=clip.label_index,
+def not_rendered(item: RenderItem, stage: RenderStage, shard: str, status: str, error: str | None) -> RenderRow:
+    clip = item.clip
+    return RenderRow(clip_id=item.key, split=clip.split, label=clip.label, label_index=clip.label_index,
                      meta=clip.meta, variant=stage.variant.name, format=stage.encode.format, status=status,
-                     error=error, masks_shard=shard)
+                     error=error, masks_shard=shard, source_clip_id=clip.clip_id, background=item.background)
+
+
+def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, shard: str) -> RenderRow:
+    """The `original` variant: a row that points at the source video (absolute path, so trainers read it
+    whatever their data prefix), with the clip's person and object coverage from the stored masks."""
+    clip = item.clip
+    row = not_rendered(item, stage, shard, clip.status, clip.error)
+    if not clip.usable:
+        return row
+    regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
+    seen = sorted(set(masks.frame_index.tolist())) if masks is not None and len(masks) else []
+    unseen = [0.0] * max(0, clip.frames - len(seen))  # frames without any instance
+    row.person_coverage = [float(v) for v in regions.person_coverage(seen)] + unseen
+    row.object_coverage = [float(v) for v in regions.object_coverage(seen)] + unseen
+    row.path, row.frames, row.fps = str(clip.path), clip.frames, stage.decode_fps or clip.fps
+    row.width, row.height = clip.width, clip.height
+    return row
 
 
 def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, run: MasksRun, *, shard: str,
                 out: Callable[[], Path]) -> RenderRow:
     """Render one clip (or say why not) to the path `out()` gives. A clip the masks stage decoded only in part
-    renders the frames it segmented, and keeps its status (`partial`) and error."""
-    clip, partner = item.clip, item.partner
+    renders the frames it segmented, and keeps its status (`partial`) and error. A `still` variant (SCUFO)
+    repeats one seeded frame of the composed clip for as many frames as the clip has."""
+    clip, partner, variant = item.clip, item.partner, stage.variant
     if not clip.usable:
-        return not_rendered(clip, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
-    if stage.variant.needs_pair and partner is None:
-        return not_rendered(clip, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
-    relative = stage.clip_path(clip).relative_to(stage.variant_dir)
+        return not_rendered(item, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
+    if variant.needs_pair and partner is None:
+        return not_rendered(item, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
+    relative = stage.clip_path(item).relative_to(stage.variant_dir)
     decode = DecodeOptions(fps=stage.decode_fps, batch=RENDER_BATCH)
-    regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
+    regions = RegionMasks(masks, clip.height, clip.width, variant.masks)
     fps = stage.decode_fps or clip.fps
-    planes = planar(stage.variant, stage.encode.format) and clip.width % 2 == 0 and clip.height % 2 == 0 and partner is None
+    planes = planar(variant, stage.encode.format) and clip.width % 2 == 0 and clip.height % 2 == 0 and partner is None
     writer = ClipWriter(out(), fps=fps, width=clip.width, height=clip.height, options=stage.encode)
     person, objects = [], []
+    pick = still_index(seed=stage.seed, key=item.key, frames=clip.frames) if variant.still else None
+    still = None
     try:
         swap = partner_frames(partner, stage, run, clip) if partner else None
-        for frame, found in composed(clip.path, regions, stage.variant, decode=decode, frames=clip.frames,
-                                     seed=stage.seed, clip_id=clip.clip_id, swap=swap, planes=planes):
-            writer.write(frame)
+        for i, (frame, found) in enumerate(composed(clip.path, regions, variant, decode=decode, frames=clip.frames,
+                                                    seed=stage.seed, clip_id=clip.clip_id, key=item.key, swap=swap,
+                                                    planes=planes)):
+            if pick is None:
+                writer.write(frame)
+            elif i <= pick:  # the picked frame, or the last there is if the clip decoded fewer
+                still = frame
             person.append(np.count_nonzero(found.person) / found.person.size)
             objects.append(np.count_nonzero(found.objects) / found.objects.size)
+        for _ in range(len(person) if still is not None else 0):
+            writer.write(still)
         writer.close()
     except DecodeError as exc:
         writer.abort()
-        log.warning("render %s: %s", stage.variant.name, exc)
-        return not_rendered(clip, stage, shard, DECODE_ERROR, str(exc))
+        log.warning("render %s: %s", variant.name, exc)
+        return not_rendered(item, stage, shard, DECODE_ERROR, str(exc))
     except BaseException:
         writer.abort()
         raise
     width, height = writer.size
-    row = not_rendered(clip, stage, shard, clip.status, clip.error)  # ok, or partial with its error
+    row = not_rendered(item, stage, shard, clip.status, clip.error)  # ok, or partial with its error
     row.path, row.frames, row.fps, row.width, row.height = relative.as_posix(), writer.frames, fps, width, height
     row.person_coverage, row.object_coverage = person, objects
     if partner:
@@ -209,7 +251,6 @@ def partner_frames(partner: StoredClip, stage: RenderStage, run: MasksRun, clip:
     masks = run.clip_masks(partner)
     background_only = Variant(name="background_only", person=PRESETS["background_only"].person, masks=stage.variant.masks)
     regions = RegionMasks(masks, partner.height, partner.width, stage.variant.masks)
-    frames = (frame for frame, _ in composed(partner.path, regions, background_only,
-                                            decode=DecodeOptions(fps=stage.decode_fps), frames=partner.frames,
-                                            seed=stage.seed, clip_id=partner.clip_id))
+    frames = composed(partner.path, regions, background_only, decode=DecodeOptions(fps=stage.decode_fps),
+                      frames=partner.frames, seed=stage.seed, clip_id=partner.clip_id)
     return PartnerFrames(frames, partner.frames, clip.frames, (clip.width, clip.height))
