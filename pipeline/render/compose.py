@@ -8,7 +8,7 @@ import itertools
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np

@@ -14,12 +14,19 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.engine import ShardTask, StageSummary, run_stage, select
+from pipeline.errors import InputError
 from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
-from pipeline.errors import InputError
 from pipeline.render.backdrops import folder_digest
 from pipeline.render.encode import EncodeOptions
-from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, read_relations, relations_digest, shard_coverage
+from pipeline.render.pairing import (
+    PAIR_RANGE,
+    CoverageTask,
+    pair_clips,
+    read_relations,
+    relations_digest,
+    shard_coverage,
+)
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
 from pipeline.render.variants import Variant
