@@ -174,9 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
 
+    evaluate = commands.add_parser("evaluate", help="score a model's predictions on the variants (BOR, HOR, SHAcc, "
+                                   "SBErr, SCUBA, SCUFO, contrasted, grids)")
+    evaluate.add_argument("--dataset", required=True)
+    _add_split_id(evaluate)
+    evaluate.add_argument("--out", type=Path, default=Path("."))
+    _add_masks_run(evaluate)
+    evaluate.add_argument("--predictions", type=Path, required=True, metavar="DIR",
+                          help="<variant>.pkl (mmaction2 --dump or --out) or <variant>.csv (clip_id,pred or "
+                               "clip_id,score_0,...) per variant; subfolders per training variant give a grid")
+    evaluate.add_argument("--split", help="the manifest split the predictions are for (default: val, or the only one)")
+    evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000, help="resamples per 95%% interval")
+
     fetch = commands.add_parser("fetch-models", help="extract the selfie model from the mediapipe wheel")
     fetch.add_argument("--dest", type=Path, default=Path("models"))
-    for sub in (manifests, report, fetch):
+    for sub in (manifests, report, evaluate, fetch):
         sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -338,6 +350,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"manifests {dataset}/{summary['variant']}: {counts}")
         print(f"output: {Path(args.out) / 'manifests' / dataset / summaries[0]['masks_run']}")
         return 0
+    if args.command == "evaluate":
+        from pipeline.evaluate import EvaluateConfig, run_evaluate
+
+        config = EvaluateConfig(dataset=output_name(args.dataset, args.split_id), predictions=args.predictions,
+                                out=args.out, masks_tag=args.masks, make_args=make_args(args), split=args.split,
+                                bootstrap=args.bootstrap)
+        path, metrics = run_evaluate(config)
+        print("\n".join(evaluation_lines(metrics)))
+        print(f"metrics: {path}")
+        return 0
     from pipeline.report import write_report
 
     dataset = output_name(args.dataset, args.split_id)
@@ -345,6 +367,30 @@ def run(args: argparse.Namespace) -> int:
                         clips=args.clips, frames=args.frames)
     print(f"report: {path}")
     return 0
+
+
+def evaluation_lines(metrics: dict) -> list[str]:
+    """The CLI's summary of an evaluation: top-1 per variant, then each protocol metric with its interval."""
+    def value(entry: dict) -> str:
+        ci = entry.get("ci95")
+        shown = "n/a" if entry.get("value") is None else f"{entry['value']:.3f}"
+        return shown + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" ({entry['clips']} clips)"
+
+    lines = [f"evaluate {metrics['dataset']} ({metrics['split']}):"]
+    for name, entry in metrics.get("variants", {}).items():
+        top1 = "n/a" if entry["top1"] is None else f"{entry['top1']:.3f}"
+        top5 = "" if entry["top5"] is None else f", top-5 {entry['top5']:.3f}"
+        lines.append(f"  {name}: top-1 {top1}{top5} ({entry['clips']} clips)")
+    for key in ("BOR", "HOR", "SCUBA", "SCUFO", "contrasted"):
+        if key in metrics:
+            lines.append(f"  {key}: {value(metrics[key])}")
+    for key in ("SHAcc", "SBErr"):
+        for mode, entry in metrics.get(key, {}).items():
+            lines.append(f"  {key} ({mode}): {value(entry)}")
+    for train, row in metrics.get("grid", {}).items():
+        lines.append(f"  trained on {train}: " + ", ".join(f"{v} {'n/a' if a is None else f'{a:.3f}'}"
+                                                          for v, a in row.items()))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,7 @@ the masks run's status counts and provenance.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -21,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path
 from pipeline.decode import DecodeOptions
 from pipeline.errors import InputError
+from pipeline.html import HEAD, counts_table, img, img_png, png, pyplot, table
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.records import USABLE
 from pipeline.render.compose import decoded
@@ -46,25 +45,33 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
 
     parts = [f"<h1>{html.escape(dataset)}: masks and variants</h1>",
              f"<p>masks run <code>{html.escape(str(masks.folder))}</code></p>",
-             "<h2>Masks</h2>", _counts_table({"masks": Counter(c.status for c in masks_clips.values())})]
+             "<h2>Masks</h2>", counts_table({"masks": Counter(c.status for c in masks_clips.values())})]
     if (masks.folder / "summary.json").exists():
         parts.append(_run_section(json.loads((masks.folder / "summary.json").read_text())))
     if chosen:
         sheet = contact_sheet([overlay_frames(masks, masks_clips[c], frames) for c in chosen], chosen)
-        parts += ["<p>Source frames with people (red) and objects (blue) overlaid, rows are clips.</p>", _img(sheet)]
-    parts += ["<h3>Coverage per clip</h3>", _img_png(histogram(tables[variants[0]]))]
+        parts += ["<p>Source frames with people (red) and objects (blue) overlaid, rows are clips.</p>", img(sheet)]
+    parts += ["<h3>Coverage per clip</h3>", img_png(histogram(tables[variants[0]]))]
     provenance = {**masks.info, "shard_provenance": masks.provenance(next(iter(masks.shards))) if masks.shards else {}}
     parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
+    metrics_path = Path(out) / "reports" / dataset / masks.tag / "metrics.json"
+    if metrics_path.exists():
+        from pipeline.evaluate.section import evaluation_section
+
+        parts.append(evaluation_section(json.loads(metrics_path.read_text()), manifests_dir,
+                                        Path(out) / "renders" / dataset / masks.tag))
     for variant in variants:
-        rows = {r["clip_id"]: r for r in tables[variant]}
+        rows = {}
+        for row in tables[variant]:  # a clip's first background stands for it (scuba: `<id>__0`)
+            rows.setdefault(row["source_clip_id"] or row["clip_id"], row)
         renders = Path(out) / "renders" / dataset / masks.tag / variant
         parts += [f"<h2>{html.escape(variant)}</h2>",
                   f"<p>{html.escape(_describe(summaries[variant]))}</p>",
-                  _counts_table(summaries[variant]["counts"])]
+                  counts_table(summaries[variant]["counts"])]
         if chosen:
             strips = [rendered_frames(renders, rows.get(c), frames) for c in chosen]
-            parts.append(_img(contact_sheet(strips, [_caption(rows.get(c), c) for c in chosen])))
-    page = "\n".join([_HEAD.format(title=html.escape(f"{dataset} masks report")), *parts, "</body></html>"])
+            parts.append(img(contact_sheet(strips, [_caption(rows.get(c), c) for c in chosen])))
+    page = "\n".join([HEAD.format(title=html.escape(f"{dataset} masks report")), *parts, "</body></html>"])
     path = Path(out) / "reports" / dataset / masks.tag / "index.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page)
@@ -73,7 +80,10 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
 
 def choose_clips(tables: dict[str, list[dict]], count: int) -> list[str]:
     """Up to `count` clips ok in the first variant, one label after another, in clip-id order."""
-    ok = sorted((r for r in next(iter(tables.values())) if r["status"] in USABLE), key=lambda r: r["clip_id"])
+    ok = sorted((r for r in next(iter(tables.values())) if r["status"] in USABLE and r["background"] in (None, 0)),
+                key=lambda r: r["clip_id"])
+    for row in ok:
+        row["clip_id"] = row["source_clip_id"] or row["clip_id"]
     by_label: dict[str, list[str]] = {}
     for row in ok:
         by_label.setdefault(row["label"] or "", []).append(row["clip_id"])
@@ -129,10 +139,7 @@ def contact_sheet(strips: list[list[np.ndarray]], captions: list[str]) -> np.nda
 
 def histogram(rows: list[dict]) -> bytes:
     """PNG: histogram of per-clip mean person and object coverage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
 
     ok = [r for r in rows if r["path"]]  # rendered: usable or filtered
     fig, ax = plt.subplots(figsize=(6, 2.6), dpi=100)
@@ -142,11 +149,7 @@ def histogram(rows: list[dict]) -> bytes:
     ax.set_xlabel("mean fraction of the frame covered")
     ax.set_ylabel("clips")
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def _caption(row: dict | None, clip_id: str) -> str:
@@ -171,38 +174,8 @@ def _run_section(summary: dict) -> str:
     rows = [(name, str(w["shards"]), str(w["frames"]), f"{w['frames_per_s']:.1f}", f"{w['peak_rss_mb']:.0f}")
             for name, w in sorted(summary["workers"].items())]
     if rows:
-        lines.append(_table(("worker", "shards", "frames", "frames/s", "peak MiB"), rows))
+        lines.append(table(("worker", "shards", "frames", "frames/s", "peak MiB"), rows))
     failed = list(summary["failed_shards"].items()) + list(summary["failed_items"].items())
     if failed:
-        lines.append(_table(("failed shard or clip", "error"), failed[:50]))
+        lines.append(table(("failed shard or clip", "error"), failed[:50]))
     return "\n".join(lines)
-
-
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{cells}</tr>{body}</table>"
-
-
-def _counts_table(counts: dict[str, dict[str, int]]) -> str:
-    statuses = sorted({s for c in counts.values() for s in c})
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in statuses)
-    body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{c.get(s, 0)}</td>" for s in statuses) + "</tr>"
-                   for k, c in counts.items())
-    return f"<table><tr><th></th>{head}</tr>{body}</table>"
-
-
-def _img(rgb: np.ndarray) -> str:
-    _, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return f'<img src="data:image/jpeg;base64,{base64.b64encode(data.tobytes()).decode()}">'
-
-
-def _img_png(png: bytes) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body {{ font-family: sans-serif; margin: 2em; }} img {{ max-width: 100%; display: block; margin: .5em 0; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
-pre {{ background: #f6f6f6; padding: 1em; max-height: 20em; overflow: auto; }}
-</style></head><body>"""

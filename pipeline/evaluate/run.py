@@ -1,0 +1,205 @@
+"""`evaluate`: a model's predictions for each variant, matched to the manifests, turned into the static-bias
+metrics (`reports/<dataset>/<masks run>/metrics.json`) and a section of the HTML report.
+
+The predictions folder holds `<variant>.pkl` or `<variant>.csv` per variant. Subfolders, one per training
+variant, each holding the same, give the train × eval grid. Which variant plays which part in a protocol
+follows from its settings in the manifest: `original` (the sources), swap variants and their pairing mode,
+static-background variants (SCUBA) and their still twins (SCUFO, the same settings but `still`); BOR and HOR
+read the variants named `background_only` and `human_only`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.atomic import write_json
+from pipeline.errors import InputError
+from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
+from pipeline.evaluate.predictions import FORMATS, read_predictions
+from pipeline.evaluate.section import manifest_digests
+from pipeline.masks import find_run
+
+log = logging.getLogger(__name__)
+
+LIST_FORMATS = ("mp4", "source", "rawframes")  # the list a trainer reads, in order of preference
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    dataset: str  # the output name (`ucf101-split1`)
+    predictions: Path  # the folder of `<variant>.<ext>` files (and `<train variant>/` subfolders)
+    out: Path = Path(".")
+    masks_tag: str | None = None
+    make_args: str | None = None
+    split: str | None = None  # None: `val`, or the only split listed
+    bootstrap: int = 1000  # resamples per interval
+    report: bool = True  # rewrite the HTML report with the evaluation section
+
+
+@dataclass(frozen=True)
+class VariantRows:
+    """A variant's manifest as the evaluation reads it: its settings and the listed rows of one split."""
+
+    name: str
+    spec: dict
+    rows: list[dict]  # in the list file's order
+
+    @property
+    def role(self) -> str:
+        regions = [self.spec.get(r) for r in ("background", "person", "objects")]
+        if self.spec.get("original"):
+            return "original"
+        if "swap" in regions:
+            return "swap"
+        if self.spec.get("still"):
+            return "scufo"
+        if "backgrounds" in self.spec:
+            return "scuba"
+        return self.name
+
+
+def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
+    """Score every predictions file; returns the metrics file written and its content."""
+    masks = find_run(config.out, config.dataset, config.masks_tag, make_args=config.make_args)
+    manifests = Path(config.out) / "manifests" / config.dataset / masks.tag
+    groups = prediction_files(Path(config.predictions))
+    known = sorted(p.parent.name for p in manifests.glob("*/manifest.parquet")) if manifests.is_dir() else []
+    for files in groups.values():
+        for variant, path in files.items():
+            if variant not in known:
+                raise InputError(f"{path}: no manifest for variant {variant!r} in {manifests} (known: "
+                                 f"{', '.join(known) or 'none; run `make manifests` first'})")
+    classes = (manifests / known[0] / "label_map.txt").read_text().splitlines()
+    used = sorted({variant for files in groups.values() for variant in files})
+    split = choose_split(manifests, used, config.split)
+    variants = {name: variant_rows(manifests / name, split) for name in used}
+    metrics = {"dataset": config.dataset, "masks_run": masks.tag, "split": split, "classes": len(classes),
+               "predictions": str(Path(config.predictions).absolute()), "bootstrap_resamples": config.bootstrap,
+               "manifests": manifest_digests(manifests, used)}
+    if None in groups:
+        metrics |= score(groups[None], variants, classes, config.bootstrap)
+    trained = {name: score(files, variants, classes, config.bootstrap) for name, files in groups.items() if name}
+    if trained:
+        metrics["trained_on"] = trained
+        metrics["grid"] = {train: {v: m["top1"] for v, m in result["variants"].items()} for train, result in trained.items()}
+    path = Path(config.out) / "reports" / config.dataset / masks.tag / "metrics.json"
+    write_json(path, metrics)
+    if config.report:
+        from pipeline.report import write_report
+
+        write_report(dataset=config.dataset, out=config.out, masks_tag=masks.tag, make_args=config.make_args)
+    return path, metrics
+
+
+def prediction_files(folder: Path) -> dict[str | None, dict[str, Path]]:
+    """`{None: top-level files, train variant: its subfolder's files}`, each `{variant: path}`."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such predictions folder; give PREDICTIONS=DIR with <variant>.pkl or .csv")
+    groups: dict[str | None, dict[str, Path]] = {}
+    for where, name in [(folder, None), *((sub, sub.name) for sub in sorted(folder.iterdir()) if sub.is_dir())]:
+        files: dict[str, Path] = {}
+        for path in sorted(where.iterdir()):
+            if not path.is_file():
+                continue
+            if path.suffix not in FORMATS:
+                log.warning("%s: not a predictions file (.pkl or .csv), ignored", path)
+                continue
+            if path.stem in files:
+                raise InputError(f"{path}: variant {path.stem!r} has two predictions files ({files[path.stem].name}); keep one")
+            files[path.stem] = path
+        if files:
+            groups[name] = files
+    if not groups:
+        raise InputError(f"{folder}: no predictions files (<variant>.pkl or <variant>.csv)")
+    return groups
+
+
+def choose_split(manifests: Path, variants: list[str], split: str | None) -> str:
+    splits = set()
+    for name in variants:
+        table = pq.read_table(manifests / name / "manifest.parquet", columns=["split", "in_lists"])
+        splits |= {s for s, listed in zip(table["split"].to_pylist(), table["in_lists"].to_pylist()) if listed}
+    if split is not None:
+        if split not in splits:
+            raise InputError(f"{manifests}: no clips listed in split {split!r} (listed: {', '.join(sorted(splits))})")
+        return split
+    if "val" in splits or len(splits) == 1:
+        return "val" if "val" in splits else splits.pop()
+    raise InputError(f"{manifests}: the manifests list several splits ({', '.join(sorted(splits))}); pick one with SPLIT=")
+
+
+def variant_rows(folder: Path, split: str) -> VariantRows:
+    """The rows a trainer's list for `split` holds, in its order: the video list if there is one, else rawframes."""
+    summary = json.loads((folder / "manifest.json").read_text())
+    rows = [r for r in pq.read_table(folder / "manifest.parquet").to_pylist() if r["split"] == split and r["in_lists"]]
+    fmt = next((f for f in LIST_FORMATS if any(r["format"] == f for r in rows)), None)
+    rows = [r for r in rows if r["format"] == fmt]
+    unlabelled = next((r for r in rows if r["label_index"] < 0), None)
+    if unlabelled:
+        raise InputError(f"{folder}: clip {unlabelled['clip_id']!r} of split {split!r} has no label; evaluate a labelled split")
+    spec = next(iter(summary["settings"].values()), {}).get("variant", {})
+    return VariantRows(name=folder.name, spec=spec, rows=rows)
+
+
+def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: list[str], resamples: int) -> dict:
+    """Every metric the predictions in `files` allow."""
+    scored: dict[str, Scored] = {}
+    for name, path in sorted(files.items()):
+        rows = variants[name].rows
+        found = read_predictions(path, [r["clip_id"] for r in rows], len(classes))
+        pair = [-1 if r["pair_label_index"] is None else r["pair_label_index"] for r in rows]
+        scored[name] = Scored(variant=name, clip_ids=tuple(r["clip_id"] for r in rows),
+                              labels=np.array([r["label_index"] for r in rows], dtype=np.int64),
+                              pair_labels=np.array(pair, dtype=np.int64), predicted=found.labels, scores=found.scores)
+    out: dict = {"variants": {name: accuracy(s, classes, resamples) for name, s in scored.items()}}
+    roles = {name: variants[name].role for name in scored}
+    original = next((scored[n] for n, role in roles.items() if role == "original"), None)
+    for key, name in (("BOR", "background_only"), ("HOR", "human_only")):
+        if original is not None and name in scored:
+            out[key] = ratio(scored[name], original, resamples)
+    modes: dict[str, list[Scored]] = {}
+    for name, role in roles.items():
+        if role == "swap":
+            modes.setdefault(variants[name].spec.get("pairing", {}).get("mode", "rand"), []).append(scored[name])
+    if modes:
+        shares = {mode: swap_shares(group, resamples) for mode, group in sorted(modes.items())}
+        out["SHAcc"] = {mode: s["SHAcc"] | {"variants": s["variants"]} for mode, s in shares.items()}
+        out["SBErr"] = {mode: s["SBErr"] | {"variants": s["variants"]} for mode, s in shares.items()}
+        out["swap_background_wins"] = background_wins(
+            [(variants[s.variant], s) for group in modes.values() for s in group], classes)
+    pairs = stillmix_pairs(variants, roles)
+    if pairs:
+        results = {scuba: stillmix(scored[scuba], scored[scufo], resamples) for scuba, scufo in pairs}
+        out["stillmix"] = results
+        main = results.get("scuba") or next(iter(results.values()))
+        out |= {key: main[key] for key in ("SCUBA", "SCUFO", "contrasted")}
+    return out
+
+
+def stillmix_pairs(variants: dict[str, VariantRows], roles: dict[str, str]) -> list[tuple[str, str]]:
+    """(SCUBA, SCUFO) variant pairs among the scored ones: a SCUFO is the still twin of a SCUBA with the same
+    settings otherwise."""
+    def settings(name: str) -> dict:
+        return {k: v for k, v in variants[name].spec.items() if k not in ("name", "description", "still")}
+
+    scubas = [n for n, role in roles.items() if role == "scuba"]
+    return [(scuba, scufo) for scufo in sorted(n for n, role in roles.items() if role == "scufo")
+            for scuba in scubas if settings(scuba) == settings(scufo)][: len(scubas)]
+
+
+def background_wins(swaps: list[tuple[VariantRows, Scored]], classes: list[str]) -> list[dict]:
+    """The swap clips predicted as their background clip's label (HAT's static-bias failures)."""
+    wins = []
+    for rows, scored in swaps:
+        for row, predicted in zip(rows.rows, scored.predicted.tolist()):
+            if row["pair_label_index"] is not None and predicted == row["pair_label_index"]:
+                wins.append({"variant": rows.name, "clip_id": row["clip_id"], "label": row["label"],
+                             "pair_clip_id": row["pair_clip_id"], "pair_label": row["pair_label"],
+                             "predicted": classes[predicted], "path": row["path"]})
+    return wins

@@ -1,0 +1,101 @@
+"""The evaluation's section of the HTML report: top-1 per variant, the protocol metrics with their intervals,
+bar plots of both, the train × eval grid, and the swap clips the model read by their background."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.decode import DecodeOptions
+from pipeline.html import img, img_png, png, pyplot, table
+from pipeline.render.compose import decoded
+
+SHOWN_WINS = 8  # swap clips shown as frames (all are listed in metrics.json)
+
+
+def manifest_digests(manifests: Path, variants: list[str]) -> dict[str, str]:
+    """The content of each variant's manifest, so the report can tell when metrics were made from older ones."""
+    return {v: hashlib.sha256((manifests / v / "manifest.parquet").read_bytes()).hexdigest()[:16] for v in variants}
+
+
+def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
+    parts = ["<h2>Evaluation</h2>",
+             f"<p>predictions <code>{html.escape(metrics['predictions'])}</code>, split "
+             f"<code>{html.escape(metrics['split'])}</code>; 95% intervals from {metrics['bootstrap_resamples']} "
+             "bootstrap resamples of the clips.</p>"]
+    recorded = metrics.get("manifests", {})
+    now = manifest_digests(manifests, [v for v in recorded if (manifests / v / "manifest.parquet").exists()])
+    changed = sorted(v for v in recorded if now.get(v) != recorded[v])
+    if changed:
+        parts.append(f"<p><b>Stale:</b> the manifests of {html.escape(', '.join(changed))} changed since these metrics "
+                     "were computed; run <code>make evaluate</code> again.</p>")
+    variants = metrics.get("variants", {})
+    if variants:
+        parts.append(table(("variant", "clips", "top-1", "95% interval", "top-5"),
+                           [(name, str(m["clips"]), _num(m["top1"]), _ci(m["top1_ci95"]), _num(m["top5"]))
+                            for name, m in variants.items()]))
+        parts.append(img_png(bars({n: (m["top1"], m["top1_ci95"]) for n, m in variants.items()}, "top-1")))
+    protocol = protocol_rows(metrics)
+    if protocol:
+        parts.append("<h3>Static-bias metrics</h3>")
+        parts.append(table(("metric", "value", "95% interval", "clips"),
+                           [(name, _num(m["value"]), _ci(m["ci95"]), str(m["clips"])) for name, m in protocol]))
+        parts.append(img_png(bars({name: (m["value"], m["ci95"]) for name, m in protocol}, "value")))
+    grid = metrics.get("grid")
+    if grid:
+        evals = sorted({v for row in grid.values() for v in row})
+        parts += ["<h3>Trained on (rows) × evaluated on (columns), top-1</h3>",
+                  table(("trained on", *evals), [(t, *(_num(row.get(v)) for v in evals)) for t, row in grid.items()])]
+    wins = metrics.get("swap_background_wins", [])
+    if wins:
+        parts.append(f"<h3>Swap clips predicted as their background's label ({len(wins)})</h3>")
+        parts.append(table(("variant", "clip", "its label", "background of", "background label"),
+                           [(w["variant"], w["clip_id"], w["label"], w["pair_clip_id"], w["pair_label"]) for w in wins]))
+        for win in wins[:SHOWN_WINS]:
+            frame = middle_frame(renders / win["variant"] / win["path"])
+            if frame is not None:
+                parts += [f"<p>{html.escape(win['variant'])}: {html.escape(win['clip_id'])} "
+                          f"[{html.escape(win['label'])}] on the background of [{html.escape(win['pair_label'])}]</p>",
+                          img(frame)]
+    return "\n".join(parts)
+
+
+def protocol_rows(metrics: dict) -> list[tuple[str, dict]]:
+    rows = [(key, metrics[key]) for key in ("BOR", "HOR") if key in metrics]
+    for key in ("SHAcc", "SBErr"):
+        rows += [(f"{key} ({mode})", entry) for mode, entry in metrics.get(key, {}).items()]
+    for scuba, result in metrics.get("stillmix", {}).items():
+        rows += [(f"{key} ({scuba} / {result['scufo']})", result[key]) for key in ("SCUBA", "SCUFO", "contrasted")]
+    return rows
+
+
+def bars(values: dict[str, tuple[float | None, list[float] | None]], ylabel: str) -> bytes:
+    """A bar per name with its 95% interval as an error bar."""
+    plt = pyplot()
+    names = list(values)
+    heights = np.array([values[n][0] if values[n][0] is not None else np.nan for n in names])
+    low = np.array([h - values[n][1][0] if values[n][1] else 0.0 for n, h in zip(names, heights)])
+    high = np.array([values[n][1][1] - h if values[n][1] else 0.0 for n, h in zip(names, heights)])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(names) + 1), 2.8), dpi=100)
+    ax.bar(range(len(names)), np.nan_to_num(heights), yerr=np.clip([low, high], 0, None), color="#48c", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    return png(fig)
+
+
+def middle_frame(path: Path) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    frames = [frame for _, frame in decoded(path, DecodeOptions())]
+    return frames[len(frames) // 2] if frames else None
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
