@@ -131,7 +131,7 @@ PRESETS: dict[str, Variant] = {v.name: v for v in (
     Variant(name="human_only", background=MEAN, objects=MEAN, description="everything but people in the ImageNet mean (HAT)"),
     Variant(name="background_only", person=Fill("inpaint"), description="people inpainted away (HAT)"),
     Variant(name="swap", background=Fill("swap"), objects=Fill("swap"),
-            description="people pasted onto the background_only frames of a clip of another class (HAT action swap)"),
+            description="people pasted onto another clip's background_only frames (HAT action swap)"),
     Variant(name="swap_same", background=Fill("swap"), objects=Fill("swap"), pairing=Pairing(mode="same"),
             description="people pasted onto the background_only frames of another clip of their class (HAT)"),
     Variant(name="swap_close", background=Fill("swap"), objects=Fill("swap"), pairing=Pairing(mode="close"),
