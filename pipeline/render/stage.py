@@ -206,7 +206,8 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     if not clip.usable:
         return not_rendered(item, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
     if variant.needs_pair and partner is None:
-        return not_rendered(item, stage, shard, NO_PAIR, "no partner clip with person coverage in range and another label")
+        return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
+                            f"(swap mode {variant.pairing.mode})")
     relative = stage.clip_path(item).relative_to(stage.variant_dir)
     decode = DecodeOptions(fps=stage.decode_fps, batch=RENDER_BATCH)
     regions = RegionMasks(masks, clip.height, clip.width, variant.masks)
