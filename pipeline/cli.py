@@ -239,8 +239,8 @@ def int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers, got {text!r}")
+    if not values or len(set(values)) != len(values) or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers ≥ 0, got {text!r}")
     return values
 
 

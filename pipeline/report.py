@@ -54,8 +54,8 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
     parts += ["<h3>Coverage per clip</h3>", img_png(histogram(tables[variants[0]]))]
     provenance = {**masks.info, "shard_provenance": masks.provenance(next(iter(masks.shards))) if masks.shards else {}}
     parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
-    metrics_path = Path(out) / "reports" / dataset / masks.tag / "metrics.json"
-    if metrics_path.exists():
+    evaluations = (Path(out) / "reports" / dataset / masks.tag / "evaluations").glob("*/metrics.json")
+    for metrics_path in sorted(evaluations, key=lambda p: (-p.stat().st_mtime, p.parent.name)):  # newest first
         from pipeline.evaluate.section import evaluation_section
 
         parts.append(evaluation_section(json.loads(metrics_path.read_text()), manifests_dir,
@@ -63,7 +63,7 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
     for variant in variants:
         rows = {}
         for row in tables[variant]:  # a clip's first background stands for it (scuba: `<id>__0`)
-            rows.setdefault(row["source_clip_id"] or row["clip_id"], row)
+            rows.setdefault(row.get("source_clip_id") or row["clip_id"], row)
         renders = Path(out) / "renders" / dataset / masks.tag / variant
         parts += [f"<h2>{html.escape(variant)}</h2>",
                   f"<p>{html.escape(_describe(summaries[variant]))}</p>",
@@ -80,10 +80,10 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
 
 def choose_clips(tables: dict[str, list[dict]], count: int) -> list[str]:
     """Up to `count` clips ok in the first variant, one label after another, in clip-id order."""
-    ok = sorted((r for r in next(iter(tables.values())) if r["status"] in USABLE and r["background"] in (None, 0)),
+    ok = sorted((r for r in next(iter(tables.values())) if r["status"] in USABLE and r.get("background") in (None, 0)),
                 key=lambda r: r["clip_id"])
-    for row in ok:
-        row["clip_id"] = row["source_clip_id"] or row["clip_id"]
+    for row in ok:  # manifests written before static backgrounds have no source_clip_id
+        row["clip_id"] = row.get("source_clip_id") or row["clip_id"]
     by_label: dict[str, list[str]] = {}
     for row in ok:
         by_label.setdefault(row["label"] or "", []).append(row["clip_id"])

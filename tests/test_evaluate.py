@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.errors import InputError
 from pipeline.evaluate import EvaluateConfig, run_evaluate
-from pipeline.evaluate.metrics import Scored, accuracy, ratio
+from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
+from pipeline.evaluate.run import VariantRows, stillmix_pairs
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.masks import run_masks
 from pipeline.render import run_render
@@ -136,7 +138,7 @@ def test_mmaction2_pickles_and_score_csv_give_the_same_metrics(benchmark, tmp_pa
                     writer.writerow(["clip_id", *(f"score_{c}" for c in range(CLASSES))])
                     writer.writerows([r["clip_id"], *s] for r, s in zip(rows, scores))
         metrics = evaluate(out, folder)
-        formats[name] = {k: v for k, v in metrics.items() if k not in ("predictions", "swap_background_wins")}
+        formats[name] = {k: v for k, v in metrics.items() if k not in ("predictions", "files", "name")}
     assert formats["v1"] == formats["v0"] == formats["csv"]
     metrics = formats["v1"]
     assert metrics["BOR"]["value"] == 0.0 and metrics["variants"]["original"]["top5"] == 1.0
@@ -169,6 +171,46 @@ def test_ratio_and_intervals_on_known_numbers():
     top = accuracy(original, ["a", "b"], resamples=500)
     assert top["top1"] == 0.75 and top["per_class_top1"] == {"a": 0.75} and top["top5"] is None
     assert top["top1_ci95"][0] < 0.75 < top["top1_ci95"][1]
+
+
+def test_swap_shares_and_contrasted_on_three_classes():
+    ids = tuple(f"c{i}" for i in range(6))
+    own = np.array([0, 0, 1, 1, 2, 2])
+    background = np.array([1, 2, 2, 0, 0, 1])
+    predicted = np.array([0, 2, 0, 0, 1, 2])  # own, background, neither, background, neither, own
+    shares = swap_shares([Scored("swap-s0", ids, own, background, predicted, None)], resamples=200)
+    assert shares["SHAcc"]["value"] == pytest.approx(2 / 6) and shares["SBErr"]["value"] == pytest.approx(2 / 6)
+    scuba = Scored("scuba", ids, own, -np.ones(6, np.int64), np.array([0, 0, 1, 0, 2, 0]), None)  # wrong on c3, c5
+    # in the other order (c5 … c0): right on c3 and c2 only
+    scufo = Scored("scufo", ids[::-1], own[::-1], -np.ones(6, np.int64), np.array([0, 0, 1, 1, 2, 2]), None)
+    on_scufo = {"c5": False, "c4": False, "c3": True, "c2": True, "c1": False, "c0": False}
+    result = stillmix(scuba, scufo, resamples=200)
+    right_on_scuba = {"c0": True, "c1": True, "c2": True, "c3": False, "c4": True, "c5": False}
+    contrasted = sum(right_on_scuba[c] and not on_scufo[c] for c in ids) / 6
+    assert result["contrasted"]["value"] == pytest.approx(contrasted) == pytest.approx(3 / 6)
+    assert result["SCUBA"]["value"] == pytest.approx(4 / 6) and result["SCUFO"]["value"] == pytest.approx(2 / 6)
+
+
+def test_a_pickle_from_another_list_is_caught_by_its_gt_labels_and_old_dumps_read(benchmark, tmp_path, capsys):
+    out, manifests = benchmark
+    rows = listed(manifests, "original")
+    scores = scores_for(rows, lambda r: r["label_index"])
+    folder = tmp_path / "old"
+    folder.mkdir()
+    # mmaction2 1.0 / 1.1 wrote pred_scores / gt_labels as {'item': tensor}
+    dump = [{"pred_scores": {"item": torch.tensor(s)}, "gt_labels": {"item": torch.tensor([r["label_index"]])}}
+            for s, r in zip(scores, rows)]
+    (folder / "original.pkl").write_bytes(pickle.dumps(dump))
+    assert evaluate(out, folder)["variants"]["original"]["top1"] == 1.0
+    shuffled = [{"pred_score": torch.tensor(s), "gt_label": torch.tensor([r["label_index"]])}
+                for s, r in zip(scores, rows[1:] + rows[:1])]
+    (folder / "original.pkl").write_bytes(pickle.dumps(shuffled))
+    assert [r["label_index"] for r in rows] != [r["label_index"] for r in rows[1:] + rows[:1]]
+    with pytest.raises(InputError, match="has gt_label .* the predictions were made from another list"):
+        evaluate(out, folder)
+    (folder / "original.pkl").write_bytes(pickle.dumps([[0.1, "x"]] * len(rows)))
+    with pytest.raises(InputError, match="row 0 is not an array of class scores"):
+        evaluate(out, folder)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -216,10 +258,32 @@ def test_cli_writes_metrics_and_the_report_section(benchmark, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "BOR: 0.000" in printed and "original: top-1 1.000" in printed
     report = out / "reports" / "kinetics400" / manifests.name
-    metrics = json.loads((report / "metrics.json").read_text())
+    (first,) = (report / "evaluations").glob("train-*/metrics.json")
+    assert f"metrics: {first}" in printed
+    metrics = json.loads(first.read_text())
     assert metrics["BOR"]["value"] == 0.0 and metrics["split"] == "train"
     page = (report / "index.html").read_text()
-    assert "<h2>Evaluation</h2>" in page and "BOR" in page and "Stale" not in page
+    assert "<h2>Evaluation train-" in page and "BOR" in page and "Stale" not in page
+    # another model's predictions: a second evaluation beside the first, both in the report
+    write_labels(predictions, "background_only", listed(manifests, "background_only"), lambda r: r["label_index"])
+    assert main([*args, "--split", "train"]) == 0 and "BOR: 1.000" in capsys.readouterr().out
+    assert len(list((report / "evaluations").glob("train-*/metrics.json"))) == 2
+    assert json.loads(first.read_text())["BOR"]["value"] == 0.0
+    page = (report / "index.html").read_text()
+    assert page.count("<h2>Evaluation train-") == 2
+    assert "<b>Stale:</b> the predictions files background_only.csv changed" in page  # the first one's file
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, min_coverage=0.5, min_frames_frac=1.0))
     assert main(["report", "--dataset", "kinetics400", "--out", str(out)]) == 0
     assert "<b>Stale:</b> the manifests of background_only, original changed" in (report / "index.html").read_text()
+
+
+def test_scufo_pairs_only_with_the_scuba_made_from_the_same_settings():
+    def variant(name: str, seed: int, still: bool) -> VariantRows:
+        spec = {"name": name, "background": "stripes", "backgrounds": 1, **({"still": True} if still else {})}
+        return VariantRows(name=name, spec=spec, made_of={"variant": spec, "seed": seed}, rows=[])
+
+    variants = {"scuba": variant("scuba", 0, False), "scuba_b": variant("scuba_b", 1, False),
+                "scufo": variant("scufo", 1, True), "scufo_x": variant("scufo_x", 7, True)}
+    roles = {name: v.role for name, v in variants.items()}
+    assert roles == {"scuba": "scuba", "scuba_b": "scuba", "scufo": "scufo", "scufo_x": "scufo"}
+    assert stillmix_pairs(variants, roles) == [("scuba_b", "scufo")]  # the other seed's backgrounds differ

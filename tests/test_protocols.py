@@ -4,6 +4,7 @@ centroid alignment, and each variant's own manifest filter."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -21,7 +22,7 @@ from pipeline.render.compose import PartnerFrames, centroid_offset, shifted_fram
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.pairing import pair_clips, read_relations
 from pipeline.render.regions import Regions
-from pipeline.render.variants import PRESETS, Fill, ProtocolOptions, VariantError, resolve
+from pipeline.render.variants import PRESETS, Fill, Pairing, ProtocolOptions, VariantError, resolve
 from tests.test_masks_stage import config as masks_config
 from tests.test_render import render_config, render_frames
 from tests.test_variants import clips
@@ -76,17 +77,28 @@ def test_image_backgrounds_are_a_seeded_pick_from_the_folder_resized_to_the_fram
     assert picked == set(colours)  # RGB, every image drawn over enough keys
 
 
+def test_a_folder_changed_between_runs_of_one_process_is_read_again(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (scuba,) = resolve(["scuba"], protocol=ProtocolOptions(scuba_images=tmp_path))
+    assert {backdrop(scuba.background, seed=0, key=f"c__{k}", width=8, height=8).max() for k in range(20)} == {0}
+    (tmp_path / "a.png").unlink()
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((8, 8, 3), 255, np.uint8))
+    (scuba,) = resolve(["scuba"], protocol=ProtocolOptions(scuba_images=tmp_path))  # the next run reads it again
+    assert {backdrop(scuba.background, seed=0, key=f"c__{k}", width=8, height=8).min() for k in range(20)} == {255}
+
+
 def test_a_changed_backgrounds_folder_changes_the_fingerprint_and_an_empty_one_is_an_error(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), np.zeros((8, 8, 3), np.uint8))
-    variants = resolve(["scuba", "scufo", "bg"], protocol=ProtocolOptions(scuba_images=images, backgrounds=3))
+    protocol = ProtocolOptions(scuba_images=images, backgrounds=3)
+    variants = resolve(["scuba", "scufo", "bg"], protocol=protocol)
     scuba, scufo, bg = variants
     assert str(scuba.background) == f"image({images})" and scuba.backgrounds == scufo.backgrounds == 3
     config = render_config(tmp_path, ["bg"], variants=variants)
     before = [config.fingerprint(v) for v in variants]
     cv2.imwrite(str(images / "b.png"), np.zeros((8, 8, 3), np.uint8))
-    after = [config.fingerprint(v) for v in variants]
+    after = [config.fingerprint(v) for v in resolve(["scuba", "scufo", "bg"], protocol=protocol)]
     assert after[0] != before[0] and after[1] != before[1] and after[2] == before[2]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -114,17 +126,25 @@ def test_render_scuba_and_scufo_end_to_end_with_k_backgrounds_and_the_original(m
         pick = still_index(seed=0, key=f"{clip_id}__1", frames=len(scuba))
         distance = [np.abs(scufo[0] - frame).mean() for frame in scuba]
         assert distance[pick] < 0.5 and distance[pick] == min(distance)  # …the seeded frame of the SCUBA clip
-    assert not list((renders / "original").rglob("*.mp4"))  # nothing re-encoded
+    assert all(p.is_symlink() for p in (renders / "original").rglob("*.mp4"))  # nothing re-encoded
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, min_coverage=0, min_frames_frac=0))
     manifests = out / "manifests" / "kinetics400" / run_dir.name
     original = pq.read_table(manifests / "original" / "manifest.parquet").to_pylist()
-    for row in original:
-        assert Path(row["path"]).is_absolute() and Path(row["path"]).name == f"{row['clip_id']}.mp4"
+    sources = {p.stem: p for p in (out.parent / "k400").rglob("*.mp4")}
+    for row in original:  # a link to the source where a render would go
+        link = renders / "original" / row["path"]
+        assert link.is_symlink() and link.resolve() == sources[row["clip_id"]].resolve()
         assert row["format"] == "source" and row["frames"] == len(truth[row["clip_id"]][0])
         expected = truth[row["clip_id"]][0].mean()  # the luma key's masks are the truth
         assert row["person_coverage"] == pytest.approx(expected, abs=1e-6)
     listed = [line.split() for line in (manifests / "original" / "train_list_videos.txt").read_text().splitlines()]
-    assert len(listed) == 4 and all(Path(path).is_file() for path, _ in listed)
+    assert len(listed) == 4 and all((renders / "original" / path).is_file() for path, _ in listed)
+    # the links are outputs like any render: a second run redoes nothing, a lost link is noticed and remade
+    again = run_render(render_config(out, [], variants=variants[2:], encode=EncodeOptions(format="rawframes")),
+                       progress=False)
+    assert again.variants[0].computed == 0  # FORMAT does not touch the original's links
+    next((renders / "original").rglob("*.mp4")).unlink()
+    assert run_render(render_config(out, [], variants=variants[2:]), progress=False).variants[0].computed == 1
     scuba = pq.read_table(manifests / "scuba" / "manifest.parquet").to_pylist()
     assert {(r["source_clip_id"], r["background"]) for r in scuba} == {(c, k) for c in truth for k in (0, 1)}
 
@@ -181,6 +201,11 @@ def test_relations_file_errors_name_the_file_and_line(tmp_path, caplog):
         read_relations(tmp_path / "nope.csv")
     with pytest.raises(InputError, match="needs a class relations file"):
         render_config(tmp_path, ["swap_far"]).fingerprint(resolve(["swap_far"])[0])
+    path.write_text("L0,L1\n")
+    far = resolve(["swap_far"])[0]
+    before = render_config(tmp_path, ["bg"], relations=path).fingerprint(far)
+    path.write_text("L0,L2\n")
+    assert render_config(tmp_path, ["bg"], relations=path).fingerprint(far) != before  # the file's content
 
 
 def test_swap_seeds_become_variants_and_the_plain_swap_keeps_its_fingerprint(tmp_path):
@@ -190,7 +215,10 @@ def test_swap_seeds_become_variants_and_the_plain_swap_keeps_its_fingerprint(tmp
     assert {v.pairing.seed for v in variants[:3]} == {0, 1, 2} and variants[3].pairing.mode == "same"
     assert all(v.pairing.align == "centroid" for v in variants[:6]) and variants[6].spec() == PRESETS["bg"].spec()
     config = render_config(tmp_path, ["bg"])
-    assert len({config.fingerprint(v) for v in variants}) == 7
+    (plain,) = resolve(["swap"])
+    kinds = [replace(plain, pairing=Pairing(seed=1)), replace(plain, pairing=Pairing(align="centroid")),
+             replace(plain, pairing=Pairing(mode="same")), plain]
+    assert len({config.fingerprint(v) for v in kinds}) == 4  # one name, four pairings: four fingerprints
     # the swap preset as it was before the modes came: its renders are not redone
     assert "pairing" not in PRESETS["swap"].spec()
     assert render_config(Path("."), ["swap"]).fingerprint(resolve(["swap"])[0]) == "79d40c4784"

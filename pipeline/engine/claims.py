@@ -93,7 +93,7 @@ def remove_stale_temps(stale_files: Iterable[Path]) -> None:
     """Delete temporary files or folders a writer that did not finish left behind."""
     for stale in list(stale_files):
         log.info("removing %s, left by a writer that did not finish", stale)
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+        shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
 
 
 def temps_of(path: Path) -> Iterator[Path]:

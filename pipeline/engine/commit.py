@@ -59,12 +59,16 @@ class Commit:
 
 
 def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 def file_digest(path: Path) -> dict[str, Any]:
-    """sha256 and size of a file, or of a folder's files (names and contents, in sorted order)."""
+    """sha256 and size of a file, or of a folder's files (names and contents, in sorted order); a symbolic link
+    is what it points at, as text (the `original` variant's links to the sources are not read)."""
     path = Path(path)
+    if path.is_symlink():
+        target = os.readlink(path).encode()
+        return {"sha256": hashlib.sha256(target).hexdigest(), "bytes": len(target)}
     digest, size = hashlib.sha256(), 0
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
@@ -81,7 +85,9 @@ def outputs_present(folder: Path, outputs: dict[str, dict[str, Any]]) -> bool:
     """Every recorded output still exists with its recorded size (a cheap check: sizes, not contents)."""
     for name, entry in outputs.items():
         path = Path(folder) / name
-        if path.is_dir():
+        if path.is_symlink():
+            size = len(os.readlink(path).encode())
+        elif path.is_dir():
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         elif path.is_file():
             size = path.stat().st_size

@@ -35,11 +35,17 @@ class Predictions:
     scores: np.ndarray | None  # (N, C) float, or None for `clip_id,pred` files
 
 
-def read_predictions(path: Path, clip_ids: list[str], classes: int) -> Predictions:
-    """The predictions in `path` for the rows whose ids are `clip_ids` (in the list file's order)."""
+def read_predictions(path: Path, clip_ids: list[str], labels: list[int], classes: int) -> Predictions:
+    """The predictions in `path` for the rows whose ids and true labels are `clip_ids` and `labels` (in the list
+    file's order). A 1.x dump's `gt_label` must agree with the row it is matched to: a pickle made from another
+    list of the same length is caught at its first disagreeing row."""
     path = Path(path)
     if path.suffix == ".pkl":
-        scores = _pickle_scores(path, classes)
+        scores, truth = _pickle_scores(path, classes)
+        for i, (given, label) in enumerate(zip(truth, labels)):
+            if given is not None and given != label:
+                raise InputError(f"{path}: row {i} has gt_label {given} but the list's row {i} ({clip_ids[i]!r}) is "
+                                 f"labelled {label}; the predictions were made from another list")
         if len(scores) != len(clip_ids):
             first = min(len(scores), len(clip_ids))
             raise InputError(f"{path}: {len(scores)} predictions for a list of {len(clip_ids)} clips (first offending "
@@ -50,7 +56,8 @@ def read_predictions(path: Path, clip_ids: list[str], classes: int) -> Predictio
     raise InputError(f"{path}: predictions are .pkl (mmaction2 --dump / --out) or .csv (clip_id,pred or clip_id,score_*)")
 
 
-def _pickle_scores(path: Path, classes: int) -> np.ndarray:
+def _pickle_scores(path: Path, classes: int) -> tuple[np.ndarray, list[int | None]]:
+    """(N, C) scores and each row's `gt_label` where the dump has one."""
     try:
         with open(path, "rb") as f:
             data = pickle.load(f)
@@ -58,19 +65,36 @@ def _pickle_scores(path: Path, classes: int) -> np.ndarray:
         raise InputError(f"{path}: not a readable predictions pickle ({exc})") from None
     if not isinstance(data, (list, tuple)):
         raise InputError(f"{path}: expected a list of predictions (mmaction2 --dump or --out), got {type(data).__name__}")
-    rows = []
+    rows, truth = [], []
     for i, item in enumerate(data):
+        given = None
         if isinstance(item, dict):
-            if "pred_score" not in item:
+            given = item.get("gt_label", item.get("gt_labels"))
+            if isinstance(given, dict):  # mmaction2 1.0/1.1: {'item': tensor}
+                given = given.get("item")
+            if "pred_score" in item:
+                item = item["pred_score"]
+            elif isinstance(item.get("pred_scores"), dict) and "item" in item["pred_scores"]:  # mmaction2 1.0/1.1
+                item = item["pred_scores"]["item"]
+            else:
                 raise InputError(f"{path}: row {i} has no 'pred_score' (keys: {', '.join(map(str, item))})")
-            item = item["pred_score"]
-        if hasattr(item, "detach"):  # a torch tensor
-            item = item.detach().cpu().float().numpy()
-        scores = np.asarray(item, dtype=np.float64).reshape(-1)
+        try:
+            scores = np.asarray(_array(item), dtype=np.float64).reshape(-1)
+            given = None if given is None else int(np.asarray(_array(given)).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"{path}: row {i} is not an array of class scores ({exc})") from None
         if len(scores) != classes:
             raise InputError(f"{path}: row {i} has {len(scores)} class scores; the label map has {classes} classes")
+        if not np.isfinite(scores).all():
+            raise InputError(f"{path}: row {i} has scores that are not finite numbers")
         rows.append(scores)
-    return np.stack(rows) if rows else np.zeros((0, classes))
+        truth.append(given)
+    return (np.stack(rows) if rows else np.zeros((0, classes))), truth
+
+
+def _array(value):
+    """A torch tensor as numpy (anything else as it is)."""
+    return value.detach().cpu().float().numpy() if hasattr(value, "detach") else value
 
 
 def _csv_predictions(path: Path, clip_ids: list[str], classes: int) -> Predictions:
@@ -99,6 +123,8 @@ def _csv_predictions(path: Path, clip_ids: list[str], classes: int) -> Predictio
                 values = [float(v) for v in row[1:]]
             except ValueError:
                 raise InputError(f"{path}:{line}: not a number in {row[1:]}") from None
+            if not np.isfinite(values).all():
+                raise InputError(f"{path}:{line}: values that are not finite numbers")
             if len(values) != len(header) - 1:
                 raise InputError(f"{path}:{line}: {len(values)} values for {len(header) - 1} columns")
             if by_score:

@@ -1,5 +1,7 @@
 """`evaluate`: a model's predictions for each variant, matched to the manifests, turned into the static-bias
-metrics (`reports/<dataset>/<masks run>/metrics.json`) and a section of the HTML report.
+metrics and a section of the HTML report. Each evaluation is kept under its own name, made from the split and
+the predictions files' content (`reports/<dataset>/<masks run>/evaluations/<split>-<digest>/metrics.json`), so
+scoring another model never overwrites the last one.
 
 The predictions folder holds `<variant>.pkl` or `<variant>.csv` per variant. Subfolders, one per training
 variant, each holding the same, give the train × eval grid. Which variant plays which part in a protocol
@@ -10,6 +12,7 @@ read the variants named `background_only` and `human_only`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.atomic import write_json
+from pipeline.engine.commit import file_digest
 from pipeline.errors import InputError
 from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
 from pipeline.evaluate.predictions import FORMATS, read_predictions
@@ -48,6 +52,7 @@ class VariantRows:
 
     name: str
     spec: dict
+    made_of: dict  # everything its renders were made from (the variant.<format>.json of the listed format)
     rows: list[dict]  # in the list file's order
 
     @property
@@ -79,16 +84,20 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     used = sorted({variant for files in groups.values() for variant in files})
     split = choose_split(manifests, used, config.split)
     variants = {name: variant_rows(manifests / name, split) for name in used}
+    files = {path.relative_to(config.predictions).as_posix(): file_digest(path)["sha256"]
+             for group in groups.values() for path in group.values()}
     metrics = {"dataset": config.dataset, "masks_run": masks.tag, "split": split, "classes": len(classes),
-               "predictions": str(Path(config.predictions).absolute()), "bootstrap_resamples": config.bootstrap,
-               "manifests": manifest_digests(manifests, used)}
+               "predictions": str(Path(config.predictions).absolute()), "files": dict(sorted(files.items())),
+               "bootstrap_resamples": config.bootstrap, "manifests": manifest_digests(manifests, used)}
     if None in groups:
         metrics |= score(groups[None], variants, classes, config.bootstrap)
     trained = {name: score(files, variants, classes, config.bootstrap) for name, files in groups.items() if name}
     if trained:
         metrics["trained_on"] = trained
         metrics["grid"] = {train: {v: m["top1"] for v, m in result["variants"].items()} for train, result in trained.items()}
-    path = Path(config.out) / "reports" / config.dataset / masks.tag / "metrics.json"
+    name = hashlib.sha256(json.dumps([split, config.bootstrap, metrics["files"]]).encode()).hexdigest()[:12]
+    metrics["name"] = f"{split}-{name}"
+    path = Path(config.out) / "reports" / config.dataset / masks.tag / "evaluations" / metrics["name"] / "metrics.json"
     write_json(path, metrics)
     if config.report:
         from pipeline.report import write_report
@@ -143,8 +152,9 @@ def variant_rows(folder: Path, split: str) -> VariantRows:
     unlabelled = next((r for r in rows if r["label_index"] < 0), None)
     if unlabelled:
         raise InputError(f"{folder}: clip {unlabelled['clip_id']!r} of split {split!r} has no label; evaluate a labelled split")
-    spec = next(iter(summary["settings"].values()), {}).get("variant", {})
-    return VariantRows(name=folder.name, spec=spec, rows=rows)
+    settings = summary["settings"].get(fmt) or next(iter(summary["settings"].values()), {})
+    made_of = {k: v for k, v in settings.items() if k not in ("fingerprint", "keep_if", "masks_dir", "masks_fingerprint")}
+    return VariantRows(name=folder.name, spec=settings.get("variant", {}), made_of=made_of, rows=rows)
 
 
 def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: list[str], resamples: int) -> dict:
@@ -152,7 +162,7 @@ def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: lis
     scored: dict[str, Scored] = {}
     for name, path in sorted(files.items()):
         rows = variants[name].rows
-        found = read_predictions(path, [r["clip_id"] for r in rows], len(classes))
+        found = read_predictions(path, [r["clip_id"] for r in rows], [r["label_index"] for r in rows], len(classes))
         pair = [-1 if r["pair_label_index"] is None else r["pair_label_index"] for r in rows]
         scored[name] = Scored(variant=name, clip_ids=tuple(r["clip_id"] for r in rows),
                               labels=np.array([r["label_index"] for r in rows], dtype=np.int64),
@@ -163,12 +173,18 @@ def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: lis
     for key, name in (("BOR", "background_only"), ("HOR", "human_only")):
         if original is not None and name in scored:
             out[key] = ratio(scored[name], original, resamples)
-    modes: dict[str, list[Scored]] = {}
+    modes: dict[str, list[Scored]] = {}  # seeds of one pairing pooled; aligned and plain swaps kept apart
     for name, role in roles.items():
         if role == "swap":
-            modes.setdefault(variants[name].spec.get("pairing", {}).get("mode", "rand"), []).append(scored[name])
+            pairing = variants[name].spec.get("pairing", {})
+            mode = pairing.get("mode", "rand") + ("+centroid" if pairing.get("align") == "centroid" else "")
+            modes.setdefault(mode, []).append(scored[name])
     if modes:
         shares = {mode: swap_shares(group, resamples) for mode, group in sorted(modes.items())}
+        for mode, result in shares.items():
+            if mode.startswith("same"):  # the background clip has the clip's own label: SBErr says nothing
+                result["SBErr"] = {"value": None, "clips": result["SBErr"]["clips"], "ci95": None,
+                                   "note": "same-class swaps: the background's label is the clip's own"}
         out["SHAcc"] = {mode: s["SHAcc"] | {"variants": s["variants"]} for mode, s in shares.items()}
         out["SBErr"] = {mode: s["SBErr"] | {"variants": s["variants"]} for mode, s in shares.items()}
         out["swap_background_wins"] = background_wins(
@@ -183,14 +199,25 @@ def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: lis
 
 
 def stillmix_pairs(variants: dict[str, VariantRows], roles: dict[str, str]) -> list[tuple[str, str]]:
-    """(SCUBA, SCUFO) variant pairs among the scored ones: a SCUFO is the still twin of a SCUBA with the same
-    settings otherwise."""
-    def settings(name: str) -> dict:
-        return {k: v for k, v in variants[name].spec.items() if k not in ("name", "description", "still")}
+    """(SCUBA, SCUFO) variant pairs among the scored ones: a SCUFO is the still twin of the SCUBA made from the
+    same everything else (fills, masks, backgrounds and their folder's content, seed, encoder). Each SCUBA takes
+    one twin; a SCUFO without one is reported and left out."""
+    def made_of(name: str) -> str:
+        fields = dict(variants[name].made_of)
+        fields["variant"] = {k: v for k, v in fields.get("variant", {}).items() if k not in ("name", "description", "still")}
+        return json.dumps(fields, sort_keys=True)
 
-    scubas = [n for n, role in roles.items() if role == "scuba"]
-    return [(scuba, scufo) for scufo in sorted(n for n, role in roles.items() if role == "scufo")
-            for scuba in scubas if settings(scuba) == settings(scufo)][: len(scubas)]
+    free = sorted(n for n, role in roles.items() if role == "scuba")
+    pairs = []
+    for scufo in sorted(n for n, role in roles.items() if role == "scufo"):
+        twin = next((scuba for scuba in free if made_of(scuba) == made_of(scufo)), None)
+        if twin is None:
+            log.warning("%s: no SCUBA predictions made from the same settings (fills, backgrounds, seed); no "
+                        "contrasted accuracy for it", scufo)
+            continue
+        free.remove(twin)
+        pairs.append((twin, scufo))
+    return pairs
 
 
 def background_wins(swaps: list[tuple[VariantRows, Scored]], classes: list[str]) -> list[dict]:
@@ -203,3 +230,4 @@ def background_wins(swaps: list[tuple[VariantRows, Scored]], classes: list[str])
                              "pair_clip_id": row["pair_clip_id"], "pair_label": row["pair_label"],
                              "predicted": classes[predicted], "path": row["path"]})
     return wins
+

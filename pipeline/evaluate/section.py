@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.decode import DecodeOptions
+from pipeline.engine.commit import file_digest
 from pipeline.html import img, img_png, png, pyplot, table
 from pipeline.render.compose import decoded
 
@@ -22,7 +23,7 @@ def manifest_digests(manifests: Path, variants: list[str]) -> dict[str, str]:
 
 
 def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
-    parts = ["<h2>Evaluation</h2>",
+    parts = [f"<h2>Evaluation {html.escape(metrics.get('name', ''))}</h2>",
              f"<p>predictions <code>{html.escape(metrics['predictions'])}</code>, split "
              f"<code>{html.escape(metrics['split'])}</code>; 95% intervals from {metrics['bootstrap_resamples']} "
              "bootstrap resamples of the clips.</p>"]
@@ -32,6 +33,12 @@ def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
     if changed:
         parts.append(f"<p><b>Stale:</b> the manifests of {html.escape(', '.join(changed))} changed since these metrics "
                      "were computed; run <code>make evaluate</code> again.</p>")
+    folder = Path(metrics["predictions"])
+    moved = sorted(name for name, sha in metrics.get("files", {}).items()
+                   if not (folder / name).is_file() or file_digest(folder / name)["sha256"] != sha)
+    if moved:
+        parts.append(f"<p><b>Stale:</b> the predictions files {html.escape(', '.join(moved))} changed or are gone "
+                     "since these metrics were computed.</p>")
     variants = metrics.get("variants", {})
     if variants:
         parts.append(table(("variant", "clips", "top-1", "95% interval", "top-5"),

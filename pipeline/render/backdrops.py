@@ -2,8 +2,8 @@
 drawn from a folder of images or generated as sinusoidal stripes, always the same for the same seed and clip.
 
 A folder's identity for the cache is the name, size and modification time of each of its images (the rule the
-masks stage applies to source videos): a background added, replaced or removed changes every render that
-could have drawn it.
+masks stage applies to source videos), taken when the variant is read: a background added, replaced or removed
+changes every render that could have drawn it, and the folder is listed again.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import hashlib
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.render.variants import Fill
+
+if TYPE_CHECKING:
+    from pipeline.render.variants import Fill
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -43,7 +46,7 @@ def backdrop(fill: Fill, *, seed: int, key: str, width: int, height: int) -> np.
     """The still background (RGB, height × width) that render `key` (`<clip id>__<k>`) takes for `fill`."""
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     if fill.kind == "image":
-        files = _cached_files(fill.path)
+        files = _cached_files(fill.path, fill.digest)
         path = files[int(rng.integers(len(files)))]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -72,5 +75,7 @@ def still_index(*, seed: int, key: str, frames: int) -> int:
 
 
 @lru_cache(maxsize=8)
-def _cached_files(folder: str) -> tuple[Path, ...]:
+def _cached_files(folder: str, digest: str | None) -> tuple[Path, ...]:
+    """The folder's images, listed once per process and folder state (the digest the variant was read with):
+    a folder changed between two runs of a long-lived worker is listed again."""
     return image_files(folder)

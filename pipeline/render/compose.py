@@ -167,6 +167,8 @@ class PartnerFrames:
         while self._position < target and self._advance():
             pass
         frame = self._current
+        if frame is None:  # the partner gave no frame at all
+            raise ValueError(f"swap partner decoded no frames; its status row says {self._partner_length}")
         if (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         return frame

@@ -66,13 +66,17 @@ class RenderConfig:
         and only they (every other variant's renders are as they were). The inputs a protocol variant reads
         besides the masks (a folder of backgrounds, the class relations of close / far swaps) are named by
         their content."""
-        fields = {"variant": variant.spec(), "encode": self.encode_for(variant).output_fields(), "seed": self.seed,
+        encode = self.encode_for(variant)
+        if variant.original:  # links to the sources: nothing else shapes them
+            return {"variant": variant.spec(), "encode": encode.output_fields()}
+        fields = {"variant": variant.spec(), "encode": encode.output_fields(), "seed": self.seed,
                   "pair_range": list(self.pair_range) if variant.needs_pair else None}
-        if planar(variant, self.encode.format):
+        if planar(variant, encode.format):
             fields["composite"] = "yuv420p"
-        images = sorted({fill.path for fill in variant.fills().values() if fill.kind == "image"})
+        images = {fill.path: fill.digest or folder_digest(fill.path) for fill in variant.fills().values()
+                  if fill.kind == "image"}
         if images:
-            fields["images"] = {folder: folder_digest(folder) for folder in images}
+            fields["images"] = dict(sorted(images.items()))
         if variant.needs_pair and variant.pairing.mode in ("close", "far"):
             if self.relations is None:
                 raise InputError(f"variant {variant.name!r}: swap mode {variant.pairing.mode} needs a class relations "
@@ -113,6 +117,8 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     encode = config.encode if execution.in_process or config.encode.threads else \
         dataclasses.replace(config.encode, threads=execution.threads_per_worker())
     fingerprints = {variant.name: config.fingerprint(variant) for variant in config.variants}  # bad input first
+    if any(v.needs_pair and v.pairing.mode in ("close", "far") for v in config.variants):
+        read_relations(config.relations, {c.label for c in clips if c.label})  # before anything renders
     summaries = []
     with session(execution) as client:
         for variant in config.variants:

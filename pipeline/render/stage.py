@@ -6,6 +6,7 @@ retries, commits and marks the shard done."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -122,14 +123,13 @@ class RenderStage:
 
     def clip_path(self, item: RenderItem) -> Path:
         """Where a render goes: `<variant dir>/<split>/<label>/<key>.mp4` (or a rawframes folder); the
-        `original` variant's is the source video itself."""
-        if self.variant.original:
-            return item.clip.path
+        `original` variant's is a link to the source video, with the source's suffix."""
         clip = item.clip
-        return self.variant_dir / clip.split / path_name(clip.label) / f"{item.key}{self.encode.suffix()}"
+        suffix = clip.path.suffix if self.variant.original else self.encode.suffix()
+        return self.variant_dir / clip.split / path_name(clip.label) / f"{item.key}{suffix}"
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
-        for item in task.items if not self.variant.original else ():  # under the claim: what a killed writer left
+        for item in task.items:  # under the shard's claim: what a killed writer left
             remove_stale_temps(temps_of(self.clip_path(item)))
         masks = MasksRun(self.masks_dir)
         return RenderWork(self, task, masks, masks.shard_masks(task.name), commit)
@@ -144,11 +144,10 @@ class RenderWork:
 
     def process(self, item: RenderItem) -> RenderRow:
         final = self.stage.clip_path(item)
-        if self.stage.variant.original:
-            return source_row(item, self.stored.get(item.clip.clip_id), self.stage, self.task.name)
+        render = source_row if self.stage.variant.original else render_clip
         try:
-            row = render_clip(item, self.stored.get(item.clip.clip_id), self.stage, self.masks, shard=self.task.name,
-                              out=lambda: self.commit.stage(final))
+            row = render(item, self.stored.get(item.clip.clip_id), self.stage, self.masks, shard=self.task.name,
+                         out=lambda: self.commit.stage(final))
         except BaseException:
             self.commit.unstage(final)
             raise
@@ -180,20 +179,23 @@ def not_rendered(item: RenderItem, stage: RenderStage, shard: str, status: str, 
                      error=error, masks_shard=shard, source_clip_id=clip.clip_id, background=item.background)
 
 
-def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, shard: str) -> RenderRow:
-    """The `original` variant: a row that points at the source video (absolute path, so trainers read it
-    whatever their data prefix), with the clip's person and object coverage from the stored masks."""
+def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, run: MasksRun, *, shard: str,
+               out: Callable[[], Path]) -> RenderRow:
+    """The `original` variant: a symbolic link to the source video where a render would go (so its lists read
+    like every variant's, relative to the variant folder, with the same safe names), and the clip's person and
+    object coverage from the stored masks. Nothing is decoded or re-encoded."""
     clip = item.clip
     row = not_rendered(item, stage, shard, clip.status, clip.error)
     if not clip.usable:
         return row
+    os.symlink(Path(clip.path).absolute(), out())
     regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
     seen = sorted(set(masks.frame_index.tolist())) if masks is not None and len(masks) else []
     unseen = [0.0] * max(0, clip.frames - len(seen))  # frames without any instance
     row.person_coverage = [float(v) for v in regions.person_coverage(seen)] + unseen
     row.object_coverage = [float(v) for v in regions.object_coverage(seen)] + unseen
-    row.path, row.frames, row.fps = str(clip.path), clip.frames, stage.decode_fps or clip.fps
-    row.width, row.height = clip.width, clip.height
+    row.path = stage.clip_path(item).relative_to(stage.variant_dir).as_posix()
+    row.frames, row.fps, row.width, row.height = clip.frames, stage.decode_fps or clip.fps, clip.width, clip.height
     return row
 
 

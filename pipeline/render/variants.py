@@ -38,6 +38,7 @@ class Fill:
     rgb: tuple[int, int, int] | None = None  # for color (and mean, rounded)
     sigma: float | None = None  # for blur
     path: str | None = None  # for image: the folder, absolute
+    digest: str | None = None  # for image: the folder's images as found when the variant was read (names, sizes, mtimes)
 
     def __str__(self) -> str:
         if self.kind == "image":
@@ -155,7 +156,9 @@ def parse_fill(text: str, where: str = "") -> Fill:
         folder = Path(match.group(1).strip()).expanduser().absolute()
         if not folder.is_dir():
             raise VariantError(f"{where}image({folder}): no such folder; give a folder of background images")
-        return Fill("image", path=str(folder))
+        from pipeline.render.backdrops import folder_digest
+
+        return Fill("image", path=str(folder), digest=folder_digest(folder))
     text = text.strip().lower().replace(" ", "")
     if text in ("keep", "mean", "noise", "inpaint", "swap", "stripes"):
         return MEAN if text == "mean" else Fill(text)
@@ -217,6 +220,8 @@ def check(variant: Variant, where: str = "") -> None:
         raise VariantError(f"{where}backgrounds must be at least 1")
     if variant.keep_if is not None and (len(variant.keep_if) != 2 or not all(0 <= v <= 1 for v in variant.keep_if)):
         raise VariantError(f"{where}keep_if is [COVERAGE, FRAMES], both between 0 and 1")
+    if variant.pairing.seed is not None and variant.pairing.seed < 0:
+        raise VariantError(f"{where}swap_seed must be ≥ 0")
     if variant.still and variant.needs_pair:
         raise VariantError(f"{where}still and swap fills cannot be combined")
 
@@ -287,6 +292,10 @@ def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Pa
             chosen.append(variant)
     for variant in chosen:
         check(variant, f"variant {variant.name!r}: ")
+    names = [variant.name for variant in chosen]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise VariantError(f"variant name(s) {', '.join(twice)} given twice (a --swap-seeds name is <variant>-s<seed>)")
     return tuple(chosen)
 
 
