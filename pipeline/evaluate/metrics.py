@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 BOOTSTRAP_SEED = 0
+CHUNK_CELLS = 4_000_000  # resampled rows held at once
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,13 @@ def bootstrap(statistic: Callable[..., np.ndarray], arrays: list[np.ndarray], re
     if n == 0 or resamples <= 0:
         return None
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    picks = rng.integers(0, n, size=(resamples, n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = statistic(*(a[picks] for a in arrays))
+    chunk = max(1, CHUNK_CELLS // n)  # resamples at a time, so memory stays bounded on 100k-clip pools
+    values = []
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values.append(statistic(*(a[picks] for a in arrays)))
+    values = np.concatenate(values)
     values = values[np.isfinite(values)]
     return [round(float(v), 6) for v in np.percentile(values, [2.5, 97.5])] if len(values) else None
 
