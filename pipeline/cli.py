@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--preset", default="veryfast", help="x264 preset (mp4)")
     render.add_argument("--jpeg-quality", type=positive_int, default=95, help="rawframes JPEG quality")
     render.add_argument("--short-side", type=positive_int, help="scale outputs to this short side (default: source size)")
-    render.add_argument("--seed", type=int, default=0, help="seed of noise fills and swap pairing")
+    render.add_argument("--seed", type=non_negative_int, default=0, help="seed of noise fills and swap pairing")
     render.add_argument("--pair-coverage", type=coverage_range, default=PAIR_RANGE, metavar="LOW,HIGH",
                         help="swap: person coverage range of paired clips (default 0.05,0.5)")
     render.add_argument("--scuba-images", type=Path, metavar="DIR",

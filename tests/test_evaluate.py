@@ -208,6 +208,10 @@ def test_a_pickle_from_another_list_is_caught_by_its_gt_labels_and_old_dumps_rea
     assert [r["label_index"] for r in rows] != [r["label_index"] for r in rows[1:] + rows[:1]]
     with pytest.raises(InputError, match="has gt_label .* the predictions were made from another list"):
         evaluate(out, folder)
+    one_hot = [{"pred_score": torch.tensor(s), "gt_label": torch.eye(CLASSES)[r["label_index"]]}  # multi-label
+               for s, r in zip(scores, rows[1:] + rows[:1])]
+    (folder / "original.pkl").write_bytes(pickle.dumps(one_hot))
+    assert evaluate(out, folder)["variants"]["original"]["clips"] == len(rows)  # not checked, not rejected
     (folder / "original.pkl").write_bytes(pickle.dumps([[0.1, "x"]] * len(rows)))
     with pytest.raises(InputError, match="row 0 is not an array of class scores"):
         evaluate(out, folder)
@@ -287,3 +291,17 @@ def test_scufo_pairs_only_with_the_scuba_made_from_the_same_settings():
     roles = {name: v.role for name, v in variants.items()}
     assert roles == {"scuba": "scuba", "scuba_b": "scuba", "scufo": "scufo", "scufo_x": "scufo"}
     assert stillmix_pairs(variants, roles) == [("scuba_b", "scufo")]  # the other seed's backgrounds differ
+
+
+def test_predictions_behind_links_are_named_by_their_content(benchmark, tmp_path):
+    out, manifests = benchmark
+    rows = listed(manifests, "original")
+    names = []
+    for run, answer in (("a", lambda r: r["label_index"]), ("b", other)):
+        write_labels(tmp_path / run, "results", rows, answer)
+        (tmp_path / run / "preds").mkdir()
+        (tmp_path / run / "preds" / "original.csv").symlink_to(Path("..") / "results.csv")  # the same link text
+        path, metrics = run_evaluate(EvaluateConfig(dataset="kinetics400", out=out, predictions=tmp_path / run / "preds",
+                                                    split="train", report=False))
+        names.append(path.parent.name)
+    assert names[0] != names[1]  # two evaluations, neither overwriting the other

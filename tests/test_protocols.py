@@ -145,6 +145,10 @@ def test_render_scuba_and_scufo_end_to_end_with_k_backgrounds_and_the_original(m
     assert again.variants[0].computed == 0  # FORMAT does not touch the original's links
     next((renders / "original").rglob("*.mp4")).unlink()
     assert run_render(render_config(out, [], variants=variants[2:]), progress=False).variants[0].computed == 1
+    moved = next((out.parent / "k400").rglob("*.mp4"))  # a source gone: its link dangles, its shard is redone
+    moved.rename(moved.with_suffix(".moved"))
+    redone = run_render(render_config(out, [], variants=variants[2:]), progress=False).variants[0]
+    assert redone.computed == 1 and redone.by_status == {"ok": 4, "missing": 1}
     scuba = pq.read_table(manifests / "scuba" / "manifest.parquet").to_pylist()
     assert {(r["source_clip_id"], r["background"]) for r in scuba} == {(c, k) for c in truth for k in (0, 1)}
 

@@ -85,8 +85,10 @@ def outputs_present(folder: Path, outputs: dict[str, dict[str, Any]]) -> bool:
     """Every recorded output still exists with its recorded size (a cheap check: sizes, not contents)."""
     for name, entry in outputs.items():
         path = Path(folder) / name
-        if path.is_symlink():
-            size = len(os.readlink(path).encode())
+        if path.is_symlink():  # the same target (its recorded digest), and that target still there
+            if file_digest(path)["sha256"] != entry["sha256"] or not path.exists():
+                return False
+            size = entry["bytes"]
         elif path.is_dir():
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         elif path.is_file():

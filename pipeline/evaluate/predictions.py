@@ -80,7 +80,9 @@ def _pickle_scores(path: Path, classes: int) -> tuple[np.ndarray, list[int | Non
                 raise InputError(f"{path}: row {i} has no 'pred_score' (keys: {', '.join(map(str, item))})")
         try:
             scores = np.asarray(_array(item), dtype=np.float64).reshape(-1)
-            given = None if given is None else int(np.asarray(_array(given)).reshape(-1)[0])
+            if given is not None:  # one class index; a multi-label (one-hot) or empty label is not checked
+                given = np.asarray(_array(given)).reshape(-1)
+                given = int(given[0]) if given.size == 1 else None
         except (TypeError, ValueError, IndexError) as exc:
             raise InputError(f"{path}: row {i} is not an array of class scores ({exc})") from None
         if len(scores) != classes:

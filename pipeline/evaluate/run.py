@@ -84,7 +84,7 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     used = sorted({variant for files in groups.values() for variant in files})
     split = choose_split(manifests, used, config.split)
     variants = {name: variant_rows(manifests / name, split) for name in used}
-    files = {path.relative_to(config.predictions).as_posix(): file_digest(path)["sha256"]
+    files = {path.relative_to(config.predictions).as_posix(): predictions_state(path)
              for group in groups.values() for path in group.values()}
     metrics = {"dataset": config.dataset, "masks_run": masks.tag, "split": split, "classes": len(classes),
                "predictions": str(Path(config.predictions).absolute()), "files": dict(sorted(files.items())),
@@ -95,7 +95,8 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     if trained:
         metrics["trained_on"] = trained
         metrics["grid"] = {train: {v: m["top1"] for v, m in result["variants"].items()} for train, result in trained.items()}
-    name = hashlib.sha256(json.dumps([split, config.bootstrap, metrics["files"]]).encode()).hexdigest()[:12]
+    content = {name: state["sha256"] for name, state in metrics["files"].items()}
+    name = hashlib.sha256(json.dumps([split, config.bootstrap, content]).encode()).hexdigest()[:12]
     metrics["name"] = f"{split}-{name}"
     path = Path(config.out) / "reports" / config.dataset / masks.tag / "evaluations" / metrics["name"] / "metrics.json"
     write_json(path, metrics)
@@ -187,8 +188,9 @@ def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: lis
                                    "note": "same-class swaps: the background's label is the clip's own"}
         out["SHAcc"] = {mode: s["SHAcc"] | {"variants": s["variants"]} for mode, s in shares.items()}
         out["SBErr"] = {mode: s["SBErr"] | {"variants": s["variants"]} for mode, s in shares.items()}
-        out["swap_background_wins"] = background_wins(
-            [(variants[s.variant], s) for group in modes.values() for s in group], classes)
+        out["swap_background_wins"] = background_wins(  # same-class swaps: the background's label is their own
+            [(variants[s.variant], s) for mode, group in modes.items() if not mode.startswith("same") for s in group],
+            classes)
     pairs = stillmix_pairs(variants, roles)
     if pairs:
         results = {scuba: stillmix(scored[scuba], scored[scufo], resamples) for scuba, scufo in pairs}
@@ -231,3 +233,10 @@ def background_wins(swaps: list[tuple[VariantRows, Scored]], classes: list[str])
                              "predicted": classes[predicted], "path": row["path"]})
     return wins
 
+
+def predictions_state(path: Path) -> dict:
+    """A predictions file as read: the content's sha256 (through any link), size and mtime (to spot a change
+    without reading it again)."""
+    target = Path(path).resolve()
+    stat = target.stat()
+    return {"sha256": file_digest(target)["sha256"], "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}

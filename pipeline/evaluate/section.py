@@ -34,8 +34,7 @@ def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
         parts.append(f"<p><b>Stale:</b> the manifests of {html.escape(', '.join(changed))} changed since these metrics "
                      "were computed; run <code>make evaluate</code> again.</p>")
     folder = Path(metrics["predictions"])
-    moved = sorted(name for name, sha in metrics.get("files", {}).items()
-                   if not (folder / name).is_file() or file_digest(folder / name)["sha256"] != sha)
+    moved = sorted(name for name, state in metrics.get("files", {}).items() if changed_file(folder / name, state))
     if moved:
         parts.append(f"<p><b>Stale:</b> the predictions files {html.escape(', '.join(moved))} changed or are gone "
                      "since these metrics were computed.</p>")
@@ -68,6 +67,16 @@ def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
                           f"[{html.escape(win['label'])}] on the background of [{html.escape(win['pair_label'])}]</p>",
                           img(frame)]
     return "\n".join(parts)
+
+
+def changed_file(path: Path, state: dict) -> bool:
+    """Whether a predictions file is gone or no longer what was scored (read again only if size or mtime moved)."""
+    if not path.is_file():
+        return True
+    stat = path.resolve().stat()
+    if (stat.st_size, stat.st_mtime_ns) == (state["bytes"], state["mtime_ns"]):
+        return False
+    return file_digest(path.resolve())["sha256"] != state["sha256"]
 
 
 def protocol_rows(metrics: dict) -> list[tuple[str, dict]]:

@@ -2,7 +2,7 @@
 
 `<out>/manifests/<dataset>/<masks run>/<variant>/`:
 - `<split>_list_videos.txt` — mmaction2 VideoDataset: `path label_index` (mp4 renders; the `original` variant's
-  absolute source paths)
+  links to the sources)
 - `<split>_list_rawframes.txt` — mmaction2 RawframeDataset: `frame_dir total_frames label_index`
 - `<split>.csv` — PySlowFast: `path label_index`, space separated (mp4 renders)
 - `label_map.txt` — one label per line, in index order

@@ -19,7 +19,7 @@ from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
-from pipeline.records import DECODE_ERROR, FAILED, path_name
+from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import PartnerFrames, composed
 from pipeline.render.encode import ClipWriter, EncodeOptions
@@ -188,6 +188,9 @@ def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, ru
     row = not_rendered(item, stage, shard, clip.status, clip.error)
     if not clip.usable:
         return row
+    if not Path(clip.path).is_file():
+        return not_rendered(item, stage, shard, MISSING, f"{clip.path}: gone since its masks were made; put it back "
+                            "or rerun the masks stage")
     os.symlink(Path(clip.path).absolute(), out())
     regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
     seen = sorted(set(masks.frame_index.tolist())) if masks is not None and len(masks) else []
