@@ -22,6 +22,7 @@ from pipeline.render.encode import EncodeOptions
 from pipeline.render.pairing import (
     PAIR_RANGE,
     CoverageTask,
+    Relations,
     pair_clips,
     read_relations,
     relations_digest,
@@ -54,7 +55,7 @@ class RenderConfig:
         return Path(self.out).absolute() / "renders" / self.dataset / masks.tag / variant.name
 
     def fingerprint(self, variant: Variant) -> str:
-        return hashlib.sha256(json.dumps(self.made_of(variant), sort_keys=True).encode()).hexdigest()[:10]
+        return fingerprint_of(self.made_of(variant))
 
     def encode_for(self, variant: Variant) -> EncodeOptions:
         """The `original` variant writes no files: its rows point at the sources, whatever --format says."""
@@ -77,12 +78,17 @@ class RenderConfig:
                   if fill.kind == "image"}
         if images:
             fields["images"] = dict(sorted(images.items()))
-        if variant.needs_pair and variant.pairing.mode in ("close", "far"):
+        if variant.needs_pair and variant.pairing.needs_relations:
             if self.relations is None:
                 raise InputError(f"variant {variant.name!r}: swap mode {variant.pairing.mode} needs a class relations "
                                  "file (--swap-relations FILE, `SWAP_RELATIONS=FILE`; CSV rows: class, related classes)")
             fields["relations"] = relations_digest(read_relations(self.relations))
         return fields
+
+
+def fingerprint_of(made_of: dict) -> str:
+    """A variant's render fingerprint: the digest of what its renders are made from."""
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass(kw_only=True)
@@ -116,21 +122,21 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     execution = config.execution
     encode = config.encode if execution.in_process or config.encode.threads else \
         dataclasses.replace(config.encode, threads=execution.threads_per_worker())
-    fingerprints = {variant.name: config.fingerprint(variant) for variant in config.variants}  # bad input first
-    if any(v.needs_pair and v.pairing.mode in ("close", "far") for v in config.variants):
-        read_relations(config.relations, {c.label for c in clips if c.label})  # before anything renders
+    made_of = {variant.name: config.made_of(variant) for variant in config.variants}  # bad input first
+    relations = read_relations(config.relations, {c.label for c in clips if c.label}) \
+        if any(v.needs_pair and v.pairing.needs_relations for v in config.variants) else None
     summaries = []
     with session(execution) as client:
         for variant in config.variants:
-            pairs = swap_pairs(masks, by_shard, variant, config, client) if variant.needs_pair else {}
+            pairs = swap_pairs(masks, by_shard, variant, config, relations, client) if variant.needs_pair else {}
             stage = RenderStage(variant=variant, encode=config.encode_for(variant) if variant.original else encode,
                                 masks_dir=masks.folder, variant_dir=config.variant_dir(masks, variant),
                                 decode_fps=masks.decode_fps, seed=config.seed)
             write_json(stage.variant_dir / f"variant.{stage.encode.format}.json",
-                       {**config.made_of(variant), "fingerprint": fingerprints[variant.name],
+                       {**made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
                         "keep_if": list(variant.keep_if) if variant.keep_if else None,
                         "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
-            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprints[variant.name], config)
+            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint_of(made_of[variant.name]), config)
                     for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
                                 [task for task in plan if task.name in chosen], options=execution,
@@ -168,7 +174,7 @@ def _describe(clip: StoredClip, masks: MasksRun) -> dict:
 
 
 def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: Variant, config: RenderConfig,
-               client) -> dict[str, StoredClip]:
+               relations: Relations | None, client) -> dict[str, StoredClip]:
     """Person coverage of every clip (one task per masks shard), then the seeded pairing: over every clip of
     the run, whatever LIMIT selects, so a clip's partner does not depend on the selection."""
     coverage: dict[str, float] = {}
@@ -183,10 +189,9 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
         raise RuntimeError(f"person coverage failed for shards {sorted(failed)}: {next(iter(failed.values()))}")
     clips = [clip for shard_clips in by_shard.values() for clip in shard_clips]
     pairing = variant.pairing
-    relations = read_relations(config.relations, {c.label for c in clips if c.label}) \
-        if pairing.mode in ("close", "far") else None
     pairs = pair_clips(clips, coverage, seed=config.seed if pairing.seed is None else pairing.seed,
-                       low=config.pair_range[0], high=config.pair_range[1], mode=pairing.mode, relations=relations)
+                       low=config.pair_range[0], high=config.pair_range[1], mode=pairing.mode,
+                       relations=relations if pairing.needs_relations else None)
     log.info("%s: %d of %d clips paired (%s, person coverage %.0f-%.0f%%)", variant.name, len(pairs), len(clips),
              pairing.mode, 100 * config.pair_range[0], 100 * config.pair_range[1])
     return pairs

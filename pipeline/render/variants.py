@@ -73,6 +73,11 @@ class Pairing:
     seed: int | None = None  # None: the render's --seed
     align: str = "none"  # centroid: shift the people so the two first frames' person centres of mass line up
 
+    @property
+    def needs_relations(self) -> bool:
+        """close / far pairs read which classes are related."""
+        return self.mode in ("close", "far")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Variant:
