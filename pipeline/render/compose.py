@@ -14,11 +14,12 @@ import cv2
 import numpy as np
 
 from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.masks import ClipMasks, StoredClip
 from pipeline.prefetch import prefetched
 from pipeline.render.backdrops import backdrop
 from pipeline.render.planes import compose_planes
 from pipeline.render.regions import RegionMasks, Regions
-from pipeline.render.variants import STATIC_FILLS, Fill, Variant
+from pipeline.render.variants import STATIC_FILLS, Fill, MaskOptions, Variant
 
 PLATE_SAMPLES = 24  # frames the inpainting median is taken over, evenly spread through the clip
 
@@ -90,15 +91,21 @@ def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: Deco
     plate = background_plate(path, regions, holes, decode, frames) if holes else None
     statics = {fill: backdrop(fill, seed=seed, key=key or clip_id, width=regions.width, height=regions.height)
                for fill in variant.fills().values() if fill.kind in STATIC_FILLS}
-    rng = np.random.default_rng([seed, zlib.crc32(clip_id.encode())])
+    noisy = any(fill.kind == "noise" for fill in variant.fills().values())
     offset = None
-    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
+    for i, (index, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
         if swap is not None and variant.pairing.align == "centroid":
             if offset is None:
                 offset = centroid_offset(found.person, swap.first_person())
             frame, found = shifted_frame(frame, found, offset)
-        yield compose(frame, found, variant, rng=rng, plate=plate, swap=swap(i) if swap else None,
-                      backdrops=statics), found
+        yield compose(frame, found, variant, rng=noise_rng(seed, clip_id, index) if noisy else None, plate=plate,
+                      swap=swap(i) if swap else None, backdrops=statics), found
+
+
+def noise_rng(seed: int, clip_id: str, index: int) -> np.random.Generator:
+    """The generator of a frame's noise fill: seeded by the frame's source index, so any one frame can be made
+    alone (a data loader's sampled frames) and comes out as the render made it."""
+    return np.random.default_rng([seed, zlib.crc32(clip_id.encode()), index])
 
 
 def centroid_offset(person: np.ndarray, target: np.ndarray) -> tuple[int, int]:
@@ -193,3 +200,14 @@ class PartnerFrames:
         if self._first_person is None:
             self._first_person = found.person
         return True
+
+
+def partner_frames(partner: StoredClip, masks: ClipMasks | None, clip: StoredClip, *, options: MaskOptions,
+                   decode_fps: float | None, seed: int) -> PartnerFrames:
+    """The partner clip's background_only frames (people inpainted), timed to `clip`'s frames, for a swap
+    variant whose masks options are `options`."""
+    background_only = Variant(name="background_only", person=Fill("inpaint"), masks=options)
+    regions = RegionMasks(masks, partner.height, partner.width, options)
+    frames = composed(partner.path, regions, background_only, decode=DecodeOptions(fps=decode_fps),
+                      frames=partner.frames, seed=seed, clip_id=partner.clip_id)
+    return PartnerFrames(frames, partner.frames, clip.frames, (clip.width, clip.height))

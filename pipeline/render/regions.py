@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -86,16 +86,30 @@ class RegionMasks:
             yield self._emit(buffer, emitted)
             emitted += 1
 
+    def around(self, indices: Sequence[int], position: int) -> Regions:
+        """The Regions of the frame at `position` of a clip whose frames, in decode order, have the source
+        indices `indices` (at least up to `position` + k): what `stream` gives that frame, made alone (a data
+        loader's sampled frames)."""
+        k = self.options.temporal
+        window = [self.raw(index) for index in indices[max(0, position - k) : position + k + 1]]
+        return self._combine(window, min(position, k))
+
     def _emit(self, buffer: list, position: int) -> tuple[int, T, Regions]:
         k = self.options.temporal
-        index, payload, person, objects = buffer[position]
-        if k:
-            window = buffer[max(0, position - k) : position + k + 1]
-            person = np.logical_or.reduce([entry[2] for entry in window])
-            objects = np.logical_or.reduce([entry[3] for entry in window])
+        window = [(entry[2], entry[3]) for entry in buffer[max(0, position - k) : position + k + 1]]
+        index, payload = buffer[position][:2]
+        return index, payload, self._combine(window, min(position, k))
+
+    def _combine(self, window: list[tuple[np.ndarray, np.ndarray]], centre: int) -> Regions:
+        """One frame's Regions from the raw (person, objects) of its window of ±k frames (`centre` is its place
+        there): the temporal OR, then dilation; objects never overlap people."""
+        person, objects = window[centre]
+        if self.options.temporal:
+            person = np.logical_or.reduce([raw[0] for raw in window])
+            objects = np.logical_or.reduce([raw[1] for raw in window])
         if self.options.dilate:
             person, objects = dilate(person, self.options.dilate), dilate(objects, self.options.dilate)
-        return index, payload, Regions(person=person, objects=objects & ~person)
+        return Regions(person=person, objects=objects & ~person)
 
 
 def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:

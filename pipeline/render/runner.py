@@ -74,6 +74,8 @@ class RenderConfig:
                   "pair_range": list(self.pair_range) if variant.needs_pair else None}
         if planar(variant, encode.format):
             fields["composite"] = "yuv420p"
+        if any(fill.kind == "noise" for fill in variant.fills().values()):
+            fields["noise"] = "per-frame"  # seeded by each frame's index (before: one stream per clip)
         images = {fill.path: fill.digest or folder_digest(fill.path) for fill in variant.fills().values()
                   if fill.kind == "image"}
         if images:

@@ -21,11 +21,11 @@ from pipeline.engine.claims import remove_stale_temps, temps_of
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
 from pipeline.render.backdrops import still_index
-from pipeline.render.compose import PartnerFrames, composed
+from pipeline.render.compose import composed, partner_frames
 from pipeline.render.encode import ClipWriter, EncodeOptions
 from pipeline.render.planes import planar
 from pipeline.render.regions import RegionMasks
-from pipeline.render.variants import PRESETS, Variant
+from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     pick = still_index(seed=stage.seed, key=item.key, frames=clip.frames) if variant.still else None
     still = None
     try:
-        swap = partner_frames(partner, stage, run, clip) if partner else None
+        swap = partner_frames(partner, run.clip_masks(partner), clip, options=variant.masks,
+                              decode_fps=stage.decode_fps, seed=stage.seed) if partner else None
         for i, (frame, found) in enumerate(composed(clip.path, regions, variant, decode=decode, frames=clip.frames,
                                                     seed=stage.seed, clip_id=clip.clip_id, key=item.key, swap=swap,
                                                     planes=planes)):
@@ -250,13 +251,3 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     if partner:
         row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
     return row
-
-
-def partner_frames(partner: StoredClip, stage: RenderStage, run: MasksRun, clip: StoredClip) -> PartnerFrames:
-    """The partner clip's background_only frames (people inpainted), timed to this clip's frames."""
-    masks = run.clip_masks(partner)
-    background_only = Variant(name="background_only", person=PRESETS["background_only"].person, masks=stage.variant.masks)
-    regions = RegionMasks(masks, partner.height, partner.width, stage.variant.masks)
-    frames = composed(partner.path, regions, background_only, decode=DecodeOptions(fps=stage.decode_fps),
-                      frames=partner.frames, seed=stage.seed, clip_id=partner.clip_id)
-    return PartnerFrames(frames, partner.frames, clip.frames, (clip.width, clip.height))
