@@ -1,0 +1,135 @@
+"""Chosen frames of one clip composed as a variant, with the render stage's own code: the same regions
+(`RegionMasks.around`, the window `stream` uses), the same `compose`, plate, backdrops, noise, swap partner
+and alignment. A frame made here is the frame render composes before encoding, pixel for pixel, unless the
+sample asks for its own random fills.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.decode import DecodeError, DecodeOptions
+from pipeline.masks import ClipMasks, StoredClip
+from pipeline.render.backdrops import backdrop, still_index
+from pipeline.render.compose import (
+    background_plate,
+    centroid_offset,
+    compose,
+    decoded,
+    noise_rng,
+    partner_frames,
+    shifted_frame,
+)
+from pipeline.render.regions import RegionMasks
+from pipeline.render.variants import STATIC_FILLS, Fill, Variant
+
+RANDOM_FILLS = (None, "clip", "frame")  # per-sample fills: none (render's), a new draw per sample, or per frame
+DRAWN = ("color", "mean", *STATIC_FILLS)  # fills a per-sample draw replaces (noise is redrawn by its seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipSource:
+    """One sample's inputs: the clip, its masks, the render key (the clip id, or `<id>__<k>` for static
+    background k) and, for swap variants, the partner clip and its masks."""
+
+    clip: StoredClip
+    masks: ClipMasks | None
+    key: str
+    partner: StoredClip | None = None
+    partner_masks: ClipMasks | None = None
+
+
+class ClipComposer:
+    """Compose frames of one clip, by position in its decoded frames, as `variant` with `seed`. With
+    `random_fill` ("clip" or "frame") colour and static fills are drawn from `seed` (a sample's own) instead
+    of being the variant's: a new colour / background per sample, or per frame."""
+
+    def __init__(self, source: ClipSource, variant: Variant, *, decode_fps: float | None, seed: int,
+                 random_fill: str | None = None) -> None:
+        if random_fill not in RANDOM_FILLS:
+            raise ValueError(f"random_fill is one of {RANDOM_FILLS}, not {random_fill!r}")
+        if variant.needs_pair and source.partner is None:
+            raise ValueError(f"{source.key}: variant {variant.name} pastes onto a partner clip, and none was given")
+        self.source, self.variant, self.seed, self.random_fill = source, variant, seed, random_fill
+        clip = source.clip
+        self.decode = DecodeOptions(fps=decode_fps)
+        self.regions = RegionMasks(source.masks, clip.height, clip.width, variant.masks)
+        self.noisy = any(fill.kind == "noise" for fill in variant.fills().values())
+        self._plate: np.ndarray | None = None
+        self._swap = partner_frames(source.partner, source.partner_masks, clip, options=variant.masks,
+                                    decode_fps=decode_fps, seed=seed) if source.partner is not None else None
+        self._offset: tuple[int, int] | None = None
+        self._backdrops: dict[tuple[Fill, str], np.ndarray] = {}
+
+    def frames(self, positions: Sequence[int]) -> np.ndarray:
+        """(len(positions), H, W, 3) RGB at source size: the clip decoded up to the last position it needs,
+        each asked-for frame composed once (in position order, as swap partners are read forward)."""
+        positions = self.used(positions)
+        wanted = sorted(set(positions))
+        last, chosen = wanted[-1] + self.variant.masks.temporal, set(wanted)
+        indices: list[int] = []
+        kept: dict[int, np.ndarray] = {}
+        for position, (index, frame) in enumerate(decoded(self.source.clip.path, self.decode, self.source.clip.frames)):
+            indices.append(index)
+            if position in chosen:
+                kept[position] = frame
+            if position >= last:
+                break
+        missing = [p for p in wanted if p not in kept]
+        if missing:
+            raise DecodeError(f"{self.source.clip.path}: decoded {len(indices)} frames, the masks say "
+                              f"{self.source.clip.frames}; the file changed since its masks were made")
+        made = {p: self.compose(p, kept[p], indices) for p in wanted}
+        return np.stack([made[p] for p in positions])
+
+    def used(self, positions: Sequence[int]) -> list[int]:
+        """The positions whose frames a sample shows: `positions`, or for a still variant (SCUFO) its one
+        seeded frame as often."""
+        if not self.variant.still:
+            return [int(p) for p in positions]
+        pick = min(still_index(seed=self.seed, key=self.source.key, frames=self.source.clip.frames),
+                   self.source.clip.frames - 1)
+        return [pick] * len(positions)
+
+    def compose(self, position: int, frame: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        """Frame `position` of the clip (RGB, source size) composed; `indices` are the source indices of the
+        clip's frames in decode order, at least up to `position` + the temporal window."""
+        found = self.regions.around(indices, position)
+        if self._swap is not None and self.variant.pairing.align == "centroid":
+            if self._offset is None:
+                self._offset = centroid_offset(self.regions.around(indices, 0).person, self._swap.first_person())
+            frame, found = shifted_frame(frame, found, self._offset)
+        variant, key = self._drawn(position)
+        return compose(frame, found, variant, plate=self._inpainting_plate(),
+                       rng=noise_rng(self.seed, self.source.clip.clip_id, indices[position]) if self.noisy else None,
+                       swap=self._swap(position) if self._swap is not None else None,
+                       backdrops={fill: self._backdrop(fill, key) for fill in variant.fills().values()
+                                  if fill.kind in STATIC_FILLS})
+
+    def _backdrop(self, fill: Fill, key: str) -> np.ndarray:
+        if (fill, key) not in self._backdrops:
+            self._backdrops[(fill, key)] = backdrop(fill, seed=self.seed, key=key, width=self.regions.width,
+                                                    height=self.regions.height)
+        return self._backdrops[(fill, key)]
+
+    def _drawn(self, position: int) -> tuple[Variant, str]:
+        """The variant with this frame's drawn fills, and the key its static backgrounds are seeded by."""
+        if self.random_fill is None:
+            return self.variant, self.source.key
+        key = self.source.key if self.random_fill == "clip" else f"{self.source.key}#{position}"
+        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
+        drawn = {region: Fill("color", rgb=tuple(int(v) for v in rng.integers(0, 256, size=3)))
+                 for region, fill in self.variant.fills().items() if fill.kind in ("color", "mean")}
+        return dataclasses.replace(self.variant, **drawn), key
+
+    def _inpainting_plate(self) -> np.ndarray | None:
+        holes = [region for region, fill in self.variant.fills().items() if fill.kind == "inpaint"]
+        if holes and self._plate is None:
+            clip = self.source.clip
+            self._plate = background_plate(clip.path, self.regions, holes, self.decode, clip.frames)
+        return self._plate

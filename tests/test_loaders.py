@@ -1,0 +1,166 @@
+"""On-the-fly variants: MaskedClips gives, frame for frame, what the render stage composes; random access by
+row group; per-sample fills seeded by (seed, epoch, index); the same samples in DataLoader workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.decode import DecodeOptions
+from pipeline.errors import InputError
+from pipeline.loaders import MaskedClips, MasksIndex, Sampling
+from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.masks import MasksRun, load_clip_masks, run_masks
+from pipeline.render import run_render
+from pipeline.render.compose import composed, partner_frames
+from pipeline.render.regions import RegionMasks
+from pipeline.render.variants import MaskOptions, resolve
+from tests.test_masks_stage import config as masks_config
+from tests.test_render import render_config
+
+WINDOWS = Sampling(clip_len=4, frame_interval=3, num_clips=2, test_mode=True)
+
+
+@pytest.fixture
+def cached(shapes_dataset, tmp_path):
+    """Masks of the shape clips and the `original` variant's manifest (links only): (out, run_dir, manifest)."""
+    root, _ = shapes_dataset
+    out = tmp_path / "out"
+    run_dir = Path(run_masks(masks_config(root, out), progress=False).output)
+    run_render(render_config(out, ["original", "scuba"]), progress=False)
+    write_manifests(ManifestConfig(dataset="kinetics400", out=out, min_coverage=0.0, min_frames_frac=0.0))
+    return out, run_dir, out / "manifests" / "kinetics400" / run_dir.name / "original"
+
+
+def rendered(run_dir: Path, clip_id: str, variant, *, key: str | None = None, partner: str | None = None) -> np.ndarray:
+    """Every frame of a clip as the render stage composes it before encoding."""
+    run = MasksRun(run_dir)
+    clips = {clip.clip_id: clip for clip in run.clips()}
+    clip = clips[clip_id]
+    swap = partner_frames(clips[partner], run.clip_masks(clips[partner]), clip, options=variant.masks,
+                          decode_fps=None, seed=0) if partner else None
+    regions = RegionMasks(run.clip_masks(clip), clip.height, clip.width, variant.masks)
+    return np.stack([frame for frame, _ in composed(clip.path, regions, variant, decode=DecodeOptions(),
+                                                    frames=clip.frames, seed=0, clip_id=clip_id, key=key, swap=swap)])
+
+
+@pytest.mark.parametrize("names, defines", [
+    (["bg", "human_only", "background_only", "person"], []),
+    (["grown", "noisy", "blurred"], ["grown:background=#102030;objects=inpaint", "noisy:person=noise",
+                                     "blurred:background=blur(3)"]),
+])
+def test_every_sampled_frame_equals_the_render_composition(cached, names, defines):
+    out, run_dir, manifest = cached
+    masks = MaskOptions(temporal=1, dilate=2) if defines else MaskOptions()
+    for variant in resolve(names, defaults=masks, defines=defines):
+        clips = MaskedClips(manifest, variant=variant, sampling=WINDOWS, size=None)
+        assert len(clips) == 5
+        for i in range(len(clips)):
+            sample = clips[i]
+            want = rendered(run_dir, sample.clip_id, variant)[sample.positions.numpy()]
+            got = sample.frames.reshape(-1, *want.shape[1:]).numpy()
+            assert np.array_equal(got, want), (variant.name, sample.clip_id)
+
+
+def test_static_still_and_swap_variants_match_their_renders(cached):
+    out, run_dir, _ = cached
+    scuba_manifest = out / "manifests" / "kinetics400" / run_dir.name / "scuba"
+    scuba, scufo, swap = resolve(["scuba", "scufo", "swap"], defines=["swap:background=swap;objects=swap;swap_align=centroid"])
+    clips = MaskedClips(scuba_manifest, variant=scuba, sampling=WINDOWS, size=None)
+    for i in range(len(clips)):
+        sample = clips[i]
+        assert sample.clip_id.endswith("__0")  # the render's key, from the scuba manifest
+        source = sample.clip_id.rsplit("__", 1)[0]
+        want = rendered(run_dir, source, scuba, key=sample.clip_id)[sample.positions.numpy()]
+        assert np.array_equal(sample.frames.reshape(want.shape).numpy(), want)
+    still = MaskedClips(scuba_manifest, variant=scufo, sampling=WINDOWS, size=None)[0]
+    assert len(set(still.positions.tolist())) == 1  # one seeded frame, repeated
+    source = still.clip_id.rsplit("__", 1)[0]
+    want = rendered(run_dir, source, scufo, key=still.clip_id)[still.positions.numpy()]
+    assert np.array_equal(still.frames.reshape(want.shape).numpy(), want)
+    pairs = MaskedClips(out / "manifests" / "kinetics400" / run_dir.name / "original", variant=swap,
+                        sampling=WINDOWS, size=None)
+    assert len(pairs) > 0
+    for entry, i in zip(pairs.entries, range(len(pairs))):
+        sample = pairs[i]
+        want = rendered(run_dir, entry.clip_id, swap, partner=entry.partner)[sample.positions.numpy()]
+        assert np.array_equal(sample.frames.reshape(want.shape).numpy(), want)
+
+
+def test_masks_are_read_by_row_group_and_a_recomputed_shard_is_refused(cached, monkeypatch):
+    _, run_dir, _ = cached
+    index = MasksIndex(MasksRun(run_dir))
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("a whole masks file was read"))
+    for clip_id in index.clips:
+        got = index.masks(clip_id)
+        monkeypatch.undo()
+        want = load_clip_masks(run_dir, clip_id)
+        monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("a whole masks file was read"))
+        assert got is not None and got.table.equals(want.table.select(got.table.column_names))
+    monkeypatch.undo()
+    clip_id = next(iter(index.clips))
+    path = index.locations[clip_id].path
+    path.write_bytes(path.read_bytes())  # the same bytes, rewritten: another mtime
+    with pytest.raises(InputError, match="changed since"):
+        index.masks(clip_id)
+
+
+def test_random_fills_are_drawn_per_sample_or_per_frame_from_seed_epoch_and_index(cached):
+    _, _, manifest = cached
+    (variant,) = resolve(["bg"])
+    train = Sampling(clip_len=4, frame_interval=2)
+
+    def background_colours(clips, i):
+        sample = clips[i]
+        frames = sample.frames[0].numpy()
+        person = MaskedClips(manifest, variant="original", sampling=train, size=None)
+        person.set_epoch(clips.epoch)
+        source = person[i].frames[0].numpy()
+        changed = np.any(frames != source, axis=-1)  # the filled background
+        return [tuple(frame[mask][0]) for frame, mask in zip(frames, changed)], sample.positions
+
+    per_clip = MaskedClips(manifest, variant=variant, sampling=train, size=None, random_fill="clip", seed=3)
+    colours, positions = background_colours(per_clip, 1)
+    assert len(set(colours)) == 1 and colours[0] != (0, 0, 0)
+    again, same_positions = background_colours(per_clip, 1)
+    assert again == colours and torch.equal(positions, same_positions)  # the same (seed, epoch, index)
+    per_clip.set_epoch(1)
+    assert background_colours(per_clip, 1)[0] != colours  # a new epoch draws anew
+    per_frame = MaskedClips(manifest, variant=variant, sampling=train, size=None, random_fill="frame", seed=3)
+    assert len(set(background_colours(per_frame, 1)[0])) > 1
+
+
+def test_dataloader_workers_give_the_samples_of_the_main_process(cached):
+    _, _, manifest = cached
+    clips = MaskedClips(manifest, variant="human_only", sampling=Sampling(clip_len=4, frame_interval=2), size=32,
+                        random_fill="clip", seed=7)
+    clips.set_epoch(2)
+    batches = list(torch.utils.data.DataLoader(clips, batch_size=2, num_workers=2))
+    frames = torch.cat([batch.frames for batch in batches])
+    assert frames.shape == (5, 1, 4, 32, 32, 3) and frames.dtype == torch.uint8
+    assert torch.equal(frames, torch.stack([clips[i].frames for i in range(len(clips))]))
+    assert [label for batch in batches for label in batch.label.tolist()] == [e.label for e in clips.entries]
+
+
+def test_sampling_windows_stay_inside_the_clip():
+    rng = np.random.default_rng(0)
+    for frames in (1, 5, 12, 100):
+        for sampling in (Sampling(clip_len=4, frame_interval=3, num_clips=3), WINDOWS):
+            positions = sampling.positions(frames, rng)
+            assert positions.shape == (sampling.num_clips * sampling.clip_len,)
+            assert positions.min() >= 0 and positions.max() < frames
+    test = Sampling(clip_len=8, frame_interval=2, num_clips=2, test_mode=True)
+    assert test.positions(100, rng).tolist() == test.positions(100, np.random.default_rng(9)).tolist()
+    assert test.positions(100, rng)[::8].tolist() == [21, 63]  # two windows of 16 frames, centred in halves
+
+
+def test_bad_input_is_a_clear_error(cached, tmp_path):
+    _, _, manifest = cached
+    with pytest.raises(InputError, match="no manifest"):
+        MaskedClips(tmp_path / "nowhere", variant="bg")
+    with pytest.raises(InputError, match="no listed clips"):
+        MaskedClips(manifest, variant="bg", split="test")
