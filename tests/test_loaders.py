@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -13,9 +14,11 @@ import torch
 from pipeline.decode import DecodeOptions
 from pipeline.errors import InputError
 from pipeline.loaders import MaskedClips, MasksIndex, Sampling
+from pipeline.loaders.mmaction import MaskVariant
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.masks import MasksRun, load_clip_masks, run_masks
 from pipeline.render import run_render
+from pipeline.render.backdrops import still_index
 from pipeline.render.compose import composed, partner_frames
 from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import MaskOptions, resolve
@@ -164,3 +167,62 @@ def test_bad_input_is_a_clear_error(cached, tmp_path):
         MaskedClips(tmp_path / "nowhere", variant="bg")
     with pytest.raises(InputError, match="no listed clips"):
         MaskedClips(manifest, variant="bg", split="test")
+
+
+def decode_at(path: Path, positions: list[int]) -> list[np.ndarray]:
+    """What mmaction2's PyAVDecode hands the next transform: RGB frames at `frame_inds`."""
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return [frames[p] for p in positions]
+
+
+@pytest.mark.parametrize("name", ["human_only", "background_only", "scuba", "scufo"])
+def test_mmaction2_transform_composes_the_decoded_frames_as_render_does(cached, name):
+    out, run_dir, manifest = cached
+    (variant,) = resolve([name])
+    transform = MaskVariant(run_dir, name)
+    links = sorted((out / "renders" / "kinetics400" / run_dir.name / "original").rglob("*.mp4"))
+    assert len(links) == 5 and all(link.is_symlink() for link in links)
+    for i, link in enumerate(links):
+        clip_id = link.stem
+        positions = WINDOWS.positions(transform.index.clip(clip_id).frames, np.random.default_rng(i))
+        by = {"filename": str(link)} if i % 2 else {"filename": str(link.resolve())}  # by name, or by link target
+        results = {**by, "imgs": decode_at(link, positions.tolist()), "frame_inds": positions, "start_index": 0,
+                   "label": 1}
+        returned = transform(results)
+        assert returned is results and returned["label"] == 1 and returned["frame_inds"] is positions
+        key = f"{clip_id}__0" if variant.static else None
+        want = rendered(run_dir, clip_id, variant, key=key)
+        if variant.still:
+            positions = [min(still_index(seed=0, key=key, frames=len(want)), len(want) - 1)] * len(positions)
+        want = want[positions]
+        assert np.array_equal(np.stack(returned["imgs"]), want)
+
+
+def test_mmaction2_transform_refuses_what_it_cannot_match(cached, tmp_path):
+    _, run_dir, _ = cached
+    transform = MaskVariant(run_dir, "bg")
+    with pytest.raises(KeyError, match="not a clip of"):
+        transform({"filename": str(tmp_path / "elsewhere.mp4"), "imgs": [], "frame_inds": np.array([])})
+    clip_id = next(iter(transform.index.clips))
+    small = {"filename": f"{clip_id}.mp4", "imgs": [np.zeros((8, 8, 3), np.uint8)], "frame_inds": np.array([0])}
+    with pytest.raises(ValueError, match="right after the decode step"):
+        transform(small)
+
+
+def test_mmaction2_pipeline_runs_the_transform_after_its_decoder(cached):
+    """With mmaction2 installed (optional): its own PyAV decoding, then MaskVariant from the registry."""
+    registry = pytest.importorskip("mmaction.registry", reason="mmaction2 not installed (optional)")
+    import mmaction.datasets.transforms  # noqa: F401 - registers mmaction2's transforms
+    from mmengine.dataset import Compose
+
+    import pipeline.loaders.mmaction  # noqa: F401 - registers MaskVariant
+
+    out, run_dir, _ = cached
+    link = sorted((out / "renders" / "kinetics400" / run_dir.name / "original").rglob("*.mp4"))[0]
+    steps = [dict(type="PyAVInit"), dict(type="SampleFrames", clip_len=4, frame_interval=2, num_clips=1, test_mode=True),
+             dict(type="PyAVDecode"), dict(type="MaskVariant", masks=str(run_dir), variant="human_only")]
+    pipeline = Compose([registry.TRANSFORMS.build(step) for step in steps])
+    results = pipeline(dict(filename=str(link), label=0, start_index=0, modality="RGB"))
+    want = rendered(run_dir, link.stem, resolve(["human_only"])[0])[results["frame_inds"]]
+    assert np.array_equal(np.stack(results["imgs"]), want)

@@ -84,7 +84,7 @@ class MaskedClips(Dataset):
         run = MasksRun(Path(masks) if masks else path.parents[4] / "masks" / path.parents[2].name / run_names.pop())
         self.index = MasksIndex(run)
         self.decode_fps = run.decode_fps
-        self.entries = self._entries(rows, run, relations)
+        self.entries = self._entries(rows, relations)
         log.info("%s: %d clips as %s", path, len(self.entries), self.variant.name)
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,9 +111,11 @@ class MaskedClips(Dataset):
         return ClipSample(frames=self.transform(tensor) if self.transform else tensor, label=entry.label,
                           clip_id=entry.key, positions=torch.from_numpy(np.asarray(composer.used(positions))))
 
-    def _entries(self, rows: list[dict], run: MasksRun, relations: Path | None) -> list[Entry]:
+    def _entries(self, rows: list[dict], relations: Path | None) -> list[Entry]:
         seen, entries = set(), []
-        pairs = self._pairs(rows, run, relations) if self.variant.needs_pair else {}
+        named = all(row["pair_clip_id"] for row in rows)  # a swap variant's manifest names every partner
+        pairs = swap_partners(self.index, self.variant, seed=self.seed, relations=relations) \
+            if self.variant.needs_pair and not named else {}
         for row in rows:
             key = row["clip_id"]
             if key in seen:  # the same clip in another format
@@ -131,27 +133,6 @@ class MaskedClips(Dataset):
                         len(seen) - len(entries), len(seen))
         return entries
 
-    def _pairs(self, rows: list[dict], run: MasksRun, relations: Path | None) -> dict[str, str]:
-        """Swap partners the way render pairs them (every clip of the run, the variant's pairing), for a manifest
-        that names none."""
-        if all(row["pair_clip_id"] for row in rows):
-            return {}
-        by_shard: dict[str, list[StoredClip]] = {}
-        for clip in self.index.clips.values():
-            by_shard.setdefault(clip.shard, []).append(clip)
-        coverage: dict[str, float] = {}
-        for shard, clips in by_shard.items():
-            coverage |= shard_coverage(CoverageTask(masks_dir=run.folder, shard=shard, clips=tuple(clips),
-                                                    options=self.variant.masks))
-        pairing = self.variant.pairing
-        if pairing.needs_relations and relations is None:
-            raise InputError(f"variant {self.variant.name!r}: swap mode {pairing.mode} needs relations=<CSV file>")
-        found = read_relations(relations, {c.label for c in self.index.clips.values() if c.label}) \
-            if pairing.needs_relations else None
-        pairs = pair_clips(list(self.index.clips.values()), coverage, seed=self.seed if pairing.seed is None else pairing.seed,
-                           low=PAIR_RANGE[0], high=PAIR_RANGE[1], mode=pairing.mode, relations=found)
-        return {clip_id: partner.clip_id for clip_id, partner in pairs.items()}
-
 
 def centre_crop(frames: np.ndarray, size: int | None) -> np.ndarray:
     """(N, H, W, 3) frames with the short side resized to `size` (bilinear), then the centre `size`² crop."""
@@ -166,3 +147,23 @@ def centre_crop(frames: np.ndarray, size: int | None) -> np.ndarray:
         resized = frame if new == (width, height) else cv2.resize(frame, new, interpolation=cv2.INTER_LINEAR)
         out[i] = resized[top : top + size, left : left + size]
     return out
+
+
+def swap_partners(index: MasksIndex, variant: Variant, *, seed: int, relations: Path | None = None) -> dict[str, str]:
+    """Clip id → swap partner id, paired the way render pairs them: every clip of the run, person coverage
+    under the variant's mask options (one pass over each shard, once), the variant's mode and seed."""
+    by_shard: dict[str, list[StoredClip]] = {}
+    for clip in index.clips.values():
+        by_shard.setdefault(clip.shard, []).append(clip)
+    coverage: dict[str, float] = {}
+    for shard, clips in by_shard.items():
+        coverage |= shard_coverage(CoverageTask(masks_dir=index.folder, shard=shard, clips=tuple(clips),
+                                                options=variant.masks))
+    pairing = variant.pairing
+    if pairing.needs_relations and relations is None:
+        raise InputError(f"variant {variant.name!r}: swap mode {pairing.mode} needs relations=<CSV file>")
+    found = read_relations(relations, {c.label for c in index.clips.values() if c.label}) \
+        if pairing.needs_relations else None
+    pairs = pair_clips(list(index.clips.values()), coverage, seed=seed if pairing.seed is None else pairing.seed,
+                       low=PAIR_RANGE[0], high=PAIR_RANGE[1], mode=pairing.mode, relations=found)
+    return {clip_id: partner.clip_id for clip_id, partner in pairs.items()}
