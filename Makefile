@@ -27,6 +27,7 @@ MASKS_FLAGS := $(DATASET_FLAGS) \
 	$(if $(DATA_ROOT),--root "$(DATA_ROOT)") \
 	$(if $(VIDEO_DIR),--videos "$(VIDEO_DIR)") \
 	$(if $(CLASS_LIST),--class-list "$(CLASS_LIST)") \
+	$(if $(filter 1 yes true,$(OFFICIAL_INDICES)),--official-indices) \
 	$(if $(SPLITS),--splits "$(SPLITS)") \
 	$(if $(SEGMENTER),--segmenter "$(SEGMENTER)") \
 	$(if $(MODEL),--model "$(MODEL)") \

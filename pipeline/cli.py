@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_id(masks)
     masks.add_argument("--root", type=Path, help="dataset folder, or the list/CSV file for list and mimetics (DATA_ROOT); the sample makes its own")
     masks.add_argument("--videos", type=Path, help="video folder when not the usual one (ssv2, ucf101, hmdb51, mimetics, list)")
-    masks.add_argument("--class-list", type=Path, help="mimetics: Kinetics class list (label_map_k400.txt or a Kinetics annotation CSV)")
+    masks.add_argument("--class-list", type=Path, help="mimetics: the model's Kinetics class list (label_map_k400.txt or a "
+                                                       "Kinetics annotation CSV; default: the official Kinetics-400 list)")
+    masks.add_argument("--official-indices", action="store_true",
+                       help="kinetics400: label indices (and label map) from the official 400 classes, for subsets")
     masks.add_argument("--out", type=Path, default=Path("."), help="output root; shards go to OUT/masks/DATASET/TAG")
     masks.add_argument("--segmenter", type=segmenter, help="yolo, selfie or module:Class (default: selfie for sample, else yolo)")
     masks.add_argument("--model", default="yolo11n-seg.pt", help="YOLO-seg weights: a local .pt, a name ultralytics can download, or a .yaml (random init)")
@@ -265,7 +268,8 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
     return MasksConfig(
         dataset=args.dataset,
         root=args.root,
-        reader=ReaderOptions(split_id=args.split_id, videos=args.videos, class_list=args.class_list),
+        reader=ReaderOptions(split_id=args.split_id, videos=args.videos, class_list=args.class_list,
+                             official_indices=args.official_indices),
         out=args.out,
         segmenter=SegmenterSpec(
             backend=backend,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipeline.datasets.classes import require_official, with_official_indices
 from pipeline.datasets.common import Listing, ReaderOptions, finish
 from pipeline.datasets.errors import DatasetError
 from pipeline.datasets.folder import list_file, list_folder
@@ -53,11 +54,16 @@ def list_clips(name: str, root: Path | None, out: Path, splits: tuple[str, ...] 
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     dataset = DATASETS[name]
     output_name(name, options.split_id)  # refuses a split id the dataset does not have
+    if options.official_indices:
+        require_official(name)  # refuses a dataset without an offline official class list, before reading it
     if root is None:
         if dataset.default_root is None:
             raise DatasetError(f"dataset {name!r} needs DATA_ROOT=/path/to/{name} (--root)")
         root = dataset.default_root(out)
-    return finish(dataset.read(Path(root), options), splits, Path(root))
+    listing = dataset.read(Path(root), options)
+    if options.official_indices:
+        listing = with_official_indices(listing, name)
+    return finish(listing, splits, Path(root))
 
 
 def output_name(name: str, split_id: int | None = None) -> str:

@@ -24,7 +24,8 @@ class ReaderOptions:
 
     split_id: int | None = None  # ucf101, hmdb51: official split 1, 2 or 3 (None: 1)
     videos: Path | None = None  # ssv2, ucf101, hmdb51, list: the folder holding the videos, when not the usual one
-    class_list: Path | None = None  # mimetics: the Kinetics class list that gives label indices
+    class_list: Path | None = None  # mimetics: the Kinetics class list that gives label indices (None: Kinetics-400's)
+    official_indices: bool = False  # kinetics400: label index = position in the official 400 classes (classes.py)
 
 
 @dataclass(frozen=True, kw_only=True)

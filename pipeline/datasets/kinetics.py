@@ -4,7 +4,9 @@ CVDF:          <root>/annotations/{train,val,test}.csv   label,youtube_id,time_s
                (`validate.csv` is read as val; test CSVs may lack the label column)
                <root>/{train,val,test}/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4   (nested folders too)
 Class folders: <root>/<split>/<label>/<file>.mp4   (used when there is no annotations/ folder)
-Label index: position of the label in the sorted class names (the mmaction2 convention).
+Label index: position of the label in the sorted class names (the mmaction2 convention). For a subset of
+Kinetics-400, OFFICIAL_INDICES=1 (ReaderOptions.official_indices, applied by `list_clips`) gives each label its
+index among the official 400 classes instead, and the whole list as the classes (see classes.py).
 """
 
 from __future__ import annotations

@@ -2,17 +2,20 @@
 
 <root>/mimetics_v1.0.csv             label,youtube_id,time_start,time_end   (the one CSV in <root>; or DATA_ROOT=the CSV)
 <root>/**/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4   (Kinetics-style names, flat or in class folders)
-CLASS_LIST (--class-list): the Kinetics class list of the model under test, which gives the label index:
-  a text file with one class per line in index order (mmaction2's label_map_k400.txt), or a Kinetics
-  annotation CSV (index = position in the sorted class names).
+Label index: the position in the official Kinetics-400 class list (torchvision's, see classes.py; what a
+Kinetics-400 model outputs). CLASS_LIST (--class-list) overrides it with the class list of the model under
+test (a Kinetics-600/700 one, say): a text file with one class per line in index order (mmaction2's
+label_map_k400.txt), or a Kinetics annotation CSV (index = position in the sorted class names).
 The manifests also carry the Mimetics-local index (position among the sorted Mimetics classes) as
 meta.mimetics_index.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from pipeline.datasets.classes import official_classes
 from pipeline.datasets.common import Listing, ReaderOptions, index_videos, numbered_lines, sorted_index
 from pipeline.datasets.errors import DatasetError
 from pipeline.datasets.kinetics import clip_name, read_kinetics_csv
@@ -20,20 +23,24 @@ from pipeline.records import ClipRecord
 
 SPLIT = "test"
 
+log = logging.getLogger(__name__)
+
 
 def list_mimetics(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing:
     csv_path = annotation_csv(Path(root))
     if options.class_list is None:
-        raise DatasetError("mimetics needs the Kinetics class list for its label indices: pass "
-                           "CLASS_LIST=/path/to/label_map_k400.txt or /path/to/kinetics400/annotations/train.csv (--class-list)")
-    classes = read_class_list(Path(options.class_list))
+        classes, where = official_classes("kinetics400"), "the official Kinetics-400 class list (torchvision)"
+        log.info("mimetics: label indices from %s; CLASS_LIST (--class-list) gives another model's", where)
+    else:
+        classes, where = read_class_list(Path(options.class_list)), f"the class list {options.class_list}"
     kinetics_index = {name: i for i, name in enumerate(classes)}
     rows = list(read_kinetics_csv(csv_path))
     for line, label, *_ in rows:
         if label is None:
             raise DatasetError(f"{csv_path}:{line}: Mimetics clips must have a label")
         if label not in kinetics_index:
-            raise DatasetError(f"{csv_path}:{line}: label {label!r} is not in the class list {options.class_list}")
+            raise DatasetError(f"{csv_path}:{line}: label {label!r} is not in {where}"
+                               + ("; pass the model's class list as CLASS_LIST (--class-list)" if options.class_list is None else ""))
     _, local_index = sorted_index(label for _, label, *_ in rows)
     videos = index_videos(options.videos or csv_path.parent)
     clips = []
