@@ -12,7 +12,9 @@ default) and times, in this process, after one warm-up batch, the best of `--rep
 - decode: PyAV decoding alone;
 - on CUDA, the share of the stage's wall time spent in the network's forward (CUDA events), and peak memory;
 - render (first size): variant `bg` against a bare PyAV decode + x264 encode of the same clips, from masks
-  of the real pretrained selfie model (true person shapes), which also give the storage cost of real masks.
+  of the real pretrained selfie model (true person shapes), which also give the storage cost of real masks;
+- loader (first size, the same masks): MaskedClips samples/s (16-frame windows, 224² crops, variants composed
+  on the fly) against plain decoding of the same windows.
 A model built from a .yaml has random weights: seeded, its batch norms calibrated on the clip's frames so that
 its outputs depend on them (`lively`), and its score threshold set so that about 100 boxes per frame enter
 NMS, which keeps `max_det` of them: postprocessing about as busy as a trained model's.
@@ -29,6 +31,7 @@ import platform
 import resource
 import shutil
 import time
+from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
 
@@ -260,6 +263,50 @@ def bench_render(root: Path, out: Path, variant: str, masks_tag: str, repeat: in
     }
 
 
+def bench_loader(root: Path, out: Path, variants: list[str], masks_tag: str, repeat: int, frames: int) -> dict:
+    """Samples/s of MaskedClips (16-frame windows, 224² centre crops, composed on the fly) against plain
+    decoding of the same windows with the same crop, in this process; best of `repeat` passes over the clips."""
+    from pipeline.loaders import MaskedClips, Sampling
+    from pipeline.loaders.dataset import centre_crop
+    from pipeline.loaders.frames import DECODE_BATCH
+    from pipeline.manifests import ManifestConfig, write_manifests
+    from pipeline.render.compose import decoded
+
+    run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=masks_tag, variants=resolve(["original"]),
+                            execution=ExecOptions(workers=0)), progress=False)
+    write_manifests(ManifestConfig(dataset="kinetics400", out=out, masks_tag=masks_tag, variants=("original",)))
+    manifest = out / "manifests" / "kinetics400" / masks_tag / "original"
+    sampling = Sampling(clip_len=16, frame_interval=max(1, min(4, frames // 16)))
+
+    def plain(clips: MaskedClips) -> None:
+        for i, entry in enumerate(clips.entries):
+            clip = clips.index.clip(entry.clip_id)
+            positions = sampling.positions(clip.frames, np.random.default_rng([clips.seed, clips.epoch, i]))
+            last, kept = int(positions.max()), {}
+            with closing(decoded(clip.path, DecodeOptions(batch=DECODE_BATCH), clip.frames)) as stream:
+                for position, (_, frame) in enumerate(stream):
+                    kept[position] = frame
+                    if position >= last:
+                        break
+            centre_crop(np.stack([kept[p] for p in positions]), 224)
+
+    result = {"sampling": {"clip_len": sampling.clip_len, "frame_interval": sampling.frame_interval}, "size": 224}
+    for variant in variants:
+        clips = MaskedClips(manifest, variant=variant, sampling=sampling, size=224)
+        plain_s = masked_s = float("inf")
+        for _ in range(repeat):
+            with Clock("cpu") as bare:
+                plain(clips)
+            with Clock("cpu") as masked:
+                for i in range(len(clips)):
+                    clips[i]
+            plain_s, masked_s = min(plain_s, bare.seconds), min(masked_s, masked.seconds)
+        result[variant] = {"plain_samples_per_s": round(len(clips) / plain_s, 2),
+                           "masked_samples_per_s": round(len(clips) / masked_s, 2),
+                           "ratio": round(plain_s / masked_s, 3)}
+    return result
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
@@ -283,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "measured at each, render and storage at the first (e.g. 340x256,1280x720)")
     parser.add_argument("--inference", default="device", choices=("device", "predict"), help="the stage's YOLO path")
     parser.add_argument("--decoders", type=int, default=0, help="the stage's clips decoded at once (0: its default)")
+    parser.add_argument("--loader-variants", default="human_only,scuba,background_only",
+                        help="variants MaskedClips is measured with (comma-separated; empty: none)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -311,6 +360,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["selfie_masks"] = bench_selfie(folder / "data", folder / "run", args.selfie_model)
     result["render"] = bench_render(folder / "data", folder / "run", args.variant, result["selfie_masks"]["run_tag"],
                                     args.repeat)
+    loader_variants = [name for name in args.loader_variants.split(",") if name]
+    if loader_variants:
+        result["loader"] = bench_loader(folder / "data", folder / "run", loader_variants,
+                                        result["selfie_masks"]["run_tag"], args.repeat, frames)
     print(json.dumps(result, indent=2))
     return result
 

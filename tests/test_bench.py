@@ -17,4 +17,8 @@ def test_bench_reports_masks_storage_and_render_figures(tmp_path, selfie_model, 
     assert masks["input_shape"] == [4, 3, 288, 352]
     assert result["selfie_masks"]["instances_per_frame"] > 0.5  # people in the photos
     assert result["render"]["bare_frames_per_s"] > 0 and result["render"]["ratio"] > 0
+    loader = result["loader"]
+    assert loader["sampling"] == {"clip_len": 16, "frame_interval": 1} and loader["size"] == 224
+    for variant in ("human_only", "scuba", "background_only"):
+        assert loader[variant]["plain_samples_per_s"] > 0 and loader[variant]["masked_samples_per_s"] > 0, variant
     assert '"stage_vs_forward"' in capsys.readouterr().out  # the JSON is printed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,7 +30,7 @@ from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import STATIC_FILLS, Fill, Variant
 
 RANDOM_FILLS = (None, "clip", "frame")  # per-sample fills: none (render's), a new draw per sample, or per frame
-DRAWN = ("color", "mean", *STATIC_FILLS)  # fills a per-sample draw replaces (noise is redrawn by its seed)
+DECODE_BATCH = 4  # frames decoded at a time: the decoder thread runs little past a window's last frame
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +58,7 @@ class ClipComposer:
             raise ValueError(f"{source.key}: variant {variant.name} pastes onto a partner clip, and none was given")
         self.source, self.variant, self.seed, self.random_fill = source, variant, seed, random_fill
         clip = source.clip
-        self.decode = DecodeOptions(fps=decode_fps)
+        self.decode = DecodeOptions(fps=decode_fps, batch=DECODE_BATCH)
         self.regions = RegionMasks(source.masks, clip.height, clip.width, variant.masks)
         self.noisy = any(fill.kind == "noise" for fill in variant.fills().values())
         self._plate: np.ndarray | None = None
@@ -74,12 +75,13 @@ class ClipComposer:
         last, chosen = wanted[-1] + self.variant.masks.temporal, set(wanted)
         indices: list[int] = []
         kept: dict[int, np.ndarray] = {}
-        for position, (index, frame) in enumerate(decoded(self.source.clip.path, self.decode, self.source.clip.frames)):
-            indices.append(index)
-            if position in chosen:
-                kept[position] = frame
-            if position >= last:
-                break
+        with closing(decoded(self.source.clip.path, self.decode, self.source.clip.frames)) as stream:
+            for position, (index, frame) in enumerate(stream):
+                indices.append(index)
+                if position in chosen:
+                    kept[position] = frame
+                if position >= last:
+                    break
         missing = [p for p in wanted if p not in kept]
         if missing:
             raise DecodeError(f"{self.source.clip.path}: decoded {len(indices)} frames, the masks say "
