@@ -1,7 +1,7 @@
 """Masked-clip variants as data: each maps the regions {background, person, objects} to a fill.
 
-Fills are written `keep`, `color(R,G,B)`, `mean` (the ImageNet mean RGB), `blur(SIGMA)`, `noise` (seeded),
-`inpaint` (the clip's temporal median of the pixels outside the region, cv2.inpaint where none), `swap`
+Fills are written `keep`, `color(R,G,B)`, `mean` (the ImageNet mean RGB), `blur(SIGMA)`, `noise` (seeded by
+the frame's index), `inpaint` (the clip's temporal median of the pixels outside the region, cv2.inpaint where none), `swap`
 (the same region of the paired clip's `background_only` frames: the HAT action swap), and the static
 backgrounds of StillMix's SCUBA: `image(DIR)` (a seeded pick per clip from a folder of images) and `stripes`
 (a seeded sinusoidal stripe image). Presets cover the static-bias literature (`original`, HAT's
