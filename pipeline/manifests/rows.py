@@ -4,12 +4,16 @@ verdict, whether trainers get it, and the provenance of the very masks shard it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.records import USABLE
 from pipeline.render import RenderRow
+
+if TYPE_CHECKING:
+    from pipeline.masks import MasksRun
 
 FILTERED = "filtered"  # rendered, but below the quality filter: in the Parquet, not in the lists
 
@@ -86,3 +90,12 @@ def manifest_row(row: dict, provenance: dict[str, str], min_coverage: float, min
                                                     "weights_sha256")},
         source_clip_id=render.source_clip_id or render.clip_id, background=render.background,
     )
+
+
+def masks_provenance(masks: "MasksRun", shard: str, digest: str) -> dict[str, str]:
+    """The provenance of the masks one render shard was made from: the masks run, the masks shard and the
+    digest of its files as read (`digest`), and the segmenter recorded in that shard."""
+    recorded = masks.provenance(shard) if shard in masks.shards else {}
+    return {"masks_run": masks.tag, "masks_shard": shard, "masks_digest": digest,
+            "segmenter": recorded.get("segmenter", ""), "model": recorded.get("segmenter.model", ""),
+            "weights_sha256": recorded.get("segmenter.weights_sha256", "")}

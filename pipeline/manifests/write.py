@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.engine import ShardStats, current_shards
+from pipeline.engine import current_shards
 from pipeline.errors import InputError
-from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row
+from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row, masks_provenance
 from pipeline.masks import MasksRun, find_run
 from pipeline.render.stage import SOURCE
 
@@ -81,7 +81,7 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
                         len(stale), stale[0])
             left_out[fmt] = stale
         for name, stats in shards.items():
-            provenance = shard_provenance(masks, stats)
+            provenance = masks_provenance(masks, name, stats.upstream.get(name, ""))
             table = pq.read_table(status_dir / f"{name}.parquet")
             rows += [manifest_row(row, provenance, keep["min_coverage"], keep["min_frames_frac"])
                      for row in table.to_pylist()]
@@ -113,16 +113,6 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     }
     write_json(dest / "manifest.json", summary)
     return summary
-
-
-def shard_provenance(masks: MasksRun, stats: ShardStats) -> dict[str, str]:
-    """The provenance of the masks one render shard was made from: the masks run, the masks shard and the
-    digest of its files as read, and the segmenter recorded in that shard."""
-    shard = stats.shard
-    recorded = masks.provenance(shard) if shard in masks.shards else {}
-    return {"masks_run": masks.tag, "masks_shard": shard, "masks_digest": stats.upstream.get(shard, ""),
-            "segmenter": recorded.get("segmenter", ""), "model": recorded.get("segmenter.model", ""),
-            "weights_sha256": recorded.get("segmenter.weights_sha256", "")}
 
 
 def remove_outdated_lists(dest: Path, written: set[str]) -> None:
