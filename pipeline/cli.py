@@ -134,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
                         help="define a variant, e.g. 'blue:background=color(0,0,255);objects=blur(8)'")
-    render.add_argument("--format", choices=FORMATS, default="mp4")
-    render.add_argument("--crf", type=non_negative_int, default=23, help="x264 quality (mp4)")
-    render.add_argument("--preset", default="veryfast", help="x264 preset (mp4)")
+    render.add_argument("--format", choices=FORMATS, default="mp4",
+                        help="mp4 files, rawframes folders, or webdataset: one tar of mp4 + JSON samples per shard")
+    render.add_argument("--crf", type=non_negative_int, default=23, help="x264 quality (mp4, webdataset)")
+    render.add_argument("--preset", default="veryfast", help="x264 preset (mp4, webdataset)")
     render.add_argument("--jpeg-quality", type=positive_int, default=95, help="rawframes JPEG quality")
     render.add_argument("--short-side", type=positive_int, help="scale outputs to this short side (default: source size)")
     render.add_argument("--seed", type=non_negative_int, default=0, help="seed of noise fills and swap pairing")

@@ -1,4 +1,5 @@
-"""Write a rendered clip as H.264 mp4 (PyAV) or as an mmaction2 rawframes folder, atomically.
+"""Write a rendered clip as H.264 mp4 (PyAV) or as an mmaction2 rawframes folder, atomically. FORMAT=webdataset
+encodes each clip exactly as mp4 does; the render stage then puts the mp4 into its shard's tar (render/tars.py).
 
 x264's macroblock-tree rate control gave a different bitstream from run to run on the same frames here
 (single thread included); with `mbtree=0` every encode of the same frames is byte-identical, so renders are
@@ -20,13 +21,14 @@ import numpy as np
 
 from pipeline.decode import pack_yuv420, yuv420_planes
 
-FORMATS = ("mp4", "rawframes")
+FORMATS = ("mp4", "rawframes", "webdataset")
+VIDEO_FORMATS = ("mp4", "webdataset")  # an H.264 mp4 per clip: as a file, or inside a WebDataset tar
 X264_PARAMS = "mbtree=0"  # deterministic output (see the module docstring)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodeOptions:
-    format: str = "mp4"  # mp4 or rawframes
+    format: str = "mp4"  # mp4, rawframes or webdataset
     crf: int = 23
     preset: str = "veryfast"
     short_side: int | None = None  # None: the source size
@@ -44,8 +46,14 @@ class EncodeOptions:
             fields.pop("jpeg_quality")
         return fields
 
+    @property
+    def video(self) -> bool:
+        """Whether clips are encoded to H.264 mp4 (mp4 files, or mp4 members of WebDataset tars)."""
+        return self.format in VIDEO_FORMATS
+
     def suffix(self) -> str:
-        return ".mp4" if self.format == "mp4" else ""
+        """The suffix of one clip's file (a rawframes folder has none)."""
+        return ".mp4" if self.video else ""
 
 
 def output_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
@@ -70,7 +78,7 @@ class ClipWriter:
         self.frames = 0
         self._tmp = Path(path)
         self._tmp.parent.mkdir(parents=True, exist_ok=True)
-        if options.format == "mp4":
+        if options.video:
             self._container = av.open(str(self._tmp), "w", format="mp4")
             codec_options = {"crf": str(options.crf), "preset": options.preset, "x264-params": X264_PARAMS}
             if options.threads:
@@ -92,14 +100,14 @@ class ClipWriter:
         output size. Do not modify it afterwards."""
         if self._error is not None:
             raise self._error
-        if frame.ndim == 2 and self.options.format != "mp4":
+        if frame.ndim == 2 and not self.options.video:
             raise ValueError(f"{self._tmp}: yuv420p planes can only be written to mp4")
         self.frames += 1
         self._queue.put((self.frames, frame))
 
     def close(self) -> None:
         self._finish()
-        if self.options.format == "mp4":
+        if self.options.video:
             self._container.mux(self._stream.encode())
             self._container.close()
 
@@ -108,7 +116,7 @@ class ClipWriter:
             self._finish()
         except BaseException:  # noqa: BLE001 - aborting anyway; the caller's error is the one to report
             pass
-        if self.options.format == "mp4":
+        if self.options.video:
             try:
                 self._container.close()
             except Exception:  # noqa: BLE001 - the partial file is removed either way
@@ -139,7 +147,7 @@ class ClipWriter:
             return
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
-        if self.options.format == "mp4":
+        if self.options.video:
             # OpenCV's BT.601 limited-range I420 conversion matches swscale's default within rounding, ~25x faster
             yuv = cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)
             self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))

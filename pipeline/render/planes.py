@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from pipeline.decode import yuv420_planes
+from pipeline.render.encode import VIDEO_FORMATS
 from pipeline.render.regions import Regions
 from pipeline.render.variants import Variant
 
@@ -23,8 +24,9 @@ PLANAR_FILLS = ("keep", "color", "mean")
 
 def planar(variant: Variant, output_format: str) -> bool:
     """Whether `variant` is composited on the planes when rendered to `output_format`: solid colours and kept
-    regions only, into mp4 (whose encoder takes yuv420p). Sources of odd size still go through RGB."""
-    return output_format == "mp4" and all(fill.kind in PLANAR_FILLS for fill in variant.fills().values())
+    regions only, into mp4 files or WebDataset tars of mp4s (whose encoder takes yuv420p; the same bytes either
+    way). Sources of odd size still go through RGB."""
+    return output_format in VIDEO_FORMATS and all(fill.kind in PLANAR_FILLS for fill in variant.fills().values())
 
 
 @lru_cache(maxsize=16)

@@ -30,6 +30,7 @@ from pipeline.render.pairing import (
 )
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
+from pipeline.render.tars import WEBDATASET
 from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class RenderConfig:
                   "pair_range": list(self.pair_range) if variant.needs_pair else None}
         if planar(variant, encode.format):
             fields["composite"] = "yuv420p"
+        if encode.format == WEBDATASET:  # each sample's JSON holds the verdict of the variant's own filter
+            fields["keep_if"] = list(variant.keep_if) if variant.keep_if else None
         if any(fill.kind == "noise" for fill in variant.fills().values()):
             fields["noise"] = "per-frame"  # seeded by each frame's index (before: one stream per clip)
         images = {fill.path: fill.digest or folder_digest(fill.path) for fill in variant.fills().values()

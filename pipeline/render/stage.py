@@ -1,7 +1,8 @@
 """What the render stage does per shard and per clip: one variant over the clips of one masks shard, each clip
-composed and encoded to `<variant dir>/<split>/<label>/<clip_id>.mp4` (or a rawframes folder), and the
-shard's status rows to `<variant dir>/_status/<format>/<shard>.parquet` (RENDER_SCHEMA); the engine claims,
-retries, commits and marks the shard done."""
+composed and encoded to `<variant dir>/<split>/<label>/<clip_id>.mp4` (or a rawframes folder; with
+FORMAT=webdataset, into the shard's `<variant dir>/<shard>.tar`), and the shard's status rows to
+`<variant dir>/_status/<format>/<shard>.parquet` (RENDER_SCHEMA); the engine claims, retries, commits and
+marks the shard done."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pipeline.render.compose import composed, partner_frames
 from pipeline.render.encode import ClipWriter, EncodeOptions
 from pipeline.render.planes import planar
 from pipeline.render.regions import RegionMasks
+from pipeline.render.tars import WEBDATASET, SampleTar, sample_rows, shard_tar_name
 from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
@@ -121,33 +123,63 @@ class RenderStage:
     def status_path(self, shard: str) -> Path:
         return self.status_dir / f"{shard}.parquet"
 
+    @property
+    def webdataset(self) -> bool:
+        return self.encode.format == WEBDATASET
+
     def clip_path(self, item: RenderItem) -> Path:
         """Where a render goes: `<variant dir>/<split>/<label>/<key>.mp4` (or a rawframes folder); the
-        `original` variant's is a link to the source video, with the source's suffix."""
+        `original` variant's is a link to the source video, with the source's suffix. A webdataset sample's mp4
+        is only staged, beside its shard's status (`_status/webdataset/<shard>.<key>.mp4`, under a temporary
+        name the shard's claim clears), until it goes into the shard's tar."""
         clip = item.clip
+        if self.webdataset:  # a render item's shard is its clip's masks shard
+            return self.status_dir / f"{clip.shard}.{item.key}{self.encode.suffix()}"
         suffix = clip.path.suffix if self.variant.original else self.encode.suffix()
         return self.variant_dir / clip.split / path_name(clip.label) / f"{item.key}{suffix}"
+
+    def row_path(self, item: RenderItem) -> str:
+        """A rendered clip's `path` in its row, relative to the variant folder: its file, or its shard's tar."""
+        if self.webdataset:
+            return self.tar_path(item.clip.shard).relative_to(self.variant_dir).as_posix()
+        return self.clip_path(item).relative_to(self.variant_dir).as_posix()
+
+    def tar_path(self, shard: str) -> Path:
+        """FORMAT=webdataset: the shard's tar of samples."""
+        return self.variant_dir / shard_tar_name(shard)
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
         for item in task.items:  # under the shard's claim: what a killed writer left
             remove_stale_temps(temps_of(self.clip_path(item)))
+        if self.webdataset:
+            remove_stale_temps(temps_of(self.tar_path(task.name)))
         masks = MasksRun(self.masks_dir)
         return RenderWork(self, task, masks, masks.shard_masks(task.name), commit)
 
 
 class RenderWork:
-    """One variant over one masks shard's clips; each clip's file is staged in the shard's commit."""
+    """One variant over one masks shard's clips; each clip's file is staged in the shard's commit. With
+    FORMAT=webdataset each clip's mp4 is staged on its own, then appended to the shard's staged tar as its item
+    is kept (in item order) and dropped from the commit: the tar is the shard's one render file."""
 
     def __init__(self, stage: RenderStage, task: ShardTask, masks: MasksRun, stored: dict[str, ClipMasks],
                  commit: Commit) -> None:
         self.stage, self.task, self.masks, self.stored, self.commit = stage, task, masks, stored, commit
+        self._samples: dict[str, tuple[Path, Path]] = {}  # webdataset: render key → (staged name, temporary file)
+        self._tar: SampleTar | None = None
+        self._sample_row: Callable[[RenderRow], dict] | None = None
 
     def process(self, item: RenderItem) -> RenderRow:
         final = self.stage.clip_path(item)
         render = source_row if self.stage.variant.original else render_clip
+
+        def out() -> Path:
+            self._samples[item.key] = (final, tmp := self.commit.stage(final))
+            return tmp
+
         try:
             row = render(item, self.stored.get(item.clip.clip_id), self.stage, self.masks, shard=self.task.name,
-                         out=lambda: self.commit.stage(final))
+                         out=out)
         except BaseException:
             self.commit.unstage(final)
             raise
@@ -159,17 +191,42 @@ class RenderWork:
         return not_rendered(item, self.stage, self.task.name, FAILED, error)
 
     def keep(self, row: RenderRow) -> None:
-        pass
+        """FORMAT=webdataset: a rendered clip's sample goes into the shard's tar, in item order; its own mp4
+        leaves the commit. Other formats' files stay staged where they go."""
+        staged = self._samples.pop(row.clip_id, None)
+        if not self.stage.webdataset or staged is None or not row.path:
+            return
+        final, tmp = staged
+        if self._sample_row is None:
+            self._sample_row = sample_rows(self.masks, self.task.name, self.task.upstream.get(self.task.name, ""),
+                                           self.stage.variant.keep_if)
+        self.tar().add(row.clip_id, tmp.read_bytes(), self._sample_row(row))
+        self.commit.unstage(final)
+
+    def tar(self) -> SampleTar:
+        """The shard's tar, staged at its first sample (or at `finish`: a shard with none has an empty tar)."""
+        if self._tar is None:
+            self._tar = SampleTar(self.commit.stage(self.stage.tar_path(self.task.name)))
+        return self._tar
 
     def finish(self, rows: list[RenderRow], commit: Commit) -> dict[str, Any]:
+        totals = {}
+        if self.stage.webdataset:
+            self.tar().close()
+            totals = {"samples": self._tar.samples}
         metadata = {"variant": self.stage.variant.spec_json(), "fingerprint": self.task.fingerprint,
                     "masks_dir": str(self.stage.masks_dir)}
         table = pa.Table.from_pylist([asdict(row) for row in rows], schema=RENDER_SCHEMA.with_metadata(metadata))
         pq.write_table(table, commit.stage(self.stage.status_path(self.task.name)), compression="zstd")
-        return {}
+        return totals
 
     def abort(self) -> None:
-        pass
+        """Close the tar, if one was begun; the Commit removes it and every staged mp4."""
+        if self._tar is not None:
+            try:
+                self._tar.close()
+            except Exception:  # noqa: BLE001 - the shard is given up anyway; its error is the one reported
+                log.debug("%s: closing the aborted tar failed", self.task.name, exc_info=True)
 
 
 def not_rendered(item: RenderItem, stage: RenderStage, shard: str, status: str, error: str | None) -> RenderRow:
@@ -197,7 +254,7 @@ def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, ru
     unseen = [0.0] * max(0, clip.frames - len(seen))  # frames without any instance
     row.person_coverage = [float(v) for v in regions.person_coverage(seen)] + unseen
     row.object_coverage = [float(v) for v in regions.object_coverage(seen)] + unseen
-    row.path = stage.clip_path(item).relative_to(stage.variant_dir).as_posix()
+    row.path = stage.row_path(item)
     row.frames, row.fps, row.width, row.height = clip.frames, stage.decode_fps or clip.fps, clip.width, clip.height
     return row
 
@@ -213,7 +270,7 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     if variant.needs_pair and partner is None:
         return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
                             f"(swap mode {variant.pairing.mode})")
-    relative = stage.clip_path(item).relative_to(stage.variant_dir)
+    relative = stage.row_path(item)
     decode = DecodeOptions(fps=stage.decode_fps, batch=RENDER_BATCH)
     regions = RegionMasks(masks, clip.height, clip.width, variant.masks)
     fps = stage.decode_fps or clip.fps
@@ -246,7 +303,7 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
         raise
     width, height = writer.size
     row = not_rendered(item, stage, shard, clip.status, clip.error)  # ok, or partial with its error
-    row.path, row.frames, row.fps, row.width, row.height = relative.as_posix(), writer.frames, fps, width, height
+    row.path, row.frames, row.fps, row.width, row.height = relative, writer.frames, fps, width, height
     row.person_coverage, row.object_coverage = person, objects
     if partner:
         row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
