@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.records import USABLE
 from pipeline.render.compose import decoded
 from pipeline.render.regions import RegionMasks
+from pipeline.render.tars import WEBDATASET, read_sample
 from pipeline.render.variants import MaskOptions
 
 TILE_HEIGHT = 120
@@ -121,6 +123,13 @@ def rendered_frames(variant_dir: Path, row: dict | None, count: int) -> list[np.
     path = variant_dir / row["path"]
     if row["format"] == "rawframes":
         return [cv2.cvtColor(cv2.imread(str(path / f"img_{p + 1:05d}.jpg")), cv2.COLOR_BGR2RGB) for p in wanted]
+    if row["format"] == WEBDATASET:  # the clip's mp4 out of its shard's tar, by its render key
+        key = row["source_clip_id"] + ("" if row["background"] is None else f"__{row['background']}")
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as mp4:
+            mp4.write(read_sample(path, key)["mp4"])
+            mp4.flush()
+            return [frame for position, (_, frame) in enumerate(decoded(Path(mp4.name), DecodeOptions()))
+                    if position in wanted]
     return [frame for position, (_, frame) in enumerate(decoded(path, DecodeOptions())) if position in wanted]
 
 

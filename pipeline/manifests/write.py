@@ -5,6 +5,9 @@
   links to the sources)
 - `<split>_list_rawframes.txt` — mmaction2 RawframeDataset: `frame_dir total_frames label_index`
 - `<split>.csv` — PySlowFast: `path label_index`, space separated (mp4 renders)
+- `<split>_shards.txt` — WebDataset: the tar of every current render shard of the split, one a line, sorted
+  (`webdataset.WebDataset([prefix + line for line in ...])`); a tar holds every rendered clip, filtered ones
+  too (each sample's JSON says `in_lists`)
 - `label_map.txt` — one label per line, in index order
 - `manifest.parquet` — every clip (failed and filtered ones too) with status, coverage and its own provenance
 - `manifest.json` — counts, the quality filter, settings, provenance, and the shards left out (not current)
@@ -29,6 +32,7 @@ from pipeline.errors import InputError
 from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row, masks_provenance
 from pipeline.masks import MasksRun, find_run
 from pipeline.render.stage import SOURCE
+from pipeline.render.tars import WEBDATASET, shard_tar_name
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,9 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
         if "rawframes" in settings:
             lists[f"{split}_list_rawframes.txt"] = [f"{r.path} {r.frames} {r.label_index}" for r in listed
                                                     if r.format == "rawframes"]
+        if WEBDATASET in settings:  # every current shard has rows (all of one split) and a tar
+            lists[f"{split}_shards.txt"] = sorted({shard_tar_name(r.masks_shard) for r in rows
+                                                   if r.format == WEBDATASET and r.split == split})
     for name, lines in lists.items():
         write_lines(dest / name, lines)
     remove_outdated_lists(dest, set(lists))
