@@ -70,6 +70,7 @@ EVALUATE_FLAGS := $(DATASET_FLAGS) \
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
 
+# FORMAT=mp4 (default), rawframes, or webdataset (one tar of mp4 + JSON samples per render shard).
 render: $(STAMP)
 	$(PY) -m pipeline render $(RENDER_FLAGS)
 
