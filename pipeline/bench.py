@@ -301,7 +301,7 @@ def bench_loader(root: Path, out: Path, variants: list[str], masks_tag: str, rep
                 for i in range(len(clips)):
                     clips[i]
             plain_s, masked_s = min(plain_s, bare.seconds), min(masked_s, masked.seconds)
-        result[variant] = {"plain_samples_per_s": round(len(clips) / plain_s, 2),
+        result[variant] = {"samples": len(clips), "plain_samples_per_s": round(len(clips) / plain_s, 2),
                            "masked_samples_per_s": round(len(clips) / masked_s, 2),
                            "ratio": round(plain_s / masked_s, 3)}
     return result

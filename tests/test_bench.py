@@ -20,5 +20,6 @@ def test_bench_reports_masks_storage_and_render_figures(tmp_path, selfie_model, 
     loader = result["loader"]
     assert loader["sampling"] == {"clip_len": 16, "frame_interval": 1} and loader["size"] == 224
     for variant in ("human_only", "scuba", "background_only"):
+        assert loader[variant]["samples"] == 2, variant  # every clip, composed
         assert loader[variant]["plain_samples_per_s"] > 0 and loader[variant]["masked_samples_per_s"] > 0, variant
     assert '"stage_vs_forward"' in capsys.readouterr().out  # the JSON is printed

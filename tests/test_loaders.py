@@ -7,13 +7,14 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from pipeline.decode import DecodeOptions
 from pipeline.errors import InputError
-from pipeline.loaders import MaskedClips, MasksIndex, Sampling
+from pipeline.loaders import ClipComposer, ClipSource, MaskedClips, MasksIndex, Sampling
 from pipeline.loaders.mmaction import MaskVariant
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.masks import MasksRun, load_clip_masks, run_masks
@@ -94,9 +95,44 @@ def test_static_still_and_swap_variants_match_their_renders(cached):
         assert np.array_equal(sample.frames.reshape(want.shape).numpy(), want)
 
 
+def test_the_last_frames_take_the_temporal_window_render_gives_them(cached):
+    _, run_dir, _ = cached
+    (variant,) = resolve(["grown"], defines=["grown:background=#102030;objects=blur(2)"],
+                         defaults=MaskOptions(temporal=2, dilate=1))
+    index = MasksIndex(MasksRun(run_dir))
+    for clip_id, clip in index.clips.items():
+        positions = [clip.frames - 1, clip.frames - 2, 0, 1]
+        source = ClipSource(clip=clip, masks=index.masks(clip_id), key=clip_id)
+        got = ClipComposer(source, variant, decode_fps=None, seed=0).frames(positions)
+        assert np.array_equal(got, rendered(run_dir, clip_id, variant)[positions]), clip_id
+
+
+def test_a_manifest_older_than_the_masks_is_refused(cached, tmp_path):
+    _, run_dir, manifest = cached
+    table = pq.read_table(manifest / "manifest.parquet")
+    for column, value in (("masks_digest", "0" * 16), ("label_index", 7)):
+        rows = table.to_pylist()
+        rows[0][column] = value
+        folder = tmp_path / column
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), folder / "manifest.parquet")
+        with pytest.raises(InputError, match="changed since"):
+            MaskedClips(folder, variant="bg", masks=run_dir)
+
+
+def test_a_variant_takes_its_own_keys_from_another_variants_manifest(cached):
+    out, run_dir, _ = cached
+    scuba_manifest = out / "manifests" / "kinetics400" / run_dir.name / "scuba"
+    plain = MaskedClips(scuba_manifest, variant="bg", sampling=WINDOWS, size=None)
+    assert sorted(entry.key for entry in plain.entries) == sorted(MasksIndex(MasksRun(run_dir)).clips)
+    twice = MaskedClips(out / "manifests" / "kinetics400" / run_dir.name / "original", variant="scuba")
+    assert all(entry.key == f"{entry.clip_id}__0" for entry in twice.entries) and len(twice) == 5
+
+
 def test_masks_are_read_by_row_group_and_a_recomputed_shard_is_refused(cached, monkeypatch):
     _, run_dir, _ = cached
     index = MasksIndex(MasksRun(run_dir))
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("a whole masks file was read"))
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("a whole masks file was read"))
     for clip_id in index.clips:
         got = index.masks(clip_id)
@@ -207,6 +243,13 @@ def test_mmaction2_transform_refuses_what_it_cannot_match(cached, tmp_path):
     clip_id = next(iter(transform.index.clips))
     small = {"filename": f"{clip_id}.mp4", "imgs": [np.zeros((8, 8, 3), np.uint8)], "frame_inds": np.array([0])}
     with pytest.raises(ValueError, match="right after the decode step"):
+        transform(small)
+    frames = transform.index.clip(clip_id).frames
+    past = {"filename": f"{clip_id}.mp4", "imgs": [np.zeros((8, 8, 3), np.uint8)], "frame_inds": np.array([frames])}
+    with pytest.raises(ValueError, match=f"masks hold {frames} frames"):
+        transform(past)
+    transform.index.rotation[clip_id] = 90
+    with pytest.raises(ValueError, match="use MaskedClips"):
         transform(small)
 
 

@@ -32,7 +32,7 @@ def _kinetics400() -> tuple[str, ...]:
 
     classes = tuple(R3D_18_Weights.DEFAULT.meta["categories"])
     if len(classes) != 400 or list(classes) != sorted(set(classes)):
-        raise RuntimeError(f"{R3D_18_Weights.__module__}: expected the 400 sorted Kinetics-400 class names, found "
+        raise DatasetError(f"{R3D_18_Weights.__module__}: expected the 400 sorted Kinetics-400 class names, found "
                            f"{len(classes)}; this torchvision changed them")
     return classes
 

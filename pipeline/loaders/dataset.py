@@ -25,6 +25,7 @@ from pipeline.loaders.index import MasksIndex
 from pipeline.loaders.sampling import Sampling
 from pipeline.masks import MasksRun, StoredClip
 from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, read_relations, shard_coverage
+from pipeline.render.stage import RenderItem
 from pipeline.render.variants import Variant, resolve
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class MaskedClips(Dataset):
         # <out>/manifests/<dataset>/<run>/<variant>/manifest.parquet → <out>/masks/<dataset>/<run>
         run = MasksRun(Path(masks) if masks else path.parents[4] / "masks" / path.parents[2].name / run_names.pop())
         self.index = MasksIndex(run)
+        check_current(path, rows, self.index, run)
         self.decode_fps = run.decode_fps
         self.entries = self._entries(rows, relations)
         log.info("%s: %d clips as %s", path, len(self.entries), self.variant.name)
@@ -112,26 +114,42 @@ class MaskedClips(Dataset):
                           clip_id=entry.key, positions=torch.from_numpy(np.asarray(composer.used(positions))))
 
     def _entries(self, rows: list[dict], relations: Path | None) -> list[Entry]:
-        seen, entries = set(), []
-        named = all(row["pair_clip_id"] for row in rows)  # a swap variant's manifest names every partner
+        """One entry per render key the variant has: a clip once (formats and other variants' backgrounds
+        folded), or once per static background of a rendered static variant's manifest. Partners named by the
+        manifest only when it is this variant's; else paired as render pairs them."""
+        own = all(row["variant"] == self.variant.name for row in rows)
+        named = own and all(row["pair_clip_id"] for row in rows)
         pairs = swap_partners(self.index, self.variant, seed=self.seed, relations=relations) \
             if self.variant.needs_pair and not named else {}
+        entries: dict[str, Entry] = {}
+        keys = set()
         for row in rows:
-            key = row["clip_id"]
-            if key in seen:  # the same clip in another format
-                continue
-            seen.add(key)
-            clip_id = row["source_clip_id"] or key
-            if self.variant.static and row["background"] is None:
-                key = f"{clip_id}__0"  # the render's key for a clip's first static background
-            partner = row["pair_clip_id"] or pairs.get(clip_id)
-            if self.variant.needs_pair and partner is None:
-                continue
-            entries.append(Entry(key=key, clip_id=clip_id, label=row["label_index"], partner=partner))
-        if len(entries) < len(seen):
+            clip_id = row["source_clip_id"] or row["clip_id"]
+            background = (row["background"] or 0) if self.variant.static else None
+            key = RenderItem(clip=self.index.clip(clip_id), background=background).key
+            partner = row["pair_clip_id"] if named else pairs.get(clip_id)
+            keys.add(key)
+            if key not in entries and (partner is not None or not self.variant.needs_pair):
+                entries[key] = Entry(key=key, clip_id=clip_id, label=row["label_index"], partner=partner)
+        if len(entries) < len(keys):
             log.warning("%s: %d of %d clips have no swap partner and are left out", self.variant.name,
-                        len(seen) - len(entries), len(seen))
-        return entries
+                        len(keys) - len(entries), len(keys))
+        return list(entries.values())
+
+
+def check_current(path: Path, rows: list[dict], index: MasksIndex, run: MasksRun) -> None:
+    """Every row was made from the masks as they are now (its run, its shard's digest, its label); a manifest
+    older than the masks is an error, not stale labels or pixels that match no render."""
+    for row in rows:
+        clip_id = row["source_clip_id"] or row["clip_id"]
+        stats = run.shards.get(row["masks_shard"])
+        clip = index.clips.get(clip_id)
+        label = -1 if clip is None or clip.label_index is None else clip.label_index
+        if (row["masks_run"] != run.tag or stats is None or stats.digest != row["masks_digest"] or clip is None
+                or label != row["label_index"]):
+            raise InputError(f"{path}: clip {clip_id} was listed from masks that have changed since (run "
+                             f"{row['masks_run']}, shard {row['masks_shard']}); run `make render` and `make manifests` "
+                             "again (or give masks= the run it was made from)")
 
 
 def centre_crop(frames: np.ndarray, size: int | None) -> np.ndarray:

@@ -34,8 +34,15 @@ class MasksIndex:
 
     def __init__(self, run: MasksRun) -> None:
         self.folder = run.folder
-        self.clips: dict[str, StoredClip] = {clip.clip_id: clip for clip in run.clips()}
+        table = run.table()
+        self.clips: dict[str, StoredClip] = {row["clip_id"]: StoredClip.from_row(row, row["shard"])
+                                             for row in table.to_pylist()}
+        # degrees the source turns upright (decoders outside this package may not apply it)
+        self.rotation = dict(zip(table.column("clip_id").to_pylist(), table.column("rotation").to_pylist()))
         self.locations: dict[str, MasksLocation] = {}
+        by_shard: dict[str, list[str]] = {}
+        for clip in self.clips.values():
+            by_shard.setdefault(clip.shard, []).append(clip.clip_id)
         for shard in run.shards:
             path = run.files(shard).masks
             state = _state(path)
@@ -48,8 +55,8 @@ class MasksIndex:
                     raise InputError(f"{path}: row group {group} holds more than one clip (or no statistics); this "
                                      "masks file was not written by the masks stage; recompute it (`make masks`)")
                 groups.setdefault(stats.min, []).append(group)
-            for clip_id, found in groups.items():
-                self.locations[clip_id] = MasksLocation(path=path, row_groups=tuple(found), state=state)
+            for clip_id in by_shard.get(shard, ()):  # every clip of the shard, those without instances too
+                self.locations[clip_id] = MasksLocation(path=path, row_groups=tuple(groups.get(clip_id, ())), state=state)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -63,12 +70,12 @@ class MasksIndex:
     def masks(self, clip_id: str) -> ClipMasks | None:
         """One clip's stored instances (None: it has none), read as its own row groups only."""
         clip = self.clip(clip_id)
-        where = self.locations.get(clip_id)
-        if where is None:
-            return None
+        where = self.locations[clip_id]
         if _state(where.path) != where.state:
             raise InputError(f"{where.path}: changed since this loader's index was built (the masks were recomputed); "
                              "build the loader again")
+        if not where.row_groups:
+            return None
         table = pq.ParquetFile(where.path).read_row_groups(list(where.row_groups))
         return ClipMasks(clip_id, clip.height, clip.width, table)
 

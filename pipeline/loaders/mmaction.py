@@ -26,6 +26,7 @@ from pipeline.loaders.dataset import swap_partners
 from pipeline.loaders.frames import ClipComposer, ClipSource
 from pipeline.loaders.index import MasksIndex
 from pipeline.masks import MasksRun, StoredClip
+from pipeline.render.stage import RenderItem
 from pipeline.render.variants import Variant, resolve
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,13 @@ class MaskVariant:
         positions = (np.asarray(results["frame_inds"]).reshape(-1) - int(results.get("start_index", 0))).tolist()
         if len(positions) != len(frames):
             raise ValueError(f"{clip.path}: {len(frames)} imgs for {len(positions)} frame_inds")
+        if self.index.rotation.get(clip.clip_id):
+            raise ValueError(f"{clip.path}: turned {self.index.rotation[clip.clip_id]}° upright by its metadata, which "
+                             "mmaction2's decoders do not apply; its masks would land turned: use MaskedClips for it")
+        if positions and not 0 <= min(positions) <= max(positions) < clip.frames:
+            raise ValueError(f"{clip.path}: frame_inds up to {max(positions)}, but its masks hold {clip.frames} frames "
+                             f"(status {clip.status}); list only clips whose masks cover them (manifest rows with "
+                             "status ok), or use MaskedClips")
         if frames and frames[0].shape[:2] != (clip.height, clip.width):
             raise ValueError(f"{clip.path}: frames are {frames[0].shape[1]}x{frames[0].shape[0]}, its masks "
                              f"{clip.width}x{clip.height}; put MaskVariant right after the decode step")
@@ -62,8 +70,9 @@ class MaskVariant:
             raise ValueError(f"{clip.clip_id}: no swap partner (person coverage out of range, or alone in its split)")
         seed = self.seed if self.random_fill is None else int(np.random.randint(2**31))
         composer = ClipComposer(
-            ClipSource(clip=clip, masks=self.index.masks(clip.clip_id), key=f"{clip.clip_id}__0" if self.variant.static
-                       else clip.clip_id, partner=self.index.clip(partner) if partner else None,
+            ClipSource(clip=clip, masks=self.index.masks(clip.clip_id),
+                       key=RenderItem(clip=clip, background=0 if self.variant.static else None).key,
+                       partner=self.index.clip(partner) if partner else None,
                        partner_masks=self.index.masks(partner) if partner else None),
             self.variant, decode_fps=None, seed=seed, random_fill=self.random_fill)
         if self.variant.still:  # its one frame may not be among those decoded: the composer decodes it
