@@ -16,18 +16,10 @@ import numpy as np
 
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.masks import ClipMasks, StoredClip
-from pipeline.render.backdrops import backdrop, still_index
-from pipeline.render.compose import (
-    background_plate,
-    centroid_offset,
-    compose,
-    decoded,
-    noise_rng,
-    partner_frames,
-    shifted_frame,
-)
+from pipeline.render.backdrops import still_index
+from pipeline.render.compose import FrameComposer, decoded, partner_frames
 from pipeline.render.regions import RegionMasks
-from pipeline.render.variants import STATIC_FILLS, Fill, Variant
+from pipeline.render.variants import Fill, Variant
 
 RANDOM_FILLS = (None, "clip", "frame")  # per-sample fills: none (render's), a new draw per sample, or per frame
 DECODE_BATCH = 4  # frames decoded at a time: the decoder thread runs little past a window's last frame
@@ -60,12 +52,10 @@ class ClipComposer:
         clip = source.clip
         self.decode = DecodeOptions(fps=decode_fps, batch=DECODE_BATCH)
         self.regions = RegionMasks(source.masks, clip.height, clip.width, variant.masks)
-        self.noisy = any(fill.kind == "noise" for fill in variant.fills().values())
-        self._plate: np.ndarray | None = None
-        self._swap = partner_frames(source.partner, source.partner_masks, clip, options=variant.masks,
-                                    decode_fps=decode_fps, seed=seed) if source.partner is not None else None
-        self._offset: tuple[int, int] | None = None
-        self._backdrops: dict[tuple[Fill, str], np.ndarray] = {}
+        swap = partner_frames(source.partner, source.partner_masks, clip, options=variant.masks,
+                              decode_fps=decode_fps, seed=seed) if source.partner is not None else None
+        self._make = FrameComposer(clip.path, self.regions, variant, decode=self.decode, frames=clip.frames, seed=seed,
+                                   clip_id=clip.clip_id, key=source.key, swap=swap)
 
     def frames(self, positions: Sequence[int]) -> np.ndarray:
         """(len(positions), H, W, 3) RGB at source size: the clip decoded up to the last position it needs,
@@ -101,23 +91,12 @@ class ClipComposer:
     def compose(self, position: int, frame: np.ndarray, indices: Sequence[int]) -> np.ndarray:
         """Frame `position` of the clip (RGB, source size) composed; `indices` are the source indices of the
         clip's frames in decode order, at least up to `position` + the temporal window."""
-        found = self.regions.around(indices, position)
-        if self._swap is not None and self.variant.pairing.align == "centroid":
-            if self._offset is None:
-                self._offset = centroid_offset(self.regions.around(indices, 0).person, self._swap.first_person())
-            frame, found = shifted_frame(frame, found, self._offset)
+        if self._make.unaligned:
+            self._make.align(self.regions.around(indices, 0).person)
         variant, key = self._drawn(position)
-        return compose(frame, found, variant, plate=self._inpainting_plate(),
-                       rng=noise_rng(self.seed, self.source.clip.clip_id, indices[position]) if self.noisy else None,
-                       swap=self._swap(position) if self._swap is not None else None,
-                       backdrops={fill: self._backdrop(fill, key) for fill in variant.fills().values()
-                                  if fill.kind in STATIC_FILLS})
-
-    def _backdrop(self, fill: Fill, key: str) -> np.ndarray:
-        if (fill, key) not in self._backdrops:
-            self._backdrops[(fill, key)] = backdrop(fill, seed=self.seed, key=key, width=self.regions.width,
-                                                    height=self.regions.height)
-        return self._backdrops[(fill, key)]
+        frame, _ = self._make(position, indices[position], frame, self.regions.around(indices, position),
+                              variant=variant, key=key)
+        return frame
 
     def _drawn(self, position: int) -> tuple[Variant, str]:
         """The variant with this frame's drawn fills, and the key its static backgrounds are seeded by."""
@@ -128,10 +107,3 @@ class ClipComposer:
         drawn = {region: Fill("color", rgb=tuple(int(v) for v in rng.integers(0, 256, size=3)))
                  for region, fill in self.variant.fills().items() if fill.kind in ("color", "mean")}
         return dataclasses.replace(self.variant, **drawn), key
-
-    def _inpainting_plate(self) -> np.ndarray | None:
-        holes = [region for region, fill in self.variant.fills().items() if fill.kind == "inpaint"]
-        if holes and self._plate is None:
-            clip = self.source.clip
-            self._plate = background_plate(clip.path, self.regions, holes, self.decode, clip.frames)
-        return self._plate

@@ -87,19 +87,61 @@ def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: Deco
         for _, frame, found in regions.stream(decoded(path, yuv, frames)):
             yield compose_planes(frame, found, variant), found
         return
-    holes = [region for region, fill in variant.fills().items() if fill.kind == "inpaint"]
-    plate = background_plate(path, regions, holes, decode, frames) if holes else None
-    statics = {fill: backdrop(fill, seed=seed, key=key or clip_id, width=regions.width, height=regions.height)
-               for fill in variant.fills().values() if fill.kind in STATIC_FILLS}
-    noisy = any(fill.kind == "noise" for fill in variant.fills().values())
-    offset = None
+    make = FrameComposer(path, regions, variant, decode=decode, frames=frames, seed=seed, clip_id=clip_id, key=key,
+                         swap=swap)
     for i, (index, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
-        if swap is not None and variant.pairing.align == "centroid":
-            if offset is None:
-                offset = centroid_offset(found.person, swap.first_person())
-            frame, found = shifted_frame(frame, found, offset)
-        yield compose(frame, found, variant, rng=noise_rng(seed, clip_id, index) if noisy else None, plate=plate,
-                      swap=swap(i) if swap else None, backdrops=statics), found
+        if i == 0:
+            make.align(found.person)
+        yield make(i, index, frame, found)
+
+
+class FrameComposer:
+    """What `composed` does to each frame of one clip, for frames taken one at a time in any order (a data
+    loader's samples): the inpainting plate (made at first need), the static backgrounds (one per key), noise
+    seeded by the frame's source index, the swap partner's frame and HAT's alignment of the pasted people."""
+
+    def __init__(self, path: Path, regions: RegionMasks, variant: Variant, *, decode: DecodeOptions, frames: int,
+                 seed: int, clip_id: str, key: str | None = None, swap: "PartnerFrames | None" = None) -> None:
+        self.path, self.regions, self.variant, self.decode, self.frames = path, regions, variant, decode, frames
+        self.seed, self.clip_id, self.key, self.swap = seed, clip_id, key or clip_id, swap
+        self.noisy = any(fill.kind == "noise" for fill in variant.fills().values())
+        self.offset: tuple[int, int] | None = None
+        self._plate: np.ndarray | None = None
+        self._backdrops: dict[tuple[Fill, str], np.ndarray] = {}
+
+    @property
+    def unaligned(self) -> bool:
+        """Whether the people still wait for their shift onto the partner (`align`)."""
+        return self.swap is not None and self.variant.pairing.align == "centroid" and self.offset is None
+
+    def align(self, first_person: np.ndarray) -> None:
+        """Given the person mask of the clip's first frame, fix the shift of a centroid-aligned swap."""
+        if self.unaligned:
+            self.offset = centroid_offset(first_person, self.swap.first_person())
+
+    def __call__(self, i: int, index: int, frame: np.ndarray, found: Regions, *, variant: Variant | None = None,
+                 key: str | None = None) -> tuple[np.ndarray, Regions]:
+        """Output frame `i` (source index `index`) composed, with the regions used; `variant` and `key` stand in
+        for the clip's (fills drawn per sample, and the key their backgrounds are seeded by)."""
+        variant, key = variant or self.variant, key or self.key
+        if self.offset is not None:
+            frame, found = shifted_frame(frame, found, self.offset)
+        return compose(frame, found, variant, rng=noise_rng(self.seed, self.clip_id, index) if self.noisy else None,
+                       plate=self.plate(), swap=self.swap(i) if self.swap is not None else None,
+                       backdrops={fill: self.backdrop(fill, key) for fill in variant.fills().values()
+                                  if fill.kind in STATIC_FILLS}), found
+
+    def plate(self) -> np.ndarray | None:
+        holes = [region for region, fill in self.variant.fills().items() if fill.kind == "inpaint"]
+        if holes and self._plate is None:
+            self._plate = background_plate(self.path, self.regions, holes, self.decode, self.frames)
+        return self._plate
+
+    def backdrop(self, fill: Fill, key: str) -> np.ndarray:
+        if (fill, key) not in self._backdrops:
+            self._backdrops[(fill, key)] = backdrop(fill, seed=self.seed, key=key, width=self.regions.width,
+                                                    height=self.regions.height)
+        return self._backdrops[(fill, key)]
 
 
 def noise_rng(seed: int, clip_id: str, index: int) -> np.random.Generator:
