@@ -15,7 +15,8 @@ from pathlib import Path
 from pipeline.cluster import KINDS, load_cluster_spec
 from pipeline.datasets import DATASETS, ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
-from pipeline.engine import Interrupted, stop_on_sigterm
+from pipeline.engine import Interrupted, stop_on_signals
+from pipeline.engine.record import NOT_WRITABLE
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
 from pipeline.masks.config import MasksConfig
@@ -405,11 +406,20 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        stop_on_sigterm()
+        stop_on_signals()
         return run(args)
     except (UsageError, InputError, SegmenterLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"interrupted: {exc}; nothing partial is visible, rerun to resume", file=sys.stderr)
-        return 143
+        print(f"interrupted: {exc}; rerun to resume", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # before the handler was set
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        print(f"error: {exc.filename or 'OUT'}: not writable ({exc.strerror}); make it writable or pick another "
+              "OUT", file=sys.stderr)
+        return 2

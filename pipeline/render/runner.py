@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.engine import ShardTask, StageSummary, run_stage, select
+from pipeline.engine.record import RecordFile
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
@@ -137,16 +138,17 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
             stage = RenderStage(variant=variant, encode=config.encode_for(variant) if variant.original else encode,
                                 masks_dir=masks.folder, variant_dir=config.variant_dir(masks, variant),
                                 decode_fps=masks.decode_fps, seed=config.seed)
-            write_json(stage.variant_dir / f"variant.{stage.encode.format}.json",
-                       {**made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
-                        "keep_if": list(variant.keep_if) if variant.keep_if else None,
-                        "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
+            record = RecordFile.json(stage.variant_dir / f"variant.{stage.encode.format}.json", {
+                **made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
+                "keep_if": list(variant.keep_if) if variant.keep_if else None,
+                "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
             plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint_of(made_of[variant.name]), config)
                     for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
-                                [task for task in plan if task.name in chosen], options=execution,
+                                [task for task in plan if task.name in chosen], options=execution, record=[record],
                                 progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
-            write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
+            if summary.computed:
+                write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
             summaries.append(summary)
     return RenderSummary(dataset=config.dataset, masks_dir=str(masks.folder), variants=summaries,
                          seconds=round(time.perf_counter() - started, 2))
