@@ -356,7 +356,10 @@ def run(args: argparse.Namespace) -> int:
             counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
             print(f"manifests {dataset}/{summary['variant']}: {counts}")
         print(f"output: {Path(args.out) / 'manifests' / dataset / summaries[0]['masks_run']}")
-        return 0
+        failed = [summary for summary in summaries if summary["failed"]]
+        for summary in failed:
+            print(f"FAILED {summary['variant']}: {summary['failed']}")
+        return 1 if failed else 0
     if args.command == "evaluate":
         from pipeline.evaluate import EvaluateConfig, run_evaluate
 
