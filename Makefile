@@ -52,6 +52,7 @@ RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SWAP_SEEDS),--swap-seeds "$(SWAP_SEEDS)") \
 	$(if $(SWAP_ALIGN),--swap-align "$(SWAP_ALIGN)") \
 	$(if $(SWAP_RELATIONS),--swap-relations "$(SWAP_RELATIONS)") \
+	$(if $(PAIR_COVERAGE),--pair-coverage "$(PAIR_COVERAGE)") \
 	$(EXEC_FLAGS)
 
 MANIFEST_FLAGS := $(DATASET_FLAGS) \

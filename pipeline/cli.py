@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline masks|render|manifests|report|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
-A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those).
+A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those), and so
+does one with a variant that yields no clip (a swap that pairs none, a manifest filter that keeps none).
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_id(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
     _add_masks_run(render)
-    render.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
-                             f"{', '.join(DEFAULT_VARIANTS)})")
+    render.add_argument("--variants", help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
+                                           f"{', '.join(DEFAULT_VARIANTS)}; those that need objects are left out "
+                                           "where the masks' segmenter finds none)")
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
                         help="define a variant, e.g. 'blue:background=color(0,0,255);objects=blur(8)'")
@@ -303,12 +304,13 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
 
 def render_config(args: argparse.Namespace) -> RenderConfig:
     defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
-    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    names = [name.strip() for name in (args.variants or ",".join(DEFAULT_VARIANTS)).split(",") if name.strip()]
     protocol = ProtocolOptions(scuba_images=args.scuba_images, backgrounds=args.backgrounds_per_clip,
                                swap_seeds=tuple(args.swap_seeds or ()), swap_align=args.swap_align)
     return RenderConfig(
         dataset=output_name(args.dataset, args.split_id),
         variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define, protocol=protocol),
+        default_set=not args.variants,
         out=args.out,
         masks_tag=args.masks,
         make_args=make_args(args),
@@ -355,7 +357,10 @@ def run(args: argparse.Namespace) -> int:
             counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
             print(f"manifests {dataset}/{summary['variant']}: {counts}")
         print(f"output: {Path(args.out) / 'manifests' / dataset / summaries[0]['masks_run']}")
-        return 0
+        failed = [summary for summary in summaries if summary["failed"]]
+        for summary in failed:
+            print(f"FAILED {summary['variant']}: {summary['failed']}")
+        return 1 if failed else 0
     if args.command == "evaluate":
         from pipeline.evaluate import EvaluateConfig, run_evaluate
 
