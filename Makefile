@@ -79,7 +79,7 @@ manifests: $(STAMP)
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
 report: $(STAMP)
-	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)")
+	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)") $(if $(ALL_EVALUATIONS),--all-evaluations)
 
 # Score a model: PREDICTIONS=DIR holds <variant>.pkl|csv (subfolders <train variant>/ for a grid).
 evaluate: $(STAMP)

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_masks_run(report)
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
+    report.add_argument("--all-evaluations", action="store_true", help="every evaluation, not only the newest of each predictions folder")
 
     evaluate = commands.add_parser("evaluate", help="score a model's predictions on the variants (BOR, HOR, SHAcc, "
                                    "SBErr, SCUBA, SCUFO, contrasted, grids)")
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = output_name(args.dataset, args.split_id)
     path = write_report(dataset=dataset, out=args.out, masks_tag=args.masks, make_args=make_args(args),
-                        clips=args.clips, frames=args.frames)
+                        clips=args.clips, frames=args.frames, all_evaluations=args.all_evaluations)
     print(f"report: {path}")
     return 0
 
