@@ -91,6 +91,12 @@ def test_problems_are_named_in_problems_csv_and_the_summary(shapes_dataset, tmp_
     assert main(["render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "bg"]) == 0
     rendered = run_folder(out).parents[2] / "renders" / "kinetics400" / run_folder(out).name / "bg" / "_status" / "mp4"
     assert {row["clip_id"] for row in csv.DictReader(open(rendered / "problems.csv"))} == set(rows)
+    # the report lists them, with the CSV line that names each
+    assert main(["manifests", "--dataset", "kinetics400", "--out", str(out)]) == 0
+    assert main(["report", "--dataset", "kinetics400", "--out", str(out)]) == 0
+    page = next((out / "reports" / "kinetics400").glob("*/index.html")).read_text()
+    for clip_id, row in rows.items():
+        assert clip_id in page and row["source"] in page
 
 
 def test_no_problems_is_a_header_only_list(shapes_dataset, tmp_path, capsys):

@@ -39,14 +39,14 @@ def write_problems(folder: Path, problems: Iterable[Problem]) -> Path:
     return path
 
 
-def read_problems(path: Path) -> list[Problem]:
-    """The rows of a problems.csv (empty if there is none)."""
+def read_problems(path: Path) -> list[Problem] | None:
+    """The rows of a problems.csv, in its order; None where there is none (runs from before the lists)."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             return [Problem(key=row["clip_id"], status=row["status"], error=row["error"], split=row["split"],
                             shard=row["shard"], source=row["source"]) for row in csv.DictReader(f)]
     except FileNotFoundError:
-        return []
+        return None
 
 
 def problem_line(problem: Problem) -> str:

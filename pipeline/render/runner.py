@@ -20,6 +20,7 @@ from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.render.backdrops import folder_digest
 from pipeline.render.encode import EncodeOptions
+from pipeline.render.guards import say_what_changed, with_objects
 from pipeline.render.pairing import (
     PAIR_RANGE,
     CoverageTask,
@@ -30,7 +31,6 @@ from pipeline.render.pairing import (
     shard_coverage,
     unpaired_reason,
 )
-from pipeline.render.guards import say_what_changed, with_objects
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
 from pipeline.render.tars import WEBDATASET

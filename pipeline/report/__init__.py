@@ -23,8 +23,15 @@ from pipeline.html import HEAD, counts_table, img_png, png, pyplot, table
 from pipeline.masks import find_run
 from pipeline.report.problems import masks_problems, render_problems
 from pipeline.report.shapes import shapes_section
-from pipeline.report.sheets import (Picture, VariantView, choose_clips, overlay_sheet, side_by_side, strips,
-                                    variant_order)
+from pipeline.report.sheets import (
+    Picture,
+    VariantView,
+    choose_clips,
+    overlay_sheet,
+    side_by_side,
+    strips,
+    variant_order,
+)
 
 __all__ = ["write_report"]
 

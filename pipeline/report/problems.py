@@ -4,35 +4,14 @@ one row per clip that is not `ok`, with a header `clip_id,split,status,error,sha
 
 from __future__ import annotations
 
-import csv
 import html
-from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.engine.problems import PROBLEMS_CSV as PROBLEMS
+from pipeline.engine.problems import read_problems
 from pipeline.html import table
 
-PROBLEMS = "problems.csv"
-COLUMNS = ("clip_id", "split", "status", "error", "shard", "source")
 SHOWN = 200  # rows shown per table; the CSV holds them all
-
-
-@dataclass(frozen=True, kw_only=True)
-class Problem:
-    clip_id: str
-    split: str
-    status: str  # missing, decode_error, empty, failed, partial, conflict, no_pair, ...
-    error: str
-    shard: str
-    source: str  # where the dataset lists the clip (`file:line`); may be empty
-
-
-def read_problems(path: Path) -> list[Problem] | None:
-    """The rows of a `problems.csv`, in its order; None where there is none (runs from before it)."""
-    try:
-        with open(path, newline="") as f:
-            return [Problem(**{c: row.get(c) or "" for c in COLUMNS}) for row in csv.DictReader(f)]
-    except FileNotFoundError:
-        return None
 
 
 def masks_problems(run: Path, shown: int = SHOWN) -> str:
@@ -43,7 +22,7 @@ def masks_problems(run: Path, shown: int = SHOWN) -> str:
         return f"<p>No <code>{PROBLEMS}</code> in this masks run (made before runs wrote one).</p>"
     if not problems:
         return "<p>No problem clips in this masks run.</p>"
-    rows = [(p.status, p.clip_id, p.split, p.error, p.source) for p in problems]
+    rows = [(p.status, p.key, p.split, p.error, p.source) for p in problems]
     return _capped(f"<h3>Problem clips ({len(problems)})</h3>", ("status", "clip", "split", "error", "source"),
                    rows, [path], shown)
 
@@ -53,7 +32,7 @@ def render_problems(variant_dir: Path, shown: int = SHOWN) -> str:
     found = {p.parent.name: (p, read_problems(p)) for p in sorted(Path(variant_dir).glob(f"_status/*/{PROBLEMS}"))}
     if not found:
         return ""
-    rows = [(fmt, p.status, p.clip_id, p.split, p.error) for fmt, (_, problems) in found.items() for p in problems]
+    rows = [(fmt, p.status, p.key, p.split, p.error) for fmt, (_, problems) in found.items() for p in problems]
     if not rows:
         return "<p>No problem clips in this variant's renders.</p>"
     return _capped(f"<h3>Problem clips ({len(rows)})</h3>", ("format", "status", "clip", "split", "error"), rows,
