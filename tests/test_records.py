@@ -156,6 +156,8 @@ def test_a_read_only_out_is_read_when_all_is_done_and_refused_in_one_line_otherw
     out = tmp_path / "out"
     assert main(masks_argv(root, out, "--workers", "0")) == 0
     assert main(["render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "bg"]) == 0
+    assert main(["manifests", "--dataset", "kinetics400", "--out", str(out)]) == 0
+    assert main(["report", "--dataset", "kinetics400", "--out", str(out)]) == 0
     files = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
 
     def read_only(*argv: str) -> subprocess.CompletedProcess:
@@ -165,8 +167,9 @@ def test_a_read_only_out_is_read_when_all_is_done_and_refused_in_one_line_otherw
 
     done = read_only(*masks_argv(root, out, "--workers", "2"))
     assert done.returncode == 0 and "3 already done" in done.stdout, done.stderr
-    rendered = read_only("render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "bg")
-    assert rendered.returncode == 0, rendered.stderr
+    for step in (["render", "--workers", "0", "--variants", "bg"], ["manifests"], ["report"]):
+        done = read_only(step[0], "--dataset", "kinetics400", "--out", str(out), *step[1:])
+        assert done.returncode == 0, done.stderr
     for work in (masks_argv(root, out, "--workers", "0", "--overwrite"),
                  ["render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "person"]):
         refused = read_only(*work)

@@ -38,12 +38,16 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write `text` to `path` atomically unless it holds exactly that already; returns whether it wrote."""
-    if read_text(path) == text:
-        return False
+def write_if_changed(path: Path, content: str | bytes) -> bool:
+    """Write `content` to `path` atomically unless it holds exactly that already; returns whether it wrote."""
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        if Path(path).read_bytes() == data:
+            return False
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
     return True
 
 

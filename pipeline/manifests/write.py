@@ -27,8 +27,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path, write_json
 from pipeline.engine import current_shards
+from pipeline.engine.record import json_text, write_if_changed
 from pipeline.errors import InputError
 from pipeline.manifests.rows import FILTERED, MANIFEST_SCHEMA, ManifestRow, manifest_row, masks_provenance
 from pipeline.masks import MasksRun, find_run
@@ -92,7 +92,6 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
                      for row in table.to_pylist()]
     rows.sort(key=lambda r: (r.format, r.split, r.clip_id))
     labels = label_map(masks)
-    dest.mkdir(parents=True, exist_ok=True)
     write_lines(dest / "label_map.txt", labels)
     lists = {}
     for split in sorted({r.split for r in rows}):
@@ -110,16 +109,17 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
         write_lines(dest / name, lines)
     remove_outdated_lists(dest, set(lists))
     metadata = {"variant": json.dumps(settings, sort_keys=True), "filter": json.dumps(keep)}
-    with atomic_path(dest / "manifest.parquet") as tmp:
-        table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))
-        pq.write_table(table, tmp, compression="zstd")
+    table = pa.Table.from_pylist([asdict(r) for r in rows], schema=MANIFEST_SCHEMA.with_metadata(metadata))
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    write_if_changed(dest / "manifest.parquet", buffer.getvalue().to_pybytes())
     summary = {
         "variant": variant_dir.name, "masks_run": masks.tag, "renders": str(variant_dir), "settings": settings,
         "filter": keep, "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
         "lists": sorted(lists), "failed": filtered_out(rows, keep, config),
         "masks": masks.info,
     }
-    write_json(dest / "manifest.json", summary)
+    write_if_changed(dest / "manifest.json", json_text(summary))
     return summary
 
 
@@ -161,8 +161,9 @@ def label_map(masks: MasksRun) -> list[str]:
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
+    """A list file; one that already holds these lines is left alone (manifests of unchanged renders write
+    nothing)."""
+    write_if_changed(path, "".join(f"{line}\n" for line in lines))
 
 
 def _counts(rows: list[ManifestRow]) -> dict[str, dict[str, int]]:

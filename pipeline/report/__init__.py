@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.engine.record import write_if_changed
 from pipeline.errors import InputError
 from pipeline.evaluate.section import evaluation_section, evaluations
 from pipeline.html import HEAD, counts_table, img_png, png, pyplot, table
@@ -84,8 +84,7 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
             parts.append(strips(view, chosen, pictures))
     page = "\n".join([HEAD.format(title=html.escape(f"{dataset} masks report")), *filter(None, parts), "</body></html>"])
     path = Path(out) / "reports" / dataset / masks.tag / "index.html"
-    with atomic_path(path) as tmp:
-        tmp.write_text(page)
+    write_if_changed(path, page)  # the same page is not rewritten (a read-only OUT whose report is up to date)
     return path
 
 
