@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from pipeline.atomic import write_json
 from pipeline.engine.claims import claim
@@ -55,7 +55,7 @@ def load_layout(folder: Path, counts: Counter[str], shard_size: int) -> Layout:
         if shard_size != layout.shard_size:
             log.warning("%s: shards keep the layout this run folder was made with (%d clips per shard); "
                         "--shard-size %d applies to new run folders only (--tag)", folder, layout.shard_size, shard_size)
-        new = {group: max(1, math.ceil(n / layout.shard_size)) for group, n in counts.items() if group not in layout.buckets}
+        new = new_buckets({group: n for group, n in counts.items() if group not in layout.buckets}, layout.shard_size)
         if new:
             layout.buckets.update(new)
             write_json(path, {"shard_size": layout.shard_size, "buckets": dict(sorted(layout.buckets.items()))})
@@ -64,6 +64,11 @@ def load_layout(folder: Path, counts: Counter[str], shard_size: int) -> Layout:
             log.warning("%s: split(s) %s now hold over twice the clips the layout was made for; shards stay correct "
                         "but large (a new run folder, --tag, lays them out afresh)", folder, ", ".join(grown))
         return layout
+
+
+def new_buckets(counts: Mapping[str, int], shard_size: int) -> dict[str, int]:
+    """The shards a new layout gives each group: ceil(count / shard_size), at least one."""
+    return {group: max(1, math.ceil(n / shard_size)) for group, n in counts.items()}
 
 
 def select(shards: dict[str, Sequence[T]], *, groups: Sequence[str] | None = None, limit: int | None = None,
