@@ -56,6 +56,7 @@ RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SWAP_SEEDS),--swap-seeds "$(SWAP_SEEDS)") \
 	$(if $(SWAP_ALIGN),--swap-align "$(SWAP_ALIGN)") \
 	$(if $(SWAP_RELATIONS),--swap-relations "$(SWAP_RELATIONS)") \
+	$(if $(PAIR_COVERAGE),--pair-coverage "$(PAIR_COVERAGE)") \
 	$(EXEC_FLAGS)
 
 MANIFEST_FLAGS := $(DATASET_FLAGS) \
@@ -87,7 +88,7 @@ manifests: $(STAMP) ## mmaction2 / PySlowFast / WebDataset lists and manifest.pa
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
 report: $(STAMP) ## the offline HTML report (reports/DATASET/RUN/index.html)
-	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)")
+	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)") $(if $(ALL_EVALUATIONS),--all-evaluations)
 
 # Score a model: PREDICTIONS=DIR holds <variant>.pkl|csv (subfolders <train variant>/ for a grid).
 evaluate: $(STAMP) ## score a model's PREDICTIONS=DIR on the variants (BOR, HOR, SCUBA, SCUFO, ...)
@@ -137,5 +138,5 @@ help: ## this list
 	@echo "  OUT=.  SPLITS=train,val  LIMIT=N  OVERWRITE=1  RETRY_FAILED=1  MAX_TRIES=3"
 	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  REFINE=sam  SAM_CHECKPOINT="
 	@echo "  render:    VARIANTS=bg,...  VARIANTS_FILE=  FORMAT=mp4|rawframes|webdataset  SHORT_SIDE=  SCUBA_IMAGES="
-	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val"
+	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val  ALL_EVALUATIONS=1"
 	@echo "  where:     WORKERS=2  SCHEDULER=tcp://host:8786  CLUSTER=slurm|pbs|sge  CLUSTER_CONFIG=  JOBS=  DASHBOARD=:8787"

@@ -11,8 +11,9 @@ default) and times, in this process, after one warm-up batch, the best of `--rep
 - forward: the network alone on the same frames, letterboxed and on the device beforehand;
 - decode: PyAV decoding alone;
 - on CUDA, the share of the stage's wall time spent in the network's forward (CUDA events), and peak memory;
-- render (first size): variant `bg` against a bare PyAV decode + x264 encode of the same clips, from masks
-  of the real pretrained selfie model (true person shapes), which also give the storage cost of real masks;
+- render (first size): variant `human_only` (colour fills, as `bg`, which selfie masks are refused for: they hold
+  no objects) against a bare PyAV decode + x264 encode of the same clips, from masks of the real pretrained selfie
+  model (true person shapes), which also give the storage cost of real masks;
 - loader (first size, the same masks): MaskedClips samples/s (16-frame windows, 224² crops, variants composed
   on the fly) against plain decoding of the same windows.
 A model built from a .yaml has random weights: seeded, its batch norms calibrated on the clip's frames so that
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="yolo11n-seg.yaml", help="YOLO-seg weights, or a .yaml (random weights)")
     parser.add_argument("--batch", type=int, help="frames per model call; default: 64 on CUDA, 8 on CPU")
     parser.add_argument("--max-det", type=int, default=5, help="detections per frame")
-    parser.add_argument("--variant", default="bg")
+    parser.add_argument("--variant", default="human_only")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each measurement; the best counts")
     parser.add_argument("--selfie-model", default="models/selfie_segmentation.tflite")
     parser.add_argument("--sizes", default="340x256", help="source sizes, comma-separated WxH; the masks stage is "

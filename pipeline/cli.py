@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline list|masks|render|manifests|report|evaluate|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
-A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those).
+A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those), and so
+does one with a variant that yields no clip (a swap that pairs none, a manifest filter that keeps none).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from pipeline.cluster import KINDS, load_cluster_spec
 from pipeline.datasets import DATASETS, ReaderOptions, output_name
 from pipeline.decode import DecodeOptions
-from pipeline.engine import Interrupted, stop_on_sigterm
+from pipeline.engine import Interrupted, stop_on_signals
+from pipeline.engine.record import NOT_WRITABLE
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
 from pipeline.masks.config import MasksConfig
@@ -145,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
     _add_masks_run(render)
-    render.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
-                             f"{', '.join(DEFAULT_VARIANTS)})")
+    render.add_argument("--variants", help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
+                                           f"{', '.join(DEFAULT_VARIANTS)}; those that need objects are left out "
+                                           "where the masks' segmenter finds none)")
     render.add_argument("--variants-file", type=Path, help="TOML file of [variants.NAME] tables (see README)")
     render.add_argument("--define", action="append", default=[], metavar="NAME:REGION=FILL;...",
                         help="define a variant, e.g. 'blue:background=color(0,0,255);objects=blur(8)'")
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_masks_run(report)
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
+    report.add_argument("--all-evaluations", action="store_true", help="every evaluation, not only the newest of each predictions folder")
 
     evaluate = commands.add_parser("evaluate", help="score a model's predictions on the variants (BOR, HOR, SHAcc, "
                                    "SBErr, SCUBA, SCUFO, contrasted, grids)")
@@ -344,12 +347,13 @@ def splits(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 def render_config(args: argparse.Namespace) -> RenderConfig:
     defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
-    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    names = [name.strip() for name in (args.variants or ",".join(DEFAULT_VARIANTS)).split(",") if name.strip()]
     protocol = ProtocolOptions(scuba_images=args.scuba_images, backgrounds=args.backgrounds_per_clip,
                                swap_seeds=tuple(args.swap_seeds or ()), swap_align=args.swap_align)
     return RenderConfig(
         dataset=output_name(args.dataset, args.split_id),
         variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define, protocol=protocol),
+        default_set=not args.variants,
         out=args.out,
         masks_tag=args.masks,
         make_args=make_args(args),
@@ -403,7 +407,10 @@ def run(args: argparse.Namespace) -> int:
             counts = "; ".join(f"{key}: " + ", ".join(f"{s} {n}" for s, n in c.items()) for key, c in summary["counts"].items())
             print(f"manifests {dataset}/{summary['variant']}: {counts}")
         print(f"output: {Path(args.out) / 'manifests' / dataset / summaries[0]['masks_run']}")
-        return 0
+        failed = [summary for summary in summaries if summary["failed"]]
+        for summary in failed:
+            print(f"FAILED {summary['variant']}: {summary['failed']}")
+        return 1 if failed else 0
     if args.command == "evaluate":
         from pipeline.evaluate import EvaluateConfig, run_evaluate
 
@@ -418,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = output_name(args.dataset, args.split_id)
     path = write_report(dataset=dataset, out=args.out, masks_tag=args.masks, make_args=make_args(args),
-                        clips=args.clips, frames=args.frames)
+                        clips=args.clips, frames=args.frames, all_evaluations=args.all_evaluations)
     print(f"report: {path}")
     return 0
 
@@ -454,11 +461,20 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        stop_on_sigterm()
+        stop_on_signals()
         return run(args)
     except (UsageError, InputError, SegmenterLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"interrupted: {exc}; nothing partial is visible, rerun to resume", file=sys.stderr)
-        return 143
+        print(f"interrupted: {exc}; rerun to resume", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:  # before the handler was set
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        print(f"error: {exc.filename or 'OUT'}: not writable ({exc.strerror}); make it writable or pick another "
+              "OUT", file=sys.stderr)
+        return 2

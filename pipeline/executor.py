@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 GPU = "GPU"  # the Dask worker resource a GPU worker declares (dask worker --resources GPU=1)
+LOCAL_WORKER = "PIPELINE_LOCAL_WORKER"  # set in the workers of a cluster started here: Ctrl-C is for the driver
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,17 +126,36 @@ def run_tasks(
         keys = [f"{name}-{run}" for name in names]
     futures = client.map(fn, tasks, key=[f"{key_prefix}-{key}" for key in keys], pure=False, resources=resources)
     by_key = {future.key: (task, name) for future, task, name in zip(futures, tasks, names)}
-    for future in as_completed(futures):
-        task, name = by_key[future.key]
-        if future.status == "finished":
-            on_done(task, future.result())
-            continue
-        exc = future.exception()
-        if isinstance(exc, fatal):
-            client.cancel(futures)
-            raise exc
-        failed[name] = _failure(name, exc)
+    try:
+        for future in as_completed(futures):
+            task, name = by_key[future.key]
+            if future.status == "finished":
+                on_done(task, future.result())
+                continue
+            exc = future.exception()
+            if isinstance(exc, fatal):
+                client.cancel(futures)
+                raise exc
+            failed[name] = _failure(name, exc)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: the workers stop their tasks without a fuss
+            _quiet(client)
+        raise
     return failed
+
+
+def _quiet(client: "distributed.Client") -> None:  # noqa: F821
+    """Stopping on purpose: the workers' and this process's Dask loggers keep the cancelled tasks to themselves
+    (the workers still take their tries back)."""
+    def quiet() -> None:
+        for name in ("distributed", "pipeline.engine.worker_plugin"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    quiet()
+    try:
+        client.run(quiet, wait=True)
+    except Exception:  # noqa: BLE001 - best effort while stopping
+        log.debug("could not quiet the workers", exc_info=True)
 
 
 @contextmanager
@@ -169,17 +191,35 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
 
             cluster = job_cluster(options.cluster, dashboard=options.dashboard)
         elif options.gpus:
-            cluster = gpu_cluster(options.gpus, dashboard=options.dashboard)
+            with sigint_ignored():
+                cluster = gpu_cluster(options.gpus, dashboard=options.dashboard)
         else:
             http = scheduler_http(options.dashboard)
-            cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=http["dashboard_address"],
-                                   scheduler_kwargs={"dashboard": http["dashboard"]}, silence_logs=logging.WARNING)
+            with sigint_ignored():
+                cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=http["dashboard_address"],
+                                       scheduler_kwargs={"dashboard": http["dashboard"]}, silence_logs=logging.WARNING,
+                                       env={LOCAL_WORKER: "1"})
         with cluster, Client(cluster) as client:
             _release_on_close(client)
             if options.dashboard:
                 log.warning("Dask dashboard: %s", client.dashboard_link)  # a warning, so it shows above the bar
             yield client
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Start local worker processes with Ctrl-C ignored (a terminal sends it to the whole process group): the
+    driver alone handles it, and closes the cluster, whose workers then take their tries back. Workers a nanny
+    restarts later ignore it too (engine.worker_plugin, through LOCAL_WORKER)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _release_on_close(client: "distributed.Client") -> None:  # noqa: F821
@@ -195,7 +235,8 @@ def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "dist
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
-        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1},
+                                                "env": {"CUDA_VISIBLE_DEVICES": gpu, LOCAL_WORKER: "1"}}}
         for gpu in gpus
     }
     scheduler = {"cls": Scheduler, "options": scheduler_http(dashboard)}

@@ -16,6 +16,23 @@ def table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
+def grid(head: tuple[str, ...], rows: list[list[str]]) -> str:
+    """A table whose cells are HTML already (figures, images); the head is text."""
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table class="grid"><tr>{cells}</tr>{body}</table></div>'
+
+
+def figure(content: str, caption: str) -> str:
+    """An image (or a placeholder) with its whole caption underneath (text, escaped here)."""
+    return f"<figure>{content}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def placeholder(text: str) -> str:
+    """A box saying why there is no picture (`no_pair`, `missing`, ...), in place of an image."""
+    return f'<div class="placeholder">{html.escape(text)}</div>'
+
+
 def counts_table(counts: dict[str, dict[str, int]]) -> str:
     statuses = sorted({s for c in counts.values() for s in c})
     head = "".join(f"<th>{html.escape(s)}</th>" for s in statuses)
@@ -57,4 +74,9 @@ HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title
 body {{ font-family: sans-serif; margin: 2em; }} img {{ max-width: 100%; display: block; margin: .5em 0; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 pre {{ background: #f6f6f6; padding: 1em; max-height: 20em; overflow: auto; }}
+.scroll {{ overflow-x: auto; }} table.grid td {{ vertical-align: top; text-align: left; }}
+table.grid img {{ max-width: none; margin: 0; }} figure {{ margin: 0; }}
+figcaption {{ font-size: 80%; max-width: 16em; overflow-wrap: anywhere; }}
+.placeholder {{ width: 160px; height: 120px; display: flex; align-items: center; justify-content: center;
+  background: #eee; color: #a00; font-weight: bold; border: 1px dashed #999; }}
 </style></head><body>"""

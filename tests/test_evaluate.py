@@ -267,14 +267,18 @@ def test_cli_writes_metrics_and_the_report_section(benchmark, tmp_path, capsys):
     metrics = json.loads(first.read_text())
     assert metrics["BOR"]["value"] == 0.0 and metrics["split"] == "train"
     page = (report / "index.html").read_text()
-    assert "<h2>Evaluation train-" in page and "BOR" in page and "Stale" not in page
-    # another model's predictions: a second evaluation beside the first, both in the report
+    assert "<h2>Evaluation: predictions/ on train, " in page and "BOR" in page and "Stale" not in page
+    # another model's predictions: a second evaluation beside the first; the report shows the newest of the folder
     write_labels(predictions, "background_only", listed(manifests, "background_only"), lambda r: r["label_index"])
     assert main([*args, "--split", "train"]) == 0 and "BOR: 1.000" in capsys.readouterr().out
     assert len(list((report / "evaluations").glob("train-*/metrics.json"))) == 2
     assert json.loads(first.read_text())["BOR"]["value"] == 0.0
     page = (report / "index.html").read_text()
-    assert page.count("<h2>Evaluation train-") == 2
+    assert page.count("<h2>Evaluation: ") == 1 and first.parent.name not in page
+    assert f"1 older evaluation of <code>{predictions}</code> on train not shown" in page
+    assert main(["report", "--dataset", "kinetics400", "--out", str(out), "--all-evaluations"]) == 0
+    page = (report / "index.html").read_text()
+    assert page.count("<h2>Evaluation: predictions/ on train, ") == 2 and first.parent.name in page
     assert "<b>Stale:</b> the predictions files background_only.csv changed" in page  # the first one's file
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, min_coverage=0.5, min_frames_frac=1.0))
     assert main(["report", "--dataset", "kinetics400", "--out", str(out)]) == 0

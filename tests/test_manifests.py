@@ -106,8 +106,12 @@ def test_report_is_one_offline_html_page_with_a_sheet_per_variant(rendered):
     write_manifests(ManifestConfig(dataset="kinetics400", out=out))
     page = write_report(dataset="kinetics400", out=out, clips=3, frames=3).read_text()
     images = re.findall(r'<img src="data:image/(jpeg|png);base64,', page)
-    assert len(images) == 1 + 1 + 3  # overlay sheet, coverage histogram, one sheet per variant
+    # per clip: its variants side by side (swap, bg, person in protocol order), its masks outlined, its strips
+    # per variant (a picture, or a box saying why there is none); and the coverage histogram
+    assert len(images) + page.count('<div class="placeholder">') == 3 * 3 + 3 + 3 * 3 + 1
+    assert "<tr><th>clip</th><th>swap</th><th>bg</th><th>person</th></tr>" in page
     assert not re.search(r'(src|href)="(?!data:)', page), "everything is inlined"
+    assert "Known masks" not in page  # only the sample's shapes have them
     for variant in ("bg", "swap", "person"):
         assert f"<h2>{variant}</h2>" in page
     assert "missing" in page and "luma key (tests)" in page

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.masks import StoredClip
+from pipeline.render.definitions import parse_fill
 from pipeline.render.pairing import pair_clips
-from pipeline.render.variants import PRESETS, Fill, MaskOptions, VariantError, parse_fill, resolve
+from pipeline.render.variants import PRESETS, Fill, MaskOptions, VariantError, resolve
 
 
 def test_presets_cover_the_literature_settings():

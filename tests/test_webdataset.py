@@ -125,7 +125,8 @@ def test_tars_are_reproducible_and_a_rerun_does_nothing(masked, tmp_path):
 
     write_manifests(ManifestConfig(dataset="kinetics400", out=out))  # the report's sheet reads the tars
     page = write_report(dataset="kinetics400", out=out, clips=2, frames=2).read_text()
-    assert "<h2>bg</h2>" in page and len(re.findall(r'<img src="data:image/', page)) == 3
+    # 2 clips: side by side, masks outlined, the bg strips; and the coverage histogram
+    assert "<h2>bg</h2>" in page and len(re.findall(r'<img src="data:image/', page)) == 2 + 2 + 2 + 1
 
 
 def test_a_failed_clip_has_no_sample_and_a_failed_shard_no_tar(masked, monkeypatch):

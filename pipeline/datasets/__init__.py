@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.datasets.classes import require_official, with_official_indices
+from pipeline.datasets.classes import require_official, warn_unofficial_indices, with_official_indices
 from pipeline.datasets.common import Listing, ReaderOptions, finish
 from pipeline.datasets.errors import DatasetError
 from pipeline.datasets.folder import list_file, list_folder
@@ -63,6 +63,8 @@ def list_clips(name: str, root: Path | None, out: Path, splits: tuple[str, ...] 
     listing = dataset.read(Path(root), options)
     if options.official_indices:
         listing = with_official_indices(listing, name)
+    else:
+        warn_unofficial_indices(listing, name)
     return finish(listing, splits, Path(root))
 
 

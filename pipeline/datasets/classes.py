@@ -48,6 +48,15 @@ def require_official(dataset: str) -> tuple[str, ...]:
     return classes
 
 
+def warn_unofficial_indices(listing: Listing, dataset: str) -> None:
+    """One warning where a Kinetics-400 listing has fewer than its 400 classes and no official indices: its label
+    indices are then positions among the labels listed, which a model trained on all 400 would misread."""
+    if dataset == "kinetics400" and 0 < len(listing.classes) < 400:
+        count = len(listing.classes)
+        log.warning("kinetics400: %d of the 400 classes listed; label indices are 0..%d in sorted order. For a model "
+                    "trained on all 400 classes, set OFFICIAL_INDICES=1 (--official-indices)", count, count - 1)
+
+
 def with_official_indices(listing: Listing, dataset: str) -> Listing:
     """`listing` with each label's index in `dataset`'s official class list, and that whole list as its classes
     (so a subset's label map still has every class). A label the list lacks is a DatasetError naming its entry."""

@@ -82,7 +82,7 @@ def write_sample(root: Path) -> None:
         path = root / clip.split / f"{clip.clip_id}.mp4"
         frames_count = clip.seconds * FPS
         if clip.source == "shapes":
-            frames, person, objects = shape_clip(frames_count, 320, 240, seed=clip.seed)
+            frames, person, objects = sample_shapes(clip)
             write_video(path, frames, FPS, lossless=True)
             write_truth(root / "truth" / f"{clip.clip_id}.json", person, objects)
         else:
@@ -96,6 +96,24 @@ def write_sample(root: Path) -> None:
         header = "label,youtube_id,time_start,time_end,split"
         (root / "annotations" / f"{split}.csv").write_text("\n".join([header, *lines]) + "\n")
     (root / DONE_MARKER).write_text("ok\n")
+
+
+SHAPES_SIZE = (320, 240)  # width, height of the shape clips
+
+
+def sample_shapes(clip: SampleClip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shape clip of the sample: its frames and true person and object masks (`shape_clip`)."""
+    return shape_clip(clip.seconds * FPS, *SHAPES_SIZE, seed=clip.seed)
+
+
+def shape_truth(clip_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The true (frames, H, W) person and object masks of the sample's shape clip `clip_id`, made again (they
+    are deterministic); None for any other clip."""
+    clip = next((c for c in CLIPS if c.clip_id == clip_id and c.source == "shapes"), None)
+    if clip is None:
+        return None
+    _, person, objects = sample_shapes(clip)
+    return person, objects
 
 
 def asset(name: str) -> Path:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import signal
-import threading
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,12 @@ class InfrastructureError(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """This process was asked to stop (SIGTERM) while working; what it was doing is not the item's fault."""
+    """This process was asked to stop (Ctrl-C, SIGTERM) while working; what it was doing is not the item's
+    fault. `signum` is the signal (the exit code is 128 + signum)."""
+
+    def __init__(self, message: str, *, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signal.SIGINT if signum is None else signum
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # full disk, quota, read-only, I/O error
@@ -50,20 +53,6 @@ def is_infrastructure(exc: BaseException) -> bool:
     if any(cls.__name__ in _DEVICE_TYPES for cls in type(exc).__mro__):
         return True
     return isinstance(exc, RuntimeError) and bool(_DEVICE_MESSAGES.search(str(exc)))
-
-
-def stop_on_sigterm() -> None:
-    """In this process's main thread, turn SIGTERM into `Interrupted` (so the item being worked on is released,
-    uncounted, and nothing partial stays visible). Elsewhere, or where a handler is already set, do nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(f"stopped by signal {signum} (pid {os.getpid()})")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def in_dask_worker() -> bool:

@@ -1,6 +1,7 @@
 """Which shard an item lands in: by its key's hash among a fixed number of shards per group (split), fixed the
-first time a run folder is planned and kept in its `layout.json`. So a clip always lands in the same shard,
-whatever `--splits` or `--limit` select, and a clip added or removed changes only its own shard.
+first time a run folder is planned and kept in its `layout.json` (written with the run's record). So a clip
+always lands in the same shard, whatever `--splits` or `--limit` select, and a clip added or removed changes
+only its own shard.
 
 Shards are named `<group>-<bucket:05d>` (`train-00042`). A later run adds groups it has not seen (a test split
 that arrived later) and never renumbers those it has.
@@ -17,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, TypeVar
 
-from pipeline.atomic import write_json
-from pipeline.engine.claims import claim
+from pipeline.engine.record import RecordFile, json_text
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +43,39 @@ class Layout:
 
 
 def load_layout(folder: Path, counts: Counter[str], shard_size: int) -> Layout:
-    """The layout of the run folder: as recorded, extended by the groups in `counts` it lacks (each gets
-    ceil(count / shard_size) shards). Created, or extended, under a lock, so concurrent runs agree."""
+    """The layout of the run folder: as recorded (read, never written: see `layout_record`), extended by the
+    groups in `counts` it lacks (each gets ceil(count / shard_size) shards)."""
     path = Path(folder) / "layout.json"
-    with claim(path):
-        try:
-            recorded = json.loads(path.read_text())
-        except FileNotFoundError:
-            recorded = {"shard_size": shard_size, "buckets": {}}
-        layout = Layout(recorded["shard_size"], dict(recorded["buckets"]))
-        if shard_size != layout.shard_size:
-            log.warning("%s: shards keep the layout this run folder was made with (%d clips per shard); "
-                        "--shard-size %d applies to new run folders only (--tag)", folder, layout.shard_size, shard_size)
-        new = new_buckets({group: n for group, n in counts.items() if group not in layout.buckets}, layout.shard_size)
-        if new:
-            layout.buckets.update(new)
-            write_json(path, {"shard_size": layout.shard_size, "buckets": dict(sorted(layout.buckets.items()))})
-        grown = [g for g, n in counts.items() if n > 2 * layout.shard_size * layout.buckets[g]]
-        if grown:
-            log.warning("%s: split(s) %s now hold over twice the clips the layout was made for; shards stay correct "
-                        "but large (a new run folder, --tag, lays them out afresh)", folder, ", ".join(grown))
-        return layout
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        recorded = {"shard_size": shard_size, "buckets": {}}
+    layout = Layout(recorded["shard_size"], dict(recorded["buckets"]))
+    if shard_size != layout.shard_size:
+        log.warning("%s: shards keep the layout this run folder was made with (%d clips per shard); "
+                    "--shard-size %d applies to new run folders only (--tag)", folder, layout.shard_size, shard_size)
+    layout.buckets.update(new_buckets({group: n for group, n in counts.items() if group not in layout.buckets},
+                                      layout.shard_size))
+    grown = [g for g, n in counts.items() if n > 2 * layout.shard_size * layout.buckets[g]]
+    if grown:
+        log.warning("%s: split(s) %s now hold over twice the clips the layout was made for; shards stay correct "
+                    "but large (a new run folder, --tag, lays them out afresh)", folder, ", ".join(grown))
+    return layout
+
+
+def layout_record(folder: Path, layout: Layout) -> RecordFile:
+    """`layout.json` as part of the run's record: the groups recorded stay as they are, ours are added (merged
+    under the file's lock, so concurrent runs that add groups agree)."""
+    def merge(current: str | None) -> str:
+        recorded = json.loads(current) if current else {"shard_size": layout.shard_size, "buckets": {}}
+        buckets = {**layout.buckets, **recorded["buckets"]}
+        clash = {g for g, n in recorded["buckets"].items() if layout.buckets.get(g, n) != n}
+        if clash:
+            log.error("%s: groups %s were laid out by another run meanwhile with other shard counts",
+                      folder, ", ".join(sorted(clash)))
+        return json_text({"shard_size": recorded["shard_size"], "buckets": dict(sorted(buckets.items()))})
+
+    return RecordFile(Path(folder) / "layout.json", merge=merge)
 
 
 def new_buckets(counts: Mapping[str, int], shard_size: int) -> dict[str, int]:

@@ -15,7 +15,8 @@ STATS_VERSION = 2
 
 
 class Item(Protocol):
-    """One unit of a shard (a clip): `key` is unique within the stage's output."""
+    """One unit of a shard (a clip): `key` is unique within the stage's output. An item may also have a
+    `split` and a `source` (where its input is listed: `file:line`, or the video), which name it in problems."""
 
     @property
     def key(self) -> str: ...
@@ -59,7 +60,9 @@ class ShardWork(Protocol[I, O]):
 
 
 class ShardStage(Protocol):
-    """What a stage plugs into the engine: a picklable settings object that opens the work on one shard."""
+    """What a stage plugs into the engine: a picklable settings object that opens the work on one shard. It may
+    also have `made_with() -> dict`: the settings that ran the shard without shaping its outputs (device,
+    batch, decoders), kept in the shard's stats rather than in the run's record."""
 
     def open(self, task: "ShardTask", commit: "Commit") -> ShardWork:  # noqa: F821
         ...
@@ -91,6 +94,23 @@ class ShardTask(Generic[I]):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """An item whose outcome is not `ok`: one row of a run's problems.csv."""
+
+    key: str
+    status: str
+    error: str = ""
+    split: str = ""
+    shard: str = ""
+    source: str = ""  # where the input lists the item (`annotations/train.csv:12`), or its video
+
+    @classmethod
+    def of(cls, item: Item, outcome: Outcome, shard: str) -> "Problem":
+        return cls(key=item.key, status=outcome.status, error=outcome.error or "", shard=shard,
+                   split=str(getattr(item, "split", "") or ""), source=str(getattr(item, "source", "") or ""))
+
+
 @dataclass(kw_only=True)
 class ShardStats:
     """The done marker of a committed shard, written last."""
@@ -110,7 +130,12 @@ class ShardStats:
     worker: str  # host:pid
     peak_rss_mb: float
     totals: dict[str, Any] = field(default_factory=dict)  # the stage's own (masks: instances)
+    problems: list[Problem] = field(default_factory=list)  # the items not `ok` (empty in stats written before)
+    made_with: dict[str, Any] = field(default_factory=dict)  # what ran the shard without shaping it (device, batch)
     version: int = STATS_VERSION
+
+    def __post_init__(self) -> None:
+        self.problems = [p if isinstance(p, Problem) else Problem(**p) for p in self.problems]
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))

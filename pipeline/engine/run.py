@@ -1,21 +1,23 @@
-"""Run a stage's planned shards: record the plan, skip the shards already done, compute the rest (in this
-process or on Dask) with a progress bar, and sum up what the selected shards hold. Also reads back which
-committed shards of a folder are current, for the next stage."""
+"""Run a stage's planned shards: skip the shards already done, compute the rest (in this process or on Dask)
+with a progress bar, record the plan once something commits, name the problems, and sum up what the selected
+shards hold. Also reads back which committed shards of a folder are current, for the next stage."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.atomic import write_json
-from pipeline.engine.failures import InfrastructureError
-from pipeline.engine.records import ShardStats, ShardTask
+from pipeline.engine.failures import InfrastructureError, Interrupted
+from pipeline.engine.problems import SHARD_FAILED, ordered, problem_line, write_problems
+from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
+from pipeline.engine.records import Problem, ShardStats, ShardTask
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, ShardProgress, run_tasks
 
@@ -41,6 +43,8 @@ class StageSummary:
     totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances), and maxima
     left_out: dict[str, int] = field(default_factory=dict)  # input entries not made items, by reason (duplicates)
     workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
+    problems: list[Problem] = field(default_factory=list)  # the selected shards' items that are not ok
+    problems_file: str | None = None  # the run's problems.csv (every current shard's), once written
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -56,38 +60,68 @@ class StageSummary:
         out += [f"  worker {name}: {w['shards']} shards, {w['frames']} frames, {w['frames_per_s']:.1f} frames/s, "
                 f"peak {w['peak_rss_mb']:.0f} MiB" for name, w in sorted(self.workers.items())]
         out += [f"  FAILED {name}: {error}" for name, error in self.failed_shards.items()]
-        out += [f"  FAILED clip {key}: {error}" for key, error in list(self.failed_items.items())[:20]]
-        if len(self.failed_items) > 20:
-            out.append(f"  ... and {len(self.failed_items) - 20} more failed clips (see the status tables)")
+        out += self.problem_lines()
+        return out
+
+    def problem_lines(self, first: int = 5) -> list[str]:
+        """The count of problems by status, the first few named, and where the full list is."""
+        if not self.problems:
+            return []
+        counts = Counter(p.status for p in self.problems)
+        out = [f"  problems: {len(self.problems)} clips not ok ("
+               + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())) + ")"]
+        out += [f"    {problem_line(p)}" for p in self.problems[:first]]
+        rest = len(self.problems) - first
+        where = self.problems_file or "the status tables"
+        out.append(f"    ... {rest} more in {where}" if rest > 0 else f"    all listed in {where}")
         return out
 
 
 def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Sequence[ShardTask], *,
-              options: ExecOptions, progress: bool = True, resources: dict[str, float] | None = None,
+              options: ExecOptions, record: Sequence[RecordFile] = (), progress: bool = True, resources: dict[str, float] | None = None,
               fatal: tuple[type[BaseException], ...] = (), key_prefix: str | None = None,
               client: "distributed.Client | None" = None) -> StageSummary:  # noqa: F821
-    """Compute the `selected` shards of `plan` that are not done; `plan.json` in each shard folder first
-    records the whole plan, so readers serve only shards made from what the plan says now."""
+    """Compute the `selected` shards of `plan` that are not done. The run's record (`plan.json` in each shard
+    folder, so readers serve only shards made from what the plan says now, and the stage's own `record` files)
+    is written when the first shard commits, or at the end when nothing failed; then `problems.csv` (every
+    current shard's items that are not ok) beside the shards. A run with work to do checks first that `output`
+    is writable (InputError); one without writes nothing new.
+    Ctrl-C or SIGTERM: Interrupted, saying how many selected shards are committed."""
     started = time.perf_counter()
-    write_plan(plan)
+    run_record = RunRecord([*plan_files(plan), *record])
     todo = [task for task in selected if task.overwrite or not is_done(task)]
+    if todo or run_record.pending():
+        require_writable(output)
     log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
     computed: dict[str, ShardStats] = {}
     with ShardProgress(selected, todo, enabled=progress, desc=stage) as bar:
         def on_done(task: ShardTask, stats: ShardStats) -> None:
             computed[task.name] = stats
+            run_record.commit()  # the first shard is in: the run's record describes it
             bar(task, stats.frames)
 
-        failed = run_tasks(run_shard_task, todo, names=[t.name for t in todo], options=options, on_done=on_done,
-                           fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
-                           keys=[task_key(t) for t in todo], resources=resources, client=client)
+        try:
+            failed = run_tasks(run_shard_task, todo, names=[t.name for t in todo], options=options,
+                               on_done=on_done, fatal=fatal, stop_on=(InfrastructureError,),
+                               key_prefix=key_prefix or stage, keys=[task_key(t) for t in todo],
+                               resources=resources, client=client)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            landed = [task for task in todo if task.name in computed or is_done(task)]  # workers commit too
+            if landed:
+                run_record.commit()
+            done = len(selected) - len(todo) + len(landed)
+            raise Interrupted(f"{stage}: {done} of {len(selected)} shards committed",
+                              signum=getattr(exc, "signum", None)) from None
+    if computed or not failed:
+        run_record.commit()
+        mark_started(plan)
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
                            workers=worker_totals(list(computed.values())))
     statuses: Counter[str] = Counter()
     for task in selected:
         if task.name in failed:
-            statuses["shard_failed"] += len(task.items)
+            statuses[SHARD_FAILED] += len(task.items)
             continue
         stats = computed.get(task.name) or ShardStats.read(task.marker)
         if stats is None:  # another run is recomputing it right now
@@ -102,9 +136,46 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             merge = max if key.endswith("_max") else int.__add__
             summary.totals[key] = merge(summary.totals.get(key, 0), value)
     summary.by_status = dict(sorted(statuses.items()))
-    summary.items += statuses["shard_failed"] + statuses["not_done"]
+    summary.items += statuses[SHARD_FAILED] + statuses["not_done"]
+    chosen = {task.name for task in selected}
+    for folder, problems in run_problems(plan, computed, failed).items():  # one folder per plan, in practice
+        summary.problems += [p for p in problems if p.shard in chosen]
+        if run_record.committed:
+            summary.problems_file = str(record_problems(folder, problems, required=bool(computed)))
+    summary.problems = ordered(summary.problems)
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
+
+
+def record_problems(folder: Path, problems: list[Problem], *, required: bool) -> Path:
+    """problems.csv in `folder`. A run that computed nothing may find the folder read-only: then an outdated
+    or missing list (from a run before there were lists) is only warned about."""
+    try:
+        return write_problems(folder, problems)
+    except OSError as exc:
+        if required or exc.errno not in NOT_WRITABLE:
+            raise
+        log.warning("%s: problems.csv not brought up to date (%s); it is written by the next run that can write",
+                    folder, exc.strerror)
+        return Path(folder) / "problems.csv"
+
+
+def run_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats],
+                 failed: Mapping[str, str]) -> dict[Path, list[Problem]]:
+    """Shard folder → the problems of every current shard of the plan there, and the items of the shards that
+    failed in this run."""
+    by_folder: dict[Path, list[Problem]] = {}
+    for task in plan:
+        problems = by_folder.setdefault(task.folder, [])
+        if task.name in failed:
+            problems += [Problem(key=item.key, status=SHARD_FAILED, error=failed[task.name], shard=task.name,
+                                 split=str(getattr(item, "split", "") or ""),
+                                 source=str(getattr(item, "source", "") or "")) for item in task.items]
+            continue
+        stats = computed.get(task.name) or ShardStats.read(task.marker)
+        if stats is not None and stats.plan == task.plan_digest():
+            problems += stats.problems
+    return by_folder
 
 
 def task_key(task: ShardTask) -> str:
@@ -128,13 +199,25 @@ def worker_totals(stats: list[ShardStats]) -> dict[str, dict]:
     return workers
 
 
-def write_plan(plan: Sequence[ShardTask]) -> None:
-    """`plan.json` in each shard folder of the plan: shard → plan digest."""
+def mark_started(plan: Sequence[ShardTask]) -> None:
+    """A run that went through marks its plan as the latest started (readers default to that run); on a
+    read-only folder there is nothing to mark."""
+    for folder in {task.folder for task in plan}:
+        try:
+            os.utime(folder / "plan.json")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in NOT_WRITABLE:
+                raise
+
+
+def plan_files(plan: Sequence[ShardTask]) -> list[RecordFile]:
+    """`plan.json` for each shard folder of the plan: shard → plan digest."""
     by_folder: dict[Path, dict[str, str]] = {}
     for task in plan:
         by_folder.setdefault(task.folder, {})[task.name] = task.plan_digest()
-    for folder, digests in by_folder.items():
-        write_json(folder / "plan.json", digests)
+    return [RecordFile.json(folder / "plan.json", digests) for folder, digests in by_folder.items()]
 
 
 def current_shards(folder: Path, upstream: Mapping[str, str] | None = None) -> tuple[dict[str, ShardStats], list[str]]:

@@ -10,8 +10,8 @@ import time
 from pipeline.engine.claims import Tries, claim, peak_rss_mb, release_in_flight, tries_path, worker_name
 from pipeline.engine.commit import Commit, outputs_present
 from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker, is_infrastructure
-from pipeline.engine.records import ShardStats, ShardTask, count_statuses, outputs_digest
-from pipeline.records import FAILED
+from pipeline.engine.records import Problem, ShardStats, ShardTask, count_statuses, outputs_digest
+from pipeline.records import FAILED, OK
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def _compute(task: ShardTask) -> ShardStats:
         by_status=count_statuses(outcomes), retried=tries.retried(),
         failed={item.key: o.error for item, o in zip(task.items, outcomes) if o.status == FAILED}, frames=sum(o.frames for o in outcomes),
         seconds=round(time.perf_counter() - started, 3), worker=worker_name(), peak_rss_mb=peak_rss_mb(),
-        totals=totals,
+        totals=totals, problems=[Problem.of(item, o, task.name) for item, o in zip(task.items, outcomes) if o.status != OK],
+        made_with=task.stage.made_with() if hasattr(task.stage, "made_with") else {},
     )
     stats.write(task.marker)  # last: its presence marks the shard done
     tries.clear()

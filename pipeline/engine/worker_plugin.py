@@ -10,6 +10,7 @@ import threading
 from distributed import WorkerPlugin
 
 from pipeline.engine.claims import release_in_flight
+from pipeline.executor import LOCAL_WORKER
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class ReleaseOnClose(WorkerPlugin):
     def setup(self, worker: object) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        if os.environ.get(LOCAL_WORKER):  # a worker of a cluster the driver started: Ctrl-C is the driver's
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum: int, frame: object) -> None:

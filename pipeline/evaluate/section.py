@@ -1,10 +1,15 @@
 """The evaluation's section of the HTML report: top-1 per variant, the protocol metrics with their intervals,
-bar plots of both, the train × eval grid, and the swap clips the model read by their background."""
+bar plots of both (n/a values left out), the train × eval grid, and the swap clips the model read by their
+background. Evaluations are titled by predictions folder, split and date, newest first; only the newest of each
+predictions folder and split is shown unless all are asked for."""
 
 from __future__ import annotations
 
 import hashlib
 import html
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +27,52 @@ def manifest_digests(manifests: Path, variants: list[str]) -> dict[str, str]:
     return {v: hashlib.sha256((manifests / v / "manifest.parquet").read_bytes()).hexdigest()[:16] for v in variants}
 
 
-def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
-    parts = [f"<h2>Evaluation {html.escape(metrics.get('name', ''))}</h2>",
+@dataclass(frozen=True)
+class Evaluation:
+    """One `evaluations/<split>-<digest>/metrics.json`: its content and when it was written."""
+
+    path: Path
+    metrics: dict
+    when: datetime  # the file's modification time, UTC
+
+    @classmethod
+    def read(cls, path: Path) -> "Evaluation":
+        when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        return cls(path=path, metrics=json.loads(path.read_text()), when=when)
+
+    @property
+    def folder(self) -> str:
+        """The predictions folder's name, as the title shows it."""
+        return Path(self.metrics["predictions"]).name + "/"
+
+    @property
+    def title(self) -> str:
+        return f"{self.folder} on {self.metrics['split']}, {self.when:%Y-%m-%d %H:%M} UTC"
+
+
+def evaluations(folder: Path, *, everything: bool = False) -> tuple[list[Evaluation], list[str]]:
+    """The evaluations under `folder` to show, newest first: the newest of each predictions folder and split, or
+    `everything`; and a line (HTML) for each predictions folder whose older evaluations are left out."""
+    found = sorted((Evaluation.read(p) for p in Path(folder).glob("*/metrics.json")),
+                   key=lambda e: (-e.when.timestamp(), e.path.parent.name))
+    shown, older = [], {}
+    for evaluation in found:
+        key = (evaluation.metrics["predictions"], evaluation.metrics["split"])
+        if everything or key not in older:
+            shown.append(evaluation)
+            older.setdefault(key, [])
+        else:
+            older[key].append(evaluation)
+    notes = [f"<p>{len(left)} older evaluation{'s' if len(left) > 1 else ''} of <code>{html.escape(path)}</code> "
+             f"on {html.escape(split)} not shown; <code>--all-evaluations</code> (<code>ALL_EVALUATIONS=1</code>) "
+             "shows every one.</p>" for (path, split), left in older.items() if left]
+    return shown, notes
+
+
+def evaluation_section(evaluation: Evaluation, manifests: Path, renders: Path) -> str:
+    metrics = evaluation.metrics
+    parts = [f"<h2>Evaluation: {html.escape(evaluation.title)}</h2>",
+             f"<p><small>{html.escape(metrics.get('name', evaluation.path.parent.name))}</small></p>",
              f"<p>predictions <code>{html.escape(metrics['predictions'])}</code>, split "
              f"<code>{html.escape(metrics['split'])}</code>; 95% intervals from {metrics['bootstrap_resamples']} "
              "bootstrap resamples of the clips.</p>"]
@@ -43,13 +92,13 @@ def evaluation_section(metrics: dict, manifests: Path, renders: Path) -> str:
         parts.append(table(("variant", "clips", "top-1", "95% interval", "top-5"),
                            [(name, str(m["clips"]), _num(m["top1"]), _ci(m["top1_ci95"]), _num(m["top5"]))
                             for name, m in variants.items()]))
-        parts.append(img_png(bars({n: (m["top1"], m["top1_ci95"]) for n, m in variants.items()}, "top-1")))
+        parts.append(bars({n: (m["top1"], m["top1_ci95"]) for n, m in variants.items()}, "top-1"))
     protocol = protocol_rows(metrics)
     if protocol:
         parts.append("<h3>Static-bias metrics</h3>")
         parts.append(table(("metric", "value", "95% interval", "clips"),
                            [(name, _num(m["value"]), _ci(m["ci95"]), str(m["clips"])) for name, m in protocol]))
-        parts.append(img_png(bars({name: (m["value"], m["ci95"]) for name, m in protocol}, "value")))
+        parts.append(bars({name: (m["value"], m["ci95"]) for name, m in protocol}, "value"))
     grid = metrics.get("grid")
     if grid:
         evals = sorted({v for row in grid.values() for v in row})
@@ -88,18 +137,22 @@ def protocol_rows(metrics: dict) -> list[tuple[str, dict]]:
     return rows
 
 
-def bars(values: dict[str, tuple[float | None, list[float] | None]], ylabel: str) -> bytes:
-    """A bar per name with its 95% interval as an error bar."""
+def bars(values: dict[str, tuple[float | None, list[float] | None]], ylabel: str) -> str:
+    """An inlined plot of a bar per name with its 95% interval as an error bar; n/a values (None) get no bar,
+    and where every value is n/a there is no plot."""
+    values = {name: entry for name, entry in values.items() if entry[0] is not None}
+    if not values:
+        return ""
     plt = pyplot()
     names = list(values)
-    heights = np.array([values[n][0] if values[n][0] is not None else np.nan for n in names])
+    heights = np.array([values[n][0] for n in names])
     low = np.array([h - values[n][1][0] if values[n][1] else 0.0 for n, h in zip(names, heights)])
     high = np.array([values[n][1][1] - h if values[n][1] else 0.0 for n, h in zip(names, heights)])
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(names) + 1), 2.8), dpi=100)
-    ax.bar(range(len(names)), np.nan_to_num(heights), yerr=np.clip([low, high], 0, None), color="#48c", capsize=3)
+    ax.bar(range(len(names)), heights, yerr=np.clip([low, high], 0, None), color="#48c", capsize=3)
     ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    return png(fig)
+    return img_png(png(fig))
 
 
 def middle_frame(path: Path) -> np.ndarray | None:

@@ -10,7 +10,8 @@
   too (each sample's JSON says `in_lists`)
 - `label_map.txt` — one label per line, in index order
 - `manifest.parquet` — every clip (failed and filtered ones too) with status, coverage and its own provenance
-- `manifest.json` — counts, the quality filter, settings, provenance, and the shards left out (not current)
+- `manifest.json` — counts, the quality filter, settings, provenance, the shards left out (not current), and
+  `failed`: why the variant lists no clip, where its filter left out every rendered one (else null)
 Paths are relative to `<out>/renders/<dataset>/<masks run>/<variant>/` (mmaction2's `data_prefix`, PySlowFast's
 `PATH_PREFIX`). Unlabelled clips (a test split) get label index -1. Only status shards that the latest render
 plan stands behind are read: a shard rendered under other settings or from other masks is left out and named.
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import atomic_path, write_json
 from pipeline.engine import current_shards
 from pipeline.errors import InputError
-from pipeline.manifests.rows import MANIFEST_SCHEMA, ManifestRow, manifest_row, masks_provenance
+from pipeline.manifests.rows import FILTERED, MANIFEST_SCHEMA, ManifestRow, manifest_row, masks_provenance
 from pipeline.masks import MasksRun, find_run
 from pipeline.render.stage import SOURCE
 from pipeline.render.tars import WEBDATASET, shard_tar_name
@@ -120,11 +121,24 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     summary = {
         "variant": variant_dir.name, "masks_run": masks.tag, "renders": str(variant_dir), "settings": settings,
         "filter": keep, "labels": len(labels), "counts": _counts(rows), "left_out": left_out,
-        "lists": sorted(lists),
+        "lists": sorted(lists), "failed": filtered_out(rows, keep, config),
         "masks": masks.info,
     }
     write_json(dest / "manifest.json", summary)
     return summary
+
+
+def filtered_out(rows: list[ManifestRow], keep: dict[str, float], config: ManifestConfig) -> str | None:
+    """Why the variant yields no clip, where its filter left out every rendered clip (None where a clip is
+    listed, or none was rendered: the filter's doing only if it removed them all)."""
+    filtered = sum(row.status == FILTERED for row in rows)
+    if not filtered or any(row.in_lists for row in rows):
+        return None
+    own = "MIN_COVERAGE / MIN_FRAMES_FRAC" if (config.min_coverage, config.min_frames_frac) != (None, None) else \
+        "the variant's own rule"
+    return (f"the filter (people on >= {keep['min_coverage']:g} of the frame in >= {keep['min_frames_frac']:g} of "
+            f"the frames: {own}) leaves out all {filtered} rendered clips; lower it with MIN_COVERAGE=F "
+            "MIN_FRAMES_FRAC=G (--min-coverage, --min-frames-frac)")
 
 
 def remove_outdated_lists(dest: Path, written: set[str]) -> None:

@@ -63,6 +63,24 @@ class MasksConfig:
             "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
         }
 
+    def provenance(self) -> dict[str, Any]:
+        """The settings as run.json records them: what the masks are made from, and where from. Flags that
+        only select or schedule the work (splits, limit, overwrite, retries, workers, decoders, batch sizes, and the
+        device or threads where they do not change the masks) are left out: a run that used other ones keeps
+        the same record. Each shard's stats keep what ran it (`MasksStage.made_with`)."""
+        data = dataclasses.asdict(self)
+        for key in ("execution", "overwrite", "retry_failed", "splits", "limit", "decoders"):
+            data.pop(key)
+        for key in ("batch", "max_batch_mb"):
+            data["decode"].pop(key)
+        segmenter = data["segmenter"]
+        for key in ("device", "threads"):
+            segmenter.pop(key)
+        precision = self.segmenter.output_fields().get("precision")
+        if precision:
+            segmenter["precision"] = precision  # fp16 on CUDA: the device shapes the masks (and the run tag)
+        return data
+
     def fingerprint(self) -> str:
         blob = json.dumps(self.output_fields(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -11,10 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipeline import __version__
 from pipeline.atomic import write_json
-from pipeline.datasets import list_clips
+from pipeline.datasets import Listing, list_clips
 from pipeline.engine import ShardTask, StageSummary, load_layout, run_stage, select
+from pipeline.engine.layout import layout_record
+from pipeline.engine.record import RecordFile
 from pipeline.errors import InputError
-from pipeline.executor import GPU, visible_gpus
+from pipeline.executor import GPU, ExecOptions, visible_gpus
 from pipeline.masks.config import MasksConfig
 from pipeline.masks.stage import MasksStage
 from pipeline.records import ClipRecord
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     """Segment the selected shards of the dataset into the run folder; safe to rerun (done shards are skipped).
 
-    A start that fails (weights that cannot be had or loaded) leaves nothing behind: the run folder is made
-    only once the weights are found, and removed again if no shard of it was ever committed."""
+    Everything that can refuse the run (the listing, the weights, the device, the model loading in this
+    process) is checked before anything is written. The run's record (run.json, layout.json, plan.json) is
+    written when its first shard commits: a start that fails leaves an existing run folder as it was, and a new
+    one that never committed a shard is removed again (unless interrupted: its tries are kept for the rerun)."""
     config = config.absolute()  # paths and weights resolved before any task leaves this process
     listing = list_clips(config.dataset, config.root, config.out, None, config.reader)  # the whole dataset
     for reason, count in listing.skipped.items():
@@ -39,22 +43,25 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     config = config.with_weights()
     clips = [clip if clip.path.is_absolute() else dataclasses.replace(clip, path=clip.path.absolute())
              for clip in listing.clips]
+    options, resources = placement(config)
     if config.execution.in_process:
         load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
     run_dir = config.run_dir()
     fresh = not run_dir.exists()
     try:
-        return _run(config, clips, listing.classes, listing.skipped, progress=progress)
-    except SegmenterLoadError:
-        if fresh and not any(run_dir.glob("*_stats.json")):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        summary = _run(config, clips, listing, options, resources, progress=progress)
+    except Exception:  # a start that failed (an interrupted one keeps its tries: it resumes)
+        if fresh and not (run_dir / "run.json").exists() and not any(run_dir.glob("*_stats.json")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was committed there
         raise
+    if summary.computed:
+        write_json(run_dir / "summary.json", dataclasses.asdict(summary))
+    return summary
 
 
-def _run(config: MasksConfig, clips: list[ClipRecord], classes: tuple[str, ...], skipped: dict[str, int], *,
-         progress: bool) -> StageSummary:
+def _run(config: MasksConfig, clips: list[ClipRecord], listing: Listing, options: ExecOptions,
+         resources: dict[str, float] | None, *, progress: bool) -> StageSummary:
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
     layout = load_layout(run_dir, _counts(clips), config.shard_size)
     by_shard = layout.assign(clips, group=lambda clip: clip.split, key=lambda clip: clip.clip_id)
     stage = MasksStage(segmenter=worker_spec(config), decode=config.decode, track=config.track,
@@ -66,19 +73,22 @@ def _run(config: MasksConfig, clips: list[ClipRecord], classes: tuple[str, ...],
                       overwrite=config.overwrite, retry_failed=config.retry_failed)
             for name, items in by_shard.items()]
     chosen = set(select(by_shard, groups=config.splits, limit=config.limit))
-    write_json(run_dir / "run.json", {"config": dataclasses.asdict(config), "fingerprint": fingerprint,
-                                      "classes": list(classes), "listing": {"clips": len(clips), "skipped": skipped}})
-    options = config.execution
-    resources = None
-    if stage.segmenter.device.startswith("cuda") and not options.in_process:
-        resources = {GPU: 1}  # a GPU worker owns one GPU
-        options = gpu_options(config)
+    record = [layout_record(run_dir, layout),
+              RecordFile.json(run_dir / "run.json", {
+                  "config": config.provenance(), "fingerprint": fingerprint, "classes": list(listing.classes),
+                  "listing": {"clips": len(clips), "skipped": listing.skipped}})]
     summary = run_stage(f"masks {config.name}", run_dir, plan, [t for t in plan if t.name in chosen], options=options,
-                        progress=progress, resources=resources, fatal=(SegmenterLoadError,),
+                        record=record, progress=progress, resources=resources, fatal=(SegmenterLoadError,),
                         key_prefix=f"masks-{config.name}")
-    summary.left_out = dict(skipped)
-    write_json(run_dir / "summary.json", dataclasses.asdict(summary))
+    summary.left_out = dict(listing.skipped)
     return summary
+
+
+def placement(config: MasksConfig) -> tuple[ExecOptions, dict[str, float] | None]:
+    """Where the shards run, and the worker resources they need: a GPU run's workers own one GPU each."""
+    if config.segmenter.device.startswith("cuda") and not config.execution.in_process:
+        return gpu_options(config), {GPU: 1}
+    return config.execution, None
 
 
 def _counts(clips: list[ClipRecord]) -> dict[str, int]:

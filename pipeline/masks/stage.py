@@ -31,6 +31,14 @@ class MasksStage:
     def decoders_here(self) -> int:
         return self.decoders or auto_decoders(self.segmenter.device)
 
+    def made_with(self) -> dict[str, Any]:
+        """What ran a shard without shaping its masks (kept in its stats, not in the run's record)."""
+        made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
+                "threads": self.segmenter.threads}
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            made["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        return made
+
     def open(self, task: ShardTask, commit: Commit) -> "MasksWork":
         segmenter = load_segmenter(self.segmenter)
         provenance = {f"segmenter.{key}": value for key, value in segmenter.provenance().items()}

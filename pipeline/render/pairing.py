@@ -79,6 +79,30 @@ def pair_clips(clips: list[StoredClip], coverage: dict[str, float], *, seed: int
     return pairs
 
 
+WIDEN = "widen it with PAIR_COVERAGE=LOW,HIGH (--pair-coverage)"
+PARTNERS = {"rand": "a clip of another class", "same": "another clip of its class",
+            "close": "a clip of a related class (SWAP_RELATIONS, --swap-relations)", "far": "a clip of an unrelated class"}
+
+
+def unpaired_reason(clips: list[StoredClip], coverage: dict[str, float], *, low: float = PAIR_RANGE[0],
+                    high: float = PAIR_RANGE[1], mode: str = "rand") -> str | None:
+    """Why `pair_clips` paired no clip, naming the flag that would change it; None where no clip was measured
+    (nothing usable: no swap variant's failure of its own)."""
+    measured = [clip for clip in clips if clip.clip_id in coverage]
+    labelled = [clip for clip in measured if clip.label is not None]
+    span = f"{100 * low:g}–{100 * high:g}%"
+    if not measured:
+        return None
+    if not labelled:
+        return f"none of the {len(measured)} clips has a label, and partners are chosen by label"
+    inside = [clip for clip in labelled if low <= coverage[clip.clip_id] <= high]
+    if not inside:
+        median = 100 * float(np.median([coverage[clip.clip_id] for clip in labelled]))
+        return f"person coverage of the {len(labelled)} clips is outside {span} (median {median:.0f}%); {WIDEN}"
+    return (f"none of the {len(inside)} clips with person coverage in {span} has {PARTNERS[mode]} in its split "
+            f"within that range; {WIDEN}")
+
+
 def _accepts(clip: StoredClip, mode: str, relations: Relations) -> Callable[[StoredClip], bool]:
     related = relations.get(clip.label, frozenset())
     if mode == "same":

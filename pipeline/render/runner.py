@@ -14,11 +14,13 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.engine import ShardTask, StageSummary, run_stage, select
+from pipeline.engine.record import RecordFile
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions, run_tasks, session
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.render.backdrops import folder_digest
 from pipeline.render.encode import EncodeOptions
+from pipeline.render.guards import say_what_changed, with_objects
 from pipeline.render.pairing import (
     PAIR_RANGE,
     CoverageTask,
@@ -27,6 +29,7 @@ from pipeline.render.pairing import (
     read_relations,
     relations_digest,
     shard_coverage,
+    unpaired_reason,
 )
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 class RenderConfig:
     dataset: str  # the output name (`ucf101-split1`)
     variants: tuple[Variant, ...]
+    default_set: bool = False  # the variants were not named (no --variants): one that cannot come out right from
+    # these masks (Variant.needs_objects, no objects found) is left out with a warning instead of refused
     out: Path = Path(".")
     masks_tag: str | None = None  # None: the masks run started last that has committed shards
     make_args: str | None = None  # how the user names the dataset to `make` (`DATASET=ucf101 SPLIT_ID=1`), for hints
@@ -101,16 +106,18 @@ class RenderSummary:
     dataset: str
     masks_dir: str
     variants: list[StageSummary]
+    failed_variants: dict[str, str] = field(default_factory=dict)  # variant → why it yields no clip (not rendered)
     seconds: float = 0.0
 
     @property
     def failed(self) -> bool:
-        return any(v.failed_shards for v in self.variants)
+        return bool(self.failed_variants) or any(v.failed_shards for v in self.variants)
 
     def lines(self) -> list[str]:
         out = [f"render {self.dataset} from {self.masks_dir} in {self.seconds:.1f}s"]
         for summary in self.variants:
             out += summary.lines()
+        out += [f"FAILED {name}: {reason}" for name, reason in self.failed_variants.items()]
         return out
 
 
@@ -127,29 +134,37 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     execution = config.execution
     encode = config.encode if execution.in_process or config.encode.threads else \
         dataclasses.replace(config.encode, threads=execution.threads_per_worker())
-    made_of = {variant.name: config.made_of(variant) for variant in config.variants}  # bad input first
+    variants = with_objects(config.variants, masks, default_set=config.default_set)  # bad input first
+    made_of = {variant.name: config.made_of(variant) for variant in variants}
     relations = read_relations(config.relations, {c.label for c in clips if c.label}) \
-        if any(v.needs_pair and v.pairing.needs_relations for v in config.variants) else None
-    summaries = []
+        if any(v.needs_pair and v.pairing.needs_relations for v in variants) else None
+    summaries, failed = [], {}
     with session(execution) as client:
-        for variant in config.variants:
-            pairs = swap_pairs(masks, by_shard, variant, config, relations, client) if variant.needs_pair else {}
+        for variant in variants:
+            pairs, unpaired = swap_pairs(masks, by_shard, variant, config, relations, client) if variant.needs_pair \
+                else ({}, None)
+            if unpaired:  # a swap variant of no clip at all: failed, not rendered
+                failed[variant.name] = f"no clip paired: {unpaired}"
+                continue
             stage = RenderStage(variant=variant, encode=config.encode_for(variant) if variant.original else encode,
                                 masks_dir=masks.folder, variant_dir=config.variant_dir(masks, variant),
                                 decode_fps=masks.decode_fps, seed=config.seed)
-            write_json(stage.variant_dir / f"variant.{stage.encode.format}.json",
-                       {**made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
-                        "keep_if": list(variant.keep_if) if variant.keep_if else None,
-                        "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
+            say_what_changed(f"render {variant.name}", stage.variant_dir / f"variant.{stage.encode.format}.json",
+                             made_of[variant.name])
+            record = RecordFile.json(stage.variant_dir / f"variant.{stage.encode.format}.json", {
+                **made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
+                "keep_if": list(variant.keep_if) if variant.keep_if else None,
+                "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
             plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint_of(made_of[variant.name]), config)
                     for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
-                                [task for task in plan if task.name in chosen], options=execution,
+                                [task for task in plan if task.name in chosen], options=execution, record=[record],
                                 progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
-            write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
+            if summary.computed:
+                write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
             summaries.append(summary)
     return RenderSummary(dataset=config.dataset, masks_dir=str(masks.folder), variants=summaries,
-                         seconds=round(time.perf_counter() - started, 2))
+                         failed_variants=failed, seconds=round(time.perf_counter() - started, 2))
 
 
 def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[StoredClip],
@@ -179,9 +194,10 @@ def _describe(clip: StoredClip, masks: MasksRun) -> dict:
 
 
 def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: Variant, config: RenderConfig,
-               relations: Relations | None, client) -> dict[str, StoredClip]:
+               relations: Relations | None, client) -> tuple[dict[str, StoredClip], str | None]:
     """Person coverage of every clip (one task per masks shard), then the seeded pairing: over every clip of
-    the run, whatever LIMIT selects, so a clip's partner does not depend on the selection."""
+    the run, whatever LIMIT selects, so a clip's partner does not depend on the selection. Also why no clip was
+    paired, where none was though some clip was usable."""
     coverage: dict[str, float] = {}
     jobs = [CoverageTask(masks_dir=masks.folder, shard=shard, clips=tuple(clips), options=variant.masks)
             for shard, clips in by_shard.items()]
@@ -199,4 +215,5 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
                        relations=relations if pairing.needs_relations else None)
     log.info("%s: %d of %d clips paired (%s, person coverage %.0f-%.0f%%)", variant.name, len(pairs), len(clips),
              pairing.mode, 100 * config.pair_range[0], 100 * config.pair_range[1])
-    return pairs
+    low, high = config.pair_range
+    return pairs, None if pairs else unpaired_reason(clips, coverage, low=low, high=high, mode=pairing.mode)

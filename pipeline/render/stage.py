@@ -75,6 +75,15 @@ class RenderItem:
         """The render's id: the clip's, or `<clip id>__<k>` for its k-th background (StillMix's naming)."""
         return self.clip.clip_id if self.background is None else f"{self.clip.clip_id}__{self.background}"
 
+    @property
+    def split(self) -> str:
+        return self.clip.split
+
+    @property
+    def source(self) -> str:
+        """The video it is made from (named in problems)."""
+        return str(self.clip.path)
+
 
 @dataclass(kw_only=True)
 class RenderRow:

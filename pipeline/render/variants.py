@@ -5,18 +5,15 @@ the frame's index), `inpaint` (the clip's temporal median of the pixels outside 
 (the same region of the paired clip's `background_only` frames: the HAT action swap), and the static
 backgrounds of StillMix's SCUBA: `image(DIR)` (a seeded pick per clip from a folder of images) and `stripes`
 (a seeded sinusoidal stripe image). Presets cover the static-bias literature (`original`, HAT's
-background_only / human_only / swap modes, SCUBA / SCUFO); users add their own in a TOML file or with `--define`.
+background_only / human_only / swap modes, SCUBA / SCUFO); users add their own in a TOML file or with `--define` (parsed in definitions.py), under names of their own.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from pipeline.errors import InputError
 
@@ -92,6 +89,7 @@ class Variant:
     still: bool = False  # SCUFO: one seeded frame of the composed clip, repeated for its whole length
     original: bool = False  # the source videos themselves, not re-encoded (every ratio's reference)
     keep_if: tuple[float, float] | None = None  # default manifest filter: coverage ≥ [0] in ≥ [1] of the frames
+    objects_matter: bool | None = None  # whether it means anything without objects found (None: from its fills)
 
     def fills(self) -> dict[str, Fill]:
         return {region: getattr(self, region) for region in REGIONS}
@@ -99,6 +97,15 @@ class Variant:
     @property
     def needs_pair(self) -> bool:
         return any(fill.kind == "swap" for fill in self.fills().values())
+
+    @property
+    def needs_objects(self) -> bool:
+        """Whether its render depends on which pixels are objects: its objects fill differs from its background's
+        (with no objects found, the object pixels silently take the background's fill), or it says so (`bg_obj`,
+        which equals `bg` unless objects are found). Not part of `spec()`: it shapes no pixel."""
+        if self.objects_matter is not None:
+            return self.objects_matter
+        return self.objects != self.background
 
     @property
     def static(self) -> bool:
@@ -130,7 +137,7 @@ STRIPES = Fill("stripes")
 SCUBA_KEEP = (0.10, 0.90)  # StillMix: people cover ≥ 10% of the frame in ≥ 90% of the frames
 PRESETS: dict[str, Variant] = {v.name: v for v in (
     Variant(name="bg", background=BLACK, description="background filled; people and objects kept"),
-    Variant(name="bg_obj", background=BLACK, objects=BLACK, description="background and objects in one colour; people kept"),
+    Variant(name="bg_obj", background=BLACK, objects=BLACK, objects_matter=True, description="background and objects in one colour; people kept"),
     Variant(name="bg_obj2", background=BLACK, objects=GREEN, description="background and objects in two colours; people kept"),
     Variant(name="person", person=BLACK, description="people filled; the rest kept (static cues only)"),
     Variant(name="obj", objects=BLACK, description="objects filled; the rest kept"),
@@ -154,108 +161,6 @@ NEEDS_RELATIONS = ("swap_close", "swap_far")
 DEFAULT_VARIANTS = tuple(name for name in PRESETS if name not in NEEDS_RELATIONS)
 
 
-def parse_fill(text: str, where: str = "") -> Fill:
-    """`keep`, `color(R,G,B)`, `#rrggbb`, `mean`, `blur(SIGMA)`, `noise`, `inpaint`, `swap`, `image(DIR)` or
-    `stripes`."""
-    if match := re.fullmatch(r"\s*image\((.+)\)\s*", text, flags=re.IGNORECASE):
-        folder = Path(match.group(1).strip()).expanduser().absolute()
-        if not folder.is_dir():
-            raise VariantError(f"{where}image({folder}): no such folder; give a folder of background images")
-        from pipeline.render.backdrops import folder_digest
-
-        return Fill("image", path=str(folder), digest=folder_digest(folder))
-    text = text.strip().lower().replace(" ", "")
-    if text in ("keep", "mean", "noise", "inpaint", "swap", "stripes"):
-        return MEAN if text == "mean" else Fill(text)
-    if text in ("black", "white"):
-        return Fill("color", rgb=(0, 0, 0) if text == "black" else (255, 255, 255))
-    if match := re.fullmatch(r"#([0-9a-f]{6})", text):
-        value = match.group(1)
-        return Fill("color", rgb=tuple(int(value[i : i + 2], 16) for i in (0, 2, 4)))
-    if match := re.fullmatch(r"colou?r\((\d+),(\d+),(\d+)\)", text):
-        rgb = tuple(int(v) for v in match.groups())
-        if max(rgb) <= 255:
-            return Fill("color", rgb=rgb)
-    if match := re.fullmatch(r"blur(?:\((\d+(?:\.\d+)?)\))?", text):
-        sigma = float(match.group(1) or 8)
-        if sigma > 0:
-            return Fill("blur", sigma=sigma)
-    raise VariantError(f"{where}bad fill {text!r}: expected keep, color(R,G,B), #rrggbb, mean, blur(SIGMA), "
-                       "noise, inpaint, swap, image(DIR) or stripes")
-
-
-OPTION_KEYS = ("swap_mode", "swap_seed", "swap_align", "backgrounds", "still", "keep_if")
-
-
-def from_mapping(name: str, data: dict[str, Any], defaults: MaskOptions, where: str = "") -> Variant:
-    """A variant from `{background: .., person: .., objects: .., masks: {..}, description: ..}` and the protocol
-    options `swap_mode`, `swap_seed`, `swap_align`, `backgrounds`, `still`, `keep_if = [COVERAGE, FRAMES]`."""
-    where = f"{where}variant {name!r}: "
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-        raise VariantError(f"{where}names may hold letters, digits, '_', '-' and '.' only")
-    unknown = set(data) - {*REGIONS, "masks", "description", *OPTION_KEYS}
-    if unknown:
-        raise VariantError(f"{where}unknown keys {sorted(unknown)}; expected {', '.join(REGIONS)}, masks, description, "
-                           f"{', '.join(OPTION_KEYS)}")
-    masks = data.get("masks", {})
-    known = set(MaskOptions.__dataclass_fields__)
-    if not isinstance(masks, dict) or set(masks) - known:
-        raise VariantError(f"{where}masks takes {', '.join(sorted(known))}")
-    fills = {region: parse_fill(str(data[region]), where) for region in REGIONS if region in data}
-    try:
-        pairing = Pairing(mode=str(data.get("swap_mode", "rand")),
-                          seed=None if data.get("swap_seed") is None else int(data["swap_seed"]),
-                          align=str(data.get("swap_align", "none")))
-        backgrounds = int(data.get("backgrounds", 1))
-        still = str(data.get("still", False)).lower() in ("true", "1", "yes")
-        keep_if = tuple(float(v) for v in data["keep_if"]) if "keep_if" in data else None
-    except (TypeError, ValueError) as exc:
-        raise VariantError(f"{where}bad option: {exc}") from None
-    variant = Variant(name=name, **fills, masks=replace(defaults, **masks), description=str(data.get("description", "")),
-                      pairing=pairing, backgrounds=backgrounds, still=still, keep_if=keep_if)
-    check(variant, where)
-    return variant
-
-
-def check(variant: Variant, where: str = "") -> None:
-    """Options that cannot work together, named."""
-    if variant.pairing.mode not in SWAP_MODES or variant.pairing.align not in ALIGNS:
-        raise VariantError(f"{where}swap_mode is one of {', '.join(SWAP_MODES)}, swap_align one of {', '.join(ALIGNS)}")
-    if variant.backgrounds < 1:
-        raise VariantError(f"{where}backgrounds must be at least 1")
-    if variant.keep_if is not None and (len(variant.keep_if) != 2 or not all(0 <= v <= 1 for v in variant.keep_if)):
-        raise VariantError(f"{where}keep_if is [COVERAGE, FRAMES], both between 0 and 1")
-    if variant.pairing.seed is not None and variant.pairing.seed < 0:
-        raise VariantError(f"{where}swap_seed must be ≥ 0")
-    if variant.still and variant.needs_pair:
-        raise VariantError(f"{where}still and swap fills cannot be combined")
-
-
-def parse_define(text: str, defaults: MaskOptions) -> Variant:
-    """`name:background=color(0,0,255);objects=blur(8)` (the command line's `--define`)."""
-    name, sep, body = text.partition(":")
-    if not sep:
-        raise VariantError(f"--define {text!r}: expected NAME:REGION=FILL;REGION=FILL")
-    pairs = [part.split("=", 1) for part in body.split(";") if part.strip()]
-    if any(len(pair) != 2 for pair in pairs):
-        raise VariantError(f"--define {text!r}: expected NAME:REGION=FILL;REGION=FILL")
-    return from_mapping(name.strip(), {k.strip(): v for k, v in pairs}, defaults)
-
-
-def load_file(path: Path, defaults: MaskOptions) -> dict[str, Variant]:
-    """Variants from a TOML file of `[variants.NAME]` tables."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise VariantError(f"{path}: variants file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise VariantError(f"{path}: {exc}") from None
-    tables = data.get("variants")
-    if not isinstance(tables, dict) or not tables:
-        raise VariantError(f"{path}: expected [variants.NAME] tables")
-    return {name: from_mapping(name, table, defaults, f"{path}: ") for name, table in tables.items()}
-
-
 @dataclass(frozen=True, kw_only=True)
 class ProtocolOptions:
     """Flags that reshape the protocol presets (and user variants of the same kinds)."""
@@ -268,18 +173,20 @@ class ProtocolOptions:
 
 def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Path | None = None,
             defines: list[str] = (), protocol: ProtocolOptions = ProtocolOptions()) -> tuple[Variant, ...]:
-    """The named variants: user definitions (file, then --define) override presets of the same name. A preset's
-    own mask options (SCUBA's ±1-frame OR) win over the flags' defaults."""
+    """The named variants: presets, and user definitions (file, then --define; a later one of a name replaces an
+    earlier). A user definition may not take a preset's name, unless it is the preset's own. A preset's own mask
+    options (SCUBA's ±1-frame OR) win over the flags' defaults."""
+    from pipeline.render.definitions import check, load_file, parse_define, parse_fill  # they import this module
+
     known = {name: replace(v, masks=replace(defaults, **_changed(v.masks))) for name, v in PRESETS.items()}
     if protocol.scuba_images:
         image = parse_fill(f"image({protocol.scuba_images})", "--scuba-images: ")
         for name in ("scuba", "scufo"):
             known[name] = replace(known[name], background=image, objects=image)
-    if file:
-        known |= load_file(file, defaults)
-    for text in defines:
-        variant = parse_define(text, defaults)
-        known[variant.name] = variant
+    user = [(f"{file}: ", variant) for variant in (load_file(file, defaults).values() if file else ())]
+    user += [("--define: ", parse_define(text, defaults)) for text in defines]
+    for where, variant in user:
+        known[variant.name] = _owned(variant, known, where)
     missing = [name for name in names if name not in known]
     if missing:
         raise VariantError(f"unknown variant(s) {', '.join(missing)}; known: {', '.join(known)}")
@@ -302,6 +209,18 @@ def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Pa
     if twice:
         raise VariantError(f"variant name(s) {', '.join(twice)} given twice (a --swap-seeds name is <variant>-s<seed>)")
     return tuple(chosen)
+
+
+def _owned(variant: Variant, known: dict[str, Variant], where: str) -> Variant:
+    """A user variant under a name of its own; under a preset's name only if defined just as the preset is (same
+    spec after the same defaults: then it is the preset), so a preset's renders are never made from anything else."""
+    preset = known.get(variant.name) if variant.name in PRESETS else None
+    if preset is None:
+        return variant
+    if variant.spec() == preset.spec():
+        return preset
+    raise VariantError(f"{where}variant {variant.name!r} is a preset ({preset.description}); name yours differently, "
+                       f"e.g. '{variant.name}_custom'")
 
 
 def _changed(options: MaskOptions) -> dict[str, Any]:

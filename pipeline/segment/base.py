@@ -57,6 +57,16 @@ class SegmenterSpec:
     threads: int = 0  # CPU threads for the model; 0 leaves the library default
     refine: RefineSpec | None = None  # None: the backend's masks as they are
 
+    @property
+    def finds_objects(self) -> bool | None:
+        """Whether its masks can hold objects besides people: selfie finds people only, and so does YOLO with no
+        object classes (`--object-classes none`); a segmenter of your own is not known (None)."""
+        if self.backend == "selfie":
+            return False
+        if self.backend == "yolo":
+            return self.object_classes != ()
+        return None
+
     def output_fields(self) -> dict[str, Any]:
         """The fields that shape the stored masks. Device and threads do not; weights count by their content
         (segment.weights_digests), not by where they lie, so the paths are left out too."""

@@ -1,0 +1,114 @@
+"""The files that describe a run besides its shards' stats: `plan.json`, and the stage's own (the masks run's
+`run.json` and `layout.json`, a variant's `variant.<format>.json`), then `problems.csv` and `summary.json`.
+
+A record that was committed changes only when something new is committed: these files are written when the
+run's first shard commits, or when it ends with nothing failed; a start that fails (a model that will not
+load, no GPU, Ctrl-C before the first shard) leaves them as they were. A file that already holds the same
+content is not rewritten, so a run with nothing to do writes nothing (and reads a read-only folder happily).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline.atomic import atomic_path
+from pipeline.engine.claims import claim
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def json_text(data: Any) -> str:
+    """JSON as every record file is written: indented, keys sorted, paths as strings."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return Path(path).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write `text` to `path` atomically unless it holds exactly that already; returns whether it wrote."""
+    if read_text(path) == text:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """One record file: its content, or how its content on disk becomes the one to write (`merge`, called under
+    the file's lock, for files that concurrent runs extend, such as the layout)."""
+
+    path: Path
+    text: str | None = None
+    merge: Callable[[str | None], str] | None = None
+
+    @classmethod
+    def json(cls, path: Path, data: Any) -> "RecordFile":
+        return cls(Path(path), text=json_text(data))
+
+    def wanted(self, current: str | None) -> str:
+        return self.merge(current) if self.merge else self.text
+
+    def pending(self) -> bool:
+        current = read_text(self.path)
+        return self.wanted(current) != current
+
+    def write(self) -> bool:
+        if self.merge is None:
+            return write_if_changed(self.path, self.text)
+        if not self.pending():  # no lock to take (a read-only folder has none to give)
+            return False
+        with claim(self.path):
+            return write_if_changed(self.path, self.wanted(read_text(self.path)))
+
+
+class RunRecord:
+    """A run's record files, written together once (`commit`), when the run has something to record."""
+
+    def __init__(self, files: Sequence[RecordFile]) -> None:
+        self.files = list(files)
+        self.committed = False
+
+    def pending(self) -> bool:
+        """Whether committing would change a file."""
+        return any(file.pending() for file in self.files)
+
+    def commit(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        for file in self.files:
+            if file.write():
+                log.debug("recorded %s", file.path)
+
+
+def require_writable(folder: Path, what: str = "OUT") -> None:
+    """InputError, one line, if nothing can be created in `folder` (or, while it does not exist, in the folder
+    that would hold it): checked before a run with work to do begins, so a read-only output fails at once."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        raise InputError(f"{existing}: {what} is not writable ({exc.strerror}); this run has work to do there: "
+                         f"make it writable, or pick another {what}") from None
