@@ -1,4 +1,5 @@
-# Entry points: `make all|masks|render|manifests|report DATASET=...` and `make test`. Every target builds its own .venv first.
+# Entry points: `make all|list|masks|render|manifests|report|evaluate DATASET=...` and `make test`; `make help` lists
+# them. Every target but help builds its own .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -23,12 +24,15 @@ EXEC_FLAGS := $(if $(WORKERS),--workers "$(WORKERS)") $(if $(SCHEDULER),--schedu
 	$(if $(MAX_TRIES),--max-tries "$(MAX_TRIES)") $(if $(filter 1 yes true,$(RETRY_FAILED)),--retry-failed) \
 	$(if $(LIMIT),--limit "$(LIMIT)") $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
-MASKS_FLAGS := $(DATASET_FLAGS) \
+# Which clips a dataset has: masks and its dry run, list.
+LIST_FLAGS := $(DATASET_FLAGS) \
 	$(if $(DATA_ROOT),--root "$(DATA_ROOT)") \
 	$(if $(VIDEO_DIR),--videos "$(VIDEO_DIR)") \
 	$(if $(CLASS_LIST),--class-list "$(CLASS_LIST)") \
 	$(if $(filter 1 yes true,$(OFFICIAL_INDICES)),--official-indices) \
-	$(if $(SPLITS),--splits "$(SPLITS)") \
+	$(if $(SPLITS),--splits "$(SPLITS)")
+
+MASKS_FLAGS := $(LIST_FLAGS) \
 	$(if $(SEGMENTER),--segmenter "$(SEGMENTER)") \
 	$(if $(MODEL),--model "$(MODEL)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
@@ -66,28 +70,33 @@ EVALUATE_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SPLIT),--split "$(SPLIT)") \
 	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)")
 
-.PHONY: all masks render manifests report evaluate bench test models venv clean-sample
+.PHONY: all list masks render manifests report evaluate bench test models venv clean-sample help
 
-masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
+masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## decode and segment DATASET into mask shards (masks/DATASET/RUN)
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
 
+# What masks would process, read from the listing alone: clips and shards per split, classes, duplicates,
+# conflicts, missing files. Writes nothing (the sample is listed once masks has generated it).
+list: $(STAMP) ## dry run of masks: counts per split, classes, conflicts, missing files, shards; writes nothing
+	$(PY) -m pipeline list $(LIST_FLAGS)
+
 # FORMAT=mp4 (default), rawframes, or webdataset (one tar of mp4 + JSON samples per render shard).
-render: $(STAMP)
+render: $(STAMP) ## render the VARIANTS of every clip from the mask cache (renders/DATASET/RUN/VARIANT)
 	$(PY) -m pipeline render $(RENDER_FLAGS)
 
-manifests: $(STAMP)
+manifests: $(STAMP) ## mmaction2 / PySlowFast / WebDataset lists and manifest.parquet of the rendered variants
 	$(PY) -m pipeline manifests $(MANIFEST_FLAGS)
 
-report: $(STAMP)
+report: $(STAMP) ## the offline HTML report (reports/DATASET/RUN/index.html)
 	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)") $(if $(ALL_EVALUATIONS),--all-evaluations)
 
 # Score a model: PREDICTIONS=DIR holds <variant>.pkl|csv (subfolders <train variant>/ for a grid).
-evaluate: $(STAMP)
+evaluate: $(STAMP) ## score a model's PREDICTIONS=DIR on the variants (BOR, HOR, SCUBA, SCUFO, ...)
 	$(if $(PREDICTIONS),,$(error PREDICTIONS=DIR is required: one predictions file per variant, <variant>.pkl or .csv))
 	$(PY) -m pipeline evaluate $(EVALUATE_FLAGS) --predictions "$(PREDICTIONS)"
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
-all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
+all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## masks, render, manifests, report, one after the other
 	$(MAKE) --no-print-directory masks
 	$(MAKE) --no-print-directory render
 	$(MAKE) --no-print-directory manifests
@@ -95,19 +104,19 @@ all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL))
 
 # Masks and render throughput against the bare model forward and a bare decode + encode, as JSON (not a test).
 # CUDA when present (32 clips x 300 frames), else CPU (4 x 60); MODEL defaults to yolo11n-seg.yaml (random weights).
-bench: $(STAMP) $(SELFIE_MODEL)
+bench: $(STAMP) $(SELFIE_MODEL) ## masks and render throughput against the bare model and codec, as JSON
 	$(PY) -m pipeline.bench $(if $(DEVICE),--device "$(DEVICE)") $(if $(MODEL),--model "$(MODEL)") \
 		$(if $(BATCH),--batch "$(BATCH)") $(if $(OUT),--out "$(OUT)")
 
 # The SLURM tests start a single-node SLURM; as root on Debian, tests/install_slurm.sh installs it first
 # (SLURM=no leaves it out, and those tests skip saying why).
-test: $(STAMP) $(SELFIE_MODEL)
+test: $(STAMP) $(SELFIE_MODEL) ## the test suite (SLURM=no leaves the SLURM install out)
 	$(if $(filter no,$(SLURM)),,bash tests/install_slurm.sh)
 	$(PY) -m pytest -q
 
-models: $(SELFIE_MODEL)
+models: $(SELFIE_MODEL) ## extract the selfie model from the mediapipe wheel into models/
 
-venv: $(STAMP)
+venv: $(STAMP) ## build .venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -117,5 +126,17 @@ $(STAMP): pyproject.toml constraints.txt
 $(SELFIE_MODEL): | $(STAMP)
 	$(PY) -m pipeline fetch-models --dest $(dir $@)
 
-clean-sample:
+clean-sample: ## remove the generated sample dataset (data/sample)
 	rm -rf data/sample
+
+# The targets (their `## ` comments) and the main variables; needs nothing built.
+help: ## this list
+	@echo "Targets (make TARGET VAR=value ...):"
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(firstword $(MAKEFILE_LIST))
+	@echo "Main variables (all of them: README.md, 'Real datasets'; every flag: .venv/bin/python -m pipeline CMD --help):"
+	@echo "  DATASET=sample|kinetics400|...|folder|list  DATA_ROOT=  SPLIT_ID=  VIDEO_DIR=  CLASS_LIST=  OFFICIAL_INDICES=1"
+	@echo "  OUT=.  SPLITS=train,val  LIMIT=N  OVERWRITE=1  RETRY_FAILED=1  MAX_TRIES=3"
+	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  REFINE=sam  SAM_CHECKPOINT="
+	@echo "  render:    VARIANTS=bg,...  VARIANTS_FILE=  FORMAT=mp4|rawframes|webdataset  SHORT_SIDE=  SCUBA_IMAGES="
+	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val  ALL_EVALUATIONS=1"
+	@echo "  where:     WORKERS=2  SCHEDULER=tcp://host:8786  CLUSTER=slurm|pbs|sge  CLUSTER_CONFIG=  JOBS=  DASHBOARD=:8787"

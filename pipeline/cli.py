@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline masks|render|manifests|report|fetch-models ...`.
+"""Command line: `python -m pipeline list|masks|render|manifests|report|evaluate|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
 A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those), and so
@@ -37,7 +37,20 @@ class UsageError(Exception):
     """Bad command-line input; becomes one line on stderr and exit code 2."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, False, empty) or says it itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, "", [], argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=_Formatter, **kwargs)
+
     def error(self, message: str):  # one line instead of argparse's usage block
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
@@ -76,6 +89,13 @@ def device(text: str) -> str:
     return text
 
 
+def dataset_name(text: str) -> str:
+    """A registered dataset name: a typo is refused at every stage, not taken for a dataset without masks yet."""
+    if text not in DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; known: {', '.join(DATASETS)}")
+    return text
+
+
 def segmenter(text: str) -> str:
     if text not in BACKENDS and not re.fullmatch(r"[\w.]+:\w+", text):
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(BACKENDS)} or module:Class, got {text!r}")
@@ -86,23 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    listing = commands.add_parser("list", help="dry run: read the dataset's listing as masks does and say what a "
+                                  "run would process (counts, classes, conflicts, missing files, shards); writes nothing")
+    _add_listing(listing)
+    listing.add_argument("--out", type=Path, default=Path("."), help="output root (the sample lives in OUT/data/sample)")
+    listing.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+
     masks = commands.add_parser("masks", help="decode, segment and cache masks as Parquet shards")
-    masks.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
-    _add_split_id(masks)
-    masks.add_argument("--root", type=Path, help="dataset folder, or the list/CSV file for list and mimetics (DATA_ROOT); the sample makes its own")
-    masks.add_argument("--videos", type=Path, help="video folder when not the usual one (ssv2, ucf101, hmdb51, mimetics, list)")
-    masks.add_argument("--class-list", type=Path, help="mimetics: the model's Kinetics class list (label_map_k400.txt or a "
-                                                       "Kinetics annotation CSV; default: the official Kinetics-400 list)")
-    masks.add_argument("--official-indices", action="store_true",
-                       help="kinetics400: label indices (and label map) from the official 400 classes, for subsets")
+    _add_listing(masks)
     masks.add_argument("--out", type=Path, default=Path("."), help="output root; shards go to OUT/masks/DATASET/TAG")
     masks.add_argument("--segmenter", type=segmenter, help="yolo, selfie or module:Class (default: selfie for sample, else yolo)")
     masks.add_argument("--model", default="yolo11n-seg.pt", help="YOLO-seg weights: a local .pt, a name ultralytics can download, or a .yaml (random init)")
-    masks.add_argument("--device", type=device, default="cpu")
+    masks.add_argument("--device", type=device, default="cpu", help="cpu, cuda (one worker per visible GPU) or cuda:N")
     masks.add_argument("--batch", type=positive_int, default=16, help="frames per model call")
     masks.add_argument("--decoders", type=positive_int, help="clips decoded at once per worker, their frames packed "
                        "into shared model batches (default: 1 on CPU; on CUDA the cores per GPU, 2 to 8)")
-    masks.add_argument("--splits", help="comma-separated splits to process (default: all)")
     masks.add_argument("--fps", type=positive_float, help="resample to this frame rate (default: every frame)")
     masks.add_argument("--short-side", type=positive_int, help="resize frames for inference to this short side")
     masks.add_argument("--conf", type=unit_float, default=0.25, help="yolo score threshold")
@@ -117,17 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
     masks.add_argument("--refine", choices=("none", "sam"), default="none", help="refine masks with segment-anything, prompted by each instance's box")
     masks.add_argument("--sam-type", choices=SAM_TYPES, default="vit_b", help="SAM architecture of --sam-checkpoint")
-    masks.add_argument("--sam-checkpoint", default="", help=f"SAM weights (.pth) for --refine sam; '{RANDOM}' for random weights (timing only)")
+    masks.add_argument("--sam-checkpoint", default="", help=f"SAM weights (.pth) for --refine sam (none by default); "
+                       f"'{RANDOM}' for random weights (timing only)")
     masks.add_argument("--refine-every", type=positive_int, default=1, help="refine every Nth frame of a clip; others keep the detector's mask")
     masks.add_argument("--track-iou", type=unit_float, default=0.3, help="least mask IoU that continues an instance's track id")
     masks.add_argument("--track-gap", type=non_negative_int, default=5, help="frames a track may go unseen and continue")
-    masks.add_argument("--shard-size", type=positive_int, help="clips per shard (default: 32; 4 for the sample)")
     masks.add_argument("--tag", help="run folder name (default: derived from the settings)")
     _add_execution(masks)
 
     render = commands.add_parser("render", help="render masked clip variants from the mask cache")
-    render.add_argument("--dataset", required=True)
-    _add_split_id(render)
+    _add_dataset(render)
     render.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks, writes OUT/renders/DATASET/VARIANT")
     _add_masks_run(render)
     render.add_argument("--variants", help=f"comma-separated (default: every preset but {', '.join(NEEDS_RELATIONS)}: "
@@ -162,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution(render)
 
     manifests = commands.add_parser("manifests", help="write mmaction2 / PySlowFast lists and Parquet manifests")
-    manifests.add_argument("--dataset", required=True)
-    _add_split_id(manifests)
-    manifests.add_argument("--out", type=Path, default=Path("."))
+    _add_dataset(manifests)
+    manifests.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/renders, writes "
+                           "OUT/manifests/DATASET/MASKS_RUN/VARIANT")
     _add_masks_run(manifests)
     manifests.add_argument("--variants", help="comma-separated (default: every rendered variant)")
     manifests.add_argument("--min-coverage", type=unit_float, help="quality filter: person coverage F … (default: "
@@ -173,9 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: 0.9 for scuba / scufo, else 0)")
 
     report = commands.add_parser("report", help="write an offline HTML report of the masks and variants")
-    report.add_argument("--dataset", required=True)
-    _add_split_id(report)
-    report.add_argument("--out", type=Path, default=Path("."))
+    _add_dataset(report)
+    report.add_argument("--out", type=Path, default=Path("."), help="output root: writes OUT/reports/DATASET/MASKS_RUN")
     _add_masks_run(report)
     report.add_argument("--clips", type=positive_int, default=4, help="clips per contact sheet")
     report.add_argument("--frames", type=positive_int, default=4, help="frames per clip")
@@ -183,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a model's predictions on the variants (BOR, HOR, SHAcc, "
                                    "SBErr, SCUBA, SCUFO, contrasted, grids)")
-    evaluate.add_argument("--dataset", required=True)
-    _add_split_id(evaluate)
-    evaluate.add_argument("--out", type=Path, default=Path("."))
+    _add_dataset(evaluate)
+    evaluate.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/manifests, writes "
+                          "OUT/reports/DATASET/MASKS_RUN/evaluations")
     _add_masks_run(evaluate)
     evaluate.add_argument("--predictions", type=Path, required=True, metavar="DIR",
                           help="<variant>.pkl (mmaction2 --dump or --out) or <variant>.csv (clip_id,pred or "
@@ -194,10 +210,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000, help="resamples per 95%% interval")
 
     fetch = commands.add_parser("fetch-models", help="extract the selfie model from the mediapipe wheel")
-    fetch.add_argument("--dest", type=Path, default=Path("models"))
+    fetch.add_argument("--dest", type=Path, default=Path("models"), help="folder to put selfie_segmentation.tflite in")
     for sub in (manifests, report, evaluate, fetch):
-        sub.add_argument("-v", "--verbose", action="store_true")
+        sub.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     return parser
+
+
+def _add_dataset(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--dataset", required=True, type=dataset_name, help=f"one of: {', '.join(DATASETS)}")
+    _add_split_id(sub)
+
+
+def _add_listing(sub: argparse.ArgumentParser) -> None:
+    """The flags that say which clips a dataset has: masks and its dry run, list."""
+    _add_dataset(sub)
+    sub.add_argument("--root", type=Path, help="dataset folder, or the list/CSV file for list and mimetics (DATA_ROOT); the sample makes its own")
+    sub.add_argument("--videos", type=Path, help="video folder when not the usual one (ssv2, ucf101, hmdb51, mimetics, list)")
+    sub.add_argument("--class-list", type=Path, help="mimetics: the model's Kinetics class list (label_map_k400.txt or a "
+                                                     "Kinetics annotation CSV; default: the official Kinetics-400 list)")
+    sub.add_argument("--official-indices", action="store_true",
+                     help="kinetics400: label indices (and label map) from the official 400 classes, for subsets")
+    sub.add_argument("--splits", help="comma-separated splits to process (default: all)")
+    sub.add_argument("--shard-size", type=positive_int, help="clips per shard in a new run folder (default: 32; 4 for the sample)")
+
+
+def reader_options(args: argparse.Namespace) -> ReaderOptions:
+    return ReaderOptions(split_id=args.split_id, videos=args.videos, class_list=args.class_list,
+                         official_indices=args.official_indices)
 
 
 def _add_split_id(sub: argparse.ArgumentParser) -> None:
@@ -230,7 +269,7 @@ def _add_execution(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--retry-failed", action="store_true", help="recompute done shards holding clips given up as failed")
     sub.add_argument("--max-tries", type=positive_int, default=3,
                      help="tries per clip (a raised error, or its worker dying) before it is recorded as failed")
-    sub.add_argument("-v", "--verbose", action="store_true")
+    sub.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
 
 
 def execution(args: argparse.Namespace) -> ExecOptions:
@@ -272,8 +311,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
     return MasksConfig(
         dataset=args.dataset,
         root=args.root,
-        reader=ReaderOptions(split_id=args.split_id, videos=args.videos, class_list=args.class_list,
-                             official_indices=args.official_indices),
+        reader=reader_options(args),
         out=args.out,
         segmenter=SegmenterSpec(
             backend=backend,
@@ -293,14 +331,18 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),
         decoders=args.decoders or 0,
         track=TrackOptions(min_iou=args.track_iou, max_gap=args.track_gap),
-        splits=tuple(args.splits.split(",")) if args.splits else None,
+        splits=splits(args),
         limit=args.limit,
-        shard_size=args.shard_size or DATASETS.get(args.dataset, DATASETS["sample"]).shard_size,
+        shard_size=args.shard_size or DATASETS[args.dataset].shard_size,
         execution=execution(args),
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         tag=args.tag,
     )
+
+
+def splits(args: argparse.Namespace) -> tuple[str, ...] | None:
+    return tuple(args.splits.split(",")) if args.splits else None
 
 
 def render_config(args: argparse.Namespace) -> RenderConfig:
@@ -333,6 +375,13 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.weights import fetch_selfie_model
 
         print(fetch_selfie_model(args.dest))
+        return 0
+    if args.command == "list":
+        from pipeline.listing import check_listing
+
+        check = check_listing(args.dataset, args.root, args.out, options=reader_options(args), splits=splits(args),
+                              shard_size=args.shard_size)
+        print("\n".join(check.lines()))
         return 0
     if args.command == "masks":
         from pipeline.masks import run_masks

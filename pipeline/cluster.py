@@ -89,6 +89,16 @@ def walltime_seconds(walltime: str) -> int:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def scheduler_http(dashboard: str | None) -> dict:
+    """The scheduler options for its HTTP server. Every Dask scheduler starts one (health, metrics), on port 8787
+    unless told otherwise, even with no dashboard; so the dashboard is served at `dashboard` only when asked for,
+    and otherwise the server has no dashboard and a free port on the loopback: runs side by side do not compete
+    for 8787 (nor warn about it)."""
+    if dashboard:
+        return {"dashboard_address": dashboard, "dashboard": True}
+    return {"dashboard_address": "127.0.0.1:0", "dashboard": False}
+
+
 def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool = True):
     """A dask-jobqueue cluster for `spec`, scaling adaptively between its min and max jobs (unless not `adapt`:
     then it submits nothing until scaled)."""
@@ -109,7 +119,7 @@ def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool 
         queue=spec.queue, cores=spec.cores, memory=spec.memory, processes=workers, walltime=spec.walltime,
         job_extra_directives=directives, job_script_prologue=setup, worker_extra_args=worker_args,
         interface=spec.interface, local_directory=spec.local_directory, log_directory=spec.log_directory,
-        job_name="static-bias", scheduler_options={"dashboard_address": dashboard},
+        job_name="static-bias", scheduler_options=scheduler_http(dashboard),
     )
     if spec.account:
         options["account" if spec.kind != "sge" else "project"] = spec.account

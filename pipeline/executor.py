@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.cluster import ClusterSpec
+from pipeline.cluster import ClusterSpec, scheduler_http
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,11 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
             with sigint_ignored():
                 cluster = gpu_cluster(options.gpus, dashboard=options.dashboard)
         else:
+            http = scheduler_http(options.dashboard)
             with sigint_ignored():
                 cluster = LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=options.dashboard, silence_logs=logging.WARNING,
+                                       dashboard_address=http["dashboard_address"],
+                                       scheduler_kwargs={"dashboard": http["dashboard"]}, silence_logs=logging.WARNING,
                                        env={LOCAL_WORKER: "1"})
         with cluster, Client(cluster) as client:
             _release_on_close(client)
@@ -237,7 +239,7 @@ def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "dist
                                                 "env": {"CUDA_VISIBLE_DEVICES": gpu, LOCAL_WORKER: "1"}}}
         for gpu in gpus
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard}}
+    scheduler = {"cls": Scheduler, "options": scheduler_http(dashboard)}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
 
 

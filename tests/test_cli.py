@@ -1,13 +1,15 @@
 """The command line: bad input is one line and exit 2 with nothing written; the sample runs end to end."""
 
+import argparse
 import os
 import re
 
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 from pipeline.masks import load_clip_masks, read_clips
+from pipeline.render.variants import PRESETS
 from tests.conftest import LUMA
 
 
@@ -73,6 +75,12 @@ def test_sample_end_to_end_on_dask_finds_people_and_reruns_instantly(tmp_path, c
     (["render", "--dataset", "kinetics400", "--pair-coverage", "0.5,0.1"], "LOW must not exceed HIGH"),
     (["manifests", "--dataset", "kinetics400"], "no masks yet; run `make masks DATASET=kinetics400` first"),
     (["report", "--dataset", "ucf101", "--split-id", "2"], "no masks yet; run `make masks DATASET=ucf101 SPLIT_ID=2` first"),
+    # a typo is not a dataset without masks yet, at any stage
+    (["render", "--dataset", "kinetcs400"], "unknown dataset 'kinetcs400'; known: sample, kinetics400, kinetics600"),
+    (["manifests", "--dataset", "kinetcs400"], "unknown dataset 'kinetcs400'; known: sample, kinetics400"),
+    (["report", "--dataset", "kinetcs400"], "unknown dataset 'kinetcs400'; known: sample, kinetics400"),
+    (["evaluate", "--dataset", "kinetcs400", "--predictions", "p"], "unknown dataset 'kinetcs400'; known: sample"),
+    (["evaluate", "--dataset", "kinetics400", "--predictions", "p"], "no masks yet; run `make masks DATASET=kinetics400` first"),
 ])
 def test_later_stages_refuse_bad_input_in_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) == 2
@@ -94,6 +102,11 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
                  "--workers", "2", "--dilate", "1"]) == 0
     printed = capsys.readouterr().out
     assert "bg_obj2: 5 clips (ok 5)" in printed and "mine: 5 clips (ok 5)" in printed
+    assert main(["manifests", *out, "--variants", "mine,human_onyl"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unknown variant 'human_onyl'; known: rendered bg_obj2, mine, "
+                                               f"swap; presets {', '.join(PRESETS)}")
+    assert main(["manifests", *out, "--variants", "human_only"]) == 2  # a preset, just not rendered
+    assert "no renders for human_only; run `make render DATASET=kinetics400` first" in capsys.readouterr().err
     assert main(["manifests", *out]) == 0
     assert "manifests kinetics400/mine: mp4/train: ok 4; mp4/val: ok 1" in capsys.readouterr().out
     assert main(["report", *out]) == 0
@@ -102,3 +115,26 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     assert re.search(rf"<td>[^<]+:{os.getpid()}</td><td>2</td><td>70</td>", page), "the worker table"
     spec = (tmp_path / "renders" / "kinetics400" / tag / "mine" / "variant.mp4.json").read_text()
     assert '"background": "blur(3)"' in spec and '"dilate": 1' in spec
+
+
+def test_help_lists_every_command_and_every_flag_has_help_with_its_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    top = parser.format_help()
+    for name, sub in commands.choices.items():
+        assert name in parser.description and re.search(rf"\n    {name} +\S", top), name
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if "-h" in action.option_strings:
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            assert text.strip(), f"{name} {action.option_strings[0]} has no help"
+            if action.default not in (None, False, "", []):
+                assert "default" in text, f"{name} {action.option_strings[0]}: {text}"
+                if isinstance(action.default, (int, float, str, os.PathLike)):
+                    shown = text.replace(", ", ",")  # a list of names may be spelled out with spaces
+                    assert str(action.default) in shown, f"{name} {action.option_strings[0]}: {text}"
+    masks_help = commands.choices["masks"].format_help()
+    assert re.search(r"--device DEVICE +cpu, cuda \(one worker per visible GPU\) or cuda:N \(default: cpu\)", masks_help)
+    assert re.search(r"--conf CONF +yolo score threshold \(default: 0.25\)", masks_help)

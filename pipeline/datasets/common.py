@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -84,6 +85,29 @@ def numbered_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield number, line.strip()
+
+
+def csv_records(path: Path, *, header: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """(line the record starts on, its fields) of each non-blank record of a CSV file. csv's own `line_num` is the
+    line where a record ends, so a quote left open, which runs on over the lines after it, would be reported
+    lines later: a field holding a line break is a DatasetError naming the line its record starts on. With
+    `header`, the first record is the header and every other must have as many fields."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader, start, width = csv.reader(f), 1, None
+        try:
+            for fields in reader:
+                if any("\n" in field or "\r" in field for field in fields):
+                    raise DatasetError(f"{path}:{start}: this record runs on to line {reader.line_num} "
+                                       "(unterminated quote?)")
+                if fields and header and width is None:
+                    width = len(fields)
+                elif fields and width is not None and len(fields) != width:
+                    raise DatasetError(f"{path}:{start}: expected {width} fields as in the header, got {len(fields)}")
+                if fields:
+                    yield start, fields
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DatasetError(f"{path}:{start}: {exc}") from None
 
 
 def need_dir(path: Path, what: str, hint: str = "") -> Path:

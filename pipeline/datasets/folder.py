@@ -14,7 +14,6 @@ below the base folder (list), without suffix, folders joined by '__'.
 
 from __future__ import annotations
 
-import csv
 import shlex
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pipeline.datasets.common import (
     VIDEO_SUFFIXES,
     Listing,
     ReaderOptions,
+    csv_records,
     find_videos,
     need_dir,
     numbered_lines,
@@ -91,13 +91,11 @@ def _text_rows(path: Path):
 
 
 def _csv_rows(path: Path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        for fields in reader:
-            fields = [field.strip() for field in fields]
-            if not any(fields) or (reader.line_num == 1 and fields[0].lower() == "path"):
-                continue
-            yield _row(path, reader.line_num, fields)
+    for line, fields in csv_records(path):
+        fields = [field.strip() for field in fields]
+        if not any(fields) or (line == 1 and fields[0].lower() == "path"):
+            continue
+        yield _row(path, line, fields)
 
 
 def _row(path: Path, line: int, fields: list[str]) -> tuple[int, str, str, str]:

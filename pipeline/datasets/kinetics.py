@@ -11,7 +11,6 @@ index among the official 400 classes instead, and the whole list as the classes 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +18,7 @@ from pipeline.datasets.common import (
     VIDEO_SUFFIXES,
     Listing,
     ReaderOptions,
+    csv_records,
     index_videos,
     need_dir,
     safe_id,
@@ -65,22 +65,24 @@ def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path, str]]:
 
 
 def read_kinetics_csv(csv_path: Path) -> Iterator[tuple[int, str | None, str, int, int]]:
-    """Yield (line, label or None, youtube_id, time_start, time_end); errors name the file and line."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"youtube_id", "time_start", "time_end"} - set(reader.fieldnames or ())
-        if missing:
-            raise DatasetError(f"{csv_path}:1: header lacks {sorted(missing)}; expected label,youtube_id,time_start,time_end")
-        for row in reader:
-            try:
-                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-            except (TypeError, ValueError):
-                raise DatasetError(f"{csv_path}:{reader.line_num}: time_start/time_end must be numbers") from None
-            youtube_id = (row["youtube_id"] or "").strip()
-            if not youtube_id or "/" in youtube_id or "\\" in youtube_id or youtube_id.startswith("."):
-                raise DatasetError(f"{csv_path}:{reader.line_num}: bad youtube_id {youtube_id!r}")
-            label = (row.get("label") or "").strip() or None
-            yield reader.line_num, label, youtube_id, start, end
+    """Yield (line, label or None, youtube_id, time_start, time_end); errors name the file and the line where the
+    record starts."""
+    records = csv_records(csv_path, header=True)
+    _, header = next(records, (1, []))
+    missing = {"youtube_id", "time_start", "time_end"} - set(header)
+    if missing:
+        raise DatasetError(f"{csv_path}:1: header lacks {sorted(missing)}; expected label,youtube_id,time_start,time_end")
+    for line, fields in records:
+        row = dict(zip(header, fields))
+        try:
+            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+        except ValueError:
+            raise DatasetError(f"{csv_path}:{line}: time_start/time_end must be numbers") from None
+        youtube_id = row["youtube_id"].strip()
+        if not youtube_id or "/" in youtube_id or "\\" in youtube_id or youtube_id.startswith("."):
+            raise DatasetError(f"{csv_path}:{line}: bad youtube_id {youtube_id!r}")
+        label = row.get("label", "").strip() or None
+        yield line, label, youtube_id, start, end
 
 
 def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path, str]]:

@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from pipeline.engine.record import RecordFile, json_text
 
@@ -54,8 +54,8 @@ def load_layout(folder: Path, counts: Counter[str], shard_size: int) -> Layout:
     if shard_size != layout.shard_size:
         log.warning("%s: shards keep the layout this run folder was made with (%d clips per shard); "
                     "--shard-size %d applies to new run folders only (--tag)", folder, layout.shard_size, shard_size)
-    layout.buckets.update({group: max(1, math.ceil(n / layout.shard_size)) for group, n in counts.items()
-                           if group not in layout.buckets})
+    layout.buckets.update(new_buckets({group: n for group, n in counts.items() if group not in layout.buckets},
+                                      layout.shard_size))
     grown = [g for g, n in counts.items() if n > 2 * layout.shard_size * layout.buckets[g]]
     if grown:
         log.warning("%s: split(s) %s now hold over twice the clips the layout was made for; shards stay correct "
@@ -76,6 +76,11 @@ def layout_record(folder: Path, layout: Layout) -> RecordFile:
         return json_text({"shard_size": recorded["shard_size"], "buckets": dict(sorted(buckets.items()))})
 
     return RecordFile(Path(folder) / "layout.json", merge=merge)
+
+
+def new_buckets(counts: Mapping[str, int], shard_size: int) -> dict[str, int]:
+    """The shards a new layout gives each group: ceil(count / shard_size), at least one."""
+    return {group: max(1, math.ceil(n / shard_size)) for group, n in counts.items()}
 
 
 def select(shards: dict[str, Sequence[T]], *, groups: Sequence[str] | None = None, limit: int | None = None,

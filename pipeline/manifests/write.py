@@ -34,6 +34,7 @@ from pipeline.manifests.rows import FILTERED, MANIFEST_SCHEMA, ManifestRow, mani
 from pipeline.masks import MasksRun, find_run
 from pipeline.render.stage import SOURCE
 from pipeline.render.tars import WEBDATASET, shard_tar_name
+from pipeline.render.variants import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def write_manifests(config: ManifestConfig) -> list[dict]:
     found = sorted(p.parent.name for p in renders.glob("*/_status")) if renders.is_dir() else []
     names = list(config.variants or found)
     missing = [name for name in names if name not in found]
+    unknown = [name for name in missing if name not in PRESETS]  # a typo, not a variant left to render
+    if unknown:
+        raise InputError(f"unknown variant{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; known: "
+                         f"rendered {', '.join(found) or 'none yet'}; presets {', '.join(PRESETS)}")
     if not names or missing:
         raise InputError(f"{renders}: no renders for {', '.join(missing) or 'any variant'}; run "
                          f"`make render {config.make_args or f'DATASET={config.dataset}'}` first")
