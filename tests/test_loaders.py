@@ -73,7 +73,8 @@ def test_every_sampled_frame_equals_the_render_composition(cached, names, define
 def test_static_still_and_swap_variants_match_their_renders(cached):
     out, run_dir, _ = cached
     scuba_manifest = out / "manifests" / "kinetics400" / run_dir.name / "scuba"
-    scuba, scufo, swap = resolve(["scuba", "scufo", "swap"], defines=["swap:background=swap;objects=swap;swap_align=centroid"])
+    scuba, scufo, swap = resolve(["scuba", "scufo", "swap_centred"],
+                                 defines=["swap_centred:background=swap;objects=swap;swap_align=centroid"])
     clips = MaskedClips(scuba_manifest, variant=scuba, sampling=WINDOWS, size=None)
     for i in range(len(clips)):
         sample = clips[i]
