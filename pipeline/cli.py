@@ -8,6 +8,7 @@ does one with a variant that yields no clip (a swap that pairs none, a manifest 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import re
 import sys
@@ -455,26 +456,26 @@ def evaluation_lines(metrics: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        stop_on_signals()
-        return run(args)
-    except (UsageError, InputError, SegmenterLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Interrupted as exc:
-        print(f"interrupted: {exc}; rerun to resume", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:  # before the handler was set
-        print("interrupted; rerun to resume", file=sys.stderr)
-        return 130
-    except OSError as exc:
-        if exc.errno not in NOT_WRITABLE:
-            raise
-        print(f"error: {exc.filename or 'OUT'}: not writable ({exc.strerror}); make it writable or pick another "
-              "OUT", file=sys.stderr)
-        return 2
+    with stop_on_signals():  # Ctrl-C and SIGTERM: Interrupted, until the command has said how it ended
+        try:
+            args = build_parser().parse_args(argv)
+            logging.basicConfig(
+                level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            return run(args)
+        except (UsageError, InputError, SegmenterLoadError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Interrupted as exc:
+            print(f"interrupted: {exc}; rerun to resume", file=sys.stderr)
+            return 128 + exc.signum
+        except KeyboardInterrupt:  # outside the main thread, where no handler is set
+            print("interrupted; rerun to resume", file=sys.stderr)
+            return 130
+        except OSError as exc:
+            if exc.errno not in NOT_WRITABLE:
+                raise
+            hint = "; make it writable, or pick another OUT" if exc.errno == errno.EROFS else ""
+            print(f"error: {exc.filename or 'a file'}: {exc.strerror}{hint}", file=sys.stderr)
+            return 2

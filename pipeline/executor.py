@@ -138,8 +138,8 @@ def run_tasks(
                 raise exc
             failed[name] = _failure(name, exc)
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: the workers stop their tasks without a fuss
-            _quiet(client)
+        if not isinstance(exc, Exception) and not options.scheduler:  # Ctrl-C, SIGTERM: the workers of the cluster
+            _quiet(client)  # started here stop their tasks without a fuss (a shared scheduler's are left alone)
         raise
     return failed
 

@@ -88,10 +88,8 @@ def check_listing(dataset: str, root: Path | None, out: Path, *, options: Reader
         if not (folder / DONE_MARKER).is_file():
             raise InputError(f"{folder}: no sample dataset there yet; `make masks DATASET=sample` generates it")
     listing = list_clips(dataset, root, out, None, options)  # the whole dataset, as masks lists it
+    listing.require_splits(dataset, splits)
     counts = Counter(clip.split for clip in listing.clips)
-    if splits and not set(splits) <= set(counts):
-        raise InputError(f"{dataset}: no split(s) {', '.join(sorted(set(splits) - set(counts)))}; the dataset "
-                         f"has {', '.join(sorted(counts))} (--splits)")
     shard_size = shard_size or DATASETS[dataset].shard_size
     present = on_disk([clip.path for clip in listing.clips])
     indices = [clip.label_index for clip in listing.clips if clip.label_index is not None]

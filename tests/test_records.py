@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from pipeline.cli import main
 from tests.conftest import LUMA, ROOT, write_kinetics_csv
 from tests.test_faults import env, wait_for
+from tests.test_identity import only_run as run_folder
 
 RECORD = ("run.json", "plan.json", "layout.json")
 
@@ -34,11 +37,6 @@ def record_state(run_dir: Path) -> dict[str, tuple[str, int]]:
     """Each record file's sha256 and modification time."""
     return {name: (hashlib.sha256((run_dir / name).read_bytes()).hexdigest(), (run_dir / name).stat().st_mtime_ns)
             for name in RECORD}
-
-
-def run_folder(out: Path) -> Path:
-    (run_dir,) = (out / "masks" / "kinetics400").iterdir()
-    return run_dir
 
 
 def test_a_failed_start_leaves_a_finished_runs_record_as_it_was(shapes_dataset, tmp_path, capsys):
@@ -63,7 +61,8 @@ def test_flags_that_select_or_schedule_work_are_not_provenance(shapes_dataset, t
     run_dir = run_folder(out)
     run_json = (run_dir / "run.json").read_bytes()
     assert b'"limit"' not in run_json and b'"overwrite"' not in run_json and b'"workers"' not in run_json
-    assert main(masks_argv(root, out, "--workers", "1", "--overwrite", "--splits", "val", "--batch", "8")) == 0
+    assert main(masks_argv(root, out, "--workers", "1", "--overwrite", "--splits", "val", "--batch", "8",
+                           "--shard-size", "8", "--tag", run_dir.name)) == 0
     assert (run_dir / "run.json").read_bytes() == run_json
     stats = {path.name: path.read_text() for path in run_dir.glob("*_stats.json")}
     assert '"batch": 4' in stats["train-00000_stats.json"] and '"batch": 8' in stats["val-00000_stats.json"]
@@ -87,7 +86,7 @@ def test_problems_are_named_in_problems_csv_and_the_summary(shapes_dataset, tmp_
     assert rows["corrupt_000000_000010"]["split"] == "val" and rows["corrupt_000000_000010"]["shard"].startswith("val-")
     assert "problems: 2 clips not ok (decode_error 1, missing 1)" in printed
     assert "gone_000000_000010 [val] missing" in printed and str(problems) in printed
-    # the render of a swap variant names its clips without a partner too
+    # the render names the clips it could not render too
     assert main(["render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "bg"]) == 0
     rendered = run_folder(out).parents[2] / "renders" / "kinetics400" / run_folder(out).name / "bg" / "_status" / "mp4"
     assert {row["clip_id"] for row in csv.DictReader(open(rendered / "problems.csv"))} == set(rows)
@@ -97,6 +96,36 @@ def test_problems_are_named_in_problems_csv_and_the_summary(shapes_dataset, tmp_
     page = next((out / "reports" / "kinetics400").glob("*/index.html")).read_text()
     for clip_id, row in rows.items():
         assert clip_id in page and row["source"] in page
+
+
+def test_problems_of_shards_committed_before_the_lists_come_from_their_status_rows(shapes_dataset, tmp_path):
+    root, _ = shapes_dataset
+    write_kinetics_csv(root, "val", [("juggling balls", "-clip4_x", 4, 14), ("juggling balls", "gone", 0, 10)])
+    out = tmp_path / "out"
+    assert main(masks_argv(root, out, "--workers", "0")) == 0
+    run_dir = run_folder(out)
+    listed = (run_dir / "problems.csv").read_text()
+    assert "gone_000000_000010" in listed
+    for stats in run_dir.glob("*_stats.json"):  # as written before the stats listed problems
+        data = json.loads(stats.read_text())
+        del data["problems"], data["made_with"]
+        stats.write_text(json.dumps(data))
+    (run_dir / "problems.csv").unlink()
+    assert main(masks_argv(root, out, "--workers", "0")) == 0
+    assert (run_dir / "problems.csv").read_text() == listed
+
+
+def test_a_variant_whose_render_never_committed_is_not_a_rendered_one(shapes_dataset, tmp_path):
+    """An interrupted first render leaves its claim's folder, but no record: manifests go on without it."""
+    root, _ = shapes_dataset
+    out = tmp_path / "out"
+    assert main(masks_argv(root, out, "--workers", "0")) == 0
+    assert main(["render", "--dataset", "kinetics400", "--out", str(out), "--workers", "0", "--variants", "bg"]) == 0
+    interrupted = out / "renders" / "kinetics400" / run_folder(out).name / "person" / "_status" / "mp4"
+    interrupted.mkdir(parents=True)
+    (interrupted / ".train-00000_stats.json.lock").touch()
+    assert main(["manifests", "--dataset", "kinetics400", "--out", str(out)]) == 0
+    assert [p.name for p in (out / "manifests" / "kinetics400" / run_folder(out).name).iterdir()] == ["bg"]
 
 
 def test_no_problems_is_a_header_only_list(shapes_dataset, tmp_path, capsys):
@@ -129,18 +158,37 @@ def test_ctrl_c_to_the_process_group_stops_without_a_traceback_and_counts_no_tri
     assert shard_files(run_folder(out)) == shard_files(run_folder(reference))
 
 
-def test_a_second_ctrl_c_ends_at_once_without_a_traceback(shapes_dataset, tmp_path):
+SLOW_STOP = """
+import os, sys, time
+from pathlib import Path
+from pipeline.engine.commit import Commit
+abort = Commit.abort
+def slow_abort(self):  # stopping takes a while: the first Ctrl-C is being handled
+    Path(os.environ["STOPPING"]).touch()
+    time.sleep(30)
+    return abort(self)
+Commit.abort = slow_abort
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_ctrl_c_while_stopping_ends_at_once_without_a_traceback(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "pipeline", *masks_argv(root, out, "--workers", "1", segmenter=SLOW)]
-    run = subprocess.Popen(argv, cwd=ROOT, env=env(FAULT_SLEEP="0.3"), start_new_session=True, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, stopping = tmp_path / "out", tmp_path / "stopping"
+    argv = [sys.executable, "-c", SLOW_STOP, *masks_argv(root, out, "--workers", "0", segmenter=SLOW)]
+    run = subprocess.Popen(argv, cwd=ROOT, env=env(FAULT_SLEEP="0.3", STOPPING=str(stopping)), start_new_session=True,
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(lambda: bool(list(out.rglob(".*_tries.json"))), what="a shard started")
     os.killpg(run.pid, signal.SIGINT)
+    wait_for(stopping.exists, what="the first Ctrl-C being handled")
+    started = time.monotonic()
     os.killpg(run.pid, signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130 and "Traceback" not in stderr, stderr
-    assert "interrupted" in stderr.splitlines()[-1], stderr
+    assert run.returncode == 130 and time.monotonic() - started < 20, stderr  # not after the 30 s of stopping
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted again (SIGINT): stopped at once", stderr
+    counted = [json.loads(p.read_text()) for p in out.rglob(".*_tries.json")]
+    assert counted and all(e["failures"] == 0 for entries in counted for e in entries.values()), counted
 
 
 def shard_files(run_dir: Path) -> dict[str, bytes]:

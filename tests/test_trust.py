@@ -124,7 +124,8 @@ def test_object_variants_are_refused_for_a_selfie_run(shapes_dataset, selfie_mod
     err = capsys.readouterr().err.strip()
     assert err == (f"error: variant 'obj' tells objects from the background, but masks run {run.name} was made with "
                    "the selfie segmenter, which finds no objects (people only); render it from a YOLO run, or leave "
-                   "it out")
+                   "it out (a variant of your own that means what it says without objects: `needs_objects = false` "
+                   "in its definition)")
     assert main(["render", *argv, "--variants", "bg,bg_obj", "--workers", "0"]) == 2
     assert "variants 'bg', 'bg_obj' tell objects from the background" in capsys.readouterr().err
     assert not (tmp_path / "renders").exists()

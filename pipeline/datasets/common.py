@@ -37,6 +37,13 @@ class Listing:
     classes: tuple[str, ...] = ()
     skipped: dict[str, int] = field(default_factory=dict)  # reason → count of entries deliberately left out
 
+    def require_splits(self, name: str, splits: tuple[str, ...] | None) -> None:
+        """DatasetError naming the asked-for splits (`--splits`) the listing does not have, and those it has."""
+        known = {clip.split for clip in self.clips}
+        if splits and not set(splits) <= known:
+            raise DatasetError(f"{name}: no split(s) {', '.join(sorted(set(splits) - known))}; the dataset has "
+                               f"{', '.join(sorted(known))} (--splits)")
+
 
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")

@@ -89,6 +89,21 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
+def claimed_elsewhere(folder: Path) -> bool:
+    """Whether another process holds a claim on anything in `folder` (a concurrent run at work there)."""
+    for lock_path in Path(folder).glob(".*.lock"):
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if not _try_lock(fd):
+                return True
+        finally:
+            os.close(fd)  # releases the lock, if it was taken here
+    return False
+
+
 def remove_stale_temps(stale_files: Iterable[Path]) -> None:
     """Delete temporary files or folders a writer that did not finish left behind."""
     for stale in list(stale_files):
@@ -123,7 +138,9 @@ class Tries:
 
     def __init__(self, path: Path, max_tries: int) -> None:
         self.path, self.max_tries = Path(path), max_tries
-        self._lock = threading.Lock()  # a worker closing releases tries from another thread
+        # a worker closing releases tries from another thread; reentrant, for a second Ctrl-C whose handler
+        # (engine.signals) takes tries back while this thread is inside one of these methods
+        self._lock = threading.RLock()
         try:
             self._entries: dict[str, dict] = json.loads(self.path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):

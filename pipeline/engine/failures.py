@@ -28,9 +28,10 @@ class InfrastructureError(RuntimeError):
     """The machine failed the item, not its data: the shard is given up and redone elsewhere or later."""
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """This process was asked to stop (Ctrl-C, SIGTERM) while working; what it was doing is not the item's
-    fault. `signum` is the signal (the exit code is 128 + signum)."""
+    fault. `signum` is the signal (the exit code is 128 + signum). A KeyboardInterrupt, so callers that stop on
+    Ctrl-C stop on it."""
 
     def __init__(self, message: str, *, signum: int | None = None) -> None:
         super().__init__(message)

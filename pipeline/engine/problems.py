@@ -53,3 +53,12 @@ def problem_line(problem: Problem) -> str:
     where = f" ({problem.source})" if problem.source else ""
     error = f": {problem.error}" if problem.error else ""
     return f"{problem.key} [{problem.split}] {problem.status}{error}{where}"
+
+
+def stored_statuses(table: Path) -> dict[str, tuple[str, str | None]]:
+    """Item key → (status, error) from a committed status table (its `clip_id`, `status` and `error` columns):
+    what a stage's `stored_outcomes` reads for stats written before they listed their problems."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(table, columns=["clip_id", "status", "error"]).to_pydict()
+    return {key: (status, error) for key, status, error in zip(rows["clip_id"], rows["status"], rows["error"])}

@@ -1,10 +1,11 @@
-"""The files that describe a run besides its shards' stats: `plan.json`, and the stage's own (the masks run's
-`run.json` and `layout.json`, a variant's `variant.<format>.json`), then `problems.csv` and `summary.json`.
+"""The files that describe a run besides its shards' stats: the stage's own (the masks run's `run.json` and
+`layout.json`, a variant's `variant.<format>.json`) and `plan.json`, then `problems.csv` and `summary.json`.
 
-A record that was committed changes only when something new is committed: these files are written when the
-run's first shard commits, or when it ends with nothing failed; a start that fails (a model that will not
-load, no GPU, Ctrl-C before the first shard) leaves them as they were. A file that already holds the same
-content is not rewritten, so a run with nothing to do writes nothing (and reads a read-only folder happily).
+A record that was committed changes only when something new is committed: these files are written when a
+shard of the run commits (the plan alone also when the run ends with nothing failed); a start that fails (a
+model that will not load, no GPU, Ctrl-C before the first shard) leaves them as they were. A file that already
+holds the same content is not rewritten, so a run with nothing to do writes nothing (and reads a read-only
+folder happily).
 """
 
 from __future__ import annotations
@@ -81,23 +82,26 @@ class RecordFile:
 
 
 class RunRecord:
-    """A run's record files, written together once (`commit`), when the run has something to record."""
+    """A run's record files: those that describe it (run.json, layout.json, variant.json), written when a shard
+    of the run commits, and its plans (plan.json: which shards are current), written then too, or when the run
+    ends with nothing failed (shards planned anew, or out of date, are then known to readers). The plans go last:
+    readers take a run by its plan, so a record cut short is never a new plan beside old descriptions."""
 
-    def __init__(self, files: Sequence[RecordFile]) -> None:
-        self.files = list(files)
-        self.committed = False
+    def __init__(self, describe: Sequence[RecordFile], plans: Sequence[RecordFile]) -> None:
+        self.describe, self.plans = list(describe), list(plans)
+        self.committed = False  # the whole record, at a commit
 
-    def pending(self) -> bool:
-        """Whether committing would change a file."""
-        return any(file.pending() for file in self.files)
+    def pending(self, *, whole: bool) -> bool:
+        """Whether committing (the whole record, or the plans alone) would change a file."""
+        return any(file.pending() for file in (self.describe if whole else []) + self.plans)
 
-    def commit(self) -> None:
+    def commit(self, *, whole: bool = True) -> None:
         if self.committed:
             return
-        self.committed = True
-        for file in self.files:
+        for file in (self.describe if whole else []) + self.plans:
             if file.write():
                 log.debug("recorded %s", file.path)
+        self.committed = whole
 
 
 def require_writable(folder: Path, what: str = "OUT") -> None:

@@ -62,7 +62,9 @@ class ShardWork(Protocol[I, O]):
 class ShardStage(Protocol):
     """What a stage plugs into the engine: a picklable settings object that opens the work on one shard. It may
     also have `made_with() -> dict`: the settings that ran the shard without shaping its outputs (device,
-    batch, decoders), kept in the shard's stats rather than in the run's record."""
+    batch, decoders), kept in the shard's stats rather than in the run's record; and
+    `stored_outcomes(task) -> {key: (status, error)}`, read from a committed shard's status rows (for stats
+    written before they listed their problems)."""
 
     def open(self, task: "ShardTask", commit: "Commit") -> ShardWork:  # noqa: F821
         ...
@@ -130,12 +132,13 @@ class ShardStats:
     worker: str  # host:pid
     peak_rss_mb: float
     totals: dict[str, Any] = field(default_factory=dict)  # the stage's own (masks: instances)
-    problems: list[Problem] = field(default_factory=list)  # the items not `ok` (empty in stats written before)
+    problems: list[Problem] | None = None  # the items not `ok` (None in stats written before the lists)
     made_with: dict[str, Any] = field(default_factory=dict)  # what ran the shard without shaping it (device, batch)
     version: int = STATS_VERSION
 
     def __post_init__(self) -> None:
-        self.problems = [p if isinstance(p, Problem) else Problem(**p) for p in self.problems]
+        if self.problems is not None:
+            self.problems = [p if isinstance(p, Problem) else Problem(**p) for p in self.problems]
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.engine.failures import InfrastructureError, Interrupted
-from pipeline.engine.problems import SHARD_FAILED, ordered, problem_line, write_problems
+from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
 from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
 from pipeline.engine.records import Problem, ShardStats, ShardTask
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, ShardProgress, run_tasks
+from pipeline.records import OK
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +79,27 @@ class StageSummary:
 
 
 def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Sequence[ShardTask], *,
-              options: ExecOptions, record: Sequence[RecordFile] = (), progress: bool = True, resources: dict[str, float] | None = None,
-              fatal: tuple[type[BaseException], ...] = (), key_prefix: str | None = None,
-              client: "distributed.Client | None" = None) -> StageSummary:  # noqa: F821
-    """Compute the `selected` shards of `plan` that are not done. The run's record (`plan.json` in each shard
-    folder, so readers serve only shards made from what the plan says now, and the stage's own `record` files)
-    is written when the first shard commits, or at the end when nothing failed; then `problems.csv` (every
-    current shard's items that are not ok) beside the shards. A run with work to do checks first that `output`
-    is writable (InputError); one without writes nothing new.
+              options: ExecOptions, record: Sequence[RecordFile] = (), progress: bool = True,
+              resources: dict[str, float] | None = None, fatal: tuple[type[BaseException], ...] = (),
+              key_prefix: str | None = None, client: "distributed.Client | None" = None) -> StageSummary:  # noqa: F821
+    """Compute the `selected` shards of `plan` that are not done. The run's record (the stage's own `record`
+    files, then `plan.json` in each shard folder, so readers serve only shards made from what the plan says
+    now) is written when a shard commits (the plan alone when the run ends with nothing new and nothing
+    failed), and with it `problems.csv` (every current shard's items that are not ok) beside the shards. A run
+    with work to do checks first that `output` is writable (InputError); one without writes nothing new.
     Ctrl-C or SIGTERM: Interrupted, saying how many selected shards are committed."""
     started = time.perf_counter()
-    run_record = RunRecord([*plan_files(plan), *record])
+    run_record = RunRecord(record, plan_files(plan))
     todo = [task for task in selected if task.overwrite or not is_done(task)]
-    if todo or run_record.pending():
+    if todo or run_record.pending(whole=False):
         require_writable(output)
     log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
+    before = {task.name: _marker_state(task) for task in todo}
     computed: dict[str, ShardStats] = {}
     with ShardProgress(selected, todo, enabled=progress, desc=stage) as bar:
         def on_done(task: ShardTask, stats: ShardStats) -> None:
             computed[task.name] = stats
-            run_record.commit()  # the first shard is in: the run's record describes it
+            run_record.commit()  # a shard is in: the run's record describes it
             bar(task, stats.frames)
 
         try:
@@ -105,15 +107,21 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
                                on_done=on_done, fatal=fatal, stop_on=(InfrastructureError,),
                                key_prefix=key_prefix or stage, keys=[task_key(t) for t in todo],
                                resources=resources, client=client)
-        except (Interrupted, KeyboardInterrupt) as exc:
-            landed = [task for task in todo if task.name in computed or is_done(task)]  # workers commit too
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
+            # shards a worker committed before the stop count, though their results never came back
+            landed = [task for task in todo if task.name in computed
+                      or (_marker_state(task) != before[task.name] and is_done(task))]
             if landed:
                 run_record.commit()
+                record_problems(plan, computed, {}, required=True)
             done = len(selected) - len(todo) + len(landed)
             raise Interrupted(f"{stage}: {done} of {len(selected)} shards committed",
                               signum=getattr(exc, "signum", None)) from None
-    if computed or not failed:
+    if computed:
         run_record.commit()
+    elif not failed:
+        run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
+    if computed or not failed:
         mark_started(plan)
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
@@ -138,26 +146,40 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     summary.by_status = dict(sorted(statuses.items()))
     summary.items += statuses[SHARD_FAILED] + statuses["not_done"]
     chosen = {task.name for task in selected}
-    for folder, problems in run_problems(plan, computed, failed).items():  # one folder per plan, in practice
-        summary.problems += [p for p in problems if p.shard in chosen]
-        if run_record.committed:
-            summary.problems_file = str(record_problems(folder, problems, required=bool(computed)))
+    found = run_problems(plan, computed, failed)
+    summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
+    if computed or not failed:
+        summary.problems_file = str(record_problems(plan, computed, failed, required=bool(computed), found=found))
     summary.problems = ordered(summary.problems)
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
 
 
-def record_problems(folder: Path, problems: list[Problem], *, required: bool) -> Path:
-    """problems.csv in `folder`. A run that computed nothing may find the folder read-only: then an outdated
-    or missing list (from a run before there were lists) is only warned about."""
+def record_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats], failed: Mapping[str, str], *,
+                    required: bool, found: dict[Path, list[Problem]] | None = None) -> Path | None:
+    """problems.csv beside the shards (one folder per plan, in practice); returns its path. A run that computed
+    nothing may find the folder read-only: then a list that is out of date or missing (a run from before the
+    lists) is only warned about."""
+    path = None
+    for folder, problems in (found if found is not None else run_problems(plan, computed, failed)).items():
+        try:
+            path = write_problems(folder, problems)
+        except OSError as exc:
+            if required or exc.errno not in NOT_WRITABLE:
+                raise
+            log.warning("%s: problems.csv not brought up to date (%s); the next run that can write does it",
+                        folder, exc.strerror)
+            path = Path(folder) / PROBLEMS_CSV
+    return path
+
+
+def _marker_state(task: ShardTask) -> tuple[int, int] | None:
+    """A shard's done marker as found (inode, modification time), to tell a shard committed since."""
     try:
-        return write_problems(folder, problems)
-    except OSError as exc:
-        if required or exc.errno not in NOT_WRITABLE:
-            raise
-        log.warning("%s: problems.csv not brought up to date (%s); it is written by the next run that can write",
-                    folder, exc.strerror)
-        return Path(folder) / "problems.csv"
+        stat = task.marker.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def run_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats],
@@ -174,8 +196,18 @@ def run_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats],
             continue
         stats = computed.get(task.name) or ShardStats.read(task.marker)
         if stats is not None and stats.plan == task.plan_digest():
-            problems += stats.problems
+            problems += stats.problems if stats.problems is not None else stored_problems(task, stats)
     return by_folder
+
+
+def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:
+    """The problems of a shard whose stats predate the lists, from the status rows its stage stored."""
+    if not any(status != OK for status in stats.by_status) or not hasattr(task.stage, "stored_outcomes"):
+        return []
+    outcomes = task.stage.stored_outcomes(task)
+    return [Problem(key=item.key, status=outcomes[item.key][0], error=outcomes[item.key][1] or "", shard=task.name,
+                    split=str(getattr(item, "split", "") or ""), source=str(getattr(item, "source", "") or ""))
+            for item in task.items if item.key in outcomes and outcomes[item.key][0] != OK]
 
 
 def task_key(task: ShardTask) -> str:

@@ -61,7 +61,7 @@ def write_manifests(config: ManifestConfig) -> list[dict]:
     """Write the manifests of every requested variant; returns each variant's manifest.json content."""
     masks = find_run(config.out, config.dataset, config.masks_tag, make_args=config.make_args)
     renders = Path(config.out) / "renders" / config.dataset / masks.tag
-    found = sorted(p.parent.name for p in renders.glob("*/_status")) if renders.is_dir() else []
+    found = sorted({p.parents[2].name for p in renders.glob("*/_status/*/plan.json")}) if renders.is_dir() else []
     names = list(config.variants or found)
     missing = [name for name in names if name not in found]
     unknown = [name for name in missing if name not in PRESETS]  # a typo, not a variant left to render
@@ -80,7 +80,7 @@ def write_variant(variant_dir: Path, dest: Path, masks: MasksRun, config: Manife
     settings, left_out = {}, {}
     masks_now = {name: stats.digest for name, stats in masks.shards.items()}
     keep = config.filter()
-    for status_dir in sorted(p for p in (variant_dir / "_status").iterdir() if p.is_dir()):
+    for status_dir in sorted(p.parent for p in (variant_dir / "_status").glob("*/plan.json")):  # recorded formats
         fmt = status_dir.name
         settings[fmt] = json.loads((variant_dir / f"variant.{fmt}.json").read_text())
         keep = config.filter(settings[fmt].get("keep_if"))

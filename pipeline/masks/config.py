@@ -64,22 +64,24 @@ class MasksConfig:
         }
 
     def provenance(self) -> dict[str, Any]:
-        """The settings as run.json records them: what the masks are made from, and where from. Flags that
-        only select or schedule the work (splits, limit, overwrite, retries, workers, decoders, batch sizes, and the
-        device or threads where they do not change the masks) are left out: a run that used other ones keeps
-        the same record. Each shard's stats keep what ran it (`MasksStage.made_with`)."""
-        data = dataclasses.asdict(self)
-        for key in ("execution", "overwrite", "retry_failed", "splits", "limit", "decoders"):
-            data.pop(key)
-        for key in ("batch", "max_batch_mb"):
-            data["decode"].pop(key)
-        segmenter = data["segmenter"]
-        for key in ("device", "threads"):
-            segmenter.pop(key)
-        precision = self.segmenter.output_fields().get("precision")
-        if precision:
-            segmenter["precision"] = precision  # fp16 on CUDA: the device shapes the masks (and the run tag)
-        return data
+        """The settings as run.json records them: what the masks are made from (the run tag's fields: the
+        backend's own settings, the weights by content and by where they were read, frame rate, size, tracking)
+        and where the clips came from (dataset folder and reader options). Nothing that only selects or
+        schedules the work (splits, limit, overwrite, retries, workers, decoders, batch sizes, the device where
+        it does not change the masks), nor the output folder, tag or shard size (layout.json has that): a run
+        with other such flags keeps the same record. Each shard's stats keep what ran it (made_with)."""
+        spec = self.segmenter
+        read_from = {"model": spec.model} if spec.backend not in ("selfie",) else {"selfie_model": spec.selfie_model}
+        if spec.refine:
+            read_from["sam_checkpoint"] = spec.refine.checkpoint
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "reader": dataclasses.asdict(self.reader),
+            "segmenter": {**spec.output_fields(), "weights": weights_digests(spec), "weights_paths": read_from},
+            "decode": {"fps": self.decode.fps, "short_side": self.decode.short_side},
+            "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
+        }
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.output_fields(), sort_keys=True, default=str)

@@ -13,6 +13,7 @@ from pipeline import __version__
 from pipeline.atomic import write_json
 from pipeline.datasets import Listing, list_clips
 from pipeline.engine import ShardTask, StageSummary, load_layout, run_stage, select
+from pipeline.engine.claims import claimed_elsewhere
 from pipeline.engine.layout import layout_record
 from pipeline.engine.record import RecordFile
 from pipeline.errors import InputError
@@ -36,10 +37,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     listing = list_clips(config.dataset, config.root, config.out, None, config.reader)  # the whole dataset
     for reason, count in listing.skipped.items():
         log.info("%s: %d entries left out (%s)", config.name, count, reason)
-    known = {clip.split for clip in listing.clips}
-    if config.splits and not set(config.splits) <= known:
-        raise InputError(f"{config.name}: no split(s) {', '.join(sorted(set(config.splits) - known))}; the dataset "
-                         f"has {', '.join(sorted(known))} (--splits)")
+    listing.require_splits(config.name, config.splits)
     config = config.with_weights()
     clips = [clip if clip.path.is_absolute() else dataclasses.replace(clip, path=clip.path.absolute())
              for clip in listing.clips]
@@ -51,8 +49,9 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     try:
         summary = _run(config, clips, listing, options, resources, progress=progress)
     except Exception:  # a start that failed (an interrupted one keeps its tries: it resumes)
-        if fresh and not (run_dir / "run.json").exists() and not any(run_dir.glob("*_stats.json")):
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was committed there
+        if fresh and not (run_dir / "run.json").exists() and not any(run_dir.glob("*_stats.json")) \
+                and not claimed_elsewhere(run_dir):  # nothing was committed there, and no other run is at it
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if summary.computed:
         write_json(run_dir / "summary.json", dataclasses.asdict(summary))

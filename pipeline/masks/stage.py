@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 from pipeline.decode import DecodeOptions, VideoInfo
 from pipeline.engine import Commit, ShardTask
+from pipeline.engine.problems import stored_statuses
 from pipeline.masks.feed import Feeder
 from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
@@ -38,6 +39,10 @@ class MasksStage:
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             made["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         return made
+
+    def stored_outcomes(self, task: ShardTask) -> dict[str, tuple[str, str | None]]:
+        """Clip id → (status, error) from a committed shard's clips table."""
+        return stored_statuses(ShardFiles(task.folder, task.name).clips)
 
     def open(self, task: ShardTask, commit: Commit) -> "MasksWork":
         segmenter = load_segmenter(self.segmenter)

@@ -47,7 +47,8 @@ def with_objects(variants: Sequence[Variant], masks: MasksRun, *, default_set: b
         names = ", ".join(map(repr, blind))
         subject, them = (f"variants {names} tell", "them") if len(blind) > 1 else (f"variant {names} tells", "it")
         raise InputError(f"{subject} objects from the background, but masks run {masks.tag} was made with "
-                         f"{segmenter}; render {them} from a YOLO run, or leave {them} out")
+                         f"{segmenter}; render {them} from a YOLO run, or leave {them} out (a variant of your "
+                         "own that means what it says without objects: `needs_objects = false` in its definition)")
     log.warning("left out %s: they need objects, and masks run %s was made with %s", ", ".join(blind), masks.tag,
                 segmenter)
     return tuple(variant for variant in variants if variant.name not in blind)

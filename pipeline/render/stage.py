@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
+from pipeline.engine.problems import stored_statuses
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
 from pipeline.render.backdrops import still_index
@@ -156,6 +157,10 @@ class RenderStage:
     def tar_path(self, shard: str) -> Path:
         """FORMAT=webdataset: the shard's tar of samples."""
         return self.variant_dir / shard_tar_name(shard)
+
+    def stored_outcomes(self, task: ShardTask) -> dict[str, tuple[str, str | None]]:
+        """Render key → (status, error) from a committed shard's status table."""
+        return stored_statuses(self.status_path(task.name))
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
         for item in task.items:  # under the shard's claim: what a killed writer left

@@ -11,6 +11,7 @@ background_only / human_only / swap modes, SCUBA / SCUFO); users add their own i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,12 @@ def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Pa
 
 def _owned(variant: Variant, known: dict[str, Variant], where: str) -> Variant:
     """A user variant under a name of its own; under a preset's name only if defined just as the preset is (same
-    spec after the same defaults: then it is the preset), so a preset's renders are never made from anything else."""
+    spec after the same defaults: then it is the preset), so a preset's renders are never made from anything else.
+    The names `--swap-seeds` gives a swap preset's copies (`swap-s3`) are the presets' too."""
+    copy = re.fullmatch(r"(.+)-s\d+", variant.name)
+    if copy and copy.group(1) in PRESETS and PRESETS[copy.group(1)].needs_pair:
+        raise VariantError(f"{where}variant {variant.name!r} is the name --swap-seeds gives the preset "
+                           f"{copy.group(1)!r} for a seed; name yours differently, e.g. '{copy.group(1)}_custom'")
     preset = known.get(variant.name) if variant.name in PRESETS else None
     if preset is None:
         return variant
