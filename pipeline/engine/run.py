@@ -64,7 +64,7 @@ class StageSummary:
         out += self.problem_lines()
         return out
 
-    def problem_lines(self, first: int = 5) -> list[str]:
+    def problem_lines(self, first: int = 3) -> list[str]:
         """The count of problems by status, the first few named, and where the full list is."""
         if not self.problems:
             return []
