@@ -108,8 +108,8 @@ class Problem:
     source: str = ""  # where the input lists the item (`annotations/train.csv:12`), or its video
 
     @classmethod
-    def of(cls, item: Item, outcome: Outcome, shard: str) -> "Problem":
-        return cls(key=item.key, status=outcome.status, error=outcome.error or "", shard=shard,
+    def of(cls, item: Item, status: str, error: str | None, shard: str) -> "Problem":
+        return cls(key=item.key, status=status, error=error or "", shard=shard,
                    split=str(getattr(item, "split", "") or ""), source=str(getattr(item, "source", "") or ""))
 
 

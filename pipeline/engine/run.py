@@ -127,14 +127,16 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
                            workers=worker_totals(list(computed.values())))
     statuses: Counter[str] = Counter()
+    read: dict[str, ShardStats] = dict(computed)  # each shard's stats read once
     for task in selected:
         if task.name in failed:
             statuses[SHARD_FAILED] += len(task.items)
             continue
-        stats = computed.get(task.name) or ShardStats.read(task.marker)
+        stats = read.get(task.name) or ShardStats.read(task.marker)
         if stats is None:  # another run is recomputing it right now
             statuses["not_done"] += len(task.items)
             continue
+        read[task.name] = stats
         statuses.update(stats.by_status)
         summary.items += len(stats.items)
         summary.frames += stats.frames
@@ -146,10 +148,10 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     summary.by_status = dict(sorted(statuses.items()))
     summary.items += statuses[SHARD_FAILED] + statuses["not_done"]
     chosen = {task.name for task in selected}
-    found = run_problems(plan, computed, failed)
+    found = run_problems(plan, read, failed)
     summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
     if computed or not failed:
-        summary.problems_file = str(record_problems(plan, computed, failed, required=bool(computed), found=found))
+        summary.problems_file = str(record_problems(plan, read, failed, required=bool(computed), found=found))
     summary.problems = ordered(summary.problems)
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
@@ -182,19 +184,17 @@ def _marker_state(task: ShardTask) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def run_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats],
+def run_problems(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
                  failed: Mapping[str, str]) -> dict[Path, list[Problem]]:
     """Shard folder → the problems of every current shard of the plan there, and the items of the shards that
-    failed in this run."""
+    failed in this run. `known`: stats already read, by shard."""
     by_folder: dict[Path, list[Problem]] = {}
     for task in plan:
         problems = by_folder.setdefault(task.folder, [])
         if task.name in failed:
-            problems += [Problem(key=item.key, status=SHARD_FAILED, error=failed[task.name], shard=task.name,
-                                 split=str(getattr(item, "split", "") or ""),
-                                 source=str(getattr(item, "source", "") or "")) for item in task.items]
+            problems += [Problem.of(item, SHARD_FAILED, failed[task.name], task.name) for item in task.items]
             continue
-        stats = computed.get(task.name) or ShardStats.read(task.marker)
+        stats = known.get(task.name) or ShardStats.read(task.marker)
         if stats is not None and stats.plan == task.plan_digest():
             problems += stats.problems if stats.problems is not None else stored_problems(task, stats)
     return by_folder
@@ -205,9 +205,8 @@ def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:
     if not any(status != OK for status in stats.by_status) or not hasattr(task.stage, "stored_outcomes"):
         return []
     outcomes = task.stage.stored_outcomes(task)
-    return [Problem(key=item.key, status=outcomes[item.key][0], error=outcomes[item.key][1] or "", shard=task.name,
-                    split=str(getattr(item, "split", "") or ""), source=str(getattr(item, "source", "") or ""))
-            for item in task.items if item.key in outcomes and outcomes[item.key][0] != OK]
+    return [Problem.of(item, *outcomes[item.key], task.name) for item in task.items
+            if item.key in outcomes and outcomes[item.key][0] != OK]
 
 
 def task_key(task: ShardTask) -> str:

@@ -64,7 +64,8 @@ def _compute(task: ShardTask) -> ShardStats:
         by_status=count_statuses(outcomes), retried=tries.retried(),
         failed={item.key: o.error for item, o in zip(task.items, outcomes) if o.status == FAILED}, frames=sum(o.frames for o in outcomes),
         seconds=round(time.perf_counter() - started, 3), worker=worker_name(), peak_rss_mb=peak_rss_mb(),
-        totals=totals, problems=[Problem.of(item, o, task.name) for item, o in zip(task.items, outcomes) if o.status != OK],
+        totals=totals,
+        problems=[Problem.of(item, o.status, o.error, task.name) for item, o in zip(task.items, outcomes) if o.status != OK],
         made_with=task.stage.made_with() if hasattr(task.stage, "made_with") else {},
     )
     stats.write(task.marker)  # last: its presence marks the shard done
