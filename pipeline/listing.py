@@ -7,12 +7,12 @@ ten clips or 260k.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.datasets import DATASETS, ReaderOptions, list_clips
+from pipeline.datasets.common import on_disk
 from pipeline.datasets.repeats import MERGED
 from pipeline.datasets.sample import DONE_MARKER
 from pipeline.engine.layout import new_buckets
@@ -107,23 +107,3 @@ def check_listing(dataset: str, root: Path | None, out: Path, *, options: Reader
         shards=new_buckets(dict(sorted(counts.items())), shard_size),
         splits=splits,
     )
-
-
-def on_disk(paths: list[Path]) -> list[bool]:
-    """Whether each path is a file (or a link to one), listing each folder once instead of a stat per clip."""
-    folders: dict[str, set[str]] = {}
-
-    def files_in(folder: str) -> set[str]:
-        try:
-            with os.scandir(folder or ".") as entries:
-                return {entry.name for entry in entries if entry.is_file()}
-        except OSError:  # not there, or not a folder
-            return set()
-
-    found = []
-    for path in paths:
-        folder, name = os.path.split(path)
-        if folder not in folders:
-            folders[folder] = files_in(folder)
-        found.append(name in folders[folder])
-    return found

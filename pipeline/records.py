@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Status values of a clip row. `ok` means decoded and segmented; the others name why not.
@@ -26,13 +26,17 @@ class ClipRecord:
     """One video of a dataset, as a reader lists it."""
 
     clip_id: str  # unique within the dataset, safe as a file name
-    path: Path
+    path: str  # the video (a Path given is kept as its text: at Kinetics scale a Path per clip costs seconds)
     split: str
     label: str | None = None  # None where the split is unlabelled (Kinetics test); the original text
     label_index: int | None = None
     meta: dict[str, Any] = field(default_factory=dict, hash=False)  # dataset extras (SSv2 placeholders, …)
     source: str = field(default="", compare=False)  # where the reader found it: `file:line`, or the video path
     conflict: str | None = None  # listed again with another label/split: names both entries; the clip is not processed
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            object.__setattr__(self, "path", os.fspath(self.path))
 
     @property
     def key(self) -> str:

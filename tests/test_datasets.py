@@ -54,8 +54,8 @@ def test_ssv2_labels_splits_placeholders_and_missing_videos(tmp_path):
     assert held.meta == {"template": "Holding [something] next to [something]",
                          "placeholders": ["potato", "vicks vaporub bottle"],
                          "caption": "holding potato next to vicks vaporub bottle"}
-    assert held.path == tmp_path / "20bn-something-something-v2" / "78687.webm"
-    assert clips["42326"].path == tmp_path / "20bn-something-something-v2" / "42326.webm"  # status row later
+    assert held.path == str(tmp_path / "20bn-something-something-v2" / "78687.webm")
+    assert clips["42326"].path == str(tmp_path / "20bn-something-something-v2" / "42326.webm")  # status row later
     assert (clips["24746"].split, clips["24746"].label_index) == ("val", 2)
     assert (clips["1420"].split, clips["1420"].label, clips["1420"].label_index) == ("test", None, None)
 
@@ -65,7 +65,7 @@ def test_ssv2_other_copies_file_names_and_video_folder(tmp_path):
     videos = tmp_path / "webm"
     (tmp_path / "20bn-something-something-v2").rename(videos)
     clips = by_id(listing("ssv2", tmp_path, videos=videos))
-    assert clips["78687"].path == videos / "78687.webm" and len(clips) == 4
+    assert clips["78687"].path == str(videos / "78687.webm") and len(clips) == 4
     with pytest.raises(DatasetError, match="SSv2 video folder not found; pass VIDEO_DIR"):
         listing("ssv2", tmp_path)
 
@@ -115,7 +115,7 @@ def test_mimetics_uses_kinetics_indices_and_keeps_its_own(tmp_path):
     boxing = clips["-aB3_x_000012_000022"]
     assert (boxing.split, boxing.label, boxing.label_index, boxing.meta) == (
         "test", "punching person (boxing)", 2, {"mimetics_index": 1})
-    assert boxing.path == tmp_path / "mimetics" / "punching person (boxing)" / "-aB3_x_000012_000022.mp4"
+    assert boxing.path == str(tmp_path / "mimetics" / "punching person (boxing)" / "-aB3_x_000012_000022.mp4")
     assert (clips["Qq1_000005_000015"].label_index, clips["Qq1_000005_000015"].meta) == (1, {"mimetics_index": 0})
     assert (clips["zz9_000000_000010"].label_index, clips["zz9_000000_000010"].meta) == (3, {"mimetics_index": 2})
     # a Kinetics annotation CSV works as the class list too (sorted class names)
@@ -168,7 +168,7 @@ def test_ucf101_official_splits_zero_based_and_case_quirk(tmp_path):
     pushups = clips["v_HandStandPushups_g01_c01"]
     assert (pushups.split, pushups.label, pushups.label_index, pushups.meta) == (
         "test", "HandstandPushups", 1, {"group": 1, "clip": 1})
-    assert pushups.path == tmp_path / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi"
+    assert pushups.path == str(tmp_path / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
     split2 = by_id(listing("ucf101", tmp_path, split_id=2))
     assert split2["v_HandStandPushups_g01_c01"].split == "train" and split2["v_YoYo_g10_c04"].split == "test"
     assert [c.clip_id for c in listing("ucf101", tmp_path, ("test",), split_id=2).clips] == [
@@ -224,7 +224,7 @@ def test_hmdb51_tags_unused_entries_and_safe_ids(tmp_path):
         ("_20_Rhythm_clap_u_nm_np1_fr_goo_0", "train", 1),
     ]
     blonde = clips["Blonde_hair_brushing_f_nm_np1_le_goo_1"]
-    assert blonde.path == tmp_path / "brush_hair" / "Blonde (hair) brushing_f_nm_np1_le_goo_1.avi"
+    assert blonde.path == str(tmp_path / "brush_hair" / "Blonde (hair) brushing_f_nm_np1_le_goo_1.avi")
     assert blonde.meta == {"video": "Blonde (hair) brushing_f_nm_np1_le_goo_1.avi"}
     assert by_id(listing("hmdb51", tmp_path, split_id=2))["Blonde_hair_brushing_f_nm_np1_le_goo_1"].split == "train"
 
@@ -245,7 +245,7 @@ def test_hmdb51_names_that_collide_as_ids_are_a_conflict(tmp_path):
     clips = by_id(listing("hmdb51", tmp_path))
     clip = clips["a_b"]
     assert (clip.split, clip.label, clip.path, clip.source) == (
-        "train", "clap", tmp_path / "clap" / "a b.avi", f"{split_file}:1")
+        "train", "clap", str(tmp_path / "clap" / "a b.avi"), f"{split_file}:1")
     assert clip.conflict == (
         f"listed twice: {split_file}:1 (split train, label 'clap', meta {{'video': 'a b.avi'}}, "
         f"path {tmp_path}/clap/a b.avi) and {split_file}:2 (split train, label 'clap', "

@@ -36,7 +36,7 @@ def test_folder_with_split_folders_any_container_and_nested_names(tmp_path):
         ("abseiling__v", "validation", "abseiling", 0),
         ("riding_a_bike__001", "train", "riding a bike", 1),
     ]
-    assert by_id(result)["abseiling__cliff__x_2_"].path == tmp_path / "train" / "abseiling" / "cliff" / "x (2).MOV"
+    assert by_id(result)["abseiling__cliff__x_2_"].path == str(tmp_path / "train" / "abseiling" / "cliff" / "x (2).MOV")
 
 
 def test_folder_of_class_folders_and_its_errors(tmp_path):
@@ -67,12 +67,13 @@ def test_list_file_space_separated_with_quotes_comments_and_splits(tmp_path):
     assert result.classes == ("abseiling", "riding a bike")
     got = [(c.clip_id, c.split, c.label, c.label_index, c.path) for c in result.clips]
     assert got == [
-        ("a__one", "train", "riding a bike", 1, videos / "a" / "one.mp4"),
-        ("a__two", "val", "abseiling", 0, videos / "a" / "two.mp4"),
-        (f"{'__'.join(tmp_path.parts[1:])}__elsewhere__three", "all", "abseiling", 0, tmp_path / "elsewhere" / "three.mp4"),
+        ("a__one", "train", "riding a bike", 1, str(videos / "a" / "one.mp4")),
+        ("a__two", "val", "abseiling", 0, str(videos / "a" / "two.mp4")),
+        (f"{'__'.join(tmp_path.parts[1:])}__elsewhere__three", "all", "abseiling", 0,
+         str(tmp_path / "elsewhere" / "three.mp4")),
     ]
     base = tmp_path / "media"
-    assert listing("list", listed, videos=base).clips[0].path == base / "a" / "one.mp4"
+    assert listing("list", listed, videos=base).clips[0].path == str(base / "a" / "one.mp4")
 
 
 def test_list_csv_with_header_and_mmaction_integer_labels(tmp_path):

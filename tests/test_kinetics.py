@@ -25,8 +25,8 @@ def test_cvdf_layout_labels_splits_and_missing_files(tmp_path):
     listing = kinetics(tmp_path)
     clips = {c.clip_id: c for c in listing.clips}
     assert set(clips) == {"-abc_def_000005_000015", "xyz_000000_000010", "q1_000030_000040", "t1_000001_000011"}
-    assert clips["xyz_000000_000010"].path == tmp_path / "train" / "nested" / "xyz_000000_000010.mkv"
-    assert clips["q1_000030_000040"].path == tmp_path / "val" / "q1_000030_000040.mp4"  # listed, not on disk
+    assert clips["xyz_000000_000010"].path == str(tmp_path / "train" / "nested" / "xyz_000000_000010.mkv")
+    assert clips["q1_000030_000040"].path == str(tmp_path / "val" / "q1_000030_000040.mp4")  # listed, not on disk
     # label index = position in the sorted class names
     assert {c.label: c.label_index for c in clips.values()} == {
         "abseiling": 0, "passing American football (in game)": 1, "zumba": 2, None: None,

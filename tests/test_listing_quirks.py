@@ -46,7 +46,7 @@ def test_kinetics_id_in_train_and_val_with_other_labels_is_one_conflict(tmp_path
     assert sorted(clips) == ["dup_000000_000010", "other_000000_000010", "v1_000000_000010"]
     dup = clips["dup_000000_000010"]
     assert (dup.split, dup.label, dup.label_index, dup.path, dup.source) == (
-        "train", "abseiling", 0, tmp_path / "train" / "dup_000000_000010.mp4", f"{annotations}/train.csv:3")
+        "train", "abseiling", 0, str(tmp_path / "train" / "dup_000000_000010.mp4"), f"{annotations}/train.csv:3")
     assert dup.conflict == (f"listed twice: {annotations}/train.csv:3 (split train, label 'abseiling') and "
                             f"{annotations}/val.csv:3 (split val, label 'zumba')")
     assert clips["other_000000_000010"].conflict is None and clips["v1_000000_000010"].conflict is None
@@ -77,7 +77,7 @@ def test_folder_ids_that_differ_only_in_case_are_a_conflict(tmp_path):
     other = touch(tmp_path / "run" / "b.mp4")
     result = listing("folder", tmp_path)
     assert [(c.clip_id, c.label, c.label_index, c.path, c.source) for c in result.clips] == [
-        ("jump__A", "jump", 0, upper, str(upper)), ("run__b", "run", 1, other, str(other))]
+        ("jump__A", "jump", 0, str(upper), str(upper)), ("run__b", "run", 1, str(other), str(other))]
     assert result.clips[0].conflict == (f"listed twice: {upper} (id 'jump__A', split all, label 'jump') and "
                                         f"{lower} (id 'jump__a', split all, label 'jump')")
     assert result.clips[1].conflict is None and result.skipped == {}
@@ -88,8 +88,8 @@ def test_list_file_line_repeated(tmp_path):
     listed.write_text("a.mp4 x train\nb.mp4 y train\na.mp4 x train\n")
     result = listing("list", listed)
     assert [(c.clip_id, c.split, c.label, c.path, c.source, c.conflict) for c in result.clips] == [
-        ("a", "train", "x", tmp_path / "a.mp4", f"{listed}:1", None),
-        ("b", "train", "y", tmp_path / "b.mp4", f"{listed}:2", None)]
+        ("a", "train", "x", str(tmp_path / "a.mp4"), f"{listed}:1", None),
+        ("b", "train", "y", str(tmp_path / "b.mp4"), f"{listed}:2", None)]
     assert result.skipped == {MERGED: 1}
 
 

@@ -66,15 +66,37 @@ def path_id(relative: Path) -> str:
     return safe_id("__".join(relative.with_suffix("").parts))
 
 
-def index_videos(folder: Path) -> dict[str, Path]:
-    """File stem → path for every video under `folder` (flat or nested); the first in sorted order wins."""
-    found: dict[str, Path] = {}
+def index_videos(folder: Path) -> dict[str, str]:
+    """File stem → path (text: a Path per file costs microseconds, at Kinetics scale seconds) for every video
+    under `folder` (flat or nested); the first in sorted order wins."""
+    found: dict[str, str] = {}
     for directory, subdirs, files in os.walk(folder):
         subdirs.sort()
         for name in sorted(files):
             stem, suffix = os.path.splitext(name)
             if suffix.lower() in VIDEO_SUFFIXES and stem not in found:
-                found[stem] = Path(directory, name)
+                found[stem] = os.path.join(directory, name)
+    return found
+
+
+def on_disk(paths: list) -> list[bool]:
+    """Whether each path is a file (or a link to one), listing each folder once instead of a stat per clip."""
+    folders: dict[str, set[str]] = {}
+
+    def files_in(folder: str) -> set[str]:
+        try:
+            with os.scandir(folder or ".") as entries:
+                return {entry.name for entry in entries if entry.is_file()}
+        except OSError:  # not there, or not a folder
+            return set()
+
+    found = []
+    for path in paths:
+        folder, name = path.rpartition(os.sep)[::2] if isinstance(path, str) else os.path.split(path)
+        names = folders.get(folder)
+        if names is None:
+            names = folders[folder] = files_in(folder)
+        found.append(name in names)
     return found
 
 
@@ -117,6 +139,44 @@ def csv_records(path: Path, *, header: bool = False) -> Iterator[tuple[int, list
             raise DatasetError(f"{path}:{start}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Some columns of a CSV file read in bulk, as text, with the line each row is on."""
+
+    lines: list[int]
+    columns: dict[str, list[str | None]]  # an optional column the file lacks is all None
+
+
+def bulk_columns(path: Path, required: tuple[str, ...], *, optional: tuple[str, ...] = ()) -> Columns | None:
+    """The columns of a CSV file with a header, parsed in bulk by pyarrow: every value as text, as the csv module
+    reads it. None where the bulk parse cannot vouch for its result (a required column missing, a blank line, a
+    record that runs over lines, a row of another width, anything pyarrow refuses): the caller then reads the
+    file record by record (`csv_records`), which names the line of the problem."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines or any(not line.strip(b"\r") for line in lines):
+        return None
+    try:
+        header = next(csv.reader([lines[0].decode("utf-8").rstrip("\r")]))
+        if len(set(header)) != len(header) or not set(required) <= set(header):
+            return None
+        table = pacsv.read_csv(pa.py_buffer(data), convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header}, strings_can_be_null=False,
+            include_columns=[name for name in (*required, *optional) if name in header]))
+    except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error):
+        return None
+    if table.num_rows != len(lines) - 1:  # a record over several lines, quoted
+        return None
+    return Columns(lines=list(range(2, table.num_rows + 2)),
+                   columns={name: table.column(name).to_pylist() if name in header else [None] * table.num_rows
+                            for name in (*required, *optional)})
+
+
 def need_dir(path: Path, what: str, hint: str = "") -> Path:
     """`path` if it is a folder; else a DatasetError `<path>: <what> not found; <hint>`."""
     if not path.is_dir():
@@ -137,13 +197,25 @@ def sorted_index(labels) -> tuple[tuple[str, ...], dict[str, int]]:
     return classes, {label: i for i, label in enumerate(classes)}
 
 
+def is_safe_id(text: str) -> bool:
+    """Whether `safe_id` leaves `text` as it is (checked for every clip of a listing: kept cheap)."""
+    if not _SAFE.fullmatch(text) or ".." in text:
+        return False
+    head = text.split(".", 1)[0]
+    return len(head) > 4 or head.upper() not in _WINDOWS_RESERVED
+
+
 def finish(listing: Listing, splits: tuple[str, ...] | None, root: Path) -> Listing:
     """Check that splits and ids are safe, merge ids listed more than once (see repeats.py), keep the requested
     splits and sort by clip id. Dropped word-for-word repeats are counted in `skipped`."""
+    safe_splits: set[str] = set()
     for clip in listing.clips:
-        if clip.split != safe_id(clip.split) or clip.split.startswith("."):
-            raise DatasetError(f"{clip.source or clip.path}: split name {clip.split!r} is not safe as a folder name")
-        if clip.clip_id != safe_id(clip.clip_id):
+        if clip.split not in safe_splits:
+            if not is_safe_id(clip.split) or clip.split.startswith("."):
+                raise DatasetError(f"{clip.source or clip.path}: split name {clip.split!r} is not safe as a folder "
+                                   "name")
+            safe_splits.add(clip.split)
+        if not is_safe_id(clip.clip_id):
             raise DatasetError(f"{clip.source or clip.path}: clip id {clip.clip_id!r} is not safe as a file name")
     merged = [item for item in merge_repeats(listing.clips) if not splits or item.clip.split in splits]
     if not merged:

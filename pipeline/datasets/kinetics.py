@@ -18,6 +18,7 @@ from pipeline.datasets.common import (
     VIDEO_SUFFIXES,
     Listing,
     ReaderOptions,
+    bulk_columns,
     csv_records,
     index_videos,
     need_dir,
@@ -50,23 +51,50 @@ def clip_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def _from_csvs(root: Path) -> list[tuple[str, str, str | None, Path, str]]:
+def _from_csvs(root: Path) -> list[tuple[str, str, str | None, str, str]]:
     entries = []
     for split in SPLITS:
         csv_path = next((root / "annotations" / name for name in CSV_NAMES[split] if (root / "annotations" / name).is_file()), None)
         if csv_path is None:
             continue
-        videos = index_videos(root / split)
+        videos, folder = index_videos(root / split), str(root / split)
         for line, label, youtube_id, start, end in read_kinetics_csv(csv_path):
             clip_id = clip_name(youtube_id, start, end)
-            path = videos.get(clip_id, root / split / f"{clip_id}.mp4")  # a missing file becomes a status row
+            path = videos.get(clip_id) or f"{folder}/{clip_id}.mp4"  # a missing file becomes a status row
             entries.append((split, clip_id, label, path, f"{csv_path}:{line}"))
     return entries
 
 
-def read_kinetics_csv(csv_path: Path) -> Iterator[tuple[int, str | None, str, int, int]]:
-    """Yield (line, label or None, youtube_id, time_start, time_end); errors name the file and the line where the
-    record starts."""
+def read_kinetics_csv(csv_path: Path) -> list[tuple[int, str | None, str, int, int]]:
+    """(line, label or None, youtube_id, time_start, time_end) of each row; errors name the file and the line
+    where the record starts. Parsed in bulk (pyarrow) where the file is plain one-line records; any file the
+    bulk parse cannot vouch for, or a bad row, is read again record by record, for the exact error."""
+    table = bulk_columns(csv_path, ("youtube_id", "time_start", "time_end"), optional=("label",))
+    if table is not None:
+        try:
+            return [_row(csv_path, line, label, youtube_id, start, end)
+                    for line, label, youtube_id, start, end in zip(table.lines, table.columns["label"],
+                                                                   table.columns["youtube_id"],
+                                                                   table.columns["time_start"],
+                                                                   table.columns["time_end"])]
+        except DatasetError:
+            pass  # read again below: the error then names the line exactly as the record reader does
+    return list(_read_records(csv_path))
+
+
+def _row(csv_path: Path, line: int, label: str | None, youtube_id: str, start: str, end: str
+         ) -> tuple[int, str | None, str, int, int]:
+    try:
+        start_s, end_s = int(float(start)), int(float(end))
+    except ValueError:
+        raise DatasetError(f"{csv_path}:{line}: time_start/time_end must be numbers") from None
+    youtube_id = youtube_id.strip()
+    if not youtube_id or "/" in youtube_id or "\\" in youtube_id or youtube_id.startswith("."):
+        raise DatasetError(f"{csv_path}:{line}: bad youtube_id {youtube_id!r}")
+    return line, (label or "").strip() or None, youtube_id, start_s, end_s
+
+
+def _read_records(csv_path: Path) -> Iterator[tuple[int, str | None, str, int, int]]:
     records = csv_records(csv_path, header=True)
     _, header = next(records, (1, []))
     missing = {"youtube_id", "time_start", "time_end"} - set(header)
@@ -74,15 +102,7 @@ def read_kinetics_csv(csv_path: Path) -> Iterator[tuple[int, str | None, str, in
         raise DatasetError(f"{csv_path}:1: header lacks {sorted(missing)}; expected label,youtube_id,time_start,time_end")
     for line, fields in records:
         row = dict(zip(header, fields))
-        try:
-            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-        except ValueError:
-            raise DatasetError(f"{csv_path}:{line}: time_start/time_end must be numbers") from None
-        youtube_id = row["youtube_id"].strip()
-        if not youtube_id or "/" in youtube_id or "\\" in youtube_id or youtube_id.startswith("."):
-            raise DatasetError(f"{csv_path}:{line}: bad youtube_id {youtube_id!r}")
-        label = row.get("label", "").strip() or None
-        yield line, label, youtube_id, start, end
+        yield _row(csv_path, line, row.get("label"), row["youtube_id"], row["time_start"], row["time_end"])
 
 
 def _from_class_folders(root: Path) -> list[tuple[str, str, str | None, Path, str]]:

@@ -46,7 +46,7 @@ def list_mimetics(root: Path, options: ReaderOptions = ReaderOptions()) -> Listi
     clips = []
     for line, label, youtube_id, start, end in rows:
         clip_id = clip_name(youtube_id, start, end)
-        path = videos.get(clip_id, csv_path.parent / label / f"{clip_id}.mp4")  # a missing file becomes a status row
+        path = videos.get(clip_id) or f"{csv_path.parent}/{label}/{clip_id}.mp4"  # a missing file: a status row
         clips.append(ClipRecord(clip_id=clip_id, path=path, split=SPLIT, label=label, label_index=kinetics_index[label],
                                 meta={"mimetics_index": local_index[label]}, source=f"{csv_path}:{line}"))
     return Listing(clips=clips, classes=classes)

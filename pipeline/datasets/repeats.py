@@ -33,7 +33,11 @@ def merge_repeats(clips: list[ClipRecord]) -> list[Merged]:
     for clip in clips:
         groups.setdefault(clip.clip_id.casefold(), []).append(clip)
     merged = []
-    for first, *rest in groups.values():
+    for group in groups.values():
+        if len(group) == 1:  # nearly every clip
+            merged.append(Merged(group[0]))
+            continue
+        first, rest = group[0], group[1:]
         others = [clip for clip in rest if clip != first]  # ClipRecord equality ignores `source`
         kept = replace(first, conflict=conflict_message([first, *others])) if others else first
         merged.append(Merged(kept, [clip for clip in rest if clip == first]))

@@ -101,7 +101,7 @@ def _clip(entry: Any, split: str, index: dict[str, int], videos: dict[str, Path]
     clip_id = str(entry["id"]).strip()
     if safe_id(clip_id) != clip_id:
         raise DatasetError(f"{where}: id {clip_id!r} is not a plain video name")
-    path = videos.get(clip_id, video_dir / f"{clip_id}.webm")  # a missing file becomes a status row
+    path = videos.get(clip_id) or f"{video_dir}/{clip_id}.webm"  # a missing file becomes a status row
     if split == "test" and "template" not in entry:
         return ClipRecord(clip_id=clip_id, path=path, split=split, source=where)
     template = entry.get("template")

@@ -35,10 +35,14 @@ class Layout:
         return f"{group}-{int.from_bytes(digest, 'big') % self.buckets[group]:05d}"
 
     def assign(self, items: Iterable[T], *, group, key) -> dict[str, list[T]]:
-        """Shard name → its items (in the order given), for the shards that have any; in name order."""
-        shards: dict[str, list[T]] = {}
+        """Shard name → its items (in the order given), for the shards that have any; in name order. (What
+        `shard_of` gives each item, with the names made once per shard rather than once per item.)"""
+        names = {g: [f"{g}-{bucket:05d}" for bucket in range(n)] for g, n in self.buckets.items()}
+        blake2b, shards = hashlib.blake2b, {}
         for item in items:
-            shards.setdefault(self.shard_of(group(item), key(item)), []).append(item)
+            g = group(item)
+            bucket = int.from_bytes(blake2b(key(item).encode(), digest_size=8).digest(), "big") % self.buckets[g]
+            shards.setdefault(names[g][bucket], []).append(item)
         return dict(sorted(shards.items()))
 
 

@@ -55,28 +55,37 @@ def write_if_changed(path: Path, content: str | bytes) -> bool:
 @dataclass(frozen=True)
 class RecordFile:
     """One record file: its content, or how its content on disk becomes the one to write (`merge`, called under
-    the file's lock, for files that concurrent runs extend, such as the layout)."""
+    the file's lock, for files that concurrent runs extend, such as the layout). A JSON file (`json`) counts as
+    unchanged while it parses to the same data, however it is laid out."""
 
     path: Path
     text: str | None = None
     merge: Callable[[str | None], str] | None = None
+    parsed: Any = None  # JSON files: the data, as `text` parses
 
     @classmethod
-    def json(cls, path: Path, data: Any) -> "RecordFile":
-        return cls(Path(path), text=json_text(data))
+    def json(cls, path: Path, data: Any, *, compact: bool = False) -> "RecordFile":
+        """`compact`: one line (for large files: json's indented encoder is its slow, pure-Python one)."""
+        text = json.dumps(data, sort_keys=True, default=str) + "\n" if compact else json_text(data)
+        return cls(Path(path), text=text, parsed=json.loads(text))
 
     def wanted(self, current: str | None) -> str:
         return self.merge(current) if self.merge else self.text
 
     def pending(self) -> bool:
         current = read_text(self.path)
+        if self.parsed is not None and current is not None:
+            try:
+                return json.loads(current) != self.parsed
+            except ValueError:
+                return True
         return self.wanted(current) != current
 
     def write(self) -> bool:
+        if not self.pending():  # nothing to write (and no lock to take: a read-only folder has none to give)
+            return False
         if self.merge is None:
             return write_if_changed(self.path, self.text)
-        if not self.pending():  # no lock to take (a read-only folder has none to give)
-            return False
         with claim(self.path):
             return write_if_changed(self.path, self.wanted(read_text(self.path)))
 

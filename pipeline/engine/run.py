@@ -248,7 +248,7 @@ def plan_files(plan: Sequence[ShardTask]) -> list[RecordFile]:
     by_folder: dict[Path, dict[str, str]] = {}
     for task in plan:
         by_folder.setdefault(task.folder, {})[task.name] = task.plan_digest()
-    return [RecordFile.json(folder / "plan.json", digests) for folder, digests in by_folder.items()]
+    return [RecordFile.json(folder / "plan.json", digests, compact=True) for folder, digests in by_folder.items()]
 
 
 def current_shards(folder: Path, upstream: Mapping[str, str] | None = None) -> tuple[dict[str, ShardStats], list[str]]:

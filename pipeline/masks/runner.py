@@ -7,11 +7,15 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from pipeline import __version__
 from pipeline.atomic import write_json
+from pipeline.bulk import bulk
 from pipeline.datasets import Listing, list_clips
+from pipeline.datasets.common import on_disk
 from pipeline.engine import ShardTask, StageSummary, load_layout, run_stage, select
 from pipeline.engine.claims import claimed_elsewhere
 from pipeline.engine.layout import layout_record
@@ -20,7 +24,7 @@ from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, visible_gpus
 from pipeline.masks.config import MasksConfig
 from pipeline.masks.stage import MasksStage
-from pipeline.records import ClipRecord
+from pipeline.records import ClipRecord, listing_digest
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 
 log = logging.getLogger(__name__)
@@ -34,20 +38,24 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     written when its first shard commits: a start that fails leaves an existing run folder as it was, and a new
     one that never committed a shard is removed again (unless interrupted: its tries are kept for the rerun)."""
     config = config.absolute()  # paths and weights resolved before any task leaves this process
-    listing = list_clips(config.dataset, config.root, config.out, None, config.reader)  # the whole dataset
+    with bulk():
+        listing = list_clips(config.dataset, config.root, config.out, None, config.reader)  # the whole dataset
     for reason, count in listing.skipped.items():
         log.info("%s: %d entries left out (%s)", config.name, count, reason)
     listing.require_splits(config.name, config.splits)
     config = config.with_weights()
-    clips = [clip if clip.path.is_absolute() else dataclasses.replace(clip, path=clip.path.absolute())
-             for clip in listing.clips]
     options, resources = placement(config)
     if config.execution.in_process:
         load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
     run_dir = config.run_dir()
     fresh = not run_dir.exists()
+    with bulk():
+        plan, selected, record = plan_masks(config, listing)
     try:
-        summary = _run(config, clips, listing, options, resources, progress=progress)
+        summary = run_stage(f"masks {config.name}", run_dir, plan, selected, options=options, record=record,
+                            progress=progress, resources=resources, fatal=(SegmenterLoadError,),
+                            key_prefix=f"masks-{config.name}")
+        summary.left_out = dict(listing.skipped)
     except Exception:  # a start that failed (an interrupted one keeps its tries: it resumes)
         if fresh and not (run_dir / "run.json").exists() and not any(run_dir.glob("*_stats.json")) \
                 and not claimed_elsewhere(run_dir):  # nothing was committed there, and no other run is at it
@@ -58,9 +66,12 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     return summary
 
 
-def _run(config: MasksConfig, clips: list[ClipRecord], listing: Listing, options: ExecOptions,
-         resources: dict[str, float] | None, *, progress: bool) -> StageSummary:
+def plan_masks(config: MasksConfig, listing: Listing) -> tuple[list[ShardTask], list[ShardTask], list[RecordFile]]:
+    """The whole dataset's shards (laid out as the run folder's layout says), those this run selects, and the
+    run's record files."""
     run_dir = config.run_dir()
+    clips = [clip if os.path.isabs(clip.path) else dataclasses.replace(clip, path=Path(clip.path).absolute())
+             for clip in listing.clips]
     layout = load_layout(run_dir, _counts(clips), config.shard_size)
     by_shard = layout.assign(clips, group=lambda clip: clip.split, key=lambda clip: clip.clip_id)
     stage = MasksStage(segmenter=worker_spec(config), decode=config.decode, track=config.track,
@@ -76,11 +87,7 @@ def _run(config: MasksConfig, clips: list[ClipRecord], listing: Listing, options
               RecordFile.json(run_dir / "run.json", {
                   "config": config.provenance(), "fingerprint": fingerprint, "classes": list(listing.classes),
                   "listing": {"clips": len(clips), "skipped": listing.skipped}})]
-    summary = run_stage(f"masks {config.name}", run_dir, plan, [t for t in plan if t.name in chosen], options=options,
-                        record=record, progress=progress, resources=resources, fatal=(SegmenterLoadError,),
-                        key_prefix=f"masks-{config.name}")
-    summary.left_out = dict(listing.skipped)
-    return summary
+    return plan, [task for task in plan if task.name in chosen], record
 
 
 def placement(config: MasksConfig) -> tuple[ExecOptions, dict[str, float] | None]:
@@ -99,18 +106,44 @@ def _counts(clips: list[ClipRecord]) -> dict[str, int]:
 
 def clip_identities(clips: list[ClipRecord]) -> dict[str, str]:
     """Clip id → what its masks are made from: the listing (split, label, index, meta, conflict), the file's
-    absolute path, and its size and modification time (a file replaced or arriving later is redone). Stat
-    calls run on threads: on a network filesystem they are latency-bound."""
-    def identity(clip: ClipRecord) -> str:
-        try:
-            stat = os.stat(clip.path)
-            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            signature = "absent"
-        return f"{clip.listing_digest()}:{signature}:{clip.path}"
+    absolute path, and its size and modification time (a file replaced or arriving later is redone). In bulk:
+    the listing digest once per distinct listing (most clips share split, label and index), the files' stat
+    calls in chunks on threads (on a network filesystem they are latency-bound)."""
+    digests: dict[tuple, str] = {}
+    identities = {}
+    for clip, signature in zip(clips, file_signatures([clip.path for clip in clips])):
+        fields = (clip.split, clip.label, clip.label_index, clip.meta_json(), clip.conflict)
+        digest = digests.get(fields) or digests.setdefault(fields, listing_digest(*fields))
+        identities[clip.clip_id] = f"{digest}:{signature}:{clip.path}"
+    return identities
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip((clip.clip_id for clip in clips), pool.map(identity, clips)))
+
+def file_signatures(paths: list, chunk: int = 2048) -> list[str]:
+    """`size:mtime_ns` of each file, or `absent`. Each folder is listed once, so absent files cost no stat; the
+    present ones are stat'ed in chunks, on threads where a stat is slow (a network filesystem)."""
+    present = on_disk(paths)
+    found = [path for path, there in zip(paths, present) if there]
+
+    def signatures(part: list) -> list[str]:
+        out = []
+        for path in part:
+            try:
+                stat = os.stat(path)
+                out.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                out.append("absent")
+        return out
+
+    started = time.perf_counter()
+    stats = signatures(found[:chunk])
+    rest = [found[i:i + chunk] for i in range(chunk, len(found), chunk)]
+    if rest and (time.perf_counter() - started) / chunk > 50e-6:  # latency-bound: overlap the calls
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            stats += [signature for part in pool.map(signatures, rest) for signature in part]
+    else:
+        stats += [signature for part in rest for signature in signatures(part)]
+    found_stats = iter(stats)
+    return [next(found_stats) if there else "absent" for there in present]
 
 
 def worker_spec(config: MasksConfig) -> SegmenterSpec:

@@ -136,7 +136,7 @@ def undecodable(clip: ClipRecord) -> ClipStatus | None:
     """The status of a clip there is nothing to decode for (listed twice with different labels, or missing)."""
     if clip.conflict:
         return ClipStatus(clip=clip, status=CONFLICT, error=clip.conflict)
-    if not clip.path.is_file():
+    if not os.path.isfile(clip.path):
         return ClipStatus(clip=clip, status=MISSING, error=f"{clip.path}: file not found")
     return None
 

@@ -16,8 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from webdataset import TarWriter
-
 WEBDATASET = "webdataset"
 TAR_MTIME = 0  # every member's mtime, owner and mode are constants: the same samples give the same bytes
 TAR_OWNER = "pipeline"
@@ -47,6 +45,8 @@ class SampleTar:
         self.path = Path(path)
         self.samples = 0
         self._file: BinaryIO | None = open(self.path, "wb")
+        from webdataset import TarWriter  # here: importing webdataset imports torch (seconds, hundreds of MB)
+
         # PAX: a member name past ustar's 100 characters gets an extended header instead of an error
         self._writer = TarWriter(self._file, user=TAR_OWNER, group=TAR_OWNER, mode=TAR_MODE, mtime=TAR_MTIME,
                                  encoder=False, format="PAX_FORMAT")
