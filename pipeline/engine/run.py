@@ -18,6 +18,7 @@ from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
 from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
 from pipeline.engine.records import Problem, ShardStats, ShardTask
+from pipeline.engine.refs import inputs_path, run_shard_ref, write_inputs
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, ShardProgress, run_tasks
 from pipeline.records import OK
@@ -102,11 +103,17 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             run_record.commit()  # a shard is in: the run's record describes it
             bar(task, stats.frames)
 
+        inputs = inputs_path(todo[0].folder) if todo and not options.in_process else None
         try:
-            failed = run_tasks(run_shard_task, todo, names=[t.name for t in todo], options=options,
-                               on_done=on_done, fatal=fatal, stop_on=(InfrastructureError,),
-                               key_prefix=key_prefix or stage, keys=[task_key(t) for t in todo],
-                               resources=resources, client=client)
+            if inputs is None:
+                fn, sent = run_shard_task, todo
+            else:  # the graph carries references; the shards themselves go to a file beside them
+                fn, sent = run_shard_ref, write_inputs(todo, inputs)
+            by_name = {task.name: task for task in todo}
+            failed = run_tasks(fn, sent, names=[t.name for t in todo], options=options,
+                               on_done=lambda sent_task, stats: on_done(by_name[sent_task.name], stats),
+                               fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
+                               keys=[task_key(t) for t in todo], resources=resources, client=client)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
             # shards a worker committed before the stop count, though their results never came back
             landed = [task for task in todo if task.name in computed
@@ -117,6 +124,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             done = len(selected) - len(todo) + len(landed)
             raise Interrupted(f"{stage}: {done} of {len(selected)} shards committed",
                               signum=getattr(exc, "signum", None)) from None
+        finally:
+            if inputs is not None:
+                inputs.unlink(missing_ok=True)
     if computed:
         run_record.commit()
     elif not failed:

@@ -145,7 +145,7 @@ class RenderStage:
         clip = item.clip
         if self.webdataset:  # a render item's shard is its clip's masks shard
             return self.status_dir / f"{clip.shard}.{item.key}{self.encode.suffix()}"
-        suffix = clip.path.suffix if self.variant.original else self.encode.suffix()
+        suffix = os.path.splitext(clip.path)[1] if self.variant.original else self.encode.suffix()
         return self.variant_dir / clip.split / path_name(clip.label) / f"{item.key}{suffix}"
 
     def row_path(self, item: RenderItem) -> str:
