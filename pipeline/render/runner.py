@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.atomic import write_json
+from pipeline.bulk import bulk
 from pipeline.engine import ShardTask, StageSummary, run_stage, select
 from pipeline.engine.record import RecordFile
 from pipeline.errors import InputError
@@ -126,7 +127,8 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     shard whose masks, partners or settings changed is redone)."""
     started = time.perf_counter()
     masks = find_run(config.out, config.dataset, config.masks_tag, make_args=config.make_args)
-    clips = masks.clips()
+    with bulk():
+        clips = masks.clips()
     by_shard: dict[str, list[StoredClip]] = {}
     for clip in clips:
         by_shard.setdefault(clip.shard, []).append(clip)
@@ -139,6 +141,7 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
     relations = read_relations(config.relations, {c.label for c in clips if c.label}) \
         if any(v.needs_pair and v.pairing.needs_relations for v in variants) else None
     summaries, failed = [], {}
+    described = Described(masks)
     with session(execution) as client:
         for variant in variants:
             pairs, unpaired = swap_pairs(masks, by_shard, variant, config, relations, client) if variant.needs_pair \
@@ -155,8 +158,9 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
                 **made_of[variant.name], "fingerprint": fingerprint_of(made_of[variant.name]),
                 "keep_if": list(variant.keep_if) if variant.keep_if else None,
                 "masks_dir": str(masks.folder), "masks_fingerprint": masks.fingerprint})
-            plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint_of(made_of[variant.name]), config)
-                    for shard, shard_clips in by_shard.items()]
+            with bulk():
+                plan = [render_task(stage, masks, shard, shard_clips, pairs, fingerprint_of(made_of[variant.name]),
+                                    config, described) for shard, shard_clips in by_shard.items()]
             summary = run_stage(f"render {variant.name}", stage.variant_dir, plan,
                                 [task for task in plan if task.name in chosen], options=execution, record=[record],
                                 progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
@@ -168,7 +172,8 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
 
 
 def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[StoredClip],
-                pairs: dict[str, StoredClip], fingerprint: str, config: RenderConfig) -> ShardTask:
+                pairs: dict[str, StoredClip], fingerprint: str, config: RenderConfig,
+                described: "Described") -> ShardTask:
     """One variant over one masks shard. Made from: each clip's status row and masks identity (its source
     file included), its partner's, and the committed digests of the masks shards read. A variant with static
     backgrounds renders each clip once per background."""
@@ -178,19 +183,35 @@ def render_task(stage: RenderStage, masks: MasksRun, shard: str, clips: list[Sto
     upstream = {shard: masks.shards[shard].digest}
     identity = {}
     for item in items:
-        made_of = [_describe(item.clip, masks)]
         if item.partner:
-            made_of.append(_describe(item.partner, masks))
             upstream[item.partner.shard] = masks.shards[item.partner.shard].digest
-        identity[item.key] = hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]
+        identity[item.key] = described.identity(item)
     return ShardTask(stage=stage, name=shard, folder=stage.status_dir, items=items, identity=identity,
                      upstream=upstream, fingerprint=fingerprint,
                      max_tries=config.execution.max_tries, overwrite=config.overwrite, retry_failed=config.retry_failed)
 
 
-def _describe(clip: StoredClip, masks: MasksRun) -> dict:
-    row = {k: str(v) for k, v in dataclasses.asdict(clip).items()}
-    return row | {"masks_identity": masks.shards[clip.shard].items.get(clip.clip_id, "")}
+class Described:
+    """What each clip is, as the render identities hash it: its status row and its masks' identity (its source
+    file included), as sorted JSON, made once per run for every variant. An item's identity is the digest of
+    its clip's (and its partner's) JSON in a list, as `json.dumps([...], sort_keys=True)` writes it."""
+
+    FIELDS = tuple(StoredClip.__dataclass_fields__)
+
+    def __init__(self, masks: MasksRun) -> None:
+        self.masks, self._texts = masks, {}
+
+    def text(self, clip: StoredClip) -> str:
+        text = self._texts.get(clip.clip_id)
+        if text is None:
+            row = {name: str(getattr(clip, name)) for name in self.FIELDS}
+            row["masks_identity"] = self.masks.shards[clip.shard].items.get(clip.clip_id, "")
+            text = self._texts[clip.clip_id] = json.dumps(row, sort_keys=True)
+        return text
+
+    def identity(self, item: RenderItem) -> str:
+        parts = [self.text(item.clip)] + ([self.text(item.partner)] if item.partner else [])
+        return hashlib.sha256(f"[{', '.join(parts)}]".encode()).hexdigest()[:16]
 
 
 def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: Variant, config: RenderConfig,
