@@ -33,6 +33,7 @@ from pipeline.bench.runs import Computed, Timed, committed, machine, run_cli
 log = logging.getLogger(__name__)
 
 DATASET = "kinetics400"
+MARKER = ".bench-scale"
 GOALS = {  # issue 24, for 260k clips on the 2-core machine
     "plan_s": 5, "plan_peak_rss_mb": 500, "masks_in_process_per_clip_ms": 0.3, "masks_dask_per_shard_ms": 20,
     "noop_rerun_s": 10, "status_s": 5, "manifests_s": 30, "report_s": 30}
@@ -95,7 +96,7 @@ class Bench:
 
 def bench_scale(options: ScaleOptions) -> dict:
     out = options.out
-    shutil.rmtree(out, ignore_errors=True)
+    fresh_folder(out)
     started = time.perf_counter()
     listing = write_listing(out / "data" / DATASET, options.listing)
     written_s = time.perf_counter() - started
@@ -127,6 +128,16 @@ def bench_scale(options: ScaleOptions) -> dict:
         result["notes"].append("status: not available")
     result["goals"] = goals(result, options.workers)
     return result
+
+
+def fresh_folder(out: Path) -> None:
+    """Empty `out` for this bench: only a folder an earlier scale bench made (its marker inside) is removed."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise SystemExit(f"error: {out} is not empty and is no scale bench's folder; pick another --out (OUT)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by python -m pipeline.bench scale; removed whole by the next one\n")
 
 
 def plan_split(root: Path, out: Path) -> dict:
