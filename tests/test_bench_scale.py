@@ -51,7 +51,8 @@ def test_scale_bench_reports_every_figure(tmp_path, selfie_model, capsys):
     assert sum(result["listing"]["real_clips"].values()) == 3
     plan = result["plan"]
     assert plan["seconds"] > 0 and plan["peak_rss_mb"] > 50 and plan["clips"] == 300
-    assert plan["split"]["listing_s"] >= 0 and plan["split"]["identities_s"] >= 0
+    split = plan["split"]
+    assert split["listing_s"] >= 0 and split["identities_s"] >= 0 and split["rest_s"] > 0
     for stage in ("masks", "render"):
         for mode in ("in_process", "workers_2"):
             figures = result[stage][mode]

@@ -107,8 +107,10 @@ def bench_scale(options: ScaleOptions) -> dict:
                          "frames_per_real_clip": listing.frames_per_real_clip, "written_s": round(written_s, 2)}
 
     plan = bench.run("plan", bench.masks(local, 0, 1), local / "masks")
-    result["plan"] = {**plan[0].figures(), "clips": clips, "command": "masks --limit 1 --workers 0",
-                      "split": plan_split(listing.root, local)}
+    split = plan_split(listing.root, local)
+    if split["listing_s"] is not None:
+        split["rest_s"] = round(plan[0].seconds - split["listing_s"] - split["identities_s"], 2)
+    result["plan"] = {**plan[0].figures(), "clips": clips, "command": "masks --limit 1 --workers 0", "split": split}
     result["masks"] = {"in_process": bench.overhead("mask", local, 0, one=plan)}
     noop = bench.run("noop-rerun", bench.masks(local, 0, bench.limit))[0]
     result["noop_rerun"] = {**noop.figures(), "clips": clips, "done_clips": result["masks"]["in_process"]["run_clips"]}
@@ -154,7 +156,7 @@ def plan_split(root: Path, out: Path) -> dict:
         clip_identities(listing.clips)
         return {"listing_s": round(listed - started, 2), "identities_s": round(time.perf_counter() - listed, 2)}
     except (ImportError, TypeError, AttributeError) as exc:
-        return {"listing_s": None, "identities_s": None, "error": f"{type(exc).__name__}: {exc}"}
+        return {"listing_s": None, "identities_s": None, "rest_s": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def goals(result: dict, workers: int) -> dict:
