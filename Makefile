@@ -70,7 +70,7 @@ EVALUATE_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SPLIT),--split "$(SPLIT)") \
 	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)")
 
-.PHONY: all list masks render manifests report evaluate bench test models venv clean-sample help
+.PHONY: all list masks render manifests report evaluate bench bench-scale test models venv clean-sample help
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## decode and segment DATASET into mask shards (masks/DATASET/RUN)
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
@@ -108,6 +108,15 @@ bench: $(STAMP) $(SELFIE_MODEL) ## masks and render throughput against the bare 
 	$(PY) -m pipeline.bench $(if $(DEVICE),--device "$(DEVICE)") $(if $(MODEL),--model "$(MODEL)") \
 		$(if $(BATCH),--batch "$(BATCH)") $(if $(OUT),--out "$(OUT)")
 
+# The machinery at Kinetics scale: a Kinetics-400-shaped listing of CLIPS clips (default 260139; a few real tiny
+# clips, the rest absent), planning, engine overhead (on the first OVERHEAD_CLIPS, default 20000), the no-op rerun,
+# manifests, report and status timed from the CLI; one JSON, also in OUT/bench_scale.json (OUT default: bench-scale,
+# emptied first; another non-empty folder is refused). Tens of minutes at full size on 2 cores.
+bench-scale: $(STAMP) $(SELFIE_MODEL) ## planning and engine overhead at Kinetics scale (CLIPS=260139), as JSON
+	$(PY) -m pipeline.bench scale $(if $(CLIPS),--clips "$(CLIPS)") \
+		$(if $(OVERHEAD_CLIPS),--overhead-clips "$(OVERHEAD_CLIPS)") $(if $(WORKERS),--workers "$(WORKERS)") \
+		$(if $(OUT),--out "$(OUT)")
+
 # The SLURM tests start a single-node SLURM; as root on Debian, tests/install_slurm.sh installs it first
 # (SLURM=no leaves it out, and those tests skip saying why).
 test: $(STAMP) $(SELFIE_MODEL) ## the test suite (SLURM=no leaves the SLURM install out)
@@ -139,4 +148,5 @@ help: ## this list
 	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  REFINE=sam  SAM_CHECKPOINT="
 	@echo "  render:    VARIANTS=bg,...  VARIANTS_FILE=  FORMAT=mp4|rawframes|webdataset  SHORT_SIDE=  SCUBA_IMAGES="
 	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val  ALL_EVALUATIONS=1"
+	@echo "  benches:   bench: DEVICE=  MODEL=  BATCH=  OUT=bench   bench-scale: CLIPS=260139  OVERHEAD_CLIPS=20000  OUT=bench-scale"
 	@echo "  where:     WORKERS=2  SCHEDULER=tcp://host:8786  CLUSTER=slurm|pbs|sge  CLUSTER_CONFIG=  JOBS=  DASHBOARD=:8787"

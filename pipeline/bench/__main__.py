@@ -1,0 +1,12 @@
+"""`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench."""
+
+import sys
+
+if sys.argv[1:2] == ["scale"]:
+    from pipeline.bench.scale import main
+
+    main(sys.argv[2:])
+else:
+    from pipeline.bench.throughput import main
+
+    main(sys.argv[1:])
