@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 # Status values of a clip row. `ok` means decoded and segmented; the others name why not.
@@ -74,11 +74,14 @@ class ClipStatus:
     instances: int = 0  # mask rows written for the clip
 
     def row(self) -> dict[str, Any]:
-        clip = asdict(self.clip)
-        clip["path"] = str(self.clip.path)
+        """The clip's listing and its outcome, flat (by field: `asdict` deep-copies, a tenth of a ms a clip)."""
+        clip = {name: getattr(self.clip, name) for name in CLIP_FIELDS}
         clip["meta"] = self.clip.meta_json()
-        fields = {k: v for k, v in asdict(self).items() if k != "clip"}
-        return {**clip, **fields}
+        return {**clip, **{name: getattr(self, name) for name in STATUS_FIELDS}}
+
+
+CLIP_FIELDS = tuple(name for name in ClipRecord.__dataclass_fields__)
+STATUS_FIELDS = tuple(name for name in ClipStatus.__dataclass_fields__ if name != "clip")
 
 
 def path_name(text: str | None) -> str:
