@@ -4,7 +4,7 @@ beside its done marker as `.<shard>_tries.json` until the shard commits.
 The name is the one the tries file always had, but the content is JSON Lines: each event (a try begun, shared
 or not; succeeded, with the item's frames; failed, with its error; a machine error; taken back; given up) is
 one line, appended with a single `os.write` on an O_APPEND descriptor. Nothing is rewritten or renamed: an item
-that succeeds at its first try costs two small writes. `claims.Tries` replays the lines when it opens; the
+that succeeds at its first try costs two small writes. `tries.Tries` replays the lines when it opens; the
 driver's progress bar (`JournalWatch`) and `pipeline status` read the same lines, from any machine that sees
 the folder. A process killed in the middle of a write leaves a torn last line: reading skips it, and the next
 writer starts on a line of its own.
