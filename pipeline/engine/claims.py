@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.engine.tries import Tries, release_in_flight, tries_path  # noqa: F401 - where they were
+from pipeline.engine.tries import Tries, release_in_flight  # noqa: F401 - imported from here before
 
 log = logging.getLogger(__name__)
 

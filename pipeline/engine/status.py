@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.engine.claims import claim_held, claim_holder
-from pipeline.engine.journal import Activity, events
+from pipeline.engine.journal import Activity, events, journal_path
 from pipeline.engine.records import ShardStats
 from pipeline.records import FAILED
 
@@ -118,8 +118,10 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
     for shard in shards:
         if shard in status.items:
             continue
-        activity = _activity(folder / f".{shard}_tries.json") if f".{shard}_tries.json" in entries else None
-        lock = entries.get(f".{shard}_stats.json.lock")
+        marker = folder / f"{shard}_stats.json"
+        journal = journal_path(marker)
+        activity = _activity(journal) if journal.name in entries else None
+        lock = entries.get(f".{marker.name}.lock")
         if activity is not None:
             for t, frames in activity.finished.values():
                 if t >= now - WINDOW:
@@ -127,7 +129,7 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
             for error in activity.errors:
                 _count(errors, examples, error, shard)
             status.last = max(status.last or 0.0, activity.last or 0.0)
-        marker, since = folder / f"{shard}_stats.json", lock.stat().st_mtime if lock is not None else 0.0
+        since = lock.stat().st_mtime if lock is not None else 0.0
         # a claim is asked about where it may be held: a journal, or a claim taken lately (None: cannot tell)
         if lock is not None and (activity is not None or since >= now - WINDOW) and claim_held(marker) is not False:
             finished = len(activity.finished) if activity else 0

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from pipeline.engine.failures import InfrastructureError, Interrupted, is_infrastructure
-from pipeline.engine.journal import BACK, BEGIN, FAILED, GAVE_UP, MACHINE, OK, Journal, TryCount, apply, journal_path, \
-    read_tries
+from pipeline.engine.journal import BACK, BEGIN, FAILED, GAVE_UP, MACHINE, OK, Journal, TryCount, apply, read_tries
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +168,3 @@ def release_in_flight() -> int:
     for tries, key, _ in pending:
         tries.take_back(key)
     return len(pending)
-
-
-tries_path = journal_path  # where the tries of the shard whose done marker is `marker` are kept
