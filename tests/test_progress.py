@@ -165,5 +165,6 @@ def test_warnings_of_local_workers_print_above_the_bar_too(shapes_dataset, tmp_p
         logging.root.removeHandler(handler)
     assert summary.by_status == {"failed": 1, "ok": 5}
     err = capfd.readouterr().err
-    lines = [line.split("\r")[-1].replace("\x1b[A", "") for line in err.split("\n") if "injected model failure" in line]
+    lines = [line.split("\r")[-1].replace("\x1b[A", "") for line in err.split("\n")
+             if "injected model failure" in line]
     assert "driver: WARNING zzbright_000000_000010: try 1 of 1 failed: RuntimeError: injected model failure" in lines, err
