@@ -1,5 +1,5 @@
-# Entry points: `make all|list|masks|render|manifests|report|evaluate DATASET=...` and `make test`; `make help` lists
-# them. Every target but help builds its own .venv first.
+# Entry points: `make all|list|masks|render|manifests|report|evaluate|status DATASET=...` and `make test`;
+# `make help` lists them. Every target but help builds its own .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -70,7 +70,7 @@ EVALUATE_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SPLIT),--split "$(SPLIT)") \
 	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)")
 
-.PHONY: all list masks render manifests report evaluate bench bench-scale test models venv clean-sample help
+.PHONY: all list masks render manifests report evaluate status bench bench-scale test models venv clean-sample help
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## decode and segment DATASET into mask shards (masks/DATASET/RUN)
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
@@ -89,6 +89,11 @@ manifests: $(STAMP) ## mmaction2 / PySlowFast / WebDataset lists and manifest.pa
 
 report: $(STAMP) ## the offline HTML report (reports/DATASET/RUN/index.html)
 	$(PY) -m pipeline report $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)") $(if $(ALL_EVALUATIONS),--all-evaluations)
+
+# Where a run stands (in progress or finished), from any machine that sees OUT: the masks run (MASKS=, or the one
+# that changed last) and its renders. Reads only: no lock is taken, nothing is written.
+status: $(STAMP) ## shards done / claimed / failed, clips by status, frames/s, ETA, top errors; writes nothing
+	$(PY) -m pipeline status $(DATASET_FLAGS) $(if $(MASKS),--masks "$(MASKS)")
 
 # Score a model: PREDICTIONS=DIR holds <variant>.pkl|csv (subfolders <train variant>/ for a grid).
 evaluate: $(STAMP) ## score a model's PREDICTIONS=DIR on the variants (BOR, HOR, SCUBA, SCUFO, ...)
@@ -148,5 +153,6 @@ help: ## this list
 	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  REFINE=sam  SAM_CHECKPOINT="
 	@echo "  render:    VARIANTS=bg,...  VARIANTS_FILE=  FORMAT=mp4|rawframes|webdataset  SHORT_SIDE=  SCUBA_IMAGES="
 	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val  ALL_EVALUATIONS=1"
+	@echo "  status:    MASKS=<run> (default: the run that changed last, one in progress included)"
 	@echo "  benches:   bench: DEVICE=  MODEL=  BATCH=  OUT=bench   bench-scale: CLIPS=260139  OVERHEAD_CLIPS=20000  OUT=bench-scale"
 	@echo "  where:     WORKERS=2  SCHEDULER=tcp://host:8786  CLUSTER=slurm|pbs|sge  CLUSTER_CONFIG=  JOBS=  DASHBOARD=:8787"

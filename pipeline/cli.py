@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline list|masks|render|manifests|report|evaluate|fetch-models ...`.
+"""Command line: `python -m pipeline list|masks|render|manifests|report|evaluate|status|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
 A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those), and so
@@ -210,9 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="the manifest split the predictions are for (default: val, or the only one)")
     evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000, help="resamples per 95%% interval")
 
+    status = commands.add_parser("status", help="where the masks run and its renders stand, in progress or finished: "
+                                 "shards done, claimed and failed, clips by status, frames/s, ETA, top errors; "
+                                 "from any machine that sees OUT; writes nothing")
+    _add_dataset(status)
+    status.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/masks and OUT/renders")
+    status.add_argument("--masks", help="masks run folder name under OUT/masks/DATASET (default: the one that "
+                                        "changed last, a run in progress included)")
+
     fetch = commands.add_parser("fetch-models", help="extract the selfie model from the mediapipe wheel")
     fetch.add_argument("--dest", type=Path, default=Path("models"), help="folder to put selfie_segmentation.tflite in")
-    for sub in (manifests, report, evaluate, fetch):
+    for sub in (manifests, report, evaluate, status, fetch):
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     return parser
 
@@ -412,6 +420,12 @@ def run(args: argparse.Namespace) -> int:
         for summary in failed:
             print(f"FAILED {summary['variant']}: {summary['failed']}")
         return 1 if failed else 0
+    if args.command == "status":
+        from pipeline.status import run_status, status_lines
+
+        stages = run_status(args.out, output_name(args.dataset, args.split_id), args.masks, make_args=make_args(args))
+        print("\n".join(status_lines(stages)))
+        return 0
     if args.command == "evaluate":
         from pipeline.evaluate import EvaluateConfig, run_evaluate
 

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,30 +46,6 @@ class ExecOptions:
         if self.scheduler:
             return 0
         return max(1, (os.cpu_count() or 1) // max(1, self.workers))
-
-
-class ShardProgress:
-    """A tqdm bar over the items of the selected tasks (those already done count from the start), with the
-    frames per second of the tasks finished in this run; call it with (task, frames) as each task finishes."""
-
-    def __init__(self, tasks: Sequence[Any], todo: Sequence[Any], *, enabled: bool, desc: str | None = None) -> None:
-        from tqdm import tqdm
-
-        total = sum(len(task.items) for task in tasks)
-        self._bar = tqdm(total=total, initial=total - sum(len(task.items) for task in todo), unit="clip",
-                         disable=not enabled, dynamic_ncols=True, desc=desc)
-        self._frames, self._started = 0, time.perf_counter()
-
-    def __call__(self, task: Any, frames: int) -> None:
-        self._frames += frames
-        self._bar.update(len(task.items))
-        self._bar.set_postfix(frames_per_s=f"{self._frames / (time.perf_counter() - self._started):.1f}")
-
-    def __enter__(self) -> "ShardProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.close()
 
 
 def run_tasks(
@@ -202,6 +177,8 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
                                        env={LOCAL_WORKER: "1"})
         with cluster, Client(cluster) as client:
             _release_on_close(client)
+            if not options.cluster:  # local workers share this terminal: their warnings print here, above the bar
+                client.forward_logging("pipeline", level=logging.WARNING)
             if options.dashboard:
                 log.warning("Dask dashboard: %s", client.dashboard_link)  # a warning, so it shows above the bar
             yield client

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.engine.journal import read_tries
 from pipeline.executor import ExecOptions
 from pipeline.masks import read_clips, run_masks
 from pipeline.segment import SegmenterSpec
@@ -68,8 +69,8 @@ def test_sigterm_is_not_the_clips_fault_but_sigkill_counts(shapes_dataset, tmp_p
     if sig == signal.SIGTERM:
         assert run.returncode == 143 and "interrupted" in output and "rerun to resume" in output, output
     (tries,) = (tmp_path / "out").rglob(".train-00000_tries.json")
-    counted = json.loads(tries.read_text())
-    assert sum(entry["failures"] for entry in counted.values()) == (0 if sig == signal.SIGTERM else 1), counted
+    counted = read_tries(tries)
+    assert sum(entry.failures for entry in counted.values()) == (0 if sig == signal.SIGTERM else 1), counted
     slow = SegmenterSpec(backend="tests.segmenters:SlowLumaSegmenter")
     resumed = run_masks(config(root, tmp_path / "out", segmenter=slow, execution=ExecOptions(workers=0, max_tries=1)),
                         progress=False)

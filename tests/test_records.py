@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
+from pipeline.engine.journal import read_tries
 from tests.conftest import LUMA, ROOT, write_kinetics_csv
 from tests.test_faults import env, wait_for
 from tests.test_identity import only_run as run_folder
@@ -187,8 +188,8 @@ def test_a_second_ctrl_c_while_stopping_ends_at_once_without_a_traceback(shapes_
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130 and time.monotonic() - started < 20, stderr  # not after the 30 s of stopping
     assert "Traceback" not in stderr and stderr.splitlines()[-1] == "interrupted again (SIGINT): stopped at once", stderr
-    counted = [json.loads(p.read_text()) for p in out.rglob(".*_tries.json")]
-    assert counted and all(e["failures"] == 0 for entries in counted for e in entries.values()), counted
+    counted = [read_tries(p) for p in out.rglob(".*_tries.json")]
+    assert counted and all(e.failures == 0 for entries in counted for e in entries.values()), counted
 
 
 def shard_files(run_dir: Path) -> dict[str, bytes]:

@@ -147,8 +147,16 @@ class ShardStats:
     def read(cls, path: Path) -> "ShardStats | None":
         """The stats at `path`, or None when absent, unreadable, or from an older layout."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return cls.parse(Path(path).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> "ShardStats | None":
+        """Stats from a stats file's content, or None when unreadable or from an older layout."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
             return None
         if data.get("version") != STATS_VERSION:
             return None

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.engine.failures import InfrastructureError, Interrupted
+from pipeline.engine.journal import JournalWatch
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
 from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
 from pipeline.engine.records import Problem, ShardStats, ShardTask
 from pipeline.engine.refs import inputs_path, run_shard_ref, write_inputs
 from pipeline.engine.shard import is_done, run_shard_task
-from pipeline.executor import ExecOptions, ShardProgress, run_tasks
+from pipeline.executor import ExecOptions, run_tasks
+from pipeline.progress import ShardProgress
 from pipeline.records import OK
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,8 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
     before = {task.name: _marker_state(task) for task in todo}
     computed: dict[str, ShardStats] = {}
-    with ShardProgress(selected, todo, enabled=progress, desc=stage) as bar:
+    watch = JournalWatch(todo) if progress else None  # the bar moves per clip, from the shards' journals
+    with ShardProgress(selected, todo, enabled=progress, desc=stage, watch=watch) as bar:
         def on_done(task: ShardTask, stats: ShardStats) -> None:
             computed[task.name] = stats
             run_record.commit()  # a shard is in: the run's record describes it

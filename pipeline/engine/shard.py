@@ -7,10 +7,12 @@ import logging
 import os
 import time
 
-from pipeline.engine.claims import Tries, claim, peak_rss_mb, release_in_flight, tries_path, worker_name
+from pipeline.engine.claims import claim, peak_rss_mb, worker_name
 from pipeline.engine.commit import Commit, outputs_present
 from pipeline.engine.failures import INFRASTRUCTURE_EXIT, InfrastructureError, in_dask_worker, is_infrastructure
+from pipeline.engine.journal import journal_path
 from pipeline.engine.records import Problem, ShardStats, ShardTask, count_statuses, outputs_digest
+from pipeline.engine.tries import Tries, release_in_flight
 from pipeline.records import FAILED, OK
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def run_shard(task: ShardTask) -> ShardStats:
 
 def _compute(task: ShardTask) -> ShardStats:
     started = time.perf_counter()
-    tries = Tries(tries_path(task.marker), task.max_tries)
+    tries = Tries(journal_path(task.marker), task.max_tries)
     commit = Commit(task.folder)
     work = task.stage.open(task, commit)
     try:
@@ -58,6 +60,8 @@ def _compute(task: ShardTask) -> ShardStats:
         work.abort()
         commit.abort()
         raise
+    finally:
+        tries.close()
     stats = ShardStats(
         shard=task.name, plan=task.plan_digest(), fingerprint=task.fingerprint, items=dict(task.identity),
         upstream=dict(task.upstream), outputs=outputs, digest=outputs_digest(outputs),
@@ -101,7 +105,7 @@ def _outcomes(task: ShardTask, tries: Tries, work) -> list:
                 if isinstance(result, Exception):
                     tries.failed(item.key, result)  # raises for a machine error; else the item is retried alone
                 else:
-                    tries.succeeded(item.key)
+                    tries.succeeded(item.key, frames=result.frames)
                     settle(item, result)
         except BaseException:
             tries.abandon()  # the tries still in flight: taken back, their items tried alone next
