@@ -6,6 +6,7 @@ import csv
 import os
 import re
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Iterator
 
@@ -217,12 +218,14 @@ def finish(listing: Listing, splits: tuple[str, ...] | None, root: Path) -> List
             safe_splits.add(clip.split)
         if not is_safe_id(clip.clip_id):
             raise DatasetError(f"{clip.source or clip.path}: clip id {clip.clip_id!r} is not safe as a file name")
-    merged = [item for item in merge_repeats(listing.clips) if not splits or item.clip.split in splits]
-    if not merged:
+    if len({clip.clip_id.casefold() for clip in listing.clips}) == len(listing.clips):  # no id twice: nothing to merge
+        kept, dropped = [clip for clip in listing.clips if not splits or clip.split in splits], 0
+    else:
+        merged = [item for item in merge_repeats(listing.clips) if not splits or item.clip.split in splits]
+        kept, dropped = [item.clip for item in merged], log_repeats(root, merged)
+    if not kept:
         found = sorted({clip.split for clip in listing.clips})
         raise DatasetError(f"{root}: no clips in split(s) {', '.join(splits or ())}; the dataset has: {', '.join(found)}"
                            if listing.clips else f"{root}: no clips found")
-    dropped = log_repeats(root, merged)
     skipped = {**listing.skipped, MERGED: dropped} if dropped else listing.skipped
-    return Listing(clips=sorted((item.clip for item in merged), key=lambda clip: clip.clip_id),
-                   classes=listing.classes, skipped=skipped)
+    return Listing(clips=sorted(kept, key=attrgetter("clip_id")), classes=listing.classes, skipped=skipped)

@@ -34,16 +34,20 @@ CSV_NAMES = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test"
 
 def list_kinetics(root: Path, options: ReaderOptions = ReaderOptions()) -> Listing:
     root = need_dir(Path(root), "dataset folder", "pass DATA_ROOT=/path/to/kinetics (--root)")
-    entries = _from_csvs(root) if (root / "annotations").is_dir() else _from_class_folders(root)
-    if not entries:
+    if (root / "annotations").is_dir():
+        listing = _from_csvs(root)
+    else:
+        entries = _from_class_folders(root)
+        classes, index = sorted_index(label for _, _, label, _, _ in entries)
+        listing = Listing(clips=[ClipRecord(clip_id=clip_id, path=path, split=split, label=label,
+                                            label_index=index.get(label), source=source)
+                                 for split, clip_id, label, path, source in entries], classes=classes)
+    if not listing.clips:
         raise DatasetError(
             f"{root}: no clips found; expected annotations/{{train,val,test}}.csv with train/ val/ test/ "
             "video folders, or <split>/<label>/<video> class folders"
         )
-    classes, index = sorted_index(label for _, _, label, _, _ in entries)
-    clips = [ClipRecord(clip_id=clip_id, path=path, split=split, label=label, label_index=index.get(label),
-                        source=source) for split, clip_id, label, path, source in entries]
-    return Listing(clips=clips, classes=classes)
+    return listing
 
 
 def clip_name(youtube_id: str, start: int, end: int) -> str:
@@ -51,18 +55,24 @@ def clip_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def _from_csvs(root: Path) -> list[tuple[str, str, str | None, str, str]]:
-    entries = []
+def _from_csvs(root: Path) -> Listing:
+    """The CVDF layout: every CSV read first (the classes are the sorted labels of all of them), then each row
+    made a clip in one pass (at Kinetics scale each pass over the rows costs a few tenths of a second)."""
+    read = []
     for split in SPLITS:
         csv_path = next((root / "annotations" / name for name in CSV_NAMES[split] if (root / "annotations" / name).is_file()), None)
-        if csv_path is None:
-            continue
-        videos, folder = index_videos(root / split), str(root / split)
-        for line, label, youtube_id, start, end in read_kinetics_csv(csv_path):
-            clip_id = clip_name(youtube_id, start, end)
-            path = videos.get(clip_id) or f"{folder}/{clip_id}.mp4"  # a missing file becomes a status row
-            entries.append((split, clip_id, label, path, f"{csv_path}:{line}"))
-    return entries
+        if csv_path is not None:
+            read.append((split, csv_path, read_kinetics_csv(csv_path)))
+    classes, index = sorted_index(label for _, _, rows in read for _, label, *_ in rows)
+    clips = []
+    for split, csv_path, rows in read:
+        videos, folder, csv_path = index_videos(root / split), str(root / split), str(csv_path)
+        for line, label, youtube_id, start, end in rows:
+            clip_id = f"{youtube_id}_{start:06d}_{end:06d}"  # clip_name, inlined: once per row
+            clips.append(ClipRecord(clip_id=clip_id, path=videos.get(clip_id) or f"{folder}/{clip_id}.mp4",
+                                    split=split, label=label, label_index=index.get(label),
+                                    source=f"{csv_path}:{line}"))  # a missing file becomes a status row
+    return Listing(clips=clips, classes=classes)
 
 
 def read_kinetics_csv(csv_path: Path) -> list[tuple[int, str | None, str, int, int]]:

@@ -93,7 +93,8 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     Ctrl-C or SIGTERM: Interrupted, saying how many selected shards are committed."""
     started = time.perf_counter()
     run_record = RunRecord(record, plan_files(plan))
-    todo = [task for task in selected if task.overwrite or not is_done(task)]
+    read = committed_stats(plan)  # each shard's stats read once (a folder listing says which there are)
+    todo = [task for task in selected if task.overwrite or not is_done(task, read.get(task.name))]
     if todo or run_record.pending(whole=False):
         require_writable(output)
     log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
@@ -123,7 +124,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
                       or (_marker_state(task) != before[task.name] and is_done(task))]
             if landed:
                 run_record.commit()
-                record_problems(plan, computed, {}, required=True)
+                record_problems(plan, {}, required=True)
             done = len(selected) - len(todo) + len(landed)
             raise Interrupted(f"{stage}: {done} of {len(selected)} shards committed",
                               signum=getattr(exc, "signum", None)) from None
@@ -136,16 +137,17 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
     if computed or not failed:
         mark_started(plan)
+    todo_names = {task.name for task in todo} - set(computed)  # their stats, if any, came from elsewhere meanwhile
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
                            workers=worker_totals(list(computed.values())))
     statuses: Counter[str] = Counter()
-    read: dict[str, ShardStats] = dict(computed)  # each shard's stats read once
+    read |= computed
     for task in selected:
         if task.name in failed:
             statuses[SHARD_FAILED] += len(task.items)
             continue
-        stats = read.get(task.name) or ShardStats.read(task.marker)
+        stats = read.get(task.name) if task.name not in todo_names else ShardStats.read(task.marker)
         if stats is None:  # another run is recomputing it right now
             statuses["not_done"] += len(task.items)
             continue
@@ -164,19 +166,38 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     found = run_problems(plan, read, failed)
     summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
     if computed or not failed:
-        summary.problems_file = str(record_problems(plan, read, failed, required=bool(computed), found=found))
+        summary.problems_file = str(record_problems(plan, failed, required=bool(computed), found=found))
     summary.problems = ordered(summary.problems)
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
 
 
-def record_problems(plan: Sequence[ShardTask], computed: Mapping[str, ShardStats], failed: Mapping[str, str], *,
-                    required: bool, found: dict[Path, list[Problem]] | None = None) -> Path | None:
+def committed_stats(plan: Sequence[ShardTask]) -> dict[str, ShardStats]:
+    """Shard → its stats, for the shards of the plan that have any (their folders listed once: most shards of
+    a run at its start have none, and a stat per shard costs seconds at Kinetics scale)."""
+    listed: dict[Path, set[str]] = {}
+    found = {}
+    for task in plan:
+        names = listed.get(task.folder)
+        if names is None:
+            try:
+                names = listed[task.folder] = set(os.listdir(task.folder))
+            except FileNotFoundError:
+                names = listed[task.folder] = set()
+        if task.marker.name in names:
+            stats = ShardStats.read(task.marker)
+            if stats is not None:
+                found[task.name] = stats
+    return found
+
+
+def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, required: bool,
+                    found: dict[Path, list[Problem]] | None = None) -> Path | None:
     """problems.csv beside the shards (one folder per plan, in practice); returns its path. A run that computed
     nothing may find the folder read-only: then a list that is out of date or missing (a run from before the
     lists) is only warned about."""
     path = None
-    for folder, problems in (found if found is not None else run_problems(plan, computed, failed)).items():
+    for folder, problems in (found if found is not None else run_problems(plan, committed_stats(plan), failed)).items():
         try:
             path = write_problems(folder, problems)
         except OSError as exc:
@@ -207,7 +228,7 @@ def run_problems(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
         if task.name in failed:
             problems += [Problem.of(item, SHARD_FAILED, failed[task.name], task.name) for item in task.items]
             continue
-        stats = known.get(task.name) or ShardStats.read(task.marker)
+        stats = known.get(task.name)
         if stats is not None and stats.plan == task.plan_digest():
             problems += stats.problems if stats.problems is not None else stored_problems(task, stats)
     return by_folder

@@ -18,10 +18,11 @@ from pipeline.records import FAILED, OK
 log = logging.getLogger(__name__)
 
 
-def is_done(task: ShardTask) -> bool:
-    """The shard's stats exist, were made from exactly what the task is made from (settings, items and their
-    identities, upstream digests), its files are still there, and (with `retry_failed`) no item failed."""
-    stats = ShardStats.read(task.marker)
+def is_done(task: ShardTask, stats: ShardStats | None = None) -> bool:
+    """The shard's stats (`stats`, where already read) exist, were made from exactly what the task is made from
+    (settings, items and their identities, upstream digests), its files are still there, and (with
+    `retry_failed`) no item failed."""
+    stats = stats or ShardStats.read(task.marker)
     if stats is None or stats.plan != task.plan_digest():
         return False
     if task.retry_failed and stats.by_status.get(FAILED):

@@ -8,12 +8,14 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from pathlib import Path
 
 from pipeline import __version__
 from pipeline.atomic import write_json
-from pipeline.bulk import bulk
+from pipeline.bulk import bulk, frozen
 from pipeline.datasets import Listing, list_clips
 from pipeline.datasets.common import on_disk
 from pipeline.engine import ShardTask, StageSummary, load_layout, run_stage, select
@@ -52,9 +54,10 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     with bulk():
         plan, selected, record = plan_masks(config, listing)
     try:
-        summary = run_stage(f"masks {config.name}", run_dir, plan, selected, options=options, record=record,
-                            progress=progress, resources=resources, fatal=(SegmenterLoadError,),
-                            key_prefix=f"masks-{config.name}")
+        with frozen():
+            summary = run_stage(f"masks {config.name}", run_dir, plan, selected, options=options, record=record,
+                                progress=progress, resources=resources, fatal=(SegmenterLoadError,),
+                                key_prefix=f"masks-{config.name}")
         summary.left_out = dict(listing.skipped)
     except Exception:  # a start that failed (an interrupted one keeps its tries: it resumes)
         if fresh and not (run_dir / "run.json").exists() and not any(run_dir.glob("*_stats.json")) \
@@ -70,7 +73,7 @@ def plan_masks(config: MasksConfig, listing: Listing) -> tuple[list[ShardTask], 
     """The whole dataset's shards (laid out as the run folder's layout says), those this run selects, and the
     run's record files."""
     run_dir = config.run_dir()
-    clips = [clip if os.path.isabs(clip.path) else dataclasses.replace(clip, path=Path(clip.path).absolute())
+    clips = [clip if clip.path.startswith(os.sep) else dataclasses.replace(clip, path=Path(clip.path).absolute())
              for clip in listing.clips]
     layout = load_layout(run_dir, _counts(clips), config.shard_size)
     by_shard = layout.assign(clips, group=lambda clip: clip.split, key=lambda clip: clip.clip_id)
@@ -98,10 +101,7 @@ def placement(config: MasksConfig) -> tuple[ExecOptions, dict[str, float] | None
 
 
 def _counts(clips: list[ClipRecord]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for clip in clips:
-        counts[clip.split] = counts.get(clip.split, 0) + 1
-    return counts
+    return dict(Counter(map(attrgetter("split"), clips)))
 
 
 def clip_identities(clips: list[ClipRecord]) -> dict[str, str]:
