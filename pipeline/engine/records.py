@@ -132,13 +132,15 @@ class ShardStats:
     worker: str  # host:pid
     peak_rss_mb: float
     totals: dict[str, Any] = field(default_factory=dict)  # the stage's own (masks: instances)
-    problems: list[Problem] | None = None  # the items not `ok` (None in stats written before the lists)
+    problems: list[Problem | dict] | None = None  # items not `ok`, as made or as read (None: stats from before)
     made_with: dict[str, Any] = field(default_factory=dict)  # what ran the shard without shaping it (device, batch)
     version: int = STATS_VERSION
 
-    def __post_init__(self) -> None:
-        if self.problems is not None:
-            self.problems = [p if isinstance(p, Problem) else Problem(**p) for p in self.problems]
+    def problem_records(self) -> list[Problem] | None:
+        """The problems as records (kept as read until asked: making 260k of them costs a second)."""
+        if self.problems is None:
+            return None
+        return [p if isinstance(p, Problem) else Problem(**p) for p in self.problems]
 
     def write(self, path: Path) -> None:
         write_json(path, asdict(self))

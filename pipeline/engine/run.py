@@ -4,6 +4,7 @@ shards hold. Also reads back which committed shards of a folder are current, for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -66,6 +67,10 @@ class StageSummary:
         out += [f"  FAILED {name}: {error}" for name, error in self.failed_shards.items()]
         out += self.problem_lines()
         return out
+
+    def record(self) -> dict:
+        """The summary as `summary.json` keeps it: without the problems (problems.csv lists them all)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name != "problems"}
 
     def problem_lines(self, first: int = 3) -> list[str]:
         """The count of problems by status, the first few named, and where the full list is."""
@@ -230,7 +235,8 @@ def run_problems(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
             continue
         stats = known.get(task.name)
         if stats is not None and stats.plan == task.plan_digest():
-            problems += stats.problems if stats.problems is not None else stored_problems(task, stats)
+            found = stats.problem_records()
+            problems += found if found is not None else stored_problems(task, stats)
     return by_folder
 
 

@@ -65,7 +65,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if summary.computed:
-        write_json(run_dir / "summary.json", dataclasses.asdict(summary))
+        write_json(run_dir / "summary.json", summary.record())
     return summary
 
 

@@ -165,7 +165,7 @@ def run_render(config: RenderConfig, *, progress: bool = True) -> RenderSummary:
                                 [task for task in plan if task.name in chosen], options=execution, record=[record],
                                 progress=progress, key_prefix=f"render-{config.dataset}-{variant.name}", client=client)
             if summary.computed:
-                write_json(stage.status_dir / "summary.json", dataclasses.asdict(summary))
+                write_json(stage.status_dir / "summary.json", summary.record())
             summaries.append(summary)
     return RenderSummary(dataset=config.dataset, masks_dir=str(masks.folder), variants=summaries,
                          failed_variants=failed, seconds=round(time.perf_counter() - started, 2))

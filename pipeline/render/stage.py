@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
+from pipeline.engine.journal import journal_path
 from pipeline.engine.problems import stored_statuses
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
@@ -163,10 +164,11 @@ class RenderStage:
         return stored_statuses(self.status_path(task.name))
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
-        for item in task.items:  # under the shard's claim: what a killed writer left
-            remove_stale_temps(temps_of(self.clip_path(item)))
-        if self.webdataset:
-            remove_stale_temps(temps_of(self.tar_path(task.name)))
+        if journal_path(task.marker).exists():  # under the shard's claim: what a killed writer left (it left its
+            for item in task.items:  # journal too; a search per clip of folders of thousands costs much)
+                remove_stale_temps(temps_of(self.clip_path(item)))
+            if self.webdataset:
+                remove_stale_temps(temps_of(self.tar_path(task.name)))
         masks = MasksRun(self.masks_dir)
         return RenderWork(self, task, masks, masks.shard_masks(task.name), commit)
 
