@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline import rle
@@ -149,14 +150,19 @@ class MasksRun:
         return ShardFiles(self.folder, shard)
 
     def table(self) -> pa.Table:
-        """The status rows of the current shards, with a `shard` column; a clip in two shards is an error."""
-        tables = []
-        for shard in self.shards:
-            table = pq.read_table(self.files(shard).clips)
-            tables.append(table.append_column("shard", pa.array([shard] * table.num_rows, pa.string())))
-        if not tables:
+        """The status rows of the current shards, with a `shard` column; a clip in two shards is an error. The
+        shards' files are read together (thousands of small files, one at a time, cost twice as long)."""
+        if not self.shards:
             return CLIP_SCHEMA.empty_table().append_column("shard", pa.array([], pa.string()))
-        table = pa.concat_tables(tables, promote_options="default").sort_by("clip_id")
+        batches, shards = [], []
+        shard_of = {os.fspath(self.files(shard).clips): shard for shard in self.shards}
+        dataset = ds.dataset(list(shard_of), format="parquet", schema=CLIP_SCHEMA)
+        for tagged in dataset.scanner().scan_batches():
+            batches.append(tagged.record_batch)
+            shards.append(pa.array([shard_of[tagged.fragment.path]] * tagged.record_batch.num_rows, pa.string()))
+        table = pa.Table.from_batches(batches, schema=CLIP_SCHEMA)
+        table = table.append_column("shard", pa.concat_arrays(shards) if shards else pa.array([], pa.string()))
+        table = table.sort_by("clip_id")
         ids = table.column("clip_id").to_pylist()
         twice = next((i for i in range(1, len(ids)) if ids[i] == ids[i - 1]), None)
         if twice is not None:
