@@ -56,3 +56,11 @@ def test_a_csv_list_file_names_the_line_a_quote_opens(tmp_path):
     path.write_text('path,label,split\na.mp4,"x",train\n\nb.mp4,y,train\n')
     assert [(c.clip_id, c.source) for c in list_clips("list", path, tmp_path).clips] == [
         ("a", f"{path}:2"), ("b", f"{path}:4")]
+
+
+def test_the_fast_reader_refuses_what_the_record_reader_refuses(tmp_path):
+    # a label over two lines and a bare carriage return: the columnar parse would count the same rows
+    lines = ['"class 0",yt2,2,12,train', '"class\n1",yt3,3,13,train', '"class 0",yt4,4,14,train\r"class 1",yt5,5,15,train']
+    path = kinetics_csv(tmp_path / "k", lines)
+    with pytest.raises(DatasetError, match=rf"^{path}:3: this record runs on to line 4 \(unterminated quote\?\)$"):
+        list_clips("kinetics400", tmp_path / "k", tmp_path)

@@ -46,6 +46,15 @@ def test_a_task_file_rewritten_with_another_plan_is_refused(tmp_path):
         load(ShardRef(inputs=ref.inputs, name="train-00000", plan=ref.plan))
 
 
+def test_a_task_file_gone_names_the_shard_and_says_rerun_and_two_runs_never_share_one(tmp_path):
+    first, second = inputs_path(tmp_path), inputs_path(tmp_path)
+    assert first != second  # two drivers of one host (containers can share a pid) write their own files
+    (ref,) = write_inputs([shard("val-00000", 3)], first)
+    first.unlink()
+    with pytest.raises(RuntimeError, match=rf"^{first}: the task file of shard val-00000 is gone: .*; rerun$"):
+        load(ref)
+
+
 def test_a_dask_run_sends_references_and_leaves_no_task_file(shapes_dataset, tmp_path, monkeypatch):
     import pipeline.executor as executor
 

@@ -11,7 +11,7 @@ the CLI on it, each command in a subprocess of its own (wall seconds, peak RSS):
   the workers' start cancel out), per shard and per clip computed, less what the real clips' shards took beyond
   a shard without frames (their frames are reported beside); render is `--variants human_only` over those masks;
 - the no-op rerun: the in-process masks command again, its shards all done;
-- `manifests` and `report` over the in-process run, `status` of it (null where that command is missing).
+- `manifests` and `report` over the in-process run, `status` of it.
 Every figure says how many clips it was measured on.
 """
 
@@ -122,12 +122,8 @@ def bench_scale(options: ScaleOptions) -> dict:
                                       options.variant]),
                        ("report", ["report", "--dataset", DATASET, "--out", str(local)])):
         result[name] = {**bench.run(name, args)[0].figures(), "clips": done}
-    result["status"] = None
-    if run_cli(["status", "--help"], out / "logs" / "status-help.log").rc == 0:
-        status = bench.run("status", ["status", "--dataset", DATASET, "--out", str(local)])[0]
-        result["status"] = {**status.figures(), "clips": clips, "done_clips": done}
-    else:
-        result["notes"].append("status: not available")
+    status = bench.run("status", ["status", "--dataset", DATASET, "--out", str(local)])[0]
+    result["status"] = {**status.figures(), "clips": clips, "done_clips": done}
     result["goals"] = goals(result, options.workers)
     return result
 
@@ -165,7 +161,7 @@ def goals(result: dict, workers: int) -> dict:
         "plan_s": result["plan"]["seconds"], "plan_peak_rss_mb": result["plan"]["peak_rss_mb"],
         "masks_in_process_per_clip_ms": result["masks"]["in_process"]["per_clip_ms"],
         "masks_dask_per_shard_ms": result["masks"][f"workers_{workers}"]["per_shard_ms"],
-        "noop_rerun_s": result["noop_rerun"]["seconds"], "status_s": (result["status"] or {}).get("seconds"),
+        "noop_rerun_s": result["noop_rerun"]["seconds"], "status_s": result["status"]["seconds"],
         "manifests_s": result["manifests"]["seconds"], "report_s": result["report"]["seconds"]}
     return {name: {"goal": goal, "measured": measured[name],
                    "met": None if measured[name] is None else measured[name] <= goal} for name, goal in GOALS.items()}

@@ -84,20 +84,25 @@ def on_disk(paths: list) -> list[bool]:
     """Whether each path is a file (or a link to one), listing each folder once instead of a stat per clip."""
     folders: dict[str, set[str]] = {}
 
-    def files_in(folder: str) -> set[str]:
+    def files_in(folder: str) -> set[str] | None:
         try:
             with os.scandir(folder or ".") as entries:
                 return {entry.name for entry in entries if entry.is_file()}
-        except OSError:  # not there, or not a folder
+        except (FileNotFoundError, NotADirectoryError):
             return set()
+        except OSError:  # there but not listable (no read permission, a network error): a stat per file
+            return None
 
     found = []
     for path in paths:
-        folder, name = path.rpartition(os.sep)[::2] if isinstance(path, str) else os.path.split(path)
-        names = folders.get(folder)
-        if names is None:
-            names = folders[folder] = files_in(folder)
-        found.append(name in names)
+        path = path if isinstance(path, str) else os.fspath(path)
+        folder, _, name = path.rpartition(os.sep)
+        if not folder and path[:1] == os.sep:  # a file at the root
+            folder = os.sep
+        if folder not in folders:
+            folders[folder] = files_in(folder)
+        names = folders[folder]
+        found.append(os.path.isfile(path) if names is None else name in names)
     return found
 
 
@@ -171,8 +176,8 @@ def bulk_columns(path: Path, required: tuple[str, ...], *, optional: tuple[str, 
             include_columns=[name for name in (*required, *optional) if name in header]))
     except (pa.ArrowInvalid, UnicodeDecodeError, csv.Error):
         return None
-    if table.num_rows != len(lines) - 1:  # a record over several lines, quoted
-        return None
+    if table.num_rows != len(lines) - 1 or b"\r" in data.replace(b"\r\n", b""):  # a record over several lines
+        return None  # (quoted), or a bare carriage return: the record reader says where
     return Columns(lines=list(range(2, table.num_rows + 2)),
                    columns={name: table.column(name).to_pylist() if name in header else [None] * table.num_rows
                             for name in (*required, *optional)})

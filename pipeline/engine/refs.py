@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import pickle
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ class ShardRef:
 def inputs_path(folder: Path) -> Path:
     """This process's task file in `folder` (hidden; removed when its run ends, or by a later run if the run
     that wrote it is gone)."""
-    return Path(folder) / f".tasks-{socket.gethostname()}-{os.getpid()}.parquet"
+    return Path(folder) / f".tasks-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
 
 
 def write_inputs(tasks: Sequence[ShardTask], path: Path) -> list[ShardRef]:
@@ -62,7 +63,7 @@ def remove_abandoned(folder: Path) -> None:
     """Task files in `folder` left by runs of this host that are gone (killed before they could remove them)."""
     host = socket.gethostname()
     for stale in Path(folder).glob(f".tasks-{host}-*.parquet"):
-        pid = stale.name.removeprefix(f".tasks-{host}-").removesuffix(".parquet")
+        pid = stale.name.removeprefix(f".tasks-{host}-").removesuffix(".parquet").partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
 
@@ -80,7 +81,11 @@ def _alive(pid: int) -> bool:
 def load(ref: ShardRef) -> ShardTask:
     """The task a reference names, read from its row group; a task file that says otherwise than the plan the
     reference was made with (rewritten meanwhile) is refused."""
-    stat = os.stat(ref.inputs)
+    try:
+        stat = os.stat(ref.inputs)
+    except FileNotFoundError:
+        raise RuntimeError(f"{ref.inputs}: the task file of shard {ref.name} is gone: the run that wrote it ended "
+                           "(stopped, or another driver on a shared scheduler ran this shard); rerun") from None
     file, firsts = _opened(ref.inputs, (stat.st_ino, stat.st_mtime_ns, stat.st_size))
     group = bisect.bisect_right(firsts, ref.name) - 1  # the shards are sorted by name, the groups in order
     rows = file.read_row_group(group, columns=["name", "plan", "task"]).to_pydict() if group >= 0 else {"name": []}

@@ -98,7 +98,8 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     Ctrl-C or SIGTERM: Interrupted, saying how many selected shards are committed."""
     started = time.perf_counter()
     run_record = RunRecord(record, plan_files(plan))
-    read = committed_stats(plan)  # each shard's stats read once (a folder listing says which there are)
+    versions = marker_versions(plan)  # a folder listing says which shards have stats; each is read once
+    read = committed_stats(plan, versions)
     todo = [task for task in selected if task.overwrite or not is_done(task, read.get(task.name))]
     if todo or run_record.pending(whole=False):
         require_writable(output)
@@ -142,6 +143,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
     if computed or not failed:
         mark_started(plan)
+    read = refreshed(plan, read, versions, computed)  # another run's commits meanwhile count (problems.csv)
     todo_names = {task.name for task in todo} - set(computed)  # their stats, if any, came from elsewhere meanwhile
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
@@ -177,9 +179,10 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     return summary
 
 
-def committed_stats(plan: Sequence[ShardTask]) -> dict[str, ShardStats]:
-    """Shard → its stats, for the shards of the plan that have any (their folders listed once: most shards of
-    a run at its start have none, and a stat per shard costs seconds at Kinetics scale)."""
+def marker_versions(plan: Sequence[ShardTask]) -> dict[str, tuple[int, int]]:
+    """Shard → its stats file's (inode, modification time), for the shards of the plan that have one (their
+    folders listed once: most shards of a run at its start have none, and a stat per absent file costs seconds
+    at Kinetics scale)."""
     listed: dict[Path, set[str]] = {}
     found = {}
     for task in plan:
@@ -189,11 +192,35 @@ def committed_stats(plan: Sequence[ShardTask]) -> dict[str, ShardStats]:
                 names = listed[task.folder] = set(os.listdir(task.folder))
             except FileNotFoundError:
                 names = listed[task.folder] = set()
-        if task.marker.name in names:
+        if task.marker.name in names and (state := _marker_state(task)) is not None:
+            found[task.name] = state
+    return found
+
+
+def committed_stats(plan: Sequence[ShardTask],
+                    versions: Mapping[str, tuple[int, int]] | None = None) -> dict[str, ShardStats]:
+    """Shard → its stats, for the shards of the plan that have any (`versions`: those found, else listed now)."""
+    versions = marker_versions(plan) if versions is None else versions
+    found = {}
+    for task in plan:
+        if task.name in versions and (stats := ShardStats.read(task.marker)) is not None:
+            found[task.name] = stats
+    return found
+
+
+def refreshed(plan: Sequence[ShardTask], read: Mapping[str, ShardStats], versions: Mapping[str, tuple[int, int]],
+              computed: Mapping[str, ShardStats]) -> dict[str, ShardStats]:
+    """`read` (taken when the run began, as `versions` found the stats files) with this run's `computed`, and
+    the stats another run committed, rewrote or removed since read again: a shared folder's problems.csv and
+    summary never drop nor restore what a concurrent run changed."""
+    now = marker_versions(plan)
+    out = {name: stats for name, stats in read.items() if name in now}
+    for task in plan:
+        if task.name not in computed and task.name in now and now[task.name] != versions.get(task.name):
             stats = ShardStats.read(task.marker)
             if stats is not None:
-                found[task.name] = stats
-    return found
+                out[task.name] = stats
+    return out | dict(computed)
 
 
 def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, required: bool,
