@@ -95,3 +95,11 @@ def test_status_without_a_masks_run_is_one_line(tmp_path, capsys):
     assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'masks' / 'kinetics400'}: no masks run yet")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_corrupt_plan_is_one_line_naming_it(tmp_path, capsys):
+    run = tmp_path / "masks" / "kinetics400" / "selfie-0123456789"
+    run.mkdir(parents=True)
+    (run / "plan.json").write_text('{"train-00000": ')  # cut short (not by this project: it renames into place)
+    assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run / 'plan.json'}: not a plan (")

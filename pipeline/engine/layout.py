@@ -30,13 +30,10 @@ class Layout:
     shard_size: int  # the mean number of items per shard the layout was made for
     buckets: dict[str, int]  # group → number of shards
 
-    def shard_of(self, group: str, key: str) -> str:
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        return f"{group}-{int.from_bytes(digest, 'big') % self.buckets[group]:05d}"
-
     def assign(self, items: Iterable[T], *, group, key) -> dict[str, list[T]]:
-        """Shard name → its items (in the order given), for the shards that have any; in name order. (What
-        `shard_of` gives each item, with the names made once per shard rather than once per item.)"""
+        """Shard name → its items (in the order given), for the shards that have any; in name order. An item's
+        shard is `<group>-<bucket>`, the bucket from a hash of its key (BLAKE2b, 8 bytes, big-endian, modulo the
+        group's shards): it never depends on which other items are listed."""
         names = {g: [f"{g}-{bucket:05d}" for bucket in range(n)] for g, n in self.buckets.items()}
         blake2b, shards = hashlib.blake2b, {}
         for item in items:

@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.engine.claims import claim_held, claim_holder
 from pipeline.engine.journal import Activity, events, journal_path
 from pipeline.engine.records import ShardStats
+from pipeline.errors import InputError
 from pipeline.records import FAILED
 
 WINDOW = 300.0  # seconds of activity the rate is taken over
@@ -148,10 +149,13 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
 
 def read_plan(folder: Path) -> dict[str, str] | None:
     """The folder's plan: shard → the plan digest its stats must carry to be current (None: no plan yet)."""
+    path = Path(folder) / "plan.json"
     try:
-        return json.loads((Path(folder) / "plan.json").read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a plan ({exc}); rerun the stage's command to write it again") from None
 
 
 def _shards_found(names) -> list[str]:
