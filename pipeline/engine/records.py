@@ -12,6 +12,7 @@ from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
 from pipeline.atomic import write_json
 
 STATS_VERSION = 2
+MARKER_SUFFIX = "_stats.json"  # a shard's stats, written last: its done marker
 
 
 class Item(Protocol):
@@ -87,7 +88,7 @@ class ShardTask(Generic[I]):
 
     @property
     def marker(self) -> Path:
-        return self.folder / f"{self.name}_stats.json"
+        return self.folder / f"{self.name}{MARKER_SUFFIX}"
 
     def plan_digest(self) -> str:
         """One digest of everything the shard's outputs are made from; its stats record it, and a shard is

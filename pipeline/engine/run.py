@@ -19,7 +19,7 @@ from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import JournalWatch
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
 from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
-from pipeline.engine.records import Problem, ShardStats, ShardTask
+from pipeline.engine.records import MARKER_SUFFIX, Problem, ShardStats, ShardTask
 from pipeline.engine.refs import inputs_path, run_shard_ref, write_inputs
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, run_tasks
@@ -183,17 +183,23 @@ def marker_versions(plan: Sequence[ShardTask]) -> dict[str, tuple[int, int]]:
     """Shard → its stats file's (inode, modification time), for the shards of the plan that have one (their
     folders listed once: most shards of a run at its start have none, and a stat per absent file costs seconds
     at Kinetics scale)."""
-    listed: dict[Path, set[str]] = {}
+    listed: dict[Path, dict[str, os.DirEntry]] = {}
     found = {}
     for task in plan:
-        names = listed.get(task.folder)
-        if names is None:
+        entries = listed.get(task.folder)
+        if entries is None:
             try:
-                names = listed[task.folder] = set(os.listdir(task.folder))
+                with os.scandir(task.folder) as scan:
+                    entries = listed[task.folder] = {entry.name: entry for entry in scan}
             except FileNotFoundError:
-                names = listed[task.folder] = set()
-        if task.marker.name in names and (state := _marker_state(task)) is not None:
-            found[task.name] = state
+                entries = listed[task.folder] = {}
+        entry = entries.get(task.name + MARKER_SUFFIX)
+        if entry is not None:
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:  # removed since the listing
+                continue
+            found[task.name] = (stat.st_ino, stat.st_mtime_ns)
     return found
 
 
