@@ -1,4 +1,5 @@
-"""Two runs sharing one shard folder: what the other run commits meanwhile is in this run's problems.csv."""
+"""One shard folder over several runs: what another run commits meanwhile is in this run's problems.csv, and
+what a writer cut short left is removed by the next, in the same process too."""
 
 from __future__ import annotations
 
@@ -52,8 +53,14 @@ class Work:
 @dataclass(frozen=True)
 class Stage:
     failing: frozenset[str] = frozenset()
+    cut_short: bool = False  # the writer stops after making its temporary file (as a killed one would)
+    writes: str | None = None  # a file of the shard the writer makes
 
     def open(self, task: ShardTask, commit) -> Work:
+        if self.writes:
+            commit.stage(task.folder / f"{task.name}_{self.writes}").write_bytes(b"written")
+        if self.cut_short:
+            raise KeyboardInterrupt
         return Work(self.failing)
 
 
@@ -78,3 +85,14 @@ def test_a_shard_another_run_commits_or_redoes_meanwhile_is_listed_as_it_is_now(
     summary = run_stage("toy", tmp_path, plan, [plan[0]], options=ExecOptions(workers=0), progress=False)
     assert not MEANWHILE and summary.computed == 1
     assert problems(tmp_path) == [("bad1", "failed", "val-0")]  # val-1's old problem not written back
+
+
+def test_a_writer_cut_short_before_its_first_try_leaves_nothing_for_the_next(tmp_path):
+    run_shard(shard(tmp_path, "train-0", ["a"], Stage()))  # the folder's temporary files listed in this process
+    try:
+        run_shard(shard(tmp_path, "train-1", ["b"], Stage(cut_short=True, writes="old.parquet")))
+    except KeyboardInterrupt:
+        pass
+    assert [p.name for p in tmp_path.glob(".train-1*.tmp-*")], "the cut-short writer left its temporary file"
+    run_shard(shard(tmp_path, "train-1", ["b"], Stage(writes="new.parquet")))  # (a writer staging another file)
+    assert not list(tmp_path.glob(".*.tmp-*")) and (tmp_path / "train-1_new.parquet").read_bytes() == b"written"

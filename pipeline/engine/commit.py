@@ -20,8 +20,9 @@ class Commit:
     """The files of one shard, written to temporary names and renamed into place at `finish`: the shard's
     tables, and files per item (a rendered clip) wherever the stage puts them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, cut_short: bool = False) -> None:
         self.folder = Path(folder)
+        self.cut_short = cut_short  # a writer of this shard was cut short before: it may have left temporary files
         self._staged: dict[Path, Path] = {}  # final → temporary, in the order staged
 
     def stage(self, path: Path) -> Path:

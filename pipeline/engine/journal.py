@@ -66,19 +66,27 @@ def apply(counts: dict[str, TryCount], event: Mapping) -> None:
 
 
 class Journal:
-    """Appends events to one journal file, opened at the first event and kept open."""
+    """Appends events to one journal file, opened before the shard's writer starts (or at the first event) and
+    kept open."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._torn = False
 
-    def append(self, event: Mapping) -> None:
-        line = (json.dumps({**event, "t": round(time.time(), 3)}, separators=(",", ":")) + "\n").encode()
+    def open(self) -> None:
+        """Create the journal, if not there, before the shard's writer makes any file: a journal that outlives
+        its writer says that a temporary file of the shard may be left (claims.py searches only then)."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             size = os.fstat(self._fd).st_size
-            if size and os.pread(self._fd, 1, size - 1) != b"\n":  # a writer killed mid-line: start a new one
-                line = b"\n" + line
+            self._torn = bool(size) and os.pread(self._fd, 1, size - 1) != b"\n"  # a writer killed mid-line
+
+    def append(self, event: Mapping) -> None:
+        line = (json.dumps({**event, "t": round(time.time(), 3)}, separators=(",", ":")) + "\n").encode()
+        self.open()
+        if self._torn:  # start a new line
+            line, self._torn = b"\n" + line, False
         written = os.write(self._fd, line)
         while written < len(line):  # a short write (a filesystem nearly full) is finished, not left torn
             written += os.write(self._fd, line[written:])

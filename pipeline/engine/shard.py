@@ -51,8 +51,13 @@ def run_shard(task: ShardTask) -> ShardStats:
 def _compute(task: ShardTask) -> ShardStats:
     started = time.perf_counter()
     tries = Tries(journal_path(task.marker), task.max_tries)
-    commit = Commit(task.folder)
-    work = task.stage.open(task, commit)
+    commit = Commit(task.folder, cut_short=tries.path.exists())  # a journal outlives a writer cut short
+    tries.open()  # before the writer makes a temporary file: a stale one is searched for where a journal is left
+    try:
+        work = task.stage.open(task, commit)
+    except BaseException:
+        tries.close()
+        raise
     try:
         outcomes = _outcomes(task, tries, work)
         totals = work.finish(outcomes, commit)

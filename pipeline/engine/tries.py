@@ -142,6 +142,11 @@ class Tries:
         with self._lock:
             return {key: dataclasses.replace(entry) for key, entry in self._entries.items()}
 
+    def open(self) -> None:
+        """The journal exists from now on, until the shard commits (see Journal.open)."""
+        with self._lock:
+            self._journal.open()
+
     def clear(self) -> None:
         """The shard committed: its journal goes."""
         with self._lock:

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
-from pipeline.engine.journal import journal_path
 from pipeline.engine.problems import stored_statuses
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
@@ -164,8 +163,8 @@ class RenderStage:
         return stored_statuses(self.status_path(task.name))
 
     def open(self, task: ShardTask, commit: Commit) -> "RenderWork":
-        if journal_path(task.marker).exists():  # under the shard's claim: what a killed writer left (it left its
-            for item in task.items:  # journal too; a search per clip of folders of thousands costs much)
+        if commit.cut_short:  # under the shard's claim: what a killed writer left (only where one was: a search
+            for item in task.items:  # per clip of folders of thousands costs much)
                 remove_stale_temps(temps_of(self.clip_path(item)))
             if self.webdataset:
                 remove_stale_temps(temps_of(self.tar_path(task.name)))
