@@ -22,6 +22,7 @@ from pipeline.engine.record import NOT_WRITABLE
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions
 from pipeline.masks.config import MasksConfig
+from pipeline.predict.scorers import PRECISIONS, ScorerSpec
 from pipeline.render.encode import FORMATS, EncodeOptions
 from pipeline.render.pairing import PAIR_RANGE
 from pipeline.render.runner import RenderConfig
@@ -209,6 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
                                "clip_id,score_0,...) per variant; subfolders per training variant give a grid")
     evaluate.add_argument("--split", help="the manifest split the predictions are for (default: val, or the only one)")
     evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000, help="resamples per 95%% interval")
+
+    predict = commands.add_parser("predict", help="score every variant's listed clips with a zero-shot video "
+                                  "classifier (CLIP, SigLIP, X-CLIP); writes the <variant>.csv files evaluate reads")
+    _add_dataset(predict)
+    predict.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/manifests, writes "
+                         "OUT/predictions/DATASET/MASKS_RUN/SCORER-FINGERPRINT/SPLIT")
+    _add_masks_run(predict)
+    predict.add_argument("--scorer", required=True, help="open_clip:<arch> (e.g. open_clip:ViT-B-32) or "
+                         "xclip:<hub id or folder> (e.g. xclip:microsoft/xclip-base-patch32)")
+    predict.add_argument("--weights", help="random, a weights file or folder, or a name the library downloads "
+                         "(open_clip: a pretrained tag such as openai; default for xclip: the model's own)")
+    predict.add_argument("--variants", help="comma-separated (default: every variant with a manifest)")
+    predict.add_argument("--split", help="the manifest split to score (default: val, or the only one)")
+    predict.add_argument("--frames", type=positive_int, help="frames per clip, evenly spread (default: 8; X-CLIP: "
+                         "the model's own)")
+    predict.add_argument("--prompts", type=Path, help="TOML file: templates = [\"a video of {}.\", ...] and [names] "
+                         "(default: CLIP's 28 Kinetics templates, cleaned class names)")
+    predict.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    predict.add_argument("--precision", choices=PRECISIONS, help="fp32 (default on the CPU), fp16 (default on CUDA), bf16")
+    predict.add_argument("--batch", type=positive_int, default=4, help="clips per model call")
+    predict.add_argument("--readers", type=positive_int, default=2, help="clips read or composed ahead at once")
+    _add_execution(predict)
+    predict.set_defaults(workers=0)
 
     status = commands.add_parser("status", help="where the masks run and its renders stand, in progress or finished: "
                                  "shards done, claimed and failed, clips by status, frames/s, ETA, top errors; "
@@ -420,6 +444,22 @@ def run(args: argparse.Namespace) -> int:
         for summary in failed:
             print(f"FAILED {summary['variant']}: {summary['failed']}")
         return 1 if failed else 0
+    if args.command == "predict":
+        from pipeline.predict.runner import PredictConfig, run_predict
+
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+        execution_options = execution(args)
+        if args.device.startswith("cuda") and not execution_options.in_process:
+            raise UsageError("predict on CUDA runs in this process (one GPU); leave WORKERS at 0")
+        config = PredictConfig(
+            dataset=output_name(args.dataset, args.split_id), out=args.out, masks_tag=args.masks,
+            make_args=make_args(args), variants=variants, split=args.split, frames=args.frames, prompts=args.prompts,
+            scorer=ScorerSpec.parse(args.scorer, weights=args.weights, device=args.device, precision=args.precision),
+            batch=args.batch, readers=args.readers, execution=execution_options, overwrite=args.overwrite,
+            retry_failed=args.retry_failed)
+        summary = run_predict(config)
+        print("\n".join(summary.lines()))
+        return 1 if summary.failed else 0
     if args.command == "status":
         from pipeline.status import run_status, status_lines
 

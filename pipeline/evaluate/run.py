@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.atomic import write_json
 from pipeline.engine.commit import file_digest
@@ -27,12 +26,12 @@ from pipeline.errors import InputError
 from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
 from pipeline.evaluate.predictions import FORMATS, read_predictions
 from pipeline.evaluate.section import manifest_digests
+from pipeline.manifests.read import VariantRows, choose_split, variant_rows
 from pipeline.masks import find_run
 
 log = logging.getLogger(__name__)
 
-LIST_FORMATS = ("mp4", "source", "rawframes")  # the list a trainer reads, in order of preference
-
+SCORER_FILE = "scorer.json"  # beside predict's files: the scorer, its weights and their hash, prompts, frames
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
@@ -44,29 +43,6 @@ class EvaluateConfig:
     split: str | None = None  # None: `val`, or the only split listed
     bootstrap: int = 1000  # resamples per interval
     report: bool = True  # rewrite the HTML report with the evaluation section
-
-
-@dataclass(frozen=True)
-class VariantRows:
-    """A variant's manifest as the evaluation reads it: its settings and the listed rows of one split."""
-
-    name: str
-    spec: dict
-    made_of: dict  # everything its renders were made from (the variant.<format>.json of the listed format)
-    rows: list[dict]  # in the list file's order
-
-    @property
-    def role(self) -> str:
-        regions = [self.spec.get(r) for r in ("background", "person", "objects")]
-        if self.spec.get("original"):
-            return "original"
-        if "swap" in regions:
-            return "swap"
-        if self.spec.get("still"):
-            return "scufo"
-        if "backgrounds" in self.spec:
-            return "scuba"
-        return self.name
 
 
 def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
@@ -89,6 +65,9 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     metrics = {"dataset": config.dataset, "masks_run": masks.tag, "split": split, "classes": len(classes),
                "predictions": str(Path(config.predictions).absolute()), "files": dict(sorted(files.items())),
                "bootstrap_resamples": config.bootstrap, "manifests": manifest_digests(manifests, used)}
+    scorer = Path(config.predictions) / SCORER_FILE  # written by `predict`: which model made the predictions
+    if scorer.is_file():
+        metrics["scorer"] = json.loads(scorer.read_text())
     if None in groups:
         metrics |= score(groups[None], variants, classes, config.bootstrap)
     trained = {name: score(files, variants, classes, config.bootstrap) for name, files in groups.items() if name}
@@ -115,7 +94,7 @@ def prediction_files(folder: Path) -> dict[str | None, dict[str, Path]]:
     for where, name in [(folder, None), *((sub, sub.name) for sub in sorted(folder.iterdir()) if sub.is_dir())]:
         files: dict[str, Path] = {}
         for path in sorted(where.iterdir()):
-            if not path.is_file():
+            if not path.is_file() or path.name == SCORER_FILE:
                 continue
             if path.suffix not in FORMATS:
                 log.warning("%s: not a predictions file (.pkl or .csv), ignored", path)
@@ -128,34 +107,6 @@ def prediction_files(folder: Path) -> dict[str | None, dict[str, Path]]:
     if not groups:
         raise InputError(f"{folder}: no predictions files (<variant>.pkl or <variant>.csv)")
     return groups
-
-
-def choose_split(manifests: Path, variants: list[str], split: str | None) -> str:
-    splits = set()
-    for name in variants:
-        table = pq.read_table(manifests / name / "manifest.parquet", columns=["split", "in_lists"])
-        splits |= {s for s, listed in zip(table["split"].to_pylist(), table["in_lists"].to_pylist()) if listed}
-    if split is not None:
-        if split not in splits:
-            raise InputError(f"{manifests}: no clips listed in split {split!r} (listed: {', '.join(sorted(splits))})")
-        return split
-    if "val" in splits or len(splits) == 1:
-        return "val" if "val" in splits else splits.pop()
-    raise InputError(f"{manifests}: the manifests list several splits ({', '.join(sorted(splits))}); pick one with SPLIT=")
-
-
-def variant_rows(folder: Path, split: str) -> VariantRows:
-    """The rows a trainer's list for `split` holds, in its order: the video list if there is one, else rawframes."""
-    summary = json.loads((folder / "manifest.json").read_text())
-    rows = [r for r in pq.read_table(folder / "manifest.parquet").to_pylist() if r["split"] == split and r["in_lists"]]
-    fmt = next((f for f in LIST_FORMATS if any(r["format"] == f for r in rows)), None)
-    rows = [r for r in rows if r["format"] == fmt]
-    unlabelled = next((r for r in rows if r["label_index"] < 0), None)
-    if unlabelled:
-        raise InputError(f"{folder}: clip {unlabelled['clip_id']!r} of split {split!r} has no label; evaluate a labelled split")
-    settings = summary["settings"].get(fmt) or next(iter(summary["settings"].values()), {})
-    made_of = {k: v for k, v in settings.items() if k not in ("fingerprint", "keep_if", "masks_dir", "masks_fingerprint")}
-    return VariantRows(name=folder.name, spec=settings.get("variant", {}), made_of=made_of, rows=rows)
 
 
 def score(files: dict[str, Path], variants: dict[str, VariantRows], classes: list[str], resamples: int) -> dict:

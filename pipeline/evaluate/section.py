@@ -42,7 +42,10 @@ class Evaluation:
 
     @property
     def folder(self) -> str:
-        """The predictions folder's name, as the title shows it."""
+        """The predictions folder's name, as the title shows it; `predict`'s by the scorer and its weights."""
+        scorer = self.metrics.get("scorer")
+        if scorer:
+            return f"{scorer['scorer']} ({scorer['weights']} weights)"
         return Path(self.metrics["predictions"]).name + "/"
 
     @property
@@ -76,6 +79,13 @@ def evaluation_section(evaluation: Evaluation, manifests: Path, renders: Path) -
              f"<p>predictions <code>{html.escape(metrics['predictions'])}</code>, split "
              f"<code>{html.escape(metrics['split'])}</code>; 95% intervals from {metrics['bootstrap_resamples']} "
              "bootstrap resamples of the clips.</p>"]
+    scorer = metrics.get("scorer")
+    if scorer:
+        parts.append(f"<p>zero-shot scorer <code>{html.escape(scorer['scorer'])}</code>, weights "
+                     f"<code>{html.escape(str(scorer['weights']))}</code> (sha256 "
+                     f"<code>{html.escape(scorer['weights_sha256'][:16])}</code>), {scorer['frames']} frames per "
+                     f"clip, {len(scorer.get('templates', []))} prompt templates, {html.escape(scorer['precision'])}."
+                     "</p>")
     recorded = metrics.get("manifests", {})
     now = manifest_digests(manifests, [v for v in recorded if (manifests / v / "manifest.parquet").exists()])
     changed = sorted(v for v in recorded if now.get(v) != recorded[v])

@@ -8,7 +8,7 @@ import itertools
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -70,6 +70,18 @@ def decoded(path: Path, options: DecodeOptions, limit: int | None = None) -> Ite
     batches = prefetched(VideoDecoder(path, options))
     frames = (pair for batch in batches for pair in zip(batch.indices.tolist(), batch.frames))
     yield from itertools.islice(frames, limit)
+
+
+def picked(frames: Iterable[tuple[int, np.ndarray]], wanted: Iterable[int]) -> dict[int, tuple[int, np.ndarray]]:
+    """{position: (frame index, frame)} of the wanted positions, read no further than the last one."""
+    wanted, out = set(wanted), {}
+    for position, pair in enumerate(frames):
+        if not wanted:
+            break
+        if position in wanted:
+            out[position] = pair
+            wanted.discard(position)
+    return out
 
 
 def composed(path: Path, regions: RegionMasks, variant: Variant, *, decode: DecodeOptions, frames: int,

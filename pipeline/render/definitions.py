@@ -134,3 +134,14 @@ def load_file(path: Path, defaults: MaskOptions) -> dict[str, Variant]:
 
 def _flag(value: Any) -> bool:
     return str(value).lower() in ("true", "1", "yes")
+
+
+def from_spec(spec: dict[str, Any]) -> Variant:
+    """The Variant a `Variant.spec()` describes (as a manifest or a render's metadata keeps it): the one that
+    composes the same pixels."""
+    where = f"variant {spec.get('name')!r}: "
+    fills = {region: parse_fill(spec.get(region, "keep"), where) for region in REGIONS}
+    return Variant(name=spec["name"], **fills, masks=MaskOptions(**spec.get("masks", {})),
+                   description=spec.get("description", ""), pairing=Pairing(**spec.get("pairing", {})),
+                   backgrounds=spec.get("backgrounds", 1), still=bool(spec.get("still")),
+                   original=bool(spec.get("original")))

@@ -21,14 +21,15 @@ import numpy as np
 
 from pipeline.decode import pack_yuv420, yuv420_planes
 
-FORMATS = ("mp4", "rawframes", "webdataset")
+LAZY = "lazy"  # no pixels: status rows, pairs and coverage; the loaders and `predict` compose clips on the fly
+FORMATS = ("mp4", "rawframes", "webdataset", LAZY)
 VIDEO_FORMATS = ("mp4", "webdataset")  # an H.264 mp4 per clip: as a file, or inside a WebDataset tar
 X264_PARAMS = "mbtree=0"  # deterministic output (see the module docstring)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodeOptions:
-    format: str = "mp4"  # mp4, rawframes or webdataset
+    format: str = "mp4"  # mp4, rawframes, webdataset or lazy
     crf: int = 23
     preset: str = "veryfast"
     short_side: int | None = None  # None: the source size
@@ -37,8 +38,8 @@ class EncodeOptions:
 
     def output_fields(self) -> dict:
         """What shapes the files (threads does not)."""
-        if self.format == "source":  # the `original` variant: no files, the source videos themselves
-            return {"format": "source"}
+        if self.format in ("source", LAZY):  # no files: the source videos themselves, or composed when read
+            return {"format": self.format}
         fields = {k: v for k, v in asdict(self).items() if k != "threads"}
         if self.format == "rawframes":
             fields.pop("crf"), fields.pop("preset")

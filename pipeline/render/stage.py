@@ -24,7 +24,7 @@ from pipeline.masks import ClipMasks, MasksRun, StoredClip
 from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import composed, partner_frames
-from pipeline.render.encode import ClipWriter, EncodeOptions
+from pipeline.render.encode import LAZY, ClipWriter, EncodeOptions
 from pipeline.render.planes import planar
 from pipeline.render.regions import RegionMasks
 from pipeline.render.tars import WEBDATASET, SampleTar, sample_rows, shard_tar_name
@@ -186,7 +186,8 @@ class RenderWork:
 
     def process(self, item: RenderItem) -> RenderRow:
         final = self.stage.clip_path(item)
-        render = source_row if self.stage.variant.original else render_clip
+        render = source_row if self.stage.variant.original else lazy_row if self.stage.encode.format == LAZY \
+            else render_clip
 
         def out() -> Path:
             self._samples[item.key] = (final, tmp := self.commit.stage(final))
@@ -264,13 +265,43 @@ def source_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, ru
         return not_rendered(item, stage, shard, MISSING, f"{clip.path}: gone since its masks were made; put it back "
                             "or rerun the masks stage")
     os.symlink(Path(clip.path).absolute(), out())
+    row = as_stored(item, masks, stage, shard)
+    row.path = stage.row_path(item)
+    return row
+
+
+def as_stored(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, shard: str) -> RenderRow:
+    """A usable clip's row with the source's frames, rate and size, and its person and object coverage from the
+    stored RLEs (before the temporal OR and dilation; frames without any instance count 0)."""
+    clip = item.clip
+    row = not_rendered(item, stage, shard, clip.status, clip.error)
     regions = RegionMasks(masks, clip.height, clip.width, stage.variant.masks)
     seen = sorted(set(masks.frame_index.tolist())) if masks is not None and len(masks) else []
-    unseen = [0.0] * max(0, clip.frames - len(seen))  # frames without any instance
+    unseen = [0.0] * max(0, clip.frames - len(seen))
     row.person_coverage = [float(v) for v in regions.person_coverage(seen)] + unseen
     row.object_coverage = [float(v) for v in regions.object_coverage(seen)] + unseen
-    row.path = stage.row_path(item)
     row.frames, row.fps, row.width, row.height = clip.frames, stage.decode_fps or clip.fps, clip.width, clip.height
+    return row
+
+
+def lazy_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, run: MasksRun, *, shard: str,
+             out: Callable[[], Path]) -> RenderRow:
+    """FORMAT=lazy: the row a render would have, with no pixels (`path` null): the clip's status, its swap
+    partner and its coverage from the stored RLEs (`as_stored`, as `original`'s rows).
+    The loaders (`MaskedClips`) and `predict` compose its frames from the mask cache when they read it."""
+    clip, partner, variant = item.clip, item.partner, stage.variant
+    if not clip.usable:
+        return not_rendered(item, stage, shard, clip.status, clip.error)
+    if variant.needs_pair and partner is None:
+        return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
+                            f"(swap mode {variant.pairing.mode})")
+    gone = next((c.path for c in (clip, partner) if c is not None and not Path(c.path).is_file()), None)
+    if gone:
+        return not_rendered(item, stage, shard, MISSING, f"{gone}: gone since its masks were made; put it back or "
+                            "rerun the masks stage")
+    row = as_stored(item, masks, stage, shard)
+    if partner:
+        row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
     return row
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.decode import DecodeOptions
 from pipeline.masks import MasksRun, StoredClip
-from pipeline.render.compose import decoded
+from pipeline.render.compose import decoded, picked
 from pipeline.render.regions import RegionMasks
 from pipeline.render.tars import WEBDATASET, read_sample
 from pipeline.render.variants import MaskOptions
@@ -26,18 +26,6 @@ DARK = (0, 0, 0)
 def positions(total: int, count: int) -> list[int]:
     """`count` evenly spread frame positions of a clip of `total` frames."""
     return sorted({min(total - 1, round((i + 0.5) * total / count)) for i in range(count)}) if total else []
-
-
-def picked(frames: Iterable[tuple[int, np.ndarray]], wanted: Iterable[int]) -> dict[int, tuple[int, np.ndarray]]:
-    """{position: (frame index, frame)} of the wanted positions, read no further than the last one."""
-    wanted, out = set(wanted), {}
-    for position, pair in enumerate(frames):
-        if not wanted:
-            break
-        if position in wanted:
-            out[position] = pair
-            wanted.discard(position)
-    return out
 
 
 def source_frames(masks: MasksRun, clip: StoredClip, wanted: Iterable[int]) -> dict[int, tuple[int, np.ndarray]]:

@@ -1,0 +1,85 @@
+"""`open_clip:<arch>`: an image CLIP / SigLIP model from open_clip as a video classifier. Each frame is put
+through the model's own validation transform and image encoder; a clip's embedding is the mean of its frames'
+normalised embeddings, normalised again. A class's embedding is the mean of its templates' normalised text
+embeddings, normalised again (CLIP's prompt ensemble). Logits are the model's `logit_scale.exp()` times the
+cosine similarity, plus its `logit_bias` where it has one (SigLIP).
+
+Weights (`SCORER_WEIGHTS`): `random`; a checkpoint file; a pretrained tag open_clip downloads (`openai`,
+`laion2b_s34b_b79k`; `open_clip.list_pretrained_tags_by_model(arch)`). An arch given as `local-dir:DIR` or
+`hf-hub:ID` carries its own weights (then `random` is the only other choice).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from pipeline.predict.prompts import Prompts
+from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autocast, seeded, state_sha256
+
+log = logging.getLogger(__name__)
+
+
+class OpenClipScorer:
+    frames = None  # any number of frames per clip
+
+    def __init__(self, spec: ScorerSpec) -> None:
+        import open_clip
+        import torch
+        from PIL import Image
+
+        self.spec, self._image, self._torch = spec, Image, torch
+        self.device = torch.device(spec.device)
+        schema = spec.name.split(":", 1)[0] if spec.name.startswith(("local-dir:", "hf-hub:")) else None
+        weights = spec.weights
+        if weights is None and schema is None:
+            tags = open_clip.list_pretrained_tags_by_model(spec.name)
+            raise ScorerLoadError(f"open_clip:{spec.name}: give its weights with SCORER_WEIGHTS= (--weights): a "
+                                  f"checkpoint file, a pretrained tag ({', '.join(tags) or 'none known'}) or random")
+        if schema is not None and weights not in (None, RANDOM):
+            raise ScorerLoadError(f"open_clip:{spec.name}: a {schema}: model carries its weights; SCORER_WEIGHTS "
+                                  "may only be random")
+        if weights not in (None, RANDOM) and os.sep in weights and not os.path.isfile(weights):
+            raise ScorerLoadError(f"{weights}: no such weights file for open_clip:{spec.name}")
+        try:
+            with seeded():
+                model, _, self._transform = open_clip.create_model_and_transforms(
+                    spec.name, pretrained=None if weights in (None, RANDOM) else weights,
+                    load_weights=weights != RANDOM)
+            self._tokenizer = open_clip.get_tokenizer(spec.name)
+        except Exception as exc:  # noqa: BLE001 - anything the library raises: the weights or arch do not load
+            raise ScorerLoadError(f"open_clip:{spec.name} with weights {weights or 'its own'!r} does not load: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        self.weights_sha256 = state_sha256(model)
+        self.model = model.to(self.device).eval()
+        self._classes: dict[str, torch.Tensor] = {}
+
+    def preprocess(self, frames: np.ndarray):
+        return self._torch.stack([self._transform(self._image.fromarray(frame)) for frame in frames])
+
+    def classes(self, prompts: Prompts):
+        found = self._classes.get(prompts.digest())
+        if found is None:
+            torch = self._torch
+            tokens = self._tokenizer(prompts.texts()).to(self.device)
+            with torch.no_grad(), autocast(self.spec):
+                text = self.model.encode_text(tokens).float()
+            text = torch.nn.functional.normalize(text, dim=-1).view(len(prompts.names), len(prompts.templates), -1)
+            found = self._classes[prompts.digest()] = torch.nn.functional.normalize(text.mean(dim=1), dim=-1)
+        return found
+
+    def score(self, clips, classes) -> np.ndarray:
+        torch = self._torch
+        batch, frames = clips.shape[:2]
+        with torch.no_grad():
+            with autocast(self.spec):
+                images = self.model.encode_image(clips.flatten(0, 1).to(self.device, non_blocking=True)).float()
+            images = torch.nn.functional.normalize(images, dim=-1).view(batch, frames, -1)
+            video = torch.nn.functional.normalize(images.mean(dim=1), dim=-1)
+            logits = self.model.logit_scale.exp().float() * video @ classes.T
+            bias = getattr(self.model, "logit_bias", None)
+            if bias is not None:
+                logits = logits + bias.float()
+        return logits.cpu().numpy().astype(np.float32)
