@@ -70,7 +70,25 @@ EVALUATE_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SPLIT),--split "$(SPLIT)") \
 	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)")
 
-.PHONY: all list masks render manifests report evaluate status bench bench-scale test models venv clean-sample help
+# Zero-shot scores of every variant's listed clips: SCORER=open_clip:ARCH or xclip:NAME, SCORER_WEIGHTS=random|FILE|
+# DIR|TAG. The sample's val split has three clips and no swap pair, so the sample is scored on train.
+PREDICT_FLAGS := $(DATASET_FLAGS) \
+	$(if $(MASKS),--masks "$(MASKS)") \
+	--scorer "$(SCORER)" \
+	$(if $(SCORER_WEIGHTS),--weights "$(SCORER_WEIGHTS)") \
+	$(if $(VARIANTS),--variants "$(VARIANTS)") \
+	$(if $(or $(SPLIT),$(filter sample,$(DATASET))),--split "$(or $(SPLIT),train)") \
+	$(if $(FRAMES),--frames "$(FRAMES)") \
+	$(if $(PROMPTS),--prompts "$(PROMPTS)") \
+	$(if $(DEVICE),--device "$(DEVICE)") \
+	$(if $(PRECISION),--precision "$(PRECISION)") \
+	$(if $(PREDICT_BATCH),--batch "$(PREDICT_BATCH)") \
+	$(if $(READERS),--readers "$(READERS)") \
+	$(if $(BOOTSTRAP),--bootstrap "$(BOOTSTRAP)") \
+	$(if $(MAX_TRIES),--max-tries "$(MAX_TRIES)") $(if $(filter 1 yes true,$(RETRY_FAILED)),--retry-failed) \
+	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+
+.PHONY: all list masks render manifests report evaluate predict benchmark status bench bench-scale test models venv clean-sample help
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## decode and segment DATASET into mask shards (masks/DATASET/RUN)
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
@@ -99,6 +117,19 @@ status: $(STAMP) ## shards done / claimed / failed, clips by status, frames/s, E
 evaluate: $(STAMP) ## score a model's PREDICTIONS=DIR on the variants (BOR, HOR, SCUBA, SCUFO, ...)
 	$(if $(PREDICTIONS),,$(error PREDICTIONS=DIR is required: one predictions file per variant, <variant>.pkl or .csv))
 	$(PY) -m pipeline evaluate $(EVALUATE_FLAGS) --predictions "$(PREDICTIONS)"
+
+predict: $(STAMP) ## zero-shot scores of every variant (SCORER=open_clip:ViT-B-32 SCORER_WEIGHTS=...), then evaluate
+	$(if $(SCORER),,$(error SCORER= is required: open_clip:<arch> or xclip:<name or folder>))
+	$(PY) -m pipeline predict $(PREDICT_FLAGS) --evaluate
+
+# Every static-bias protocol for one zero-shot model in one command: masks, the protocol variants (lazy: composed
+# when scored, no pixels written; FORMAT=mp4 renders them), manifests, predict, evaluate and the report.
+benchmark: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## masks -> variants -> predict -> evaluate -> report for SCORER=
+	$(if $(SCORER),,$(error SCORER= is required: open_clip:<arch> or xclip:<name or folder>))
+	$(MAKE) --no-print-directory masks
+	$(MAKE) --no-print-directory render FORMAT=$(or $(FORMAT),lazy)
+	$(MAKE) --no-print-directory manifests
+	$(MAKE) --no-print-directory predict
 
 # masks -> render -> manifests -> report, one after the other (each step resumes where it stopped).
 all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## masks, render, manifests, report, one after the other

@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", choices=PRECISIONS, help="fp32 (default on the CPU), fp16 (default on CUDA), bf16")
     predict.add_argument("--batch", type=positive_int, default=4, help="clips per model call")
     predict.add_argument("--readers", type=positive_int, default=2, help="clips read or composed ahead at once")
+    predict.add_argument("--evaluate", action="store_true", help="then evaluate the predictions (metrics.json and "
+                         "the report's Evaluation section)")
+    predict.add_argument("--bootstrap", type=non_negative_int, default=1000, help="--evaluate: resamples per 95%% interval")
     _add_execution(predict)
     predict.set_defaults(workers=0)
 
@@ -459,7 +462,19 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed)
         summary = run_predict(config)
         print("\n".join(summary.lines()))
-        return 1 if summary.failed else 0
+        if summary.failed:
+            if args.evaluate:
+                print("not evaluated: some clips were not scored (rerun to retry them)")
+            return 1
+        if args.evaluate:
+            from pipeline.evaluate import EvaluateConfig, run_evaluate
+
+            path, metrics = run_evaluate(EvaluateConfig(
+                dataset=config.dataset, predictions=Path(summary.folder), out=args.out, masks_tag=summary.masks_tag,
+                make_args=config.make_args, split=summary.split, bootstrap=args.bootstrap))
+            print("\n".join(evaluation_lines(metrics)))
+            print(f"metrics: {path}")
+        return 0
     if args.command == "status":
         from pipeline.status import run_status, status_lines
 

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from pipeline.predict.prompts import Prompts
-from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autocast, seeded, state_sha256
+from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autocast, first_line, seeded, state_sha256
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class OpenClipScorer:
             self._tokenizer = open_clip.get_tokenizer(spec.name)
         except Exception as exc:  # noqa: BLE001 - anything the library raises: the weights or arch do not load
             raise ScorerLoadError(f"open_clip:{spec.name} with weights {weights or 'its own'!r} does not load: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                                  f"{type(exc).__name__}: {first_line(exc)}") from None
         self.weights_sha256 = state_sha256(model)
         self.model = model.to(self.device).eval()
         self._classes: dict[str, torch.Tensor] = {}

@@ -5,7 +5,8 @@ the shard engine (one shard per variant and masks shard), and write what `evalua
 and `scorer.json` beside them; the shards under `…/_shards/<split>/<variant>/`.
 
 A shard is made from the scorer (backend, name, the content hash of its weights, precision), the prompts, the
-frames per clip, the variant's settings, each row's manifest entry, and the committed digest of the render
+frames per clip, the batch (every model call has its shape, the last padded: a clip's scores are the same
+whichever clips it is batched with, or alone, but another shape gives other low bits), the variant's settings, each row's manifest entry, and the committed digest of the render
 shard the rows came from: a rerun does nothing, and a variant rendered again, or a manifest with other rows,
 redoes only its shards.
 """
@@ -62,6 +63,7 @@ class PredictConfig:
 @dataclass(kw_only=True)
 class PredictSummary:
     folder: str  # what `make evaluate PREDICTIONS=` takes
+    masks_tag: str
     split: str
     scorer: dict
     variants: list[StageSummary]
@@ -97,7 +99,7 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
         raise InputError(f"{config.scorer.label} takes {scorer.frames} frames per clip; FRAMES={frames} does not fit")
     made_of = {"scorer": config.scorer.label, "weights": config.scorer.weights or "its own",
                "weights_sha256": scorer.weights_sha256, "precision": config.scorer.precision,
-               "prompts": prompts.digest(), "frames": frames}
+               "prompts": prompts.digest(), "frames": frames, "batch": config.batch}  # a batch's shape shapes bits
     fingerprint = digest(made_of)
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
     clips = {clip.clip_id: clip for clip in masks.clips()}
@@ -122,7 +124,7 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
             incomplete[name] = missing
     write_if_changed(root / split / "scorer.json", json.dumps({**made_of, "templates": list(prompts.templates),
                                                                "class_prompts": list(prompts.names)}, indent=1) + "\n")
-    return PredictSummary(folder=str(root / split), split=split, scorer=made_of, variants=summaries,
+    return PredictSummary(folder=str(root / split), masks_tag=masks.tag, split=split, scorer=made_of, variants=summaries,
                           incomplete=incomplete, seconds=round(time.perf_counter() - started, 2))
 
 

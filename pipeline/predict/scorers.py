@@ -90,6 +90,11 @@ def load_scorer(spec: ScorerSpec) -> Scorer:
     return XClipScorer(spec)
 
 
+def first_line(exc: BaseException) -> str:
+    """A library's error message as one line (some run to a page)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
 def state_sha256(module: "torch.nn.Module") -> str:  # noqa: F821
     """The content hash of a model's weights: every state-dict tensor's name, dtype, shape and bytes."""
     import torch

@@ -68,7 +68,7 @@ class PredictStage:
     folder: Path  # the shards' tables and stats
 
     def made_with(self) -> dict[str, Any]:
-        return {"device": self.scorer.device, "batch": self.batch, "readers": self.readers}
+        return {"device": self.scorer.device, "readers": self.readers}
 
     def open(self, task: ShardTask, commit: Commit) -> "PredictWork":
         return PredictWork(self, task, commit)

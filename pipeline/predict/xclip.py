@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from pipeline.predict.prompts import Prompts
-from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autocast, seeded, state_sha256
+from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autocast, first_line, seeded, state_sha256
 
 
 class XClipScorer:
@@ -39,7 +39,7 @@ class XClipScorer:
                 model = XCLIPModel.from_pretrained(weights or spec.name)
         except Exception as exc:  # noqa: BLE001 - anything the library raises: the model or weights do not load
             raise ScorerLoadError(f"xclip:{spec.name} with weights {weights or 'its own'!r} does not load: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                                  f"{type(exc).__name__}: {first_line(exc)}") from None
         self.frames = int(model.config.vision_config.num_frames)
         self.weights_sha256 = state_sha256(model)
         self.model = model.to(self.device).eval()

@@ -1,0 +1,237 @@
+"""predict: zero-shot scores equal a direct forward of the same library on the same frames (open_clip and
+X-CLIP, random weights, tiny configs written here); lazy rows are composed with the render's pixels; reruns do
+nothing and a changed manifest redoes only its variant; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.executor import ExecOptions
+from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.manifests.read import variant_rows
+from pipeline.masks import MasksRun, run_masks
+from pipeline.predict.inputs import PredictItem, positions, read_frames
+from pipeline.predict.runner import PredictConfig, run_predict
+from pipeline.predict.scorers import ScorerSpec
+from pipeline.render import run_render
+from pipeline.render.encode import EncodeOptions
+from pipeline.render.variants import resolve
+from tests.test_loaders import rendered
+from tests.test_masks_stage import config as masks_config
+from tests.test_render import render_config
+
+LAZY_VARIANTS = ["human_only", "background_only", "swap", "scuba", "scufo"]
+
+
+def tiny_open_clip(folder: Path) -> str:
+    """An open_clip model folder (config only: random weights) of a few thousand parameters; its scorer name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32,
+                                                            "patch_size": 8, "head_width": 16},
+                            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                                         "layers": 2}},
+              "preprocess_cfg": {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "interpolation": "bicubic"}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return f"open_clip:local-dir:{folder}"
+
+
+def tiny_xclip(folder: Path) -> str:
+    """An X-CLIP folder: a tiny config, a CLIP tokenizer from a vocabulary of single letters, a processor."""
+    from transformers import CLIPTokenizer, VideoMAEImageProcessor, XCLIPConfig, XCLIPProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz.()":
+        vocab[char], vocab[char + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    XCLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=77),
+                vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=32, patch_size=8, num_frames=4, mit_hidden_size=32,
+                                   mit_intermediate_size=64, mit_num_hidden_layers=1, mit_num_attention_heads=2),
+                projection_dim=32, prompt_layers=1, prompt_attention_heads=2,
+                prompt_projection_dim=32).save_pretrained(folder)
+    processor = VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    XCLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return f"xclip:{folder}"
+
+
+@pytest.fixture
+def listed(shapes_dataset, tmp_path):
+    """Masks of the shape clips, `original` (links) and lazy protocol variants, their manifests: (out, run_dir)."""
+    root, _ = shapes_dataset
+    out = tmp_path / "out"
+    run_dir = Path(run_masks(masks_config(root, out), progress=False).output)
+    run_render(render_config(out, ["original"]), progress=False)
+    run_render(render_config(out, LAZY_VARIANTS, encode=EncodeOptions(format="lazy")), progress=False)
+    write_manifests(ManifestConfig(dataset="kinetics400", out=out))
+    return out, run_dir
+
+
+def predict_config(out: Path, scorer: str, **overrides) -> PredictConfig:
+    fields = dict(dataset="kinetics400", out=out, split="train", scorer=ScorerSpec.parse(scorer, weights="random"),
+                  execution=ExecOptions(workers=0), batch=3)
+    return PredictConfig(**{**fields, **overrides})
+
+
+def one_template(path: Path, template: str = "a video of {}.") -> Path:
+    path.write_text(f"templates = [{json.dumps(template)}]\n")
+    return path
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return {row[0]: np.array([float(v) for v in row[1:]]) for row in rows[1:]}
+
+
+def decoded(path: Path, wanted: list[int]) -> np.ndarray:
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return np.stack([frames[p] for p in wanted])
+
+
+def test_open_clip_scores_equal_the_library_forward_on_the_same_frames(listed, tmp_path):
+    import open_clip
+
+    out, run_dir = listed
+    scorer = tiny_open_clip(tmp_path / "model")
+    prompts = one_template(tmp_path / "prompts.toml")
+    summary = run_predict(predict_config(out, scorer, prompts=prompts, variants=("original",), frames=5),
+                          progress=False)
+    assert not summary.failed
+    found = read_csv(Path(summary.folder) / "original.csv")
+    name = scorer.removeprefix("open_clip:")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
+    model.eval()
+    classes = (out / "manifests" / "kinetics400" / run_dir.name / "original" / "label_map.txt").read_text().splitlines()
+    text = open_clip.get_tokenizer(name)([f"a video of {c.lower()}." for c in classes])
+    clips = {clip.clip_id: clip for clip in MasksRun(run_dir).clips()}
+    assert set(found) == {c for c, clip in clips.items() if clip.split == "train"}
+    from PIL import Image
+
+    for clip_id, scores in found.items():
+        frames = decoded(Path(clips[clip_id].path), positions(clips[clip_id].frames, 5))
+        images = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
+        with torch.no_grad():
+            image_features, text_features, scale = model(images, text)[:3]
+        video = torch.nn.functional.normalize(image_features.mean(0), dim=-1)
+        expected = (scale * video @ text_features.T).numpy()
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+        assert np.abs(expected).max() > 1e-3  # the comparison is not between zeros
+
+
+def test_xclip_scores_equal_the_library_forward_on_the_same_frames(listed, tmp_path):
+    from transformers import XCLIPConfig, XCLIPModel, XCLIPProcessor
+
+    out, run_dir = listed
+    folder = tmp_path / "xclip"
+    scorer = tiny_xclip(folder)
+    prompts = one_template(tmp_path / "prompts.toml", "{}")
+    summary = run_predict(predict_config(out, scorer, prompts=prompts, variants=("original", "human_only")),
+                          progress=False)
+    assert not summary.failed and summary.scorer["frames"] == 4  # the model's own
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = XCLIPModel(XCLIPConfig.from_pretrained(folder)).eval()
+    processor = XCLIPProcessor.from_pretrained(folder)
+    classes = (out / "manifests" / "kinetics400" / run_dir.name / "original" / "label_map.txt").read_text().splitlines()
+    clips = {clip.clip_id: clip for clip in MasksRun(run_dir).clips()}
+    found = read_csv(Path(summary.folder) / "original.csv")
+    for clip_id, scores in found.items():
+        frames = decoded(Path(clips[clip_id].path), positions(clips[clip_id].frames, 4))
+        inputs = processor(text=[c.lower() for c in classes], videos=[list(frames)], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            expected = model(**inputs).logits_per_video[0].numpy()
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert read_csv(Path(summary.folder) / "human_only.csv").keys() == found.keys()
+
+
+@pytest.mark.parametrize("name", LAZY_VARIANTS)
+def test_lazy_rows_are_composed_with_the_render_pixels(listed, name):
+    out, run_dir = listed
+    run = MasksRun(run_dir)
+    clips = {clip.clip_id: clip for clip in run.clips()}
+    rows = variant_rows(out / "manifests" / "kinetics400" / run_dir.name / name, "train")
+    assert rows.rows and {row["format"] for row in rows.rows} == {"lazy"}
+    variant = resolve([name])[0]
+    for row in rows.rows:
+        clip = clips[row["source_clip_id"]]
+        partner = clips[row["pair_clip_id"]] if row["pair_clip_id"] else None
+        item = PredictItem(key=row["clip_id"], clip=clip, format="lazy", partner=partner)
+        frames = read_frames(item, 6, variant=variant, seed=0, decode_fps=None, masks=run.clip_masks(clip),
+                             partner_masks=run.clip_masks(partner) if partner else None)
+        whole = rendered(run_dir, clip.clip_id, variant, key=row["clip_id"],
+                         partner=partner.clip_id if partner else None)
+        wanted = positions(clip.frames, 6)
+        if variant.still:  # SCUFO: the render's one still frame throughout
+            assert all((frame == frames[0]).all() for frame in frames)
+            assert any((frames[0] == whole[p]).all() for p in range(len(whole)))
+        else:
+            np.testing.assert_array_equal(frames, whole[wanted])
+
+
+def test_reruns_do_nothing_and_a_changed_manifest_redoes_only_its_variant(listed, tmp_path):
+    out, _ = listed
+    config = predict_config(out, tiny_open_clip(tmp_path / "model"), frames=2)
+    first = run_predict(config, progress=False)
+    assert all(v.computed for v in first.variants) and not first.failed
+    csvs = {p.name: p.read_bytes() for p in Path(first.folder).glob("*.csv")}
+    again = run_predict(config, progress=False)
+    assert [v.computed for v in again.variants] == [0] * len(again.variants)
+    run_render(render_config(out, ["swap"], encode=EncodeOptions(format="lazy"), seed=1), progress=False)
+    write_manifests(ManifestConfig(dataset="kinetics400", out=out, variants=("swap",)))
+    changed = run_predict(config, progress=False)
+    computed = {v.stage.removeprefix("predict "): v.computed for v in changed.variants}
+    assert computed.pop("swap") > 0 and set(computed.values()) == {0}
+    assert {p.name: p.read_bytes() for p in Path(first.folder).glob("*.csv") if p.name != "swap.csv"} == \
+        {name: data for name, data in csvs.items() if name != "swap.csv"}
+
+
+def test_a_clip_scored_alone_gets_the_bytes_of_a_batch_and_another_batch_size_keys_other_files(listed, tmp_path,
+                                                                                               monkeypatch):
+    from pipeline.predict.stage import PredictWork
+
+    out, _ = listed
+    scorer = tiny_open_clip(tmp_path / "model")
+    together = run_predict(predict_config(out, scorer, variants=("original",), frames=2, batch=3), progress=False)
+    assert together.variants[0].by_status == {"ok": 4}
+    first = (Path(together.folder) / "original.csv").read_bytes()
+    monkeypatch.setattr(PredictWork, "process_together", None)  # every clip alone, padded to the batch
+    alone = run_predict(predict_config(out, scorer, variants=("original",), frames=2, batch=3, overwrite=True),
+                        progress=False)
+    assert alone.variants[0].computed and alone.folder == together.folder
+    assert (Path(alone.folder) / "original.csv").read_bytes() == first
+    other = run_predict(predict_config(out, scorer, variants=("original",), frames=2, batch=1), progress=False)
+    assert other.folder != together.folder and (Path(together.folder) / "original.csv").read_bytes() == first
+
+
+def test_bad_input_is_one_line_and_exit_2(listed, tmp_path, capsys):
+    out, _ = listed
+    base = ["predict", "--dataset", "kinetics400", "--out", str(out), "--split", "train"]
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--scorer", "clip:ViT-B-32"], "unknown scorer"),
+        (["--scorer", "open_clip:ViT-B-32", "--weights", str(garbage)], "does not load"),
+        (["--scorer", "open_clip:ViT-B-32"], "give its weights"),
+        (["--scorer", tiny_open_clip(tmp_path / "m"), "--weights", "random", "--variants", "nope"], "no manifest for nope"),
+        (["--scorer", tiny_open_clip(tmp_path / "m"), "--weights", "random", "--prompts", str(garbage)],
+         "not a readable prompts file"),
+    ]
+    for flags, message in cases:
+        assert main(base + flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
