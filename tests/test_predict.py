@@ -235,3 +235,35 @@ def test_bad_input_is_one_line_and_exit_2(listed, tmp_path, capsys):
         assert main(base + flags) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_the_benchmark_chain_on_the_sample_ends_with_every_protocol_metric(tmp_path, capsys, selfie_model):
+    """What `make benchmark DATASET=sample` runs (a tiny random model instead of ViT-B-32, in this process)."""
+    out = tmp_path / "out"
+    common = ["--dataset", "sample", "--out", str(out)]
+    assert main(["masks", *common, "--selfie-model", str(selfie_model), "--workers", "0"]) == 0
+    assert main(["render", *common, "--format", "lazy", "--workers", "0"]) == 0
+    assert main(["manifests", *common]) == 0
+    scorer = tiny_open_clip(tmp_path / "model")
+    argv = ["predict", *common, "--scorer", scorer, "--weights", "random", "--split", "train", "--evaluate",
+            "--bootstrap", "50"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    (path,) = (out / "reports" / "sample").glob("*/evaluations/*/metrics.json")
+    metrics = json.loads(path.read_text())
+    for key in ("BOR", "HOR", "SHAcc", "SBErr", "SCUBA", "SCUFO", "contrasted"):
+        assert key in metrics, key
+    assert metrics["SHAcc"]["rand"]["clips"] > 0 and metrics["SCUBA"]["clips"] > 0
+    assert metrics["scorer"]["weights"] == "random" and metrics["scorer"]["scorer"] == scorer
+    assert f"metrics: {path}" in printed
+    report = (path.parents[2] / "index.html").read_text()
+    assert "zero-shot scorer" in report and html_escape(scorer) in report
+    assert "ok: no frames" not in report  # lazy variants are shown composed
+    assert main(argv) == 0  # a rerun scores nothing again
+    assert "0 computed" in capsys.readouterr().out
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

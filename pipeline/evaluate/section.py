@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -72,7 +73,10 @@ def evaluations(folder: Path, *, everything: bool = False) -> tuple[list[Evaluat
     return shown, notes
 
 
-def evaluation_section(evaluation: Evaluation, manifests: Path, renders: Path) -> str:
+def evaluation_section(evaluation: Evaluation, manifests: Path, renders: Path,
+                       frame_of: Callable[[str, str], np.ndarray | None] | None = None) -> str:
+    """The section of one evaluation. `frame_of(variant, clip id)`: a clip's middle frame (default: from its
+    render's file)."""
     metrics = evaluation.metrics
     parts = [f"<h2>Evaluation: {html.escape(evaluation.title)}</h2>",
              f"<p><small>{html.escape(metrics.get('name', evaluation.path.parent.name))}</small></p>",
@@ -120,7 +124,8 @@ def evaluation_section(evaluation: Evaluation, manifests: Path, renders: Path) -
         parts.append(table(("variant", "clip", "its label", "background of", "background label"),
                            [(w["variant"], w["clip_id"], w["label"], w["pair_clip_id"], w["pair_label"]) for w in wins]))
         for win in wins[:SHOWN_WINS]:
-            frame = middle_frame(renders / win["variant"] / win["path"])
+            frame = frame_of(win["variant"], win["clip_id"]) if frame_of else \
+                middle_frame(renders / win["variant"] / win["path"]) if win["path"] else None
             if frame is not None:
                 parts += [f"<p>{html.escape(win['variant'])}: {html.escape(win['clip_id'])} "
                           f"[{html.escape(win['label'])}] on the background of [{html.escape(win['pair_label'])}]</p>",

@@ -21,12 +21,14 @@ from pipeline.errors import InputError
 from pipeline.evaluate.section import evaluation_section, evaluations
 from pipeline.html import HEAD, counts_table, img_png, png, pyplot, table
 from pipeline.masks import find_run
+from pipeline.report.frames import RowFrames
 from pipeline.report.problems import masks_problems, render_problems
 from pipeline.report.shapes import shapes_section
 from pipeline.report.sheets import (
     Picture,
     VariantView,
     choose_clips,
+    has_pixels,
     overlay_sheet,
     side_by_side,
     strips,
@@ -51,8 +53,9 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
     variants = variant_order(names)
     summaries = {v: json.loads((manifests_dir / v / "manifest.json").read_text()) for v in variants}
     tables = {v: pq.read_table(manifests_dir / v / "manifest.parquet").to_pylist() for v in variants}
-    views = [VariantView.of(v, renders / v, tables[v]) for v in variants]
     stored = masks.clips()
+    reader = RowFrames(masks, stored)
+    views = [VariantView.of(v, renders / v, tables[v], summaries[v]["settings"], reader) for v in variants]
     chosen = choose_clips(stored, clips)
     pictures = {(view.name, clip.clip_id): Picture.of(view, clip.clip_id, frames) for view in views for clip in chosen}
 
@@ -75,7 +78,9 @@ def write_report(*, dataset: str, out: Path = Path("."), masks_tag: str | None =
     provenance = {**masks.info, "shard_provenance": masks.provenance(next(iter(masks.shards))) if masks.shards else {}}
     parts += ["<h3>Provenance</h3>", f"<pre>{html.escape(json.dumps(provenance, indent=2, sort_keys=True))}</pre>"]
     shown, notes = evaluations(Path(out) / "reports" / dataset / masks.tag / "evaluations", everything=all_evaluations)
-    parts += [evaluation_section(evaluation, manifests_dir, renders) for evaluation in shown] + notes
+    by_name = {view.name: view for view in views}
+    parts += [evaluation_section(evaluation, manifests_dir, renders, frame_of=middle_of(by_name)) for evaluation in shown]
+    parts += notes
     for view in views:
         parts += [f"<h2>{html.escape(view.name)}</h2>",
                   f"<p>{html.escape(_describe(summaries[view.name]))}</p>",
@@ -123,3 +128,16 @@ def _run_section(summary: dict) -> str:
     if failed:
         lines.append(table(("failed shard or clip", "error"), failed[:50]))
     return "\n".join(lines)
+
+
+def middle_of(views: dict[str, VariantView]):
+    """The middle frame of a variant's clip (its row with pixels: a render, or composed for lazy rows)."""
+    def frame(variant: str, clip_id: str) -> np.ndarray | None:
+        view = views.get(variant)
+        row = view.rows.get(clip_id) if view else None
+        if row is None or not has_pixels(row):
+            return None
+        return view.frames(row, {row["frames"] // 2}).get(row["frames"] // 2)
+
+    return frame
+

@@ -13,6 +13,8 @@ import numpy as np
 from pipeline.decode import DecodeOptions
 from pipeline.masks import MasksRun, StoredClip
 from pipeline.render.compose import decoded, picked
+from pipeline.render.definitions import from_spec
+from pipeline.render.encode import LAZY
 from pipeline.render.regions import RegionMasks
 from pipeline.render.tars import WEBDATASET, read_sample
 from pipeline.render.variants import MaskOptions
@@ -45,6 +47,30 @@ def rendered_frames(variant_dir: Path, row: dict, wanted: Iterable[int]) -> dict
             mp4.flush()
             return {p: frame for p, (_, frame) in picked(decoded(Path(mp4.name), DecodeOptions()), wanted).items()}
     return {p: frame for p, (_, frame) in picked(decoded(path, DecodeOptions()), wanted).items()}
+
+
+class RowFrames:
+    """Frames of manifest rows at picked positions: read from a render's files, or, for rows rendered with
+    FORMAT=lazy, composed from the mask cache as the loaders and `predict` compose them."""
+
+    def __init__(self, masks: MasksRun, clips: Iterable[StoredClip]) -> None:
+        self.masks, self.clips = masks, {clip.clip_id: clip for clip in clips}
+
+    def __call__(self, variant_dir: Path, settings: dict, row: dict, wanted: Iterable[int]) -> dict[int, np.ndarray]:
+        wanted = sorted(set(wanted))
+        if row["format"] != LAZY:
+            return rendered_frames(variant_dir, row, wanted)
+        clip = self.clips.get(row["source_clip_id"])
+        partner = self.clips.get(row["pair_clip_id"]) if row["pair_clip_id"] else None
+        if clip is None or not wanted:
+            return {}
+        from pipeline.loaders.frames import ClipComposer, ClipSource  # the loaders import torch: only when needed
+
+        source = ClipSource(clip=clip, masks=self.masks.clip_masks(clip), key=row["clip_id"], partner=partner,
+                            partner_masks=self.masks.clip_masks(partner) if partner else None)
+        composer = ClipComposer(source, from_spec(settings["variant"]), decode_fps=self.masks.decode_fps,
+                                seed=settings.get("seed", 0))
+        return dict(zip(wanted, composer.frames([min(p, clip.frames - 1) for p in wanted])))
 
 
 def tile(frame: np.ndarray, height: int = TILE_HEIGHT) -> np.ndarray:

@@ -15,9 +15,11 @@ import numpy as np
 
 from pipeline.html import figure, grid, img, placeholder
 from pipeline.masks import MasksRun, StoredClip
+from pipeline.records import USABLE
 from pipeline.render import NO_PAIR
+from pipeline.render.encode import LAZY
 from pipeline.render.variants import PRESETS
-from pipeline.report.frames import overlays, positions, rendered_frames, strip, tile
+from pipeline.report.frames import RowFrames, overlays, positions, strip, tile
 
 # HAT, then StillMix, then the paper-1 variants; a swap's `-s<seed>` copies follow it
 PROTOCOL_ORDER = ("original", "human_only", "background_only", "swap", "swap_same", "swap_close", "swap_far",
@@ -39,19 +41,32 @@ def variant_order(names: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class VariantView:
-    """A variant as the report shows it: its renders folder and each clip's manifest row."""
+    """A variant as the report shows it: its renders folder, its settings by format (the manifest's), each
+    clip's manifest row, and what reads a row's frames."""
 
     name: str
     folder: Path  # renders/<dataset>/<masks run>/<variant>
-    rows: dict[str, dict]  # source clip id → its row (static backgrounds: the first; a rendered format first)
+    rows: dict[str, dict]  # source clip id → its row (static backgrounds: the first; one with pixels first)
+    settings: dict[str, dict]  # format → what its renders were made from (manifest.json's settings)
+    reader: RowFrames
 
     @classmethod
-    def of(cls, name: str, folder: Path, manifest: list[dict]) -> "VariantView":
+    def of(cls, name: str, folder: Path, manifest: list[dict], settings: dict[str, dict],
+           reader: RowFrames) -> "VariantView":
         rows: dict[str, dict] = {}
-        for row in sorted(manifest, key=lambda r: r["path"] is None):  # stable: keeps the manifest's order
+        for row in sorted(manifest, key=lambda r: not has_pixels(r)):  # stable: keeps the manifest's order
             if row.get("background") in (None, 0):  # manifests before static backgrounds have no source_clip_id
                 rows.setdefault(row.get("source_clip_id") or row["clip_id"], row)
-        return cls(name=name, folder=Path(folder), rows=rows)
+        return cls(name=name, folder=Path(folder), rows=rows, settings=settings, reader=reader)
+
+    def frames(self, row: dict, wanted: Iterable[int]) -> dict[int, np.ndarray]:
+        """{position: frame} of a row with pixels (rendered, or composed for lazy rows)."""
+        return self.reader(self.folder, self.settings.get(row["format"], {}), row, wanted)
+
+
+def has_pixels(row: dict) -> bool:
+    """Whether a manifest row has frames to show: a render's file, or a lazy row of a usable clip."""
+    return bool(row["path"]) or (row["format"] == LAZY and row["status"] in USABLE and bool(row["frames"]))
 
 
 @dataclass(frozen=True)
@@ -64,10 +79,10 @@ class Picture:
     @classmethod
     def of(cls, view: VariantView, clip_id: str, count: int) -> "Picture":
         row = view.rows.get(clip_id)
-        if row is None or not row["path"] or not row["frames"]:
+        if row is None or not has_pixels(row) or not row["frames"]:
             return cls(middle=None, strip=[])
         spread, middle = positions(row["frames"], count), row["frames"] // 2
-        frames = rendered_frames(view.folder, row, {middle, *spread})
+        frames = view.frames(row, {middle, *spread})
         return cls(middle=frames.get(middle), strip=[frames[p] for p in spread if p in frames])
 
 
