@@ -14,6 +14,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 SELFIE_MODEL := models/selfie_segmentation.tflite
 
 DATASET ?= sample
+COMMA := ,
 SEGMENTER_USED := $(or $(SEGMENTER),$(if $(filter sample,$(DATASET)),selfie,yolo))
 
 # Flags every stage takes, and the execution flags of the Dask stages (the CLI's _add_execution).
@@ -56,6 +57,9 @@ RENDER_FLAGS := $(DATASET_FLAGS) \
 	$(if $(SWAP_SEEDS),--swap-seeds "$(SWAP_SEEDS)") \
 	$(if $(SWAP_ALIGN),--swap-align "$(SWAP_ALIGN)") \
 	$(if $(SWAP_RELATIONS),--swap-relations "$(SWAP_RELATIONS)") \
+	$(foreach file,$(subst $(COMMA), ,$(SWAP_PAIRS)),--swap-pairs "$(file)") \
+	$(if $(SWAP_PAIRS_MODE),--swap-pairs-mode "$(SWAP_PAIRS_MODE)") \
+	$(if $(SWAP_PAIRS_SEED),--swap-pairs-seed "$(SWAP_PAIRS_SEED)") \
 	$(if $(PAIR_COVERAGE),--pair-coverage "$(PAIR_COVERAGE)") \
 	$(EXEC_FLAGS)
 

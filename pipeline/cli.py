@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline list|masks|render|manifests|report|evaluate|status|fetch-models ...`.
+"""Command line: `python -m pipeline list|masks|render|manifests|predict|report|evaluate|export-pairs|status|fetch-models ...`.
 
 Bad input (flags, dataset, folders, model) prints one line on stderr and exits 2 before anything is written.
 A run whose shards all committed exits 0; one with failed shards exits 1 (rerun to retry only those), and so
@@ -25,8 +25,17 @@ from pipeline.masks.config import MasksConfig
 from pipeline.predict.scorers import PRECISIONS, ScorerSpec
 from pipeline.render.encode import FORMATS, EncodeOptions
 from pipeline.render.pairing import PAIR_RANGE
+from pipeline.render.pairs_file import pairs_variant
 from pipeline.render.runner import RenderConfig
-from pipeline.render.variants import ALIGNS, DEFAULT_VARIANTS, NEEDS_RELATIONS, MaskOptions, ProtocolOptions, resolve
+from pipeline.render.variants import (
+    ALIGNS,
+    DEFAULT_VARIANTS,
+    NEEDS_RELATIONS,
+    SWAP_MODES,
+    MaskOptions,
+    ProtocolOptions,
+    resolve,
+)
 from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
 from pipeline.segment.base import RANDOM
 from pipeline.segment.sam import SAM_TYPES
@@ -174,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="centroid: shift the pasted people so the first frames' person centres line up (HAT)")
     render.add_argument("--swap-relations", type=Path, metavar="CSV",
                         help="swap_close / swap_far: rows of `class, related class, ...`")
+    render.add_argument("--swap-pairs", type=Path, action="append", default=[], metavar="PICKLE",
+                        help="a swap variant with exactly these pairs (HAT's actionswap_<mode>_<seed>.pickle format), "
+                             "named after the file; may be given more than once")
+    render.add_argument("--swap-pairs-mode", choices=SWAP_MODES, help="--swap-pairs: the mode, where the file name "
+                        "does not say it")
+    render.add_argument("--swap-pairs-seed", type=non_negative_int, help="--swap-pairs: the seed, where the file "
+                        "name does not say it (default 0)")
     render.add_argument("--dilate", type=non_negative_int, default=0, help="grow masks by N pixels")
     render.add_argument("--temporal", type=non_negative_int, default=0, help="OR masks over ±K neighbouring frames")
     render.add_argument("--min-area", type=non_negative_int, default=0, help="ignore instances under N pixels")
@@ -237,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_execution(predict)
     predict.set_defaults(workers=0)
 
+    export = commands.add_parser("export-pairs", help="write a swap variant's pairs in HAT's pickle format "
+                                 "(actionswap_<mode>_<seed>.pickle), for HAT's loader or --swap-pairs")
+    _add_dataset(export)
+    export.add_argument("--out", type=Path, default=Path("."), help="output root: reads OUT/manifests")
+    _add_masks_run(export)
+    export.add_argument("--variant", default="swap", help="the swap variant whose manifest lists the pairs")
+    export.add_argument("--split", help="only this split's clips (default: every split)")
+    export.add_argument("--output", type=Path, required=True, metavar="PICKLE", help="the file to write")
+
     status = commands.add_parser("status", help="where the masks run and its renders stand, in progress or finished: "
                                  "shards done, claimed and failed, clips by status, frames/s, ETA, top errors; "
                                  "from any machine that sees OUT; writes nothing")
@@ -247,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch-models", help="extract the selfie model from the mediapipe wheel")
     fetch.add_argument("--dest", type=Path, default=Path("models"), help="folder to put selfie_segmentation.tflite in")
-    for sub in (manifests, report, evaluate, status, fetch):
+    for sub in (manifests, report, evaluate, export, status, fetch):
         sub.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
     return parser
 
@@ -385,7 +410,9 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
     defaults = MaskOptions(dilate=args.dilate, temporal=args.temporal, min_area=args.min_area, min_score=args.min_score)
     names = [name.strip() for name in (args.variants or ",".join(DEFAULT_VARIANTS)).split(",") if name.strip()]
     protocol = ProtocolOptions(scuba_images=args.scuba_images, backgrounds=args.backgrounds_per_clip,
-                               swap_seeds=tuple(args.swap_seeds or ()), swap_align=args.swap_align)
+                               swap_seeds=tuple(args.swap_seeds or ()), swap_align=args.swap_align,
+                               swap_pairs=tuple(pairs_variant(path, mode=args.swap_pairs_mode, seed=args.swap_pairs_seed)
+                                                for path in args.swap_pairs))
     return RenderConfig(
         dataset=output_name(args.dataset, args.split_id),
         variants=resolve(names, defaults=defaults, file=args.variants_file, defines=args.define, protocol=protocol),
@@ -474,6 +501,13 @@ def run(args: argparse.Namespace) -> int:
                 make_args=config.make_args, split=summary.split, bootstrap=args.bootstrap))
             print("\n".join(evaluation_lines(metrics)))
             print(f"metrics: {path}")
+        return 0
+    if args.command == "export-pairs":
+        from pipeline.manifests.pairs import export_pairs
+
+        count = export_pairs(out=args.out, dataset=output_name(args.dataset, args.split_id), variant=args.variant,
+                             dest=args.output, masks_tag=args.masks, split=args.split, make_args=make_args(args))
+        print(f"export-pairs: {count} pairs of {args.variant} -> {args.output}")
         return 0
     if args.command == "status":
         from pipeline.status import run_status, status_lines

@@ -32,6 +32,7 @@ from pipeline.render.pairing import (
     shard_coverage,
     unpaired_reason,
 )
+from pipeline.render.pairs_file import match_pairs
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
 from pipeline.render.tars import WEBDATASET
@@ -218,7 +219,14 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
                relations: Relations | None, client) -> tuple[dict[str, StoredClip], str | None]:
     """Person coverage of every clip (one task per masks shard), then the seeded pairing: over every clip of
     the run, whatever LIMIT selects, so a clip's partner does not depend on the selection. Also why no clip was
-    paired, where none was though some clip was usable."""
+    paired, where none was though some clip was usable. A variant with a pairs file takes exactly its pairs."""
+    if variant.pairing.pairs_file:
+        clips = {clip.clip_id: clip for shard_clips in by_shard.values() for clip in shard_clips}
+        kept = match_pairs(Path(variant.pairing.pairs_file), set(clips), variant.name)
+        pairs = {clip_id: clips[partner] for clip_id, partner in kept.items()}
+        log.info("%s: %d of %d clips paired by %s", variant.name, len(pairs), len(clips),
+                 Path(variant.pairing.pairs_file).name)
+        return pairs, None if pairs else f"none of the pairs in {variant.pairing.pairs_file} names two clips of this run"
     coverage: dict[str, float] = {}
     jobs = [CoverageTask(masks_dir=masks.folder, shard=shard, clips=tuple(clips), options=variant.masks)
             for shard, clips in by_shard.items()]

@@ -70,11 +70,20 @@ class Pairing:
     mode: str = "rand"  # one of SWAP_MODES
     seed: int | None = None  # None: the render's --seed
     align: str = "none"  # centroid: shift the people so the two first frames' person centres of mass line up
+    pairs: str | None = None  # the sha256 of a pairs file (HAT's pickles): exactly its pairs, mode and seed its own
+    pairs_file: str | None = None  # where that file is (not in the spec: its content is)
 
     @property
     def needs_relations(self) -> bool:
-        """close / far pairs read which classes are related."""
-        return self.mode in ("close", "far")
+        """close / far pairs read which classes are related (unless a pairs file gives them)."""
+        return self.mode in ("close", "far") and self.pairs is None
+
+    def spec(self) -> dict[str, Any]:
+        """What shapes the pairs: the options, and a pairs file's content where there is one."""
+        out = {key: value for key, value in asdict(self).items() if key != "pairs_file"}
+        if self.pairs is None:  # the spec of a variant from before pairs files, unchanged
+            del out["pairs"]
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +129,7 @@ class Variant:
         spec = {"name": self.name, **{r: str(f) for r, f in self.fills().items()}, "masks": asdict(self.masks),
                 "description": self.description}
         if self.needs_pair and self.pairing != Pairing():
-            spec["pairing"] = asdict(self.pairing)
+            spec["pairing"] = self.pairing.spec()
         if self.static:
             spec["backgrounds"] = self.backgrounds
         if self.still:
@@ -170,6 +179,7 @@ class ProtocolOptions:
     backgrounds: int | None = None  # static-background renders per clip (None: each variant's own, 1)
     swap_seeds: tuple[int, ...] = ()  # each swap variant V once per seed, as V-s<seed>
     swap_align: str | None = None  # none or centroid, for every swap variant
+    swap_pairs: tuple[Variant, ...] = ()  # swap variants with a pairs file's pairs (`pairs_file.pairs_variant`)
 
 
 def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Path | None = None,
@@ -203,6 +213,12 @@ def resolve(names: list[str], *, defaults: MaskOptions = MaskOptions(), file: Pa
                        for seed in protocol.swap_seeds]
         else:
             chosen.append(variant)
+    for variant in protocol.swap_pairs:
+        if variant.name in known or re.fullmatch(r"(.+)-s\d+", variant.name):
+            raise VariantError(f"{variant.pairing.pairs_file}: its variant would be named {variant.name!r}, the name "
+                               "of another variant; rename the file")
+        chosen.append(variant if not protocol.swap_align else
+                      replace(variant, pairing=replace(variant.pairing, align=protocol.swap_align)))
     for variant in chosen:
         check(variant, f"variant {variant.name!r}: ")
     names = [variant.name for variant in chosen]
