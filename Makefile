@@ -84,6 +84,7 @@ PREDICT_FLAGS := $(DATASET_FLAGS) \
 	$(if $(or $(SPLIT),$(filter sample,$(DATASET))),--split "$(or $(SPLIT),train)") \
 	$(if $(FRAMES),--frames "$(FRAMES)") \
 	$(if $(PROMPTS),--prompts "$(PROMPTS)") \
+	$(if $(LABEL_SPACE),--label-space "$(LABEL_SPACE)") \
 	$(if $(DEVICE),--device "$(DEVICE)") \
 	$(if $(PRECISION),--precision "$(PRECISION)") \
 	$(if $(PREDICT_BATCH),--batch "$(PREDICT_BATCH)") \

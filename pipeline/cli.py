@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the model's own)")
     predict.add_argument("--prompts", type=Path, help="TOML file: templates = [\"a video of {}.\", ...] and [names] "
                          "(default: CLIP's 28 Kinetics templates, cleaned class names)")
+    predict.add_argument("--label-space", choices=("dataset", "kinetics400"), default="dataset",
+                         help="the classes scored: the dataset's own (Mimetics: its 50), or the 400 of Kinetics")
     predict.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     predict.add_argument("--precision", choices=PRECISIONS, help="fp32 (default on the CPU), fp16 (default on CUDA), bf16")
     predict.add_argument("--batch", type=positive_int, default=4, help="clips per model call")
@@ -484,6 +486,7 @@ def run(args: argparse.Namespace) -> int:
         config = PredictConfig(
             dataset=output_name(args.dataset, args.split_id), out=args.out, masks_tag=args.masks,
             make_args=make_args(args), variants=variants, split=args.split, frames=args.frames, prompts=args.prompts,
+            label_space=args.label_space,
             scorer=ScorerSpec.parse(args.scorer, weights=args.weights, device=args.device, precision=args.precision),
             batch=args.batch, readers=args.readers, execution=execution_options, overwrite=args.overwrite,
             retry_failed=args.retry_failed)

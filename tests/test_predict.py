@@ -286,3 +286,58 @@ def test_the_report_shows_lazy_rows_composed(listed):
     whole = rendered(run_dir, clip.clip_id, resolve(["human_only"])[0])
     np.testing.assert_array_equal(picture.middle, whole[clip.frames // 2])
     assert len(picture.strip) == 3
+
+
+def test_mimetics_is_scored_in_its_own_classes_or_in_kinetics_400_and_evaluated_in_either(tmp_path, capsys):
+    from tests.test_datasets import mimetics_tree
+    from tests.test_datasets_e2e import replace_with_videos, run_stages
+
+    root = tmp_path / "mimetics"
+    class_list = mimetics_tree(root)
+    (root / "playing bass guitar").mkdir()
+    (root / "playing bass guitar" / "Qq1_000005_000015.mp4").touch()
+    assert replace_with_videos(root, ".mp4") == 3
+    out = tmp_path / "out"
+    run_stages(["--dataset", "mimetics"], out, ["--root", str(root), "--class-list", str(class_list)])
+    assert main(["render", "--dataset", "mimetics", "--out", str(out), "--variants", "original", "--workers", "0"]) == 0
+    assert main(["manifests", "--dataset", "mimetics", "--out", str(out)]) == 0
+    scorer = tiny_open_clip(tmp_path / "model")
+    base = ["predict", "--dataset", "mimetics", "--out", str(out), "--scorer", scorer, "--weights", "random",
+            "--variants", "original", "--evaluate", "--bootstrap", "10"]
+    found = {}
+    for space, classes in (("dataset", 3), ("kinetics400", 400)):
+        capsys.readouterr()
+        assert main([*base, "--label-space", space]) == 0
+        printed = capsys.readouterr().out
+        folder = Path(next(line for line in printed.splitlines() if line.startswith("predictions: ")).split(": ")[1])
+        scores = read_csv(folder / "original.csv")
+        assert {len(v) for v in scores.values()} == {classes}
+        metrics = json.loads(Path(printed.split("metrics: ")[1].strip()).read_text())
+        assert metrics["classes"] == classes and metrics["variants"]["original"]["clips"] == 3
+        found[space] = (scores, metrics)
+    own = json.loads((Path(found["dataset"][1]["predictions"]) / "scorer.json").read_text())
+    assert own["label_space"] == "mimetics" and own["classes"] == ["playing bass guitar", "punching person (boxing)",
+                                                                   "reading book"]
+    # top-1 in each space is the argmax over that space's own columns, checked against the true labels
+    for space, (scores, metrics) in found.items():
+        classes = json.loads((Path(metrics["predictions"]) / "scorer.json").read_text())["classes"]
+        clips = {c.clip_id: c for c in MasksRun(next((out / "masks" / "mimetics").iterdir())).clips()}
+        right = np.mean([classes[int(np.argmax(s))] == clips[c].label for c, s in scores.items()])
+        assert metrics["variants"]["original"]["top1"] == pytest.approx(right)
+
+
+def test_a_label_space_that_does_not_fit_is_one_line_and_exit_2(tmp_path, capsys):
+    from tests.test_datasets import ucf101_tree
+    from tests.test_datasets_e2e import replace_with_videos, run_stages
+
+    root = tmp_path / "ucf101"
+    ucf101_tree(root)
+    replace_with_videos(root / "UCF-101", ".avi")
+    out = tmp_path / "out"
+    run_stages(["--dataset", "ucf101"], out, ["--root", str(root)])
+    capsys.readouterr()
+    argv = ["predict", "--dataset", "ucf101", "--out", str(out), "--scorer", tiny_open_clip(tmp_path / "m"),
+            "--weights", "random", "--label-space", "kinetics400", "--split", "test"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "label space kinetics400 (400 classes) does not fit ucf101-split1" in err and err.count("\n") == 1

@@ -12,6 +12,7 @@ read the variants named `background_only` and `human_only`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -60,14 +61,19 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     used = sorted({variant for files in groups.values() for variant in files})
     split = choose_split(manifests, used, config.split)
     variants = {name: variant_rows(manifests / name, split) for name in used}
+    scorer_file = Path(config.predictions) / SCORER_FILE  # written by `predict`: the model, its label space
+    scorer = json.loads(scorer_file.read_text()) if scorer_file.is_file() else None
+    if scorer and scorer.get("classes"):  # its own classes: each row matched to them by its label's name
+        classes = list(scorer["classes"])
+        variants = {name: in_label_space(rows, classes, scorer_file) for name, rows in variants.items()}
     files = {path.relative_to(config.predictions).as_posix(): predictions_state(path)
              for group in groups.values() for path in group.values()}
     metrics = {"dataset": config.dataset, "masks_run": masks.tag, "split": split, "classes": len(classes),
                "predictions": str(Path(config.predictions).absolute()), "files": dict(sorted(files.items())),
                "bootstrap_resamples": config.bootstrap, "manifests": manifest_digests(manifests, used)}
-    scorer = Path(config.predictions) / SCORER_FILE  # written by `predict`: which model made the predictions
-    if scorer.is_file():
-        metrics["scorer"] = json.loads(scorer.read_text())
+    if scorer:
+        metrics["scorer"] = {key: value for key, value in scorer.items() if key not in ("classes", "class_prompts")}
+        metrics["label_space"] = scorer.get("label_space")
     if None in groups:
         metrics |= score(groups[None], variants, classes, config.bootstrap)
     trained = {name: score(files, variants, classes, config.bootstrap) for name, files in groups.items() if name}
@@ -84,6 +90,20 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
 
         write_report(dataset=config.dataset, out=config.out, masks_tag=masks.tag, make_args=config.make_args)
     return path, metrics
+
+
+def in_label_space(variant: VariantRows, classes: list[str], where: Path) -> VariantRows:
+    """The variant's rows with their label (and swap background's label) indexed in `classes`, by name."""
+    index = {name: i for i, name in enumerate(classes)}
+    rows = []
+    for row in variant.rows:
+        if row["label"] not in index:
+            raise InputError(f"{where}: its label space ({len(classes)} classes) has no class {row['label']!r} "
+                             f"(clip {row['clip_id']} of {variant.name}); predict with a label space that fits")
+        pair = row["pair_label"]
+        rows.append(row | {"label_index": index[row["label"]],
+                           "pair_label_index": index.get(pair, -1) if pair is not None else None})
+    return dataclasses.replace(variant, rows=rows)
 
 
 def prediction_files(folder: Path) -> dict[str | None, dict[str, Path]]:

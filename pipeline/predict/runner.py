@@ -32,6 +32,7 @@ from pipeline.executor import ExecOptions
 from pipeline.manifests.read import VariantRows, choose_split, variant_rows
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.predict.inputs import READERS, PredictItem
+from pipeline.predict.labels import label_space
 from pipeline.predict.prompts import make_prompts
 from pipeline.predict.scorers import ScorerSpec, load_scorer
 from pipeline.predict.stage import PredictStage
@@ -53,6 +54,7 @@ class PredictConfig:
     split: str | None = None  # None: val, or the only split listed
     frames: int | None = None  # per clip; None: the model's own (X-CLIP), else 8
     prompts: Path | None = None  # TOML: templates, [names]
+    label_space: str | None = None  # None: the dataset's own (Mimetics: its 50 classes); kinetics400
     batch: int = 4  # clips per model call
     readers: int = 2  # clips read ahead at once
     execution: ExecOptions = field(default_factory=lambda: ExecOptions(workers=0))
@@ -90,8 +92,11 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
     manifests = Path(config.out).absolute() / "manifests" / config.dataset / masks.tag
     names = variant_names(manifests, config)
     split = choose_split(manifests, names, config.split)
-    classes = (manifests / names[0] / "label_map.txt").read_text().splitlines()
-    prompts = make_prompts(classes, config.prompts)
+    clips = {clip.clip_id: clip for clip in masks.clips()}
+    space = label_space(config.label_space, dataset=config.dataset, clips=clips.values(),
+                        label_map=(manifests / names[0] / "label_map.txt").read_text().splitlines())
+    classes = space.classes
+    prompts = make_prompts(list(classes), config.prompts)
     scorer = load_scorer(config.scorer)  # here first: weights that do not load stop the run (exit 2)
     scorer.classes(prompts)
     frames = config.frames or scorer.frames or DEFAULT_FRAMES
@@ -99,10 +104,9 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
         raise InputError(f"{config.scorer.label} takes {scorer.frames} frames per clip; FRAMES={frames} does not fit")
     made_of = {"scorer": config.scorer.label, "weights": config.scorer.weights or "its own",
                "weights_sha256": scorer.weights_sha256, "precision": config.scorer.precision,
-               "prompts": prompts.digest(), "frames": frames, "batch": config.batch}  # a batch's shape shapes bits
+               "label_space": space.name, "prompts": prompts.digest(), "frames": frames, "batch": config.batch}  # a batch's shape shapes bits
     fingerprint = digest(made_of)
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
-    clips = {clip.clip_id: clip for clip in masks.clips()}
     summaries, incomplete = [], {}
     for name in names:
         rows = variant_rows(manifests / name, split)
@@ -122,7 +126,8 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
         missing = write_csv(root / split / f"{name}.csv", stage.folder, rows, len(classes))
         if missing:
             incomplete[name] = missing
-    write_if_changed(root / split / "scorer.json", json.dumps({**made_of, "templates": list(prompts.templates),
+    write_if_changed(root / split / "scorer.json", json.dumps({**made_of, "classes": list(classes),
+                                                               "templates": list(prompts.templates),
                                                                "class_prompts": list(prompts.names)}, indent=1) + "\n")
     return PredictSummary(folder=str(root / split), masks_tag=masks.tag, split=split, scorer=made_of, variants=summaries,
                           incomplete=incomplete, seconds=round(time.perf_counter() - started, 2))
