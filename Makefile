@@ -93,7 +93,7 @@ PREDICT_FLAGS := $(DATASET_FLAGS) \
 	$(if $(MAX_TRIES),--max-tries "$(MAX_TRIES)") $(if $(filter 1 yes true,$(RETRY_FAILED)),--retry-failed) \
 	$(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
-.PHONY: all list masks render manifests report evaluate predict benchmark status bench bench-scale test models venv clean-sample help
+.PHONY: all list masks render manifests report evaluate predict benchmark status bench bench-scale bench-predict test models venv clean-sample help
 
 masks: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## decode and segment DATASET into mask shards (masks/DATASET/RUN)
 	$(PY) -m pipeline masks $(MASKS_FLAGS)
@@ -157,6 +157,13 @@ bench-scale: $(STAMP) $(SELFIE_MODEL) ## planning and engine overhead at Kinetic
 	$(PY) -m pipeline.bench scale $(if $(CLIPS),--clips "$(CLIPS)") \
 		$(if $(OVERHEAD_CLIPS),--overhead-clips "$(OVERHEAD_CLIPS)") $(if $(WORKERS),--workers "$(WORKERS)") \
 		$(if $(OUT),--out "$(OUT)")
+
+# The predict stage against the bare model forward, and composing on the fly against reading the mp4 render, as
+# JSON (OUT default: bench-predict, emptied first). SCORER default open_clip:ViT-B-32 with random weights.
+bench-predict: $(STAMP) $(SELFIE_MODEL) ## zero-shot predict throughput against the bare model forward, as JSON
+	$(PY) -m pipeline.bench predict $(if $(SCORER),--scorer "$(SCORER)") \
+		$(if $(SCORER_WEIGHTS),--weights "$(SCORER_WEIGHTS)") $(if $(DEVICE),--device "$(DEVICE)") \
+		$(if $(CLIPS),--clips "$(CLIPS)") $(if $(PREDICT_BATCH),--batch "$(PREDICT_BATCH)") $(if $(OUT),--out "$(OUT)")
 
 # The SLURM tests start a single-node SLURM; as root on Debian, tests/install_slurm.sh installs it first
 # (SLURM=no leaves it out, and those tests skip saying why).

@@ -1,9 +1,14 @@
-"""`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench."""
+"""`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench;
+`python -m pipeline.bench predict ...`: the zero-shot bench."""
 
 import sys
 
 if sys.argv[1:2] == ["scale"]:
     from pipeline.bench.scale import main
+
+    main(sys.argv[2:])
+elif sys.argv[1:2] == ["predict"]:
+    from pipeline.bench.zeroshot import main
 
     main(sys.argv[2:])
 else:

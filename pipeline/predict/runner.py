@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.engine import ShardTask, StageSummary, current_shards, run_stage
 from pipeline.engine.record import RecordFile, write_if_changed
 from pipeline.errors import InputError
-from pipeline.executor import ExecOptions
+from pipeline.executor import ExecOptions, session
 from pipeline.manifests.read import VariantRows, choose_split, variant_rows
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.predict.inputs import READERS, PredictItem
@@ -108,24 +108,25 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
     fingerprint = digest(made_of)
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
     summaries, incomplete = [], {}
-    for name in names:
-        rows = variant_rows(manifests / name, split)
-        if not rows.rows:  # nothing to score: an empty list, as the variant's list of the split is
-            log.warning("predict %s: no clip listed in split %s", name, split)
-            write_csv(root / split / f"{name}.csv", root / "_shards" / split / name, rows, len(classes))
-            continue
-        stage = PredictStage(scorer=config.scorer, prompts=prompts, frames=frames, batch=config.batch,
-                             readers=config.readers, variant=rows.spec, seed=rows.made_of.get("seed", 0),
-                             decode_fps=masks.decode_fps, masks_dir=masks.folder,
-                             folder=root / "_shards" / split / name)
-        plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of]))
-        summary = run_stage(f"predict {name}", stage.folder, plan, plan, options=config.execution,
-                            record=[RecordFile.json(stage.folder / "variant.json", {**made_of, "variant": rows.made_of})],
-                            progress=progress, key_prefix=f"predict-{config.dataset}-{name}")
-        summaries.append(summary)
-        missing = write_csv(root / split / f"{name}.csv", stage.folder, rows, len(classes))
-        if missing:
-            incomplete[name] = missing
+    with session(config.execution) as client:  # one cluster for every variant
+        for name in names:
+            rows = variant_rows(manifests / name, split)
+            if not rows.rows:  # nothing to score: an empty list, as the variant's list of the split is
+                log.warning("predict %s: no clip listed in split %s", name, split)
+                write_csv(root / split / f"{name}.csv", root / "_shards" / split / name, rows, len(classes))
+                continue
+            stage = PredictStage(scorer=config.scorer, prompts=prompts, frames=frames, batch=config.batch,
+                                 readers=config.readers, variant=rows.spec, seed=rows.made_of.get("seed", 0),
+                                 decode_fps=masks.decode_fps, masks_dir=masks.folder,
+                                 folder=root / "_shards" / split / name)
+            plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of]))
+            summary = run_stage(f"predict {name}", stage.folder, plan, plan, options=config.execution,
+                                record=[RecordFile.json(stage.folder / "variant.json", {**made_of, "variant": rows.made_of})],
+                                progress=progress, key_prefix=f"predict-{config.dataset}-{name}", client=client)
+            summaries.append(summary)
+            missing = write_csv(root / split / f"{name}.csv", stage.folder, rows, len(classes))
+            if missing:
+                incomplete[name] = missing
     write_if_changed(root / split / "scorer.json", json.dumps({**made_of, "classes": list(classes),
                                                                "templates": list(prompts.templates),
                                                                "class_prompts": list(prompts.names)}, indent=1) + "\n")
