@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.evaluate import EvaluateConfig, run_evaluate
 from pipeline.executor import ExecOptions
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import variant_rows
@@ -193,7 +195,12 @@ def test_reruns_do_nothing_and_a_changed_manifest_redoes_only_its_variant(listed
     assert [v.computed for v in again.variants] == [0] * len(again.variants)
     run_render(render_config(out, ["swap"], encode=EncodeOptions(format="lazy"), seed=1), progress=False)
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, variants=("swap",)))
+    evaluate = EvaluateConfig(dataset="kinetics400", out=out, predictions=Path(first.folder), split="train",
+                              bootstrap=0, report=False)
+    with pytest.raises(InputError, match="predicted from another manifest of swap"):  # its CSV is stale now
+        run_evaluate(evaluate)
     changed = run_predict(config, progress=False)
+    run_evaluate(evaluate)
     computed = {v.stage.removeprefix("predict "): v.computed for v in changed.variants}
     assert computed.pop("swap") > 0 and set(computed.values()) == {0}
     assert {p.name: p.read_bytes() for p in Path(first.folder).glob("*.csv") if p.name != "swap.csv"} == \

@@ -27,12 +27,11 @@ from pipeline.errors import InputError
 from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
 from pipeline.evaluate.predictions import FORMATS, read_predictions
 from pipeline.evaluate.section import manifest_digests
-from pipeline.manifests.read import VariantRows, choose_split, variant_rows
+from pipeline.manifests.read import VariantRows, choose_split, manifest_digest, variant_rows
 from pipeline.masks import find_run
+from pipeline.predict.scorers import SCORER_FILE
 
 log = logging.getLogger(__name__)
-
-SCORER_FILE = "scorer.json"  # beside predict's files: the scorer, its weights and their hash, prompts, frames
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
@@ -63,6 +62,11 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     variants = {name: variant_rows(manifests / name, split) for name in used}
     scorer_file = Path(config.predictions) / SCORER_FILE  # written by `predict`: the model, its label space
     scorer = json.loads(scorer_file.read_text()) if scorer_file.is_file() else None
+    stale = sorted(v for v in used if scorer and "manifests" in scorer
+                   and scorer["manifests"].get(v) != manifest_digest(manifests / v))
+    if stale:
+        raise InputError(f"{Path(config.predictions) / (stale[0] + '.csv')}: predicted from another manifest of "
+                         f"{stale[0]} than the one there now (re-rendered, or other rows); run `make predict` again")
     if scorer and scorer.get("classes"):  # its own classes: each row matched to them by its label's name
         classes = list(scorer["classes"])
         variants = {name: in_label_space(rows, classes, scorer_file) for name, rows in variants.items()}
@@ -72,7 +76,7 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
                "predictions": str(Path(config.predictions).absolute()), "files": dict(sorted(files.items())),
                "bootstrap_resamples": config.bootstrap, "manifests": manifest_digests(manifests, used)}
     if scorer:
-        metrics["scorer"] = {key: value for key, value in scorer.items() if key not in ("classes", "class_prompts")}
+        metrics["scorer"] = {key: value for key, value in scorer.items() if key not in ("classes", "class_prompts", "manifests")}
         metrics["label_space"] = scorer.get("label_space")
     if None in groups:
         metrics |= score(groups[None], variants, classes, config.bootstrap)

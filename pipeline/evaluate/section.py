@@ -5,7 +5,6 @@ predictions folder and split is shown unless all are asked for."""
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from pipeline.decode import DecodeOptions
 from pipeline.engine.commit import file_digest
 from pipeline.html import img, img_png, png, pyplot, table
+from pipeline.manifests.read import manifest_digest
 from pipeline.render.compose import decoded
 
 SHOWN_WINS = 8  # swap clips shown as frames (all are listed in metrics.json)
@@ -25,7 +25,7 @@ SHOWN_WINS = 8  # swap clips shown as frames (all are listed in metrics.json)
 
 def manifest_digests(manifests: Path, variants: list[str]) -> dict[str, str]:
     """The content of each variant's manifest, so the report can tell when metrics were made from older ones."""
-    return {v: hashlib.sha256((manifests / v / "manifest.parquet").read_bytes()).hexdigest()[:16] for v in variants}
+    return {v: manifest_digest(manifests / v) for v in variants}
 
 
 @dataclass(frozen=True)

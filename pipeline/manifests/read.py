@@ -3,6 +3,7 @@ trainer's list of that split holds, in its order, with the variant's settings.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,3 +65,8 @@ def variant_rows(folder: Path, split: str) -> VariantRows:
     settings = summary["settings"].get(fmt) or next(iter(summary["settings"].values()), {})
     made_of = {k: v for k, v in settings.items() if k not in ("fingerprint", "keep_if", "masks_dir", "masks_fingerprint")}
     return VariantRows(name=folder.name, spec=settings.get("variant", {}), made_of=made_of, rows=rows)
+
+
+def manifest_digest(folder: Path) -> str:
+    """The content of a variant's manifest.parquet: what predictions and metrics made from it record."""
+    return hashlib.sha256((Path(folder) / "manifest.parquet").read_bytes()).hexdigest()[:16]

@@ -29,12 +29,12 @@ from pipeline.engine import ShardTask, StageSummary, current_shards, run_stage
 from pipeline.engine.record import RecordFile, write_if_changed
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions, session
-from pipeline.manifests.read import VariantRows, choose_split, variant_rows
+from pipeline.manifests.read import VariantRows, choose_split, manifest_digest, variant_rows
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.predict.inputs import READERS, PredictItem
 from pipeline.predict.labels import label_space
 from pipeline.predict.prompts import make_prompts
-from pipeline.predict.scorers import ScorerSpec, load_scorer
+from pipeline.predict.scorers import SCORER_FILE, ScorerSpec, load_scorer
 from pipeline.predict.stage import PredictStage
 from pipeline.records import OK
 
@@ -108,30 +108,40 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
     fingerprint = digest(made_of)
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
     summaries, incomplete = [], {}
+    record = root / split / SCORER_FILE
+    described = {**made_of, "classes": list(classes), "templates": list(prompts.templates),
+                 "class_prompts": list(prompts.names), "manifests": recorded_manifests(record)}
     with session(config.execution) as client:  # one cluster for every variant
         for name in names:
+            read_from = manifest_digest(manifests / name)  # before the rows: a manifest rewritten meanwhile is caught
             rows = variant_rows(manifests / name, split)
-            if not rows.rows:  # nothing to score: an empty list, as the variant's list of the split is
-                log.warning("predict %s: no clip listed in split %s", name, split)
-                write_csv(root / split / f"{name}.csv", root / "_shards" / split / name, rows, len(classes))
-                continue
             stage = PredictStage(scorer=config.scorer, prompts=prompts, frames=frames, batch=config.batch,
                                  readers=config.readers, variant=rows.spec, seed=rows.made_of.get("seed", 0),
                                  decode_fps=masks.decode_fps, masks_dir=masks.folder,
                                  folder=root / "_shards" / split / name)
-            plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of]))
-            summary = run_stage(f"predict {name}", stage.folder, plan, plan, options=config.execution,
-                                record=[RecordFile.json(stage.folder / "variant.json", {**made_of, "variant": rows.made_of})],
-                                progress=progress, key_prefix=f"predict-{config.dataset}-{name}", client=client)
-            summaries.append(summary)
+            if rows.rows:
+                plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of]))
+                summaries.append(run_stage(
+                    f"predict {name}", stage.folder, plan, plan, options=config.execution, client=client,
+                    record=[RecordFile.json(stage.folder / "variant.json", {**made_of, "variant": rows.made_of})],
+                    progress=progress, key_prefix=f"predict-{config.dataset}-{name}"))
+            else:  # nothing to score: an empty list, as the variant's list of the split is
+                log.warning("predict %s: no clip listed in split %s", name, split)
             missing = write_csv(root / split / f"{name}.csv", stage.folder, rows, len(classes))
             if missing:
                 incomplete[name] = missing
-    write_if_changed(root / split / "scorer.json", json.dumps({**made_of, "classes": list(classes),
-                                                               "templates": list(prompts.templates),
-                                                               "class_prompts": list(prompts.names)}, indent=1) + "\n")
+            described["manifests"][name] = read_from  # the CSV is made from this manifest (evaluate checks it)
+            write_if_changed(record, json.dumps(described, indent=1, sort_keys=True) + "\n")
     return PredictSummary(folder=str(root / split), masks_tag=masks.tag, split=split, scorer=made_of, variants=summaries,
                           incomplete=incomplete, seconds=round(time.perf_counter() - started, 2))
+
+
+def recorded_manifests(record: Path) -> dict[str, str]:
+    """Variant → the digest of the manifest its CSV in this folder was made from, as `scorer.json` says."""
+    try:
+        return dict(json.loads(record.read_text()).get("manifests", {}))
+    except FileNotFoundError:
+        return {}
 
 
 def variant_names(manifests: Path, config: PredictConfig) -> list[str]:

@@ -23,6 +23,7 @@ from pipeline.predict.prompts import Prompts
 BACKENDS = ("open_clip", "xclip")
 RANDOM = "random"
 PRECISIONS = ("fp32", "fp16", "bf16")
+SCORER_FILE = "scorer.json"  # beside predict's CSVs: the scorer, its classes, each CSV's manifest (evaluate reads it)
 
 
 class ScorerLoadError(InputError):
