@@ -123,3 +123,36 @@ def test_a_pairs_file_without_its_mode_in_the_name_needs_the_flag(masked, tmp_pa
     assert render(out, "--variants", "original", "--swap-pairs", str(path)) == 2
     assert "--swap-pairs-mode" in capsys.readouterr().err
     assert render(out, "--variants", "original", "--swap-pairs", str(path), "--swap-pairs-mode", "rand") == 0
+
+
+def test_partners_without_usable_masks_are_left_out_and_names_are_made_safe(shapes_dataset, tmp_path, caplog):
+    import numpy as np
+
+    root, _ = shapes_dataset
+    videos = sorted(root.rglob("*.mp4"))
+    gone = videos[0]
+    gone.unlink()  # its clip is `missing`: no masks to paste from
+    out = tmp_path / "out"
+    run_dir = Path(run_masks(masks_config(root, out), progress=False).output)
+    clips = {clip.clip_id: clip for clip in MasksRun(run_dir).clips()}
+    missing = gone.stem
+    a, b = sorted(c for c in clips if c != missing)[:2]
+    pairs = {f"x/{a}": [f"y/{missing}", np.int64(12), np.int64(0)],  # numpy ints, as protocol 2 writes them
+             f"x/{b.replace('_x_', '!x_', 1)}": [f"y/{a}", np.int64(12), np.int64(1)]}  # `!` → `_`, as ids are made
+    path = tmp_path / "actionswap_rand_3.pickle"
+    path.write_bytes(pickle.dumps(pairs, protocol=2))
+    with caplog.at_level(logging.WARNING):
+        assert render(out, "--variants", "original", "--swap-pairs", str(path)) == 0
+    found = manifest_pairs(out, run_dir, "actionswap_rand_3")
+    assert found[a] is None and found[b] == a  # a's partner has no masks; `…!x_…` names b
+    assert any("1 of 2 pairs of actionswap_rand_3.pickle left out: 0 name clips this masks run does not have, 1 a "
+               "background clip without usable masks" in r.getMessage() for r in caplog.records)
+
+
+def test_a_pairs_file_naming_one_clip_twice_is_refused(masked, tmp_path, capsys):
+    out, _, clips = masked
+    a, b = sorted(clips)[:2]
+    path = tmp_path / "actionswap_rand_1.pickle"
+    path.write_bytes(pickle.dumps({f"x/{a}": [b, 10, 0], f"y/{a}.mp4": [b, 10, 0]}))
+    assert render(out, "--swap-pairs", str(path)) == 2
+    assert f"names clip {a} twice" in capsys.readouterr().err

@@ -5,6 +5,7 @@ nothing and a changed manifest redoes only its variant; bad input is one line an
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,19 +19,18 @@ from pipeline.errors import InputError
 from pipeline.evaluate import EvaluateConfig, run_evaluate
 from pipeline.executor import ExecOptions
 from pipeline.manifests import ManifestConfig, write_manifests
-from pipeline.manifests.read import variant_rows
 from pipeline.masks import MasksRun, run_masks
-from pipeline.predict.inputs import PredictItem, positions, read_frames
+from pipeline.predict.inputs import positions, read_frames
 from pipeline.predict.runner import PredictConfig, run_predict
 from pipeline.predict.scorers import ScorerSpec
 from pipeline.render import run_render
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.variants import resolve
-from tests.test_loaders import rendered
 from tests.test_masks_stage import config as masks_config
 from tests.test_render import render_config
 
 LAZY_VARIANTS = ["human_only", "background_only", "swap", "scuba", "scufo"]
+RENDER_SEED = 3  # not the default: the stage must take the render's own
 
 
 def tiny_open_clip(folder: Path) -> str:
@@ -75,7 +75,8 @@ def listed(shapes_dataset, tmp_path):
     out = tmp_path / "out"
     run_dir = Path(run_masks(masks_config(root, out), progress=False).output)
     run_render(render_config(out, ["original"]), progress=False)
-    run_render(render_config(out, LAZY_VARIANTS, encode=EncodeOptions(format="lazy")), progress=False)
+    run_render(render_config(out, LAZY_VARIANTS, encode=EncodeOptions(format="lazy"), seed=RENDER_SEED),
+               progress=False)
     write_manifests(ManifestConfig(dataset="kinetics400", out=out))
     return out, run_dir
 
@@ -108,7 +109,8 @@ def test_open_clip_scores_equal_the_library_forward_on_the_same_frames(listed, t
 
     out, run_dir = listed
     scorer = tiny_open_clip(tmp_path / "model")
-    prompts = one_template(tmp_path / "prompts.toml")
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text('templates = ["a video of {}.", "a photo of a person {}."]\n')
     summary = run_predict(predict_config(out, scorer, prompts=prompts, variants=("original",), frames=5),
                           progress=False)
     assert not summary.failed
@@ -119,7 +121,8 @@ def test_open_clip_scores_equal_the_library_forward_on_the_same_frames(listed, t
         model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
     model.eval()
     classes = (out / "manifests" / "kinetics400" / run_dir.name / "original" / "label_map.txt").read_text().splitlines()
-    text = open_clip.get_tokenizer(name)([f"a video of {c.lower()}." for c in classes])
+    tokenizer = open_clip.get_tokenizer(name)
+    templates = [[f"a video of {c.lower()}." for c in classes], [f"a photo of a person {c.lower()}." for c in classes]]
     clips = {clip.clip_id: clip for clip in MasksRun(run_dir).clips()}
     assert set(found) == {c for c, clip in clips.items() if clip.split == "train"}
     from PIL import Image
@@ -127,10 +130,12 @@ def test_open_clip_scores_equal_the_library_forward_on_the_same_frames(listed, t
     for clip_id, scores in found.items():
         frames = decoded(Path(clips[clip_id].path), positions(clips[clip_id].frames, 5))
         images = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
-        with torch.no_grad():
-            image_features, text_features, scale = model(images, text)[:3]
+        with torch.no_grad():  # the model's forward, once per template; the templates' mean per class
+            outputs = [model(images, tokenizer(texts))[:3] for texts in templates]
+        image_features, _, scale = outputs[0]
+        text = torch.nn.functional.normalize(torch.stack([o[1] for o in outputs]).mean(0), dim=-1)
         video = torch.nn.functional.normalize(image_features.mean(0), dim=-1)
-        expected = (scale * video @ text_features.T).numpy()
+        expected = (scale * video @ text.T).numpy()
         np.testing.assert_allclose(scores, expected, atol=1e-4)
         assert np.abs(expected).max() > 1e-3  # the comparison is not between zeros
 
@@ -161,28 +166,46 @@ def test_xclip_scores_equal_the_library_forward_on_the_same_frames(listed, tmp_p
     assert read_csv(Path(summary.folder) / "human_only.csv").keys() == found.keys()
 
 
-@pytest.mark.parametrize("name", LAZY_VARIANTS)
-def test_lazy_rows_are_composed_with_the_render_pixels(listed, name):
+def test_lazy_rows_are_scored_on_the_render_pixels(listed, tmp_path, monkeypatch):
+    """Through the stage: the variant from the manifest's settings, the render's seed, the masks' rate."""
+    import pipeline.predict.stage as stage
+
     out, run_dir = listed
+    seen = {}
+
+    def spy(item, wanted, **kwargs):
+        frames = read_frames(item, wanted, **kwargs)
+        seen[(kwargs["variant"].name, item.key)] = (item, wanted, kwargs["seed"], frames)
+        return frames
+
+    monkeypatch.setattr(stage, "read_frames", spy)
+    assert not run_predict(predict_config(out, tiny_open_clip(tmp_path / "model"), variants=tuple(LAZY_VARIANTS),
+                                          frames=6), progress=False).failed
+    assert {name for name, _ in seen} == set(LAZY_VARIANTS)
     run = MasksRun(run_dir)
-    clips = {clip.clip_id: clip for clip in run.clips()}
-    rows = variant_rows(out / "manifests" / "kinetics400" / run_dir.name / name, "train")
-    assert rows.rows and {row["format"] for row in rows.rows} == {"lazy"}
-    variant = resolve([name])[0]
-    for row in rows.rows:
-        clip = clips[row["source_clip_id"]]
-        partner = clips[row["pair_clip_id"]] if row["pair_clip_id"] else None
-        item = PredictItem(key=row["clip_id"], clip=clip, format="lazy", partner=partner)
-        frames = read_frames(item, 6, variant=variant, seed=0, decode_fps=None, masks=run.clip_masks(clip),
-                             partner_masks=run.clip_masks(partner) if partner else None)
-        whole = rendered(run_dir, clip.clip_id, variant, key=row["clip_id"],
-                         partner=partner.clip_id if partner else None)
-        wanted = positions(clip.frames, 6)
+    for (name, key), (item, wanted, seed, frames) in seen.items():
+        assert seed == RENDER_SEED and wanted == positions(item.clip.frames, 6)
+        variant = resolve([name])[0]
+        whole = composed_clip(run, item.clip, variant, key=key, partner=item.partner)
         if variant.still:  # SCUFO: the render's one still frame throughout
             assert all((frame == frames[0]).all() for frame in frames)
-            assert any((frames[0] == whole[p]).all() for p in range(len(whole)))
+            assert any((frames[0] == frame).all() for frame in whole)
         else:
             np.testing.assert_array_equal(frames, whole[wanted])
+
+
+def composed_clip(run: MasksRun, clip, variant, *, key: str, partner=None) -> np.ndarray:
+    """Every frame of a clip as the render stage composes it before encoding, with the fixture's render seed."""
+    from pipeline.decode import DecodeOptions
+    from pipeline.render.compose import composed, partner_frames
+    from pipeline.render.regions import RegionMasks
+
+    swap = partner_frames(partner, run.clip_masks(partner), clip, options=variant.masks, decode_fps=run.decode_fps,
+                          seed=RENDER_SEED) if partner else None
+    regions = RegionMasks(run.clip_masks(clip), clip.height, clip.width, variant.masks)
+    return np.stack([frame for frame, _ in composed(clip.path, regions, variant, decode=DecodeOptions(),
+                                                    frames=clip.frames, seed=RENDER_SEED, clip_id=clip.clip_id,
+                                                    key=key, swap=swap)])
 
 
 def test_reruns_do_nothing_and_a_changed_manifest_redoes_only_its_variant(listed, tmp_path):
@@ -197,7 +220,7 @@ def test_reruns_do_nothing_and_a_changed_manifest_redoes_only_its_variant(listed
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, variants=("swap",)))
     evaluate = EvaluateConfig(dataset="kinetics400", out=out, predictions=Path(first.folder), split="train",
                               bootstrap=0, report=False)
-    with pytest.raises(InputError, match="predicted from another manifest of swap"):  # its CSV is stale now
+    with pytest.raises(InputError, match="not predicted from the manifest of swap"):  # its CSV is stale now
         run_evaluate(evaluate)
     changed = run_predict(config, progress=False)
     run_evaluate(evaluate)
@@ -234,10 +257,15 @@ def test_bad_input_is_one_line_and_exit_2(listed, tmp_path, capsys):
         (["--scorer", "clip:ViT-B-32"], "unknown scorer"),
         (["--scorer", "open_clip:ViT-B-32", "--weights", str(garbage)], "does not load"),
         (["--scorer", "open_clip:ViT-B-32"], "give its weights"),
+        (["--scorer", tiny_open_clip(tmp_path / "no-weights")], "no weights found there"),
         (["--scorer", tiny_open_clip(tmp_path / "m"), "--weights", "random", "--variants", "nope"], "no manifest for nope"),
         (["--scorer", tiny_open_clip(tmp_path / "m"), "--weights", "random", "--prompts", str(garbage)],
          "not a readable prompts file"),
     ]
+    run_render(render_config(out, ["person"], encode=EncodeOptions(format="webdataset")), progress=False)
+    write_manifests(ManifestConfig(dataset="kinetics400", out=out, variants=("person",)))
+    cases.append((["--scorer", tiny_open_clip(tmp_path / "m"), "--weights", "random", "--variants", "person"],
+                  "listed as webdataset only"))
     for flags, message in cases:
         assert main(base + flags) == 2
         err = capsys.readouterr().err.strip()
@@ -290,7 +318,7 @@ def test_the_report_shows_lazy_rows_composed(listed):
                           settings, RowFrames(run, clips))
     clip = next(c for c in clips if c.split == "train")
     picture = Picture.of(view, clip.clip_id, 3)
-    whole = rendered(run_dir, clip.clip_id, resolve(["human_only"])[0])
+    whole = composed_clip(run, clip, resolve(["human_only"])[0], key=clip.clip_id)
     np.testing.assert_array_equal(picture.middle, whole[clip.frames // 2])
     assert len(picture.strip) == 3
 
@@ -348,3 +376,40 @@ def test_a_label_space_that_does_not_fit_is_one_line_and_exit_2(tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "label space kinetics400 (400 classes) does not fit ucf101-split1" in err and err.count("\n") == 1
+
+
+def test_a_swap_partner_recomputed_redoes_the_clips_on_its_background(shapes_dataset, tmp_path):
+    """A lazy swap row holds no pixels, so its render shard's bytes do not change when its partner's masks do;
+    the partner's masks shard keys the predictions instead."""
+    import pickle
+
+    from pipeline.datasets.sample import shape_clip, write_video
+
+    root, _ = shapes_dataset
+    out = tmp_path / "out"
+    run_masks(masks_config(root, out), progress=False)
+    run_dir = next((out / "masks" / "kinetics400").iterdir())
+    clips = {clip.clip_id: clip for clip in MasksRun(run_dir).clips()}
+    fg, bg = next((a, b) for a in sorted(clips) for b in sorted(clips)
+                  if clips[a].split == "train" and clips[a].shard != clips[b].shard)
+    pairs = tmp_path / "actionswap_rand_0.pickle"
+    pairs.write_bytes(pickle.dumps({f"x/{fg}": [f"y/{bg}", clips[bg].frames, 0]}))
+
+    def listed_again() -> None:
+        assert main(["render", "--dataset", "kinetics400", "--out", str(out), "--format", "lazy", "--workers", "0",
+                     "--variants", "original", "--swap-pairs", str(pairs)]) == 0
+        write_manifests(ManifestConfig(dataset="kinetics400", out=out))
+
+    listed_again()
+    config = predict_config(out, tiny_open_clip(tmp_path / "model"), variants=("actionswap_rand_0",), frames=3)
+    before = read_csv(Path(run_predict(config, progress=False).folder) / "actionswap_rand_0.csv")[fg]
+    write_video(Path(clips[bg].path), shape_clip(clips[bg].frames, 96, 64, seed=99)[0], 12, lossless=True)
+    run_masks(masks_config(root, out), progress=False)  # the partner's shard is recomputed, the clip's is not
+    assert {c.clip_id: c for c in MasksRun(run_dir).clips()}[fg].shard == clips[fg].shard
+    listed_again()
+    again = run_predict(config, progress=False)
+    assert again.variants[0].computed == 1
+    after = read_csv(Path(again.folder) / "actionswap_rand_0.csv")[fg]
+    assert not np.array_equal(before, after)
+    fresh = run_predict(dataclasses.replace(config, overwrite=True), progress=False)
+    np.testing.assert_array_equal(read_csv(Path(fresh.folder) / "actionswap_rand_0.csv")[fg], after)

@@ -3,9 +3,9 @@
     python -m pipeline.bench predict [--scorer open_clip:ViT-B-32] [--weights random] [--clips 12]
                                      [--frames 48] [--device cpu] [--batch 4] [--repeat 2] [--out DIR]
 
-Generates photo pan clips (340×256, 25 fps), masks them with the pretrained selfie model, renders `human_only`
-to mp4 and its twin `human_only_lazy` (the same fills) with FORMAT=lazy, and times, in this process, the best
-of `--repeat` rounds of:
+Generates photo pan clips (340×256, 25 fps), masks them with the pretrained selfie model, renders each of
+`--variants` (human_only: colour fills; background_only: inpainting) to mp4 and its twin `<name>_lazy` (the same
+fills) with FORMAT=lazy, and times, in this process, the best of `--repeat` rounds of:
 - forward: `Scorer.score` alone on the clips' frames, read and preprocessed beforehand, in the stage's batches
   (its fixed shape: the last one padded);
 - original: the predict stage on `original` (the sources decoded, preprocessed on reader threads, scored);
@@ -52,7 +52,7 @@ def bare_forward(config: PredictConfig, out: Path, masks_tag: str, frames: int, 
     for row in rows:
         clip = clips[row["source_clip_id"]]
         item = PredictItem(key=clip.clip_id, clip=clip, format="source", path=str(clip.path))
-        tensors.append(scorer.preprocess(read_frames(item, frames, variant=Variant(name="original"), seed=0,
+        tensors.append(scorer.preprocess(read_frames(item, positions(clip.frames, frames), variant=Variant(name="original"), seed=0,
                                                      decode_fps=None, masks=None, partner_masks=None)))
     classes = scorer.classes(run_prompts(out, masks_tag))
     best = float("inf")
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="clips per model call")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--variants", default="human_only,background_only",
+                        help="rendered to mp4 and, as <name>_lazy, composed on the fly")
     parser.add_argument("--selfie-model", default="models/selfie_segmentation.tflite")
     parser.add_argument("--out", type=Path, default=Path("bench-predict"))
     args = parser.parse_args(argv)
@@ -101,10 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     make_clips(root, args.clips, args.frames)  # all in train
     masks = bench_selfie(root, out, args.selfie_model)
     tag = masks["run_tag"]
-    lazy_twin = dataclasses.replace(resolve(["human_only"])[0], name="human_only_lazy")
-    run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=tag, variants=resolve(["original", "human_only"]),
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    twins = tuple(dataclasses.replace(variant, name=f"{variant.name}_lazy") for variant in resolve(names))
+    run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=tag, variants=resolve(["original", *names]),
                             execution=ExecOptions(workers=0)), progress=False)
-    run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=tag, variants=(lazy_twin,),
+    run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=tag, variants=twins,
                             encode=EncodeOptions(format="lazy"), execution=ExecOptions(workers=0)), progress=False)
     write_manifests(ManifestConfig(dataset="kinetics400", out=out, masks_tag=tag))
     config = PredictConfig(dataset="kinetics400", out=out, masks_tag=tag, split="train", frames=args.sample_frames,
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
                            batch=args.batch, execution=ExecOptions(workers=0))
     run_predict(config, progress=False)  # loads the model, warms up
     forward = bare_forward(config, out, tag, args.sample_frames, args.repeat)
-    seconds = {name: stage_seconds(config, name, args.repeat) for name in ("original", "human_only", "human_only_lazy")}
+    seconds = {name: stage_seconds(config, name, args.repeat)
+               for name in ["original", *(n for name in names for n in (name, f"{name}_lazy"))]}
     clips = forward["clips"]
     result = {
         "device": device_name(args.device), "scorer": args.scorer, "weights": args.weights,
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "forward": forward,
         "stage_clips_per_s": {name: round(clips / s, 2) for name, s in seconds.items()},
         "vs_forward": {name: round(forward["seconds"] / s, 3) for name, s in seconds.items()},
-        "compose_over_mp4": round(seconds["human_only_lazy"] / seconds["human_only"] - 1, 3),
+        "compose_over_mp4": {name: round(seconds[f"{name}_lazy"] / seconds[name] - 1, 3) for name in names},
         "goals": {"vs_forward": ">= 0.9", "compose_over_mp4": "<= 0.10"},
         "positions": positions(args.frames, args.sample_frames),
     }

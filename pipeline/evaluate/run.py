@@ -65,8 +65,8 @@ def run_evaluate(config: EvaluateConfig) -> tuple[Path, dict]:
     stale = sorted(v for v in used if scorer and "manifests" in scorer
                    and scorer["manifests"].get(v) != manifest_digest(manifests / v))
     if stale:
-        raise InputError(f"{Path(config.predictions) / (stale[0] + '.csv')}: predicted from another manifest of "
-                         f"{stale[0]} than the one there now (re-rendered, or other rows); run `make predict` again")
+        raise InputError(f"{Path(config.predictions) / (stale[0] + '.csv')}: not predicted from the manifest of "
+                         f"{stale[0]} there now (re-rendered, other rows, or not finished); run `make predict` again")
     if scorer and scorer.get("classes"):  # its own classes: each row matched to them by its label's name
         classes = list(scorer["classes"])
         variants = {name: in_label_space(rows, classes, scorer_file) for name, rows in variants.items()}

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.masks import ClipMasks, StoredClip
 from pipeline.render.backdrops import still_index
-from pipeline.render.compose import FrameComposer, decoded, partner_frames
+from pipeline.render.compose import FrameComposer, decoded, partner_frames, plate_step
 from pipeline.render.regions import RegionMasks
 from pipeline.render.variants import Fill, Variant
 
@@ -63,6 +63,8 @@ class ClipComposer:
         positions = self.used(positions)
         wanted = sorted(set(positions))
         last, chosen = wanted[-1] + self.variant.masks.temporal, set(wanted)
+        plate = self._make.holes and self._make._plate is None  # one pass for the frames and the plate's samples
+        step, samples = plate_step(self.source.clip.frames), {}
         indices: list[int] = []
         kept: dict[int, np.ndarray] = {}
         with closing(decoded(self.source.clip.path, self.decode, self.source.clip.frames)) as stream:
@@ -70,12 +72,16 @@ class ClipComposer:
                 indices.append(index)
                 if position in chosen:
                     kept[position] = frame
-                if position >= last:
+                if plate and position % step == 0:
+                    samples[position] = frame
+                if position >= last and not plate:
                     break
         missing = [p for p in wanted if p not in kept]
         if missing:
             raise DecodeError(f"{self.source.clip.path}: decoded {len(indices)} frames, the masks say "
                               f"{self.source.clip.frames}; the file changed since its masks were made")
+        if plate:
+            self._make.plate(samples, indices)
         made = {p: self.compose(p, kept[p], indices) for p in wanted}
         return np.stack([made[p] for p in positions])
 

@@ -17,6 +17,8 @@ from pipeline.masks import find_run
 def export_pairs(*, out: Path, dataset: str, variant: str, dest: Path, masks_tag: str | None = None,
                  split: str | None = None, make_args: str | None = None) -> int:
     """Write the variant's listed pairs (of `split`, or every split) to `dest`; returns how many."""
+    if Path(dest).exists():
+        raise InputError(f"{dest}: exists; remove it or give another --output (nothing is overwritten)")
     masks = find_run(out, dataset, masks_tag, make_args=make_args)
     manifest = Path(out) / "manifests" / dataset / masks.tag / variant / "manifest.parquet"
     if not manifest.is_file():

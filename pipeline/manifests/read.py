@@ -24,6 +24,7 @@ class VariantRows:
     spec: dict
     made_of: dict  # everything its renders were made from (the variant.<format>.json of the listed format)
     rows: list[dict]  # in the list file's order
+    listed: tuple[str, ...] = ()  # every format with listed rows in the split (rows: those of the first of LIST_FORMATS)
 
     @property
     def role(self) -> str:
@@ -57,14 +58,15 @@ def variant_rows(folder: Path, split: str) -> VariantRows:
     """The rows a trainer's list for `split` holds, in its order: the video list if there is one, else rawframes."""
     summary = json.loads((folder / "manifest.json").read_text())
     rows = [r for r in pq.read_table(folder / "manifest.parquet").to_pylist() if r["split"] == split and r["in_lists"]]
-    fmt = next((f for f in LIST_FORMATS if any(r["format"] == f for r in rows)), None)
+    listed = tuple(sorted({r["format"] for r in rows}))
+    fmt = next((f for f in LIST_FORMATS if f in listed), None)
     rows = [r for r in rows if r["format"] == fmt]
     unlabelled = next((r for r in rows if r["label_index"] < 0), None)
     if unlabelled:
         raise InputError(f"{folder}: clip {unlabelled['clip_id']!r} of split {split!r} has no label; evaluate a labelled split")
     settings = summary["settings"].get(fmt) or next(iter(summary["settings"].values()), {})
     made_of = {k: v for k, v in settings.items() if k not in ("fingerprint", "keep_if", "masks_dir", "masks_fingerprint")}
-    return VariantRows(name=folder.name, spec=settings.get("variant", {}), made_of=made_of, rows=rows)
+    return VariantRows(name=folder.name, spec=settings.get("variant", {}), made_of=made_of, rows=rows, listed=listed)
 
 
 def manifest_digest(folder: Path) -> str:

@@ -1,7 +1,7 @@
 """`open_clip:<arch>`: an image CLIP / SigLIP model from open_clip as a video classifier. Each frame is put
 through the model's own validation transform and image encoder; a clip's embedding is the mean of its frames'
-normalised embeddings, normalised again. A class's embedding is the mean of its templates' normalised text
-embeddings, normalised again (CLIP's prompt ensemble). Logits are the model's `logit_scale.exp()` times the
+normalised embeddings, normalised again. A class's embedding is open_clip's own prompt ensemble
+(`build_zero_shot_classifier`: the mean of its templates' normalised text embeddings, normalised again). Logits are the model's `logit_scale.exp()` times the
 cosine similarity, plus its `logit_bias` where it has one (SigLIP).
 
 Weights (`SCORER_WEIGHTS`): `random`; a checkpoint file; a pretrained tag open_clip downloads (`openai`,
@@ -53,6 +53,10 @@ class OpenClipScorer:
             raise ScorerLoadError(f"open_clip:{spec.name} with weights {weights or 'its own'!r} does not load: "
                                   f"{type(exc).__name__}: {first_line(exc)}") from None
         self.weights_sha256 = state_sha256(model)
+        if schema is not None and weights is None and self.weights_sha256 == random_sha256(spec.name):
+            raise ScorerLoadError(f"open_clip:{spec.name}: no weights found there (open_clip initialised it at random); "
+                                  "put the checkpoint beside its open_clip_config.json, or give SCORER_WEIGHTS=random "
+                                  "to mean it")
         self.model = model.to(self.device).eval()
         self._classes: dict[str, torch.Tensor] = {}
 
@@ -61,13 +65,14 @@ class OpenClipScorer:
 
     def classes(self, prompts: Prompts):
         found = self._classes.get(prompts.digest())
-        if found is None:
-            torch = self._torch
-            tokens = self._tokenizer(prompts.texts()).to(self.device)
-            with torch.no_grad(), autocast(self.spec):
-                text = self.model.encode_text(tokens).float()
-            text = torch.nn.functional.normalize(text, dim=-1).view(len(prompts.names), len(prompts.templates), -1)
-            found = self._classes[prompts.digest()] = torch.nn.functional.normalize(text.mean(dim=1), dim=-1)
+        if found is None:  # open_clip's own prompt ensemble: the normalised mean of the normalised templates
+            from open_clip import build_zero_shot_classifier
+
+            with autocast(self.spec):
+                weights = build_zero_shot_classifier(self.model, self._tokenizer, list(prompts.names),
+                                                     list(prompts.templates), num_classes_per_batch=16,
+                                                     device=self.device)
+            found = self._classes[prompts.digest()] = weights.T.float()
         return found
 
     def score(self, clips, classes) -> np.ndarray:
@@ -83,3 +88,13 @@ class OpenClipScorer:
             if bias is not None:
                 logits = logits + bias.float()
         return logits.cpu().numpy().astype(np.float32)
+
+
+def random_sha256(name: str) -> str:
+    """The weights hash of `name` initialised at random as `random` does (open_clip only warns when a folder or
+    hub model has no weights, and initialises it so)."""
+    import open_clip
+
+    with seeded():
+        model = open_clip.create_model(name, load_weights=False)
+    return state_sha256(model)

@@ -18,8 +18,6 @@ from pipeline.render.compose import decoded, picked
 from pipeline.render.encode import LAZY
 from pipeline.render.variants import Variant
 
-READERS = ("mp4", "source", "rawframes", LAZY)  # the formats predict reads
-
 
 def positions(frames: int, count: int) -> list[int]:
     """`count` positions of a clip of `frames` frames, the centre of each of `count` equal segments (a clip
@@ -50,15 +48,14 @@ class PredictItem:
         return self.path or str(self.clip.path)
 
 
-def read_frames(item: PredictItem, count: int, *, variant: Variant, seed: int, decode_fps: float | None,
+def read_frames(item: PredictItem, wanted: list[int], *, variant: Variant, seed: int, decode_fps: float | None,
                 masks: ClipMasks | None, partner_masks: ClipMasks | None) -> np.ndarray:
-    """(count, H, W, 3) uint8 RGB: the item's frames at `positions(clip frames, count)`. DecodeError when the
-    file has fewer frames than its clip, or cannot be read."""
-    wanted = positions(item.clip.frames, count)
+    """(len(wanted), H, W, 3) uint8 RGB: the item's frames at the `wanted` positions of its clip. DecodeError
+    when the file has fewer frames than its clip, or cannot be read."""
     if item.format == LAZY:
         source = ClipSource(clip=item.clip, masks=masks, key=item.key, partner=item.partner,
                             partner_masks=partner_masks)
-        return ClipComposer(source, variant, decode_fps=decode_fps, seed=seed).frames(wanted)
+        return ClipComposer(source, variant, decode_fps=decode_fps, seed=seed).frames(list(wanted))
     if item.format == "rawframes":
         found = {}
         for p in set(wanted):

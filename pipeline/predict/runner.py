@@ -25,18 +25,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.engine import ShardTask, StageSummary, current_shards, run_stage
+from pipeline.engine import ShardStats, ShardTask, StageSummary, current_shards, run_stage
 from pipeline.engine.record import RecordFile, write_if_changed
 from pipeline.errors import InputError
 from pipeline.executor import ExecOptions, session
-from pipeline.manifests.read import VariantRows, choose_split, manifest_digest, variant_rows
+from pipeline.manifests.read import LIST_FORMATS, VariantRows, choose_split, manifest_digest, variant_rows
 from pipeline.masks import MasksRun, StoredClip, find_run
-from pipeline.predict.inputs import READERS, PredictItem
+from pipeline.predict.inputs import PredictItem
 from pipeline.predict.labels import label_space
 from pipeline.predict.prompts import make_prompts
 from pipeline.predict.scorers import SCORER_FILE, ScorerSpec, load_scorer
 from pipeline.predict.stage import PredictStage
 from pipeline.records import OK
+from pipeline.render.backdrops import folder_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,12 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
     frames = config.frames or scorer.frames or DEFAULT_FRAMES
     if scorer.frames and frames != scorer.frames:
         raise InputError(f"{config.scorer.label} takes {scorer.frames} frames per clip; FRAMES={frames} does not fit")
-    made_of = {"scorer": config.scorer.label, "weights": config.scorer.weights or "its own",
-               "weights_sha256": scorer.weights_sha256, "precision": config.scorer.precision,
-               "label_space": space.name, "prompts": prompts.digest(), "frames": frames, "batch": config.batch}  # a batch's shape shapes bits
-    fingerprint = digest(made_of)
+    made_of = {"scorer": config.scorer.label, "weights_sha256": scorer.weights_sha256,
+               "device": config.scorer.device.split(":")[0],  # a CPU and a GPU give other low bits
+               "precision": config.scorer.precision, "label_space": space.name, "prompts": prompts.digest(),
+               "frames": frames, "batch": config.batch}  # a batch's shape shapes bits too
+    fingerprint = digest(made_of)  # the weights by their content: where they came from does not key them
+    made_of["weights"] = config.scorer.weights or "its own"
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
     summaries, incomplete = [], {}
     record = root / split / SCORER_FILE
@@ -119,18 +122,24 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
                                  readers=config.readers, variant=rows.spec, seed=rows.made_of.get("seed", 0),
                                  decode_fps=masks.decode_fps, masks_dir=masks.folder,
                                  folder=root / "_shards" / split / name)
-            if rows.rows:
-                plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of]))
+            plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of])) \
+                if rows.rows else []
+            if plan:
                 summaries.append(run_stage(
                     f"predict {name}", stage.folder, plan, plan, options=config.execution, client=client,
                     record=[RecordFile.json(stage.folder / "variant.json", {**made_of, "variant": rows.made_of})],
                     progress=progress, key_prefix=f"predict-{config.dataset}-{name}"))
+            elif rows.listed:
+                raise InputError(f"{manifests / name}: predict reads {', '.join(LIST_FORMATS)} rows; the {split} clips of "
+                                 f"{name} are listed as {', '.join(rows.listed)} only (render it with FORMAT=lazy too)")
             else:  # nothing to score: an empty list, as the variant's list of the split is
                 log.warning("predict %s: no clip listed in split %s", name, split)
-            missing = write_csv(root / split / f"{name}.csv", stage.folder, rows, len(classes))
+            missing = write_csv(root / split / f"{name}.csv", plan, rows, len(classes))
             if missing:
                 incomplete[name] = missing
-            described["manifests"][name] = read_from  # the CSV is made from this manifest (evaluate checks it)
+                described["manifests"].pop(name, None)  # evaluate refuses the CSV until a rerun completes it
+            else:
+                described["manifests"][name] = read_from  # the CSV is made from this manifest (evaluate checks it)
             write_if_changed(record, json.dumps(described, indent=1, sort_keys=True) + "\n")
     return PredictSummary(folder=str(root / split), masks_tag=masks.tag, split=split, scorer=made_of, variants=summaries,
                           incomplete=incomplete, seconds=round(time.perf_counter() - started, 2))
@@ -157,26 +166,28 @@ def variant_names(manifests: Path, config: PredictConfig) -> list[str]:
 
 def variant_plan(stage: PredictStage, rows: VariantRows, clips: dict[str, StoredClip], masks: MasksRun,
                  config: PredictConfig, *, fingerprint: str) -> list[ShardTask]:
-    """One task per masks shard the variant's listed rows come from; upstream: that render shard's digest."""
+    """One task per masks shard the variant's listed rows come from. Upstream: the digests of the render shard
+    the rows came from and of the masks shards of each clip and its swap partner, as they are now (a lazy row
+    is composed from them when scored; a partner recomputed redoes the clips pasted onto its background). A
+    row listed from masks that have changed since, or a render that is not current, is refused."""
     by_shard: dict[str, list[dict]] = {}
     for row in rows.rows:
         by_shard.setdefault(row["masks_shard"], []).append(row)
-    formats = {row["format"] for row in rows.rows}
-    bad = formats - set(READERS)
-    if bad:
-        raise InputError(f"variant {rows.name}: predict reads {', '.join(READERS)} rows, not {', '.join(sorted(bad))}")
     renders = Path(config.out).absolute() / "renders" / config.dataset / masks.tag / rows.name
+    masks_now = {name: stats.digest for name, stats in masks.shards.items()}
     committed = {}
-    for fmt in formats:
-        current, _ = current_shards(renders / "_status" / fmt)
+    for fmt in {row["format"] for row in rows.rows}:
+        current, _ = current_shards(renders / "_status" / fmt, upstream=masks_now)
         committed |= {(fmt, name): stats.digest for name, stats in current.items()}
+    check_images(rows)
     plan = []
     for shard, shard_rows in sorted(by_shard.items()):
         items, identity, upstream = [], {}, {}
         for row in shard_rows:
             clip = clips.get(row["source_clip_id"])
             partner = clips.get(row["pair_clip_id"]) if row["pair_clip_id"] else None
-            if clip is None or (row["pair_clip_id"] and partner is None) or (row["format"], shard) not in committed:
+            if (clip is None or (row["pair_clip_id"] and partner is None) or (row["format"], shard) not in committed
+                    or masks_now.get(shard) != row["masks_digest"]):
                 raise InputError(f"{renders}: clip {row['clip_id']} is listed from masks or renders that have changed "
                                  "since; run `make render` and `make manifests` again")
             path = str(renders / row["path"]) if row["path"] else None
@@ -184,20 +195,33 @@ def variant_plan(stage: PredictStage, rows: VariantRows, clips: dict[str, Stored
             identity[row["clip_id"]] = digest({k: row[k] for k in ("clip_id", "label_index", "format", "path", "frames",
                                                                    "pair_clip_id", "masks_digest", "background")})
             upstream[f"{row['format']}/{shard}"] = committed[row["format"], shard]
+            for used in (clip, partner) if partner else (clip,):
+                upstream[f"masks/{used.shard}"] = masks_now[used.shard]
         plan.append(ShardTask(stage=stage, name=shard, folder=stage.folder, items=tuple(items), identity=identity,
                               upstream=upstream, fingerprint=fingerprint, max_tries=config.execution.max_tries,
                               overwrite=config.overwrite, retry_failed=config.retry_failed))
     return plan
 
 
-def write_csv(path: Path, folder: Path, rows: VariantRows, classes: int) -> str | None:
-    """`<variant>.csv` from the variant's current shards, in the list's order; returns why rows are left out
-    (clips not ok, shards not done), or None."""
-    current, _ = current_shards(folder)
+def check_images(rows: VariantRows) -> None:
+    """A variant with image fills (SCUBA's backgrounds) reads its folders when composed: they must hold what
+    they held when it was rendered."""
+    for folder, recorded in rows.made_of.get("images", {}).items():
+        if folder_digest(folder) != recorded:
+            raise InputError(f"{folder}: its images changed since variant {rows.name} was rendered; run `make render` "
+                             "and `make manifests` again")
+
+
+def write_csv(path: Path, plan: list[ShardTask], rows: VariantRows, classes: int) -> str | None:
+    """`<variant>.csv` from the variant's shards that are done as planned now, in the list's order; returns why
+    rows are left out (clips not ok, shards not done), or None."""
     found: dict[str, list[float]] = {}
     problems: dict[str, str] = {}
-    for name in current:
-        table = pq.read_table(folder / f"{name}.parquet").to_pydict()
+    for task in plan:
+        stats = ShardStats.read(task.marker)
+        if stats is None or stats.plan != task.plan_digest():
+            continue
+        table = pq.read_table(task.folder / f"{task.name}.parquet").to_pydict()
         for clip_id, status, error, scores in zip(table["clip_id"], table["status"], table["error"], table["scores"]):
             if status == OK:
                 found[clip_id] = scores

@@ -87,7 +87,8 @@ class PredictWork:
         """The item's preprocessed frames (N, 3, S, S), or its row when its file cannot be decoded."""
         partner = self.masks.clip_masks(item.partner) if item.partner is not None and self.masks else None
         try:
-            frames = read_frames(item, self.stage.frames, variant=self.variant, seed=self.stage.seed,
+            frames = read_frames(item, positions(item.clip.frames, self.stage.frames), variant=self.variant,
+                                 seed=self.stage.seed,
                                  decode_fps=self.stage.decode_fps, masks=self.stored.get(item.clip.clip_id),
                                  partner_masks=partner)
         except DecodeError as exc:

@@ -143,10 +143,17 @@ class FrameComposer:
                        backdrops={fill: self.backdrop(fill, key) for fill in variant.fills().values()
                                   if fill.kind in STATIC_FILLS}), found
 
-    def plate(self) -> np.ndarray | None:
-        holes = [region for region, fill in self.variant.fills().items() if fill.kind == "inpaint"]
-        if holes and self._plate is None:
-            self._plate = background_plate(self.path, self.regions, holes, self.decode, self.frames)
+    @property
+    def holes(self) -> list[str]:
+        """The regions the variant inpaints (from the plate)."""
+        return [region for region, fill in self.variant.fills().items() if fill.kind == "inpaint"]
+
+    def plate(self, samples: dict[int, np.ndarray] | None = None, indices: list[int] | None = None) -> np.ndarray | None:
+        """The inpainting plate, made at first need: from the clip decoded again, or from the `samples` (every
+        `plate_step`-th frame) and `indices` of a pass that decoded the whole clip already."""
+        if self.holes and self._plate is None:
+            self._plate = plate_of(samples, indices, self.regions, self.holes) if samples is not None else \
+                background_plate(self.path, self.regions, self.holes, self.decode, self.frames)
         return self._plate
 
     def backdrop(self, fill: Fill, key: str) -> np.ndarray:
@@ -194,14 +201,27 @@ def shift(array: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
 def background_plate(path: Path, regions: RegionMasks, holes: list[str], decode: DecodeOptions, frames: int) -> np.ndarray:
     """A clean plate: per pixel, the lower median over sampled frames where the pixel is in no hole region;
     pixels inside a hole in every sample are filled by cv2.inpaint (Telea)."""
-    step = max(1, -(-frames // PLATE_SAMPLES))
-    samples, masks = [], []
-    for i, (_, frame, found) in enumerate(regions.stream(decoded(path, decode, frames))):
+    step = plate_step(frames)
+    samples, indices = {}, []
+    for i, (index, frame) in enumerate(decoded(path, decode, frames)):
+        indices.append(index)
         if i % step == 0:
-            samples.append(frame)
-            masks.append(np.logical_or.reduce([found.get(region) for region in holes]))
+            samples[i] = frame
+    return plate_of(samples, indices, regions, holes)
+
+
+def plate_step(frames: int) -> int:
+    """Every how many frames of a clip of `frames` the plate samples one (PLATE_SAMPLES in all)."""
+    return max(1, -(-frames // PLATE_SAMPLES))
+
+
+def plate_of(samples: dict[int, np.ndarray], indices: list[int], regions: RegionMasks, holes: list[str]) -> np.ndarray:
+    """The plate from its sampled frames (position → frame, every `plate_step`-th of the clip) and the source
+    indices of all the clip's frames: the regions of the sampled frames only (what `stream` gives them)."""
+    hidden = np.stack([np.logical_or.reduce([regions.around(indices, position).get(region) for region in holes])
+                       for position in sorted(samples)])
+    samples = [samples[position] for position in sorted(samples)]
     stack = np.stack(samples)  # (S, H, W, 3) uint8
-    hidden = np.stack(masks)
     stack[hidden] = 255  # sorts last; a true 255 ranked there is still the right order statistic
     stack.sort(axis=0)
     valid = (~hidden).sum(axis=0)  # (H, W)

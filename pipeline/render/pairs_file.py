@@ -14,7 +14,9 @@ import pickle
 import re
 from pathlib import Path, PurePosixPath
 
+from pipeline.datasets.common import safe_id
 from pipeline.errors import InputError
+from pipeline.masks import StoredClip
 from pipeline.render.variants import SWAP_MODES, Fill, Pairing, Variant
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 class _PlainValues(pickle.Unpickler):
     """Plain containers and numbers only (numpy scalars too: HAT's counts may be numpy integers)."""
 
-    ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+    ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # protocol 2 writes a numpy scalar's bytes through _codecs.encode
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -35,17 +38,21 @@ class _PlainValues(pickle.Unpickler):
 
 
 def stem(name: str) -> str:
-    """A clip name as HAT writes it (`class/clip`, maybe with a video suffix) → the clip id it names."""
+    """A clip name as HAT writes it (`class/clip`, maybe with a video suffix) → the clip id it names (made safe
+    as the readers make ids: HMDB51's `!` and the like become `_`)."""
     base = PurePosixPath(str(name).replace("\\", "/")).name
     suffix = PurePosixPath(base).suffix
-    return base[: -len(suffix)] if suffix.lower() in VIDEO_SUFFIXES else base
+    return safe_id(base[: -len(suffix)] if suffix.lower() in VIDEO_SUFFIXES else base)
 
 
-def read_pairs(path: Path) -> dict[str, str]:
+def read_pairs(path: Path, digest: str | None = None) -> dict[str, str]:
     """Foreground clip id → background clip id, from a pairs file; InputError naming the file when it is not in
-    HAT's format."""
+    HAT's format, names one clip twice, or (with `digest`) no longer holds what was read when the run began."""
     try:
-        data = _PlainValues(io.BytesIO(Path(path).read_bytes())).load()
+        content = Path(path).read_bytes()
+        if digest is not None and hashlib.sha256(content).hexdigest() != digest:
+            raise InputError(f"{path}: changed since the run began; run it again")
+        data = _PlainValues(io.BytesIO(content)).load()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the pairs file ({exc.strerror})") from None
     except Exception as exc:  # noqa: BLE001 - anything unpickling raises: not a pairs file
@@ -59,6 +66,8 @@ def read_pairs(path: Path) -> dict[str, str]:
                 and isinstance(value[0], str)):
             raise InputError(f"{path}: not HAT's format at {key!r}: expected [background clip name, frames, class], "
                              f"got {value!r}")
+        if stem(key) in pairs:
+            raise InputError(f"{path}: names clip {stem(key)} twice (as {key!r} and another); keep one pair per clip")
         pairs[stem(key)] = stem(value[0])
     return pairs
 
@@ -81,13 +90,16 @@ def pairs_variant(path: Path, *, mode: str | None = None, seed: int | None = Non
                    description=f"people pasted onto the backgrounds {path.name} pairs them with (HAT's pairs)")
 
 
-def match_pairs(path: Path, clip_ids: set[str], variant: str) -> dict[str, str]:
-    """The file's pairs whose foreground and background are both clips of the run (clip id → partner id); the
-    others are counted in one warning line."""
-    pairs = read_pairs(path)
-    kept = {fg: bg for fg, bg in pairs.items() if fg in clip_ids and bg in clip_ids}
-    if len(kept) < len(pairs):
-        missing = next(f"{fg} → {bg}" for fg, bg in pairs.items() if fg not in kept)
-        log.warning("%s: %d of %d pairs of %s name clips this masks run does not have (e.g. %s); their clips, if "
-                    "any, are no_pair rows", variant, len(pairs) - len(kept), len(pairs), Path(path).name, missing)
-    return kept
+def match_pairs(variant: Variant, clips: dict[str, StoredClip]) -> dict[str, str]:
+    """The pairs of the variant's file whose foreground and background are clips of the run, the background
+    one with usable masks (clip id → partner id); the others are counted in one warning line."""
+    path = Path(variant.pairing.pairs_file)
+    pairs = read_pairs(path, variant.pairing.pairs)
+    absent = {fg: bg for fg, bg in pairs.items() if fg not in clips or bg not in clips}
+    unusable = {fg: bg for fg, bg in pairs.items() if fg not in absent and not clips[bg].usable}
+    if absent or unusable:
+        example = next(f"{fg} → {bg}" for fg, bg in (absent or unusable).items())
+        log.warning("%s: %d of %d pairs of %s left out: %d name clips this masks run does not have, %d a background "
+                    "clip without usable masks (e.g. %s); their clips, if any, are no_pair rows", variant.name,
+                    len(absent) + len(unusable), len(pairs), path.name, len(absent), len(unusable), example)
+    return {fg: bg for fg, bg in pairs.items() if fg not in absent and fg not in unusable}

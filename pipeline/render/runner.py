@@ -222,7 +222,7 @@ def swap_pairs(masks: MasksRun, by_shard: dict[str, list[StoredClip]], variant: 
     paired, where none was though some clip was usable. A variant with a pairs file takes exactly its pairs."""
     if variant.pairing.pairs_file:
         clips = {clip.clip_id: clip for shard_clips in by_shard.values() for clip in shard_clips}
-        kept = match_pairs(Path(variant.pairing.pairs_file), set(clips), variant.name)
+        kept = match_pairs(variant, clips)
         pairs = {clip_id: clips[partner] for clip_id, partner in kept.items()}
         log.info("%s: %d of %d clips paired by %s", variant.name, len(pairs), len(clips),
                  Path(variant.pairing.pairs_file).name)

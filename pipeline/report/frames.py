@@ -64,13 +64,14 @@ class RowFrames:
         partner = self.clips.get(row["pair_clip_id"]) if row["pair_clip_id"] else None
         if clip is None or not wanted:
             return {}
-        from pipeline.loaders.frames import ClipComposer, ClipSource  # the loaders import torch: only when needed
+        from pipeline.predict.inputs import PredictItem, read_frames  # the loaders import torch: only when needed
 
-        source = ClipSource(clip=clip, masks=self.masks.clip_masks(clip), key=row["clip_id"], partner=partner,
-                            partner_masks=self.masks.clip_masks(partner) if partner else None)
-        composer = ClipComposer(source, from_spec(settings["variant"]), decode_fps=self.masks.decode_fps,
-                                seed=settings.get("seed", 0))
-        return dict(zip(wanted, composer.frames([min(p, clip.frames - 1) for p in wanted])))
+        item = PredictItem(key=row["clip_id"], clip=clip, format=LAZY, partner=partner)
+        frames = read_frames(item, [min(p, clip.frames - 1) for p in wanted], variant=from_spec(settings["variant"]),
+                             seed=settings.get("seed", 0), decode_fps=self.masks.decode_fps,
+                             masks=self.masks.clip_masks(clip),
+                             partner_masks=self.masks.clip_masks(partner) if partner else None)
+        return dict(zip(wanted, frames))
 
 
 def tile(frame: np.ndarray, height: int = TILE_HEIGHT) -> np.ndarray:
