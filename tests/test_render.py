@@ -314,3 +314,15 @@ def test_only_colour_variants_into_mp4_are_keyed_by_their_yuv_compositing():
         assert keyed == dict.fromkeys(names, "yuv420p" if planar else None), (fmt, keyed)
     # what the fingerprint of an untouched variant was before the planes came, so its renders are not redone
     assert render_config(Path("."), ["background_only"]).fingerprint(resolve(["background_only"])[0]) == "c0f4732b47"
+
+
+def test_the_plates_sorting_network_sorts_as_numpy_does():
+    from pipeline.render.compose import sort_network
+
+    rng = np.random.default_rng(7)
+    for n in range(1, 41):
+        stack = rng.integers(0, 256, (n, 5, 4, 3), dtype=np.uint8)
+        stack[:, 0] = 255  # ties, and the value hidden pixels take
+        expected = np.sort(stack, axis=0)
+        sort_network(stack)
+        np.testing.assert_array_equal(stack, expected)

@@ -4,6 +4,7 @@ inpainting plate, static backgrounds, partner frames for swap and HAT's centroid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import zlib
 from functools import lru_cache
@@ -222,8 +223,9 @@ def plate_of(samples: dict[int, np.ndarray], indices: list[int], regions: Region
                        for position in sorted(samples)])
     samples = [samples[position] for position in sorted(samples)]
     stack = np.stack(samples)  # (S, H, W, 3) uint8
-    stack[hidden] = 255  # sorts last; a true 255 ranked there is still the right order statistic
-    stack.sort(axis=0)
+    fill = np.repeat(hidden.view(np.uint8), 3, axis=-1).reshape(stack.shape) * np.uint8(255)  # contiguous: fast
+    np.maximum(stack, fill, out=stack)  # hidden → 255: sorts last (a true 255 ranked there is the right statistic)
+    sort_network(stack)
     valid = (~hidden).sum(axis=0)  # (H, W)
     pick = (np.maximum(valid, 1) - 1) // 2
     plate = np.take_along_axis(stack, pick[None, :, :, None].repeat(3, axis=3), axis=0)[0]
@@ -285,3 +287,29 @@ def partner_frames(partner: StoredClip, masks: ClipMasks | None, clip: StoredCli
     frames = composed(partner.path, regions, background_only, decode=DecodeOptions(fps=decode_fps),
                       frames=partner.frames, seed=seed, clip_id=partner.clip_id)
     return PartnerFrames(frames, partner.frames, clip.frames, (clip.width, clip.height))
+
+
+@functools.cache
+def network(n: int) -> tuple[tuple[int, int], ...]:
+    """The compare-exchange pairs of Batcher's odd-even merge sort for `n` elements."""
+    pairs, p = [], 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+def sort_network(stack: np.ndarray) -> None:
+    """Sort `stack` along its first axis in place, as `stack.sort(axis=0)` does, by a sorting network of
+    element-wise minima and maxima over whole frames (several times faster for the plate's 24 samples)."""
+    low = np.empty_like(stack[0])
+    for i, j in network(len(stack)):
+        np.minimum(stack[i], stack[j], out=low)
+        np.maximum(stack[i], stack[j], out=stack[j])
+        stack[i] = low
