@@ -413,3 +413,22 @@ def test_a_swap_partner_recomputed_redoes_the_clips_on_its_background(shapes_dat
     assert not np.array_equal(before, after)
     fresh = run_predict(dataclasses.replace(config, overwrite=True), progress=False)
     np.testing.assert_array_equal(read_csv(Path(fresh.folder) / "actionswap_rand_0.csv")[fg], after)
+
+
+def test_open_clip_weights_from_a_file_or_a_folder_holding_one(tmp_path):
+    import open_clip
+
+    from pipeline.predict.scorers import load_scorer, state_sha256
+
+    name = tiny_open_clip(tmp_path / "model")
+    torch.manual_seed(5)
+    model = open_clip.create_model(name.removeprefix("open_clip:"), load_weights=False)
+    (tmp_path / "w").mkdir()
+    torch.save(model.state_dict(), tmp_path / "w" / "trained.pt")
+    for weights in (tmp_path / "w", tmp_path / "w" / "trained.pt"):
+        scorer = load_scorer(ScorerSpec.parse(name, weights=str(weights)))
+        assert scorer.weights_sha256 == state_sha256(model)
+    assert scorer.weights_sha256 != load_scorer(ScorerSpec.parse(name, weights="random")).weights_sha256
+    torch.save(model.state_dict(), tmp_path / "w" / "other.pt")
+    with pytest.raises(InputError, match="2 checkpoint files"):
+        load_scorer(ScorerSpec.parse(name, weights=str(tmp_path / "w")))

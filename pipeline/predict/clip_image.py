@@ -4,15 +4,16 @@ normalised embeddings, normalised again. A class's embedding is open_clip's own 
 (`build_zero_shot_classifier`: the mean of its templates' normalised text embeddings, normalised again). Logits are the model's `logit_scale.exp()` times the
 cosine similarity, plus its `logit_bias` where it has one (SigLIP).
 
-Weights (`SCORER_WEIGHTS`): `random`; a checkpoint file; a pretrained tag open_clip downloads (`openai`,
+Weights (`SCORER_WEIGHTS`): `random`; a checkpoint file, or a folder holding one; a pretrained tag open_clip downloads (`openai`,
 `laion2b_s34b_b79k`; `open_clip.list_pretrained_tags_by_model(arch)`). An arch given as `local-dir:DIR` or
-`hf-hub:ID` carries its own weights (then `random` is the only other choice).
+`hf-hub:ID` carries its own weights (or takes a file, or `random`; one found without weights is refused).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -38,16 +39,21 @@ class OpenClipScorer:
             tags = open_clip.list_pretrained_tags_by_model(spec.name)
             raise ScorerLoadError(f"open_clip:{spec.name}: give its weights with SCORER_WEIGHTS= (--weights): a "
                                   f"checkpoint file, a pretrained tag ({', '.join(tags) or 'none known'}) or random")
-        if schema is not None and weights not in (None, RANDOM):
-            raise ScorerLoadError(f"open_clip:{spec.name}: a {schema}: model carries its weights; SCORER_WEIGHTS "
-                                  "may only be random")
-        if weights not in (None, RANDOM) and os.sep in weights and not os.path.isfile(weights):
+        if weights not in (None, RANDOM) and os.path.isdir(weights):
+            weights = checkpoint_in(weights, spec.name)
+        file = weights if weights not in (None, RANDOM) and (os.sep in weights or os.path.isfile(weights)) else None
+        if file is not None and not os.path.isfile(file):
             raise ScorerLoadError(f"{weights}: no such weights file for open_clip:{spec.name}")
+        if schema is not None and weights not in (None, RANDOM) and file is None:
+            raise ScorerLoadError(f"open_clip:{spec.name}: a {schema}: model takes a weights file or folder, or "
+                                  f"random; not the tag {weights!r}")
+        tag = weights if weights not in (None, RANDOM) and file is None else None
         try:
             with seeded():
                 model, _, self._transform = open_clip.create_model_and_transforms(
-                    spec.name, pretrained=None if weights in (None, RANDOM) else weights,
-                    load_weights=weights != RANDOM)
+                    spec.name, pretrained=tag, load_weights=weights is None or tag is not None)
+            if file is not None:  # a checkpoint for the architecture, wherever it came from
+                open_clip.load_checkpoint(model, file)
             self._tokenizer = open_clip.get_tokenizer(spec.name)
         except Exception as exc:  # noqa: BLE001 - anything the library raises: the weights or arch do not load
             raise ScorerLoadError(f"open_clip:{spec.name} with weights {weights or 'its own'!r} does not load: "
@@ -98,3 +104,13 @@ def random_sha256(name: str) -> str:
     with seeded():
         model = open_clip.create_model(name, load_weights=False)
     return state_sha256(model)
+
+
+def checkpoint_in(folder: str, name: str) -> str:
+    """The one checkpoint file in a weights folder (`.safetensors`, `.bin`, `.pt`, `.pth`)."""
+    found = sorted(str(p) for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if len(found) != 1:
+        raise ScorerLoadError(f"{folder}: {'no' if not found else len(found)} checkpoint files for open_clip:{name} "
+                              f"({', '.join(Path(p).name for p in found) or 'none of .safetensors, .bin, .pt, .pth'}); "
+                              "give SCORER_WEIGHTS the file itself")
+    return found[0]
