@@ -156,3 +156,22 @@ def test_a_pairs_file_naming_one_clip_twice_is_refused(masked, tmp_path, capsys)
     path.write_bytes(pickle.dumps({f"x/{a}": [b, 10, 0], f"y/{a}.mp4": [b, 10, 0]}))
     assert render(out, "--swap-pairs", str(path)) == 2
     assert f"names clip {a} twice" in capsys.readouterr().err
+
+
+def test_export_pairs_never_overwrites_and_a_pairs_file_changed_midway_is_named(masked, tmp_path, capsys):
+    from pipeline.render.pairs_file import pairs_variant, read_pairs
+
+    out, _, clips = masked
+    assert render(out, "--variants", "swap") == 0
+    assert main(["manifests", "--dataset", "kinetics400", "--out", str(out)]) == 0
+    dest = tmp_path / "pairs.pickle"
+    dest.write_bytes(b"mine")
+    argv = ["export-pairs", "--dataset", "kinetics400", "--out", str(out), "--output", str(dest)]
+    assert main(argv) == 2
+    assert "exists" in capsys.readouterr().err and dest.read_bytes() == b"mine"
+    dest.unlink()
+    assert main(argv) == 0 and list(tmp_path.glob(".pairs.pickle*")) == []
+    variant = pairs_variant(dest, mode="rand")
+    dest.write_bytes(pickle.dumps({"a": ["b", 1, 0]}))
+    with pytest.raises(Exception, match="changed since the run began"):
+        read_pairs(dest, variant.pairing.pairs)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.datasets.sample import shape_clip, write_video
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
-from pipeline.masks import load_clip_masks, run_masks
+from pipeline.masks import MasksRun, load_clip_masks, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.compose import PartnerFrames, composed, decoded
 from pipeline.render.encode import EncodeOptions
@@ -326,3 +326,35 @@ def test_the_plates_sorting_network_sorts_as_numpy_does():
         expected = np.sort(stack, axis=0)
         sort_network(stack)
         np.testing.assert_array_equal(stack, expected)
+
+
+def test_the_inpainting_plate_is_the_lower_median_of_its_samples(masked):
+    """Against the plate's definition, computed here the plain way: every frame's regions as `stream` gives
+    them, every `step`-th frame sampled, hidden pixels ranked last, the lower median of the visible ones."""
+    from pipeline.decode import DecodeOptions
+    from pipeline.render.compose import background_plate, decoded, plate_step
+    from pipeline.render.regions import RegionMasks
+    from pipeline.render.variants import MaskOptions
+
+    _, _, _, run_dir = masked
+    run = MasksRun(run_dir)
+    for clip in run.clips():
+        for options, holes in ((MaskOptions(), ["person"]), (MaskOptions(temporal=2, dilate=1), ["person", "objects"])):
+            regions = RegionMasks(run.clip_masks(clip), clip.height, clip.width, options)
+            for frames in (1, 5, clip.frames):
+                step, samples, hidden = plate_step(frames), [], []
+                for i, (_, frame, found) in enumerate(regions.stream(decoded(clip.path, DecodeOptions(), frames))):
+                    if i % step == 0:
+                        samples.append(frame)
+                        hidden.append(np.logical_or.reduce([found.get(region) for region in holes]))
+                stack, hidden = np.stack(samples), np.stack(hidden)
+                stack[hidden] = 255
+                stack.sort(axis=0)
+                valid = (~hidden).sum(axis=0)
+                pick = (np.maximum(valid, 1) - 1) // 2
+                expected = np.take_along_axis(stack, pick[None, :, :, None].repeat(3, axis=3), axis=0)[0]
+                never = valid == 0
+                if never.any():
+                    expected = cv2.inpaint(expected, never.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+                np.testing.assert_array_equal(background_plate(clip.path, regions, holes, DecodeOptions(), frames),
+                                              expected)

@@ -4,12 +4,13 @@ HAT's own loader (`ActionSwapDataset(swapfile=...)`) reads them and `--swap-pair
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import temp_name
 from pipeline.errors import InputError
 from pipeline.masks import find_run
 
@@ -34,6 +35,13 @@ def export_pairs(*, out: Path, dataset: str, variant: str, dest: Path, masks_tag
         key = f"{row['label']}/{row['source_clip_id'] or row['clip_id']}"
         pairs[key] = [f"{row['pair_label']}/{row['pair_clip_id']}", int(frames[row["pair_clip_id"]]),
                       int(row["pair_label_index"])]
-    with atomic_path(dest) as tmp:
-        Path(tmp).write_bytes(pickle.dumps(dict(sorted(pairs.items())), protocol=4))
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(Path(dest))
+    tmp.write_bytes(pickle.dumps(dict(sorted(pairs.items())), protocol=4))
+    try:
+        os.link(tmp, dest)  # into place only if nothing is there: never replaces a file made meanwhile
+    except FileExistsError:
+        raise InputError(f"{dest}: exists; remove it or give another --output (nothing is overwritten)") from None
+    finally:
+        tmp.unlink()
     return len(pairs)

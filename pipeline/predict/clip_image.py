@@ -22,6 +22,9 @@ from pipeline.predict.scorers import RANDOM, ScorerLoadError, ScorerSpec, autoca
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin")
+
 
 class OpenClipScorer:
     frames = None  # any number of frames per clip
@@ -50,8 +53,9 @@ class OpenClipScorer:
         tag = weights if weights not in (None, RANDOM) and file is None else None
         try:
             with seeded():
-                model, _, self._transform = open_clip.create_model_and_transforms(
-                    spec.name, pretrained=tag, load_weights=weights is None or tag is not None)
+                model, _, self._transform = open_clip.create_model_and_transforms(  # random or a file: no
+                    spec.name, pretrained=tag, load_weights=weights is None or tag is not None,  # download of a
+                    pretrained_text=weights is None or tag is not None)  # pretrained text tower to overwrite
             if file is not None:  # a checkpoint for the architecture, wherever it came from
                 open_clip.load_checkpoint(model, file)
             self._tokenizer = open_clip.get_tokenizer(spec.name)
@@ -59,7 +63,7 @@ class OpenClipScorer:
             raise ScorerLoadError(f"open_clip:{spec.name} with weights {weights or 'its own'!r} does not load: "
                                   f"{type(exc).__name__}: {first_line(exc)}") from None
         self.weights_sha256 = state_sha256(model)
-        if schema is not None and weights is None and self.weights_sha256 == random_sha256(spec.name):
+        if schema is not None and weights is None and not has_weights(spec.name, self.weights_sha256):
             raise ScorerLoadError(f"open_clip:{spec.name}: no weights found there (open_clip initialised it at random); "
                                   "put the checkpoint beside its open_clip_config.json, or give SCORER_WEIGHTS=random "
                                   "to mean it")
@@ -96,21 +100,27 @@ class OpenClipScorer:
         return logits.cpu().numpy().astype(np.float32)
 
 
-def random_sha256(name: str) -> str:
-    """The weights hash of `name` initialised at random as `random` does (open_clip only warns when a folder or
-    hub model has no weights, and initialises it so)."""
+def has_weights(name: str, loaded_sha256: str) -> bool:
+    """Whether a `local-dir:` / `hf-hub:` model came with weights: open_clip only warns when it finds none, and
+    initialises it at random. A folder is looked in; a hub model is compared with its random initialisation."""
+    if name.startswith("local-dir:"):
+        return any(p.suffix in (".safetensors", ".bin", ".pth")  # what open_clip looks for there
+                   for p in Path(name.removeprefix("local-dir:")).iterdir())
     import open_clip
 
     with seeded():
         model = open_clip.create_model(name, load_weights=False)
-    return state_sha256(model)
+    return state_sha256(model) != loaded_sha256
 
 
 def checkpoint_in(folder: str, name: str) -> str:
-    """The one checkpoint file in a weights folder (`.safetensors`, `.bin`, `.pt`, `.pth`)."""
-    found = sorted(str(p) for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    """The checkpoint file in a weights folder: the only one, or open_clip's own file where it is there."""
+    found = sorted(p for p in Path(folder).iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    own = [p for p in found if p.name in OPEN_CLIP_FILES]
+    if own:
+        return str(min(own, key=lambda p: OPEN_CLIP_FILES.index(p.name)))
     if len(found) != 1:
         raise ScorerLoadError(f"{folder}: {'no' if not found else len(found)} checkpoint files for open_clip:{name} "
-                              f"({', '.join(Path(p).name for p in found) or 'none of .safetensors, .bin, .pt, .pth'}); "
+                              f"({', '.join(p.name for p in found) or 'none of ' + ', '.join(CHECKPOINT_SUFFIXES)}); "
                               "give SCORER_WEIGHTS the file itself")
-    return found[0]
+    return str(found[0])

@@ -50,11 +50,12 @@ def read_pairs(path: Path, digest: str | None = None) -> dict[str, str]:
     HAT's format, names one clip twice, or (with `digest`) no longer holds what was read when the run began."""
     try:
         content = Path(path).read_bytes()
-        if digest is not None and hashlib.sha256(content).hexdigest() != digest:
-            raise InputError(f"{path}: changed since the run began; run it again")
-        data = _PlainValues(io.BytesIO(content)).load()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the pairs file ({exc.strerror})") from None
+    if digest is not None and hashlib.sha256(content).hexdigest() != digest:
+        raise InputError(f"{path}: changed since the run began; run it again")
+    try:
+        data = _PlainValues(io.BytesIO(content)).load()
     except Exception as exc:  # noqa: BLE001 - anything unpickling raises: not a pairs file
         raise InputError(f"{path}: not a pairs pickle in HAT's format ({exc})") from None
     if not isinstance(data, dict) or not data:
