@@ -432,3 +432,14 @@ def test_open_clip_weights_from_a_file_or_a_folder_holding_one(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w" / "other.pt")
     with pytest.raises(InputError, match="2 checkpoint files"):
         load_scorer(ScorerSpec.parse(name, weights=str(tmp_path / "w")))
+
+
+def test_dask_workers_write_the_bytes_of_a_run_in_this_process(listed, tmp_path):
+    out, _ = listed
+    config = predict_config(out, tiny_open_clip(tmp_path / "model"), variants=("original", "swap"), frames=2)
+    here = run_predict(config, progress=False)
+    csvs = {p.name: p.read_bytes() for p in Path(here.folder).glob("*.csv")}
+    there = run_predict(dataclasses.replace(config, execution=ExecOptions(workers=2), overwrite=True), progress=False)
+    assert all(v.computed for v in there.variants) and there.folder == here.folder
+    assert {p.name: p.read_bytes() for p in Path(there.folder).glob("*.csv")} == csvs
+    assert len({w for v in there.variants for w in v.workers}) >= 1 and not there.failed

@@ -111,6 +111,8 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
     made_of["weights"] = config.scorer.weights or "its own"
     root = Path(config.out).absolute() / "predictions" / config.dataset / masks.tag / f"{slug(config.scorer)}-{fingerprint}"
     summaries, incomplete = [], {}
+    execution = config.execution  # CPU workers share the cores between their models
+    threads = execution.threads_per_worker() if not execution.in_process and config.scorer.device == "cpu" else 0
     record = root / split / SCORER_FILE
     described = {**made_of, "classes": list(classes), "templates": list(prompts.templates),
                  "class_prompts": list(prompts.names), "manifests": recorded_manifests(record)}
@@ -121,7 +123,7 @@ def run_predict(config: PredictConfig, *, progress: bool = True) -> PredictSumma
             stage = PredictStage(scorer=config.scorer, prompts=prompts, frames=frames, batch=config.batch,
                                  readers=config.readers, variant=rows.spec, seed=rows.made_of.get("seed", 0),
                                  decode_fps=masks.decode_fps, masks_dir=masks.folder,
-                                 folder=root / "_shards" / split / name)
+                                 folder=root / "_shards" / split / name, threads=threads)
             plan = variant_plan(stage, rows, clips, masks, config, fingerprint=digest([fingerprint, rows.made_of])) \
                 if rows.rows else []
             if plan:

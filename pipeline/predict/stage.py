@@ -66,9 +66,10 @@ class PredictStage:
     decode_fps: float | None
     masks_dir: Path
     folder: Path  # the shards' tables and stats
+    threads: int = 0  # torch's CPU threads in a Dask worker (an equal share of the cores); 0: torch's default
 
     def made_with(self) -> dict[str, Any]:
-        return {"device": self.scorer.device, "readers": self.readers}
+        return {"device": self.scorer.device, "readers": self.readers, "threads": self.threads}
 
     def open(self, task: ShardTask, commit: Commit) -> "PredictWork":
         return PredictWork(self, task, commit)
@@ -77,6 +78,10 @@ class PredictStage:
 class PredictWork:
     def __init__(self, stage: PredictStage, task: ShardTask, commit: Commit) -> None:
         self.stage, self.task = stage, task
+        if stage.threads:
+            import torch
+
+            torch.set_num_threads(stage.threads)
         self.scorer = load_scorer(stage.scorer)
         self.classes = self.scorer.classes(stage.prompts)
         self.variant = from_spec(stage.variant)
