@@ -6,6 +6,7 @@ shard's rows go to `<shard>.parquet` (PREDICT_SCHEMA) beside its stats; the engi
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,7 +162,7 @@ class PredictWork:
 
 def _read_ahead(pool: ThreadPoolExecutor, items: Iterable[PredictItem], prepare, begin, *, ahead: int):
     """(item, prepare(item) or its exception), in item order, with up to `ahead` reads in flight."""
-    queue: list = []
+    queue: deque = deque()
     items = iter(items)
 
     def submit() -> bool:
@@ -175,7 +176,7 @@ def _read_ahead(pool: ThreadPoolExecutor, items: Iterable[PredictItem], prepare,
     while len(queue) < ahead and submit():
         pass
     while queue:
-        item, future = queue.pop(0)
+        item, future = queue.popleft()
         try:
             result = future.result()
         except Exception as exc:  # noqa: BLE001 - the item's own error, tried alone next

@@ -289,17 +289,30 @@ def lazy_row(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, run:
     """FORMAT=lazy: the row a render would have, with no pixels (`path` null): the clip's status, its swap
     partner and its coverage from the stored RLEs (`as_stored`, as `original`'s rows).
     The loaders (`MaskedClips`) and `predict` compose its frames from the mask cache when they read it."""
-    clip, partner, variant = item.clip, item.partner, stage.variant
-    if not clip.usable:
-        return not_rendered(item, stage, shard, clip.status, clip.error)
-    if variant.needs_pair and partner is None:
-        return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
-                            f"(swap mode {variant.pairing.mode})")
+    clip, partner = item.clip, item.partner
+    refused = not_composable(item, stage, shard)
+    if refused:
+        return refused
     gone = next((c.path for c in (clip, partner) if c is not None and not Path(c.path).is_file()), None)
     if gone:
         return not_rendered(item, stage, shard, MISSING, f"{gone}: gone since its masks were made; put it back or "
                             "rerun the masks stage")
-    row = as_stored(item, masks, stage, shard)
+    return with_partner(as_stored(item, masks, stage, shard), partner)
+
+
+def not_composable(item: RenderItem, stage: RenderStage, shard: str) -> RenderRow | None:
+    """The row of a clip that cannot be composed as the variant (its masks' status: missing, decode_error,
+    empty, …; or a swap without a partner), or None."""
+    if not item.clip.usable:
+        return not_rendered(item, stage, shard, item.clip.status, item.clip.error)
+    if stage.variant.needs_pair and item.partner is None:
+        return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
+                            f"(swap mode {stage.variant.pairing.mode})")
+    return None
+
+
+def with_partner(row: RenderRow, partner: StoredClip | None) -> RenderRow:
+    """The row naming the swap partner whose background it was put on, if any."""
     if partner:
         row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
     return row
@@ -311,11 +324,9 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     renders the frames it segmented, and keeps its status (`partial`) and error. A `still` variant (SCUFO)
     repeats one seeded frame of the composed clip for as many frames as the clip has."""
     clip, partner, variant = item.clip, item.partner, stage.variant
-    if not clip.usable:
-        return not_rendered(item, stage, shard, clip.status, clip.error)  # missing, decode_error, empty, …
-    if variant.needs_pair and partner is None:
-        return not_rendered(item, stage, shard, NO_PAIR, f"no partner clip with person coverage in range "
-                            f"(swap mode {variant.pairing.mode})")
+    refused = not_composable(item, stage, shard)
+    if refused:
+        return refused
     relative = stage.row_path(item)
     decode = DecodeOptions(fps=stage.decode_fps, batch=RENDER_BATCH)
     regions = RegionMasks(masks, clip.height, clip.width, variant.masks)
@@ -351,6 +362,4 @@ def render_clip(item: RenderItem, masks: ClipMasks | None, stage: RenderStage, r
     row = not_rendered(item, stage, shard, clip.status, clip.error)  # ok, or partial with its error
     row.path, row.frames, row.fps, row.width, row.height = relative, writer.frames, fps, width, height
     row.person_coverage, row.object_coverage = person, objects
-    if partner:
-        row.pair_clip_id, row.pair_label, row.pair_label_index = partner.clip_id, partner.label, partner.label_index
-    return row
+    return with_partner(row, partner)
