@@ -17,7 +17,8 @@ from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.base import FrameMasks
-from pipeline.segment.yolo import YoloSegmenter, input_size
+from pipeline.segment.yolo import YoloSegmenter
+from pipeline.segment.yolo_device import input_size
 
 FRAMES = 4
 

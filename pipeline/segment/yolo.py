@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +61,8 @@ class YoloSegmenter:
 
     def predict(self, batch: FrameBatch) -> list[FrameMasks]:
         """The reference path: ultralytics' predict(), image by image around one batched forward."""
+        from pipeline.segment.yolo_device import input_size
+
         height, width = batch.frames.shape[1:3]
         imgsz = input_size(height, width, self.spec.imgsz)
         results = self.model.predict(
@@ -114,11 +115,6 @@ def _to_source_size(masks, height: int, width: int) -> np.ndarray:
     if masks.shape[1:] != (height, width):
         masks = F.interpolate(masks[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
     return (masks > 0.5).cpu().numpy()
-
-
-def input_size(height: int, width: int, imgsz: int | None) -> int:
-    """The model input size both paths ask for: `imgsz`, or the frames' long side rounded up to 32, at most 640."""
-    return imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
 
 
 def select_classes(names: dict[int, str], object_classes: tuple[str, ...] | None) -> list[int]:

@@ -28,13 +28,17 @@ import torch.nn.functional as F
 import torchvision
 
 from pipeline.segment.base import FrameMasks
-from pipeline.segment.yolo import input_size
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
 MAX_WH = 7680  # ultralytics' per-class box offset in NMS
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
 NMS_ONE_CALL = 16384  # CUDA: candidates of a batch that go through one NMS call (its all-pairs work grows as n²)
 PADDING_WASTE = 2.0  # windows assembled together are padded to the largest; at most this many times the work
+
+
+def input_size(height: int, width: int, imgsz: int | None) -> int:
+    """The model input size both paths ask for: `imgsz`, or the frames' long side rounded up to 32, at most 640."""
+    return imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
 
 
 @dataclass(frozen=True)
