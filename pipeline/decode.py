@@ -45,6 +45,7 @@ class FrameBatch:
     height: int  # display size of the source frames: masks are returned at this size
     width: int
     positions: np.ndarray | None = None  # (N,) each frame's position among the frames its clip yielded; None: 0…N-1
+    capacity: int = 0  # the batch size a model whose results depend on the batch's shape runs it at (padded); 0: N
 
     def __post_init__(self) -> None:
         if self.positions is None:

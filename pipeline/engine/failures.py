@@ -19,6 +19,8 @@ _DEVICE_MESSAGES = re.compile(
     r"device-side assert|illegal memory access|ECC error|no CUDA-capable device|CUDA driver",
     re.IGNORECASE,
 )
+_DEVICE_OOM = re.compile(r"CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|"
+                         r"HIP out of memory|MPS backend out of memory", re.IGNORECASE)
 _DEVICE_TYPES = {"OutOfMemoryError", "AcceleratorError", "CudaError"}  # torch.cuda.OutOfMemoryError, …
 
 INFRASTRUCTURE_EXIT = 75  # a worker's exit code after a device error (EX_TEMPFAIL): its nanny starts a fresh one
@@ -54,6 +56,13 @@ def is_infrastructure(exc: BaseException) -> bool:
     if any(cls.__name__ in _DEVICE_TYPES for cls in type(exc).__mro__):
         return True
     return isinstance(exc, RuntimeError) and bool(_DEVICE_MESSAGES.search(str(exc)))
+
+
+def is_device_out_of_memory(exc: BaseException) -> bool:
+    """The device's memory ran out (not the host's): a smaller batch may fit."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_DEVICE_OOM.search(str(exc)))
 
 
 def in_dask_worker() -> bool:

@@ -6,10 +6,13 @@ The packing depends only on the clips' frame sequences, never on thread timing: 
 piece of each slot in turn, waiting for it, and a slot whose clip ends is given the next clip at the start of
 the next round. Frames of different sizes are packed apart, one batch per size; a batch is run when it holds
 `batch` frames or `max_batch_mb` of them (the decoder's own caps), or when no slot decodes its size any more.
+Every batch of one frame size is handed over with the same `capacity` (that cap), so a segmenter whose results
+depend on the batch's shape runs each at one fixed shape: a clip's masks do not depend on what shared its batches.
 
 A clip's failure stays its own: a decoder that raises ends only its clip, and a batch the segmenter raises on is
-run again clip by clip, so that only the clip whose frames raise it gets the error. A machine error (device,
-memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`).
+run again clip by clip, so that only the clip whose frames raise it gets the error. A batch that runs out of
+device memory is split in two and each half run at half the capacity (down to one frame); any other machine
+error (device, memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo
-from pipeline.engine.failures import is_infrastructure
+from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
 from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
 from pipeline.records import ClipRecord
@@ -63,6 +66,7 @@ class Feeder:
         self.batch, self.batch_bytes = options.batch, options.max_batch_mb << 20
         self.options = replace(options, batch=max(1, options.batch // self.decoders))  # a piece: one slot's share
         self.rows, self.overlap = rows, overlap
+        self.splits = 0  # batches split in two after running out of device memory
 
     @property
     def frames_in_flight(self) -> int:
@@ -153,8 +157,7 @@ class Feeder:
 
     def _pack(self, packing: dict[tuple, Packed], fed: FedClip, piece: FrameBatch, after: Behind) -> None:
         """Add a piece to the batch of its size; what fits fills it (then it runs), the rest starts the next."""
-        nbytes = piece.frames[0].nbytes
-        limit = min(self.batch, max(1, -(-self.batch_bytes // nbytes)))  # as VideoDecoder caps its batches
+        limit = self.capacity(piece)
         while piece is not None:
             packed = packing.setdefault(fed.shape, [])
             room = limit - sum(len(p) for _, p in packed)
@@ -163,6 +166,11 @@ class Feeder:
             fed.waiting += 1
             if len(head) == room:
                 self._segment(packing.pop(fed.shape), after)
+
+    def capacity(self, piece: FrameBatch) -> int:
+        """Frames of a batch of this piece's frame size: `batch`, or fewer where they would pass `max_batch_mb`
+        (as VideoDecoder caps its batches)."""
+        return min(self.batch, max(1, -(-self.batch_bytes // piece.frames[0].nbytes)))
 
     def _segment(self, packed: Packed, after: Behind) -> None:
         """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order)."""
@@ -187,13 +195,32 @@ class Feeder:
 
     def _masks(self, pieces: list[FrameBatch]) -> dict[int, list[FrameMasks]]:
         """The segmenter on the pieces as one batch: each piece's masks, by the piece's id."""
-        results = self.segmenter.segment(FrameBatch.concat(pieces))
+        batch = replace(FrameBatch.concat(pieces), capacity=self.capacity(pieces[0]))
+        results = self._fitting(batch)
         if len(results) != sum(len(piece) for piece in pieces):
             raise ValueError(f"the segmenter gave {len(results)} results for {sum(map(len, pieces))} frames")
         found, offset = {}, 0
         for piece in pieces:
             found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
         return found
+
+    def _fitting(self, batch: FrameBatch) -> list[FrameMasks]:
+        """The segmenter's results for `batch`; out of device memory, the two halves at half the capacity each (a
+        single frame that does not fit is the machine's error)."""
+        try:
+            return self.segmenter.segment(batch)
+        except Exception as exc:
+            if not is_device_out_of_memory(exc) or batch.capacity <= 1 and len(batch) <= 1:
+                raise
+            free_device_cache()
+        self.splits += 1
+        capacity = -(-max(batch.capacity, len(batch)) // 2)
+        log.warning("out of device memory on a batch of %d frames: running it as two of %d (their masks may differ "
+                    "in the last bits from full batches'; a smaller BATCH avoids it)", batch.capacity or len(batch),
+                    capacity)
+        head, tail = batch.split(-(-len(batch) // 2))
+        found = self._fitting(replace(head, capacity=capacity))
+        return found + (self._fitting(replace(tail, capacity=capacity)) if tail is not None else [])
 
     def _clip_by_clip(self, live: Packed, error: Exception) -> dict[int, list[FrameMasks]]:
         """A batch raised `error`: each clip's pieces again on their own. A clip that raises alone (or was alone
@@ -231,3 +258,12 @@ def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
                     raise
                 fed.add_error = exc
         fed.added += 1
+
+
+def free_device_cache() -> None:
+    """Hand cached blocks back to the device (after running out of its memory), where torch is in use."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

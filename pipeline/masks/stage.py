@@ -58,6 +58,7 @@ class MasksWork:
         self.stage, self.segmenter, self.writer = stage, segmenter, writer
         self.decoders = stage.decoders_here()
         self._rows: dict[str, ClipRows] = {}  # usable clips' rows, until kept
+        self._alone = Feeder(segmenter, stage.decode, decoders=1, rows=self._new_rows, overlap=self.overlap)
         self._feeder = Feeder(segmenter, stage.decode, decoders=self.decoders, rows=self._new_rows,
                               overlap=self.overlap) if self.decoders > 1 else None
         self.process_together = self._together if self._feeder else None  # the engine's hook, or none
@@ -69,8 +70,7 @@ class MasksWork:
     def process(self, clip: ClipRecord) -> ClipStatus:
         """One try at a clip on its own: fresh rows (nothing from an earlier try), then decode and segment."""
         self._rows.pop(clip.clip_id, None)
-        rows = self._new_rows(clip)
-        status = segment_clip(clip, self.segmenter, self.stage.decode, rows, overlap=self.overlap)
+        status, rows = run_alone(clip, self._alone)
         self._hold(status, rows)
         return status
 
@@ -108,6 +108,9 @@ class MasksWork:
         totals = {"instances": sum(status.instances for status in outcomes)}
         if self._feeder:  # its bound on decoded frames held at once (host memory)
             totals["frames_in_flight_max"] = self._feeder.frames_in_flight
+        splits = self._alone.splits + (self._feeder.splits if self._feeder else 0)
+        if splits:  # batches run as two halves after running out of device memory
+            totals["oom_splits"] = splits
         return totals
 
     def abort(self) -> None:
@@ -151,14 +154,18 @@ def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions,
     mostly waits), RLE and tracking run on a thread of their own; on CPU they run inline, since there they
     only compete with the model for the cores (measured 5–8% slower).
     """
+    return run_alone(clip, Feeder(segmenter, options, decoders=1, rows=lambda _: rows, overlap=overlap))[0]
+
+
+def run_alone(clip: ClipRecord, feeder: Feeder) -> tuple[ClipStatus, ClipRows | None]:
+    """One clip through a feeder: its status and its rows (None when there was nothing to decode)."""
     status = undecodable(clip)
     if status is not None:
-        return status
-    feeder = Feeder(segmenter, options, decoders=1, rows=lambda _: rows, overlap=overlap)
+        return status, None
     ((_, fed),) = feeder.run([clip], begin=lambda _: None)
     if isinstance(fed, Exception):
         raise fed
-    return decoded_status(clip, fed.info, fed.frames, fed.error, len(rows))
+    return decoded_status(clip, fed.info, fed.frames, fed.error, len(fed.rows)), fed.rows
 
 
 def decoded_status(clip: ClipRecord, info: VideoInfo | None, frames: int, error: str | None, instances: int

@@ -43,7 +43,7 @@ class YoloSegmenter:
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         if self.spec.inference == "predict":
             return self.predict(batch)
-        return self.on_device(batch.frames, batch.height, batch.width)
+        return self.on_device(batch.frames, batch.height, batch.width, capacity=batch.capacity)
 
     @property
     def on_device(self):
@@ -60,13 +60,16 @@ class YoloSegmenter:
         return self._on_device
 
     def predict(self, batch: FrameBatch) -> list[FrameMasks]:
-        """The reference path: ultralytics' predict(), image by image around one batched forward."""
+        """The reference path: ultralytics' predict(), image by image around one batched forward (padded with
+        black frames to the batch's capacity)."""
         from pipeline.segment.yolo_device import input_size
 
         height, width = batch.frames.shape[1:3]
         imgsz = input_size(height, width, self.spec.imgsz)
+        frames = [frame[..., ::-1] for frame in batch.frames]  # ultralytics takes numpy frames as BGR
+        frames += [np.zeros_like(frames[0])] * (batch.capacity - len(frames))
         results = self.model.predict(
-            [frame[..., ::-1] for frame in batch.frames],  # ultralytics takes numpy frames as BGR
+            frames,
             imgsz=imgsz,
             conf=self.spec.conf,
             iou=self.spec.iou,
@@ -77,7 +80,7 @@ class YoloSegmenter:
             retina_masks=True,  # masks at the input frame size, not the letterboxed model size
             verbose=False,
         )
-        return [self._frame_masks(result, batch.height, batch.width) for result in results]
+        return [self._frame_masks(result, batch.height, batch.width) for result in results[:len(batch)]]
 
     def _frame_masks(self, result, out_height: int, out_width: int) -> FrameMasks:
         if result.masks is None or len(result.boxes) == 0:

@@ -11,6 +11,12 @@ process_mask_native, crop_mask) without its per-image host work:
   identity), and a window is `rows @ logits @ cols.T`;
 - the windows cross to the host as booleans (`FrameMasks.windows`), not K whole frames.
 Equivalence with `predict()` is tested (tests/test_yolo_device.py).
+
+Bytes do not depend on scheduling: the network runs every batch padded to its `capacity` (the same for every
+batch of one frame size), and each instance's mask is assembled at padded sizes that depend on its own box only
+(`ladder`), never on the instances it shares the batch with (tests/test_fixed_batches.py). What crosses to the host
+does so in two packed copies per batch (the instances' boxes, scores and windows' places; then every window), and
+the points where the host waits on the device are counted (`host_waits`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ PAD_VALUE = 114  # ultralytics' letterbox grey
 MAX_WH = 7680  # ultralytics' per-class box offset in NMS
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
 NMS_ONE_CALL = 16384  # CUDA: candidates of a batch that go through one NMS call (its all-pairs work grows as n²)
-PADDING_WASTE = 2.0  # windows assembled together are padded to the largest; at most this many times the work
+SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
 
 
 def input_size(height: int, width: int, imgsz: int | None) -> int:
@@ -95,6 +101,8 @@ class Axis:
     dense: torch.Tensor  # (out, size + 1): the map, with a zero column at `size` for reads past the end
     start: torch.Tensor  # (out,) int64: the first input each output reads
     taps: int
+    first: np.ndarray  # `start` on the host
+    spans: dict = dataclasses.field(default_factory=dict, compare=False)  # span(n), as asked for
 
     @classmethod
     def of(cls, dense: torch.Tensor) -> "Axis":
@@ -102,7 +110,14 @@ class Axis:
         size = dense.shape[1]
         first = torch.where(nonzero.any(1), nonzero.float().argmax(1), 0)
         last = size - 1 - nonzero.flip(1).float().argmax(1)
-        return cls(F.pad(dense, (0, 1)), first, int((last - first).max()) + 1)
+        return cls(F.pad(dense, (0, 1)), first, int((last - first).max()) + 1, first.cpu().numpy())
+
+    def span(self, n: int) -> int:
+        """Inputs that any run of n consecutive outputs reads (wherever it starts)."""
+        if n not in self.spans:
+            n_in = min(n, len(self.first))
+            self.spans[n] = int((self.first[n_in - 1:] - self.first[:len(self.first) - n_in + 1]).max()) + self.taps
+        return self.spans[n]
 
     def sub(self, outputs: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
         """(k, n, length): for each k, the map's rows `outputs[k]` over the inputs begin[k] … begin[k] + length."""
@@ -153,8 +168,8 @@ class Detections:
 class DeviceYolo:
     """A fused ultralytics SegmentationModel run on a device, with predict()'s settings."""
 
-    def __init__(self, model: torch.nn.Module, *, device: str, half: bool, conf: float, iou: float, max_det: int,
-                 classes: list[int], imgsz: int | None) -> None:
+    def __init__(self, model: torch.nn.Module, *, device: str | torch.device, half: bool, conf: float, iou: float,
+                 max_det: int, classes: list[int], imgsz: int | None) -> None:
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.model = model.to(self.device).to(self.dtype).eval()
@@ -163,27 +178,34 @@ class DeviceYolo:
         self.nc = len(model.names)
         self.conf, self.iou, self.max_det, self.imgsz = conf, iou, max_det, imgsz
         self.classes = torch.tensor(classes, device=self.device)
+        self.host_waits = 0  # times the host waited on the device (a copy to the host, a result's size)
+        self.batches = 0  # batches post-processed
+        self._staging = Staging(self.device) if self.device.type == "cuda" else None
         self._events: list | None = None  # CUDA events of each forward, while `timed`
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray, out_height: int, out_width: int) -> list[FrameMasks]:
-        """(N, h, w, 3) uint8 RGB frames → one FrameMasks per frame, masks at (out_height, out_width)."""
-        x, geometry = self.prepare(frames)
+    def __call__(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0
+                 ) -> list[FrameMasks]:
+        """(N, h, w, 3) uint8 RGB frames → one FrameMasks per frame, masks at (out_height, out_width). The network
+        runs on `capacity` frames (the frames, then black ones), so that every batch of one size has one shape."""
+        count = len(frames)
+        x, geometry = self.prepare(frames, capacity)
         preds, proto = self.forward(x)
-        found = self._select(preds.float())
+        found = self._select(preds[:count].float())
         boxes = geometry.to_frame(found.xyxy)
         scale = boxes.new_tensor([out_width / geometry.width, out_height / geometry.height] * 2)
         limit = boxes.new_tensor([out_width, out_height] * 2)  # float rounding may cross the edge by a hair
-        boxes = torch.minimum(boxes * scale, limit)
-        found = dataclasses.replace(found, xyxy=boxes)
-        windows, origins = self._windows(found, proto.float(), geometry, out_height, out_width)
-        return _per_frame(found, windows, origins, len(frames), out_height, out_width)
+        found = dataclasses.replace(found, xyxy=torch.minimum(boxes * scale, limit))
+        self.batches += 1
+        return self._frame_masks(found, proto[:count].float(), geometry, count, out_height, out_width)
 
-    def prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, Geometry]:
-        """The frames on the device, letterboxed: the model's input."""
+    def prepare(self, frames: np.ndarray, capacity: int = 0) -> tuple[torch.Tensor, Geometry]:
+        """The frames on the device, padded with black ones to `capacity`, letterboxed: the model's input."""
         height, width = frames.shape[1:3]
         geometry = Geometry.of(height, width, input_size(height, width, self.imgsz), self.stride)
-        pixels = torch.from_numpy(frames).to(self.device, non_blocking=True)
+        pixels = self._staging.copy(frames) if self._staging else torch.from_numpy(frames).to(self.device)
+        if capacity > len(frames):
+            pixels = torch.cat([pixels, pixels.new_zeros((capacity - len(frames), *pixels.shape[1:]))])
         return letterbox(pixels, geometry, self.dtype), geometry
 
     @torch.inference_mode()
@@ -213,14 +235,17 @@ class DeviceYolo:
                 seconds.extend(start.elapsed_time(end) / 1000 for start, end in events)
 
     def _select(self, preds: torch.Tensor) -> Detections:
-        """Score threshold, classes, NMS and max_det for the whole batch (non_max_suppression)."""
+        """Score threshold, classes, NMS and max_det for the whole batch (non_max_suppression). A candidate whose
+        box is not finite (fp16 overflow) is dropped before anything indexes with it."""
         nc = self.nc
         if preds.shape[1] != 4 + nc + self.masks:
             raise RuntimeError(f"unexpected YOLO-seg output {tuple(preds.shape)}: expected (N, {4 + nc + self.masks}, "
                                "anchors); an end-to-end head must be switched off before the model is fused")
         preds = preds.transpose(1, 2)  # (N, anchors, 4 + nc + 32)
         score, cls = preds[..., 4:4 + nc].max(dim=2)
-        frame, anchor = torch.nonzero((score > self.conf) & torch.isin(cls, self.classes), as_tuple=True)
+        usable = (score > self.conf) & torch.isin(cls, self.classes) & torch.isfinite(preds[..., :4]).all(dim=2)
+        frame, anchor = torch.nonzero(usable, as_tuple=True)
+        self.host_waits += 1  # the candidates' count
         rows, score, cls = preds[frame, anchor], score[frame, anchor], cls[frame, anchor]
         xyxy = torchvision.ops.box_convert(rows[:, :4], "cxcywh", "xyxy")
         keep = self._nms(xyxy, score, cls, frame, len(preds))  # by frame, by falling score within it
@@ -234,13 +259,16 @@ class DeviceYolo:
         """Indices kept by class-aware NMS within each frame, by frame, by falling score within it. On CUDA,
         one call for the whole batch (its kernel compares all pairs at once; boxes set apart per frame and
         class, in float64 so that the offsets cost no precision); on a CPU, whose NMS runs pair by pair, one
-        call per frame, as predict() does."""
+        call per frame, as predict() does. Each call's result size is a wait on the device."""
         if self.device.type == "cuda" and len(xyxy) <= NMS_ONE_CALL:
             offset = (cls.double() + frame.double() * self.nc) * MAX_WH
             keep = torchvision.ops.nms(xyxy.double() + offset[:, None], score.double(), self.iou)
+            self.host_waits += 1
             return keep[torch.sort(frame[keep], stable=True).indices]
         kept, start = [], 0
-        for count in torch.bincount(frame, minlength=frames).tolist():
+        counts = torch.bincount(frame, minlength=frames).tolist()
+        self.host_waits += 1 + (sum(map(bool, counts)) if self.device.type == "cuda" else 0)
+        for count in counts:
             if count:
                 at = slice(start, start + count)
                 boxes = xyxy[at] + cls[at, None].to(xyxy.dtype) * MAX_WH
@@ -248,80 +276,126 @@ class DeviceYolo:
             start += count
         return torch.cat(kept) if kept else frame.new_zeros(0)
 
-    def _windows(self, found: Detections, proto: torch.Tensor, geometry: Geometry, height: int, width: int):
-        """Each instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), as booleans on
-        the host, with the windows' corners (y, x). A window is rows @ logits @ cols.T over just the prototype
-        span it reads; windows of similar size are assembled together, as many as WINDOW_BUDGET allows."""
+    def _frame_masks(self, found: Detections, proto: torch.Tensor, geometry: Geometry, frames: int, height: int,
+                     width: int) -> list[FrameMasks]:
+        """Each instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), split by frame.
+        The instances' boxes, scores and windows' places cross to the host in one copy, the windows in another."""
         if not len(found.conf):
-            return [], np.zeros((0, 2), dtype=np.int64)
-        rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
-                                    proto.device)
+            return [FrameMasks.empty(height, width) for _ in range(frames)]
         corner = found.xyxy.new_tensor([width - 1, height - 1]).long()
         origin = torch.minimum(found.xyxy[:, :2].ceil().long(), corner)  # a box of no width at the edge: in
         extent = torch.minimum(found.xyxy[:, 2:].ceil().long() - origin, corner + 1 - origin).clamp(min=1)  # w, h
-        last = torch.minimum(origin + extent - 1, corner)
-        span = torch.stack([cols.start[last[:, 0]] - cols.start[origin[:, 0]] + cols.taps,
-                            rows.start[last[:, 1]] - rows.start[origin[:, 1]] + rows.taps], dim=1)
-        sizes = torch.cat([extent, span], dim=1).cpu().numpy()  # (K, 4): w, h, proto w, proto h
-        logits = _logits(found, proto)  # (K, mh, mw)
-        order = np.argsort(sizes[:, 0] * sizes[:, 1], kind="stable")
+        packed = torch.cat([found.frame[:, None].float(), found.xyxy, found.conf[:, None], found.cls[:, None].float(),
+                            origin.float(), extent.float()], dim=1)  # integers below 2^24: exact in float32
+        meta = packed.cpu().numpy()
+        self.host_waits += 1
+        windows = self._windows(found, proto, origin, meta[:, 7:].astype(np.int64), geometry, height, width)
+        return _per_frame(meta, windows, frames, height, width)
+
+    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, places: np.ndarray,
+                 geometry: Geometry, height: int, width: int) -> list[np.ndarray]:
+        """(h_k, w_k) bool windows at `places` ((x, y, w, h) per instance). Each is assembled at padded sizes that
+        depend on its own extent only (`ladder`), together with the others of the same padded size, as many as
+        WINDOW_BUDGET allows; all cross to the host in one copy."""
+        rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
+                                    proto.device)
+        padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
+        order = np.lexsort((padded[:, 1], padded[:, 0]))
+        sizes, starts = np.unique(padded[order], axis=0, return_index=True)
+        on_device = _to_device(order, proto.device)
+        channels = proto.shape[1]
+        chunks, assembled = [], []
+        for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
+            ph, pw = rows.span(h), cols.span(w)
+            per = h * w + h * ph + h * pw + w * pw + (channels + 1) * ph * pw  # floats one window takes
+            step = max(1, WINDOW_BUDGET // per)
+            for at in range(begin, end, step):
+                chunk = on_device[at:min(end, at + step)]
+                assembled.append(_assemble(found.coeffs[chunk], proto, found.frame[chunk], found.xyxy[chunk],
+                                           origin[chunk], rows, cols, h, w, ph, pw).flatten())
+                chunks.append((order[at:min(end, at + step)], h, w))
+        flat = torch.cat(assembled).cpu().numpy()
+        self.host_waits += 1
         windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
-        start = 0
-        while start < len(order):
-            w, h, pw, ph = np.maximum.accumulate(sizes[order[start:]], axis=0).T  # padded sizes if cut after each
-            cost = np.arange(1, len(w) + 1) * _elements(w, h, pw, ph)
-            own = np.cumsum(_elements(*sizes[order[start:]].T))
-            fits = (cost <= WINDOW_BUDGET) & (cost <= PADDING_WASTE * own)
-            count = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))
-            chunk = torch.from_numpy(order[start:start + count]).to(proto.device)
-            padded = (int(w[count - 1]), int(h[count - 1]), int(pw[count - 1]), int(ph[count - 1]))
-            assembled = _assemble(logits[chunk], found.xyxy[chunk], origin[chunk], rows, cols, *padded)
-            for k, window in zip(order[start:start + count], assembled):
-                windows[k] = window[:sizes[k, 1], :sizes[k, 0]]
-            start += count
-        return windows, origin.cpu().numpy()[:, ::-1].copy()
+        offset = 0
+        for members, h, w in chunks:
+            block = flat[offset:offset + len(members) * h * w].reshape(len(members), h, w)
+            offset += block.size
+            for k, window in zip(members.tolist(), block):
+                windows[k] = window[:places[k, 3], :places[k, 2]]
+        return windows
 
 
-def _elements(w, h, pw, ph):
-    """Elements a window of these sizes takes to assemble: itself and its operands."""
-    return h * w + h * pw + h * ph + w * pw
+class Staging:
+    """Frames to a CUDA device through pinned host buffers, copied on a side stream (the model's stream waits for
+    the copy, the host does not); two buffers in turn, each reused once its last copy is done."""
+
+    def __init__(self, device: torch.device, slots: int = 2) -> None:
+        self.device, self.stream = device, torch.cuda.Stream(device)
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.done: list[torch.cuda.Event | None] = [None] * slots
+        self.turn = 0
+
+    def copy(self, frames: np.ndarray) -> torch.Tensor:
+        slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        if self.done[slot] is not None:
+            self.done[slot].synchronize()
+        if self.buffers[slot] is None or self.buffers[slot].numel() < frames.size:
+            self.buffers[slot] = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
+        host = self.buffers[slot][:frames.size].view(frames.shape)
+        host.numpy()[...] = frames
+        with torch.cuda.stream(self.stream):
+            pixels = host.to(self.device, non_blocking=True)
+            self.done[slot] = torch.cuda.Event()
+            self.done[slot].record(self.stream)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)
+        pixels.record_stream(main)
+        return pixels
 
 
-def _assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
-              w: int, h: int, pw: int, ph: int) -> np.ndarray:
-    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
-    to the box."""
-    device = logits.device
+def ladder(sides: np.ndarray) -> np.ndarray:
+    """Sides rounded up to 8, 12, 16, 24, 32, 48, 64, …: a half-octave ladder, at most 1.5× each way."""
+    sides = np.maximum(np.asarray(sides, dtype=np.int64), SMALLEST_WINDOW)
+    step = 2 ** (np.floor(np.log2(sides - 1)).astype(np.int64) - 1)
+    return -(-sides // step) * step
+
+
+def _to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An index array to the device without the host waiting for it (pinned, on CUDA)."""
+    tensor = torch.from_numpy(order)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _assemble(coeffs: torch.Tensor, proto: torch.Tensor, frame: torch.Tensor, box: torch.Tensor,
+              origin: torch.Tensor, rows: Axis, cols: Axis, h: int, w: int, ph: int, pw: int) -> torch.Tensor:
+    """(k, h, w) bool windows at `origin`: each instance's coefficients times its frame's prototypes over the span
+    its window reads, mapped to the window's pixels and cut to the box."""
+    device = coeffs.device
     ys = (origin[:, 1, None] + torch.arange(h, device=device)).clamp(max=len(rows.start) - 1)  # (k, h)
     xs = (origin[:, 0, None] + torch.arange(w, device=device)).clamp(max=len(cols.start) - 1)  # (k, w)
     top, left = rows.start[ys[:, 0]], cols.start[xs[:, 0]]
-    mh, mw = logits.shape[1:]
+    channels, mh, mw = proto.shape[1:]
     proto_rows = (top[:, None] + torch.arange(ph, device=device)).clamp(max=mh - 1)
     proto_cols = (left[:, None] + torch.arange(pw, device=device)).clamp(max=mw - 1)
-    span = logits[torch.arange(len(logits), device=device)[:, None, None], proto_rows[:, :, None], proto_cols[:, None, :]]
-    window = rows.sub(ys, top, ph) @ span @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
+    span = proto[frame[:, None, None, None], torch.arange(channels, device=device)[None, :, None, None],
+                 proto_rows[:, None, :, None], proto_cols[:, None, None, :]]  # (k, channels, ph, pw)
+    logits = (coeffs[:, None, :] @ span.flatten(2)).view(-1, ph, pw)
+    window = rows.sub(ys, top, ph) @ logits @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
     inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
     inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
-    return ((window > 0) & inside_y[:, :, None] & inside_x[:, None, :]).cpu().numpy()
+    return (window > 0) & inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def _logits(found: Detections, proto: torch.Tensor) -> torch.Tensor:
-    """(K, mh, mw) prototype-resolution mask logits: each instance's coefficients times its frame's prototypes,
-    one batched matmul over frames (instances are ordered by frame)."""
-    frames, channels, mh, mw = proto.shape
-    rank = torch.arange(len(found.frame), device=proto.device) - torch.searchsorted(found.frame, found.frame)
-    padded = found.coeffs.new_zeros((frames, int(rank.max()) + 1, channels))
-    padded[found.frame, rank] = found.coeffs
-    return (padded @ proto.view(frames, channels, -1))[found.frame, rank].view(-1, mh, mw)
-
-
-def _per_frame(found: Detections, windows: list[np.ndarray], origins: np.ndarray, frames: int, height: int,
-               width: int) -> list[FrameMasks]:
-    """Split the batch's instances by frame; an instance whose mask is empty is dropped (as predict() does)."""
-    frame = found.frame.cpu().numpy()
-    xyxy = found.xyxy.cpu().numpy().astype(np.float32)
-    conf = found.conf.cpu().numpy().astype(np.float32)
-    cls = found.cls.cpu().numpy().astype(np.int16)
+def _per_frame(meta: np.ndarray, windows: list[np.ndarray], frames: int, height: int, width: int
+               ) -> list[FrameMasks]:
+    """Split the batch's instances by frame (`meta`: frame, xyxy, conf, cls, x, y, w, h); an instance whose mask
+    is empty is dropped (as predict() does)."""
+    frame = meta[:, 0].astype(np.int64)
+    xyxy, conf, cls = meta[:, 1:5].copy(), meta[:, 5].copy(), meta[:, 6].astype(np.int16)
+    origins = meta[:, 8:6:-1].astype(np.int64)  # (y, x)
     kept = np.array([window.any() for window in windows], dtype=bool)
     out = []
     for i in range(frames):

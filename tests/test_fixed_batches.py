@@ -1,0 +1,76 @@
+"""Mask bytes do not depend on scheduling: YOLO runs every batch of one frame size at one fixed shape (padded to
+the batch size), and post-processes each instance at shapes of its own, so a clip's masks are the same bytes
+whatever DECODERS, and whether its frames shared a batch with other clips' or ran alone.
+
+The model is a yaml-built YOLO-seg made lively (outputs that depend on the image), saved as a checkpoint, so every
+run loads the very same weights; on this CPU a batch of one frame and a batch of several already give different
+bytes through the network alone, as a GPU does for every batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.bench import lively
+from pipeline.datasets.sample import shape_clip
+from pipeline.decode import DecodeOptions, FrameBatch
+from pipeline.masks import run_masks
+from pipeline.segment import SegmenterSpec
+from pipeline.segment.yolo import YoloSegmenter
+from tests.test_masks_stage import config, shard_bytes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    yolo = YOLO("yolo11n-seg.yaml")
+    frames = np.concatenate([shape_clip(12, 96, 64, seed=seed)[0] for seed in range(3)])
+    lively(yolo.model, frames)
+    path = tmp_path_factory.mktemp("weights") / "lively-seg.pt"
+    yolo.save(path)
+    return path
+
+
+def spec(checkpoint: Path) -> SegmenterSpec:
+    return SegmenterSpec(backend="yolo", model=str(checkpoint), conf=0.05)
+
+
+def test_shards_are_the_same_bytes_whatever_the_decoders(shapes_dataset, tmp_path, checkpoint):
+    root, _ = shapes_dataset
+    runs = {}
+    for decoders in (1, 3):  # alone, the 13-frame clip ends in a batch of one frame
+        summary = run_masks(config(root, tmp_path / f"d{decoders}", shard_size=6, segmenter=spec(checkpoint),
+                                   decoders=decoders, decode=DecodeOptions(batch=6)), progress=False)
+        assert summary.by_status == {"ok": 5}
+        runs[decoders] = Path(summary.output)
+    masks = [pq.read_table(p) for p in sorted(runs[1].glob("*-?????.parquet"))]
+    assert sum(t.num_rows for t in masks) > 20  # the model finds instances: there are bytes to differ
+    assert shard_bytes(runs[3]) == shard_bytes(runs[1]) != {}
+
+
+def test_a_frame_gets_the_same_masks_alone_or_among_others(checkpoint):
+    """The same frame at another place of a batch, beside frames with many or no instances, or alone (padded to the
+    batch size): the same boxes, scores and mask bytes."""
+    frames = np.concatenate([shape_clip(12, 96, 64, seed=seed)[0] for seed in (0, 1)])  # (24, 64, 96, 3)
+    segmenter = YoloSegmenter(spec(checkpoint))
+
+    def run(chosen: np.ndarray, capacity: int):
+        batch = FrameBatch(frames=chosen, indices=np.arange(len(chosen)), times=np.zeros(len(chosen)), height=64,
+                           width=96, capacity=capacity)
+        return segmenter.segment(batch)
+
+    together = run(frames[:8], 8)
+    assert sum(len(found) for found in together) > 8
+    for others in ([], [20, 21, 22], [5, 9, 13, 17, 2, 3, 7]):
+        chosen = frames[[*others, 4]]  # frame 4 after the others
+        alone = run(chosen, 8)[-1]
+        want = together[4]
+        np.testing.assert_array_equal(alone.xyxy, want.xyxy)
+        np.testing.assert_array_equal(alone.conf, want.conf)
+        assert alone.rle() == want.rle()
