@@ -35,6 +35,7 @@ def yolo_with_detections(spec: SegmenterSpec):
     segmenter = load_segmenter(spec)
     for branch in segmenter.model.model.model[-1].cv3:
         branch[-1].bias.data.fill_(-2.0)
+    segmenter.model.predictor = None  # predict() set up again, from the biased model (not the warm-up's)
     return segmenter
 
 

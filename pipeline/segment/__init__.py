@@ -80,8 +80,23 @@ def weights_digests(spec: SegmenterSpec) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=2)
 def load_segmenter(spec: SegmenterSpec) -> Segmenter:
-    """The segmenter a spec names; a worker process loads each model once and reuses it for every shard."""
+    """The segmenter a spec names; a worker process loads each model once and reuses it for every shard. A
+    backend with a `warm_up` runs its first batch here: what fails there fails every batch (a CPU-only
+    torchvision's NMS on CUDA, a dtype the device lacks, too little memory for the model), so it is a load error
+    that stops the run, not a failure of each clip."""
     base = _load_backend(spec)
+    warm_up = getattr(base, "warm_up", None)
+    if warm_up is not None:
+        try:
+            warm_up()
+        except SegmenterLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the device raises on its first batch
+            raise SegmenterLoadError(
+                f"the {spec.backend} segmenter ({spec.model if spec.backend == 'yolo' else spec.backend}) failed its "
+                f"first batch on {spec.device}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                "Check that torch and torchvision are matching builds for this device (`pip show torch torchvision`) "
+                "and that it has memory free, or use DEVICE=cpu") from exc
     if not spec.refine:
         return base
     from pipeline.segment.sam import RefinedSegmenter, SamRefiner, load_sam, refine_provenance

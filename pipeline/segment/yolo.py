@@ -45,6 +45,14 @@ class YoloSegmenter:
             return self.predict(batch)
         return self.on_device(batch.frames, batch.height, batch.width, capacity=batch.capacity)
 
+    def warm_up(self) -> None:
+        """A first small batch on the device through the path the stage will use (see DeviceYolo.warm_up)."""
+        if self.spec.inference == "predict":
+            frames = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+            self.predict(FrameBatch(frames=frames, indices=np.arange(2), times=np.zeros(2), height=64, width=64))
+        else:
+            self.on_device.warm_up()
+
     @property
     def on_device(self):
         """The batched device path (pipeline/segment/yolo_device.py) over this segmenter's model."""

@@ -159,6 +159,7 @@ class Detections:
     """A batch's kept instances, on the device, boxes in frame pixels, ordered by frame then score."""
 
     frame: torch.Tensor  # (K,) frame index in the batch
+    rank: torch.Tensor  # (K,) place by score within its frame (those from max_det on are left out on the host)
     xyxy: torch.Tensor  # (K, 4) float32
     conf: torch.Tensor  # (K,) float32
     cls: torch.Tensor  # (K,) int64
@@ -234,9 +235,19 @@ class DeviceYolo:
                 torch.cuda.synchronize(self.device)
                 seconds.extend(start.elapsed_time(end) / 1000 for start, end in events)
 
+    def warm_up(self) -> None:
+        """Two black frames through the whole path with every anchor a candidate, so that NMS and mask assembly run
+        too: a device that cannot run it (a CPU-only torchvision's NMS, a dtype it lacks) fails here, at load."""
+        conf, self.conf = self.conf, -1.0
+        try:
+            self(np.zeros((2, 64, 64, 3), dtype=np.uint8), 64, 64)
+        finally:
+            self.conf, self.host_waits, self.batches = conf, 0, 0
+
     def _select(self, preds: torch.Tensor) -> Detections:
-        """Score threshold, classes, NMS and max_det for the whole batch (non_max_suppression). A candidate whose
-        box is not finite (fp16 overflow) is dropped before anything indexes with it."""
+        """Score threshold, classes and NMS for the whole batch (non_max_suppression; max_det is applied on the
+        host, from each instance's rank). A candidate whose box is not finite (fp16 overflow) is dropped before
+        anything indexes with it."""
         nc = self.nc
         if preds.shape[1] != 4 + nc + self.masks:
             raise RuntimeError(f"unexpected YOLO-seg output {tuple(preds.shape)}: expected (N, {4 + nc + self.masks}, "
@@ -249,9 +260,8 @@ class DeviceYolo:
         rows, score, cls = preds[frame, anchor], score[frame, anchor], cls[frame, anchor]
         xyxy = torchvision.ops.box_convert(rows[:, :4], "cxcywh", "xyxy")
         keep = self._nms(xyxy, score, cls, frame, len(preds))  # by frame, by falling score within it
-        first = torch.searchsorted(frame[keep], frame[keep], right=False)
-        keep = keep[torch.arange(len(keep), device=keep.device) - first < self.max_det]
-        return Detections(frame=frame[keep], xyxy=xyxy[keep], conf=score[keep], cls=cls[keep],
+        rank = torch.arange(len(keep), device=keep.device) - torch.searchsorted(frame[keep], frame[keep])
+        return Detections(frame=frame[keep], rank=rank, xyxy=xyxy[keep], conf=score[keep], cls=cls[keep],
                           coeffs=rows[keep, 4 + nc:])
 
     def _nms(self, xyxy: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, frame: torch.Tensor,
@@ -286,23 +296,27 @@ class DeviceYolo:
         origin = torch.minimum(found.xyxy[:, :2].ceil().long(), corner)  # a box of no width at the edge: in
         extent = torch.minimum(found.xyxy[:, 2:].ceil().long() - origin, corner + 1 - origin).clamp(min=1)  # w, h
         packed = torch.cat([found.frame[:, None].float(), found.xyxy, found.conf[:, None], found.cls[:, None].float(),
-                            origin.float(), extent.float()], dim=1)  # integers below 2^24: exact in float32
+                            origin.float(), extent.float(), found.rank[:, None].float()], dim=1)  # integers < 2^24
         meta = packed.cpu().numpy()
         self.host_waits += 1
-        windows = self._windows(found, proto, origin, meta[:, 7:].astype(np.int64), geometry, height, width)
+        chosen = np.flatnonzero(meta[:, 11] < self.max_det)
+        if not len(chosen):
+            return [FrameMasks.empty(height, width) for _ in range(frames)]
+        meta = meta[chosen]
+        windows = self._windows(found, proto, origin, chosen, meta[:, 7:11].astype(np.int64), geometry, height, width)
         return _per_frame(meta, windows, frames, height, width)
 
-    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, places: np.ndarray,
-                 geometry: Geometry, height: int, width: int) -> list[np.ndarray]:
-        """(h_k, w_k) bool windows at `places` ((x, y, w, h) per instance). Each is assembled at padded sizes that
-        depend on its own extent only (`ladder`), together with the others of the same padded size, as many as
-        WINDOW_BUDGET allows; all cross to the host in one copy."""
+    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, chosen: np.ndarray,
+                 places: np.ndarray, geometry: Geometry, height: int, width: int) -> list[np.ndarray]:
+        """(h_k, w_k) bool windows of the `chosen` instances at `places` ((x, y, w, h) each). Each is assembled at
+        padded sizes that depend on its own extent only (`ladder`), together with the others of the same padded
+        size, as many as WINDOW_BUDGET allows; all cross to the host in one copy."""
         rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                     proto.device)
         padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
         order = np.lexsort((padded[:, 1], padded[:, 0]))
         sizes, starts = np.unique(padded[order], axis=0, return_index=True)
-        on_device = _to_device(order, proto.device)
+        on_device = _to_device(chosen[order], proto.device)
         channels = proto.shape[1]
         chunks, assembled = [], []
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
@@ -391,8 +405,8 @@ def _assemble(coeffs: torch.Tensor, proto: torch.Tensor, frame: torch.Tensor, bo
 
 def _per_frame(meta: np.ndarray, windows: list[np.ndarray], frames: int, height: int, width: int
                ) -> list[FrameMasks]:
-    """Split the batch's instances by frame (`meta`: frame, xyxy, conf, cls, x, y, w, h); an instance whose mask
-    is empty is dropped (as predict() does)."""
+    """Split the batch's instances by frame (`meta`: frame, xyxy, conf, cls, x, y, w, h, rank); an instance whose
+    mask is empty is dropped (as predict() does)."""
     frame = meta[:, 0].astype(np.int64)
     xyxy, conf, cls = meta[:, 1:5].copy(), meta[:, 5].copy(), meta[:, 6].astype(np.int16)
     origins = meta[:, 8:6:-1].astype(np.int64)  # (y, x)
