@@ -106,6 +106,8 @@ def test_no_windows():
     empty = torch.zeros((0, 4, 4), dtype=torch.bool), at, at
     assert device_rle.encode(*empty, 8, 8) == [] and device_rle.encode(*empty, 8, 8, capacity=5) == []
     assert device_rle.RunBatch(8, 8).fetch() == []
+    nothing = torch.zeros((2, 0, 3), dtype=torch.bool), at.new_zeros((2, 2)), at.new_ones((2, 2))  # zero rows
+    assert device_rle.encode(*nothing, 8, 8) == rle.encode(np.zeros((2, 8, 8), bool))
 
 
 def test_rejects_what_it_cannot_encode():
@@ -147,3 +149,10 @@ def test_cuda_matches_cpu():
     cuda = tuple(t.cuda() for t in cpu)
     for capacity in (None, device_rle.capacity(extent[:, 0]), 5):
         assert device_rle.encode(*cuda, 48, 64, capacity=capacity) == device_rle.encode(*cpu, 48, 64)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # with a capacity, nothing in it waits for the device
+    try:
+        packed = device_rle.run_lengths(*cuda, 48, 64, capacity=device_rle.capacity(extent[:, 0]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert device_rle.unpack(packed.cpu().numpy(), 16) is not None

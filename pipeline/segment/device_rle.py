@@ -47,13 +47,16 @@ def run_lengths(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tenso
     device = windows.device
     if count == 0:
         return torch.zeros(capacity or 0, dtype=torch.int32, device=device)
+    if rows == 0 or cols == 0:  # empty windows: empty masks
+        windows, rows, cols = windows.new_zeros((count, 1, 1)), 1, 1
     x, y = origin[:, 0].long(), origin[:, 1].long()
     w, h = extent[:, 0].long().clamp(0, cols), extent[:, 1].long().clamp(0, rows)
     col, row = torch.arange(cols, device=device), torch.arange(rows, device=device)
-    inside = (col[None, :, None] < w[:, None, None]) & (row[None, None, :] < h[:, None, None])
-    edge = windows.new_zeros((count, cols, 1))
-    columns = torch.cat([edge, windows.transpose(1, 2) & inside, edge], dim=2)  # (K, w, h + 2), zero above, below
-    change = columns[..., 1:] != columns[..., :-1]  # (K, w, h + 1): row p differs from row p - 1
+    masked = windows.transpose(1, 2) & (col[None, :] < w[:, None])[:, :, None]  # (K, w, h): down the columns
+    masked &= (row[None, :] < h[:, None])[:, None, :]  # the padding cleared
+    change = masked.new_empty((count, cols, rows + 1))  # row p differs from row p - 1, zero above and below
+    change[..., 0], change[..., rows] = masked[..., 0], masked[..., rows - 1]
+    torch.ne(masked[..., 1:], masked[..., :-1], out=change[..., 1:rows])
     below = h[:, None, None].expand(count, cols, 1)
     end = change.gather(2, below)[..., 0]  # (K, w): the change just below each window column
     joined = (h == height)[:, None] & end[:, :-1] & change[:, 1:, 0]  # one run across two full-height columns
@@ -66,24 +69,25 @@ def run_lengths(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tenso
     if capacity is None:
         at = flat.nonzero()[:, 0]
         slots = len(at)
-    else:
-        at = _nonzero_static(flat, capacity)
+    else:  # one slot more than the capacity: found, it tells an overflow
+        at = _nonzero_static(flat, capacity + 1)
         slots = capacity
     found = at >= 0
     at = at.clamp(min=0)
     instance, rest = at // (cols * (rows + 1)), at % (cols * (rows + 1))
     index = (x[instance] + rest // (rows + 1)) * height + y[instance] + rest % (rows + 1)  # sorted per instance
-    changes = change.sum(dim=(1, 2))  # (K,) m_k
+    instance = torch.where(found, instance, count)  # still sorted: misses last
+    last = torch.searchsorted(instance, torch.arange(count, device=device), right=True)  # one past each's last
+    changes = torch.diff(last, prepend=last.new_zeros(1))  # m_k (their sum past the capacity: an overflow)
     first = torch.ones_like(found)
     first[1:] = instance[1:] != instance[:-1]
     previous = torch.where(first, 0, index.roll(1))
-    last = torch.cumsum(changes, 0)  # one past each instance's last change in the list of changes
     final = torch.full_like(changes, height * width)  # the run after the last change, up to the frame's end
     if slots:
         final -= torch.where(changes > 0, index[(last - 1).clamp(0, slots - 1)], 0)
     dump = slots + count  # where changes past the capacity, and final runs after them, are written
     runs = torch.zeros(dump + 1, dtype=torch.int64, device=device)
-    runs.scatter_(0, torch.where(found, torch.arange(slots, device=device) + instance, dump), index - previous)
+    runs.scatter_(0, torch.where(found, torch.arange(len(at), device=device) + instance, dump), index - previous)
     runs.scatter_(0, (last + torch.arange(count, device=device)).clamp(max=dump), final)
     return torch.cat([changes, runs[:dump]]).to(torch.int32)
 
