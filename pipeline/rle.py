@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+from pycocotools import _mask as coco_c
 from pycocotools import mask as coco_mask
 
 
@@ -33,6 +36,15 @@ def encode_window(window: np.ndarray, y: int, x: int, height: int, width: int) -
     if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the frame's last pixel
         counts = counts[:-1]
     return coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)["counts"]
+
+
+def from_counts(runs: Sequence[np.ndarray], height: int, width: int) -> list[bytes]:
+    """Compressed COCO RLE strings of masks given as their run lengths (column-major, starting with a run of
+    zeros, as pycocotools' `encode` counts them): one pycocotools call for all of them."""
+    if not runs:
+        return []
+    size = [int(height), int(width)]
+    return [made["counts"] for made in coco_c.frUncompressedRLE([{"size": size, "counts": r} for r in runs], *size)]
 
 
 def decode(counts: bytes, height: int, width: int) -> np.ndarray:

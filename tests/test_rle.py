@@ -30,3 +30,13 @@ def test_empty_stack_and_bad_shape():
     assert rle.encode(np.zeros((0, 8, 8), dtype=bool)) == []
     with pytest.raises(ValueError):
         rle.encode(np.zeros((8, 8), dtype=bool))
+
+
+def test_from_counts_is_pycocotools_bytes():
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 7, 9)) > 0.5
+    masks[0] = True  # starts with an empty run of zeros
+    flat = masks.transpose(0, 2, 1).reshape(3, -1).astype(np.int8)
+    runs = [np.diff(np.concatenate([[0], np.flatnonzero(np.diff(np.concatenate([[0], f]))), [f.size]])) for f in flat]
+    assert rle.from_counts(runs, 7, 9) == rle.encode(masks)
+    assert rle.from_counts([], 7, 9) == []

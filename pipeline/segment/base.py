@@ -89,9 +89,10 @@ class SegmenterSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class FrameMasks:
-    """Instances found in one frame, masks at the source frame's display size: either whole frames (`masks`), or
-    each instance's mask inside a window of the frame (`windows`, placed at `origins`, zero outside them), which
-    is what the device backend hands over instead of K whole frames. `full()` and `rle()` read either."""
+    """Instances found in one frame, masks at the source frame's display size, held one of three ways: whole
+    frames (`masks`); each instance's mask inside a window of the frame (`windows`, placed at `origins`, zero
+    outside them); or each instance's COCO RLE already made (`rles`, e.g. from runs computed on the device). The
+    last two need the frame's `size`. `full()` and `rle()` read any of them."""
 
     xyxy: np.ndarray  # (K, 4) float32 pixel box x1, y1, x2, y2
     conf: np.ndarray  # (K,) float32 score
@@ -100,11 +101,18 @@ class FrameMasks:
     windows: tuple[np.ndarray, ...] = ()  # or K (h_k, w_k) bool windows …
     origins: np.ndarray | None = None  # … with their top-left corners (K, 2) int (y, x) …
     size: tuple[int, int] | None = None  # … in a frame of (H, W)
+    rles: tuple[bytes, ...] | None = None  # or K pycocotools compressed RLE strings of (H, W) = `size` masks
 
     def __post_init__(self) -> None:
         count = len(self.conf)
-        if self.masks is None and (len(self.windows) != count or self.size is None or self.origins is None
-                                   or self.origins.shape != (count, 2)):
+        if self.rles is not None:
+            if self.masks is not None or self.windows:
+                raise ValueError("FrameMasks takes one of `masks`, `windows` or `rles`, not several")
+            if (len(self.rles) != count or self.size is None
+                    or not all(isinstance(counts, bytes) for counts in self.rles)):
+                raise ValueError(f"FrameMasks of {count} instances needs an RLE string (bytes) each and a size")
+        elif self.masks is None and (len(self.windows) != count or self.size is None or self.origins is None
+                                     or self.origins.shape != (count, 2)):
             raise ValueError(f"FrameMasks of {count} instances needs `masks`, or a window and origin each and a size")
 
     def __len__(self) -> int:
@@ -116,14 +124,20 @@ class FrameMasks:
             return self.masks
         height, width = self.size
         out = np.zeros((len(self), height, width), dtype=bool)
+        if self.rles is not None:
+            for k, counts in enumerate(self.rles):
+                out[k] = rle.decode(counts, height, width)
+            return out
         for k, (window, (y, x)) in enumerate(zip(self.windows, self.origins.tolist())):
             out[k, y:y + window.shape[0], x:x + window.shape[1]] = window
         return out
 
     def rle(self) -> list[bytes]:
-        """COCO compressed RLE counts of every instance's whole-frame mask (pycocotools' bytes, either way)."""
+        """COCO compressed RLE counts of every instance's whole-frame mask (pycocotools' bytes, any way held)."""
         if self.masks is not None:
             return rle.encode(self.masks)
+        if self.rles is not None:
+            return list(self.rles)
         return [rle.encode_window(window, y, x, *self.size) for window, (y, x) in zip(self.windows, self.origins.tolist())]
 
     @classmethod

@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as coco_mask
+
+from pipeline import rle
+from pipeline.segment import device_rle
+from pipeline.segment.base import FrameMasks
+
+
+def _reference(whole: np.ndarray) -> tuple[list[np.ndarray], list[bytes]]:
+    """pycocotools' bytes of (K, H, W) masks, and their counts by definition: the gaps between the changes of
+    the column-major pixels, starting from a zero before the first."""
+    flat = whole.transpose(0, 2, 1).reshape(len(whole), -1).astype(np.int8)
+    counts = []
+    for pixels in flat:
+        changes = np.flatnonzero(np.diff(np.concatenate([[0], pixels])))
+        counts.append(np.diff(np.concatenate([[0], changes, [len(pixels)]])))
+    encoded = coco_mask.encode(np.asfortranarray(whole.transpose(1, 2, 0).astype(np.uint8)))
+    return counts, [made["counts"] for made in encoded]
+
+
+def _case(windows, origin, extent, height, width, capacity=None):
+    """The device function's counts and bytes next to pycocotools' for windows (K, h, w) at origin (x, y)."""
+    whole = np.zeros((len(windows), height, width), dtype=bool)
+    for k, ((x, y), (w, h)) in enumerate(zip(origin, extent)):
+        whole[k, y:y + h, x:x + w] = windows[k, :h, :w]
+    args = (torch.from_numpy(windows), torch.from_numpy(np.asarray(origin)), torch.from_numpy(np.asarray(extent)),
+            height, width)
+    packed = device_rle.run_lengths(*args, capacity=capacity)
+    counts = device_rle.unpack(packed.numpy(), len(windows))
+    return counts, device_rle.encode(*args, capacity=capacity), *_reference(whole)
+
+
+def _assert_same(windows, origin, extent, height, width, capacity=None):
+    counts, encoded, ref_counts, ref_encoded = _case(windows, origin, extent, height, width, capacity)
+    if counts is not None:
+        assert [c.tolist() for c in counts] == [c.tolist() for c in ref_counts]
+    assert encoded == ref_encoded
+    assert rle.from_counts(ref_counts, height, width) == ref_encoded
+
+
+def test_random_windows_match_pycocotools():
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        height, width = (int(v) for v in rng.integers(1, 24, 2))
+        count = int(rng.integers(1, 6))
+        extent = np.stack([rng.integers(1, width + 1, count), rng.integers(1, height + 1, count)], 1)
+        origin = np.stack([rng.integers(0, width - extent[:, 0] + 1), rng.integers(0, height - extent[:, 1] + 1)], 1)
+        pad_w, pad_h = extent.max(0) + rng.integers(0, 3, 2)  # padding past the largest window
+        windows = rng.random((count, pad_h, pad_w)) < rng.random()  # padding holds ones that must not count
+        capacity = None if trial % 2 else device_rle.capacity(extent[:, 0])  # both ways of sizing the result
+        _assert_same(windows, origin, extent, height, width, capacity)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 7), (7, 1), (5, 6)])
+def test_edges_and_extremes(height, width):
+    rng = np.random.default_rng(height * 10 + width)
+    shapes = {(h, w) for h in (1, height) for w in (1, width)}
+    for h, w in sorted(shapes):
+        for x, y in {(0, 0), (width - w, 0), (0, height - h), (width - w, height - h)}:  # every frame corner
+            for fill in ("empty", "ones", "random"):
+                window = (np.zeros((1, h, w), bool) if fill == "empty" else np.ones((1, h, w), bool) if fill == "ones"
+                          else rng.random((1, h, w)) < 0.5)
+                _assert_same(window, [[x, y]], [[w, h]], height, width)
+
+
+def test_runs_cross_columns_at_the_bottom_row_and_in_full_height_windows():
+    height, width = 6, 5
+    window = np.zeros((1, 3, 3), bool)
+    window[0, 2, 0] = window[0, 0, 1] = True  # bottom of one column, then top of the next: two runs (gap above)
+    _assert_same(window, [[1, 3]], [[3, 3]], height, width)
+    full = np.zeros((1, height, 3), bool)
+    full[0, -1, 0] = full[0, 0, 1] = True  # full height: the same two pixels are one run across the columns
+    full[0, :, 2] = True
+    _assert_same(full, [[1, 0]], [[3, height]], height, width)
+    _assert_same(full, [[2, 0]], [[3, height]], height, width)  # … ending on the frame's last pixel
+
+
+def test_padding_is_ignored():
+    window = np.ones((2, 9, 9), bool)  # each padded with ones past its true size
+    origin, extent = [[0, 0], [4, 2]], [[2, 3], [5, 4]]
+    counts, encoded, ref_counts, ref_encoded = _case(window, origin, extent, 8, 10)
+    assert encoded == ref_encoded and rle.area(encoded[0], 8, 10) == 6 and rle.area(encoded[1], 8, 10) == 20
+
+
+def test_a_small_capacity_is_reported_and_the_batch_redone_exactly():
+    rng = np.random.default_rng(3)
+    windows = rng.random((3, 10, 10)) < 0.5  # ragged: many changes per column
+    origin, extent = [[0, 0], [5, 2], [1, 1]], [[10, 10], [4, 7], [8, 8]]
+    args = (torch.from_numpy(windows), torch.tensor(origin), torch.tensor(extent), 12, 14)
+    assert device_rle.unpack(device_rle.run_lengths(*args, capacity=10).numpy(), 3) is None
+    batch = device_rle.RunBatch(12, 14)
+    batch.add(*args[:3], capacity=10)
+    batch.add(*args[:3])
+    batch.add(*(a[:1] for a in args[:3]), capacity=100)
+    runs = batch.fetch()
+    _, reference = _reference(FrameMasks(xyxy=np.zeros((3, 4)), conf=np.zeros(3), cls=np.zeros(3), size=(12, 14),
+                                         windows=tuple(win[:h, :w] for win, (w, h) in zip(windows, extent)),
+                                         origins=np.asarray(origin)[:, ::-1]).full())
+    assert rle.from_counts(runs, 12, 14) == reference + reference + reference[:1]
+
+
+def test_no_windows():
+    at = torch.zeros((0, 2), dtype=torch.long)
+    empty = torch.zeros((0, 4, 4), dtype=torch.bool), at, at
+    assert device_rle.encode(*empty, 8, 8) == [] and device_rle.encode(*empty, 8, 8, capacity=5) == []
+    assert device_rle.RunBatch(8, 8).fetch() == []
+    nothing = torch.zeros((2, 0, 3), dtype=torch.bool), at.new_zeros((2, 2)), at.new_ones((2, 2))  # zero rows
+    assert device_rle.encode(*nothing, 8, 8) == rle.encode(np.zeros((2, 8, 8), bool))
+
+
+def test_rejects_what_it_cannot_encode():
+    window, at = torch.ones((1, 2, 2), dtype=torch.bool), torch.zeros((1, 2), dtype=torch.long)
+    with pytest.raises(ValueError, match="bool windows"):
+        device_rle.run_lengths(window.byte(), at, at + 2, 4, 4)
+    with pytest.raises(ValueError, match="int32"):
+        device_rle.run_lengths(window, at, at + 2, 1 << 16, 1 << 15)
+
+
+def test_frame_masks_carry_rles():
+    rng = np.random.default_rng(1)
+    masks = rng.random((3, 9, 11)) < 0.4
+    counts = rle.encode(masks)
+    found = FrameMasks(xyxy=np.zeros((3, 4), np.float32), conf=np.ones(3, np.float32), cls=np.zeros(3, np.int16),
+                       rles=tuple(counts), size=(9, 11))
+    assert found.rle() == counts and len(found) == 3
+    np.testing.assert_array_equal(found.full(), masks)
+    none = FrameMasks(xyxy=np.zeros((0, 4)), conf=np.zeros(0), cls=np.zeros(0), rles=(), size=(9, 11))
+    assert none.full().shape == (0, 9, 11) and none.rle() == []
+    base = dict(xyxy=np.zeros((3, 4)), conf=np.zeros(3), cls=np.zeros(3))
+    with pytest.raises(ValueError, match="an RLE string"):
+        FrameMasks(**base, rles=tuple(counts[:2]), size=(9, 11))
+    with pytest.raises(ValueError, match="an RLE string"):
+        FrameMasks(**base, rles=tuple(counts))  # no size
+    with pytest.raises(ValueError, match="an RLE string"):
+        FrameMasks(**base, rles=tuple(c.decode() for c in counts), size=(9, 11))
+    with pytest.raises(ValueError, match="not several"):
+        FrameMasks(**base, rles=tuple(counts), masks=masks, size=(9, 11))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(2)
+    windows = rng.random((16, 40, 30)) < 0.3
+    extent = np.stack([rng.integers(1, 31, 16), rng.integers(1, 41, 16)], 1)
+    origin = np.stack([rng.integers(0, 64 - extent[:, 0] + 1), rng.integers(0, 48 - extent[:, 1] + 1)], 1)
+    cpu = (torch.from_numpy(windows), torch.from_numpy(origin), torch.from_numpy(extent))
+    cuda = tuple(t.cuda() for t in cpu)
+    for capacity in (None, device_rle.capacity(extent[:, 0]), 5):
+        assert device_rle.encode(*cuda, 48, 64, capacity=capacity) == device_rle.encode(*cpu, 48, 64)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # with a capacity, nothing in it waits for the device
+    try:
+        packed = device_rle.run_lengths(*cuda, 48, 64, capacity=device_rle.capacity(extent[:, 0]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert device_rle.unpack(packed.cpu().numpy(), 16) is not None
