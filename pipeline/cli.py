@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--device", type=device, default="cpu", help="cpu, cuda (one worker per visible GPU) or cuda:N")
     masks.add_argument("--batch", type=positive_int, default=16, help="frames per model call")
     masks.add_argument("--decoders", type=positive_int, help="clips decoded at once per worker, their frames packed "
-                       "into shared model batches (default: 1 on CPU; on CUDA the cores per GPU, 2 to 8)")
+                       "into shared model batches (default: 1 on CPU; on CUDA one per core of the GPU worker's "
+                       "share, 1 to 8)")
     masks.add_argument("--fps", type=positive_float, help="resample to this frame rate (default: every frame)")
     masks.add_argument("--short-side", type=positive_int, help="resize frames for inference to this short side")
     masks.add_argument("--conf", type=unit_float, default=0.25, help="yolo score threshold")

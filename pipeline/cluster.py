@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.gpu_workers import (
+    CORES_ENV,
+    CUDA_CONTEXT_BYTES,
+    GPUS_PER_JOB_ENV,
+    RUNTIME_BYTES,
+    CoreShare,
+    gib,
+    memory_need,
+)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("slurm", "pbs", "sge")
-GPUS_PER_JOB_ENV = "PIPELINE_GPUS_PER_JOB"  # read by pipeline.gpu_preload in each worker
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +55,12 @@ class ClusterSpec:
 
     def threads_per_worker(self) -> int:
         return max(1, self.cores // self.workers_per_job())
+
+    def worker_memory(self) -> int:
+        """Each worker's Dask memory limit: the job's memory ÷ its workers (dask-jobqueue's rule)."""
+        from dask.utils import parse_bytes
+
+        return parse_bytes(self.memory) // self.workers_per_job()
 
 
 def load_cluster_spec(path: Path, kind: str, *, max_jobs: int | None = None) -> ClusterSpec:
@@ -75,9 +90,27 @@ def load_cluster_spec(path: Path, kind: str, *, max_jobs: int | None = None) -> 
         raise InputError(f"{path}: need 0 <= min_jobs <= max_jobs and max_jobs >= 1, got {spec.min_jobs}..{spec.max_jobs}")
     try:
         walltime_seconds(spec.walltime)
+        check_gpu_memory(spec, warn=False)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     return spec
+
+
+def check_gpu_memory(spec: ClusterSpec, *, warn: bool = True) -> None:
+    """A GPU job's memory per worker against what a GPU worker needs (pipeline.gpu_workers): InputError below a
+    CUDA context and the runtime (no worker could run); with `warn`, a warning below that plus the frames in
+    flight of 1080p sources at the default BATCH and the worker's share of the cores."""
+    if not spec.gpus:
+        return
+    workers, each = spec.workers_per_job(), spec.worker_memory()
+    need = memory_need(decoders=CoreShare(cores=spec.threads_per_worker(), source="cores").decoders)
+    advice = (f"memory {spec.memory} over {workers} GPU worker(s) is {gib(each)} each, and a GPU worker needs "
+              f"{need.describe()}: set memory to at least {math.ceil(need.limit() * workers / 1e9)}GB, or fewer "
+              "gpus (or processes) per job")
+    if each < CUDA_CONTEXT_BYTES + RUNTIME_BYTES:
+        raise InputError(advice)
+    if warn and each < need.limit():
+        log.warning("%s (smaller frames need less: SHORT_SIDE, or BATCH)", advice)
 
 
 def walltime_seconds(walltime: str) -> int:
@@ -101,10 +134,12 @@ def scheduler_http(dashboard: str | None) -> dict:
 
 def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool = True):
     """A dask-jobqueue cluster for `spec`, scaling adaptively between its min and max jobs (unless not `adapt`:
-    then it submits nothing until scaled)."""
+    then it submits nothing until scaled). GPU workers are told their GPU count and share of the cores
+    (pipeline.gpu_workers); a job whose memory cannot hold them is refused, or warned about."""
     import dask_jobqueue
 
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster, "sge": dask_jobqueue.SGECluster}[spec.kind]
+    check_gpu_memory(spec)
     workers = spec.workers_per_job()
     walltime = walltime_seconds(spec.walltime)  # retire before the batch system kills the job
     worker_args = ["--lifetime", f"{walltime - min(300, walltime // 10)}s", "--lifetime-stagger", f"{min(60, walltime // 20)}s"]
@@ -112,7 +147,7 @@ def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool 
     setup = list(spec.setup)
     if spec.gpus:
         worker_args += ["--resources", "GPU=1", "--preload", "pipeline.gpu_preload"]
-        setup.append(f"export {GPUS_PER_JOB_ENV}={spec.gpus}")
+        setup += [f"export {GPUS_PER_JOB_ENV}={spec.gpus}", f"export {CORES_ENV}={spec.threads_per_worker()}"]
         if spec.kind == "slurm" and not any("gres" in d or "gpus" in d for d in directives):
             directives.append(f"--gres=gpu:{spec.gpus}")
     options = dict(

@@ -208,16 +208,36 @@ def _release_on_close(client: "distributed.Client") -> None:  # noqa: F821
 
 def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "distributed.SpecCluster":  # noqa: F821
     """A local cluster of one single-threaded worker process per GPU: each sees only its GPU (as cuda:0)
-    through CUDA_VISIBLE_DEVICES and declares the resource GPU=1, so a GPU task owns the whole device."""
+    through CUDA_VISIBLE_DEVICES and declares the resource GPU=1, so a GPU task owns the whole device. Each
+    is told its share of this process's cores (pipeline.gpu_workers) and gets an equal share of the memory."""
     from distributed import Nanny, Scheduler, SpecCluster
 
+    env, memory = gpu_worker_shares(len(gpus))
     workers = {
-        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1},
-                                                "env": {"CUDA_VISIBLE_DEVICES": gpu, LOCAL_WORKER: "1"}}}
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {GPU: 1}, "memory_limit": memory,
+                                                "env": {"CUDA_VISIBLE_DEVICES": gpu, LOCAL_WORKER: "1", **env}}}
         for gpu in gpus
     }
     scheduler = {"cls": Scheduler, "options": scheduler_http(dashboard)}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
+
+
+def gpu_worker_shares(workers: int) -> tuple[dict[str, str], int]:
+    """What each of `workers` local GPU workers gets: its share of the cores (as the environment tells it) and
+    of this machine's memory (its Dask memory limit, instead of Dask's default, memory × 1 thread ÷ cores),
+    warning when that cannot hold a GPU worker with 1080p frames at the default BATCH."""
+    from distributed.system import MEMORY_LIMIT
+
+    from pipeline.gpu_workers import CORES_ENV, CoreShare, available_cores, gib, memory_need
+
+    share = CoreShare(cores=max(1, available_cores() // workers), source="local")
+    memory = MEMORY_LIMIT // workers
+    need = memory_need(decoders=share.decoders)
+    if memory < need.limit():
+        log.warning("%d GPU worker(s) share %s of memory, %s each, and a GPU worker needs %s; workers may be "
+                    "paused or restarted by Dask (smaller frames need less: SHORT_SIDE, or BATCH)", workers,
+                    gib(MEMORY_LIMIT), gib(memory), need.describe())
+    return {CORES_ENV: str(share.cores)}, memory
 
 
 def require_resources(client: "distributed.Client", resources: dict[str, float]) -> None:  # noqa: F821

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.cluster import GPUS_PER_JOB_ENV
+from pipeline.gpu_workers import GPUS_PER_JOB_ENV
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ pinning per worker, and a real single-node SLURM running the masks stage while o
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import threading
@@ -64,7 +65,7 @@ def test_gpu_jobs_run_one_gpu_worker_per_gpu():
                        setup=("module load cuda",), directives=("--constraint=a100",))
     script = job_script(spec)
     for line in ("#SBATCH -p gpu", "#SBATCH -A lab", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=a100", "#SBATCH -t 02:00:00",
-                 "module load cuda", "export PIPELINE_GPUS_PER_JOB=2"):
+                 "module load cuda", "export PIPELINE_GPUS_PER_JOB=2", "export PIPELINE_CORES_PER_GPU=8"):
         assert line in script.splitlines(), line
     for args in ("--nworkers 2", "--nthreads 8", "--resources GPU=1", "--preload pipeline.gpu_preload", "--lifetime 6900s"):
         assert args in script, args
@@ -75,7 +76,31 @@ def test_gpu_jobs_run_one_gpu_worker_per_gpu():
 def test_cpu_jobs_run_one_single_threaded_worker_per_core():
     script = job_script(ClusterSpec(kind="sge", cores=4, memory="8GB", account="proj"))
     assert "--nworkers 4" in script and "--nthreads 1" in script and "#$ -P proj" in script
-    assert "GPU=1" not in script and "gpu_preload" not in script
+    assert "GPU=1" not in script and "gpu_preload" not in script and "PIPELINE_CORES_PER_GPU" not in script
+
+
+def test_gpu_jobs_whose_memory_cannot_hold_a_gpu_worker_are_refused_naming_the_file(tmp_path):
+    """The review's case: 32GB over 8 GPU workers is 4 GB each, less than a CUDA context and the runtime."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("cores: 8\nmemory: 32GB\ngpus: 8\n")
+    with pytest.raises(InputError, match="memory 32GB over 8 GPU worker.* is 3.7 GiB each") as err:
+        load_cluster_spec(path, "slurm")
+    assert str(path) in str(err.value) and "set memory to at least 64GB" in str(err.value)
+    with pytest.raises(InputError, match="a GPU worker needs a memory limit of 7.4 GiB"):
+        job_cluster(ClusterSpec(kind="slurm", cores=8, memory="32GB", gpus=8), adapt=False)
+    path.write_text("cores: 8\nmemory: 64GB\ngpus: 8\n")
+    assert load_cluster_spec(path, "slurm").gpus == 8
+
+
+def test_gpu_jobs_with_room_for_a_worker_but_not_for_1080p_frames_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
+        assert "--memory-limit 6.00GiB" in job_script(ClusterSpec(kind="slurm", cores=8, memory="12GiB", gpus=2))
+    assert "is 6.0 GiB each, and a GPU worker needs a memory limit of 7.8 GiB" in caplog.text
+    assert "SHORT_SIDE" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
+        job_script(ClusterSpec(kind="slurm", cores=8, memory="24GB", gpus=2))
+    assert not caplog.records
 
 
 def test_each_worker_of_a_gpu_job_owns_one_of_its_gpus():

@@ -12,7 +12,7 @@ from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.masks import MASK_SCHEMA, read_clips, run_masks
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
-from pipeline.segment.yolo import select_classes
+from pipeline.segment.yolo import YoloSegmenter, select_classes, torch_device
 from tests.test_masks_stage import config
 
 
@@ -109,6 +109,96 @@ def test_class_selection():
     assert select_classes(names, ("car", "3")) == [0, 2, 3]
     with pytest.raises(SegmenterLoadError, match="unknown object class 'tram'"):
         select_classes(names, ("tram",))
+
+
+def fresh_yolo(model: str) -> YoloSegmenter:
+    """A new (uncached) YOLO segmenter whose seeded random weights give detections on the sample photos; a
+    yolo26 one is end-to-end, as its trained checkpoints load (built from the yaml, it has both heads and
+    uses the one-to-many)."""
+    torch.manual_seed(0)
+    segmenter = YoloSegmenter(SegmenterSpec(backend="yolo", model=model, conf=0.01, max_det=5))
+    head = segmenter.model.model.model[-1]
+    for branch in [*head.cv3, *getattr(head, "one2one_cv3", ())]:
+        branch[-1].bias.data.fill_(-2.0)
+    segmenter.model.model.end2end = model.startswith("yolo26")
+    return segmenter
+
+
+def outputs(results) -> list[tuple]:
+    return [(r.cls.tolist(), r.xyxy.tolist(), r.conf.tolist(), r.rle()) for r in results]
+
+
+@pytest.mark.parametrize("model", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])  # yolo26: an end-to-end head
+@pytest.mark.parametrize("first", ["predict", "device"])
+def test_predict_and_the_device_path_each_give_what_they_give_alone(model, first):
+    """Either order, on one segmenter, gives each path's results alone; the device path holds its own copy of
+    the network (no parameter shared with the one predict() is handed), and switching off an end-to-end head
+    for it leaves predict()'s network as it was."""
+    batch = photo_batch("zidane.jpg", 320, 240, frames=2)
+    alone = {"predict": outputs(fresh_yolo(model).predict(batch)),
+             "device": outputs(fresh_yolo(model).on_device(batch.frames, batch.height, batch.width))}
+    assert alone["device"] and any(found[0] for found in alone["predict"])
+    both = fresh_yolo(model)
+    end2end = getattr(both.model.model, "end2end", False)
+    run = {"predict": lambda: both.predict(batch), "device": lambda: both.on_device(batch.frames, 240, 320)}
+    second = "device" if first == "predict" else "predict"
+    assert outputs(run[first]()) == alone[first]
+    assert outputs(run[second]()) == alone[second]
+    assert outputs(run[first]()) == alone[first]
+    assert getattr(both.model.model, "end2end", False) == end2end
+    assert end2end == (model == "yolo26n-seg.yaml")
+    held = {p.data_ptr() for p in both.on_device.model.parameters()}
+    assert not held & {p.data_ptr() for p in both.model.model.parameters()}
+    assert not held & {p.data_ptr() for p in both.model.predictor.model.parameters()}
+
+
+def test_predict_is_handed_the_explicit_torch_device(monkeypatch):
+    """A torch.device, which ultralytics uses as it is; a string such as "1" makes ultralytics 8.4.8 set
+    CUDA_VISIBLE_DEVICES (too late once CUDA has started) and run on GPU 0."""
+    import ultralytics.engine.predictor as predictor
+
+    asked = []
+    select = predictor.select_device
+    monkeypatch.setattr(predictor, "select_device", lambda device, **kw: asked.append(device) or select(device, **kw))
+    segmenter = fresh_yolo("yolo11n-seg.yaml")
+    segmenter.predict(photo_batch("bus.jpg", 240, 320, frames=1))
+    assert asked == [torch.device("cpu")] and isinstance(asked[0], torch.device)
+    assert segmenter.on_device.device == torch.device("cpu")
+
+
+def pretend_gpus(monkeypatch, count: int) -> list[int]:
+    """torch says `count` CUDA devices are there; returns the devices made current (torch.cuda.set_device)."""
+    current: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
+
+
+def test_devices_are_explicit_torch_devices_and_refused_when_absent(monkeypatch):
+    assert torch_device("cpu") == torch.device("cpu")
+    with pytest.raises(SegmenterLoadError, match="expected cpu, cuda or cuda:N"):
+        torch_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SegmenterLoadError, match="no CUDA device is visible; use DEVICE=cpu"):
+        torch_device("cuda:1")
+    pretend_gpus(monkeypatch, 2)
+    assert torch_device("cuda") == torch.device("cuda", 0)
+    assert torch_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(SegmenterLoadError, match="only 2 CUDA device"):
+        torch_device("cuda:2")
+
+
+def test_ultralytics_selects_the_torch_device_it_is_given_and_leaves_cuda_visible_devices(monkeypatch):
+    """What the predict path relies on, in the ultralytics installed (≥ 8.4.8): DEVICE=cuda:1 runs on cuda:1."""
+    import ultralytics.utils.torch_utils as torch_utils
+
+    current = pretend_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch_utils, "get_gpu_info", lambda index: "pretend GPU", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert torch_utils.select_device(torch_device("cuda:1"), verbose=False) == torch.device("cuda", 1)
+    assert current in ([], [1])  # made current (8.4.190) or left alone (8.4.8)
+    assert torch_utils.os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
 
 @pytest.mark.gpu

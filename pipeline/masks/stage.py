@@ -5,6 +5,7 @@ that fails there, or whose last try did not finish, is then tried alone, one cli
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -17,6 +18,8 @@ from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
 from pipeline.tracking import IouTracker, TrackOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,14 +128,17 @@ class MasksWork:
 
 
 def auto_decoders(device: str) -> int:
-    """Clips to decode at once: 1 on a CPU (the model takes the cores); on a GPU, the cores this process may
-    use per visible GPU, between 2 and 8 (PyAV decodes 340×256 at about 800 frames/s per core)."""
+    """Clips to decode at once: 1 on a CPU (the model takes the cores); on a GPU, one per core of this GPU
+    worker's share of its job's cores (pipeline.gpu_workers.core_share: the share a GPU job or local GPU
+    cluster sets, else the batch system's cores ÷ the job's GPUs, else this process's cores ÷ the machine's
+    GPUs), at most 8, at least 1. Never all the cores: a worker pinned to one GPU sees one GPU."""
     if not device.startswith("cuda"):
         return 1
-    import torch
+    from pipeline.gpu_workers import core_share
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, min(8, cores // max(1, torch.cuda.device_count())))
+    share = core_share()
+    log.debug("decoders: %d (%d cores per GPU worker, from %s)", share.decoders, share.cores, share.source)
+    return share.decoders
 
 
 def undecodable(clip: ClipRecord) -> ClipStatus | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,14 +31,13 @@ class YoloSegmenter:
             raise SegmenterLoadError(f"unknown YOLO inference {spec.inference!r}; use 'device' or 'predict'")
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        if spec.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SegmenterLoadError(f"device {spec.device!r} asked for, but no CUDA device is visible; use DEVICE=cpu")
+        self.device = torch_device(spec.device)
         self.model = _load(spec.model)
         self.names = _class_names(self.model)
         self.class_ids = select_classes(self.names, spec.object_classes)
-        self.half = spec.device.startswith("cuda")
-        self.device = _ultralytics_device(spec.device)
+        self.half = self.device.type == "cuda"
         self.precision = _precision_args(self.half)
+        self._device_model = None  # the device path's own copy of the network, taken at first use of either path
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
@@ -55,23 +55,35 @@ class YoloSegmenter:
 
     @property
     def on_device(self):
-        """The batched device path (pipeline/segment/yolo_device.py) over this segmenter's model."""
+        """The batched device path (pipeline/segment/yolo_device.py) over its own copy of this segmenter's
+        network: what it changes (an end-to-end head switched off, batch norms fused, the device and dtype) is
+        never what predict() runs, and predict() never moves it."""
         if self._on_device is None:
             from pipeline.segment.yolo_device import DeviceYolo
 
-            spec = self.spec
-            if getattr(self.model.model, "end2end", False):  # predict() runs NMS on the one-to-many head (unless
-                self.model.model.end2end = False  # told nms=False); switched before fusing, which drops the other
-            self._on_device = DeviceYolo(self.model.model.fuse(verbose=False), device=spec.device, half=self.half,
+            spec, network = self.spec, self._network_copy()
+            if getattr(network, "end2end", False):  # predict() runs NMS on the one-to-many head (unless told
+                network.end2end = False  # nms=False); switched before fusing, which drops the other head
+            self._on_device = DeviceYolo(network.fuse(verbose=False), device=self.device, half=self.half,
                                          conf=spec.conf, iou=spec.iou, max_det=spec.max_det, classes=self.class_ids,
                                          imgsz=spec.imgsz)
         return self._on_device
+
+    def _network_copy(self):
+        """The device path's copy of `self.model.model`, taken once, at the first use of either path: changes made
+        to the loaded network before then (the benchmark's calibration) reach both paths, and predict() cannot
+        reach the copy (ultralytics 8.4.8 moves, fuses and halves the module it is given in place; 8.4.190 copies
+        it first)."""
+        if self._device_model is None:
+            self._device_model = copy.deepcopy(self.model.model)
+        return self._device_model
 
     def predict(self, batch: FrameBatch) -> list[FrameMasks]:
         """The reference path: ultralytics' predict(), image by image around one batched forward (padded with
         black frames to the batch's capacity)."""
         from pipeline.segment.yolo_device import input_size
 
+        self._network_copy()  # before predict() first touches the network
         height, width = batch.frames.shape[1:3]
         imgsz = input_size(height, width, self.spec.imgsz)
         frames = [frame[..., ::-1] for frame in batch.frames]  # ultralytics takes numpy frames as BGR
@@ -83,7 +95,7 @@ class YoloSegmenter:
             iou=self.spec.iou,
             max_det=self.spec.max_det,
             classes=self.class_ids,
-            device=self.device,
+            device=self.device,  # a torch.device: ultralytics then leaves CUDA_VISIBLE_DEVICES alone (see torch_device)
             **self.precision,
             retina_masks=True,  # masks at the input frame size, not the letterboxed model size
             verbose=False,
@@ -155,7 +167,7 @@ def _class_names(model) -> dict[int, str]:
 
 
 def _precision_args(half: bool) -> dict:
-    """fp16 on CUDA: ultralytics ≥ 8.4 spells it `quantize=16`, older releases `half=True`."""
+    """fp16 on CUDA: ultralytics spells it `half=True` up to 8.4.48 at least, `quantize=16` from 8.4.95 at most."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     if "quantize" in DEFAULT_CFG_DICT:
@@ -163,11 +175,29 @@ def _precision_args(half: bool) -> dict:
     return {"half": half}
 
 
-def _ultralytics_device(device: str) -> str:
-    """ultralytics spells GPUs as indices: cuda → 0, cuda:1 → 1."""
-    if device == "cuda":
-        return "0"
-    return device.removeprefix("cuda:")
+def torch_device(device: str):
+    """DEVICE (cpu, cuda, cuda:N) as an explicit torch.device; `cuda` is GPU 0, as it is for ultralytics.
+
+    Both paths are handed this object. Given a string such as "1", ultralytics 8.4.8's select_device sets
+    CUDA_VISIBLE_DEVICES=1 (too late once CUDA has started, as it has here) and runs on cuda:0, i.e. GPU 0; given
+    a torch.device it uses that device as it is (8.4.190 selects the same index either way)."""
+    import torch
+
+    try:
+        found = torch.device(device)
+    except RuntimeError:
+        raise SegmenterLoadError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if found.type == "cpu":
+        return torch.device("cpu")
+    if found.type != "cuda":
+        raise SegmenterLoadError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise SegmenterLoadError(f"device {device!r} asked for, but no CUDA device is visible; use DEVICE=cpu")
+    found = torch.device("cuda", found.index or 0)
+    if found.index >= torch.cuda.device_count():
+        raise SegmenterLoadError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) "
+                                 "are visible (CUDA_VISIBLE_DEVICES counts from 0)")
+    return found
 
 
 def missing_weights_error(model: str, cause: Exception) -> SegmenterLoadError:
