@@ -33,9 +33,10 @@ def yolo_with_detections(spec: SegmenterSpec):
     they give max_det detections per frame; unseeded, about half of the random builds give no boxes at all."""
     torch.manual_seed(0)
     segmenter = load_segmenter(spec)
-    for branch in segmenter.model.model.model[-1].cv3:
-        branch[-1].bias.data.fill_(-2.0)
-    segmenter.model.predictor = None  # predict() set up again, from the biased model (not the warm-up's)
+    for network in (segmenter.model.model, segmenter.on_device.model):  # loaded (warmed up): each path's own copy
+        for branch in network.model[-1].cv3:
+            branch[-1].bias.data.fill_(-2.0)
+    segmenter.model.predictor = None  # predict() set up again, from the biased network (not the warm-up's)
     return segmenter
 
 
