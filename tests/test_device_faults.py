@@ -125,6 +125,16 @@ def test_every_wait_on_the_device_is_counted(checkpoint, monkeypatch):  # noqa: 
     frames = photo_clip(340, 256, 1).frames
     device = load_segmenter(spec(checkpoint)).on_device
     device(frames, 256, 340)  # the frame geometry's operators, made once
+    calls = count_waits(monkeypatch)
+    before = device.host_waits
+    found = device(frames, 256, 340, capacity=8)
+    assert sum(map(len, found)) > 0
+    assert device.host_waits - before == len(calls) == 4, calls
+
+
+def count_waits(monkeypatch) -> list[str]:
+    """From now on, a list of every call that makes the host wait for a CUDA device: a copy to the host, or a
+    result whose size the host needs."""
     calls = []
 
     def counting(name, function):
@@ -133,10 +143,7 @@ def test_every_wait_on_the_device_is_counted(checkpoint, monkeypatch):  # noqa: 
             return function(*args, **kwargs)
         return wrapped
 
-    for name in ("cpu", "tolist", "item"):
+    for name in ("cpu", "tolist", "item", "nonzero"):
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     monkeypatch.setattr(torch, "nonzero", counting("nonzero", torch.nonzero))
-    before = device.host_waits
-    found = device(frames, 256, 340, capacity=8)
-    assert sum(map(len, found)) > 0
-    assert device.host_waits - before == len(calls) == 4, calls
+    return calls

@@ -4,8 +4,11 @@ import torch
 from pycocotools import mask as coco_mask
 
 from pipeline import rle
-from pipeline.segment import device_rle
+from pipeline.segment import device_rle, load_segmenter
 from pipeline.segment.base import FrameMasks
+from tests.test_device_faults import count_waits
+from tests.test_fixed_batches import checkpoint, spec  # noqa: F401 - the lively checkpoint fixture
+from tests.test_yolo_device import clip as photo_clip
 
 
 def _reference(whole: np.ndarray) -> tuple[list[np.ndarray], list[bytes]]:
@@ -156,3 +159,22 @@ def test_cuda_matches_cpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert device_rle.unpack(packed.cpu().numpy(), 16) is not None
+
+
+def test_the_device_path_hands_over_the_same_rle_made_on_the_device(checkpoint, monkeypatch):  # noqa: F811
+    """YOLO's masks as runs made on the device (what CUDA does) are the bytes the host makes from the windows."""
+    import pipeline.segment.yolo_device as yolo_device
+
+    frames = photo_clip(340, 256, 1).frames
+    device = load_segmenter(spec(checkpoint)).on_device
+    windows = device(frames, 256, 340, capacity=8)
+    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ("cuda", "cpu"))
+    calls = count_waits(monkeypatch)
+    before = device.host_waits
+    runs = device(frames, 256, 340, capacity=8)
+    assert device.host_waits - before == len(calls) >= 4, calls  # more when a chunk's runs outgrow their room
+    assert sum(map(len, runs)) > 0
+    for a, b in zip(runs, windows):
+        assert a.rles is not None and b.rles is None
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()

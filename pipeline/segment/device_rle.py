@@ -124,6 +124,7 @@ class RunBatch:
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width
         self._chunks: list[_Chunk] = []
+        self.copies = 0  # copies to the host the last `fetch` made (each one a wait on the device)
 
     def add(self, windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, *,
             capacity: int | None = None) -> None:
@@ -136,6 +137,7 @@ class RunBatch:
         if not self._chunks:
             return []
         host = torch.cat([chunk.packed for chunk in self._chunks]).cpu().numpy()
+        self.copies = 1
         out, start = [], 0
         for chunk in self._chunks:
             count = len(chunk.windows)
@@ -147,6 +149,7 @@ class RunBatch:
                           count, chunk.capacity)
                 exact = run_lengths(chunk.windows, chunk.origin, chunk.extent, self.height, self.width)
                 runs = unpack(exact.cpu().numpy(), count)
+                self.copies += 2  # the exact size (torch.nonzero), then the copy
             out.extend(runs)
             start += size
         self._chunks.clear()

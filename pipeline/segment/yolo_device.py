@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from pipeline import rle
+from pipeline.segment import device_rle
 from pipeline.segment.base import FrameMasks
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
@@ -40,6 +42,7 @@ MAX_WH = 7680  # ultralytics' per-class box offset in NMS
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
 NMS_ONE_CALL = 16384  # CUDA: candidates of a batch that go through one NMS call (its all-pairs work grows as n²)
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
+DEVICE_RLE = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CPU, encoding windows is faster)
 
 
 def input_size(height: int, width: int, imgsz: int | None) -> int:
@@ -303,14 +306,17 @@ class DeviceYolo:
         if not len(chosen):
             return [FrameMasks.empty(height, width) for _ in range(frames)]
         meta = meta[chosen]
-        windows = self._windows(found, proto, origin, chosen, meta[:, 7:11].astype(np.int64), geometry, height, width)
-        return _per_frame(meta, windows, frames, height, width)
+        masks = self._windows(found, proto, origin, extent, chosen, meta[:, 7:11].astype(np.int64), geometry, height,
+                              width)
+        return _per_frame(meta, masks, frames, height, width)
 
-    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, chosen: np.ndarray,
-                 places: np.ndarray, geometry: Geometry, height: int, width: int) -> list[np.ndarray]:
-        """(h_k, w_k) bool windows of the `chosen` instances at `places` ((x, y, w, h) each). Each is assembled at
-        padded sizes that depend on its own extent only (`ladder`), together with the others of the same padded
-        size, as many as WINDOW_BUDGET allows; all cross to the host in one copy."""
+    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor,
+                 chosen: np.ndarray, places: np.ndarray, geometry: Geometry, height: int, width: int
+                 ) -> list[np.ndarray] | list[bytes | None]:
+        """The `chosen` instances' masks, as (h_k, w_k) bool windows at `places` ((x, y, w, h) each), or on a
+        DEVICE_RLE device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
+        its own extent only (`ladder`), together with the others of the same padded size, as many as
+        WINDOW_BUDGET allows; all cross to the host in one copy (the windows, or their run lengths)."""
         rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                     proto.device)
         padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
@@ -319,15 +325,30 @@ class DeviceYolo:
         on_device = _to_device(chosen[order], proto.device)
         channels = proto.shape[1]
         chunks, assembled = [], []
+        runs = device_rle.RunBatch(height, width) if proto.device.type in DEVICE_RLE else None
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
             ph, pw = rows.span(h), cols.span(w)
             per = h * w + h * ph + h * pw + w * pw + (channels + 1) * ph * pw  # floats one window takes
             step = max(1, WINDOW_BUDGET // per)
             for at in range(begin, end, step):
-                chunk = on_device[at:min(end, at + step)]
-                assembled.append(_assemble(found.coeffs[chunk], proto, found.frame[chunk], found.xyxy[chunk],
-                                           origin[chunk], rows, cols, h, w, ph, pw).flatten())
-                chunks.append((order[at:min(end, at + step)], h, w))
+                chunk, members = on_device[at:min(end, at + step)], order[at:min(end, at + step)]
+                window = _assemble(found.coeffs[chunk], proto, found.frame[chunk], found.xyxy[chunk], origin[chunk],
+                                   rows, cols, h, w, ph, pw)
+                if runs is not None:
+                    runs.add(window, origin[chunk], extent[chunk], capacity=device_rle.capacity(places[members, 2]))
+                else:
+                    assembled.append(window.flatten())
+                chunks.append((members, h, w))
+        if runs is not None:
+            strings: list[bytes | None] = [None] * len(order)
+            made = runs.fetch()
+            self.host_waits += runs.copies
+            members = np.concatenate([members for members, _, _ in chunks])
+            kept = [k for k, counts in zip(members.tolist(), made) if len(counts) > 1]  # else one run of zeros
+            for k, string in zip(kept, rle.from_counts([made[i] for i, counts in enumerate(made) if len(counts) > 1],
+                                                       height, width)):
+                strings[k] = string
+            return strings
         flat = torch.cat(assembled).cpu().numpy()
         self.host_waits += 1
         windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
@@ -403,20 +424,25 @@ def _assemble(coeffs: torch.Tensor, proto: torch.Tensor, frame: torch.Tensor, bo
     return (window > 0) & inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def _per_frame(meta: np.ndarray, windows: list[np.ndarray], frames: int, height: int, width: int
+def _per_frame(meta: np.ndarray, masks: list[np.ndarray] | list[bytes | None], frames: int, height: int, width: int
                ) -> list[FrameMasks]:
-    """Split the batch's instances by frame (`meta`: frame, xyxy, conf, cls, x, y, w, h, rank); an instance whose
-    mask is empty is dropped (as predict() does)."""
+    """Split the batch's instances by frame (`meta`: frame, xyxy, conf, cls, x, y, w, h, rank), their masks as
+    windows or RLE strings; an instance whose mask is empty is dropped (as predict() does)."""
     frame = meta[:, 0].astype(np.int64)
     xyxy, conf, cls = meta[:, 1:5].copy(), meta[:, 5].copy(), meta[:, 6].astype(np.int16)
     origins = meta[:, 8:6:-1].astype(np.int64)  # (y, x)
-    kept = np.array([window.any() for window in windows], dtype=bool)
+    strings = not masks or not isinstance(masks[0], np.ndarray)
+    kept = np.array([mask is not None if strings else mask.any() for mask in masks], dtype=bool)
     out = []
     for i in range(frames):
         at = np.flatnonzero((frame == i) & kept)
         if not len(at):
             out.append(FrameMasks.empty(height, width))
             continue
-        out.append(FrameMasks(xyxy=xyxy[at], conf=conf[at], cls=cls[at], windows=tuple(windows[k] for k in at),
-                              origins=origins[at], size=(height, width)))
+        if strings:
+            out.append(FrameMasks(xyxy=xyxy[at], conf=conf[at], cls=cls[at], rles=tuple(masks[k] for k in at),
+                                  size=(height, width)))
+        else:
+            out.append(FrameMasks(xyxy=xyxy[at], conf=conf[at], cls=cls[at], windows=tuple(masks[k] for k in at),
+                                  origins=origins[at], size=(height, width)))
     return out
