@@ -53,8 +53,9 @@ class MasksConfig:
 
     def output_fields(self) -> dict[str, Any]:
         """What decides the stored masks; two runs agreeing on these may share a run folder. The weights count
-        by the SHA-256 of their content, so weights rewritten in place make a new run folder."""
-        return {
+        by the SHA-256 of their content, so weights rewritten in place make a new run folder; the batch size
+        counts for a segmenter whose masks depend on it."""
+        fields = {
             "dataset": self.dataset,
             "segmenter": self.segmenter.output_fields(),
             "weights": weights_digests(self.segmenter),
@@ -62,13 +63,20 @@ class MasksConfig:
             "short_side": self.decode.short_side,
             "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
         }
+        if self.segmenter.batch_shapes_masks:
+            fields["batch"] = self.batch_shape()
+        return fields
+
+    def batch_shape(self) -> dict[str, int]:
+        """What sets a model batch's size: BATCH frames, fewer where they would pass max_batch_mb."""
+        return {"frames": self.decode.batch, "max_mb": self.decode.max_batch_mb}
 
     def provenance(self) -> dict[str, Any]:
         """The settings as run.json records them: what the masks are made from (the run tag's fields: the
         backend's own settings, the weights by content and by where they were read, frame rate, size, tracking)
         and where the clips came from (dataset folder and reader options). Nothing that only selects or
-        schedules the work (splits, limit, overwrite, retries, workers, decoders, batch sizes, the device where
-        it does not change the masks), nor the output folder, tag or shard size (layout.json has that): a run
+        schedules the work (splits, limit, overwrite, retries, workers, decoders, batch sizes where they do not
+        change the masks, the device where it does not), nor the output folder, tag or shard size (layout.json has that): a run
         with other such flags keeps the same record. Each shard's stats keep what ran it (made_with)."""
         spec = self.segmenter
         read_from = {"model": spec.model} if spec.backend not in ("selfie",) else {"selfie_model": spec.selfie_model}
@@ -79,7 +87,8 @@ class MasksConfig:
             "root": self.root,
             "reader": dataclasses.asdict(self.reader),
             "segmenter": {**spec.output_fields(), "weights": weights_digests(spec), "weights_paths": read_from},
-            "decode": {"fps": self.decode.fps, "short_side": self.decode.short_side},
+            "decode": {"fps": self.decode.fps, "short_side": self.decode.short_side,
+                       **({"batch": self.batch_shape()} if spec.batch_shapes_masks else {})},
             "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
         }
 

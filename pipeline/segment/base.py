@@ -67,6 +67,13 @@ class SegmenterSpec:
             return self.object_classes != ()
         return None
 
+    @property
+    def batch_shapes_masks(self) -> bool:
+        """Whether the masks depend on the model batch's shape: YOLO's network runs every batch padded to one
+        size, and another size picks other kernels (their last bits, and so a few mask pixels, differ), as SAM's
+        encoder does; selfie runs frame by frame. A segmenter of your own is taken to run frame by frame."""
+        return self.backend == "yolo" or self.refine is not None
+
     def output_fields(self) -> dict[str, Any]:
         """The fields that shape the stored masks. Device and threads do not; weights count by their content
         (segment.weights_digests), not by where they lie, so the paths are left out too."""
