@@ -97,7 +97,8 @@ def memory_need(*, decoders: int, batch: int | None = None, frame: tuple[int, in
 
     options = DecodeOptions() if batch is None else DecodeOptions(batch=batch)
     feeder = Feeder(None, options, decoders=decoders, rows=None, overlap=True)  # only its bound is read
-    return MemoryNeed(frames=feeder.frames_in_flight, frame_bytes=frame[0] * frame[1] * 3)
+    frame_bytes = frame[0] * frame[1] * 3
+    return MemoryNeed(frames=feeder.frames_in_flight_at(frame_bytes), frame_bytes=frame_bytes)
 
 
 def limit_fraction() -> float:

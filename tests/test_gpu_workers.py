@@ -76,16 +76,22 @@ def test_the_masks_stage_decodes_its_share_on_cuda_and_one_clip_on_a_cpu(monkeyp
 @pytest.mark.parametrize("decoders, batch", [(1, 16), (8, 16), (8, 32)])
 def test_memory_need_is_a_cuda_context_the_runtime_and_the_feeders_frames_in_flight(decoders, batch):
     need = memory_need(decoders=decoders, batch=batch)
-    frames = Feeder(None, DecodeOptions(batch=batch), decoders=decoders, rows=None, overlap=True).frames_in_flight
+    feeder = Feeder(None, DecodeOptions(batch=batch), decoders=decoders, rows=None, overlap=True)
+    frames = feeder.frames_in_flight_at(1920 * 1080 * 3)
     assert need.frames == frames and need.frame_bytes == 1920 * 1080 * 3
     assert need.bytes == CUDA_CONTEXT_BYTES + RUNTIME_BYTES + frames * 1920 * 1080 * 3
     assert need.limit() == int(need.bytes / 0.8)  # Dask pauses a worker at 0.8 of its limit
     assert memory_need(decoders=decoders, batch=batch, frame=(256, 340)).bytes < need.bytes
 
 
-def test_the_review_figure_544_frames_at_1080p_is_3_gib():
+def test_frames_in_flight_are_capped_in_bytes():
+    """The review's 544 frames at 1080p (3.2 GiB: 8 decoders, BATCH=32) are 384 once pieces and batches are
+    capped in bytes as well as in frames (2.2 GiB), and 4K frames are held fewer at a time."""
     need = memory_need(decoders=8, batch=32)
-    assert need.frames == 544 and round(need.frames * need.frame_bytes / 2**30, 1) == 3.2
+    assert need.frames == 384 and round(need.frames * need.frame_bytes / 2**30, 1) == 2.2
+    four_k = memory_need(decoders=8, batch=32, frame=(2160, 3840))
+    assert four_k.frames == 112 and four_k.frames * four_k.frame_bytes < 3 * 2**30
+    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=True).frames_in_flight == 544
 
 
 def test_local_gpu_workers_get_their_share_of_the_cores_and_the_memory(monkeypatch, caplog):

@@ -64,18 +64,26 @@ class Feeder:
                  rows: Callable[[ClipRecord], ClipRows], overlap: bool = False) -> None:
         self.segmenter, self.decoders = segmenter, max(1, decoders)
         self.batch, self.batch_bytes = options.batch, options.max_batch_mb << 20
-        self.options = replace(options, batch=max(1, options.batch // self.decoders))  # a piece: one slot's share
+        self.options = replace(options, batch=max(1, options.batch // self.decoders),  # a piece: one slot's share
+                               max_batch_mb=max(1, options.max_batch_mb // self.decoders))
         self.rows, self.overlap = rows, overlap
         self.splits = 0  # batches split in two after running out of device memory
 
     @property
     def frames_in_flight(self) -> int:
-        """At most this many decoded frames are held at once: per decoder, the pieces queued ahead, the one its
-        thread waits to queue, the one it is filling and the one taken ahead; a batch being packed per frame
-        size (at most one per decoder); the batch being segmented; the batches behind (RLE and tracking, on
-        CUDA)."""
+        """At most this many decoded frames are held at once (frames small enough that no cap in bytes binds)."""
+        return self.frames_in_flight_at(1)
+
+    def frames_in_flight_at(self, frame_bytes: int) -> int:
+        """At most this many decoded frames of `frame_bytes` each are held at once: per decoder, the pieces queued
+        ahead, the one its thread waits to queue, the one it is filling and the one taken ahead; a batch being
+        packed per frame size (at most one per decoder); the batch being segmented; the batches behind (RLE and
+        tracking, on CUDA). Pieces and batches are capped in bytes too (a piece at its share of max_batch_mb),
+        so large frames are held fewer at a time."""
+        piece = min(self.options.batch, max(1, -(-(self.options.max_batch_mb << 20) // frame_bytes)))
+        batch = min(self.batch, max(1, -(-self.batch_bytes // frame_bytes)))
         behind = BEHIND + 1 if self.overlap else 0
-        return self.decoders * ((PREFETCH + 3) * self.options.batch + self.batch) + self.batch * (1 + behind)
+        return self.decoders * ((PREFETCH + 3) * piece + batch) + batch * (1 + behind)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
