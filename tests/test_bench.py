@@ -55,7 +55,7 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
     for size, masks in result["masks"].items():
         assert masks["clips"] == 1 and masks["rounds"] == 1 and masks["frames"] == 4, size  # the budget is spent
         assert masks["segmenter"]["max_det"] == "100" and masks["segmenter"]["classes"] == 80, size  # every class
-        assert masks["instances_per_frame"] > 5, size
+        assert 4 <= masks["instances_per_frame"] <= 16, size  # about --instances (8), not max_det
         for key in ("stage", "segment", "predict", "forward", "decode"):
             assert masks[f"{key}_frames_per_s"] > 0, (size, key)
         assert masks["host_waits_per_batch"] == {"stage": 3.0, "segment": 3.0}, size

@@ -4,7 +4,7 @@ forward and a bare decode, over the same clips.
 
 The frames `segment()` and the forward are timed on are decoded beforehand, at most `hold_bytes` of them (26 GB
 would be every frame of 32 × 300 at 720p); they are gone over again until as many frames as the stage's were
-timed. `predict()` is timed on them once. A model built from a .yaml is made lively (random weights that
+timed. `predict()` (full-frame masks to the host) is timed once on the first PREDICT_FRAMES of them. A model built from a .yaml is made lively (random weights that
 depend on the image, `lively`) and saved as a checkpoint, which the stage's process loads too: the same weights
 on both sides.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -28,6 +29,10 @@ from pipeline.bench.placement import StagePlace
 from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
+
+log = logging.getLogger(__name__)
+
+PREDICT_FRAMES = 256
 
 
 def lively(model, frames: np.ndarray, *, masks_fill: bool = False) -> None:
@@ -59,25 +64,28 @@ def lively(model, frames: np.ndarray, *, masks_fill: bool = False) -> None:
     model.eval()
 
 
-def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, candidates: int = 100,
+def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, instances: float = 8,
                    seed: int = 0) -> SegmenterSpec:
     """For a .yaml model: seeded random weights made lively on `frames`, saved as folder/lively-<name>.pt (fp32),
-    and the spec naming that file, with `conf` set so that about `candidates` boxes per frame pass into NMS, as
-    with a trained model on a busy frame."""
+    and the spec naming that file, with `conf` set (by bisection, on `frames`) so that about `instances`
+    instances per frame survive NMS and max_det, as a trained model finds on a busy frame (a random model's boxes
+    overlap too little for NMS to thin them as it does a trained model's)."""
     import torch
 
     torch.manual_seed(seed)
-    probe_spec = dataclasses.replace(spec, conf=0.0)
-    found = load_segmenter(probe_spec)
+    found = load_segmenter(dataclasses.replace(spec, conf=0.0))
     lively(found.model.model, frames.frames, masks_fill=True)
     path = Path(folder).absolute() / f"lively-{Path(spec.model).stem}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": copy.deepcopy(found.model.model).float(), "ema": None, "train_args": {}}, path)
-    preds, _ = found.on_device.forward(found.on_device.prepare(frames.frames)[0])
-    scores = preds[:, 4:4 + len(found.names)].amax(dim=1)
-    load_segmenter.cache_clear()  # the probe (conf 0, fused) is not the model measured
-    conf = float(scores.topk(min(candidates, scores.shape[1]), dim=1).values[:, -1].median())
-    return dataclasses.replace(spec, model=str(path), conf=conf)
+    on_device = found.on_device
+    low, high = 0.0, 1.0  # instances per frame fall as conf rises
+    for _ in range(12):
+        on_device.conf = (low + high) / 2
+        kept = np.mean([len(masks) for masks in on_device(frames.frames, frames.height, frames.width)])
+        low, high = (on_device.conf, high) if kept >= instances else (low, on_device.conf)
+    load_segmenter.cache_clear()  # the probe (conf changed in place, fused) is not the model measured
+    return dataclasses.replace(spec, model=str(path), conf=low)
 
 
 class Clock:
@@ -132,7 +140,7 @@ def held_batches(sources: list[Path], decode: DecodeOptions, hold_bytes: int) ->
 
 def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: int, height: int, clips: int,
                frames: int, batch: int, repeat: int, seconds: float, decoders: int = 0,
-               hold_bytes: int = 2 << 30, candidates: int = 100) -> dict:
+               hold_bytes: int = 2 << 30, instances: float = 8) -> dict:
     """The masks figures for `clips` (fewer where `seconds` would not fit them) clips of `frames` frames of
     width × height: best of up to `repeat` interleaved rounds, a round begun only while one fits."""
     import torch
@@ -145,7 +153,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     first = next(iter(VideoDecoder(first_clip, decode)))
     spec = resolve_weights(spec)  # as the stage names it: one model for both (a relative .pt made absolute)
     if spec.model.endswith((".yaml", ".yml")):
-        spec = realistic_spec(spec, first, folder, candidates=candidates)
+        spec = realistic_spec(spec, first, folder, instances=instances)
     segmenter = load_segmenter(spec)
     on_device = segmenter.on_device if spec.inference == "device" else None
     segmenter.segment(first)  # warm-up: lazy setup, kernels, allocator
@@ -173,6 +181,9 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         with Clock("cpu") as clock:
             run_masks(config(warm, folder / "warm-run"), progress=False)
     stage_per_frame = clock.seconds / first_frames  # an upper bound: a run's fixed costs spread over one clip
+    log.info("%dx%d: first clip made in %.1f s; per frame: segment %.2f ms, decode %.2f ms, stage at most %.2f ms; "
+             "%.0f s of %.0f s left", width, height, make_per_frame * frames, 1e3 * segment_per_frame,
+             1e3 * decode_per_frame, 1e3 * stage_per_frame, deadline - time.perf_counter(), seconds)
 
     count = affordable_clips(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
                              make_per_frame=make_per_frame, most=clips,
@@ -182,6 +193,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     held = held_batches(sources, decode, hold_bytes)
     inputs = [on_device.prepare(b.frames)[0] for b in held] if on_device is not None else []
     held_frames = sum(len(b) for b in held)
+    for_predict = held[:max(1, PREDICT_FRAMES // batch)]
+    log.info("%dx%d: %d clips of %d frames, %d held", width, height, len(sources), frames, held_frames)
     best = dict.fromkeys(("stage", "segment", "predict", "forward", "decode"), float("inf"))
     rounds: list[float] = []
     waits: dict[str, float | None] = {}
@@ -203,7 +216,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                     segmenter.segment(b)
         waits["segment"] = probe.waits_per_batch(before, probe.counters(segmenter))
         with Clock(device) as predict:
-            for b in held:
+            for b in for_predict:
                 segmenter.predict(b)
         with Clock(device) as forward:
             for _ in range(passes):
@@ -213,10 +226,13 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
             decoded = sum(len(b) for path in sources for b in VideoDecoder(path, decode))
         assert summary.frames == decoded, (summary.frames, decoded)
         for name, clock, n in (("stage", stage, summary.frames), ("segment", segment, passes * held_frames),
-                               ("predict", predict, held_frames), ("forward", forward, passes * held_frames),
+                               ("predict", predict, sum(len(b) for b in for_predict)),
+                               ("forward", forward, passes * held_frames),
                                ("decode", decoding, decoded)):
             best[name] = min(best[name], clock.seconds / n)  # seconds per frame
         rounds.append(time.perf_counter() - round_started)
+        log.info("%dx%d: round %d in %.1f s, stage %.1f frames/s", width, height, len(rounds), rounds[-1],
+                 summary.frames / stage.seconds)
     fps = {name: 1 / per_frame if inputs or name != "forward" else None for name, per_frame in best.items()}
     run_dir = Path(summary.output)
     busy = profiled["gpu_kernel_busy_s"]

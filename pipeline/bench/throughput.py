@@ -19,8 +19,8 @@ every class), the best of up to `--repeat` interleaved rounds (masks_bench.py):
 - unless --masks-only, at the first size: render (variant `human_only`) against a bare PyAV decode + x264
   encode, from masks of the real pretrained selfie model, which also give the storage cost of real masks, and
   the loader (MaskedClips samples/s against plain decoding of the same windows).
-A model built from a .yaml has seeded random weights made lively, with its score threshold set so that about 100
-boxes per frame enter NMS (postprocessing about as busy as a trained model's).
+A model built from a .yaml has seeded random weights made lively, with its score threshold set so that about
+--instances (8) instances per frame are kept, as a trained model on a busy Kinetics frame.
 """
 
 from __future__ import annotations
@@ -168,8 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="yolo11n-seg.yaml", help="YOLO-seg weights, or a .yaml (random weights)")
     parser.add_argument("--batch", type=int, help="frames per model call; default: 64 on CUDA, 8 on CPU")
     parser.add_argument("--max-det", type=int, default=100, help="detections per frame (a run's default: 100)")
-    parser.add_argument("--candidates", type=int, default=100,
-                        help="a .yaml model's boxes per frame entering NMS (its score threshold is set to give them)")
+    parser.add_argument("--instances", type=float, default=8,
+                        help="a .yaml model's instances per frame (its score threshold is set to give about these)")
     parser.add_argument("--variant", default="human_only")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each measurement, at most; the best counts")
     parser.add_argument("--selfie-model", default="models/selfie_segmentation.tflite")
@@ -190,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pipeline.bench").setLevel(logging.INFO)  # where the time goes, on stderr
     import torch
     import ultralytics
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "ultralytics": ultralytics.__version__,
         "minutes": round(budget.seconds / 60, 3), "clips_most": clips, "frames_per_clip": frames,
         "model": args.model, "inference": args.inference, "batch": args.batch or (64 if cuda else 8),
-        "max_det": args.max_det, "classes": "all", "candidates": args.candidates, "masks": {},
+        "max_det": args.max_det, "classes": "all", "instances_target": args.instances, "masks": {},
     }
     reserve = 0.0 if args.masks_only else RENDER_SHARE * budget.seconds
     with stage_place(device) as place:
@@ -215,8 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
             result["masks"][f"{width}x{height}"] = bench_size(
                 args.out / f"{width}x{height}", spec, place, width=width, height=height, clips=clips,
                 frames=frames, batch=result["batch"], repeat=args.repeat, decoders=args.decoders,
-                candidates=args.candidates,
+                instances=args.instances,
                 seconds=budget.share(len(sizes) - i, reserve), hold_bytes=args.hold_mib << 20)
+            write_result(args.out, result | {"elapsed_s": round(budget.elapsed(), 1), "complete": False})
     if not args.masks_only:
         folder = args.out / "x".join(map(str, sizes[0]))
         repeat = args.repeat if budget.left() > 0 else 1
@@ -227,12 +229,18 @@ def main(argv: list[str] | None = None) -> dict:
         if loader_variants:
             result["loader"] = bench_loader(folder / "data", folder / "run", loader_variants,
                                             result["selfie_masks"]["run_tag"], repeat, frames)
-    result["elapsed_s"] = round(budget.elapsed(), 1)
-    text = json.dumps(result, indent=2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(text + "\n")
-    print(text, flush=True)
+    result |= {"elapsed_s": round(budget.elapsed(), 1), "complete": True}
+    print(write_result(args.out, result), flush=True)
     return result
+
+
+def write_result(out: Path, result: dict) -> str:
+    """OUT/bench.json, rewritten after each size (a bench stopped by a time limit keeps the sizes done)."""
+    text = json.dumps(result, indent=2)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json.tmp").write_text(text + "\n")
+    os.replace(out / "bench.json.tmp", out / "bench.json")
+    return text
 
 
 if __name__ == "__main__":
