@@ -126,6 +126,18 @@ def shard_segmenter(run_dir: Path) -> dict[str, str | int]:
     return meta
 
 
+def spread(sources: list[Path], decode: DecodeOptions, frames: int, count: int) -> FrameBatch:
+    """About `count` frames spread evenly over these clips of `frames` frames each, as one batch."""
+    keep = set(np.linspace(0, frames - 1, max(1, count // len(sources))).astype(int).tolist())
+    picked, shape = [], None
+    for path in sources:
+        for batch in VideoDecoder(path, decode):
+            picked += [frame for position, frame in zip(batch.positions, batch.frames) if position in keep]
+            shape = batch.height, batch.width
+    return FrameBatch(frames=np.stack(picked), indices=np.arange(len(picked)), times=np.zeros(len(picked)),
+                      height=shape[0], width=shape[1])
+
+
 def held_batches(sources: list[Path], decode: DecodeOptions, hold_bytes: int) -> list[FrameBatch]:
     """Decoded batches from the start of `sources`, at most `hold_bytes` of frames (at least one batch)."""
     held, size = [], 0
@@ -148,12 +160,13 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     started = time.perf_counter()
     deadline = started + seconds
     root, decode, device = folder / "data", DecodeOptions(batch=batch), spec.device
-    (first_clip,) = make_clips(root, range(1), frames, width, height)
-    make_per_frame = (time.perf_counter() - started) / frames
+    early = make_clips(root, range(min(2, clips)), frames, width, height)  # both photos
+    first_clip = early[0]
+    make_per_frame = (time.perf_counter() - started) / (frames * len(early))
     first = next(iter(VideoDecoder(first_clip, decode)))
     spec = resolve_weights(spec)  # as the stage names it: one model for both (a relative .pt made absolute)
-    if spec.model.endswith((".yaml", ".yml")):
-        spec = realistic_spec(spec, first, folder, instances=instances)
+    if spec.model.endswith((".yaml", ".yml")):  # calibrated over both photos, their whole pans
+        spec = realistic_spec(spec, spread(early, decode, frames, batch), folder, instances=instances)
     segmenter = load_segmenter(spec)
     on_device = segmenter.on_device if spec.inference == "device" else None
     segmenter.segment(first)  # warm-up: lazy setup, kernels, allocator
@@ -188,7 +201,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     count = affordable_clips(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
                              make_per_frame=make_per_frame, most=clips,
                              round_per_frame=stage_per_frame + 2 * segment_per_frame + decode_per_frame)
-    sources = [first_clip, *make_clips(root, range(1, count), frames, width, height)]
+    sources = [*early, *make_clips(root, range(len(early), count), frames, width, height)][:count]
     write_listing(root, sources)
     held = held_batches(sources, decode, hold_bytes)
     inputs = [on_device.prepare(b.frames)[0] for b in held] if on_device is not None else []
