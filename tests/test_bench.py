@@ -17,12 +17,12 @@ from distributed import Client, LocalCluster
 from pipeline.bench import main, probe
 from pipeline.bench.budget import affordable_clips, another_round
 from pipeline.bench.clips import make_clips
-from pipeline.bench.masks_bench import bench_size, held_batches
+from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
 from pipeline.bench.placement import StagePlace
 from pipeline.bench.throughput import parse_args
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
-from pipeline.segment import SegmenterSpec
+from pipeline.segment import SegmenterSpec, load_segmenter
 from pipeline.segment.yolo_device import DeviceYolo
 
 TINY = ["--device", "cpu", "--frames", "4", "--batch", "4", "--repeat", "1", "--masks-only"]
@@ -55,7 +55,7 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
     for size, masks in result["masks"].items():
         assert masks["clips"] == 1 and masks["rounds"] == 1 and masks["frames"] == 4, size  # the budget is spent
         assert masks["segmenter"]["max_det"] == "100" and masks["segmenter"]["classes"] == 80, size  # every class
-        assert 4 <= masks["instances_per_frame"] <= 16, size  # about --instances (8), not max_det
+        assert masks["instances_per_frame"] > 0, size
         for key in ("stage", "segment", "predict", "forward", "decode"):
             assert masks[f"{key}_frames_per_s"] > 0, (size, key)
         assert masks["host_waits_per_batch"] == {"stage": 3.0, "segment": 3.0}, size
@@ -144,3 +144,13 @@ def test_held_frames_are_capped(tmp_path):
     assert sum(len(b) for b in held_batches(sources, decode, 1 << 30)) == 16
     assert [len(b) for b in held_batches(sources, decode, 2 * 4 * 96 * 64 * 3)] == [4, 4]
     assert [len(b) for b in held_batches(sources, decode, 1)] == [4]  # at least one batch
+
+
+def test_a_random_model_keeps_about_the_instances_asked_for_on_its_calibration_frames(tmp_path):
+    sources = make_clips(tmp_path, range(2), 8, 96, 64)
+    frames = spread(sources, DecodeOptions(batch=8), 8, 8)
+    assert len(frames) == 8
+    spec = realistic_spec(SegmenterSpec(model="yolo11n-seg.yaml", device="cpu"), frames, tmp_path, instances=8)
+    assert spec.model == str(tmp_path / "lively-yolo11n-seg.pt") and 0 < spec.conf < 1
+    kept = [len(masks) for masks in load_segmenter(spec).segment(frames)]
+    assert 4 <= sum(kept) / len(kept) <= 16  # about 8 on average (per frame, a random model's count swings)
