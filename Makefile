@@ -143,11 +143,14 @@ all: $(STAMP) $(if $(filter selfie,$(SEGMENTER_USED)),$(SELFIE_MODEL)) ## masks,
 	$(MAKE) --no-print-directory manifests
 	$(MAKE) --no-print-directory report
 
-# Masks and render throughput against the bare model forward and a bare decode + encode, as JSON (not a test).
-# CUDA when present (32 clips x 300 frames), else CPU (4 x 60); MODEL defaults to yolo11n-seg.yaml (random weights).
+# Masks and render throughput against the bare model forward and a bare decode + encode, as JSON (not a test), at
+# 340x256 and 1280x720 (SIZES=), max_det 100, every class. CUDA when present (the stage in one Dask GPU worker, up
+# to 32 clips x 300 frames, MINUTES=7), else CPU (in process, 4 x 60, MINUTES=3); MODEL defaults to
+# yolo11n-seg.yaml (random weights). The JSON is also written to OUT/bench.json (OUT default: bench, emptied first).
 bench: $(STAMP) $(SELFIE_MODEL) ## masks and render throughput against the bare model and codec, as JSON
 	$(PY) -m pipeline.bench $(if $(DEVICE),--device "$(DEVICE)") $(if $(MODEL),--model "$(MODEL)") \
-		$(if $(BATCH),--batch "$(BATCH)") $(if $(OUT),--out "$(OUT)")
+		$(if $(BATCH),--batch "$(BATCH)") $(if $(MINUTES),--minutes "$(MINUTES)") $(if $(SIZES),--sizes "$(SIZES)") \
+		$(if $(OUT),--out "$(OUT)")
 
 # The machinery at Kinetics scale: a Kinetics-400-shaped listing of CLIPS clips (default 260139; a few real tiny
 # clips, the rest absent), planning, engine overhead (on the first OVERHEAD_CLIPS, default 20000), the no-op rerun,

@@ -1,25 +1,156 @@
-"""`make bench` end to end at toy size: every figure is there and plausible, and the random-weight model
-(made lively) gives close to `max_det` detections per frame."""
+"""`make bench` at toy size, on CPU: the figures of every size are there, from the stage's own process and
+segmenter (production max_det and classes), within the time budget; and the pieces it reads GPU figures with
+(kernel-busy union, NVML sampling, the device path's counters) on fakes."""
 
-from pipeline.bench import main
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import types
+
+import pytest
+import torch
+from distributed import Client, LocalCluster
+
+from pipeline.bench import main, probe
+from pipeline.bench.budget import affordable_clips, another_round
+from pipeline.bench.clips import make_clips
+from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
+from pipeline.bench.placement import StagePlace
+from pipeline.bench.throughput import parse_args
+from pipeline.decode import DecodeOptions
+from pipeline.executor import ExecOptions
+from pipeline.segment import SegmenterSpec, load_segmenter
+from pipeline.segment.yolo_device import DeviceYolo
+
+TINY = ["--device", "cpu", "--frames", "4", "--batch", "4", "--repeat", "1", "--masks-only"]
 
 
-def test_bench_reports_masks_storage_and_render_figures(tmp_path, selfie_model, capsys):
-    result = main(["--device", "cpu", "--clips", "2", "--frames", "8", "--batch", "4", "--repeat", "1",
-                   "--max-det", "3", "--selfie-model", str(selfie_model), "--out", str(tmp_path / "bench")])
-    masks = result["masks"]["340x256"]  # the default size
-    assert masks["frames"] == 16 and 2 <= masks["instances_per_frame"] <= 3  # max_det, a few frames with fewer
-    for key in ("stage_frames_per_s", "segment_frames_per_s", "predict_frames_per_s", "forward_frames_per_s",
-                "decode_frames_per_s", "stage_vs_forward", "segment_vs_predict", "peak_host_bytes",
-                "bytes_per_instance_frame"):
-        assert masks[key] > 0, key
-    assert masks["peak_gpu_bytes"] is None and masks["gpu_forward_busy"] is None  # no CUDA here
-    assert masks["input_shape"] == [4, 3, 288, 352]
-    assert result["selfie_masks"]["instances_per_frame"] > 0.5  # people in the photos
-    assert result["render"]["bare_frames_per_s"] > 0 and result["render"]["ratio"] > 0
-    loader = result["loader"]
-    assert loader["sampling"] == {"clip_len": 16, "frame_interval": 1} and loader["size"] == 224
-    for variant in ("human_only", "scuba", "background_only"):
-        assert loader[variant]["samples"] == 2, variant  # every clip, composed
-        assert loader[variant]["plain_samples_per_s"] > 0 and loader[variant]["masked_samples_per_s"] > 0, variant
-    assert '"stage_vs_forward"' in capsys.readouterr().out  # the JSON is printed
+def counting(monkeypatch, waits: int) -> None:
+    """The device path counts `waits` blocking host waits per batch (what yolo_device is to report)."""
+    call = DeviceYolo.__call__
+
+    def counted(self, *args, **kwargs):
+        self.batches = getattr(self, "batches", 0) + 1
+        self.host_waits = getattr(self, "host_waits", 0) + waits
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeviceYolo, "__call__", counted)
+
+
+def test_defaults_are_a_runs_settings_at_both_sizes():
+    args = parse_args([])
+    assert args.max_det == 100 and args.sizes == "340x256,1280x720"
+
+
+def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, monkeypatch, capsys):
+    counting(monkeypatch, waits=3)
+    started = time.perf_counter()
+    result = main([*TINY, "--clips", "3", "--minutes", "0.001", "--sizes", "96x64,128x96",
+                   "--out", str(tmp_path / "bench")])
+    assert time.perf_counter() - started < 120
+    assert list(result["masks"]) == ["96x64", "128x96"] and result["max_det"] == 100
+    for size, masks in result["masks"].items():
+        assert masks["clips"] == 1 and masks["rounds"] == 1 and masks["frames"] == 4, size  # the budget is spent
+        assert masks["segmenter"]["max_det"] == "100" and masks["segmenter"]["classes"] == 80, size  # every class
+        assert masks["instances_per_frame"] > 0, size
+        for key in ("stage", "segment", "predict", "forward", "decode"):
+            assert masks[f"{key}_frames_per_s"] > 0, (size, key)
+        assert masks["host_waits_per_batch"] == {"stage": 3.0, "segment": 3.0}, size
+        assert masks["stage_where"] == "in-process" and masks["stage_pid"] == os.getpid()
+        assert masks["stage_peak_host_bytes"] > 50 << 20 and masks["stage_peak_gpu_allocated_bytes"] is None
+        assert masks["gpu_kernel_busy"] is None and masks["gpu_util_nvml"] is None  # no CUDA here
+    assert masks["input_shape"] == [4, 3, 96, 128]
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{\n"):]) == result
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == result
+
+
+def test_a_relative_checkpoint_is_the_model_the_stage_runs(tmp_path, monkeypatch):
+    from ultralytics import YOLO
+
+    torch.save({"model": YOLO("yolo11n-seg.yaml").model, "train_args": {}}, tmp_path / "m.pt")
+    monkeypatch.chdir(tmp_path)  # the stage makes `m.pt` absolute: the bench must measure that same model
+    result = main([*TINY, "--clips", "1", "--model", "m.pt", "--sizes", "96x64", "--out", "bench"])
+    assert result["masks"]["96x64"]["segmenter"]["model"] == str(tmp_path / "m.pt")
+
+
+def test_the_stage_figures_come_from_the_worker_that_ran_it(tmp_path):
+    spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", device="cpu", threads=1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        place = StagePlace(where="dask-worker", note="test", execution=ExecOptions(scheduler=cluster.scheduler_address),
+                           client=client)
+        masks = bench_size(tmp_path, spec, place, width=96, height=64, clips=1, frames=4, batch=4, repeat=1,
+                           seconds=60)
+        (worker_pid,) = client.run(os.getpid).values()
+    assert masks["stage_pid"] == worker_pid != os.getpid()
+    assert masks["segmenter"]["model"] == str(tmp_path / "lively-yolo11n-seg.pt")  # the lively weights, there too
+    assert masks["instances_per_frame"] > 5 and masks["stage_frames_per_s"] > 0
+
+
+def test_kernel_busy_time_counts_overlapping_kernels_once():
+    events = [{"cat": "kernel", "ph": "X", "ts": 0, "dur": 10}, {"cat": "kernel", "ph": "X", "ts": 5, "dur": 10},
+              {"cat": "kernel", "ph": "X", "ts": 30, "dur": 5}, {"cat": "cuda_runtime", "ph": "X", "ts": 0, "dur": 99},
+              {"cat": "kernel", "ph": "X", "ts": 31, "dur": 1}]
+    assert probe.busy_seconds(events) == pytest.approx(20e-6)
+
+
+def test_busy_time_is_read_from_a_real_profiler_trace():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        torch.ones(256, 256) @ torch.ones(256, 256)
+    assert 0 < probe.trace_busy(profiler, ("cpu_op",)) < 10
+
+
+def test_nvml_utilisation_is_averaged_over_the_block(monkeypatch):
+    samples = iter([20, 60] * 1000)
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+        nvmlDeviceGetUtilizationRates=lambda handle: types.SimpleNamespace(gpu=next(samples)))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with probe.NvmlSampler("0", interval=0.001) as nvml:
+        time.sleep(0.05)
+    assert nvml.mean == pytest.approx(0.4, abs=0.02)
+    with probe.NvmlSampler(None) as nvml:
+        pass
+    assert nvml.mean is None
+
+
+def test_waits_per_batch_need_the_device_paths_counters():
+    device = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"),
+                                   on_device=types.SimpleNamespace(host_waits=4, batches=2))
+    before = probe.counters(device)
+    device.on_device.host_waits, device.on_device.batches = 10, 5
+    assert probe.waits_per_batch(before, probe.counters(device)) == 2.0
+    assert probe.counters(types.SimpleNamespace(spec=device.spec, on_device=object())) is None
+
+
+def test_budget_fits_clips_and_rounds():
+    assert affordable_clips(seconds=10, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 10
+    assert affordable_clips(seconds=0, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 1
+    assert affordable_clips(seconds=1e9, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 32
+    now = time.perf_counter()
+    assert another_round(done=[], repeat=1, deadline=now)
+    assert not another_round(done=[1.0], repeat=3, deadline=now + 0.5)
+    assert another_round(done=[1.0], repeat=3, deadline=now + 60)
+    assert not another_round(done=[1.0, 1.0, 1.0], repeat=3, deadline=now + 60)
+
+
+def test_held_frames_are_capped(tmp_path):
+    sources = make_clips(tmp_path, range(2), 8, 96, 64)
+    decode = DecodeOptions(batch=4)
+    assert sum(len(b) for b in held_batches(sources, decode, 1 << 30)) == 16
+    assert [len(b) for b in held_batches(sources, decode, 2 * 4 * 96 * 64 * 3)] == [4, 4]
+    assert [len(b) for b in held_batches(sources, decode, 1)] == [4]  # at least one batch
+
+
+def test_a_random_model_keeps_about_the_instances_asked_for_on_its_calibration_frames(tmp_path):
+    sources = make_clips(tmp_path, range(2), 8, 96, 64)
+    frames = spread(sources, DecodeOptions(batch=8), 8, 8)
+    assert len(frames) == 8
+    spec = realistic_spec(SegmenterSpec(model="yolo11n-seg.yaml", device="cpu"), frames, tmp_path, instances=8)
+    assert spec.model == str(tmp_path / "lively-yolo11n-seg.pt") and 0 < spec.conf < 1
+    kept = [len(masks) for masks in load_segmenter(spec).segment(frames)]
+    assert 4 <= sum(kept) / len(kept) <= 16  # about 8 on average (per frame, a random model's count swings)

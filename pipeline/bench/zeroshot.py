@@ -24,7 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.bench.throughput import bench_selfie, device_name, make_clips
+from pipeline.bench.clips import make_clips, write_listing
+from pipeline.bench.throughput import bench_selfie, device_name
 from pipeline.executor import ExecOptions
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import variant_rows
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out.exists():
         shutil.rmtree(args.out)
     root, out = args.out / "data", args.out / "out"
-    make_clips(root, args.clips, args.frames)  # all in train
+    write_listing(root, make_clips(root, range(args.clips), args.frames))  # all in train
     masks = bench_selfie(root, out, args.selfie_model)
     tag = masks["run_tag"]
     names = [name.strip() for name in args.variants.split(",") if name.strip()]

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One command for a GPU machine that starts bare (torch preinstalled, no network, no venv): install what it lacks
+# from the wheels carried in .whl/, run the CUDA tests (those marked `gpu`), then the masks bench
+# (`python -m pipeline.bench --masks-only`: make bench would build a venv), and leave the JSON and logs in $OUT:
+#   log (everything), env.txt (machine, versions), pytest.log, bench.log, bench.json.
+# Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
+#   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
+# Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
+# installed wheels, bench clips; emptied first), BENCH_MINUTES (5), BENCH_ARGS (extra bench flags), TEST_SECONDS
+# (150).
+# The wheels: see docs/PERFORMANCE.md, "GPU check". About 7 minutes on a GPU at the defaults.
+set -o pipefail
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-$PWD/gpu-check}
+PY=${PY:-python3}
+WHEELS=${WHEELS:-.whl}
+WORK=${WORK:-/tmp/gpu-check}
+BENCH_MINUTES=${BENCH_MINUTES:-5}
+TEST_SECONDS=${TEST_SECONDS:-150}
+mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
+
+main() {
+    echo "== gpu_check $(date -u +%FT%TZ) in $PWD, python $PY"
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        echo "== installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $WORK/site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+            "$WHEELS"/*.whl || { echo "gpu_check: installing the wheels in $WHEELS failed (see above)"; return 2; }
+        export PYTHONPATH=$WORK/site:$PWD
+    else
+        echo "== no wheels in $WHEELS: using the packages $PY already has"
+        export PYTHONPATH=$PWD
+    fi
+    {
+        echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "no nvidia-smi"
+        "$PY" - <<'EOF'
+import importlib.metadata as md, os, platform, torch
+print("python", platform.python_version(), "cpus", os.cpu_count())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+for name in ("torchvision", "ultralytics", "av", "dask", "distributed", "pycocotools", "numpy", "pyarrow",
+             "opencv-python-headless", "opencv-python", "nvidia-ml-py"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "absent")
+EOF
+    } 2>&1 | tee "$OUT/env.txt"
+    "$PY" -c "import av, cv2, distributed, pycocotools, torch, ultralytics" \
+        || { echo "gpu_check: a package the pipeline needs cannot be imported (see above); add its wheel to $WHEELS"
+             return 2; }
+
+    local tests=0
+    mapfile -t gpu_tests < <(grep -l "mark.gpu" tests/test_*.py)
+    if [ "${#gpu_tests[@]}" -gt 0 ]; then
+        echo "== CUDA tests (-m gpu) in ${gpu_tests[*]}, at most ${TEST_SECONDS}s"
+        timeout "$TEST_SECONDS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}" 2>&1 \
+            | tee "$OUT/pytest.log"
+        tests=$?
+    else
+        echo "== no test file marks a test gpu"
+    fi
+
+    echo "== bench: --minutes $BENCH_MINUTES --masks-only $BENCH_ARGS"
+    # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
+    timeout "$(awk "BEGIN {print int($BENCH_MINUTES * 60 + 90)}")" "$PY" -m pipeline.bench --masks-only \
+        --minutes "$BENCH_MINUTES" --out "$WORK/bench" $BENCH_ARGS 2>&1 | tee "$OUT/bench.log"
+    local bench=$?
+    cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
+    echo "== done: tests exit $tests, bench exit $bench"
+    [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+}
+
+main 2>&1 | tee "$OUT/log"
