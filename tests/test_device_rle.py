@@ -142,6 +142,7 @@ def test_frame_masks_carry_rles():
         FrameMasks(**base, rles=tuple(counts), masks=masks, size=(9, 11))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     rng = np.random.default_rng(2)

@@ -21,12 +21,10 @@ the points where the host waits on the device are counted (`host_waits`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -185,7 +183,6 @@ class DeviceYolo:
         self.host_waits = 0  # times the host waited on the device (a copy to the host, a result's size)
         self.batches = 0  # batches post-processed
         self._staging = Staging(self.device) if self.device.type == "cuda" else None
-        self._events: list | None = None  # CUDA events of each forward, while `timed`
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0
@@ -215,28 +212,8 @@ class DeviceYolo:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network alone: (N, 4 + classes + 32, anchors) predictions and (N, 32, mh, mw) prototypes."""
-        if self._events is None or self.device.type != "cuda":
-            (preds, proto), _ = self.model(x)
-            return preds, proto
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         (preds, proto), _ = self.model(x)
-        end.record()
-        self._events.append((start, end))
         return preds, proto
-
-    @contextlib.contextmanager
-    def timed(self) -> Iterator[list[float]]:
-        """Within the block, CUDA events time every forward; the list yielded gets their seconds on leaving it
-        (on a CPU device it stays empty)."""
-        self._events, seconds = [], []
-        try:
-            yield seconds
-        finally:
-            events, self._events = self._events, None
-            if events:
-                torch.cuda.synchronize(self.device)
-                seconds.extend(start.elapsed_time(end) / 1000 for start, end in events)
 
     def warm_up(self) -> None:
         """Two black frames through the whole path with every anchor a candidate, so that NMS and mask assembly run

@@ -1,0 +1,88 @@
+"""The YOLO device path on a CUDA device (skipped without one; `scripts/gpu_check.sh` runs them on a GPU machine):
+the same bytes whatever shares a batch, RLE made on the GPU equal to the host's, every wait on the GPU counted by
+the path itself, and shards byte-identical whatever DECODERS."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pipeline.segment.yolo_device as yolo_device
+from pipeline.decode import DecodeOptions, FrameBatch
+from pipeline.masks import run_masks
+from pipeline.segment import SegmenterSpec
+from pipeline.segment.yolo import YoloSegmenter
+from tests.test_fixed_batches import checkpoint  # noqa: F401 - the lively checkpoint fixture
+from tests.test_masks_stage import config, shard_bytes
+from tests.test_yolo_device import clip as photo_clip
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def cuda_spec(checkpoint: Path) -> SegmenterSpec:  # noqa: F811
+    return SegmenterSpec(backend="yolo", model=str(checkpoint), conf=0.05, device="cuda")
+
+
+def batch(frames: np.ndarray, capacity: int) -> FrameBatch:
+    height, width = frames.shape[1:3]
+    return FrameBatch(frames=frames, indices=np.arange(len(frames)), times=np.zeros(len(frames)), height=height,
+                      width=width, capacity=capacity)
+
+
+def test_a_frame_gets_the_same_bytes_alone_or_among_others_on_cuda(checkpoint):  # noqa: F811
+    frames = np.concatenate([photo_clip(340, 256, seed).frames for seed in (0, 1)])  # 8 frames
+    segmenter = YoloSegmenter(cuda_spec(checkpoint))
+    together = segmenter.segment(batch(frames, 8))
+    assert sum(map(len, together)) > 0
+    for others in ([], [5, 6], [1, 2, 3, 7, 0]):
+        alone = segmenter.segment(batch(frames[[*others, 4]], 8))[-1]
+        np.testing.assert_array_equal(alone.xyxy, together[4].xyxy)
+        np.testing.assert_array_equal(alone.conf, together[4].conf)
+        assert alone.rle() == together[4].rle()
+
+
+def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F811
+    frames = photo_clip(1280, 720, 0).frames
+    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
+    on_gpu = device(frames, 720, 1280, capacity=8)
+    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ())
+    from_windows = device(frames, 720, 1280, capacity=8)
+    assert sum(map(len, on_gpu)) > 0
+    for a, b in zip(on_gpu, from_windows):
+        assert a.rles is not None and b.rles is None
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()
+
+
+def test_the_path_counts_every_wait_on_the_gpu(checkpoint):  # noqa: F811
+    """torch's sync debug mode warns at every synchronising call; the path's own count is the same."""
+    frames = photo_clip(340, 256, 1).frames
+    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
+    device(frames, 256, 340, capacity=8)  # the geometry's operators, made once
+    torch.cuda.synchronize()
+    before = device.host_waits
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = device(frames, 256, 340, capacity=8)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert sum(map(len, found)) > 0
+    assert device.host_waits - before == len(synchronising), synchronising
+
+
+def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset, tmp_path, checkpoint):  # noqa: F811
+    root, _ = shapes_dataset
+    runs = []
+    for decoders in (1, 3):
+        summary = run_masks(config(root, tmp_path / f"d{decoders}", shard_size=6, segmenter=cuda_spec(checkpoint),
+                                   decoders=decoders, decode=DecodeOptions(batch=6)), progress=False)
+        assert summary.by_status == {"ok": 5}
+        runs.append(Path(summary.output))
+    assert shard_bytes(runs[0]) == shard_bytes(runs[1]) != {}
