@@ -72,8 +72,10 @@ def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, ins
     overlap too little for NMS to thin them as it does a trained model's)."""
     import torch
 
+    from pipeline.segment.yolo import YoloSegmenter
+
     torch.manual_seed(seed)
-    found = load_segmenter(dataclasses.replace(spec, conf=0.0))
+    found = YoloSegmenter(dataclasses.replace(spec, conf=0.0))  # not warmed up: the device path copies it after
     lively(found.model.model, frames.frames, masks_fill=True)
     path = Path(folder).absolute() / f"lively-{Path(spec.model).stem}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,6 @@ def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, ins
         on_device.conf = (low + high) / 2
         kept = np.mean([len(masks) for masks in on_device(frames.frames, frames.height, frames.width)])
         low, high = (on_device.conf, high) if kept >= instances else (low, on_device.conf)
-    load_segmenter.cache_clear()  # the probe (conf changed in place, fused) is not the model measured
     return dataclasses.replace(spec, model=str(path), conf=low)
 
 
