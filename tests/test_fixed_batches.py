@@ -8,6 +8,7 @@ bytes through the network alone, as a GPU does for every batch size."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -54,23 +55,23 @@ def test_shards_are_the_same_bytes_whatever_the_decoders(shapes_dataset, tmp_pat
     assert shard_bytes(runs[3]) == shard_bytes(runs[1]) != {}
 
 
-def test_a_frame_gets_the_same_masks_alone_or_among_others(checkpoint):
+@pytest.mark.parametrize("conf, frame", [(0.05, 4), (0.4, 5)])  # frame 5 has one instance at 0.4, frame 8 17
+def test_a_frame_gets_the_same_masks_alone_or_among_others(checkpoint, conf, frame):
     """The same frame at another place of a batch, beside frames with many or no instances, or alone (padded to the
     batch size): the same boxes, scores and mask bytes."""
     frames = np.concatenate([shape_clip(12, 96, 64, seed=seed)[0] for seed in (0, 1)])  # (24, 64, 96, 3)
-    segmenter = YoloSegmenter(spec(checkpoint))
+    segmenter = YoloSegmenter(dataclasses.replace(spec(checkpoint), conf=conf))
 
     def run(chosen: np.ndarray, capacity: int):
         batch = FrameBatch(frames=chosen, indices=np.arange(len(chosen)), times=np.zeros(len(chosen)), height=64,
                            width=96, capacity=capacity)
         return segmenter.segment(batch)
 
-    together = run(frames[:8], 8)
-    assert sum(len(found) for found in together) > 8
-    for others in ([], [20, 21, 22], [5, 9, 13, 17, 2, 3, 7]):
-        chosen = frames[[*others, 4]]  # frame 4 after the others
-        alone = run(chosen, 8)[-1]
-        want = together[4]
+    together = run(frames[:12], 12)
+    want = together[frame]
+    assert len(want) and sum(len(found) for found in together) > 2 * len(want)
+    for others in ([], [20, 21, 22], [8, 2, 7, 17, 13, 3, 9]):
+        alone = run(frames[[*others, frame]], 12)[-1]  # the frame after the others
         np.testing.assert_array_equal(alone.xyxy, want.xyxy)
         np.testing.assert_array_equal(alone.conf, want.conf)
         assert alone.rle() == want.rle()
@@ -94,3 +95,20 @@ def test_the_batch_size_keys_the_run_where_it_shapes_the_masks(shapes_dataset, t
     assert len({tag(yolo, batch=16), tag(yolo, batch=8), tag(yolo, batch=16, max_batch_mb=64)}) == 3
     luma = SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter")
     assert tag(luma, batch=16) == tag(luma, batch=8) == tag(luma, batch=16, max_batch_mb=64)
+
+
+def test_an_instances_logits_do_not_depend_on_other_frames_instances():
+    """Each frame's instances are one product of a shape of its own (here, one instance beside a frame of 20: on
+    this CPU a product of one row and one of 20 give other last bits at this size)."""
+    from pipeline.segment.yolo_device import _logit_rows, _logits
+
+    torch.manual_seed(0)
+    proto, coeffs = torch.randn(2, 32, 80, 64), torch.randn(21, 32)
+
+    def logits(frame: list[int], rank: list[int]) -> torch.Tensor:
+        rows, plan = _logit_rows(np.array(frame), np.array(rank), len(proto))
+        return _logits(coeffs[:len(frame)], torch.from_numpy(rows), proto, torch.from_numpy(plan.frames), plan)
+
+    alone = logits([0], [0])
+    among = logits([0, *[1] * 20], [0, *range(20)])
+    assert torch.equal(alone[0], among[0])  # with one product of 20 padded rows for both frames, they differ here

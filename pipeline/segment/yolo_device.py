@@ -283,34 +283,36 @@ class DeviceYolo:
         if not len(chosen):
             return [FrameMasks.empty(height, width) for _ in range(frames)]
         meta = meta[chosen]
-        masks = self._windows(found, proto, origin, extent, chosen, meta[:, 7:11].astype(np.int64), geometry, height,
-                              width)
+        masks = self._windows(found, proto, origin, extent, chosen, meta, geometry, height, width)
         return _per_frame(meta, masks, frames, height, width)
 
     def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor,
-                 chosen: np.ndarray, places: np.ndarray, geometry: Geometry, height: int, width: int
+                 chosen: np.ndarray, meta: np.ndarray, geometry: Geometry, height: int, width: int
                  ) -> list[np.ndarray] | list[bytes | None]:
-        """The `chosen` instances' masks, as (h_k, w_k) bool windows at `places` ((x, y, w, h) each), or on a
+        """The `chosen` instances' masks (`meta`: theirs, see `_per_frame`), as (h_k, w_k) bool windows, or on a
         DEVICE_RLE device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
         its own extent only (`ladder`), together with the others of the same padded size, as many as
         WINDOW_BUDGET allows; all cross to the host in one copy (the windows, or their run lengths)."""
         rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                     proto.device)
+        places = meta[:, 7:11].astype(np.int64)  # x, y, w, h
         padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
         order = np.lexsort((padded[:, 1], padded[:, 0]))
         sizes, starts = np.unique(padded[order], axis=0, return_index=True)
-        on_device = _to_device(chosen[order], proto.device)
-        channels = proto.shape[1]
+        frame_rows, plan = _logit_rows(meta[:, 0].astype(np.int64), meta[:, 11].astype(np.int64), len(proto))
+        index = _to_device(np.concatenate([chosen, frame_rows, order, plan.frames]), proto.device)
+        instance, frame_rows, on_device, frames = index.split([len(chosen), len(chosen), len(order), len(plan.frames)])
+        logits = _logits(found.coeffs[instance], frame_rows, proto, frames, plan)
+        box, origin, extent = found.xyxy[instance], origin[instance], extent[instance]
         chunks, assembled = [], []
         runs = device_rle.RunBatch(height, width) if proto.device.type in DEVICE_RLE else None
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
             ph, pw = rows.span(h), cols.span(w)
-            per = h * w + h * ph + h * pw + w * pw + (channels + 1) * ph * pw  # floats one window takes
+            per = h * w + h * ph + h * pw + w * pw + 2 * ph * pw  # floats one window takes
             step = max(1, WINDOW_BUDGET // per)
             for at in range(begin, end, step):
                 chunk, members = on_device[at:min(end, at + step)], order[at:min(end, at + step)]
-                window = _assemble(found.coeffs[chunk], proto, found.frame[chunk], found.xyxy[chunk], origin[chunk],
-                                   rows, cols, h, w, ph, pw)
+                window = _assemble(logits[chunk], box[chunk], origin[chunk], rows, cols, h, w, ph, pw)
                 if runs is not None:
                     runs.add(window, origin[chunk], extent[chunk], capacity=device_rle.capacity(places[members, 2]))
                 else:
@@ -381,21 +383,59 @@ def _to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def _assemble(coeffs: torch.Tensor, proto: torch.Tensor, frame: torch.Tensor, box: torch.Tensor,
-              origin: torch.Tensor, rows: Axis, cols: Axis, h: int, w: int, ph: int, pw: int) -> torch.Tensor:
-    """(k, h, w) bool windows at `origin`: each instance's coefficients times its frame's prototypes over the span
-    its window reads, mapped to the window's pixels and cut to the box."""
-    device = coeffs.device
+@dataclass(frozen=True, kw_only=True)
+class LogitPlan:
+    """How a batch's instances' mask logits are made: each frame's instances as the rows of one matrix, padded to
+    `ladder` of that frame's own count, so that no instance's arithmetic depends on another frame's; frames of
+    the same padded count in one batched product."""
+
+    frames: np.ndarray  # the frames that have instances, by padded count
+    counts: list[tuple[int, int]]  # (frames, padded rows each), for consecutive runs of `frames`
+
+
+def _logit_rows(frame: np.ndarray, rank: np.ndarray, frames: int) -> tuple[np.ndarray, LogitPlan]:
+    """Each instance's row among the padded frames' rows (`_logits`), and the plan."""
+    counts = np.bincount(frame, minlength=frames)
+    present = np.flatnonzero(counts)
+    padded = ladder(counts[present])
+    by_size = np.lexsort((present, padded))
+    present, padded = present[by_size], padded[by_size]
+    first = np.zeros(frames, dtype=np.int64)
+    first[present] = np.cumsum(padded) - padded
+    sizes, runs = np.unique(padded, return_counts=True)
+    return first[frame] + rank, LogitPlan(frames=present, counts=list(zip(runs.tolist(), sizes.tolist())))
+
+
+def _logits(coeffs: torch.Tensor, rows: torch.Tensor, proto: torch.Tensor, frames: torch.Tensor,
+            plan: LogitPlan) -> torch.Tensor:
+    """(K, mh, mw) prototype-resolution mask logits of instances with these coefficients, at these rows of
+    `_logit_rows`: their frame's prototypes times the coefficients, one product per padded size."""
+    channels, mh, mw = proto.shape[1:]
+    total = sum(count * size for count, size in plan.counts)
+    padded = coeffs.new_zeros((total, channels))
+    padded[rows] = coeffs
+    out, row, at = [], 0, 0
+    for count, size in plan.counts:
+        these = proto[frames[at:at + count]].view(count, channels, mh * mw)
+        out.append((padded[row:row + count * size].view(count, size, channels) @ these).view(-1, mh, mw))
+        row, at = row + count * size, at + count
+    return torch.cat(out)[rows]
+
+
+def _assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
+              h: int, w: int, ph: int, pw: int) -> torch.Tensor:
+    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
+    to the box."""
+    device = logits.device
     ys = (origin[:, 1, None] + torch.arange(h, device=device)).clamp(max=len(rows.start) - 1)  # (k, h)
     xs = (origin[:, 0, None] + torch.arange(w, device=device)).clamp(max=len(cols.start) - 1)  # (k, w)
     top, left = rows.start[ys[:, 0]], cols.start[xs[:, 0]]
-    channels, mh, mw = proto.shape[1:]
+    mh, mw = logits.shape[1:]
     proto_rows = (top[:, None] + torch.arange(ph, device=device)).clamp(max=mh - 1)
     proto_cols = (left[:, None] + torch.arange(pw, device=device)).clamp(max=mw - 1)
-    span = proto[frame[:, None, None, None], torch.arange(channels, device=device)[None, :, None, None],
-                 proto_rows[:, None, :, None], proto_cols[:, None, None, :]]  # (k, channels, ph, pw)
-    logits = (coeffs[:, None, :] @ span.flatten(2)).view(-1, ph, pw)
-    window = rows.sub(ys, top, ph) @ logits @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
+    span = logits[torch.arange(len(logits), device=device)[:, None, None], proto_rows[:, :, None],
+                  proto_cols[:, None, :]]  # (k, ph, pw)
+    window = rows.sub(ys, top, ph) @ span @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
     inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
     inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
     return (window > 0) & inside_y[:, :, None] & inside_x[:, None, :]
