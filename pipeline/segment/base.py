@@ -35,7 +35,8 @@ class RefineSpec:
 
     def output_fields(self) -> dict[str, Any]:
         """What shapes the masks; the checkpoint by content (weights_digests), not by where it lies."""
-        return {"sam_type": self.sam_type, "random": self.checkpoint == RANDOM, "every": self.every}
+        return {"sam_type": self.sam_type, "random": self.checkpoint == RANDOM, "every": self.every,
+                "images": self.images}  # the encoder's fixed batch size: kernels, so the last bits, follow it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +81,9 @@ class SegmenterSpec:
         if self.backend in ("yolo", "selfie"):
             unused |= {"model", "selfie_model"}
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
-        if self.refine:  # absent rather than None when unset
-            fields["refine"] = self.refine.output_fields()
+        if self.refine:  # absent rather than None when unset; each shard records the precision SAM ran in
+            sam_precision = "bf16, fp16 where the GPU has no bf16" if self.device.startswith("cuda") else "fp32"
+            fields["refine"] = {**self.refine.output_fields(), "precision": sam_precision}
         if self.backend != "selfie" or self.refine:  # the models that run in fp16 on CUDA
             fields["precision"] = "fp16" if self.device.startswith("cuda") else "fp32"
         return fields
