@@ -3,6 +3,8 @@ keyframes only; the real vit_b (random weights) runs through the masks stage; ba
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from pipeline.cli import main
 from pipeline.datasets.sample import shape_clip, write_video
 from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.masks import load_clip_masks, run_masks
-from pipeline.segment import RefineSpec, SegmenterLoadError, SegmenterSpec, load_segmenter
+from pipeline.segment import RefineSpec, SegmenterLoadError, SegmenterSpec, load_segmenter, sam_device
+from pipeline.segment.base import FrameMasks, boxes_from_masks
 from pipeline.segment.sam import RefinedSegmenter, SamRefiner, load_sam
 from tests.conftest import LUMA
 from tests.test_masks_stage import config
@@ -229,3 +232,84 @@ def test_on_cuda_box_prompts_match_the_cpu_and_a_real_sam_runs_in_bf16_or_fp16_w
     packed = [f.rle() for f in refiner.refine(batch, base)]
     together = refiner.refine(frames_of(batch, [2, 5]), [base[2], base[5]])  # other company and places
     assert [f.rle() for f in together] == [packed[2], packed[5]]
+
+
+class NonFiniteDecoder(torch.nn.Module):
+    """Positive logits everywhere (SAM's answer: the whole frame), but a NaN in the first instance's and an
+    infinity in the second's, as an overflowing fp16 encoder gives."""
+
+    def forward(self, image_embeddings, sparse_prompt_embeddings, **_):
+        logits = torch.ones((len(sparse_prompt_embeddings), 1, 16, 16))
+        logits[0, 0, 3, 3], logits[1, 0, 5, 5] = float("nan"), float("inf")
+        return logits, None
+
+
+def test_non_finite_logits_keep_the_detector_mask(tmp_path):
+    batch = next(iter(VideoDecoder(shapes_video(tmp_path), DecodeOptions(batch=2))))
+    base = luma().segment(batch)
+    sam = tiny_sam()
+    sam.mask_decoder = NonFiniteDecoder()
+    for before, after in zip(base, SamRefiner(sam).refine(batch, base)):
+        assert len(before) == 2
+        np.testing.assert_array_equal(after.full(), before.masks)
+        np.testing.assert_array_equal(after.xyxy, before.xyxy)
+
+
+def test_masks_reach_the_host_as_windows_at_their_tight_boxes():
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 13, 21)) > 0.7  # windows whose bits are not a multiple of 8
+    masks[1] = False
+    masks[2] = False
+    masks[2, 12, 20] = True  # the frame's last pixel
+    masks[3] = True
+    boxes, windows = sam_device.to_host(torch.from_numpy(masks))
+    np.testing.assert_array_equal(boxes, boxes_from_masks(masks))
+    assert [w.shape for w in windows][1:4] == [(0, 0), (1, 1), (13, 21)]
+    found = FrameMasks(xyxy=boxes.astype(np.float32), conf=np.ones(5, np.float32), cls=np.zeros(5, np.int16),
+                       windows=tuple(windows), origins=boxes[:, [1, 0]], size=(13, 21))
+    np.testing.assert_array_equal(found.full(), masks)
+    assert found.rle() == rle.encode(masks)
+    boxes, windows = sam_device.to_host(torch.zeros((0, 13, 21), dtype=torch.bool))
+    assert boxes.shape == (0, 4) and windows == []
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float16)])
+def test_on_cuda_sam_computes_in_bf16_where_the_device_has_it_else_fp16(monkeypatch, native, dtype):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: asked.append(str(device)) or contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation
+                        and native)
+    assert sam_device.choose_dtype("cuda:1") == dtype and asked == ["cuda:1"]
+    assert sam_device.choose_dtype("cpu") == torch.float32
+
+
+def test_in_bf16_weights_are_cast_once_norms_run_in_fp32_and_provenance_says_bf16(tmp_path, monkeypatch):
+    batch = next(iter(VideoDecoder(shapes_video(tmp_path), DecodeOptions(batch=2))))
+    base = luma().segment(batch)
+    monkeypatch.setattr(sam_device, "choose_dtype", lambda device: torch.bfloat16)
+    refiner = SamRefiner(tiny_sam())
+    sam = refiner.sam
+    assert sam.image_encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert sam.mask_decoder.output_upscaling[0].weight.dtype == torch.bfloat16
+    assert sam.image_encoder.neck[1].weight.dtype == torch.float32  # a LayerNorm2d
+    assert {p.dtype for p in sam.prompt_encoder.parameters()} == {torch.float32}
+    weights = {name: (p.dtype, p.data_ptr()) for name, p in sam.named_parameters()}
+    norm_inputs = []
+    sam.image_encoder.neck[1].register_forward_pre_hook(lambda module, args: norm_inputs.append(args[0].dtype))
+    for before, after in zip(base, refiner.refine(batch, base)):
+        assert after.full().shape == before.masks.shape
+    refiner.refine(batch, base)
+    assert {name: (p.dtype, p.data_ptr()) for name, p in sam.named_parameters()} == weights  # not recast per call
+    assert norm_inputs == [torch.float32, torch.float32]
+    assert RefinedSegmenter(luma(), refiner, {}).provenance()["sam_precision"] == "bf16"
+    with pytest.raises(ValueError, match="cast to torch.bfloat16 already"):
+        sam_device.cast_once(sam, torch.float16)
+
+
+def test_the_run_fingerprint_follows_sam_precision_and_the_encoder_batch():
+    spec = SegmenterSpec(backend=LUMA, refine=RefineSpec(checkpoint="random"))
+    fields = spec.output_fields()["refine"]
+    assert fields["images"] == 4 and fields["precision"] == "fp32"
+    one_image = dataclasses.replace(spec, refine=RefineSpec(checkpoint="random", images=1))
+    assert one_image.output_fields() != spec.output_fields()
+    assert "bf16" in dataclasses.replace(spec, device="cuda:0").output_fields()["refine"]["precision"]
