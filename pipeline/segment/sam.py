@@ -100,8 +100,9 @@ class RefinedSegmenter:
         return self.refiner.refine(batch, self.base.segment(batch))
 
     def provenance(self) -> dict[str, str]:
-        """The base's and SAM's; `sam_precision` is what this device computes in (fp32, bf16 or fp16)."""
-        return {**self.base.provenance(), **self._provenance, "sam_precision": self.refiner.precision}
+        """The base's and SAM's, with what ran here: the precision (fp32, bf16 or fp16) and images per encoder call."""
+        return {**self.base.provenance(), **self._provenance, "sam_precision": self.refiner.precision,
+                "sam_images": str(self.refiner.images)}
 
 
 def refine_provenance(spec: RefineSpec) -> dict[str, str]:
@@ -112,7 +113,6 @@ def refine_provenance(spec: RefineSpec) -> dict[str, str]:
         "sam_checkpoint": f"none (random init of {spec.sam_type})" if random else spec.checkpoint,
         "sam_sha256": "" if random else file_sha256(Path(spec.checkpoint)),
         "sam_every": str(spec.every),
-        "sam_images": str(spec.images),  # the encoder's fixed batch: on a GPU its kernels, so the bits, follow it
     }
 
 
