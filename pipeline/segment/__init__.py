@@ -102,7 +102,8 @@ def load_segmenter(spec: SegmenterSpec) -> Segmenter:
     from pipeline.segment.sam import RefinedSegmenter, SamRefiner, load_sam, refine_provenance
 
     sam = load_sam(spec.refine, spec.device)
-    refiner = SamRefiner(sam, every=spec.refine.every, images=spec.refine.images)
+    images = spec.refine.images if spec.device.startswith("cuda") else 1  # a CPU gains nothing from batching
+    refiner = SamRefiner(sam, every=spec.refine.every, images=images)
     return RefinedSegmenter(base, refiner, refine_provenance(spec.refine))
 
 

@@ -31,7 +31,7 @@ class RefineSpec:
     sam_type: str = "vit_b"  # vit_b, vit_l or vit_h
     checkpoint: str = ""  # path of the SAM .pth of sam_type; "random" for random weights
     every: int = 1  # refine every Nth frame of a clip (1: all); the others keep the detector's mask
-    images: int = 4  # keyframes per SAM image-encoder call
+    images: int = 4  # keyframes per SAM image-encoder call on CUDA, always that many (a CPU takes one at a time)
 
     def output_fields(self) -> dict[str, Any]:
         """What shapes the masks; the checkpoint by content (weights_digests), not by where it lies."""
@@ -87,8 +87,10 @@ class SegmenterSpec:
         if self.backend in ("yolo", "selfie"):
             unused |= {"model", "selfie_model"}
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
-        if self.refine:  # absent rather than None when unset
-            fields["refine"] = self.refine.output_fields()
+        if self.refine:  # absent rather than None when unset; each shard records the precision SAM ran in
+            cuda = self.device.startswith("cuda")  # the encoder's batch size changes kernels, so the last bits
+            fields["refine"] = {**self.refine.output_fields(), "images": self.refine.images if cuda else 1,
+                                "precision": "bf16, fp16 where the GPU has no bf16" if cuda else "fp32"}
         if self.backend != "selfie" or self.refine:  # the models that run in fp16 on CUDA
             fields["precision"] = "fp16" if self.device.startswith("cuda") else "fp32"
         return fields

@@ -1,14 +1,14 @@
 """segment-anything refinement: each detected instance's box prompts SAM, whose mask replaces the detector's.
 
 Runs on keyframes (every Nth decoded frame of a clip, counted from its first); other frames keep the
-detector's masks. The keyframes of a batch go through SAM's image encoder together, with all their boxes,
-and the masks are upsampled to the source size on the model's device. A SAM mask that comes out empty keeps
-the detector's mask (counted in the log at debug level), so refinement never drops an instance.
+detector's masks. The keyframes of a batch go through SAM's image encoder `images` at a time, in calls of
+that fixed size whatever the packing (sam_device.py: precision, weights cast once, masks to the host as box
+windows). A SAM mask that comes out empty keeps the detector's mask (counted in the log at debug level), so
+refinement never drops an instance.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -36,16 +36,22 @@ CHECKPOINTS = {  # the official file of each type, named in the error when none 
 
 
 class SamRefiner:
-    """Refines FrameMasks with any `segment_anything.modeling.Sam` (built by `load_sam`, or a small one in tests)."""
+    """Refines FrameMasks with any `segment_anything.modeling.Sam` (built by `load_sam`, or a small one in tests),
+    whose weights it casts, once, to the precision of its device (`precision`)."""
 
     def __init__(self, sam, *, every: int = 1, images: int = 4) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
+
+        from pipeline.segment import sam_device
 
         self.sam = sam
         self.every = every
         self.images = images
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        self.half = sam.device.type == "cuda"
+        dtype = sam_device.choose_dtype(sam.device)
+        sam_device.cast_once(sam, dtype)
+        self.precision = sam_device.PRECISIONS[dtype]
+        self._image_pe = None  # the prompt encoder's dense positional encoding, in the model's dtype
 
     def refine(self, batch: FrameBatch, found: list[FrameMasks]) -> list[FrameMasks]:
         """`found` with the masks of every keyframe's instances replaced by SAM's (at the source size)."""
@@ -53,34 +59,32 @@ class SamRefiner:
         refined = list(found)
         for first in range(0, len(keys), self.images):
             chunk = keys[first:first + self.images]
-            outputs = self._predict([self._prompt(batch, found[i], i) for i in chunk])
-            for i, output in zip(chunk, outputs):
-                refined[i] = _merge(found[i], output["masks"][:, 0].cpu().numpy())
+            boxes, windows = self._predict(batch, [found[i] for i in chunk], chunk)
+            for i, count in zip(chunk, np.cumsum([len(found[i]) for i in chunk])):
+                k = slice(count - len(found[i]), count)
+                refined[i] = _merge(found[i], boxes[k], windows[k], (batch.height, batch.width))
         return refined
 
-    def _prompt(self, batch: FrameBatch, found: FrameMasks, i: int) -> dict:
+    def _predict(self, batch: FrameBatch, found: list[FrameMasks], chunk: list[int]):
+        """Boxes and windows (sam_device.to_host) of the masks of every instance of the keyframes `chunk`."""
         import torch
-        import torch.nn.functional as F
 
-        device = self.sam.device
-        frame = torch.from_numpy(batch.frames[i]).to(device).permute(2, 0, 1)[None].float()
-        height, width = frame.shape[-2:]
-        scale = torch.tensor([width / batch.width, height / batch.height] * 2, device=device)
-        boxes = torch.from_numpy(found.xyxy).to(device) * scale  # source pixels → inference-frame pixels
-        # resized on the device; not with transform.apply_image_torch, which reads (H, W) from the wrong axes
+        from pipeline.segment import sam_device
+
+        sam = self.sam
+        height, width = batch.frames.shape[1:3]
         size = self.transform.get_preprocess_shape(height, width, self.transform.target_length)
-        return {
-            "image": F.interpolate(frame, size, mode="bilinear", align_corners=False, antialias=True)[0],
-            "boxes": self.transform.apply_boxes_torch(boxes, (height, width)),
-            "original_size": (batch.height, batch.width),  # masks come back at the source size
-        }
-
-    def _predict(self, inputs: list[dict]) -> list[dict]:
-        import torch
-
-        precision = torch.autocast("cuda", dtype=torch.float16) if self.half else contextlib.nullcontext()
-        with torch.inference_mode(), precision:
-            return self.sam(inputs, multimask_output=False)
+        scale = np.array([size[1] / batch.width, size[0] / batch.height] * 2, dtype=np.float32)
+        prompts = np.concatenate([f.xyxy for f in found]).astype(np.float32) * scale  # source → model-frame pixels
+        with torch.inference_mode():
+            frames = torch.from_numpy(batch.frames[chunk]).to(sam.device)
+            boxes = torch.from_numpy(prompts).to(sam.device).split([len(f) for f in found])
+            embeddings = sam_device.encode(sam, frames, size, self.images)
+            if self._image_pe is None:
+                self._image_pe = sam.prompt_encoder.get_dense_pe().to(sam.refine_dtype)
+            masks = [sam_device.decode(sam, embeddings[j:j + 1], boxes[j], self._image_pe, size,
+                                       (batch.height, batch.width)) for j in range(len(chunk))]
+            return sam_device.to_host(torch.cat(masks))
 
 
 class RefinedSegmenter:
@@ -96,7 +100,9 @@ class RefinedSegmenter:
         return self.refiner.refine(batch, self.base.segment(batch))
 
     def provenance(self) -> dict[str, str]:
-        return {**self.base.provenance(), **self._provenance}
+        """The base's and SAM's, with what ran here: the precision (fp32, bf16 or fp16) and images per encoder call."""
+        return {**self.base.provenance(), **self._provenance, "sam_precision": self.refiner.precision,
+                "sam_images": str(self.refiner.images)}
 
 
 def refine_provenance(spec: RefineSpec) -> dict[str, str]:
@@ -147,11 +153,23 @@ def load_sam(spec: RefineSpec, device: str):
     return sam.to(device).eval()
 
 
-def _merge(found: FrameMasks, sam_masks: np.ndarray) -> FrameMasks:
-    """Take SAM's mask per instance, except where it is empty; boxes follow the masks kept."""
-    empty = ~sam_masks.any(axis=(1, 2))
-    if empty.any():
-        log.debug("SAM gave %d empty masks; kept the detector's", int(empty.sum()))
-        sam_masks[empty] = found.full()[empty]
-    return FrameMasks(masks=sam_masks, xyxy=np.where(empty[:, None], found.xyxy, boxes_from_masks(sam_masks)),
-                      conf=found.conf, cls=found.cls)
+def _merge(found: FrameMasks, boxes: np.ndarray, windows: list[np.ndarray], size: tuple[int, int]) -> FrameMasks:
+    """Take SAM's mask (a window at its tight box) per instance, except where it is empty: the detector's mask is
+    kept there, as a window too; boxes follow the masks kept."""
+    empty = [not window.size for window in windows]
+    if any(empty):
+        log.debug("SAM gave %d empty masks; kept the detector's", sum(empty))
+    origins = boxes[:, [1, 0]].copy()
+    windows = list(windows)
+    for k in np.flatnonzero(empty):
+        windows[k], origins[k] = _detector_window(found, k)
+    xyxy = np.where(np.array(empty)[:, None], found.xyxy, boxes.astype(np.float32))
+    return FrameMasks(xyxy=xyxy, conf=found.conf, cls=found.cls, windows=tuple(windows), origins=origins, size=size)
+
+
+def _detector_window(found: FrameMasks, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's mask of instance k as (window, (y, x) origin)."""
+    if found.masks is None:
+        return found.windows[k], found.origins[k]
+    x1, y1, x2, y2 = boxes_from_masks(found.masks[k:k + 1])[0].astype(int)
+    return found.masks[k, y1:y2, x1:x2], np.array([y1, x1])
