@@ -315,3 +315,19 @@ def test_the_run_fingerprint_follows_sam_precision_and_encoder_batch_as_they_run
     assert refine_fields("cpu", 4)["images"] == 1 and refine_fields("cpu", 4)["precision"] == "fp32"
     assert refine_fields("cuda:0", 4)["images"] == 4 and refine_fields("cuda:0", 2)["images"] == 2
     assert "bf16" in refine_fields("cuda:0", 4)["precision"]
+
+
+@pytest.mark.parametrize("form", ["masks", "windows", "rles"])
+def test_an_empty_sam_mask_keeps_the_detectors_however_it_holds_it(form):
+    """The YOLO device path hands masks over as windows (CPU) or RLE made on the GPU: where SAM's mask is empty,
+    the detector's is kept from either."""
+    from pipeline.segment.sam import _merge
+
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[4:9, 10:17] = True
+    common = dict(xyxy=np.array([[10, 4, 17, 9]], np.float32), conf=np.ones(1, np.float32), cls=np.zeros(1, np.int16))
+    found = {"masks": FrameMasks(masks=mask[None], **common),
+             "windows": FrameMasks(windows=(mask[4:9, 10:17],), origins=np.array([[4, 10]]), size=(20, 30), **common),
+             "rles": FrameMasks(rles=tuple(rle.encode(mask[None])), size=(20, 30), **common)}[form]
+    merged = _merge(found, np.zeros((1, 4), np.int64), [np.zeros((0, 0), bool)], (20, 30))
+    np.testing.assert_array_equal(merged.full()[0], mask)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import rle
 from pipeline.decode import FrameBatch
 from pipeline.segment.base import (
     RANDOM,
@@ -168,8 +169,9 @@ def _merge(found: FrameMasks, boxes: np.ndarray, windows: list[np.ndarray], size
 
 
 def _detector_window(found: FrameMasks, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The detector's mask of instance k as (window, (y, x) origin)."""
-    if found.masks is None:
+    """The detector's mask of instance k as (window, (y, x) origin), whichever way it holds it."""
+    if found.windows:
         return found.windows[k], found.origins[k]
-    x1, y1, x2, y2 = boxes_from_masks(found.masks[k:k + 1])[0].astype(int)
-    return found.masks[k, y1:y2, x1:x2], np.array([y1, x1])
+    mask = found.masks[k] if found.masks is not None else rle.decode(found.rles[k], *found.size)
+    x1, y1, x2, y2 = boxes_from_masks(mask[None])[0].astype(int)
+    return mask[y1:y2, x1:x2], np.array([y1, x1])

@@ -32,7 +32,11 @@ def choose_dtype(device: torch.device | str) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     with torch.cuda.device(device):  # is_bf16_supported asks about the current device
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.4 has no `including_emulation` (nor emulates): compute capability 8+
+            native = torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else torch.float16
 
 
 def cast_once(sam, dtype: torch.dtype) -> None:
