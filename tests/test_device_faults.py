@@ -143,7 +143,8 @@ def count_waits(monkeypatch) -> list[str]:
             return function(*args, **kwargs)
         return wrapped
 
-    for name in ("cpu", "tolist", "item", "nonzero"):
+    for name in ("cpu", "tolist", "item", "nonzero", "new_tensor"):  # new_tensor: a copy to the device, synchronised
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch, "nonzero", counting("nonzero", torch.nonzero))
+    for name in ("nonzero", "tensor"):
+        monkeypatch.setattr(torch, name, counting(name, getattr(torch, name)))
     return calls

@@ -78,15 +78,10 @@ def test_a_frame_gets_the_same_masks_alone_or_among_others(checkpoint, conf, fra
 
 
 def test_the_batch_size_keys_the_run_where_it_shapes_the_masks(shapes_dataset, tmp_path, checkpoint):
-    """A batch of another size gives other bytes (here a batch of one frame, through the network alone), so for
-    YOLO BATCH and max_batch_mb are part of the run's fingerprint; for a segmenter that runs frame by frame they
-    only schedule the work."""
+    """A batch of another size may give other bytes (on this CPU a batch of one frame does, through the network
+    alone; on a GPU any size may), so for YOLO BATCH and max_batch_mb are part of the run's fingerprint; for a
+    segmenter that runs frame by frame they only schedule the work."""
     root, _ = shapes_dataset
-    frames = shape_clip(12, 96, 64, seed=0)[0][:4]
-    segmenter = YoloSegmenter(spec(checkpoint))
-    device = segmenter.on_device
-    assert not torch.equal(device.forward(device.prepare(frames[:1])[0])[0],
-                           device.forward(device.prepare(frames[:1], 4)[0])[0][:1])
 
     def tag(segmenter_spec: SegmenterSpec, **decode) -> str:
         return config(root, tmp_path, segmenter=segmenter_spec, decode=DecodeOptions(**decode)).run_tag()

@@ -77,13 +77,14 @@ class Feeder:
     def frames_in_flight_at(self, frame_bytes: int) -> int:
         """At most this many decoded frames of `frame_bytes` each are held at once: per decoder, the pieces queued
         ahead, the one its thread waits to queue, the one it is filling and the one taken ahead; a batch being
-        packed per frame size (at most one per decoder); the batch being segmented; the batches behind (RLE and
-        tracking, on CUDA). Pieces and batches are capped in bytes too (a piece at its share of max_batch_mb),
-        so large frames are held fewer at a time."""
-        piece = min(self.options.batch, max(1, -(-(self.options.max_batch_mb << 20) // frame_bytes)))
-        batch = min(self.batch, max(1, -(-self.batch_bytes // frame_bytes)))
-        behind = BEHIND + 1 if self.overlap else 0
-        return self.decoders * ((PREFETCH + 3) * piece + batch) + batch * (1 + behind)
+        packed per frame size (at most one per decoder); the batch being segmented, as its pieces and as one
+        array; on CUDA, the batches behind (RLE and tracking) and the two pinned buffers frames cross to the GPU
+        from. Pieces and batches are capped in bytes too (a piece at its share of max_batch_mb), so large frames
+        are held fewer at a time."""
+        piece = frames_within(self.options.batch, self.options.max_batch_mb << 20, frame_bytes)
+        batch = frames_within(self.batch, self.batch_bytes, frame_bytes)
+        on_cuda = BEHIND + 1 + 2 if self.overlap else 0
+        return self.decoders * ((PREFETCH + 3) * piece + batch) + batch * (2 + on_cuda)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
@@ -178,7 +179,7 @@ class Feeder:
     def capacity(self, piece: FrameBatch) -> int:
         """Frames of a batch of this piece's frame size: `batch`, or fewer where they would pass `max_batch_mb`
         (as VideoDecoder caps its batches)."""
-        return min(self.batch, max(1, -(-self.batch_bytes // piece.frames[0].nbytes)))
+        return frames_within(self.batch, self.batch_bytes, piece.frames[0].nbytes)
 
     def _segment(self, packed: Packed, after: Behind) -> None:
         """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order)."""
@@ -220,7 +221,7 @@ class Feeder:
         except Exception as exc:
             if not is_device_out_of_memory(exc) or batch.capacity <= 1 and len(batch) <= 1:
                 raise
-            free_device_cache()
+        free_device_cache()  # out of the handler: its traceback no longer holds the batch's tensors
         self.splits += 1
         capacity = -(-max(batch.capacity, len(batch)) // 2)
         log.warning("out of device memory on a batch of %d frames: running it as two of %d (their masks may differ "
@@ -266,6 +267,12 @@ def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
                     raise
                 fed.add_error = exc
         fed.added += 1
+
+
+def frames_within(frames: int, limit: int, frame_bytes: int) -> int:
+    """At most `frames` frames, fewer where they would pass `limit` bytes (one frame past it, at least one), as
+    VideoDecoder caps its batches."""
+    return min(frames, max(1, -(-limit // frame_bytes)))
 
 
 def free_device_cache() -> None:

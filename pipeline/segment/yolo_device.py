@@ -9,7 +9,8 @@ process_mask_native, crop_mask) without its per-image host work:
   prototype-resolution logits in two bilinear steps, which are linear and separable, so they are folded into one
   row operator and one column operator (built once per frame geometry by running the same interpolations on an
   identity), and a window is `rows @ logits @ cols.T`;
-- the windows cross to the host as booleans (`FrameMasks.windows`), not K whole frames.
+- the windows cross to the host as booleans (`FrameMasks.windows`), or on CUDA as RLE runs made there
+  (`FrameMasks.rles`), not K whole frames.
 Equivalence with `predict()` is tested (tests/test_yolo_device.py).
 
 Bytes do not depend on scheduling: the network runs every batch padded to its `capacity` (the same for every
@@ -76,10 +77,8 @@ class Geometry:
         new_h, new_w = max(round(self.height * gain), 1), max(round(self.width * gain), 1)
         pad_x = round((self.input_width - new_w) / 2 - 0.1)
         pad_y = round((self.input_height - new_h) / 2 - 0.1)
-        offset = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
-        scale = boxes.new_tensor([new_w / self.width, new_h / self.height] * 2)
-        limit = boxes.new_tensor([self.width, self.height] * 2)
-        return torch.minimum(((boxes - offset) / scale).clamp(min=0), limit)
+        return per_axis(boxes, lambda x: ((x - pad_x) / (new_w / self.width)).clamp(0, self.width),
+                        lambda y: ((y - pad_y) / (new_h / self.height)).clamp(0, self.height))
 
 
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
@@ -194,9 +193,9 @@ class DeviceYolo:
         preds, proto = self.forward(x)
         found = self._select(preds[:count].float())
         boxes = geometry.to_frame(found.xyxy)
-        scale = boxes.new_tensor([out_width / geometry.width, out_height / geometry.height] * 2)
-        limit = boxes.new_tensor([out_width, out_height] * 2)  # float rounding may cross the edge by a hair
-        found = dataclasses.replace(found, xyxy=torch.minimum(boxes * scale, limit))
+        boxes = per_axis(boxes, lambda x: (x * (out_width / geometry.width)).clamp(max=out_width),  # rounding may
+                         lambda y: (y * (out_height / geometry.height)).clamp(max=out_height))  # cross the edge
+        found = dataclasses.replace(found, xyxy=boxes)
         self.batches += 1
         return self._frame_masks(found, proto[:count].float(), geometry, count, out_height, out_width)
 
@@ -216,13 +215,14 @@ class DeviceYolo:
         return preds, proto
 
     def warm_up(self) -> None:
-        """Two black frames through the whole path with every anchor a candidate, so that NMS and mask assembly run
-        too: a device that cannot run it (a CPU-only torchvision's NMS, a dtype it lacks) fails here, at load."""
-        conf, self.conf = self.conf, -1.0
+        """Two black frames through the whole path with every anchor a candidate (any score, any class), so that
+        NMS and mask assembly run too: a device that cannot run it (a CPU-only torchvision's NMS, a dtype it lacks) fails here, at load."""
+        conf, classes = self.conf, self.classes
+        self.conf, self.classes = -1.0, torch.arange(self.nc, device=self.device)  # whatever the classes kept
         try:
             self(np.zeros((2, 64, 64, 3), dtype=np.uint8), 64, 64)
         finally:
-            self.conf, self.host_waits, self.batches = conf, 0, 0
+            self.conf, self.classes, self.host_waits, self.batches = conf, classes, 0, 0
 
     def _select(self, preds: torch.Tensor) -> Detections:
         """Score threshold, classes and NMS for the whole batch (non_max_suppression; max_det is applied on the
@@ -249,7 +249,9 @@ class DeviceYolo:
         """Indices kept by class-aware NMS within each frame, by frame, by falling score within it. On CUDA,
         one call for the whole batch (its kernel compares all pairs at once; boxes set apart per frame and
         class, in float64 so that the offsets cost no precision); on a CPU, whose NMS runs pair by pair, one
-        call per frame, as predict() does. Each call's result size is a wait on the device."""
+        call per frame, as predict() does. A CUDA batch of too many candidates goes frame by frame, in float64 too:
+        the coordinates are exact either way, so a frame keeps the same boxes whichever way its batch went. Each
+        call's result size is a wait on the device."""
         if self.device.type == "cuda" and len(xyxy) <= NMS_ONE_CALL:
             offset = (cls.double() + frame.double() * self.nc) * MAX_WH
             keep = torchvision.ops.nms(xyxy.double() + offset[:, None], score.double(), self.iou)
@@ -258,11 +260,12 @@ class DeviceYolo:
         kept, start = [], 0
         counts = torch.bincount(frame, minlength=frames).tolist()
         self.host_waits += 1 + (sum(map(bool, counts)) if self.device.type == "cuda" else 0)
+        exact = torch.float64 if self.device.type == "cuda" else xyxy.dtype  # on CUDA as the one call decides
         for count in counts:
             if count:
                 at = slice(start, start + count)
-                boxes = xyxy[at] + cls[at, None].to(xyxy.dtype) * MAX_WH
-                kept.append(torchvision.ops.nms(boxes, score[at], self.iou) + start)
+                boxes = xyxy[at].to(exact) + cls[at, None].to(exact) * MAX_WH
+                kept.append(torchvision.ops.nms(boxes, score[at].to(exact), self.iou) + start)
             start += count
         return torch.cat(kept) if kept else frame.new_zeros(0)
 
@@ -272,9 +275,9 @@ class DeviceYolo:
         The instances' boxes, scores and windows' places cross to the host in one copy, the windows in another."""
         if not len(found.conf):
             return [FrameMasks.empty(height, width) for _ in range(frames)]
-        corner = found.xyxy.new_tensor([width - 1, height - 1]).long()
-        origin = torch.minimum(found.xyxy[:, :2].ceil().long(), corner)  # a box of no width at the edge: in
-        extent = torch.minimum(found.xyxy[:, 2:].ceil().long() - origin, corner + 1 - origin).clamp(min=1)  # w, h
+        corners = per_axis(found.xyxy.ceil().long(), lambda x: x.clamp(max=width), lambda y: y.clamp(max=height))
+        origin = per_axis(corners[:, :2], lambda x: x.clamp(max=width - 1), lambda y: y.clamp(max=height - 1))
+        extent = (corners[:, 2:] - origin).clamp(min=1)  # w, h; a box of no width at the edge: one pixel, in
         packed = torch.cat([found.frame[:, None].float(), found.xyxy, found.conf[:, None], found.cls[:, None].float(),
                             origin.float(), extent.float(), found.rank[:, None].float()], dim=1)  # integers < 2^24
         meta = packed.cpu().numpy()
@@ -366,6 +369,12 @@ class Staging:
         main.wait_stream(self.stream)
         pixels.record_stream(main)
         return pixels
+
+
+def per_axis(boxes: torch.Tensor, x, y) -> torch.Tensor:
+    """(K, 2n) boxes with `x` applied to their even columns (x) and `y` to the odd ones (y): constants as Python
+    numbers, so that no small tensor is copied to the device (each such copy waits for it)."""
+    return torch.stack([x(boxes[:, 0::2]), y(boxes[:, 1::2])], dim=2).flatten(1)
 
 
 def ladder(sides: np.ndarray) -> np.ndarray:
