@@ -322,15 +322,7 @@ class DeviceYolo:
                     assembled.append(window.flatten())
                 chunks.append((members, h, w))
         if runs is not None:
-            strings: list[bytes | None] = [None] * len(order)
-            made = runs.fetch()
-            self.host_waits += runs.copies
-            members = np.concatenate([members for members, _, _ in chunks])
-            kept = [k for k, counts in zip(members.tolist(), made) if len(counts) > 1]  # else one run of zeros
-            for k, string in zip(kept, rle.from_counts([made[i] for i, counts in enumerate(made) if len(counts) > 1],
-                                                       height, width)):
-                strings[k] = string
-            return strings
+            return self._strings(runs, np.concatenate([members for members, _, _ in chunks]), height, width)
         flat = torch.cat(assembled).cpu().numpy()
         self.host_waits += 1
         windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
@@ -341,6 +333,17 @@ class DeviceYolo:
             for k, window in zip(members.tolist(), block):
                 windows[k] = window[:places[k, 3], :places[k, 2]]
         return windows
+
+    def _strings(self, runs: device_rle.RunBatch, members: np.ndarray, height: int, width: int) -> list[bytes | None]:
+        """The RLE strings of the windows `runs` holds (added in the order of `members`), by instance; None for an
+        empty mask (one run of zeros)."""
+        made = runs.fetch()
+        self.host_waits += runs.copies
+        nonempty = [i for i, counts in enumerate(made) if len(counts) > 1]
+        strings: list[bytes | None] = [None] * len(members)
+        for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], height, width)):
+            strings[members[i]] = string
+        return strings
 
 
 class Staging:
