@@ -1,6 +1,7 @@
 """The YOLO device path on a CUDA device (skipped without one; `scripts/gpu_check.sh` runs them on a GPU machine):
-the same bytes whatever shares a batch, RLE made on the GPU equal to the host's, every wait on the GPU counted by
-the path itself, and shards byte-identical whatever DECODERS."""
+the same bytes whatever shares a batch, RLE made on the GPU equal to the host's, NMS at fixed shapes equal to
+torchvision's, every wait on the GPU counted by the path itself (two a batch), and shards byte-identical whatever
+DECODERS."""
 
 from __future__ import annotations
 
@@ -58,8 +59,12 @@ def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F81
         assert a.rle() == b.rle()
 
 
-def test_the_path_counts_every_wait_on_the_gpu(checkpoint):  # noqa: F811
-    """torch's sync debug mode warns at every synchronising call; the path's own count is the same."""
+@pytest.mark.parametrize("runs", [True, False])
+def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  # noqa: F811
+    """torch's sync debug mode warns at every synchronising call; the path's own count is the same: two a batch
+    with the masks as windows (one copy each for the instances and the windows), at least two as RLE runs (their
+    copy is made again where a chunk's runs outgrow the room guessed for them)."""
+    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ("cuda",) if runs else ())
     frames = photo_clip(340, 256, 1).frames
     device = YoloSegmenter(cuda_spec(checkpoint)).on_device
     device(frames, 256, 340, capacity=8)  # the geometry's operators, made once
@@ -75,6 +80,20 @@ def test_the_path_counts_every_wait_on_the_gpu(checkpoint):  # noqa: F811
     synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
     assert sum(map(len, found)) > 0
     assert device.host_waits - before == len(synchronising), synchronising
+    assert len(synchronising) == 2 if not runs else len(synchronising) >= 2, synchronising
+
+
+def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, monkeypatch):  # noqa: F811
+    """The fixed-point NMS (CUDA's) and torchvision's frame by frame (a CPU's) give the same bytes on the GPU."""
+    frames = photo_clip(340, 256, 1).frames
+    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
+    fixed = device(frames, 256, 340, capacity=8)
+    monkeypatch.setattr(yolo_device, "FIXED_NMS", ())
+    by_frame = device(frames, 256, 340, capacity=8)
+    assert sum(map(len, fixed)) > 10
+    for a, b in zip(fixed, by_frame):
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()
 
 
 def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset, tmp_path, checkpoint):  # noqa: F811

@@ -145,6 +145,7 @@ def test_predict_stays_selectable_and_is_in_the_fingerprint():
     device, predict = SegmenterSpec(model="yolo11n-seg.yaml"), SegmenterSpec(model="yolo11n-seg.yaml",
                                                                              inference="predict")
     assert device.output_fields() != predict.output_fields()
+    assert "nms" in device.output_fields() and "nms" not in predict.output_fields()  # its NMS changed once
     selfie = SegmenterSpec(backend="selfie")
     assert "inference" not in selfie.output_fields()
     from pipeline.segment import SegmenterLoadError

@@ -21,6 +21,7 @@ class SegmenterLoadError(RuntimeError):
     """The model or its weights could not be loaded; the message says what to pass instead."""
 
 
+DEVICE_NMS = "greedy by class, float64 IoU, ties by anchor"  # YOLO's device path's NMS (another: another run tag)
 RANDOM = "random"  # SAM checkpoint value that builds the architecture with random weights (tests, timing)
 
 
@@ -87,6 +88,8 @@ class SegmenterSpec:
         if self.backend in ("yolo", "selfie"):
             unused |= {"model", "selfie_model"}
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
+        if self.backend == "yolo" and self.inference == "device":  # its NMS once kept other borderline boxes
+            fields["nms"] = DEVICE_NMS
         if self.refine:  # absent rather than None when unset; each shard records the precision SAM ran in
             cuda = self.device.startswith("cuda")  # the encoder's batch size changes kernels, so the last bits
             fields["refine"] = {**self.refine.output_fields(), "images": self.refine.images if cuda else 1,

@@ -3,8 +3,8 @@
 The same computation as ultralytics' `predict()` (LetterBox, non_max_suppression, scale_boxes,
 process_mask_native, crop_mask) without its per-image host work:
 - the uint8 frames cross to the device once; letterboxing is a bilinear resize and a pad there;
-- NMS is `torchvision.ops.nms`: on CUDA one call over the batch (boxes offset per frame and class, in float64),
-  on a CPU, where it runs pair by pair, one call per frame;
+- NMS runs on the device at fixed shapes (device_nms): each frame's best candidates, as many as a fixed room,
+  so that the host does not wait to learn how many there are or how many were kept;
 - each kept instance's mask is assembled only inside its box, at the source size: ultralytics upsamples the
   prototype-resolution logits in two bilinear steps, which are linear and separable, so they are folded into one
   row operator and one column operator (built once per frame geometry by running the same interpolations on an
@@ -16,8 +16,9 @@ Equivalence with `predict()` is tested (tests/test_yolo_device.py).
 Bytes do not depend on scheduling: the network runs every batch padded to its `capacity` (the same for every
 batch of one frame size), and each instance's mask is assembled at padded sizes that depend on its own box only
 (`ladder`), never on the instances it shares the batch with (tests/test_fixed_batches.py). What crosses to the host
-does so in two packed copies per batch (the instances' boxes, scores and windows' places; then every window), and
-the points where the host waits on the device are counted (`host_waits`).
+does so in two packed copies per batch (the instances' boxes, scores and windows' places, with whether the batch
+must run again; then every window), and the points where the host waits on the device are counted
+(`host_waits`): two per batch on a FIXED_NMS device.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ import torch.nn.functional as F
 import torchvision
 
 from pipeline import rle
-from pipeline.segment import device_rle
+from pipeline.segment import device_nms, device_rle
 from pipeline.segment.base import FrameMasks
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
-MAX_WH = 7680  # ultralytics' per-class box offset in NMS
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
-NMS_ONE_CALL = 16384  # CUDA: candidates of a batch that go through one NMS call (its all-pairs work grows as n²)
+NMS_CAPACITY = 512  # FIXED_NMS: the room for each frame's candidates in a first batch (a frame with more runs again)
+SMALLEST_ROOM = 64  # FIXED_NMS: the room never shrinks below this
+FIXED_NMS = ("cuda",)  # devices where NMS runs at a fixed room, so that the host need not ask how many candidates
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
 DEVICE_RLE = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CPU, encoding windows is faster)
 
@@ -156,14 +158,27 @@ def _axis_operator(size: int, f: int, start: int, stop: int, out: int, device: t
 
 @dataclass(frozen=True, kw_only=True)
 class Detections:
-    """A batch's kept instances, on the device, boxes in frame pixels, ordered by frame then score."""
+    """A batch's instances after NMS, in slots: each frame has min(room, max_det) slots, its kept instances first
+    by falling score, the rest unused. On the device, flattened (K = frames × slots), boxes in output pixels;
+    `meta` is their copy on the host."""
 
-    frame: torch.Tensor  # (K,) frame index in the batch
-    rank: torch.Tensor  # (K,) place by score within its frame (those from max_det on are left out on the host)
     xyxy: torch.Tensor  # (K, 4) float32
-    conf: torch.Tensor  # (K,) float32
-    cls: torch.Tensor  # (K,) int64
     coeffs: torch.Tensor  # (K, 32) mask coefficients
+    origin: torch.Tensor  # (K, 2) int64 x, y: the top-left pixel of the mask window (inside the frame)
+    extent: torch.Tensor  # (K, 2) int64 w, h: the window's size
+    meta: np.ndarray  # (K, 12) float32: frame, xyxy, conf, cls, x, y, w, h, rank (inf for an unused slot)
+    counts: np.ndarray  # (frames,) candidates each frame had (over the threshold, of a kept class)
+    again: np.ndarray  # frames to run again: more candidates than the room, or NMS not settled in ROUNDS
+
+    def with_frames(self, frames: np.ndarray, redone: "Detections") -> "Detections":
+        """These with the instances of `frames` (by index here) replaced by `redone`'s (by index there)."""
+        meta, theirs = self.meta.copy(), redone.meta.copy()
+        meta[np.isin(meta[:, 0], frames), 11] = np.inf
+        theirs[:, 0] = frames[theirs[:, 0].astype(np.int64)]
+        return Detections(xyxy=torch.cat([self.xyxy, redone.xyxy]), coeffs=torch.cat([self.coeffs, redone.coeffs]),
+                          origin=torch.cat([self.origin, redone.origin]),
+                          extent=torch.cat([self.extent, redone.extent]), meta=np.concatenate([meta, theirs]),
+                          counts=self.counts, again=redone.again)
 
 
 class DeviceYolo:
@@ -182,6 +197,7 @@ class DeviceYolo:
         self.host_waits = 0  # times the host waited on the device (a copy to the host, a result's size)
         self.batches = 0  # batches post-processed
         self._staging = Staging(self.device) if self.device.type == "cuda" else None
+        self._rooms: dict[int, int] = {}  # anchors → the room for NMS's candidates next (`_room`)
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0
@@ -191,11 +207,19 @@ class DeviceYolo:
         count = len(frames)
         x, geometry = self.prepare(frames, capacity)
         preds, proto = self.forward(x)
-        found = self._select(preds[:count].float())
-        boxes = geometry.to_frame(found.xyxy)
-        boxes = per_axis(boxes, lambda x: (x * (out_width / geometry.width)).clamp(max=out_width),  # rounding may
-                         lambda y: (y * (out_height / geometry.height)).clamp(max=out_height))  # cross the edge
-        found = dataclasses.replace(found, xyxy=boxes)
+        preds = self._checked(preds[:count].float())
+        score, cls, usable = self._scores(preds)
+        room = self._room(usable)
+        found = self._detect(preds, score, cls, usable, room, geometry, (out_height, out_width))
+        if self.device.type in FIXED_NMS:
+            anchors = preds.shape[1]
+            self._rooms[anchors] = min(anchors, int(ladder(max(SMALLEST_ROOM, found.counts.max() * 5 // 4))))
+        if len(found.again):  # frames with more candidates than the room, or whose NMS had not settled: again,
+            again = _to_device(found.again, preds.device)  # at their own room, to the end (the same instances)
+            room = min(preds.shape[1], int(ladder(found.counts[found.again].max())))
+            redone = self._detect(preds[again], score[again], cls[again], usable[again], room, geometry,
+                                  (out_height, out_width), settle=True)
+            found = found.with_frames(found.again, redone)
         self.batches += 1
         return self._frame_masks(found, proto[:count].float(), geometry, count, out_height, out_width)
 
@@ -224,73 +248,95 @@ class DeviceYolo:
         finally:
             self.conf, self.classes, self.host_waits, self.batches = conf, classes, 0, 0
 
-    def _select(self, preds: torch.Tensor) -> Detections:
-        """Score threshold, classes and NMS for the whole batch (non_max_suppression; max_det is applied on the
-        host, from each instance's rank). A candidate whose box is not finite (fp16 overflow) is dropped before
-        anything indexes with it."""
-        nc = self.nc
-        if preds.shape[1] != 4 + nc + self.masks:
-            raise RuntimeError(f"unexpected YOLO-seg output {tuple(preds.shape)}: expected (N, {4 + nc + self.masks}, "
-                               "anchors); an end-to-end head must be switched off before the model is fused")
-        preds = preds.transpose(1, 2)  # (N, anchors, 4 + nc + 32)
-        score, cls = preds[..., 4:4 + nc].max(dim=2)
-        usable = (score > self.conf) & torch.isin(cls, self.classes) & torch.isfinite(preds[..., :4]).all(dim=2)
-        frame, anchor = torch.nonzero(usable, as_tuple=True)
-        self.host_waits += 1  # the candidates' count
-        rows, score, cls = preds[frame, anchor], score[frame, anchor], cls[frame, anchor]
-        xyxy = torchvision.ops.box_convert(rows[:, :4], "cxcywh", "xyxy")
-        keep = self._nms(xyxy, score, cls, frame, len(preds))  # by frame, by falling score within it
-        rank = torch.arange(len(keep), device=keep.device) - torch.searchsorted(frame[keep], frame[keep])
-        return Detections(frame=frame[keep], rank=rank, xyxy=xyxy[keep], conf=score[keep], cls=cls[keep],
-                          coeffs=rows[keep, 4 + nc:])
+    def _checked(self, preds: torch.Tensor) -> torch.Tensor:
+        """(N, 4 + classes + 32, anchors) network output → (N, anchors, 4 + classes + 32)."""
+        if preds.shape[1] != 4 + self.nc + self.masks:
+            raise RuntimeError(f"unexpected YOLO-seg output {tuple(preds.shape)}: expected (N, "
+                               f"{4 + self.nc + self.masks}, anchors); an end-to-end head must be switched off "
+                               "before the model is fused")
+        return preds.transpose(1, 2)
 
-    def _nms(self, xyxy: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, frame: torch.Tensor,
-             frames: int) -> torch.Tensor:
-        """Indices kept by class-aware NMS within each frame, by frame, by falling score within it. On CUDA,
-        one call for the whole batch (its kernel compares all pairs at once; boxes set apart per frame and
-        class, in float64 so that the offsets cost no precision); on a CPU, whose NMS runs pair by pair, one
-        call per frame, as predict() does. A CUDA batch of too many candidates goes frame by frame, in float64 too:
-        the coordinates are exact either way, so a frame keeps the same boxes whichever way its batch went. Each
-        call's result size is a wait on the device."""
-        if self.device.type == "cuda" and len(xyxy) <= NMS_ONE_CALL:
-            offset = (cls.double() + frame.double() * self.nc) * MAX_WH
-            keep = torchvision.ops.nms(xyxy.double() + offset[:, None], score.double(), self.iou)
-            self.host_waits += 1
-            return keep[torch.sort(frame[keep], stable=True).indices]
-        kept, start = [], 0
-        counts = torch.bincount(frame, minlength=frames).tolist()
-        self.host_waits += 1 + (sum(map(bool, counts)) if self.device.type == "cuda" else 0)
-        exact = torch.float64 if self.device.type == "cuda" else xyxy.dtype  # on CUDA as the one call decides
-        for count in counts:
-            if count:
-                at = slice(start, start + count)
-                boxes = xyxy[at].to(exact) + cls[at, None].to(exact) * MAX_WH
-                kept.append(torchvision.ops.nms(boxes, score[at].to(exact), self.iou) + start)
-            start += count
-        return torch.cat(kept) if kept else frame.new_zeros(0)
+    def _scores(self, preds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each anchor's best class and its score, and whether the anchor is a candidate: over the threshold, of
+        a kept class, its box finite (an fp16 overflow is dropped before anything indexes with it)."""
+        score, cls = preds[..., 4:4 + self.nc].max(dim=2)
+        usable = (score > self.conf) & torch.isin(cls, self.classes) & torch.isfinite(preds[..., :4]).all(dim=2)
+        return score, cls, usable
+
+    def _room(self, usable: torch.Tensor) -> int:
+        """Candidates NMS takes per frame. On a FIXED_NMS device, a room that follows the batches without asking
+        how many candidates this one has: NMS_CAPACITY at first, then the ladder above 1.25× the most a frame
+        of the last batch of this size had (`_detect`; frames with more run again). Elsewhere (a CPU, where a
+        wait costs nothing and the work grows with the room) the batch's most, up the ladder. The kept
+        instances are the same whatever the room (device_nms)."""
+        anchors = usable.shape[1]
+        if self.device.type in FIXED_NMS:
+            return self._rooms.get(anchors, min(NMS_CAPACITY, anchors))
+        self.host_waits += 1
+        return min(anchors, int(ladder(int(usable.sum(1).max()))))
+
+    def _detect(self, preds: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, usable: torch.Tensor, room: int,
+                geometry: Geometry, size: tuple[int, int], *, settle: bool = False) -> Detections:
+        """Class-aware NMS within each frame over its `room` best candidates, max_det, boxes in output pixels:
+        every frame's kept instances in min(room, max_det) slots, crossing to the host in one copy, with the
+        frames that must run again (`Detections.again`)."""
+        height, width = size
+        found = device_nms.candidates(score, usable, room)
+        frames = torch.arange(len(preds), device=preds.device)[:, None]
+        xyxy = torchvision.ops.box_convert(preds[frames, found.anchor, :4], "cxcywh", "xyxy")
+        xyxy = torch.where(found.valid[..., None], xyxy, 0.0)
+        kind = cls.gather(1, found.anchor)
+        keep, unsettled = self._nms(xyxy, kind, found, settle)
+        rank = keep.cumsum(1) - 1
+        chosen = keep & (rank < self.max_det)
+        slots = torch.argsort((~chosen).to(torch.uint8), dim=1, stable=True)[:, :min(room, self.max_det)]
+        anchor = found.anchor.gather(1, slots)
+        boxes = geometry.to_frame(xyxy.gather(1, slots[..., None].expand(-1, -1, 4)).flatten(0, 1))
+        boxes = per_axis(boxes, lambda x: (x * (width / geometry.width)).clamp(max=width),  # rounding may cross
+                         lambda y: (y * (height / geometry.height)).clamp(max=height))  # the edge
+        corners = per_axis(boxes.ceil().long(), lambda x: x.clamp(max=width), lambda y: y.clamp(max=height))
+        origin = per_axis(corners[:, :2], lambda x: x.clamp(max=width - 1), lambda y: y.clamp(max=height - 1))
+        extent = (corners[:, 2:] - origin).clamp(min=1)  # w, h; a box of no width at the edge: one pixel, in
+        frame = frames.expand_as(slots).flatten()
+        conf, kind = found.score.gather(1, slots).flatten(), kind.gather(1, slots).flatten()
+        rank = torch.where(chosen.gather(1, slots), rank.gather(1, slots).float(), torch.inf).flatten()
+        packed = torch.cat([frame[:, None].float(), boxes, conf[:, None], kind[:, None].float(), origin.float(),
+                            extent.float(), rank[:, None]], dim=1)  # integers < 2^24
+        status = torch.cat([found.count.float(), unsettled.float()])
+        host = torch.cat([packed.flatten(), status]).cpu().numpy()
+        self.host_waits += 1
+        counts, unsettled = host[packed.numel():].reshape(2, len(preds)).astype(np.int64)
+        return Detections(xyxy=boxes, coeffs=preds[frames, anchor, 4 + self.nc:].flatten(0, 1), origin=origin,
+                          extent=extent, meta=host[:packed.numel()].reshape(packed.shape), counts=counts,
+                          again=np.flatnonzero((counts > room) | (unsettled > 0)))
+
+    def _nms(self, xyxy: torch.Tensor, cls: torch.Tensor, found: device_nms.Candidates, settle: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, room) kept, and (N,) whether a frame's NMS has not settled yet: on a FIXED_NMS device as a fixed
+        point at fixed shapes; elsewhere with torchvision, frame by frame, as many as each frame has (the same
+        instances, tested)."""
+        if self.device.type not in FIXED_NMS:
+            keep, checks = device_nms.frame_by_frame(xyxy, cls, found, self.iou)
+        elif settle:
+            keep, checks = device_nms.settle(device_nms.suppression(xyxy, cls, found.valid, self.iou), found.valid)
+        else:
+            return device_nms.greedy(device_nms.suppression(xyxy, cls, found.valid, self.iou), found.valid)
+        self.host_waits += checks
+        return keep, torch.zeros_like(found.count, dtype=torch.bool)
 
     def _frame_masks(self, found: Detections, proto: torch.Tensor, geometry: Geometry, frames: int, height: int,
                      width: int) -> list[FrameMasks]:
-        """Each instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), split by frame.
-        The instances' boxes, scores and windows' places cross to the host in one copy, the windows in another."""
-        if not len(found.conf):
-            return [FrameMasks.empty(height, width) for _ in range(frames)]
-        corners = per_axis(found.xyxy.ceil().long(), lambda x: x.clamp(max=width), lambda y: y.clamp(max=height))
-        origin = per_axis(corners[:, :2], lambda x: x.clamp(max=width - 1), lambda y: y.clamp(max=height - 1))
-        extent = (corners[:, 2:] - origin).clamp(min=1)  # w, h; a box of no width at the edge: one pixel, in
-        packed = torch.cat([found.frame[:, None].float(), found.xyxy, found.conf[:, None], found.cls[:, None].float(),
-                            origin.float(), extent.float(), found.rank[:, None].float()], dim=1)  # integers < 2^24
-        meta = packed.cpu().numpy()
-        self.host_waits += 1
-        chosen = np.flatnonzero(meta[:, 11] < self.max_det)
+        """Each kept instance's mask over the pixels of its box (crop_mask keeps columns x1 ≤ c < x2), split by
+        frame: the windows cross to the host in one copy."""
+        chosen = np.flatnonzero(np.isfinite(found.meta[:, 11]))
         if not len(chosen):
             return [FrameMasks.empty(height, width) for _ in range(frames)]
-        meta = meta[chosen]
-        masks = self._windows(found, proto, origin, extent, chosen, meta, geometry, height, width)
+        meta = found.meta[chosen]
+        masks = self._windows(found, proto, chosen, meta, geometry, height, width)
         return _per_frame(meta, masks, frames, height, width)
 
-    def _windows(self, found: Detections, proto: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor,
-                 chosen: np.ndarray, meta: np.ndarray, geometry: Geometry, height: int, width: int
+    def _windows(self, found: Detections, proto: torch.Tensor, chosen: np.ndarray, meta: np.ndarray,
+                 geometry: Geometry, height: int, width: int
                  ) -> list[np.ndarray] | list[bytes | None]:
         """The `chosen` instances' masks (`meta`: theirs, see `_per_frame`), as (h_k, w_k) bool windows, or on a
         DEVICE_RLE device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
@@ -306,7 +352,7 @@ class DeviceYolo:
         index = _to_device(np.concatenate([chosen, frame_rows, order, plan.frames]), proto.device)
         instance, frame_rows, on_device, frames = index.split([len(chosen), len(chosen), len(order), len(plan.frames)])
         logits = _logits(found.coeffs[instance], frame_rows, proto, frames, plan)
-        box, origin, extent = found.xyxy[instance], origin[instance], extent[instance]
+        box, origin, extent = found.xyxy[instance], found.origin[instance], found.extent[instance]
         chunks, assembled = [], []
         runs = device_rle.RunBatch(height, width) if proto.device.type in DEVICE_RLE else None
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
