@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.datasets.sample import OBJECT_VALUE, PERSON_VALUE
 from pipeline.decode import FrameBatch
-from pipeline.segment.base import FrameMasks, SegmenterSpec, resize_masks
+from pipeline.segment.base import FrameMasks, Ready, SegmenterSpec, resize_masks
 
 BOX = 1
 
@@ -110,3 +110,32 @@ class MemoryHogSegmenter(LumaKeySegmenter):
         if bright(batch):
             raise MemoryError("out of host memory")
         return super().segment(batch)
+
+
+class Launching:
+    """Another segmenter with `launch`, as a GPU segmenter has: its masks are made when taken (or at launch,
+    `eager`, so that its errors are raised there); `events` records launches and results in order."""
+
+    def __init__(self, inner, *, eager: bool = False) -> None:
+        self.inner, self.names, self.eager, self.events = inner, inner.names, eager, []
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        return self.inner.segment(batch)
+
+    def launch(self, batch: FrameBatch):
+        self.events.append("launch")
+        if self.eager:
+            return Ready(self.inner.segment(batch))
+        return Later(self, batch)
+
+    def provenance(self) -> dict[str, str]:
+        return self.inner.provenance()
+
+
+class Later:
+    def __init__(self, owner: Launching, batch: FrameBatch) -> None:
+        self.owner, self.batch = owner, batch
+
+    def result(self) -> list[FrameMasks]:
+        self.owner.events.append("result")
+        return self.owner.inner.segment(self.batch)

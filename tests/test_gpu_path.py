@@ -61,15 +61,19 @@ def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F81
 
 @pytest.mark.parametrize("runs", [True, False])
 def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  # noqa: F811
-    """torch's sync debug mode warns at every synchronising call; the path's own count is the same: two a batch
-    with the masks as windows (one copy each for the instances and the windows), at least two as RLE runs (their
-    copy is made again where a chunk's runs outgrow the room guessed for them)."""
+    """torch's sync debug mode warns at every synchronising call (and events' waits are counted too); the path's
+    own count is the same: two a batch with the masks as windows (one copy each for the instances and the
+    windows), at least two as RLE runs (their copy is made again where a chunk's runs outgrow the room guessed
+    for them)."""
     monkeypatch.setattr(yolo_device, "DEVICE_RLE", ("cuda",) if runs else ())
     frames = photo_clip(340, 256, 1).frames
     device = YoloSegmenter(cuda_spec(checkpoint)).on_device
     device(frames, 256, 340, capacity=8)  # the geometry's operators, made once
     torch.cuda.synchronize()
     before = device.host_waits
+    events = []  # an event's wait is not one the debug mode sees
+    synchronize = torch.cuda.Event.synchronize
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", lambda event: events.append("event") or synchronize(event))
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -77,7 +81,7 @@ def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  
             found = device(frames, 256, 340, capacity=8)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()] + events
     assert sum(map(len, found)) > 0
     assert device.host_waits - before == len(synchronising), synchronising
     assert len(synchronising) == 2 if not runs else len(synchronising) >= 2, synchronising

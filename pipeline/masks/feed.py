@@ -28,6 +28,7 @@ from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
 from pipeline.records import ClipRecord
 from pipeline.segment import FrameMasks, Segmenter
+from pipeline.segment.base import Launched
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Feeder:
                                max_batch_mb=max(1, options.max_batch_mb // self.decoders))
         self.rows, self.overlap = rows, overlap
         self.splits = 0  # batches split in two after running out of device memory
+        self._launched: Started | None = None  # a batch launched on the device, its masks not yet taken
 
     @property
     def frames_in_flight(self) -> int:
@@ -78,12 +80,13 @@ class Feeder:
         """At most this many decoded frames of `frame_bytes` each are held at once: per decoder, the pieces queued
         ahead, the one its thread waits to queue, the one it is filling and the one taken ahead; a batch being
         packed per frame size (at most one per decoder); the batch being segmented, as its pieces and as one
-        array; on CUDA, the batches behind (RLE and tracking) and the two pinned buffers frames cross to the GPU
-        from. Pieces and batches are capped in bytes too (a piece at its share of max_batch_mb), so large frames
-        are held fewer at a time."""
+        array; on CUDA, the batch launched before it (its pieces and its array), the batches behind (RLE and
+        tracking, queued and running) and the two pinned buffers frames cross to the GPU from. Pieces and batches
+        are capped in bytes too (a piece at its share of max_batch_mb), so large frames are held fewer at a
+        time."""
         piece = frames_within(self.options.batch, self.options.max_batch_mb << 20, frame_bytes)
         batch = frames_within(self.batch, self.batch_bytes, frame_bytes)
-        on_cuda = BEHIND + 1 + 2 if self.overlap else 0
+        on_cuda = 2 + BEHIND + 1 + 2 if self.overlap else 0
         return self.decoders * ((PREFETCH + 3) * piece + batch) + batch * (2 + on_cuda)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
@@ -106,9 +109,11 @@ class Feeder:
                     for fed in live:
                         piece, fed.ahead = fed.ahead, None
                         self._pack(packing, fed, piece, after)
+                self._drain(after)
                 after.drain()
                 yield from self._finished(ended)
         finally:
+            self._launched = None  # a batch of a run cut short is not finished in the next
             for fed in slots:
                 if fed is not None:
                     fed.pieces.close()  # stops its decoder thread
@@ -182,14 +187,47 @@ class Feeder:
         return frames_within(self.batch, self.batch_bytes, piece.frames[0].nbytes)
 
     def _segment(self, packed: Packed, after: Behind) -> None:
-        """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order)."""
+        """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order). Where the
+        segmenter can launch batches (and `overlap`), this one is launched and the one launched before it is
+        finished: the device runs this batch while the host takes the other's masks."""
         for fed, _ in packed:
-            fed.waiting -= 1
+            if fed.failed is not None:
+                fed.waiting -= 1
         live = [(fed, piece) for fed, piece in packed if fed.failed is None]
         if not live:
             return
+        started = self._start(live)
+        if started.launched is None and started.error is None:  # a segmenter that runs batches as it is given them
+            self._complete(started, after)
+            return
+        started, self._launched = self._launched, started
+        if started is not None:
+            self._complete(started, after)
+
+    def _drain(self, after: Behind) -> None:
+        """The batch still launched, finished."""
+        started, self._launched = self._launched, None
+        if started is not None:
+            self._complete(started, after)
+
+    def _start(self, live: Packed) -> Started:
+        """The batch of these pieces, launched where the segmenter can (a failure is kept for `_complete`)."""
+        batch = replace(FrameBatch.concat([piece for _, piece in live]), capacity=self.capacity(live[0][1]))
+        launch = getattr(self.segmenter, "launch", None) if self.overlap else None
+        if launch is None:
+            return Started(live=live, batch=batch)
         try:
-            found = self._masks([piece for _, piece in live])
+            return Started(live=live, batch=batch, launched=launch(batch))
+        except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete)
+            return Started(live=live, batch=batch, error=exc)
+
+    def _complete(self, started: Started, after: Behind) -> None:
+        """A started batch's masks, each piece's to its clip's rows (behind, in order)."""
+        live = started.live
+        for fed, _ in live:
+            fed.waiting -= 1
+        try:
+            found = self._by_piece(live, self._fitting(started.batch, started))
         except Exception as exc:
             if is_infrastructure(exc):
                 raise
@@ -202,21 +240,31 @@ class Feeder:
             for fed, _, _ in work:
                 fed.failed = fed.failed or fed.add_error
 
-    def _masks(self, pieces: list[FrameBatch]) -> dict[int, list[FrameMasks]]:
-        """The segmenter on the pieces as one batch: each piece's masks, by the piece's id."""
-        batch = replace(FrameBatch.concat(pieces), capacity=self.capacity(pieces[0]))
-        results = self._fitting(batch)
-        if len(results) != sum(len(piece) for piece in pieces):
-            raise ValueError(f"the segmenter gave {len(results)} results for {sum(map(len, pieces))} frames")
+    def _masks(self, pieces: Packed) -> dict[int, list[FrameMasks]]:
+        """The segmenter on the pieces as one batch, at once: each piece's masks, by the piece's id."""
+        batch = replace(FrameBatch.concat([piece for _, piece in pieces]), capacity=self.capacity(pieces[0][1]))
+        return self._by_piece(pieces, self._fitting(batch))
+
+    @staticmethod
+    def _by_piece(pieces: Packed, results: list[FrameMasks]) -> dict[int, list[FrameMasks]]:
+        """A batch's results, each piece's by the piece's id."""
+        if len(results) != sum(len(piece) for _, piece in pieces):
+            raise ValueError(f"the segmenter gave {len(results)} results for "
+                             f"{sum(len(piece) for _, piece in pieces)} frames")
         found, offset = {}, 0
-        for piece in pieces:
+        for _, piece in pieces:
             found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
         return found
 
-    def _fitting(self, batch: FrameBatch) -> list[FrameMasks]:
-        """The segmenter's results for `batch`; out of device memory, the two halves at half the capacity each (a
-        single frame that does not fit is the machine's error)."""
+    def _fitting(self, batch: FrameBatch, started: Started | None = None) -> list[FrameMasks]:
+        """The segmenter's results for `batch` (those of its launch, where it was `started` so); out of device
+        memory, the two halves at half the capacity each (a single frame that does not fit is the machine's
+        error)."""
         try:
+            if started is not None and started.error is not None:
+                raise started.error
+            if started is not None and started.launched is not None:
+                return started.launched.result()
             return self.segmenter.segment(batch)
         except Exception as exc:
             if not is_device_out_of_memory(exc) or batch.capacity <= 1 and len(batch) <= 1:
@@ -240,7 +288,7 @@ class Feeder:
             try:
                 if len(owners) == 1:
                     raise error
-                found |= self._masks([piece for owner, piece in live if owner is fed])
+                found |= self._masks([(owner, piece) for owner, piece in live if owner is fed])
             except Exception as exc:
                 if is_infrastructure(exc):
                     raise
@@ -254,6 +302,17 @@ class Feeder:
             if fed.failed is None and fed.add_error is not None:  # read once everything behind is done
                 fed.failed = fed.add_error
             yield fed.clip, (fed.failed if fed.failed is not None else fed)
+
+
+@dataclass(eq=False, kw_only=True)
+class Started:
+    """A packed batch given to the segmenter: launched (its masks on their way), failed at launch, or neither (a
+    segmenter without `launch`, run when the batch is completed)."""
+
+    live: Packed
+    batch: FrameBatch
+    launched: Launched | None = None
+    error: Exception | None = None
 
 
 def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:

@@ -172,8 +172,28 @@ class FrameMasks:
         )
 
 
+class Launched(Protocol):
+    """A batch whose masks are on their way (Segmenter.launch)."""
+
+    def result(self) -> list[FrameMasks]:
+        """One FrameMasks per frame of the batch (waits for them)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Masks made at once, handed over as a launched batch's."""
+
+    masks: list[FrameMasks]
+
+    def result(self) -> list[FrameMasks]:
+        return self.masks
+
+
 class Segmenter(Protocol):
-    """What the masks stage calls. `names` maps class id → class name."""
+    """What the masks stage calls. `names` maps class id → class name. A segmenter may also have
+    `launch(batch) -> Launched`: the batch's work queued (on a GPU), so that the caller can queue the next batch
+    before it waits for this one's masks; the feeder then holds one batch launched (masks/feed.py)."""
 
     names: Mapping[int, str]
 

@@ -14,6 +14,8 @@ from pipeline.decode import FrameBatch
 from pipeline.segment.base import (
     PERSON,
     FrameMasks,
+    Launched,
+    Ready,
     SegmenterLoadError,
     SegmenterSpec,
     file_sha256,
@@ -41,9 +43,13 @@ class YoloSegmenter:
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        return self.launch(batch).result()
+
+    def launch(self, batch: FrameBatch) -> Launched:
+        """The batch queued on the device (Segmenter.launch); predict() runs at once."""
         if self.spec.inference == "predict":
-            return self.predict(batch)
-        return self.on_device(batch.frames, batch.height, batch.width, capacity=batch.capacity)
+            return Ready(self.predict(batch))
+        return self.on_device.launch(batch.frames, batch.height, batch.width, capacity=batch.capacity)
 
     def warm_up(self) -> None:
         """A first small batch on the device through the path the stage will use (see DeviceYolo.warm_up)."""

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import torchvision
 
 from pipeline import rle
-from pipeline.segment import device_nms, device_rle
+from pipeline.segment import device_nms, device_rle, transfer
 from pipeline.segment.base import FrameMasks
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
@@ -181,6 +181,38 @@ class Detections:
                           counts=self.counts, again=redone.again)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Queued:
+    """A batch's instances after NMS on the device (as Detections), their copy to the host on its way."""
+
+    xyxy: torch.Tensor
+    coeffs: torch.Tensor
+    origin: torch.Tensor
+    extent: torch.Tensor
+    copy: "transfer.HostCopy"  # the (K, 12) meta, then each frame's candidates and whether its NMS settled
+    shape: tuple[int, int]  # the meta's
+    room: int  # the candidates NMS took per frame
+
+
+@dataclass(frozen=True, kw_only=True)
+class Launched:
+    """A batch queued on the device (`DeviceYolo.launch`): what its post-processing needs, held until then."""
+
+    yolo: "DeviceYolo"
+    preds: torch.Tensor  # (N, anchors, 4 + classes + 32)
+    score: torch.Tensor
+    cls: torch.Tensor
+    usable: torch.Tensor
+    proto: torch.Tensor
+    geometry: Geometry
+    size: tuple[int, int]  # the masks' height, width
+    queued: Queued
+
+    def result(self) -> list[FrameMasks]:
+        """One FrameMasks per frame (waits for the device)."""
+        return self.yolo.finish(self)
+
+
 class DeviceYolo:
     """A fused ultralytics SegmentationModel run on a device, with predict()'s settings."""
 
@@ -196,7 +228,8 @@ class DeviceYolo:
         self.classes = torch.tensor(classes, device=self.device)
         self.host_waits = 0  # times the host waited on the device (a copy to the host, a result's size)
         self.batches = 0  # batches post-processed
-        self._staging = Staging(self.device) if self.device.type == "cuda" else None
+        self._staging = transfer.Staging(self.device) if self.device.type == "cuda" else None
+        self._post = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # masks' stream
         self._rooms: dict[int, int] = {}  # anchors → the room for NMS's candidates next (`_room`)
 
     @torch.inference_mode()
@@ -204,30 +237,51 @@ class DeviceYolo:
                  ) -> list[FrameMasks]:
         """(N, h, w, 3) uint8 RGB frames → one FrameMasks per frame, masks at (out_height, out_width). The network
         runs on `capacity` frames (the frames, then black ones), so that every batch of one size has one shape."""
+        return self.launch(frames, out_height, out_width, capacity=capacity).result()
+
+    @torch.inference_mode()
+    def launch(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0) -> "Launched":
+        """The batch's work queued on the device up to NMS, its instances' copy to the host on its way: the host
+        can queue the next batch before it waits for this one (`Launched.result`)."""
         count = len(frames)
         x, geometry = self.prepare(frames, capacity)
         preds, proto = self.forward(x)
         preds = self._checked(preds[:count].float())
         score, cls, usable = self._scores(preds)
-        room = self._room(usable)
-        found = self._detect(preds, score, cls, usable, room, geometry, (out_height, out_width))
-        if self.device.type in FIXED_NMS:
-            anchors = preds.shape[1]
-            self._rooms[anchors] = min(anchors, int(ladder(max(SMALLEST_ROOM, found.counts.max() * 5 // 4))))
-        if len(found.again):  # frames with more candidates than the room, or whose NMS had not settled: again,
-            again = _to_device(found.again, preds.device)  # at their own room, to the end (the same instances)
-            room = min(preds.shape[1], int(ladder(found.counts[found.again].max())))
-            redone = self._detect(preds[again], score[again], cls[again], usable[again], room, geometry,
-                                  (out_height, out_width), settle=True)
-            found = found.with_frames(found.again, redone)
-        self.batches += 1
-        return self._frame_masks(found, proto[:count].float(), geometry, count, out_height, out_width)
+        size = (out_height, out_width)
+        queued = self._detect(preds, score, cls, usable, self._room(usable), geometry, size)
+        return Launched(yolo=self, preds=preds, score=score, cls=cls, usable=usable, proto=proto[:count].float(),
+                        geometry=geometry, size=size, queued=queued)
+
+    @torch.inference_mode()
+    def finish(self, launched: "Launched") -> list[FrameMasks]:
+        """A launched batch's masks. On CUDA its masks are assembled on a stream of their own, beside the next
+        batch's network on the model's."""
+        with transfer.side_stream(self._post, after=launched.queued.copy.done):
+            found = self._arrived(launched.queued)
+            preds, geometry, size = launched.preds, launched.geometry, launched.size
+            if self.device.type in FIXED_NMS:
+                anchors = preds.shape[1]
+                self._rooms[anchors] = min(anchors, int(ladder(max(SMALLEST_ROOM, found.counts.max() * 5 // 4))))
+            if len(found.again):  # frames with more candidates than the room, or whose NMS had not settled: again,
+                again = _to_device(found.again, preds.device)  # at their own room, to the end (the same instances)
+                room = min(preds.shape[1], int(ladder(found.counts[found.again].max())))
+                redone = self._detect(preds[again], launched.score[again], launched.cls[again],
+                                      launched.usable[again], room, geometry, size, settle=True)
+                found = found.with_frames(found.again, self._arrived(redone))
+            self.batches += 1
+            return self._frame_masks(found, launched.proto, geometry, len(preds), *size)
 
     def prepare(self, frames: np.ndarray, capacity: int = 0) -> tuple[torch.Tensor, Geometry]:
         """The frames on the device, padded with black ones to `capacity`, letterboxed: the model's input."""
         height, width = frames.shape[1:3]
         geometry = Geometry.of(height, width, input_size(height, width, self.imgsz), self.stride)
-        pixels = self._staging.copy(frames) if self._staging else torch.from_numpy(frames).to(self.device)
+        if self._staging:
+            waits = self._staging.waits
+            pixels = self._staging.copy(frames)
+            self.host_waits += self._staging.waits - waits
+        else:
+            pixels = torch.from_numpy(frames).to(self.device)
         if capacity > len(frames):
             pixels = torch.cat([pixels, pixels.new_zeros((capacity - len(frames), *pixels.shape[1:]))])
         return letterbox(pixels, geometry, self.dtype), geometry
@@ -276,10 +330,10 @@ class DeviceYolo:
         return min(anchors, int(ladder(int(usable.sum(1).max()))))
 
     def _detect(self, preds: torch.Tensor, score: torch.Tensor, cls: torch.Tensor, usable: torch.Tensor, room: int,
-                geometry: Geometry, size: tuple[int, int], *, settle: bool = False) -> Detections:
+                geometry: Geometry, size: tuple[int, int], *, settle: bool = False) -> "Queued":
         """Class-aware NMS within each frame over its `room` best candidates, max_det, boxes in output pixels:
-        every frame's kept instances in min(room, max_det) slots, crossing to the host in one copy, with the
-        frames that must run again (`Detections.again`)."""
+        every frame's kept instances in min(room, max_det) slots, their copy to the host queued (with what says
+        which frames must run again)."""
         height, width = size
         found = device_nms.candidates(score, usable, room)
         frames = torch.arange(len(preds), device=preds.device)[:, None]
@@ -303,12 +357,19 @@ class DeviceYolo:
         packed = torch.cat([frame[:, None].float(), boxes, conf[:, None], kind[:, None].float(), origin.float(),
                             extent.float(), rank[:, None]], dim=1)  # integers < 2^24
         status = torch.cat([found.count.float(), unsettled.float()])
-        host = torch.cat([packed.flatten(), status]).cpu().numpy()
+        return Queued(xyxy=boxes, coeffs=preds[frames, anchor, 4 + self.nc:].flatten(0, 1), origin=origin,
+                      extent=extent, copy=transfer.HostCopy(torch.cat([packed.flatten(), status])),
+                      shape=tuple(packed.shape), room=room)
+
+    def _arrived(self, queued: "Queued") -> Detections:
+        """The instances once their copy is on the host (a wait for the device), and the frames to run again."""
+        host = queued.copy.numpy()
         self.host_waits += 1
-        counts, unsettled = host[packed.numel():].reshape(2, len(preds)).astype(np.int64)
-        return Detections(xyxy=boxes, coeffs=preds[frames, anchor, 4 + self.nc:].flatten(0, 1), origin=origin,
-                          extent=extent, meta=host[:packed.numel()].reshape(packed.shape), counts=counts,
-                          again=np.flatnonzero((counts > room) | (unsettled > 0)))
+        size = queued.shape[0] * queued.shape[1]
+        counts, unsettled = host[size:].reshape(2, -1).astype(np.int64)
+        return Detections(xyxy=queued.xyxy, coeffs=queued.coeffs, origin=queued.origin, extent=queued.extent,
+                          meta=host[:size].reshape(queued.shape), counts=counts,
+                          again=np.flatnonzero((counts > queued.room) | (unsettled > 0)))
 
     def _nms(self, xyxy: torch.Tensor, cls: torch.Tensor, found: device_nms.Candidates, settle: bool
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,34 +451,6 @@ class DeviceYolo:
         for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], height, width)):
             strings[members[i]] = string
         return strings
-
-
-class Staging:
-    """Frames to a CUDA device through pinned host buffers, copied on a side stream (the model's stream waits for
-    the copy, the host does not); two buffers in turn, each reused once its last copy is done."""
-
-    def __init__(self, device: torch.device, slots: int = 2) -> None:
-        self.device, self.stream = device, torch.cuda.Stream(device)
-        self.buffers: list[torch.Tensor | None] = [None] * slots
-        self.done: list[torch.cuda.Event | None] = [None] * slots
-        self.turn = 0
-
-    def copy(self, frames: np.ndarray) -> torch.Tensor:
-        slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
-        if self.done[slot] is not None:
-            self.done[slot].synchronize()
-        if self.buffers[slot] is None or self.buffers[slot].numel() < frames.size:
-            self.buffers[slot] = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
-        host = self.buffers[slot][:frames.size].view(frames.shape)
-        host.numpy()[...] = frames
-        with torch.cuda.stream(self.stream):
-            pixels = host.to(self.device, non_blocking=True)
-            self.done[slot] = torch.cuda.Event()
-            self.done[slot].record(self.stream)
-        main = torch.cuda.current_stream(self.device)
-        main.wait_stream(self.stream)
-        pixels.record_stream(main)
-        return pixels
 
 
 def per_axis(boxes: torch.Tensor, x, y) -> torch.Tensor:

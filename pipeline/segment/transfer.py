@@ -1,0 +1,74 @@
+"""Frames to the device and results back without the host waiting where it need not: pinned staging buffers
+copied on a side stream, copies to the host queued into pinned memory with an event, and a side stream for work
+that may run beside the model's."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+
+class Staging:
+    """Frames to a CUDA device through pinned host buffers, copied on a side stream (the model's stream waits for
+    the copy, the host does not); two buffers in turn, each reused once its last copy is done."""
+
+    def __init__(self, device: torch.device, slots: int = 2) -> None:
+        self.device, self.stream = device, torch.cuda.Stream(device)
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.done: list[torch.cuda.Event | None] = [None] * slots
+        self.turn = 0
+        self.waits = 0  # times a buffer's last copy was not done when it was needed again (the host waited)
+
+    def copy(self, frames: np.ndarray) -> torch.Tensor:
+        slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
+        if self.done[slot] is not None and not self.done[slot].query():
+            self.done[slot].synchronize()  # two batches back: done by now unless the host runs ahead of the GPU
+            self.waits += 1
+        if self.buffers[slot] is None or self.buffers[slot].numel() < frames.size:
+            self.buffers[slot] = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
+        host = self.buffers[slot][:frames.size].view(frames.shape)
+        host.numpy()[...] = frames
+        with torch.cuda.stream(self.stream):
+            pixels = host.to(self.device, non_blocking=True)
+            self.done[slot] = torch.cuda.Event()
+            self.done[slot].record(self.stream)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)
+        pixels.record_stream(main)
+        return pixels
+
+
+class HostCopy:
+    """A device tensor's copy to the host, queued: on CUDA into pinned memory, with an event recorded after it on
+    the current stream (so `done` also marks everything queued before it); elsewhere made at once."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.done: torch.cuda.Event | None = None
+        if tensor.device.type != "cuda":
+            self.host = tensor.cpu()
+            return
+        self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self.host.copy_(tensor, non_blocking=True)
+        self.done = torch.cuda.Event()
+        self.done.record()
+
+    def numpy(self) -> np.ndarray:
+        """The copy, once it is on the host (a wait for the device, on CUDA)."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.numpy()
+
+
+@contextlib.contextmanager
+def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | None):
+    """Work queued inside runs on `stream` once `after` has happened (None: the current stream, as it is). The
+    caller keeps the tensors it reads alive until that work is done (it waits for its results)."""
+    if stream is None:
+        yield
+        return
+    if after is not None:
+        stream.wait_event(after)
+    with torch.cuda.stream(stream):
+        yield

@@ -1,0 +1,97 @@
+"""The feeder with a segmenter that launches batches (a GPU's): it holds one batch launched while it takes the
+masks of the one before, so the device runs a batch while the host finishes another. Rows are the same as
+batch by batch, a clip's failure (at launch or at its result) stays its own, a batch out of memory is split, a
+machine error stops the run and leaves nothing launched behind; on the CPU, with YOLO's own launch."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.decode import DecodeOptions
+from pipeline.masks.feed import Feeder
+from pipeline.masks.tables import ClipRows
+from pipeline.segment import SegmenterSpec, load_segmenter
+from tests.segmenters import DeviceErrorOnceSegmenter, FailingSegmenter, Launching, LumaKeySegmenter
+from tests.test_device_faults import OutOfMemory
+from tests.test_feed import clips
+from tests.test_fixed_batches import checkpoint, spec  # noqa: F401 - the lively checkpoint fixture
+from tests.test_masks_stage import add_bright_clip
+
+LUMA = SegmenterSpec(backend="luma")
+
+
+def outcomes(root, segmenter, decoders: int, *, overlap: bool, feeder: Feeder | None = None) -> dict[str, object]:
+    """Each clip's rows as bytes, or its exception's message."""
+    feeder = feeder or Feeder(segmenter, DecodeOptions(batch=8), decoders=decoders, overlap=overlap,
+                              rows=lambda clip: ClipRows(clip.clip_id, dict(segmenter.names)))
+    out = {}
+    for clip, fed in feeder.run(clips(root), begin=lambda _: None):
+        out[clip.clip_id] = str(fed) if isinstance(fed, Exception) else fed.rows.table()
+    return out
+
+
+def same(a: dict[str, object], b: dict[str, object]) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] if isinstance(a[k], str) else a[k].equals(b[k]) for k in a)
+
+
+@pytest.mark.parametrize("decoders", [1, 3])
+def test_one_batch_is_launched_while_the_one_before_is_finished(shapes_dataset, decoders):
+    root, _ = shapes_dataset
+    reference = outcomes(root, LumaKeySegmenter(LUMA), decoders, overlap=False)
+    launching = Launching(LumaKeySegmenter(LUMA))
+    assert same(outcomes(root, launching, decoders, overlap=True), reference)
+    events = "".join(event[0] for event in launching.events)
+    assert events.startswith("ll") and events.count("l") == events.count("r") > 2  # every launch finished
+    assert "lrlr" in events  # then in step: launch the next, finish the one before
+    batch_by_batch = Launching(LumaKeySegmenter(LUMA))
+    assert same(outcomes(root, batch_by_batch, decoders, overlap=False), reference) and not batch_by_batch.events
+
+
+@pytest.mark.parametrize("eager", [True, False])
+@pytest.mark.parametrize("decoders", [1, 3])
+def test_a_clips_failure_stays_its_own_at_launch_or_at_its_result(shapes_dataset, decoders, eager):
+    root, _ = shapes_dataset
+    add_bright_clip(root)
+    reference = outcomes(root, FailingSegmenter(LUMA), decoders, overlap=False)
+    assert sum(isinstance(v, str) for v in reference.values()) == 1 and len(reference) == 6  # the bright clip
+    assert same(outcomes(root, Launching(FailingSegmenter(LUMA), eager=eager), decoders, overlap=True), reference)
+
+
+def test_a_launched_batch_out_of_memory_is_split(shapes_dataset):
+    root, _ = shapes_dataset
+    reference = outcomes(root, LumaKeySegmenter(LUMA), 3, overlap=False)
+    tight = OutOfMemory(room=2)
+    assert same(outcomes(root, Launching(tight), 3, overlap=True), reference)
+    assert set(tight.ran) == {2}
+
+
+def test_a_machine_error_stops_the_run_and_leaves_nothing_launched(shapes_dataset, tmp_path, monkeypatch):
+    root, _ = shapes_dataset
+    reference = outcomes(root, LumaKeySegmenter(LUMA), 3, overlap=False)
+    broken = Launching(DeviceErrorOnceSegmenter(LUMA))
+    feeder = Feeder(broken, DecodeOptions(batch=8), decoders=3, overlap=True,
+                    rows=lambda clip: ClipRows(clip.clip_id, dict(broken.names)))
+    monkeypatch.setenv("FAULT_ONCE", str(tmp_path / "once"))
+    (tmp_path / "once").touch()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        outcomes(root, broken, 3, overlap=True, feeder=feeder)
+    assert broken.events.count("launch") >= 2  # one was launched when the one before failed
+    del broken.events[:]
+    assert same(outcomes(root, broken, 3, overlap=True, feeder=feeder), reference)  # the same feeder, again
+    assert broken.events.count("launch") == broken.events.count("result")  # nothing of the run cut short
+
+
+@pytest.mark.parametrize("decoders", [1, 3])
+def test_yolo_launched_gives_the_same_rows(shapes_dataset, checkpoint, decoders, monkeypatch):  # noqa: F811
+    """YOLO's own launch on the CPU (its network and NMS queued, the masks taken later), against batch by batch."""
+    root, _ = shapes_dataset
+    yolo = load_segmenter(spec(checkpoint))
+    reference = outcomes(root, yolo, decoders, overlap=False)
+    device = yolo.on_device
+    calls = []
+    for name in ("launch", "finish"):
+        method = getattr(device, name)
+        monkeypatch.setattr(device, name, lambda *a, method=method, name=name, **k: calls.append(name) or method(*a, **k))
+    assert same(outcomes(root, yolo, decoders, overlap=True), reference)
+    assert calls[:2] == ["launch", "launch"] and calls.count("launch") == calls.count("finish")
+    assert sum(len(t) for t in reference.values()) > 20  # instances whose bytes could differ
