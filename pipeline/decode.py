@@ -55,12 +55,13 @@ class FrameBatch:
         return len(self.indices)
 
     @classmethod
-    def concat(cls, batches: list["FrameBatch"]) -> "FrameBatch":
-        """One batch of the frames of several (of one size, possibly from different clips), in order."""
+    def concat(cls, batches: list["FrameBatch"], out: np.ndarray | None = None) -> "FrameBatch":
+        """One batch of the frames of several (of one size, possibly from different clips), in order; the frames
+        written into `out` where given (an array of exactly their shape)."""
         first = batches[0]
         if not all(first.fits(b) for b in batches):
             raise ValueError("frames of different sizes cannot share a batch")
-        return cls(frames=np.concatenate([b.frames for b in batches]), indices=np.concatenate([b.indices for b in batches]),
+        return cls(frames=np.concatenate([b.frames for b in batches], out=out), indices=np.concatenate([b.indices for b in batches]),
                    times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,
                    positions=np.concatenate([b.positions for b in batches]))
 

@@ -118,12 +118,18 @@ class Launching:
 
     def __init__(self, inner, *, eager: bool = False) -> None:
         self.inner, self.names, self.eager, self.events = inner, inner.names, eager, []
+        self.buffers, self.in_buffers = [], 0  # arrays handed out for frames, and launched batches assembled in one
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.inner.segment(batch)
 
+    def frames_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.buffers.append(np.full(shape, 7, dtype=np.uint8))
+        return self.buffers[-1]
+
     def launch(self, batch: FrameBatch):
         self.events.append("launch")
+        self.in_buffers += any(batch.frames is buffer for buffer in self.buffers)
         if self.eager:
             return Ready(self.inner.segment(batch))
         return Later(self, batch)

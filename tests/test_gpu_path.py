@@ -87,6 +87,22 @@ def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  
     assert len(synchronising) == 2 if not runs else len(synchronising) >= 2, synchronising
 
 
+def test_frames_in_pinned_memory_cross_without_a_staging_copy(checkpoint):  # noqa: F811
+    frames = photo_clip(340, 256, 1).frames
+    segmenter = YoloSegmenter(cuda_spec(checkpoint))
+    device = segmenter.on_device
+    staged = device(frames, 256, 340, capacity=8)
+    assert device._staging.staged == 1
+    pinned = segmenter.frames_buffer(frames.shape)
+    pinned[...] = frames
+    assert torch.from_numpy(pinned).is_pinned() and not torch.from_numpy(frames).is_pinned()
+    found = device(pinned, 256, 340, capacity=8)
+    assert device._staging.staged == 1  # no staging copy this time
+    for a, b in zip(found, staged):
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()
+
+
 def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, monkeypatch):  # noqa: F811
     """The fixed-point NMS (CUDA's) and torchvision's frame by frame (a CPU's) give the same bytes on the GPU."""
     frames = photo_clip(340, 256, 1).frames

@@ -43,6 +43,7 @@ def test_one_batch_is_launched_while_the_one_before_is_finished(shapes_dataset, 
     events = "".join(event[0] for event in launching.events)
     assert events.startswith("ll") and events.count("l") == events.count("r") > 2  # every launch finished
     assert "lrlr" in events  # then in step: launch the next, finish the one before
+    assert launching.in_buffers == events.count("l") == len(launching.buffers)  # frames assembled where it asked
     batch_by_batch = Launching(LumaKeySegmenter(LUMA))
     assert same(outcomes(root, batch_by_batch, decoders, overlap=False), reference) and not batch_by_batch.events
 

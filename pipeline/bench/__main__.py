@@ -1,10 +1,19 @@
 """`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench;
-`python -m pipeline.bench predict ...`: the zero-shot bench."""
+`python -m pipeline.bench predict ...`: the zero-shot bench; `python -m pipeline.bench decoding ...`: decoders on threads
+or in processes; `python -m pipeline.bench compiled ...`: the forward eager or compiled."""
 
 import sys
 
 if sys.argv[1:2] == ["scale"]:
     from pipeline.bench.scale import main
+
+    main(sys.argv[2:])
+elif sys.argv[1:2] == ["compiled"]:
+    from pipeline.bench.compiled import main
+
+    main(sys.argv[2:])
+elif sys.argv[1:2] == ["decoding"]:
+    from pipeline.bench.decoding import main
 
     main(sys.argv[2:])
 elif sys.argv[1:2] == ["predict"]:

@@ -212,10 +212,14 @@ class Feeder:
 
     def _start(self, live: Packed) -> Started:
         """The batch of these pieces, launched where the segmenter can (a failure is kept for `_complete`)."""
-        batch = replace(FrameBatch.concat([piece for _, piece in live]), capacity=self.capacity(live[0][1]))
         launch = getattr(self.segmenter, "launch", None) if self.overlap else None
         if launch is None:
-            return Started(live=live, batch=batch)
+            batch = FrameBatch.concat([piece for _, piece in live])
+            return Started(live=live, batch=replace(batch, capacity=self.capacity(live[0][1])))
+        buffer = getattr(self.segmenter, "frames_buffer", None)  # where it reads frames fastest (pinned memory)
+        shape = (sum(len(piece) for _, piece in live), *live[0][1].frames.shape[1:])
+        batch = FrameBatch.concat([piece for _, piece in live], out=buffer(shape) if buffer else None)
+        batch = replace(batch, capacity=self.capacity(live[0][1]))
         try:
             return Started(live=live, batch=batch, launched=launch(batch))
         except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete)

@@ -10,9 +10,17 @@ import numpy as np
 import torch
 
 
+def pinned_frames(shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array in pinned host memory, for a batch's frames to be assembled in: it crosses to the GPU
+    without a staging copy (`Staging.copy`). Its blocks go back to torch's pinned-memory cache when the array is
+    dropped; the batch holding it outlives its copy to the GPU (its masks wait for it)."""
+    return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+
+
 class Staging:
-    """Frames to a CUDA device through pinned host buffers, copied on a side stream (the model's stream waits for
-    the copy, the host does not); two buffers in turn, each reused once its last copy is done."""
+    """Frames to a CUDA device, copied on a side stream (the model's stream waits for the copy, the host does
+    not). Frames already in pinned memory (`pinned_frames`) go as they are; others through two pinned buffers in
+    turn, each reused once its last copy is done."""
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:
         self.device, self.stream = device, torch.cuda.Stream(device)
@@ -20,8 +28,24 @@ class Staging:
         self.done: list[torch.cuda.Event | None] = [None] * slots
         self.turn = 0
         self.waits = 0  # times a buffer's last copy was not done when it was needed again (the host waited)
+        self.staged = 0  # batches copied into a buffer first (their frames were not pinned)
 
     def copy(self, frames: np.ndarray) -> torch.Tensor:
+        host, slot = torch.from_numpy(frames), None
+        if not host.is_pinned():
+            host, slot = self._staged(frames)
+        with torch.cuda.stream(self.stream):
+            pixels = host.to(self.device, non_blocking=True)
+            if slot is not None:
+                self.done[slot] = torch.cuda.Event()
+                self.done[slot].record(self.stream)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)
+        pixels.record_stream(main)
+        return pixels
+
+    def _staged(self, frames: np.ndarray) -> tuple[torch.Tensor, int]:
+        """The frames copied into the next pinned buffer (once its last copy to the device is done), and which."""
         slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.done[slot] is not None and not self.done[slot].query():
             self.done[slot].synchronize()  # two batches back: done by now unless the host runs ahead of the GPU
@@ -30,14 +54,8 @@ class Staging:
             self.buffers[slot] = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
         host = self.buffers[slot][:frames.size].view(frames.shape)
         host.numpy()[...] = frames
-        with torch.cuda.stream(self.stream):
-            pixels = host.to(self.device, non_blocking=True)
-            self.done[slot] = torch.cuda.Event()
-            self.done[slot].record(self.stream)
-        main = torch.cuda.current_stream(self.device)
-        main.wait_stream(self.stream)
-        pixels.record_stream(main)
-        return pixels
+        self.staged += 1
+        return host, slot
 
 
 class HostCopy:

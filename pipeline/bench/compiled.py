@@ -1,0 +1,85 @@
+"""`python -m pipeline.bench compiled`: YOLO's bare forward at the feeder's fixed batch shape, eager against
+`torch.compile` (its default mode, and `reduce-overhead`, which on a GPU replays the batch as a CUDA graph), to
+decide whether either is worth keeping in the device path. Batches of one frame size always have one shape
+(`FrameBatch.capacity`), which is what both need.
+
+For each frame size and mode it reports the compile time (the first call), frames/s over `--seconds`, and the
+largest difference from the eager output (fp16 on CUDA: kernels differ, so the masks would too, and a kept
+mode would be part of the run tag). A mode that fails reports its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.segment import SegmenterSpec
+from pipeline.segment.yolo import YoloSegmenter
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench compiled", description=__doc__)
+    parser.add_argument("--model", default="yolo11n-seg.yaml", help="weights (.pt) or an architecture (.yaml)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sizes", default="340x256,1280x720", help="frame sizes, WxH, comma-separated")
+    parser.add_argument("--modes", default="default,reduce-overhead")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed per size and mode")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-compiled.json"))
+    args = parser.parse_args(argv)
+    device = YoloSegmenter(SegmenterSpec(model=args.model, device=args.device)).on_device
+    report = {"model": args.model, "device": str(device.device), "batch": args.batch, "sizes": {}}
+    for size in args.sizes.split(","):
+        width, height = map(int, size.split("x"))
+        frames = np.random.default_rng(0).integers(0, 256, (args.batch, height, width, 3), dtype=np.uint8)
+        with torch.inference_mode():
+            x, _ = device.prepare(frames, args.batch)
+        eager, fps = _timed(device.model, x, args.seconds)
+        result = {"eager": {"fps": round(args.batch * fps, 1)}}
+        for mode in args.modes.split(","):
+            result[mode] = _compiled(device.model, x, mode, eager, args)
+        report["sizes"][size] = result
+        print(size, json.dumps(result), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+def _compiled(model: torch.nn.Module, x: torch.Tensor, mode: str, eager: torch.Tensor, args) -> dict:
+    try:
+        compiled = torch.compile(model, mode=mode)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(x)
+        _sync(x)
+        seconds = time.perf_counter() - start
+        out, fps = _timed(compiled, x, args.seconds)
+    except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"compile_s": round(seconds, 1), "fps": round(args.batch * fps, 1),
+            "max_abs_diff": float((out.float() - eager.float()).abs().max())}
+
+
+def _timed(model, x: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
+    """The predictions of one call, and calls per second over about `seconds` (after two untimed calls)."""
+    with torch.inference_mode():
+        for _ in range(2):
+            out = model(x)[0][0].clone()
+        _sync(x)
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or calls < 3:
+            model(x)
+            calls += 1
+            if calls % 8 == 0:
+                _sync(x)
+        _sync(x)
+        return out, calls / (time.perf_counter() - start)
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
