@@ -2,21 +2,26 @@
 # One command for a GPU machine that starts bare (torch preinstalled, no network, no venv): install what it lacks
 # from the wheels carried in .whl/, run the CUDA tests (those marked `gpu`), then the masks bench
 # (`python -m pipeline.bench --masks-only`: make bench would build a venv), and leave the JSON and logs in $OUT:
-#   log (everything), env.txt (machine, versions), pytest.log, bench.log, bench.json.
+#   log (everything), env.txt (machine, versions), pytest.log, bench.log, bench.json; then two probes, each
+#   bounded, whose failure fails nothing: decoding.json (decoders on threads or processes beside a busy thread)
+#   and compiled.json (the forward eager, compiled, as CUDA graphs).
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
-# installed wheels, bench clips; emptied first), BENCH_MINUTES (5), BENCH_ARGS (extra bench flags), TEST_SECONDS
-# (150).
-# The wheels: see docs/PERFORMANCE.md, "GPU check". About 7 minutes on a GPU at the defaults.
+# installed wheels, bench clips; emptied first), BENCH_MINUTES (4), BENCH_ARGS (extra bench flags), TEST_SECONDS
+# (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120).
+# The wheels: see docs/PERFORMANCE.md, "GPU check". About 9 minutes on a GPU at the defaults.
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 WORK=${WORK:-/tmp/gpu-check}
-BENCH_MINUTES=${BENCH_MINUTES:-5}
+BENCH_MINUTES=${BENCH_MINUTES:-4}
 TEST_SECONDS=${TEST_SECONDS:-150}
+PROBE_SECONDS=${PROBE_SECONDS:-60}
+PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
+COMPILE_SECONDS=${COMPILE_SECONDS:-120}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
 
@@ -68,6 +73,14 @@ EOF
         --minutes "$BENCH_MINUTES" --out "$WORK/bench" $BENCH_ARGS 2>&1 | tee "$OUT/bench.log"
     local bench=$?
     cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
+
+    echo "== decoders on threads or in processes beside a busy thread, at most ${PROBE_SECONDS}s"
+    timeout "$PROBE_SECONDS" "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" \
+        --clips "$((2 * PROBE_DECODERS))" --frames 60 --out "$WORK/decoding" 2>&1 | tee "$OUT/decoding.log"
+    cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
+    echo "== the forward eager or compiled (torch.compile, CUDA graphs), at most ${COMPILE_SECONDS}s"
+    timeout "$COMPILE_SECONDS" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json" 2>&1 \
+        | tee "$OUT/compiled.log"
     echo "== done: tests exit $tests, bench exit $bench"
     [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
 }

@@ -141,3 +141,17 @@ def test_a_random_model_keeps_about_the_instances_asked_for_on_its_calibration_f
     assert spec.model == str(tmp_path / "lively-yolo11n-seg.pt") and 0 < spec.conf < 1
     kept = [len(masks) for masks in load_segmenter(spec).segment(frames)]
     assert 4 <= sum(kept) / len(kept) <= 16  # about 8 on average (per frame, a random model's count swings)
+
+
+def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp_path):
+    from pipeline.bench.decoding import main as decoding
+
+    decoding(["--out", str(tmp_path), "--clips", "2", "--frames", "8", "--sizes", "96x64", "--duties", "0.5",
+              "--intervals", "5,0.5"])
+    report = json.loads((tmp_path / "decoding.json").read_text())
+    runs = report["sizes"]["96x64"]["runs"]
+    assert report["sizes"]["96x64"]["frames"] == 16  # every frame, decoded each way
+    assert [(r["decoders_on"], r["switch_interval_ms"]) for r in runs] == [("threads", 5), ("threads", 0.5),
+                                                                           ("processes", 5)]
+    assert all(r["decode_fps"] > 0 and r["loop_vs_alone"] > 0 for r in runs)
+    assert sys.getswitchinterval() == 0.005  # put back

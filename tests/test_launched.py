@@ -96,3 +96,24 @@ def test_yolo_launched_gives_the_same_rows(shapes_dataset, checkpoint, decoders,
     assert same(outcomes(root, yolo, decoders, overlap=True), reference)
     assert calls[:2] == ["launch", "launch"] and calls.count("launch") == calls.count("finish")
     assert sum(len(t) for t in reference.values()) > 20  # instances whose bytes could differ
+
+
+def test_feeding_a_gpu_switches_threads_more_often_while_it_runs(shapes_dataset):
+    import sys
+
+    import pipeline.masks.feed as feed
+
+    root, _ = shapes_dataset
+    seen = []
+
+    class Watching(LumaKeySegmenter):
+        def segment(self, batch):
+            seen.append(sys.getswitchinterval())
+            return super().segment(batch)
+
+    before = sys.getswitchinterval()
+    outcomes(root, Launching(Watching(LUMA)), 2, overlap=True)
+    assert set(seen) == {feed.SWITCH_INTERVAL} != {before} and sys.getswitchinterval() == before
+    seen.clear()
+    outcomes(root, Watching(LUMA), 2, overlap=False)
+    assert set(seen) == {before}

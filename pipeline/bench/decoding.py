@@ -2,8 +2,9 @@
 a thread that holds the interpreter lock as the inference thread does (pure Python), to see which decodes
 without slowing the other.
 
-For each frame size it times, over the same clips: the decoders alone; the Python loop alone; both at once with
-the decoders on threads; both at once with the decoders in processes, whose pieces reach this process through a
+For each frame size it times, over the same clips: the decoders alone; the Python loop alone (holding the lock
+all the time, or part of it); both at once with the decoders on threads (at the interpreter's switch interval,
+and a shorter one); both at once with the decoders in processes, whose pieces reach this process through a
 queue (pickled: the copy a process decoder costs). It reports decoded frames/s and the loop's rate, each as a
 fraction of its rate alone. Give each decoder and the loop a core of its own (DECODERS + 1 cores), or the figures
 measure the cores, not the lock.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=8, help="clips per frame size (split among the decoders)")
     parser.add_argument("--frames", type=int, default=120, help="frames per clip")
     parser.add_argument("--sizes", default="340x256,1280x720", help="frame sizes, WxH, comma-separated")
+    parser.add_argument("--duties", default="1,0.5", help="shares of the time the loop holds the lock")
+    parser.add_argument("--intervals", default="5,0.5", help="sys.setswitchinterval values (ms) for threads")
     args = parser.parse_args(argv)
     report = {"decoders": args.decoders, "sizes": {}}
     for size in args.sizes.split(","):
@@ -40,28 +44,37 @@ def main(argv: list[str] | None = None) -> None:
         paths = [clip_path(root, i) for i in range(args.clips)]
         if not all(p.is_file() for p in paths):
             paths = make_clips(root, range(args.clips), args.frames, width, height)
-        report["sizes"][size] = measure(paths, args.decoders)
-        print(size, json.dumps(report["sizes"][size]), flush=True)
+        print(size, flush=True)
+        report["sizes"][size] = measure(paths, args.decoders, [float(d) for d in args.duties.split(",")],
+                                        [float(i) / 1000 for i in args.intervals.split(",")])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decoding.json").write_text(json.dumps(report, indent=2))
 
 
-def measure(paths: list[Path], decoders: int) -> dict:
+def measure(paths: list[Path], decoders: int, duties: list[float], intervals: list[float]) -> dict:
     shares = [paths[i::decoders] for i in range(decoders)]
     frames, alone = _timed(lambda: _on_threads(shares))
-    loop_alone = _loop_rate(seconds=max(1.0, alone))
-    out = {"frames": frames, "decode_alone_fps": round(frames / alone, 1), "loop_alone_per_s": round(loop_alone)}
-    for mode, run in (("threads", lambda: _timed(lambda: _on_threads(shares))),
-                      ("processes", lambda: _in_processes(shares))):
-        counter, stop = [0], threading.Event()
-        loop = threading.Thread(target=_spin, args=(counter, stop), daemon=True)
-        loop.start()
-        got, seconds = run()
-        stop.set()
-        loop.join()
-        assert got == frames, (mode, got, frames)
-        out[mode] = {"decode_fps": round(frames / seconds, 1), "decode_vs_alone": round(alone / seconds, 3),
-                     "loop_vs_alone": round(counter[0] / seconds / loop_alone, 3)}
+    out = {"frames": frames, "decode_alone_fps": round(frames / alone, 1), "runs": []}
+    default = sys.getswitchinterval()
+    for duty in duties:
+        loop_alone = _loop_rate(max(1.0, alone), duty)
+        for mode, interval in [("threads", i) for i in intervals] + [("processes", default)]:
+            run = (lambda: _timed(lambda: _on_threads(shares))) if mode == "threads" else lambda: _in_processes(shares)
+            counter, stop = [0], threading.Event()
+            loop = threading.Thread(target=_spin, args=(counter, stop, duty), daemon=True)
+            sys.setswitchinterval(interval)
+            try:
+                loop.start()
+                got, seconds = run()
+                stop.set()
+                loop.join()
+            finally:
+                sys.setswitchinterval(default)
+            assert got == frames, (mode, got, frames)
+            out["runs"].append({"loop_duty": duty, "decoders_on": mode, "switch_interval_ms": interval * 1000,
+                                "decode_fps": round(frames / seconds, 1), "decode_vs_alone": round(alone / seconds, 3),
+                                "loop_vs_alone": round(counter[0] / seconds / loop_alone, 3)})
+            print(json.dumps(out["runs"][-1]), flush=True)
     return out
 
 
@@ -71,18 +84,22 @@ def _timed(run) -> tuple[int, float]:
     return frames, time.perf_counter() - start
 
 
-def _spin(counter: list[int], stop: threading.Event) -> None:
-    """Pure Python work, holding the interpreter lock but for its switch interval: the inference thread's share."""
+def _spin(counter: list[int], stop: threading.Event, duty: float = 1.0) -> None:
+    """Pure Python work, holding the interpreter lock but for its switch interval, `duty` of the time; the rest
+    asleep (as an inference thread waits for its GPU): a unit of work takes about 0.5 ms."""
     while not stop.is_set():
+        start = time.perf_counter()
         total = 0
         for i in range(10_000):
             total += i * i
         counter[0] += 1
+        if duty < 1:
+            time.sleep((time.perf_counter() - start) * (1 - duty) / duty)
 
 
-def _loop_rate(seconds: float) -> float:
+def _loop_rate(seconds: float, duty: float) -> float:
     counter, stop = [0], threading.Event()
-    loop = threading.Thread(target=_spin, args=(counter, stop), daemon=True)
+    loop = threading.Thread(target=_spin, args=(counter, stop, duty), daemon=True)
     loop.start()
     time.sleep(seconds)
     stop.set()

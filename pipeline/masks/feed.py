@@ -12,12 +12,16 @@ depend on the batch's shape runs each at one fixed shape: a clip's masks do not 
 A clip's failure stays its own: a decoder that raises ends only its clip, and a batch the segmenter raises on is
 run again clip by clip, so that only the clip whose frames raise it gets the error. A batch that runs out of
 device memory is split in two and each half run at half the capacity (down to one frame); any other machine
-error (device, memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`).
+error (device, memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`). Feeding a GPU
+(`overlap`), the feeder launches a batch before it takes the masks of the one before, and the interpreter
+switches threads more often, so that the decoders are not starved by the thread that drives the GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH = 2  # pieces each slot's decoder may be ahead
 BEHIND = 2  # batches waiting for RLE and tracking (on CUDA)
+SWITCH_INTERVAL = 0.0005  # s: the interpreter's switch interval while feeding a GPU (Python's default: 0.005)
 
 Packed = list[tuple["FedClip", FrameBatch]]
 
@@ -96,7 +101,7 @@ class Feeder:
         packing: dict[tuple, Packed] = {}  # by frame size, in the order sizes first came
         ended: list[FedClip] = []
         try:
-            with Behind(depth=BEHIND if self.overlap else 0) as after:
+            with Behind(depth=BEHIND if self.overlap else 0) as after, switching(self.overlap):
                 while True:
                     self._fill(slots, waiting, begin, ended)
                     live = [fed for fed in slots if fed is not None]
@@ -330,6 +335,23 @@ def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
                     raise
                 fed.add_error = exc
         fed.added += 1
+
+
+@contextlib.contextmanager
+def switching(often: bool):
+    """With `often`, the interpreter switches threads every SWITCH_INTERVAL: a decoder thread that needs the lock
+    back (after each call into PyAV) then waits 0.5 ms for a busy inference thread, not 5 ms. Measured on a CPU
+    with the inference thread's Python always busy, threads then decoded 7-10× more frames, the busy thread
+    doing 10% less (docs/PERFORMANCE.md, `python -m pipeline.bench decoding`)."""
+    if not often:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def frames_within(frames: int, limit: int, frame_bytes: int) -> int:
