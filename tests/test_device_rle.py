@@ -164,12 +164,10 @@ def test_cuda_matches_cpu():
 
 def test_the_device_path_hands_over_the_same_rle_made_on_the_device(checkpoint, monkeypatch):  # noqa: F811
     """YOLO's masks as runs made on the device (what CUDA does) are the bytes the host makes from the windows."""
-    import pipeline.segment.yolo_device as yolo_device
-
     frames = photo_clip(340, 256, 1).frames
     device = load_segmenter(spec(checkpoint)).on_device
     windows = device(frames, 256, 340, capacity=8)
-    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ("cuda", "cpu"))
+    monkeypatch.setattr(device_rle, "DEVICES", ("cuda", "cpu"))
     calls = count_waits(monkeypatch)
     before = device.host_waits
     runs = device(frames, 256, 340, capacity=8)

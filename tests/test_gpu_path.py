@@ -15,7 +15,7 @@ import torch
 import pipeline.segment.yolo_device as yolo_device
 from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.masks import run_masks
-from pipeline.segment import SegmenterSpec
+from pipeline.segment import SegmenterSpec, device_rle
 from pipeline.segment.yolo import YoloSegmenter
 from tests.test_fixed_batches import checkpoint  # noqa: F401 - the lively checkpoint fixture
 from tests.test_masks_stage import config, shard_bytes
@@ -50,7 +50,7 @@ def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F81
     frames = photo_clip(1280, 720, 0).frames
     device = YoloSegmenter(cuda_spec(checkpoint)).on_device
     on_gpu = device(frames, 720, 1280, capacity=8)
-    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ())
+    monkeypatch.setattr(device_rle, "DEVICES", ())
     from_windows = device(frames, 720, 1280, capacity=8)
     assert sum(map(len, on_gpu)) > 0
     for a, b in zip(on_gpu, from_windows):
@@ -65,7 +65,7 @@ def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  
     own count is the same: two a batch with the masks as windows (one copy each for the instances and the
     windows), at least two as RLE runs (their copy is made again where a chunk's runs outgrow the room guessed
     for them)."""
-    monkeypatch.setattr(yolo_device, "DEVICE_RLE", ("cuda",) if runs else ())
+    monkeypatch.setattr(device_rle, "DEVICES", ("cuda",) if runs else ())
     frames = photo_clip(340, 256, 1).frames
     device = YoloSegmenter(cuda_spec(checkpoint)).on_device
     device(frames, 256, 340, capacity=8)  # the geometry's operators, made once

@@ -317,6 +317,38 @@ def test_the_run_fingerprint_follows_sam_precision_and_encoder_batch_as_they_run
     assert "bf16" in refine_fields("cuda:0", 4)["precision"]
 
 
+def test_masks_reach_the_host_as_rle_made_on_the_device_where_it_does_that():
+    rng = np.random.default_rng(1)
+    masks = rng.random((5, 13, 21)) > 0.7
+    masks[1] = False
+    masks[3] = True
+    masks[4] = False
+    masks[4, 12, 20] = True  # the frame's last pixel
+    boxes, strings = sam_device.to_host_rles(torch.from_numpy(masks))
+    np.testing.assert_array_equal(boxes, boxes_from_masks(masks))
+    assert strings[1] is None and strings[:1] + strings[2:] == [r for k, r in enumerate(rle.encode(masks)) if k != 1]
+    assert sam_device.to_host_rles(torch.zeros((0, 13, 21), dtype=torch.bool))[1] == []
+
+
+@pytest.mark.parametrize("decoder", ["tiny", "empty"])
+def test_refined_masks_are_the_same_bytes_as_windows_or_as_device_rle(tmp_path, monkeypatch, decoder):
+    """CUDA's way (run lengths made on the device) switched on for the CPU: the same masks and boxes; where SAM's
+    mask is empty, the detector's, as RLE."""
+    from pipeline.segment import device_rle
+
+    batch = next(iter(VideoDecoder(shapes_video(tmp_path), DecodeOptions(batch=4))))
+    base = luma().segment(batch)
+    sam = tiny_sam() if decoder == "tiny" else empty_sam()
+    windows = SamRefiner(sam).refine(batch, base)
+    monkeypatch.setattr(device_rle, "DEVICES", ("cuda", "cpu"))
+    rles = SamRefiner(sam).refine(batch, base)
+    assert sum(map(len, rles)) >= 4
+    for a, b in zip(windows, rles):
+        assert a.windows and b.rles is not None
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()
+
+
 @pytest.mark.parametrize("form", ["masks", "windows", "rles"])
 def test_an_empty_sam_mask_keeps_the_detectors_however_it_holds_it(form):
     """The YOLO device path hands masks over as windows (CPU) or RLE made on the GPU: where SAM's mask is empty,

@@ -25,6 +25,7 @@ from pipeline import rle
 
 log = logging.getLogger(__name__)
 
+DEVICES = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CPU, encoding windows is faster)
 CHANGES_PER_COLUMN = 4  # a capacity guess: a person's mask has one run of ones (two changes) in most columns
 
 

@@ -60,17 +60,18 @@ class SamRefiner:
         refined = list(found)
         for first in range(0, len(keys), self.images):
             chunk = keys[first:first + self.images]
-            boxes, windows = self._predict(batch, [found[i] for i in chunk], chunk)
+            boxes, masks = self._predict(batch, [found[i] for i in chunk], chunk)
             for i, count in zip(chunk, np.cumsum([len(found[i]) for i in chunk])):
                 k = slice(count - len(found[i]), count)
-                refined[i] = _merge(found[i], boxes[k], windows[k], (batch.height, batch.width))
+                refined[i] = _merge(found[i], boxes[k], masks[k], (batch.height, batch.width))
         return refined
 
     def _predict(self, batch: FrameBatch, found: list[FrameMasks], chunk: list[int]):
-        """Boxes and windows (sam_device.to_host) of the masks of every instance of the keyframes `chunk`."""
+        """Boxes and masks of every instance of the keyframes `chunk`: windows (sam_device.to_host), or RLE strings
+        made on the device (`to_host_rles`, on a device_rle.DEVICES device)."""
         import torch
 
-        from pipeline.segment import sam_device
+        from pipeline.segment import device_rle, sam_device
 
         sam = self.sam
         height, width = batch.frames.shape[1:3]
@@ -85,7 +86,10 @@ class SamRefiner:
                 self._image_pe = sam.prompt_encoder.get_dense_pe().to(sam.refine_dtype)
             masks = [sam_device.decode(sam, embeddings[j:j + 1], boxes[j], self._image_pe, size,
                                        (batch.height, batch.width)) for j in range(len(chunk))]
-            return sam_device.to_host(torch.cat(masks))
+            masks = torch.cat(masks)
+            if masks.device.type in device_rle.DEVICES:
+                return sam_device.to_host_rles(masks)
+            return sam_device.to_host(masks)
 
 
 class RefinedSegmenter:
@@ -154,18 +158,25 @@ def load_sam(spec: RefineSpec, device: str):
     return sam.to(device).eval()
 
 
-def _merge(found: FrameMasks, boxes: np.ndarray, windows: list[np.ndarray], size: tuple[int, int]) -> FrameMasks:
-    """Take SAM's mask (a window at its tight box) per instance, except where it is empty: the detector's mask is
-    kept there, as a window too; boxes follow the masks kept."""
-    empty = [not window.size for window in windows]
+def _merge(found: FrameMasks, boxes: np.ndarray, masks: list[np.ndarray] | list[bytes | None],
+           size: tuple[int, int]) -> FrameMasks:
+    """Take SAM's mask per instance (a window at its tight box, or its RLE string), except where it is empty: the
+    detector's mask is kept there, the same way; boxes follow the masks kept."""
+    strings = bool(masks) and not isinstance(masks[0], np.ndarray)
+    empty = [mask is None for mask in masks] if strings else [not mask.size for mask in masks]
     if any(empty):
         log.debug("SAM gave %d empty masks; kept the detector's", sum(empty))
-    origins = boxes[:, [1, 0]].copy()
-    windows = list(windows)
-    for k in np.flatnonzero(empty):
-        windows[k], origins[k] = _detector_window(found, k)
     xyxy = np.where(np.array(empty)[:, None], found.xyxy, boxes.astype(np.float32))
-    return FrameMasks(xyxy=xyxy, conf=found.conf, cls=found.cls, windows=tuple(windows), origins=origins, size=size)
+    masks = list(masks)
+    if strings:
+        theirs = found.rle() if any(empty) else []
+        for k in np.flatnonzero(empty):
+            masks[k] = theirs[k]
+        return FrameMasks(xyxy=xyxy, conf=found.conf, cls=found.cls, rles=tuple(masks), size=size)
+    origins = boxes[:, [1, 0]].copy()
+    for k in np.flatnonzero(empty):
+        masks[k], origins[k] = _detector_window(found, k)
+    return FrameMasks(xyxy=xyxy, conf=found.conf, cls=found.cls, windows=tuple(masks), origins=origins, size=size)
 
 
 def _detector_window(found: FrameMasks, k: int) -> tuple[np.ndarray, np.ndarray]:

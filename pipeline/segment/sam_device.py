@@ -1,5 +1,6 @@
 """segment-anything on the model's device: one precision, weights cast once, fixed-shape encoder calls, and
-masks that reach the host as bit-packed box windows, in one transfer per call.
+masks that reach the host in one transfer per call: as RLE runs made on a CUDA device (device_rle), as
+bit-packed box windows elsewhere.
 
 Precision: fp32 on a CPU; on CUDA bf16 where the device has it (compute capability 8 and up), else fp16, whose
 range a ViT-H's activations can exceed. The image encoder and the mask decoder are cast to it once, at load;
@@ -107,10 +108,30 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2], dim=1)
 
 
+def to_host_rles(masks: torch.Tensor) -> tuple[np.ndarray, list[bytes | None]]:
+    """(N, 4) int boxes and N pycocotools RLE strings (None for an empty mask) of an (N, H, W) bool stack, the
+    run lengths made on the device (device_rle). Two waits: the boxes, then every mask's runs."""
+    from pipeline import rle
+    from pipeline.segment import device_rle
+
+    boxes = tight_boxes(masks)
+    count, height, width = masks.shape
+    whole = torch.zeros((count, 2), dtype=torch.int64, device=masks.device)  # made there: no copy to wait for
+    extent = torch.stack([torch.full_like(whole[:, 0], width), torch.full_like(whole[:, 0], height)], dim=1)
+    runs = device_rle.RunBatch(height, width)
+    runs.add(masks, whole, extent, capacity=device_rle.capacity(np.full(count, width)))
+    boxes, made = boxes.cpu().numpy(), runs.fetch()
+    nonempty = [i for i, counts in enumerate(made) if len(counts) > 1]
+    strings: list[bytes | None] = [None] * count
+    for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], height, width)):
+        strings[i] = string
+    return boxes, strings
+
+
 def to_host(masks: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
     """(N, 4) int boxes and N bool windows (each mask inside its tight box; 0×0 when empty) of an (N, H, W) bool
-    stack on the device. Two waits: the boxes, then every window bit-packed into one buffer. Device-side RLE
-    would start here, from the same boxes and windows, and hand the host runs instead of bits."""
+    stack on the device. Two waits: the boxes, then every window bit-packed into one buffer (on a device whose
+    RLE is made there, `to_host_rles`)."""
     boxes = tight_boxes(masks).cpu().numpy()
     if not len(masks):
         return boxes, []

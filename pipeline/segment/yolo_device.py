@@ -43,7 +43,6 @@ NMS_CAPACITY = 512  # FIXED_NMS: the room for each frame's candidates in a first
 SMALLEST_ROOM = 64  # FIXED_NMS: the room never shrinks below this
 FIXED_NMS = ("cuda",)  # devices where NMS runs at a fixed room, so that the host need not ask how many candidates
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
-DEVICE_RLE = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CPU, encoding windows is faster)
 
 
 def input_size(height: int, width: int, imgsz: int | None) -> int:
@@ -400,7 +399,7 @@ class DeviceYolo:
                  geometry: Geometry, height: int, width: int
                  ) -> list[np.ndarray] | list[bytes | None]:
         """The `chosen` instances' masks (`meta`: theirs, see `_per_frame`), as (h_k, w_k) bool windows, or on a
-        DEVICE_RLE device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
+        device_rle.DEVICES device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
         its own extent only (`ladder`), together with the others of the same padded size, as many as
         WINDOW_BUDGET allows; all cross to the host in one copy (the windows, or their run lengths)."""
         rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
@@ -415,7 +414,7 @@ class DeviceYolo:
         logits = _logits(found.coeffs[instance], frame_rows, proto, frames, plan)
         box, origin, extent = found.xyxy[instance], found.origin[instance], found.extent[instance]
         chunks, assembled = [], []
-        runs = device_rle.RunBatch(height, width) if proto.device.type in DEVICE_RLE else None
+        runs = device_rle.RunBatch(height, width) if proto.device.type in device_rle.DEVICES else None
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
             ph, pw = rows.span(h), cols.span(w)
             per = h * w + h * ph + h * pw + w * pw + 2 * ph * pw  # floats one window takes
