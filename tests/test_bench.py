@@ -44,8 +44,10 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
         assert masks["instances_per_frame"] > 0, size
         for key in ("stage", "segment", "predict", "forward", "decode"):
             assert masks[f"{key}_frames_per_s"] > 0, (size, key)
-        # one batch a clip, with instances: the candidates' and NMS's sizes, the boxes, the windows (yolo_device)
-        assert masks["host_waits_per_batch"] == {"stage": 4.0, "segment": 4.0}, size
+        # one batch a clip, with instances: the room, NMS's sizes frame by frame and class by class (a CPU's way),
+        # the instances, the windows (yolo_device): the same batches in the stage as in segment()
+        waits = masks["host_waits_per_batch"]
+        assert waits["stage"] == waits["segment"] > 2 + 4, size
         assert masks["stage_where"] == "in-process" and masks["stage_pid"] == os.getpid()
         assert masks["stage_peak_host_bytes"] > 50 << 20 and masks["stage_peak_gpu_allocated_bytes"] is None
         assert masks["gpu_kernel_busy"] is None and masks["gpu_util_nvml"] is None  # no CUDA here

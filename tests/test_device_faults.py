@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import pipeline.segment.yolo_device as yolo_device
 from pipeline.cli import main
@@ -124,8 +125,8 @@ def test_non_finite_boxes_are_dropped_before_indexing(checkpoint, monkeypatch): 
 def test_every_wait_on_the_device_is_counted(checkpoint, monkeypatch, fixed):  # noqa: F811
     """Each way post-processing can make the host wait (a copy to the host, a result whose size the host needs)
     is counted where it happens, and the device path's own count agrees: a batch takes two where NMS runs at a
-    fixed room (CUDA's way, switched on here); four on a CPU, where the host asks how many candidates there are
-    (for the room, then for each frame's NMS), which costs nothing there."""
+    fixed room (CUDA's way, switched on here); more on a CPU, where the host asks how many candidates there are
+    (for the room, then for each frame's and class's NMS), which costs nothing there."""
     monkeypatch.setattr(yolo_device, "FIXED_NMS", ("cpu",) if fixed else ())
     frames = photo_clip(340, 256, 1).frames
     device = load_segmenter(spec(checkpoint)).on_device
@@ -134,7 +135,8 @@ def test_every_wait_on_the_device_is_counted(checkpoint, monkeypatch, fixed):  #
     before = device.host_waits
     found = device(frames, 256, 340, capacity=8)
     assert sum(map(len, found)) > 0
-    assert device.host_waits - before == len(calls) == (2 if fixed else 4), calls
+    assert device.host_waits - before == len(calls), calls
+    assert len(calls) == 2 if fixed else len(calls) > 4 + len(frames), calls
 
 
 def count_waits(monkeypatch) -> list[str]:
@@ -152,4 +154,5 @@ def count_waits(monkeypatch) -> list[str]:
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     for name in ("nonzero", "tensor", "equal"):
         monkeypatch.setattr(torch, name, counting(name, getattr(torch, name)))
+    monkeypatch.setattr(torchvision.ops, "nms", counting("nms", torchvision.ops.nms))  # its result's size
     return calls

@@ -5,7 +5,12 @@ machine error stops the run and leaves nothing launched behind; on the CPU, with
 
 from __future__ import annotations
 
+import gc
+import types
+import weakref
+
 import pytest
+import torch
 
 from pipeline.decode import DecodeOptions
 from pipeline.masks.feed import Feeder
@@ -117,3 +122,44 @@ def test_feeding_a_gpu_switches_threads_more_often_while_it_runs(shapes_dataset)
     seen.clear()
     outcomes(root, Watching(LUMA), 2, overlap=False)
     assert set(seen) == {before}
+
+
+class Held:
+    """What a launch keeps on the device (its input, activations), here an object to count."""
+
+
+class OutOfMemoryAtLaunch(LumaKeySegmenter):
+    """Runs out of device memory on batches of more than `room` frames, at launch (its tensors then held by the
+    error's traceback) or when run at once; `alive` records, as each batch runs, how many launches' tensors are
+    still held."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(LUMA)
+        self.room, self.held, self.alive = room, weakref.WeakSet(), []
+
+    def launch(self, batch):
+        tensors = Held()
+        self.held.add(tensors)
+        if max(batch.capacity, len(batch)) > self.room:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return types.SimpleNamespace(tensors=tensors, result=lambda: self.segment(batch))
+
+    def segment(self, batch):
+        self.alive.append(len(self.held))
+        if max(batch.capacity, len(batch)) > self.room:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().segment(batch)
+
+
+def test_a_batch_out_of_memory_at_launch_lets_go_of_what_it_held_before_it_runs_in_halves(shapes_dataset):
+    """Without the cycle collector: each failed launch's tensors are gone by reference counting before its halves
+    run, and no failed batch keeps the one before it alive."""
+    root, _ = shapes_dataset
+    reference = outcomes(root, LumaKeySegmenter(LUMA), 3, overlap=False)
+    tight = OutOfMemoryAtLaunch(room=2)
+    gc.disable()
+    try:
+        assert same(outcomes(root, tight, 3, overlap=True), reference)
+    finally:
+        gc.enable()
+    assert len(tight.alive) > 10 and max(tight.alive) <= 1, tight.alive

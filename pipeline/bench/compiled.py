@@ -40,13 +40,12 @@ def main(argv: list[str] | None = None) -> None:
         with torch.inference_mode():
             x, _ = device.prepare(frames, args.batch)
         eager, fps = _timed(device.model, x, args.seconds)
-        result = {"eager": {"fps": round(args.batch * fps, 1)}}
+        result = report["sizes"][size] = {"eager": {"fps": round(args.batch * fps, 1)}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         for mode in args.modes.split(","):
             result[mode] = _compiled(device.model, x, mode, eager, args)
-        report["sizes"][size] = result
+            args.out.write_text(json.dumps(report, indent=2))  # after each measurement: a timeout keeps it
         print(size, json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
 
 
 def _compiled(model: torch.nn.Module, x: torch.Tensor, mode: str, eager: torch.Tensor, args) -> dict:

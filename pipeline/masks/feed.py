@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -85,14 +86,17 @@ class Feeder:
         """At most this many decoded frames of `frame_bytes` each are held at once: per decoder, the pieces queued
         ahead, the one its thread waits to queue, the one it is filling and the one taken ahead; a batch being
         packed per frame size (at most one per decoder); the batch being segmented, as its pieces and as one
-        array; on CUDA, the batch launched before it (its pieces and its array), the batches behind (RLE and
-        tracking, queued and running) and the two pinned buffers frames cross to the GPU from. Pieces and batches
-        are capped in bytes too (a piece at its share of max_batch_mb), so large frames are held fewer at a
-        time."""
+        array. On CUDA also the batch launched before it (its pieces and its array), the batches behind (RLE and
+        tracking, queued and running) and the two staging buffers; the arrays and buffers there are in pinned
+        memory, whose blocks torch rounds up to a power of two of bytes. Pieces and batches are capped in bytes too
+        (a piece at its share of max_batch_mb), so large frames are held fewer at a time."""
         piece = frames_within(self.options.batch, self.options.max_batch_mb << 20, frame_bytes)
         batch = frames_within(self.batch, self.batch_bytes, frame_bytes)
-        on_cuda = 2 + BEHIND + 1 + 2 if self.overlap else 0
-        return self.decoders * ((PREFETCH + 3) * piece + batch) + batch * (2 + on_cuda)
+        decoding = self.decoders * ((PREFETCH + 3) * piece + batch)
+        if not self.overlap:
+            return decoding + 2 * batch
+        pinned = -(-(1 << (batch * frame_bytes - 1).bit_length()) // frame_bytes)  # a pinned batch, in frames
+        return decoding + 2 * batch + 4 * pinned + (BEHIND + 1) * batch
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:
@@ -202,12 +206,13 @@ class Feeder:
         if not live:
             return
         started = self._start(live)
-        if started.launched is None and started.error is None:  # a segmenter that runs batches as it is given them
+        if started.launched is None:  # run as it is given (no launch), or its launch failed: the one launched before
+            self._drain(after)  # it is finished first (and lets go of the device memory it holds)
             self._complete(started, after)
             return
-        started, self._launched = self._launched, started
-        if started is not None:
-            self._complete(started, after)
+        previous, self._launched = self._launched, started
+        if previous is not None:
+            self._complete(previous, after)
 
     def _drain(self, after: Behind) -> None:
         """The batch still launched, finished."""
@@ -223,11 +228,14 @@ class Feeder:
             return Started(live=live, batch=replace(batch, capacity=self.capacity(live[0][1])))
         buffer = getattr(self.segmenter, "frames_buffer", None)  # where it reads frames fastest (pinned memory)
         shape = (sum(len(piece) for _, piece in live), *live[0][1].frames.shape[1:])
-        batch = FrameBatch.concat([piece for _, piece in live], out=buffer(shape) if buffer else None)
-        batch = replace(batch, capacity=self.capacity(live[0][1]))
+        batch = None
         try:
+            batch = FrameBatch.concat([piece for _, piece in live], out=buffer(shape) if buffer else None)
+            batch = replace(batch, capacity=self.capacity(live[0][1]))
             return Started(live=live, batch=batch, launched=launch(batch))
-        except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete)
+        except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete), at once
+            if batch is None:  # no room for its frames where the segmenter wanted them: ordinary memory
+                batch = replace(FrameBatch.concat([piece for _, piece in live]), capacity=self.capacity(live[0][1]))
             return Started(live=live, batch=batch, error=exc)
 
     def _complete(self, started: Started, after: Behind) -> None:
@@ -270,10 +278,8 @@ class Feeder:
         memory, the two halves at half the capacity each (a single frame that does not fit is the machine's
         error)."""
         try:
-            if started is not None and started.error is not None:
-                raise started.error
-            if started is not None and started.launched is not None:
-                return started.launched.result()
+            if started is not None and (started.launched is not None or started.error is not None):
+                return _taken(started)
             return self.segmenter.segment(batch)
         except Exception as exc:
             if not is_device_out_of_memory(exc) or batch.capacity <= 1 and len(batch) <= 1:
@@ -313,6 +319,19 @@ class Feeder:
             yield fed.clip, (fed.failed if fed.failed is not None else fed)
 
 
+def _taken(started: "Started") -> list[FrameMasks]:
+    """A started batch's results (or its launch's error, raised), which it then no longer holds: what a launch
+    kept on the device is free before a batch out of memory runs again in halves."""
+    launched, error = started.launched, started.error
+    started.launched = started.error = None
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error  # else this frame, held by the error's traceback, would hold the error: a cycle
+    return launched.result()
+
+
 @dataclass(eq=False, kw_only=True)
 class Started:
     """A packed batch given to the segmenter: launched (its masks on their way), failed at launch, or neither (a
@@ -337,21 +356,32 @@ def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
         fed.added += 1
 
 
+_switching = {"users": 0, "before": 0.0}  # feeders inside `switching`, and the interval to put back
+_switching_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def switching(often: bool):
     """With `often`, the interpreter switches threads every SWITCH_INTERVAL: a decoder thread that needs the lock
     back (after each call into PyAV) then waits 0.5 ms for a busy inference thread, not 5 ms. Measured on a CPU
     with the inference thread's Python always busy, threads then decoded 7-10× more frames, the busy thread
-    doing 10% less (docs/PERFORMANCE.md, `python -m pipeline.bench decoding`)."""
+    doing 10% less (docs/PERFORMANCE.md, `python -m pipeline.bench decoding`). Feeders inside it at once share
+    it; the last one out puts the interval back."""
     if not often:
         yield
         return
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    with _switching_lock:
+        if not _switching["users"]:
+            _switching["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        _switching["users"] += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _switching_lock:
+            _switching["users"] -= 1
+            if not _switching["users"]:
+                sys.setswitchinterval(_switching["before"])
 
 
 def frames_within(frames: int, limit: int, frame_bytes: int) -> int:

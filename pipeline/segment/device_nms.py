@@ -12,8 +12,12 @@ Greedy NMS keeps candidate i (in falling score) unless a kept candidate before i
 with IoU above the threshold. That equation has exactly one solution (keep[i] follows from keep[:i]), and
 iterating it from "all valid" reaches it in as many rounds as its longest chain of suppressions, a handful on
 real frames: the result is the same whatever the capacity (≥ the candidates), the rounds or the batch, and it
-is torchvision's NMS with exact class offsets (tested). IoU is computed in float32 from the boxes themselves,
-so a class's offset costs no precision, as it does in float32 predict().
+is torchvision's NMS class by class (tested). IoU is computed in float64 from the boxes themselves, so no class
+offset costs precision, as one does in float32 predict().
+
+Memory: the suppression matrix is frames × room² booleans, and each round makes one more; the overlaps are
+computed in float64 blocks of PAIR_BUDGET pairs. The caller bounds the room (yolo_device.MAX_ROOM) and runs
+frames with more candidates again in groups (ROUND_BUDGET).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import torch
 import torchvision
 
 ROUNDS = 4  # rounds of the fixed point before the check (real frames settle in 1-4)
-CLASS_OFFSET = 7680  # frame_by_frame: boxes of class c moved by c × this (ultralytics' max_wh)
-PAIR_BUDGET = 1 << 24  # candidate pairs whose overlap is computed at once (a few temporaries of 64 MiB)
+PAIR_BUDGET = 1 << 23  # candidate pairs whose overlap is computed at once (a few float64 temporaries of 64 MiB)
+ROUND_BUDGET = 1 << 28  # frames × room² of one suppression matrix (256 MiB of booleans, and as much per round)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,17 +80,25 @@ def suppression(xyxy: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor, iou:
 
 def frame_by_frame(xyxy: torch.Tensor, cls: torch.Tensor, found: Candidates, iou: float
                    ) -> tuple[torch.Tensor, int]:
-    """The same kept set with torchvision's NMS, one call per frame over as many candidates as it has (a CPU's
-    way: its NMS skips what is suppressed, and a wait for the counts costs nothing there). Boxes are set apart
-    by class with exact float64 offsets, and the scores handed over are the candidates' order itself, so that
-    ties fall as here. (N, C) kept, and the waits on the device (the counts)."""
+    """The same kept set with torchvision's NMS, one call per frame and class over the candidates it has (a CPU's
+    way: its NMS skips what is suppressed, and a wait for the counts costs nothing there). The boxes go in float64
+    as they are (no class offsets), and the scores handed over are the candidates' order itself, so that ties
+    fall as here. (N, C) kept, and the points where the host waits for the device (each result's size), which
+    on a CPU cost nothing."""
     keep = torch.zeros_like(found.valid)
-    for n, count in enumerate(found.count.clamp(max=found.valid.shape[1]).tolist()):
-        if count:
-            boxes = xyxy[n, :count].double() + cls[n, :count, None].double() * CLASS_OFFSET
-            keep[n, torchvision.ops.nms(boxes, -torch.arange(count, dtype=torch.float64, device=boxes.device),
-                                        iou)] = True
-    return keep, 1
+    counts = found.count.clamp(max=found.valid.shape[1]).tolist()
+    waits = 1
+    for n, count in enumerate(counts):
+        if not count:
+            continue
+        order = -torch.arange(count, dtype=torch.float64, device=xyxy.device)
+        boxes, kinds = xyxy[n, :count].double(), cls[n, :count]
+        present = torch.unique(kinds).tolist()
+        for kind in present:
+            members = torch.nonzero(kinds == kind)[:, 0]
+            keep[n, members[torchvision.ops.nms(boxes[members], order[members], iou)]] = True
+        waits += 1 + 2 * len(present)  # the classes, then each class's members and what NMS keeps
+    return keep, waits
 
 
 def greedy(suppress: torch.Tensor, valid: torch.Tensor, rounds: int | None = None

@@ -12,8 +12,10 @@ import torch
 
 def pinned_frames(shape: tuple[int, ...]) -> np.ndarray:
     """A uint8 array in pinned host memory, for a batch's frames to be assembled in: it crosses to the GPU
-    without a staging copy (`Staging.copy`). Its blocks go back to torch's pinned-memory cache when the array is
-    dropped; the batch holding it outlives its copy to the GPU (its masks wait for it)."""
+    without a staging copy (`Staging.copy`). Its block goes back to torch's pinned-memory cache when the array is
+    dropped, with no event to wait for (torch records none for a copy from an array it did not hand out): the
+    array must live until its copy to the GPU is done, as a batch's does until its masks are taken (which wait
+    for it), or until the feeder that launched it is gone."""
     return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
 
 

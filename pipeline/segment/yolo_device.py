@@ -40,7 +40,8 @@ from pipeline.segment.base import FrameMasks
 PAD_VALUE = 114  # ultralytics' letterbox grey
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
 NMS_CAPACITY = 512  # FIXED_NMS: the room for each frame's candidates in a first batch (a frame with more runs again)
-SMALLEST_ROOM = 64  # FIXED_NMS: the room never shrinks below this
+SMALLEST_ROOM = 64  # FIXED_NMS: the room never shrinks below this …
+MAX_ROOM = 1024  # … nor grows past this (its memory grows as its square: device_nms)
 FIXED_NMS = ("cuda",)  # devices where NMS runs at a fixed room, so that the host need not ask how many candidates
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
 
@@ -261,13 +262,16 @@ class DeviceYolo:
             preds, geometry, size = launched.preds, launched.geometry, launched.size
             if self.device.type in FIXED_NMS:
                 anchors = preds.shape[1]
-                self._rooms[anchors] = min(anchors, int(ladder(max(SMALLEST_ROOM, found.counts.max() * 5 // 4))))
+                most = int(ladder(max(SMALLEST_ROOM, found.counts.max() * 5 // 4)))
+                self._rooms[anchors] = min(anchors, MAX_ROOM, most)
             if len(found.again):  # frames with more candidates than the room, or whose NMS had not settled: again,
-                again = _to_device(found.again, preds.device)  # at their own room, to the end (the same instances)
-                room = min(preds.shape[1], int(ladder(found.counts[found.again].max())))
-                redone = self._detect(preds[again], launched.score[again], launched.cls[again],
-                                      launched.usable[again], room, geometry, size, settle=True)
-                found = found.with_frames(found.again, self._arrived(redone))
+                room = min(preds.shape[1], int(ladder(found.counts[found.again].max())))  # at their own room, to
+                groups = -(-len(found.again) * room * room // device_nms.ROUND_BUDGET)  # the end (the same
+                for frames in np.array_split(found.again, groups):  # instances), a few at a time
+                    again = _to_device(frames, preds.device)
+                    redone = self._detect(preds[again], launched.score[again], launched.cls[again],
+                                          launched.usable[again], room, geometry, size, settle=True)
+                    found = found.with_frames(frames, self._arrived(redone))
             self.batches += 1
             return self._frame_masks(found, launched.proto, geometry, len(preds), *size)
 
@@ -319,7 +323,7 @@ class DeviceYolo:
     def _room(self, usable: torch.Tensor) -> int:
         """Candidates NMS takes per frame. On a FIXED_NMS device, a room that follows the batches without asking
         how many candidates this one has: NMS_CAPACITY at first, then the ladder above 1.25× the most a frame
-        of the last batch of this size had (`_detect`; frames with more run again). Elsewhere (a CPU, where a
+        of the last batch of this size had (at most MAX_ROOM) (`_detect`; frames with more run again). Elsewhere (a CPU, where a
         wait costs nothing and the work grows with the room) the batch's most, up the ladder. The kept
         instances are the same whatever the room (device_nms)."""
         anchors = usable.shape[1]
