@@ -28,6 +28,14 @@ def cuda_spec(checkpoint: Path) -> SegmenterSpec:  # noqa: F811
     return SegmenterSpec(backend="yolo", model=str(checkpoint), conf=0.05, device="cuda")
 
 
+def assert_same_bytes(found, expected) -> None:
+    """The same boxes and mask bytes, frame by frame."""
+    assert len(found) == len(expected)
+    for a, b in zip(found, expected):
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+        assert a.rle() == b.rle()
+
+
 def batch(frames: np.ndarray, capacity: int) -> FrameBatch:
     height, width = frames.shape[1:3]
     return FrameBatch(frames=frames, indices=np.arange(len(frames)), times=np.zeros(len(frames)), height=height,
@@ -53,10 +61,8 @@ def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F81
     monkeypatch.setattr(device_rle, "DEVICES", ())
     from_windows = device(frames, 720, 1280, capacity=8)
     assert sum(map(len, on_gpu)) > 0
-    for a, b in zip(on_gpu, from_windows):
-        assert a.rles is not None and b.rles is None
-        np.testing.assert_array_equal(a.xyxy, b.xyxy)
-        assert a.rle() == b.rle()
+    assert all(a.rles is not None and b.rles is None for a, b in zip(on_gpu, from_windows))
+    assert_same_bytes(on_gpu, from_windows)
 
 
 @pytest.mark.parametrize("runs", [True, False])
@@ -98,9 +104,7 @@ def test_frames_in_pinned_memory_cross_without_a_staging_copy(checkpoint):  # no
     assert torch.from_numpy(pinned).is_pinned() and not torch.from_numpy(frames).is_pinned()
     found = device(pinned, 256, 340, capacity=8)
     assert device._staging.staged == 1  # no staging copy this time
-    for a, b in zip(found, staged):
-        np.testing.assert_array_equal(a.xyxy, b.xyxy)
-        assert a.rle() == b.rle()
+    assert_same_bytes(found, staged)
 
 
 def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, monkeypatch):  # noqa: F811
@@ -111,9 +115,7 @@ def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, mo
     monkeypatch.setattr(yolo_device, "FIXED_NMS", ())
     by_frame = device(frames, 256, 340, capacity=8)
     assert sum(map(len, fixed)) > 10
-    for a, b in zip(fixed, by_frame):
-        np.testing.assert_array_equal(a.xyxy, b.xyxy)
-        assert a.rle() == b.rle()
+    assert_same_bytes(fixed, by_frame)
 
 
 def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset, tmp_path, checkpoint):  # noqa: F811
