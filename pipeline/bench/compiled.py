@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         eager, fps = _timed(device.model, x, args.seconds)
         result = report["sizes"][size] = {"eager": {"fps": round(args.batch * fps, 1)}}
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
         for mode in args.modes.split(","):
             result[mode] = _compiled(device.model, x, mode, eager, args)
             args.out.write_text(json.dumps(report, indent=2))  # after each measurement: a timeout keeps it
