@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
+import numpy as np
+
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
 from pipeline.masks.tables import ClipRows
@@ -224,19 +226,21 @@ class Feeder:
         """The batch of these pieces, launched where the segmenter can (a failure is kept for `_complete`)."""
         launch = getattr(self.segmenter, "launch", None) if self.overlap else None
         if launch is None:
-            batch = FrameBatch.concat([piece for _, piece in live])
-            return Started(live=live, batch=replace(batch, capacity=self.capacity(live[0][1])))
+            return Started(live=live, batch=self._batch(live))
         buffer = getattr(self.segmenter, "frames_buffer", None)  # where it reads frames fastest (pinned memory)
-        shape = (sum(len(piece) for _, piece in live), *live[0][1].frames.shape[1:])
         batch = None
         try:
-            batch = FrameBatch.concat([piece for _, piece in live], out=buffer(shape) if buffer else None)
-            batch = replace(batch, capacity=self.capacity(live[0][1]))
+            batch = self._batch(live, buffer((sum(len(p) for _, p in live), *live[0][1].frames.shape[1:]))
+                                if buffer else None)
             return Started(live=live, batch=batch, launched=launch(batch))
         except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete), at once
-            if batch is None:  # no room for its frames where the segmenter wanted them: ordinary memory
-                batch = replace(FrameBatch.concat([piece for _, piece in live]), capacity=self.capacity(live[0][1]))
-            return Started(live=live, batch=batch, error=exc)
+            # no room for its frames where the segmenter wanted them: in ordinary memory
+            return Started(live=live, batch=batch if batch is not None else self._batch(live), error=exc)
+
+    def _batch(self, pieces: Packed, out: np.ndarray | None = None) -> FrameBatch:
+        """The pieces as one batch (their frames written into `out` where given), at their size's capacity."""
+        batch = FrameBatch.concat([piece for _, piece in pieces], out=out)
+        return replace(batch, capacity=self.capacity(pieces[0][1]))
 
     def _complete(self, started: Started, after: Behind) -> None:
         """A started batch's masks, each piece's to its clip's rows (behind, in order)."""
@@ -259,8 +263,7 @@ class Feeder:
 
     def _masks(self, pieces: Packed) -> dict[int, list[FrameMasks]]:
         """The segmenter on the pieces as one batch, at once: each piece's masks, by the piece's id."""
-        batch = replace(FrameBatch.concat([piece for _, piece in pieces]), capacity=self.capacity(pieces[0][1]))
-        return self._by_piece(pieces, self._fitting(batch))
+        return self._by_piece(pieces, self._fitting(self._batch(pieces)))
 
     @staticmethod
     def _by_piece(pieces: Packed, results: list[FrameMasks]) -> dict[int, list[FrameMasks]]:

@@ -157,15 +157,35 @@ def _axis_operator(size: int, f: int, start: int, stop: int, out: int, device: t
 
 
 @dataclass(frozen=True, kw_only=True)
-class Detections:
-    """A batch's instances after NMS, in slots: each frame has min(room, max_det) slots, its kept instances first
-    by falling score, the rest unused. On the device, flattened (K = frames × slots), boxes in output pixels;
-    `meta` is their copy on the host."""
+class Instances:
+    """A batch's instances after NMS, on the device, in slots: each frame has min(room, max_det) slots, its kept
+    instances first by falling score, the rest unused; flattened (K = frames × slots), boxes in output pixels."""
 
     xyxy: torch.Tensor  # (K, 4) float32
     coeffs: torch.Tensor  # (K, 32) mask coefficients
     origin: torch.Tensor  # (K, 2) int64 x, y: the top-left pixel of the mask window (inside the frame)
     extent: torch.Tensor  # (K, 2) int64 w, h: the window's size
+
+    def __add__(self, other: "Instances") -> "Instances":
+        return Instances(**{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)])
+                            for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queued:
+    """A batch's instances, their copy to the host on its way."""
+
+    instances: Instances
+    copy: "transfer.HostCopy"  # the (K, 12) meta, then each frame's candidates and whether its NMS settled
+    shape: tuple[int, int]  # the meta's
+    room: int  # the candidates NMS took per frame
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detections:
+    """A batch's instances with their copy on the host (`meta`), and what it says of the frames."""
+
+    instances: Instances
     meta: np.ndarray  # (K, 12) float32: frame, xyxy, conf, cls, x, y, w, h, rank (inf for an unused slot)
     counts: np.ndarray  # (frames,) candidates each frame had (over the threshold, of a kept class)
     again: np.ndarray  # frames to run again: more candidates than the room, or NMS not settled in ROUNDS
@@ -175,23 +195,8 @@ class Detections:
         meta, theirs = self.meta.copy(), redone.meta.copy()
         meta[np.isin(meta[:, 0], frames), 11] = np.inf
         theirs[:, 0] = frames[theirs[:, 0].astype(np.int64)]
-        return Detections(xyxy=torch.cat([self.xyxy, redone.xyxy]), coeffs=torch.cat([self.coeffs, redone.coeffs]),
-                          origin=torch.cat([self.origin, redone.origin]),
-                          extent=torch.cat([self.extent, redone.extent]), meta=np.concatenate([meta, theirs]),
+        return Detections(instances=self.instances + redone.instances, meta=np.concatenate([meta, theirs]),
                           counts=self.counts, again=redone.again)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Queued:
-    """A batch's instances after NMS on the device (as Detections), their copy to the host on its way."""
-
-    xyxy: torch.Tensor
-    coeffs: torch.Tensor
-    origin: torch.Tensor
-    extent: torch.Tensor
-    copy: "transfer.HostCopy"  # the (K, 12) meta, then each frame's candidates and whether its NMS settled
-    shape: tuple[int, int]  # the meta's
-    room: int  # the candidates NMS took per frame
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +302,8 @@ class DeviceYolo:
 
     def warm_up(self) -> None:
         """Two black frames through the whole path with every anchor a candidate (any score, any class), so that
-        NMS and mask assembly run too: a device that cannot run it (a CPU-only torchvision's NMS, a dtype it lacks) fails here, at load."""
+        NMS and mask assembly run too: a device that cannot run it (an operator without a kernel there, a dtype
+        it lacks) fails here, at load."""
         conf, classes = self.conf, self.classes
         self.conf, self.classes = -1.0, torch.arange(self.nc, device=self.device)  # whatever the classes kept
         try:
@@ -323,9 +329,9 @@ class DeviceYolo:
     def _room(self, usable: torch.Tensor) -> int:
         """Candidates NMS takes per frame. On a FIXED_NMS device, a room that follows the batches without asking
         how many candidates this one has: NMS_CAPACITY at first, then the ladder above 1.25× the most a frame
-        of the last batch of this size had (at most MAX_ROOM) (`_detect`; frames with more run again). Elsewhere (a CPU, where a
-        wait costs nothing and the work grows with the room) the batch's most, up the ladder. The kept
-        instances are the same whatever the room (device_nms)."""
+        of the last batch of this size had, at most MAX_ROOM (`finish`; frames with more run again). Elsewhere
+        (a CPU, where a wait costs nothing and the work grows with the room) the batch's most, up the ladder.
+        The kept instances are the same whatever the room (device_nms)."""
         anchors = usable.shape[1]
         if self.device.type in FIXED_NMS:
             return self._rooms.get(anchors, min(NMS_CAPACITY, anchors))
@@ -360,8 +366,9 @@ class DeviceYolo:
         packed = torch.cat([frame[:, None].float(), boxes, conf[:, None], kind[:, None].float(), origin.float(),
                             extent.float(), rank[:, None]], dim=1)  # integers < 2^24
         status = torch.cat([found.count.float(), unsettled.float()])
-        return Queued(xyxy=boxes, coeffs=preds[frames, anchor, 4 + self.nc:].flatten(0, 1), origin=origin,
-                      extent=extent, copy=transfer.HostCopy(torch.cat([packed.flatten(), status])),
+        instances = Instances(xyxy=boxes, coeffs=preds[frames, anchor, 4 + self.nc:].flatten(0, 1), origin=origin,
+                              extent=extent)
+        return Queued(instances=instances, copy=transfer.HostCopy(torch.cat([packed.flatten(), status])),
                       shape=tuple(packed.shape), room=room)
 
     def _arrived(self, queued: "Queued") -> Detections:
@@ -370,8 +377,7 @@ class DeviceYolo:
         self.host_waits += 1
         size = queued.shape[0] * queued.shape[1]
         counts, unsettled = host[size:].reshape(2, -1).astype(np.int64)
-        return Detections(xyxy=queued.xyxy, coeffs=queued.coeffs, origin=queued.origin, extent=queued.extent,
-                          meta=host[:size].reshape(queued.shape), counts=counts,
+        return Detections(instances=queued.instances, meta=host[:size].reshape(queued.shape), counts=counts,
                           again=np.flatnonzero((counts > queued.room) | (unsettled > 0)))
 
     def _nms(self, xyxy: torch.Tensor, cls: torch.Tensor, found: device_nms.Candidates, settle: bool
@@ -415,8 +421,9 @@ class DeviceYolo:
         frame_rows, plan = _logit_rows(meta[:, 0].astype(np.int64), meta[:, 11].astype(np.int64), len(proto))
         index = _to_device(np.concatenate([chosen, frame_rows, order, plan.frames]), proto.device)
         instance, frame_rows, on_device, frames = index.split([len(chosen), len(chosen), len(order), len(plan.frames)])
-        logits = _logits(found.coeffs[instance], frame_rows, proto, frames, plan)
-        box, origin, extent = found.xyxy[instance], found.origin[instance], found.extent[instance]
+        kept = found.instances
+        logits = _logits(kept.coeffs[instance], frame_rows, proto, frames, plan)
+        box, origin, extent = kept.xyxy[instance], kept.origin[instance], kept.extent[instance]
         chunks, assembled = [], []
         runs = device_rle.RunBatch(height, width) if proto.device.type in device_rle.DEVICES else None
         for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
