@@ -40,6 +40,52 @@ def test_ids_follow_masks_not_score_order_and_survive_short_gaps():
     assert frame(tracker, (0, box(6, 2))) == [4]  # unseen longer than max_gap: ended
 
 
+def all_pairs_ids(frames: list[tuple[np.ndarray, list[bytes]]], options: TrackOptions) -> list[list[int]]:
+    """The tracker's rule written plainly: IoU of every instance with every live track, other classes zeroed,
+    pairs taken best first (a stable sort of the whole matrix)."""
+    tracks, out, next_id = [], [], 0
+    for number, (cls, counts) in enumerate(frames):
+        ious = rle.iou(counts, [t["counts"] for t in tracks], H, W)
+        if ious.size:
+            ious = np.where(cls[:, None] == np.array([t["cls"] for t in tracks])[None, :], ious, 0.0)
+        ids = [-1] * len(counts)
+        for flat in np.argsort(-ious, axis=None, kind="stable"):
+            i, t = divmod(int(flat), ious.shape[1])
+            if ious[i, t] < options.min_iou:
+                break
+            if ids[i] < 0 and tracks[t]["seen"] < number:
+                ids[i] = tracks[t]["id"]
+                tracks[t].update(counts=counts[i], seen=number)
+        for i in [i for i, x in enumerate(ids) if x < 0]:
+            ids[i], next_id = next_id, next_id + 1
+            tracks.append({"id": ids[i], "cls": int(cls[i]), "counts": counts[i], "seen": number})
+        tracks = [t for t in tracks if number - t["seen"] <= options.max_gap]
+        out.append(ids)
+    return out
+
+
+def test_ids_are_those_of_matching_every_instance_with_every_track():
+    """Crowded frames of drifting, overlapping boxes of three classes, some of them the same mask twice (tied
+    IoU), some frames empty: the tracker, which measures IoU only between instances and tracks of one class,
+    gives the ids of the rule applied to all pairs."""
+    rng = np.random.default_rng(7)
+    options = TrackOptions(min_iou=0.3, max_gap=2)
+    people = rng.integers(0, [W - 12, H - 12], size=(30, 2))
+    frames = []
+    for number in range(25):
+        people = np.clip(people + rng.integers(-3, 4, size=people.shape), 0, [W - 12, H - 12])
+        present = rng.random(len(people)) < (0.0 if number == 9 else 0.7)
+        masks = [box(int(x), int(y), 12) for x, y in people[present]]
+        masks += masks[:2]  # the same masks again: ties
+        cls = rng.integers(0, 3, size=len(masks)).astype(np.int16)
+        frames.append((cls, rle.encode(np.stack(masks)) if masks else []))
+    tracker = IouTracker(options)
+    got = [tracker.assign(cls, counts, H, W) for cls, counts in frames]
+    expected = all_pairs_ids(frames, options)
+    assert got == expected
+    assert max(max(ids, default=0) for ids in got) < sum(map(len, got)) - 50  # tracks did continue
+
+
 def test_masks_stage_keeps_each_shape_under_one_id_through_the_clip(tmp_path):
     """Clips of 40 frames (the shapes cross the frame in ~1.3 s at 30 fps, like fast real motion). Seeds 2 and 3,
     where the person hides the box completely for a few frames, are left out: IoU matching alone starts a new
