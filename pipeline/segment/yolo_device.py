@@ -536,10 +536,13 @@ def _assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, row
     proto_cols = (left[:, None] + torch.arange(pw, device=device)).clamp(max=mw - 1)
     span = logits[torch.arange(len(logits), device=device)[:, None, None], proto_rows[:, :, None],
                   proto_cols[:, None, :]]  # (k, ph, pw)
-    window = rows.sub(ys, top, ph) @ span @ cols.sub(xs, left, pw).transpose(1, 2)  # (k, h, w)
-    inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
     inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
-    return (window > 0) & inside_y[:, :, None] & inside_x[:, None, :]
+    inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
+    # the cut to the box as zero rows of the maps: outside it the product is 0 (never > 0), inside it is the same
+    # product as uncut (an output element's sum never reads another row of the maps)
+    down = rows.sub(ys, top, ph).mul_(inside_y[:, :, None])
+    across = cols.sub(xs, left, pw).mul_(inside_x[:, :, None])
+    return (down @ span @ across.transpose(1, 2)) > 0  # (k, h, w)
 
 
 def _per_frame(meta: np.ndarray, masks: list[np.ndarray] | list[bytes | None], frames: int, height: int, width: int
