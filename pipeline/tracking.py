@@ -64,7 +64,7 @@ class IouTracker:
         """(instances, tracks) mask IoU, 0 where the classes differ (never computed there)."""
         ious = np.zeros((len(counts), len(self.tracks)), dtype=np.float64)
         tracked = np.array([track.cls for track in self.tracks], dtype=np.int64)
-        for c in np.intersect1d(cls, tracked):
+        for c in sorted(set(cls.tolist()) & set(tracked.tolist())):
             mine, theirs = np.flatnonzero(cls == c), np.flatnonzero(tracked == c)
             ious[np.ix_(mine, theirs)] = rle.iou([counts[i] for i in mine],
                                                  [self.tracks[t].counts for t in theirs], height, width)
