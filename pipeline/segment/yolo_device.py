@@ -105,6 +105,7 @@ class Axis:
     taps: int
     first: np.ndarray  # `start` on the host
     spans: dict = dataclasses.field(default_factory=dict, compare=False)  # span(n), as asked for
+    bands: dict = dataclasses.field(default_factory=dict, compare=False)  # length → every run of it, zero-padded
 
     @classmethod
     def of(cls, dense: torch.Tensor) -> "Axis":
@@ -122,10 +123,12 @@ class Axis:
         return self.spans[n]
 
     def sub(self, outputs: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
-        """(k, n, length): for each k, the map's rows `outputs[k]` over the inputs begin[k] … begin[k] + length."""
-        size = self.dense.shape[1] - 1
-        inputs = (begin[:, None] + torch.arange(length, device=begin.device)).clamp(max=size)
-        return self.dense[outputs[:, :, None], inputs[:, None, :]]
+        """(k, n, length): for each k, the map's rows `outputs[k]` over the inputs begin[k] … begin[k] + length
+        (0 past the last input): rows of `length` consecutive entries, picked from a view of every such row."""
+        if length not in self.bands:
+            size = self.dense.shape[1] - 1
+            self.bands[length] = F.pad(self.dense[:, :size], (0, length)).unfold(1, length, 1)  # (out, size+1, length)
+        return self.bands[length][outputs, begin[:, None]]
 
 
 @functools.lru_cache(maxsize=32)
