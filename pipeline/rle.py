@@ -22,20 +22,42 @@ def encode(masks: np.ndarray) -> list[bytes]:
 def encode_window(window: np.ndarray, y: int, x: int, height: int, width: int) -> bytes:
     """Compressed COCO RLE of a (height, width) mask that is `window` at (y, x) and zero elsewhere: the same
     bytes as `encode` of the whole mask, from work proportional to the window, not the frame."""
-    rows, cols = window.shape
-    if y < 0 or x < 0 or y + rows > height or x + cols > width:
-        raise ValueError(f"window {window.shape} at ({y}, {x}) does not fit a {height}x{width} frame")
-    padded = np.zeros((cols, rows + 2), dtype=bool)  # the window's columns (RLE runs down columns), zero above, below
-    padded[:, 1:-1] = window.T
-    col, row = np.divmod(np.flatnonzero(padded[:, 1:] != padded[:, :-1]), rows + 1)
-    edges = (x + col) * height + y + row  # where the value changes, in column-major order over the whole frame
-    touching = np.flatnonzero(edges[1:] == edges[:-1])  # a run that ends a column where the next one starts
-    if len(touching):
-        edges = np.delete(edges, np.concatenate([touching, touching + 1]))
-    counts = np.diff(np.concatenate([[0], edges, [height * width]]))
-    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the frame's last pixel
-        counts = counts[:-1]
-    return coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)["counts"]
+    return encode_windows([window], [(y, x)], height, width)[0]
+
+
+def encode_windows(windows: Sequence[np.ndarray], origins: Sequence[tuple[int, int]], height: int, width: int
+                   ) -> list[bytes]:
+    """`encode_window` of each (window, (y, x)), all in a few array operations and one pycocotools call: every
+    window's columns, each between two zeros, laid end to end in one buffer, where the value changes gives
+    every run boundary at once."""
+    if not len(windows):
+        return []
+    shapes = np.array([window.shape for window in windows], dtype=np.int64).reshape(-1, 2)  # rows, cols
+    places = np.asarray(origins, dtype=np.int64).reshape(-1, 2)  # y, x
+    if (places < 0).any() or (places + shapes > [height, width]).any():
+        k = int(np.flatnonzero((places < 0).any(1) | (places + shapes > [height, width]).any(1))[0])
+        raise ValueError(f"window {tuple(shapes[k])} at {tuple(places[k])} does not fit a {height}x{width} frame")
+    stride = shapes[:, 0] + 2  # a column and a zero either side
+    sizes = shapes[:, 1] * stride
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    buffer = np.zeros(starts[-1] + 1, dtype=bool)
+    for window, begin, size, rows in zip(windows, starts.tolist(), sizes.tolist(), stride.tolist()):
+        buffer[begin:begin + size].reshape(-1, rows)[:, 1:-1] = window.T
+    change = np.flatnonzero(buffer[1:] != buffer[:-1])  # a boundary after each of these
+    owner = np.searchsorted(starts, change, side="right") - 1
+    col, row = np.divmod(change - starts[owner], stride[owner])
+    edges = (places[owner, 1] + col) * height + places[owner, 0] + row  # column-major, over the whole frame
+    # a run that ends a column where the next one starts is one run
+    touching = np.flatnonzero((edges[1:] == edges[:-1]) & (owner[1:] == owner[:-1]))
+    keep = np.ones(len(edges), dtype=bool)
+    keep[touching] = keep[touching + 1] = False
+    edges, owner = edges[keep], owner[keep]
+    bounds = np.searchsorted(owner, np.arange(len(windows) + 1))
+    runs = []
+    for k in range(len(windows)):
+        counts = np.diff(np.concatenate([[0], edges[bounds[k]:bounds[k + 1]], [height * width]]))
+        runs.append(counts[:-1] if len(counts) > 1 and counts[-1] == 0 else counts)  # the mask reaches the end
+    return from_counts(runs, height, width)
 
 
 def from_counts(runs: Sequence[np.ndarray], height: int, width: int) -> list[bytes]:

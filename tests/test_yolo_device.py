@@ -141,6 +141,31 @@ def test_window_rle_is_pycocotools_bytes():
         rle.encode_window(full, 1, 0, 3, 5)
 
 
+def test_many_windows_in_one_call_are_each_ones_pycocotools_bytes():
+    """A frame's windows encoded together: each gives the bytes of its own whole mask, whatever its neighbours
+    (windows ending where the next begins, empty ones, full-height ones whose runs join across columns)."""
+    rng = np.random.default_rng(1)
+    height, width = 23, 31
+    for _ in range(50):
+        count = int(rng.integers(1, 12))
+        shapes = rng.integers(1, [height + 1, width + 1], size=(count, 2))
+        shapes[rng.random(count) < 0.3, 0] = height  # whole columns
+        origins = [(int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))) for h, w in shapes]
+        windows = [rng.random((h, w)) < rng.choice([0.0, 0.5, 1.0]) for h, w in shapes]
+        expected = []
+        for window, (y, x) in zip(windows, origins):
+            whole = np.zeros((1, height, width), dtype=bool)
+            whole[0, y:y + window.shape[0], x:x + window.shape[1]] = window
+            expected.append(rle.encode(whole)[0])
+        assert rle.encode_windows(windows, origins, height, width) == expected
+    assert rle.encode_windows([], [], height, width) == []
+    dot = np.ones((1, 1), dtype=bool)  # one mask's run ends at the very pixel where the next one's begins
+    assert rle.encode_windows([dot, dot], [(0, 0), (1, 0)], height, width) == [
+        rle.encode_window(dot, 0, 0, height, width), rle.encode_window(dot, 1, 0, height, width)]
+    with pytest.raises(ValueError, match="does not fit"):
+        rle.encode_windows([np.ones((2, 2), bool), np.ones((2, 2), bool)], [(0, 0), (22, 0)], height, width)
+
+
 def test_predict_stays_selectable_and_is_in_the_fingerprint():
     device, predict = SegmenterSpec(model="yolo11n-seg.yaml"), SegmenterSpec(model="yolo11n-seg.yaml",
                                                                              inference="predict")

@@ -150,7 +150,7 @@ class FrameMasks:
             return rle.encode(self.masks)
         if self.rles is not None:
             return list(self.rles)
-        return [rle.encode_window(window, y, x, *self.size) for window, (y, x) in zip(self.windows, self.origins.tolist())]
+        return rle.encode_windows(self.windows, self.origins, *self.size)
 
     @classmethod
     def empty(cls, height: int, width: int) -> "FrameMasks":
