@@ -61,8 +61,9 @@ class IouTracker:
         return ids
 
     def _ious(self, cls: np.ndarray, counts: list[bytes], height: int, width: int) -> np.ndarray:
-        """(instances, tracks) mask IoU, 0 where the classes differ (never computed there)."""
-        ious = np.zeros((len(counts), len(self.tracks)), dtype=np.float64)
+        """(instances, tracks) mask IoU; -inf where the classes differ (never measured there, never a match, even
+        at a `min_iou` of 0)."""
+        ious = np.full((len(counts), len(self.tracks)), -np.inf)
         tracked = np.array([track.cls for track in self.tracks], dtype=np.int64)
         for c in sorted(set(cls.tolist()) & set(tracked.tolist())):
             mine, theirs = np.flatnonzero(cls == c), np.flatnonzero(tracked == c)

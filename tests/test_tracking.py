@@ -40,6 +40,12 @@ def test_ids_follow_masks_not_score_order_and_survive_short_gaps():
     assert frame(tracker, (0, box(6, 2))) == [4]  # unseen longer than max_gap: ended
 
 
+def test_another_class_never_continues_a_track_even_at_an_iou_threshold_of_0():
+    tracker = IouTracker(TrackOptions(min_iou=0.0, max_gap=2))
+    assert frame(tracker, (0, box(0, 0))) == [0]
+    assert frame(tracker, (1, box(40, 20)), (0, box(30, 0))) == [1, 0]  # the same class continues, IoU 0 or not
+
+
 def all_pairs_ids(frames: list[tuple[np.ndarray, list[bytes]]], options: TrackOptions) -> list[list[int]]:
     """The tracker's rule written plainly: IoU of every instance with every live track, other classes zeroed,
     pairs taken best first (a stable sort of the whole matrix)."""
