@@ -20,16 +20,18 @@ def encode(masks: np.ndarray) -> list[bytes]:
 
 
 def encode_window(window: np.ndarray, y: int, x: int, height: int, width: int) -> bytes:
-    """Compressed COCO RLE of a (height, width) mask that is `window` at (y, x) and zero elsewhere: the same
-    bytes as `encode` of the whole mask, from work proportional to the window, not the frame."""
+    """`encode_windows` of one window."""
     return encode_windows([window], [(y, x)], height, width)[0]
 
 
 def encode_windows(windows: Sequence[np.ndarray], origins: Sequence[tuple[int, int]], height: int, width: int
                    ) -> list[bytes]:
-    """`encode_window` of each (window, (y, x)), all in a few array operations and one pycocotools call: every
-    window's columns, each between two zeros, laid end to end in one buffer, where the value changes gives
-    every run boundary at once."""
+    """Compressed COCO RLE of (height, width) masks, each a window placed at its (y, x) and zero elsewhere: the
+    same bytes as `encode` of the whole masks, from work proportional to the windows, not the frame. Runs go down
+    the columns; the windows' columns, each between two zeros, lie end to end in one buffer, so one comparison
+    finds every run boundary; a run that ends a column where the next one starts is one run, and a mask that
+    reaches the frame's last pixel ends without a closing run of zeros (the same rules as
+    `segment.device_rle.run_lengths`, in torch on a device)."""
     if not len(windows):
         return []
     shapes = np.array([window.shape for window in windows], dtype=np.int64).reshape(-1, 2)  # rows, cols

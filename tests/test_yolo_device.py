@@ -18,7 +18,7 @@ from pipeline.decode import FrameBatch
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.base import FrameMasks
 from pipeline.segment.yolo import YoloSegmenter
-from pipeline.segment.yolo_device import input_size
+from pipeline.segment.yolo_device import Geometry, _assemble, input_size, ladder, mask_operators
 
 FRAMES = 4
 
@@ -160,10 +160,56 @@ def test_many_windows_in_one_call_are_each_ones_pycocotools_bytes():
         assert rle.encode_windows(windows, origins, height, width) == expected
     assert rle.encode_windows([], [], height, width) == []
     dot = np.ones((1, 1), dtype=bool)  # one mask's run ends at the very pixel where the next one's begins
-    assert rle.encode_windows([dot, dot], [(0, 0), (1, 0)], height, width) == [
-        rle.encode_window(dot, 0, 0, height, width), rle.encode_window(dot, 1, 0, height, width)]
+    wholes = np.zeros((2, height, width), dtype=bool)
+    wholes[0, 0, 0] = wholes[1, 1, 0] = True
+    assert rle.encode_windows([dot, dot], [(0, 0), (1, 0)], height, width) == rle.encode(wholes)
     with pytest.raises(ValueError, match="does not fit"):
         rle.encode_windows([np.ones((2, 2), bool), np.ones((2, 2), bool)], [(0, 0), (22, 0)], height, width)
+
+
+def windows_as_written_plainly(logits, box, origin, rows, cols, h, w, ph, pw):
+    """Mask windows the plain way: each map's entries gathered one by one (0 past its inputs), the whole product,
+    then the cut to the box as a boolean AND."""
+    ys = (origin[:, 1, None] + torch.arange(h)).clamp(max=len(rows.start) - 1)
+    xs = (origin[:, 0, None] + torch.arange(w)).clamp(max=len(cols.start) - 1)
+    top, left = rows.start[ys[:, 0]], cols.start[xs[:, 0]]
+    mh, mw = logits.shape[1:]
+    span = logits[torch.arange(len(logits))[:, None, None],
+                  (top[:, None] + torch.arange(ph)).clamp(max=mh - 1)[:, :, None],
+                  (left[:, None] + torch.arange(pw)).clamp(max=mw - 1)[:, None, :]]
+
+    def entries(axis, outputs, begin, length, inputs):
+        dense = torch.nn.functional.pad(axis.dense[:, :inputs], (0, 1))
+        return dense[outputs[:, :, None], (begin[:, None] + torch.arange(length)).clamp(max=inputs)[:, None, :]]
+
+    window = entries(rows, ys, top, ph, mh) @ span @ entries(cols, xs, left, pw, mw).transpose(1, 2)
+    inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
+    inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
+    return (window > 0) & inside_y[:, :, None] & inside_x[:, None, :]
+
+
+@pytest.mark.parametrize("out", [(256, 340), (720, 1280), (97, 61)])
+def test_mask_windows_are_the_plain_products_bytes(out):
+    """The windows as the device path makes them (the box cut as zero rows of the maps, rows of the maps picked
+    from an unfolded view) are exactly those of the plain product cut afterwards: with logits that are infinite
+    or NaN here and there, boxes whose edges are whole pixels, and windows that run past the frame's edge."""
+    torch.manual_seed(0)
+    height, width = out
+    geometry = Geometry.of(height, width, input_size(height, width, None), 32)
+    net_h, net_w = geometry.input_height, geometry.input_width
+    rows, cols = mask_operators((net_h // 4, net_w // 4), height, width, height, width, torch.device("cpu"))
+    for k_h, k_w in [(8, 8), (12, 48), (64, 24), (int(ladder(np.array([height]))[0]), 16)]:
+        k = 20
+        logits = torch.randn(k, net_h // 4, net_w // 4)
+        odd = torch.tensor([float("inf"), -float("inf"), float("nan")]).repeat(10)
+        logits.view(-1)[torch.randint(logits.numel(), (30,))] = odd
+        origin = torch.stack([torch.randint(0, width, (k,)), torch.randint(0, height, (k,))], dim=1)
+        corner = origin.float() + torch.randint(0, 3, (k, 2)).float() * torch.rand(k, 2).round()  # whole pixels too
+        box = torch.cat([corner, corner + torch.tensor([k_w, k_h]) * torch.rand(k, 2)], dim=1)
+        ph, pw = rows.span(k_h), cols.span(k_w)
+        made = _assemble(logits, box, origin, rows, cols, k_h, k_w, ph, pw)
+        assert torch.equal(made, windows_as_written_plainly(logits, box, origin, rows, cols, k_h, k_w, ph, pw))
+        assert made.any() and not made.all()
 
 
 def test_predict_stays_selectable_and_is_in_the_fingerprint():

@@ -100,12 +100,11 @@ class Axis:
     """The linear map along one axis from prototype resolution to frame pixels. Each output reads at most `taps`
     neighbouring inputs, from `start` on, so a window of outputs needs only a short span of inputs."""
 
-    dense: torch.Tensor  # (out, size + 1): the map, with a zero column at `size` for reads past the end
+    dense: torch.Tensor  # (out, 2 size + taps): the map, then zeros, for reads past its last input
     start: torch.Tensor  # (out,) int64: the first input each output reads
     taps: int
     first: np.ndarray  # `start` on the host
     spans: dict = dataclasses.field(default_factory=dict, compare=False)  # span(n), as asked for
-    bands: dict = dataclasses.field(default_factory=dict, compare=False)  # length → every run of it, zero-padded
 
     @classmethod
     def of(cls, dense: torch.Tensor) -> "Axis":
@@ -113,7 +112,9 @@ class Axis:
         size = dense.shape[1]
         first = torch.where(nonzero.any(1), nonzero.float().argmax(1), 0)
         last = size - 1 - nonzero.flip(1).float().argmax(1)
-        return cls(F.pad(dense, (0, 1)), first, int((last - first).max()) + 1, first.cpu().numpy())
+        taps = int((last - first).max()) + 1
+        # any span (`span`) starts before `size` and is at most size - 1 + taps long: it ends inside the zeros
+        return cls(F.pad(dense, (0, size + taps)), first, taps, first.cpu().numpy())
 
     def span(self, n: int) -> int:
         """Inputs that any run of n consecutive outputs reads (wherever it starts)."""
@@ -124,11 +125,9 @@ class Axis:
 
     def sub(self, outputs: torch.Tensor, begin: torch.Tensor, length: int) -> torch.Tensor:
         """(k, n, length): for each k, the map's rows `outputs[k]` over the inputs begin[k] … begin[k] + length
-        (0 past the last input): rows of `length` consecutive entries, picked from a view of every such row."""
-        if length not in self.bands:
-            size = self.dense.shape[1] - 1
-            self.bands[length] = F.pad(self.dense[:, :size], (0, length)).unfold(1, length, 1)  # (out, size+1, length)
-        return self.bands[length][outputs, begin[:, None]]
+        (0 past the last input): whole rows of `length` entries, picked from a view of every such row (a copy:
+        callers may write into it)."""
+        return self.dense.unfold(1, length, 1)[outputs, begin[:, None]]
 
 
 @functools.lru_cache(maxsize=32)
@@ -543,8 +542,8 @@ def _assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, row
     inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
     # the cut to the box as zero rows of the maps: outside it the product is 0 (never > 0), inside it is the same
     # product as uncut (an output element's sum never reads another row of the maps)
-    down = rows.sub(ys, top, ph).mul_(inside_y[:, :, None])
-    across = cols.sub(xs, left, pw).mul_(inside_x[:, :, None])
+    down = rows.sub(ys, top, ph) * inside_y[:, :, None]
+    across = cols.sub(xs, left, pw) * inside_x[:, :, None]
     return (down @ span @ across.transpose(1, 2)) > 0  # (k, h, w)
 
 
