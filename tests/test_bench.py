@@ -79,6 +79,7 @@ def test_the_stage_figures_come_from_the_worker_that_ran_it(tmp_path):
     assert masks["segmenter"]["model"] == str(tmp_path / "lively-yolo11n-seg.pt")  # the lively weights, there too
     assert masks["instances_per_frame"] > 5 and masks["stage_frames_per_s"] > 0
     assert masks["stage_in_shards_frames_per_s"] >= masks["stage_frames_per_s"]  # the run's start left out
+    assert masks["stage_in_shards_vs_forward"] > 0
 
 
 def test_kernel_busy_time_counts_overlapping_kernels_once():

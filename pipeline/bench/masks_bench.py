@@ -240,7 +240,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
             decoded = sum(len(b) for path in sources for b in VideoDecoder(path, decode))
         assert summary.frames == decoded, (summary.frames, decoded)
         in_shards = sum(worker["seconds"] for worker in summary.workers.values())  # the shards' own time
-        best["stage_in_shards"] = min(best["stage_in_shards"], in_shards / summary.frames)
+        if in_shards:  # (none where every shard was found done)
+            best["stage_in_shards"] = min(best["stage_in_shards"], in_shards / summary.frames)
         for name, clock, n in (("stage", stage, summary.frames), ("segment", segment, passes * held_frames),
                                ("predict", predict, sum(len(b) for b in for_predict)),
                                ("forward", forward, passes * held_frames),
@@ -265,8 +266,10 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "held_frames": held_frames, "segment_frames": passes * held_frames,
         **{f"{name}_frames_per_s": round(value, 1) if value else None for name, value in fps.items()},
         "stage_vs_forward": round(fps["stage"] / fps["forward"], 3) if fps["forward"] else None,
-        # the stage without the run's start (listing, planning, starting workers): what a long run approaches
-        "stage_in_shards_vs_forward": round(fps["stage_in_shards"] / fps["forward"], 3) if fps["forward"] else None,
+        # the stage in its shards' own time (one worker, shards in turn): without the run's start (listing,
+        # planning, handing shards out) and the gaps between shards, so at most what a long run reaches
+        "stage_in_shards_vs_forward": (round(fps["stage_in_shards"] / fps["forward"], 3)
+                                       if fps["forward"] and fps["stage_in_shards"] else None),
         "stage_vs_segment": round(fps["stage"] / fps["segment"], 3),
         "segment_vs_predict": round(fps["segment"] / fps["predict"], 3),
         # CUDA: kernel-busy seconds (torch profiler, union of kernel intervals) of the first stage round, and their
