@@ -19,6 +19,10 @@ def encode(masks: np.ndarray) -> list[bytes]:
     return [rle["counts"] for rle in coco_mask.encode(stacked)]
 
 
+ENCODE_BYTES = 1 << 25  # windows' pixels laid out for one pass of `encode_windows` at most (a frame of many
+# large masks goes in parts: its buffer and the comparison's are two bytes a pixel)
+
+
 def encode_window(window: np.ndarray, y: int, x: int, height: int, width: int) -> bytes:
     """`encode_windows` of one window."""
     return encode_windows([window], [(y, x)], height, width)[0]
@@ -39,7 +43,19 @@ def encode_windows(windows: Sequence[np.ndarray], origins: Sequence[tuple[int, i
     if (places < 0).any() or (places + shapes > [height, width]).any():
         k = int(np.flatnonzero((places < 0).any(1) | (places + shapes > [height, width]).any(1))[0])
         raise ValueError(f"window {tuple(shapes[k])} at {tuple(places[k])} does not fit a {height}x{width} frame")
-    stride = shapes[:, 0] + 2  # a column and a zero either side
+    sizes = shapes[:, 1] * (shapes[:, 0] + 2)  # each column and a zero either side
+    group = np.cumsum(sizes) // ENCODE_BYTES  # passes of at most ENCODE_BYTES (a larger window: one of its own)
+    bounds = np.flatnonzero(np.diff(group, prepend=-1, append=group[-1] + 1))
+    runs = []
+    for first, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        runs += _runs(windows[first:stop], shapes[first:stop], places[first:stop], height, width)
+    return from_counts(runs, height, width)
+
+
+def _runs(windows: Sequence[np.ndarray], shapes: np.ndarray, places: np.ndarray, height: int, width: int
+          ) -> list[np.ndarray]:
+    """Each window's run lengths over the whole frame, in one pass (`encode_windows`)."""
+    stride = shapes[:, 0] + 2
     sizes = shapes[:, 1] * stride
     starts = np.concatenate([[0], np.cumsum(sizes)])
     buffer = np.zeros(starts[-1] + 1, dtype=bool)
@@ -59,7 +75,7 @@ def encode_windows(windows: Sequence[np.ndarray], origins: Sequence[tuple[int, i
     for k in range(len(windows)):
         counts = np.diff(np.concatenate([[0], edges[bounds[k]:bounds[k + 1]], [height * width]]))
         runs.append(counts[:-1] if len(counts) > 1 and counts[-1] == 0 else counts)  # the mask reaches the end
-    return from_counts(runs, height, width)
+    return runs
 
 
 def from_counts(runs: Sequence[np.ndarray], height: int, width: int) -> list[bytes]:

@@ -141,9 +141,12 @@ def test_window_rle_is_pycocotools_bytes():
         rle.encode_window(full, 1, 0, 3, 5)
 
 
-def test_many_windows_in_one_call_are_each_ones_pycocotools_bytes():
+@pytest.mark.parametrize("budget", [rle.ENCODE_BYTES, 60])
+def test_many_windows_in_one_call_are_each_ones_pycocotools_bytes(budget, monkeypatch):
     """A frame's windows encoded together: each gives the bytes of its own whole mask, whatever its neighbours
-    (windows ending where the next begins, empty ones, full-height ones whose runs join across columns)."""
+    (windows ending where the next begins, empty ones, full-height ones whose runs join across columns), in one
+    pass or, over a budget, in several."""
+    monkeypatch.setattr(rle, "ENCODE_BYTES", budget)
     rng = np.random.default_rng(1)
     height, width = 23, 31
     for _ in range(50):
