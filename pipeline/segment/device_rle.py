@@ -156,6 +156,16 @@ class RunBatch:
         self._chunks.clear()
         return out
 
+    def strings(self) -> list[bytes | None]:
+        """`fetch`, as pycocotools' compressed RLE strings (one call for all), None for an empty mask (one run of
+        zeros)."""
+        made = self.fetch()
+        nonempty = [i for i, counts in enumerate(made) if len(counts) > 1]
+        strings: list[bytes | None] = [None] * len(made)
+        for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], self.height, self.width)):
+            strings[i] = string
+        return strings
+
 
 def encode(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, height: int, width: int, *,
            capacity: int | None = None) -> list[bytes]:

@@ -111,7 +111,6 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
 def to_host_rles(masks: torch.Tensor) -> tuple[np.ndarray, list[bytes | None]]:
     """(N, 4) int boxes and N pycocotools RLE strings (None for an empty mask) of an (N, H, W) bool stack, the
     run lengths made on the device (device_rle). Two waits: the boxes, then every mask's runs."""
-    from pipeline import rle
     from pipeline.segment import device_rle
 
     boxes = tight_boxes(masks)
@@ -120,12 +119,7 @@ def to_host_rles(masks: torch.Tensor) -> tuple[np.ndarray, list[bytes | None]]:
     extent = torch.stack([torch.full_like(whole[:, 0], width), torch.full_like(whole[:, 0], height)], dim=1)
     runs = device_rle.RunBatch(height, width)
     runs.add(masks, whole, extent, capacity=device_rle.capacity(np.full(count, width)))
-    boxes, made = boxes.cpu().numpy(), runs.fetch()
-    nonempty = [i for i, counts in enumerate(made) if len(counts) > 1]
-    strings: list[bytes | None] = [None] * count
-    for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], height, width)):
-        strings[i] = string
-    return boxes, strings
+    return boxes.cpu().numpy(), runs.strings()
 
 
 def to_host(masks: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:

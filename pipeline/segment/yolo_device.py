@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pipeline import rle
 from pipeline.segment import device_nms, device_rle, transfer
 from pipeline.segment.base import FrameMasks
 
@@ -411,8 +410,8 @@ class DeviceYolo:
                  geometry: Geometry, height: int, width: int
                  ) -> list[np.ndarray] | list[bytes | None]:
         """The `chosen` instances' masks (`meta`: theirs, see `_per_frame`), as (h_k, w_k) bool windows, or on a
-        device_rle.DEVICES device as RLE strings (None for an empty mask). Each is assembled at padded sizes that depend on
-        its own extent only (`ladder`), together with the others of the same padded size, as many as
+        device_rle.DEVICES device as RLE strings (None for an empty mask). Each is assembled at padded sizes that
+        depend on its own extent only (`ladder`), together with the others of the same padded size, as many as
         WINDOW_BUDGET allows; all cross to the host in one copy (the windows, or their run lengths)."""
         rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                     proto.device)
@@ -441,7 +440,7 @@ class DeviceYolo:
                     assembled.append(window.flatten())
                 chunks.append((members, h, w))
         if runs is not None:
-            return self._strings(runs, np.concatenate([members for members, _, _ in chunks]), height, width)
+            return self._strings(runs, np.concatenate([members for members, _, _ in chunks]))
         flat = torch.cat(assembled).cpu().numpy()
         self.host_waits += 1
         windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
@@ -453,15 +452,14 @@ class DeviceYolo:
                 windows[k] = window[:places[k, 3], :places[k, 2]]
         return windows
 
-    def _strings(self, runs: device_rle.RunBatch, members: np.ndarray, height: int, width: int) -> list[bytes | None]:
+    def _strings(self, runs: device_rle.RunBatch, members: np.ndarray) -> list[bytes | None]:
         """The RLE strings of the windows `runs` holds (added in the order of `members`), by instance; None for an
-        empty mask (one run of zeros)."""
-        made = runs.fetch()
+        empty mask."""
+        made = runs.strings()
         self.host_waits += runs.copies
-        nonempty = [i for i, counts in enumerate(made) if len(counts) > 1]
         strings: list[bytes | None] = [None] * len(members)
-        for i, string in zip(nonempty, rle.from_counts([made[i] for i in nonempty], height, width)):
-            strings[members[i]] = string
+        for member, string in zip(members.tolist(), made):
+            strings[member] = string
         return strings
 
 
