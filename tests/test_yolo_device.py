@@ -64,6 +64,17 @@ def test_device_path_matches_predict(model, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_device_path_keeps_the_classes_predict_keeps(seed):
+    """Some classes kept: an anchor is a candidate only if its best class is one of them (a kept class in second
+    place does not make it one), as predict()'s `classes` has it."""
+    batch = clip(352, 288, seed)
+    yolo = segmenter("yolo11n-seg.yaml", batch, seed, conf=0.05, max_det=30, object_classes=("car", "bus", "tie"))
+    device = yolo.segment(batch)
+    assert set(np.concatenate([found.cls for found in device])) <= {0, 2, 5, 27}
+    assert assert_same(yolo.predict(batch), device) >= FRAMES * 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_device_path_matches_predict_through_the_letterbox(monkeypatch, seed):
     """340×256 frames: resized to 352×265 and padded to 288 rows, masks upsampled ×4, the padding cut, resized
     back. With OpenCV's resize in place of the device's (the two differ by rounding, tested below), the
