@@ -95,14 +95,14 @@ def test_the_batch_size_keys_the_run_where_it_shapes_the_masks(shapes_dataset, t
 def test_an_instances_logits_do_not_depend_on_other_frames_instances():
     """Each frame's instances are one product of a shape of its own (here, one instance beside a frame of 20: on
     this CPU a product of one row and one of 20 give other last bits at this size)."""
-    from pipeline.segment.yolo_device import _logit_rows, _logits
+    from pipeline.segment.mask_windows import instance_logits, logit_rows
 
     torch.manual_seed(0)
     proto, coeffs = torch.randn(2, 32, 80, 64), torch.randn(21, 32)
 
     def logits(frame: list[int], rank: list[int]) -> torch.Tensor:
-        rows, plan = _logit_rows(np.array(frame), np.array(rank), len(proto))
-        return _logits(coeffs[:len(frame)], torch.from_numpy(rows), proto, torch.from_numpy(plan.frames), plan)
+        rows, plan = logit_rows(np.array(frame), np.array(rank), len(proto))
+        return instance_logits(coeffs[:len(frame)], torch.from_numpy(rows), proto, torch.from_numpy(plan.frames), plan)
 
     alone = logits([0], [0])
     among = logits([0, *[1] * 20], [0, *range(20)])

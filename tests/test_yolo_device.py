@@ -17,8 +17,9 @@ from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.base import FrameMasks
+from pipeline.segment.mask_windows import assemble, ladder, mask_operators
+from pipeline.segment.model_input import Geometry, input_size
 from pipeline.segment.yolo import YoloSegmenter
-from pipeline.segment.yolo_device import Geometry, _assemble, input_size, ladder, mask_operators
 
 FRAMES = 4
 
@@ -122,7 +123,7 @@ def test_masks_at_the_display_size_when_inference_frames_are_smaller(display, fr
 def test_device_letterbox_is_opencvs_within_rounding(size):
     from ultralytics.data.augment import LetterBox
 
-    from pipeline.segment.yolo_device import Geometry, letterbox
+    from pipeline.segment.model_input import letterbox
 
     width, height = size
     frames = clip(width, height, 0).frames
@@ -221,7 +222,7 @@ def test_mask_windows_are_the_plain_products_bytes(out):
         corner = origin.float() + torch.randint(0, 3, (k, 2)).float() * torch.rand(k, 2).round()  # whole pixels too
         box = torch.cat([corner, corner + torch.tensor([k_w, k_h]) * torch.rand(k, 2)], dim=1)
         ph, pw = rows.span(k_h), cols.span(k_w)
-        made = _assemble(logits, box, origin, rows, cols, k_h, k_w, ph, pw)
+        made = assemble(logits, box, origin, rows, cols, k_h, k_w, ph, pw)
         assert torch.equal(made, windows_as_written_plainly(logits, box, origin, rows, cols, k_h, k_w, ph, pw))
         assert made.any() and not made.all()
 

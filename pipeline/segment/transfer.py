@@ -92,3 +92,11 @@ def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | N
         stream.wait_event(after)
     with torch.cuda.stream(stream):
         yield
+
+
+def index_to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An index array to the device without the host waiting for it (pinned, on CUDA)."""
+    tensor = torch.from_numpy(order)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -1,0 +1,67 @@
+"""How frames of one size become a YOLO model's input, and its boxes frame pixels again: ultralytics' LetterBox
+(with `auto`) and scale_boxes, on the device."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PAD_VALUE = 114  # ultralytics' letterbox grey
+
+
+def input_size(height: int, width: int, imgsz: int | None) -> int:
+    """The model input size both paths ask for: `imgsz`, or the frames' long side rounded up to 32, at most 640."""
+    return imgsz or min(640, 32 * math.ceil(max(height, width) / 32))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How frames of one size map onto the model input (ultralytics' LetterBox with `auto`, and scale_boxes)."""
+
+    height: int  # the frames handed to the model
+    width: int
+    input_height: int  # the model input, padded to the stride
+    input_width: int
+    new_height: int  # the frame resized, before padding
+    new_width: int
+    top: int
+    left: int
+
+    @classmethod
+    def of(cls, height: int, width: int, imgsz: int, stride: int) -> "Geometry":
+        imgsz = max(stride, math.ceil(imgsz / stride) * stride)  # ultralytics' check_imgsz
+        r = min(imgsz / height, imgsz / width)
+        new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
+        dw, dh = (imgsz - new_w) % stride / 2, (imgsz - new_h) % stride / 2
+        top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
+        return cls(height, width, new_h + top + bottom, new_w + left + right, new_h, new_w, top, left)
+
+    def to_frame(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Model-input xyxy → frame pixels, clipped (scale_boxes)."""
+        gain = min(self.input_height / self.height, self.input_width / self.width)
+        new_h, new_w = max(round(self.height * gain), 1), max(round(self.width * gain), 1)
+        pad_x = round((self.input_width - new_w) / 2 - 0.1)
+        pad_y = round((self.input_height - new_h) / 2 - 0.1)
+        return per_axis(boxes, lambda x: ((x - pad_x) / (new_w / self.width)).clamp(0, self.width),
+                        lambda y: ((y - pad_y) / (new_h / self.height)).clamp(0, self.height))
+
+
+def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
+    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
+    x = frames.permute(0, 3, 1, 2).to(torch.float16 if dtype == torch.float16 else torch.float32)  # half on CUDA
+    if (geometry.new_height, geometry.new_width) != (geometry.height, geometry.width):
+        x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
+        x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
+    bottom = geometry.input_height - geometry.new_height - geometry.top
+    right = geometry.input_width - geometry.new_width - geometry.left
+    x = F.pad(x, (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
+    return x.div_(255).to(dtype)
+
+
+def per_axis(boxes: torch.Tensor, x, y) -> torch.Tensor:
+    """(K, 2n) boxes with `x` applied to their even columns (x) and `y` to the odd ones (y): constants as Python
+    numbers, so that no small tensor is copied to the device (each such copy waits for it)."""
+    return torch.stack([x(boxes[:, 0::2]), y(boxes[:, 1::2])], dim=2).flatten(1)
