@@ -55,13 +55,18 @@ class FrameBatch:
         return len(self.indices)
 
     @classmethod
-    def concat(cls, batches: list["FrameBatch"], out: np.ndarray | None = None) -> "FrameBatch":
-        """One batch of the frames of several (of one size, possibly from different clips), in order; the frames
-        written into `out` where given (an array of exactly their shape)."""
+    def concat(cls, batches: list["FrameBatch"], frames: np.ndarray | None = None) -> "FrameBatch":
+        """One batch of the frames of several (of one size, possibly from different clips), in order; `frames`:
+        theirs already in one array (a segmenter's `gather_frames`), else concatenated here."""
         first = batches[0]
         if not all(first.fits(b) for b in batches):
             raise ValueError("frames of different sizes cannot share a batch")
-        return cls(frames=np.concatenate([b.frames for b in batches], out=out), indices=np.concatenate([b.indices for b in batches]),
+        if frames is None:
+            frames = np.concatenate([b.frames for b in batches])
+        elif frames.shape != (sum(map(len, batches)), *first.frames.shape[1:]):
+            raise ValueError(f"frames of shape {frames.shape} for batches of {sum(map(len, batches))} frames of "
+                             f"{first.frames.shape[1:]}")
+        return cls(frames=frames, indices=np.concatenate([b.indices for b in batches]),
                    times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,
                    positions=np.concatenate([b.positions for b in batches]))
 

@@ -123,8 +123,8 @@ class Launching:
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.inner.segment(batch)
 
-    def frames_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        self.buffers.append(np.full(shape, 7, dtype=np.uint8))
+    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
+        self.buffers.append(np.concatenate(pieces))
         return self.buffers[-1]
 
     def launch(self, batch: FrameBatch):

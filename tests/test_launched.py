@@ -9,6 +9,7 @@ import gc
 import types
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,22 @@ def test_a_batch_out_of_memory_at_launch_lets_go_of_what_it_held_before_it_runs_
     finally:
         gc.enable()
     assert len(tight.alive) > 10 and max(tight.alive) <= 1, tight.alive
+
+
+def test_pinned_frames_are_the_pieces_in_order(monkeypatch):
+    """A launched batch's pieces gathered into pinned memory in one copy (`transfer.pinned_frames`); there is no
+    CUDA here to pin with, so the memory is asked for pinned and given plain."""
+    from pipeline.segment import transfer
+
+    asked, empty = [], torch.empty
+
+    def unpinned(*shape, pin_memory=False, **kwargs):
+        asked.append(pin_memory)
+        return empty(*shape, **kwargs)
+
+    monkeypatch.setattr(transfer.torch, "empty", unpinned)
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(0, 255, (n, 6, 5, 3), dtype=np.uint8) for n in (3, 1, 4)]
+    gathered = transfer.pinned_frames(pieces)
+    assert asked == [True] and gathered.dtype == np.uint8
+    np.testing.assert_array_equal(gathered, np.concatenate(pieces))

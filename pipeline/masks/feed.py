@@ -227,19 +227,18 @@ class Feeder:
         launch = getattr(self.segmenter, "launch", None) if self.overlap else None
         if launch is None:
             return Started(live=live, batch=self._batch(live))
-        buffer = getattr(self.segmenter, "frames_buffer", None)  # where it reads frames fastest (pinned memory)
+        gather = getattr(self.segmenter, "gather_frames", None)  # where it reads frames fastest (pinned memory)
         batch = None
         try:
-            batch = self._batch(live, buffer((sum(len(p) for _, p in live), *live[0][1].frames.shape[1:]))
-                                if buffer else None)
+            batch = self._batch(live, gather([piece.frames for _, piece in live]) if gather else None)
             return Started(live=live, batch=batch, launched=launch(batch))
         except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete), at once
             # no room for its frames where the segmenter wanted them: in ordinary memory
             return Started(live=live, batch=batch if batch is not None else self._batch(live), error=exc)
 
-    def _batch(self, pieces: Packed, out: np.ndarray | None = None) -> FrameBatch:
-        """The pieces as one batch (their frames written into `out` where given), at their size's capacity."""
-        batch = FrameBatch.concat([piece for _, piece in pieces], out=out)
+    def _batch(self, pieces: Packed, frames: np.ndarray | None = None) -> FrameBatch:
+        """The pieces as one batch (`frames`: theirs, already in one array), at their size's capacity."""
+        batch = FrameBatch.concat([piece for _, piece in pieces], frames=frames)
         return replace(batch, capacity=self.capacity(pieces[0][1]))
 
     def _complete(self, started: Started, after: Behind) -> None:

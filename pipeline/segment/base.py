@@ -193,8 +193,9 @@ class Ready:
 class Segmenter(Protocol):
     """What the masks stage calls. `names` maps class id → class name. A segmenter may also have
     `launch(batch) -> Launched`: the batch's work queued (on a GPU), so that the caller can queue the next batch
-    before it waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and
-    assembles each batch's frames in `frames_buffer(shape) -> np.ndarray` where it has one (pinned memory)."""
+    before it waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and has
+    each batch's frames put in one array by `gather_frames(pieces) -> np.ndarray` where it has one (into pinned
+    memory)."""
 
     names: Mapping[int, str]
 

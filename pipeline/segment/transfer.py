@@ -10,13 +10,17 @@ import numpy as np
 import torch
 
 
-def pinned_frames(shape: tuple[int, ...]) -> np.ndarray:
-    """A uint8 array in pinned host memory, for a batch's frames to be assembled in: it crosses to the GPU
-    without a staging copy (`Staging.copy`). Its block goes back to torch's pinned-memory cache when the array is
-    dropped, with no event to wait for (torch records none for a copy from an array it did not hand out): the
-    array must live until its copy to the GPU is done, as a batch's does until its masks are taken (which wait
-    for it), or until the feeder that launched it is gone."""
-    return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+def pinned_frames(pieces: list[np.ndarray]) -> np.ndarray:
+    """The pieces' frames, one after the other, in one uint8 array in pinned host memory: it crosses to the GPU
+    without a staging copy (`Staging.copy`). They are copied in one torch call, which lets go of the interpreter
+    lock once: numpy's concatenate lets go and takes it back for each piece, and each time it may wait a switch
+    interval for a busy thread (docs/PERFORMANCE.md). The array's block goes back to torch's pinned-memory cache
+    when it is dropped, with no event to wait for (torch records none for a copy from an array it did not hand
+    out): the array must live until its copy to the GPU is done, as a batch's does until its masks are taken
+    (which wait for it), or until the feeder that launched it is gone."""
+    out = torch.empty((sum(map(len, pieces)), *pieces[0].shape[1:]), dtype=torch.uint8, pin_memory=True)
+    torch.cat([torch.from_numpy(piece) for piece in pieces], out=out)
+    return out.numpy()
 
 
 class Staging:

@@ -45,14 +45,14 @@ class YoloSegmenter:
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.launch(batch).result()
 
-    def frames_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Where the feeder assembles a batch's frames: pinned memory for the device path on CUDA (the frames then
-        cross to the GPU without a staging copy), ordinary memory otherwise."""
+    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
+        """A batch's frames in one array, as the feeder hands them over: in pinned memory for the device path on
+        CUDA (they then cross to the GPU without a staging copy), in ordinary memory otherwise."""
         if self.spec.inference == "device" and self.device.type == "cuda":
             from pipeline.segment.transfer import pinned_frames
 
-            return pinned_frames(shape)
-        return np.empty(shape, dtype=np.uint8)
+            return pinned_frames(pieces)
+        return np.concatenate(pieces)
 
     def launch(self, batch: FrameBatch) -> Launched:
         """The batch queued on the device (Segmenter.launch); predict() runs at once."""
