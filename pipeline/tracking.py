@@ -43,30 +43,37 @@ class IouTracker:
 
     def assign(self, cls: np.ndarray, counts: list[bytes], height: int, width: int) -> list[int]:
         """Track ids of one frame's instances (given as class ids and RLEs); call once per frame, in order."""
-        cls = np.asarray(cls, dtype=np.int64)
-        ious = self._ious(cls, counts, height, width)
+        classes = np.asarray(cls, dtype=np.int64).tolist()
         ids = [-1] * len(counts)
-        pairs = np.flatnonzero(ious >= self.options.min_iou)
-        for flat in pairs[np.argsort(-ious.flat[pairs], kind="stable")]:  # greedy, best pair first
-            i, t = divmod(int(flat), ious.shape[1])
+        for _, i, t in sorted(self._pairs(classes, counts, height, width)):  # greedy, best pair first
             track = self.tracks[t]
             if ids[i] < 0 and track.seen < self.frame:  # each track continues at most once per frame
                 ids[i] = track.id
                 track.counts, track.seen = counts[i], self.frame
         for i in (i for i, track_id in enumerate(ids) if track_id < 0):
             ids[i], self.next_id = self.next_id, self.next_id + 1
-            self.tracks.append(Track(id=ids[i], cls=int(cls[i]), counts=counts[i], seen=self.frame))
+            self.tracks.append(Track(id=ids[i], cls=classes[i], counts=counts[i], seen=self.frame))
         self.tracks = [track for track in self.tracks if self.frame - track.seen <= self.options.max_gap]
         self.frame += 1
         return ids
 
-    def _ious(self, cls: np.ndarray, counts: list[bytes], height: int, width: int) -> np.ndarray:
-        """(instances, tracks) mask IoU; -inf where the classes differ (never measured there, never a match, even
-        at a `min_iou` of 0)."""
-        ious = np.full((len(counts), len(self.tracks)), -np.inf)
-        tracked = np.array([track.cls for track in self.tracks], dtype=np.int64)
-        for c in sorted(set(cls.tolist()) & set(tracked.tolist())):
-            mine, theirs = np.flatnonzero(cls == c), np.flatnonzero(tracked == c)
-            ious[np.ix_(mine, theirs)] = rle.iou([counts[i] for i in mine],
-                                                 [self.tracks[t].counts for t in theirs], height, width)
-        return ious
+    def _pairs(self, classes: list[int], counts: list[bytes], height: int, width: int
+               ) -> list[tuple[float, int, int]]:
+        """(-IoU, instance, track) of every pair of one class whose mask IoU is at least `min_iou`: sorted, best
+        first, ties by instance then track (the order of the whole matrix's entries). Pairs of other classes are
+        never measured and never match, even at a `min_iou` of 0."""
+        mine: dict[int, list[int]] = {}
+        for i, c in enumerate(classes):
+            mine.setdefault(c, []).append(i)
+        theirs: dict[int, list[int]] = {}
+        for t, track in enumerate(self.tracks):
+            if track.cls in mine:
+                theirs.setdefault(track.cls, []).append(t)
+        pairs = []
+        for c, tracked in theirs.items():
+            found = mine[c]
+            ious = rle.iou([counts[i] for i in found], [self.tracks[t].counts for t in tracked], height, width)
+            rows, cols = np.nonzero(ious >= self.options.min_iou)
+            pairs += [(-iou, found[r], tracked[k])
+                      for iou, r, k in zip(ious[rows, cols].tolist(), rows.tolist(), cols.tolist())]
+        return pairs
