@@ -42,8 +42,9 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
         assert masks["clips"] == 1 and masks["rounds"] == 1 and masks["frames"] == 4, size  # the budget is spent
         assert masks["segmenter"]["max_det"] == "100" and masks["segmenter"]["classes"] == 80, size  # every class
         assert masks["instances_per_frame"] > 0, size
-        for key in ("stage", "segment", "predict", "forward", "decode"):
+        for key in ("stage", "segment", "predict", "forward", "decode", "host", "host_in_shards"):
             assert masks[f"{key}_frames_per_s"] > 0, (size, key)
+        assert masks["stage_vs_host"] > 0, size
         # one batch a clip, with instances: the room, NMS's sizes frame by frame and class by class (a CPU's way),
         # the instances, the windows (yolo_device): the same batches in the stage as in segment()
         waits = masks["host_waits_per_batch"]
@@ -159,3 +160,27 @@ def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp
                                                                            ("processes", 5)]
     assert all(r["decode_fps"] > 0 and r["loop_vs_alone"] > 0 for r in runs)
     assert sys.getswitchinterval() == 0.005  # put back
+
+
+def test_a_replayed_run_makes_the_rows_of_the_run_it_replays(shapes_dataset, tmp_path):
+    """The host figure's segmenter: the masks of a shard's first clip handed back by frame position give that
+    clip the very rows it had (masks, scores, boxes, and the tracker's ids); other clips get the same masks."""
+    from pathlib import Path
+
+    from pipeline.bench.masks_bench import first_shard
+    from pipeline.bench.replay import replay_spec
+    from pipeline.masks import run_masks
+    from pipeline.masks.store import iter_shard
+    from tests.test_masks_stage import config
+
+    root, _ = shapes_dataset
+    made = run_masks(config(root, tmp_path / "made"), progress=False)
+    shard = first_shard(Path(made.output))
+    first, second = list(iter_shard(shard))[:2]
+    assert second.column("rle").tolist()[:len(first)] != first.column("rle").tolist()
+    replayed = run_masks(config(root, tmp_path / "replayed", segmenter=replay_spec(SegmenterSpec(), shard)),
+                         progress=False)
+    assert replayed.frames == made.frames
+    again = {clip.clip_id: clip for clip in iter_shard(first_shard(Path(replayed.output)))}
+    assert again[first.clip_id].table.equals(first.table)
+    assert again[second.clip_id].column("rle").tolist()[:len(first)] == first.column("rle").tolist()

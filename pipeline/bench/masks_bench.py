@@ -26,6 +26,7 @@ from pipeline.bench import probe
 from pipeline.bench.budget import affordable_clips, another_round
 from pipeline.bench.clips import make_clips, write_listing
 from pipeline.bench.placement import StagePlace
+from pipeline.bench.replay import replay_spec
 from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
@@ -117,9 +118,25 @@ def stored_bytes(run_dir: Path) -> int:
     return sum(p.stat().st_size for p in run_dir.glob("*.parquet") if not p.name.endswith(".clips.parquet"))
 
 
+def first_shard(run_dir: Path) -> Path:
+    """A run's first mask shard (its RLE table)."""
+    return min(p for p in run_dir.glob("*.parquet") if not p.name.endswith(".clips.parquet"))
+
+
+def host_side(config: MasksConfig, frames: int) -> dict[str, float]:
+    """The stage run once with `config` (a replayed segmenter's, a fresh run folder), over the `frames` frames the
+    stage ran: its frames/s, wall and in its shards."""
+    with Clock("cpu") as clock:
+        summary = run_masks(config, progress=False)
+    if summary.frames != frames:
+        raise RuntimeError(f"the replayed stage ran {summary.frames} frames, the stage {frames}")
+    in_shards = sum(worker["seconds"] for worker in summary.workers.values())
+    return {"host_frames_per_s": frames / clock.seconds, "host_in_shards_frames_per_s": frames / in_shards}
+
+
 def shard_segmenter(run_dir: Path) -> dict[str, str | int]:
     """What the stage's segmenter recorded in its first mask shard (classes as a count)."""
-    shard = min(p for p in run_dir.glob("*.parquet") if not p.name.endswith(".clips.parquet"))
+    shard = first_shard(run_dir)
     meta = {k.decode().removeprefix("segmenter."): v.decode() for k, v in (pq.read_schema(shard).metadata or {}).items()
             if k.startswith(b"segmenter.")}
     if "classes" in meta:
@@ -183,8 +200,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     if resolve_weights(stage_spec) != stage_spec:  # run_masks resolves it: a second model, not the one measured
         raise RuntimeError(f"the stage would load {resolve_weights(stage_spec).model!r}, not {spec.model!r}")
 
-    def config(data: Path, out: Path) -> MasksConfig:
-        return MasksConfig(dataset="kinetics400", root=data, out=out, segmenter=stage_spec, decode=decode,
+    def config(data: Path, out: Path, segmenter: SegmenterSpec = stage_spec) -> MasksConfig:
+        return MasksConfig(dataset="kinetics400", root=data, out=out, segmenter=segmenter, decode=decode,
                            decoders=decoders, execution=place.execution, shard_size=8, overwrite=True)
 
     warm = folder / "warm"  # the stage on the first clip alone: the stage's process loads its model, warms up
@@ -252,6 +269,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                  summary.frames / stage.seconds)
     fps = {name: 1 / per_frame if inputs or name != "forward" else None for name, per_frame in best.items()}
     run_dir = Path(summary.output)
+    host = host_side(config(root, folder / "replay-run", replay_spec(stage_spec, first_shard(run_dir))),
+                     summary.frames)
     busy = profiled["gpu_kernel_busy_s"]
     return {
         "clips": len(sources), "frames": summary.frames, "rounds": len(rounds),
@@ -271,6 +290,10 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "stage_in_shards_vs_forward": (round(fps["stage_in_shards"] / fps["forward"], 3)
                                        if fps["forward"] and fps["stage_in_shards"] else None),
         "stage_vs_segment": round(fps["stage"] / fps["segment"], 3),
+        # the stage with the masks it made handed back in place of the model (bench/replay.py): decode, packing,
+        # tracking, tables and writing alone, where the stage ran: what the host side keeps up with, one round
+        **{name: round(value, 1) for name, value in host.items()},
+        "stage_vs_host": round(fps["stage"] / host["host_frames_per_s"], 3),
         "segment_vs_predict": round(fps["segment"] / fps["predict"], 3),
         # CUDA: kernel-busy seconds (torch profiler, union of kernel intervals) of the first stage round, and their
         # share of that round's wall time; NVML's mean utilisation over the same round (device-wide)
