@@ -130,8 +130,15 @@ def host_side(config: MasksConfig, frames: int) -> dict[str, float]:
         summary = run_masks(config, progress=False)
     if summary.frames != frames:
         raise RuntimeError(f"the replayed stage ran {summary.frames} frames, the stage {frames}")
-    in_shards = sum(worker["seconds"] for worker in summary.workers.values())
-    return {"host_frames_per_s": frames / clock.seconds, "host_in_shards_frames_per_s": frames / in_shards}
+    in_shards = shards_seconds(summary)
+    return {"host_frames_per_s": frames / clock.seconds,
+            "host_in_shards_frames_per_s": frames / in_shards if in_shards else None}
+
+
+def shards_seconds(summary) -> float:
+    """A run's shards' own seconds (one worker, shards in turn): without the run's start and the gaps between
+    shards; 0 where every shard was found done."""
+    return sum(worker["seconds"] for worker in summary.workers.values())
 
 
 def shard_segmenter(run_dir: Path) -> dict[str, str | int]:
@@ -218,7 +225,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
 
     count = affordable_clips(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
                              make_per_frame=make_per_frame, most=clips,
-                             round_per_frame=stage_per_frame + 2 * segment_per_frame + decode_per_frame)
+                             round_per_frame=2 * stage_per_frame + 2 * segment_per_frame + decode_per_frame)
     sources = [*early, *make_clips(root, range(len(early), count), frames, width, height)][:count]
     write_listing(root, sources)
     held = held_batches(sources, decode, hold_bytes)
@@ -229,7 +236,9 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     best = dict.fromkeys(("stage", "stage_in_shards", "segment", "predict", "forward", "decode"), float("inf"))
     rounds: list[float] = []
     waits: dict[str, float | None] = {}
-    while another_round(done=rounds, repeat=repeat, deadline=deadline):  # interleaved: a slow spell hits all alike
+    replay = 0.0  # seconds kept back for the host figure's run after the rounds (at most a stage round's)
+    # interleaved rounds: a slow spell hits all alike
+    while another_round(done=rounds, repeat=repeat, deadline=deadline - replay):
         round_started = time.perf_counter()
         place.call(probe.begin, stage_spec, profile=not rounds)
         with probe.NvmlSampler(place.gpu) as nvml, Clock(device) as stage:
@@ -256,7 +265,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         with Clock("cpu") as decoding:
             decoded = sum(len(b) for path in sources for b in VideoDecoder(path, decode))
         assert summary.frames == decoded, (summary.frames, decoded)
-        in_shards = sum(worker["seconds"] for worker in summary.workers.values())  # the shards' own time
+        in_shards = shards_seconds(summary)
         if in_shards:  # (none where every shard was found done)
             best["stage_in_shards"] = min(best["stage_in_shards"], in_shards / summary.frames)
         for name, clock, n in (("stage", stage, summary.frames), ("segment", segment, passes * held_frames),
@@ -264,6 +273,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                                ("forward", forward, passes * held_frames),
                                ("decode", decoding, decoded)):
             best[name] = min(best[name], clock.seconds / n)  # seconds per frame
+        replay = best["stage"] * summary.frames
         rounds.append(time.perf_counter() - round_started)
         log.info("%dx%d: round %d in %.1f s, stage %.1f frames/s", width, height, len(rounds), rounds[-1],
                  summary.frames / stage.seconds)
@@ -292,7 +302,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "stage_vs_segment": round(fps["stage"] / fps["segment"], 3),
         # the stage with the masks it made handed back in place of the model (bench/replay.py): decode, packing,
         # tracking, tables and writing alone, where the stage ran: what the host side keeps up with, one round
-        **{name: round(value, 1) for name, value in host.items()},
+        **{name: round(value, 1) if value else None for name, value in host.items()},
         "stage_vs_host": round(fps["stage"] / host["host_frames_per_s"], 3),
         "segment_vs_predict": round(fps["segment"] / fps["predict"], 3),
         # CUDA: kernel-busy seconds (torch profiler, union of kernel intervals) of the first stage round, and their

@@ -1,6 +1,7 @@
 """A segmenter that hands back masks a run already made, by frame position, in place of a model: the masks stage
-with it does everything but the network and its post-processing (decode, packing, tracking, the tables, writing),
-so its frames/s is what the host side of the stage keeps up with (`make bench`'s `host_frames_per_s`)."""
+with it does everything but the segmenter's work (decode, packing, gathering, tracking, the tables, writing), so its
+frames/s bounds from above what the host side of the stage keeps up with (`make bench`'s `host_frames_per_s`):
+the segmenter's own host work (launching, post-processing, making RLE strings) is not in it."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import pyarrow.parquet as pq
 
 from pipeline.decode import FrameBatch
 from pipeline.masks.store import iter_shard
+from pipeline.masks.tables import ShardFiles
 from pipeline.segment import FrameMasks, SegmenterSpec
+from pipeline.segment.base import Launched, Ready
 
 BACKEND = "pipeline.bench.replay:ReplaySegmenter"
 
 
 def replay_spec(spec: SegmenterSpec, shard: Path) -> SegmenterSpec:
     """The spec that replays a mask shard's first clip, on the device `spec` names (the feeder runs as it would for
-    it: on CUDA with a batch launched ahead and RLE and tracking on a thread behind)."""
+    it: on CUDA with a batch launched ahead, its frames gathered into pinned memory, tracking on a thread behind)."""
     return SegmenterSpec(backend=BACKEND, model=str(shard), device=spec.device)
 
 
@@ -30,7 +33,8 @@ class ReplaySegmenter:
 
     def __init__(self, spec: SegmenterSpec) -> None:
         self.spec = spec
-        statuses = pq.read_table(Path(spec.model).with_suffix(".clips.parquet"),
+        shard = Path(spec.model)
+        statuses = pq.read_table(ShardFiles(shard.parent, shard.stem).clips,
                                  columns=["clip_id", "frames", "height", "width"]).to_pylist()
         clip = next(iter_shard(Path(spec.model)), None)  # the first clip with masks, if any clip has them
         wanted = clip.clip_id if clip is not None else None  # else the first clip with frames
@@ -55,6 +59,18 @@ class ReplaySegmenter:
             raise ValueError(f"{self.spec.model}: masks of {self.size[1]}x{self.size[0]} cannot be replayed on "
                              f"frames of {batch.width}x{batch.height}")
         return [self.frames[position % len(self.frames)] for position in batch.positions.tolist()]
+
+    def launch(self, batch: FrameBatch) -> Launched:
+        """As YOLO's (the feeder then holds a batch launched), with the masks at once."""
+        return Ready(self.segment(batch))
+
+    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
+        """As YOLO's: into pinned memory on CUDA."""
+        if self.spec.device.startswith("cuda"):
+            from pipeline.segment.transfer import pinned_frames
+
+            return pinned_frames(pieces)
+        return np.concatenate(pieces)
 
     def provenance(self) -> dict[str, str]:
         return {"model": f"replay of {self.spec.model}"}

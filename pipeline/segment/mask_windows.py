@@ -193,7 +193,7 @@ def logit_rows(frame: np.ndarray, rank: np.ndarray, frames: int) -> tuple[np.nda
 
 
 def instance_logits(coeffs: torch.Tensor, rows: torch.Tensor, proto: torch.Tensor, frames: torch.Tensor,
-            plan: LogitPlan) -> torch.Tensor:
+                    plan: LogitPlan) -> torch.Tensor:
     """(K, mh, mw) prototype-resolution mask logits of instances with these coefficients, at these rows of
     `logit_rows`: their frame's prototypes times the coefficients, one product per padded size."""
     channels, mh, mw = proto.shape[1:]
@@ -209,7 +209,7 @@ def instance_logits(coeffs: torch.Tensor, rows: torch.Tensor, proto: torch.Tenso
 
 
 def assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
-              h: int, w: int, ph: int, pw: int) -> torch.Tensor:
+             h: int, w: int, ph: int, pw: int) -> torch.Tensor:
     """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
     to the box."""
     device = logits.device

@@ -96,7 +96,7 @@ class YoloSegmenter:
     def predict(self, batch: FrameBatch) -> list[FrameMasks]:
         """The reference path: ultralytics' predict(), image by image around one batched forward (padded with
         black frames to the batch's capacity)."""
-        from pipeline.segment.yolo_device import input_size
+        from pipeline.segment.model_input import input_size
 
         self._network_copy()  # before predict() first touches the network
         height, width = batch.frames.shape[1:3]

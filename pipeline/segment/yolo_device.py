@@ -18,6 +18,7 @@ does so in two packed copies per batch (the instances' boxes, scores and windows
 must run again; then every window), and the points where the host waits on the device are counted
 (`host_waits`): two per batch on a FIXED_NMS device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,6 +96,8 @@ class DeviceYolo:
         self.stride = int(max(model.stride))
         self.nc = len(model.names)
         self.conf, self.iou, self.max_det, self.imgsz = conf, iou, max_det, imgsz
+        if not all(0 <= c < self.nc for c in classes):
+            raise ValueError(f"classes {classes} are not all among the model's {self.nc}")
         self.kept = torch.zeros(self.nc, dtype=torch.bool, device=self.device)  # by class: kept?
         self.kept[classes] = True
         self.some_classes = len(set(classes)) < self.nc
