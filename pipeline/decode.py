@@ -83,6 +83,12 @@ class FrameBatch:
         return self.frames.shape[1:] == other.frames.shape[1:] and (self.height, self.width) == (other.height, other.width)
 
 
+def frames_within(frames: int, limit: int, frame_bytes: int) -> int:
+    """At most `frames` frames, fewer where they would pass `limit` bytes (one frame past it, at least one): how
+    many frames a batch holds (VideoDecoder's batches, the feeder's)."""
+    return min(frames, max(1, -(-limit // frame_bytes)))
+
+
 def inference_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
     """(width, height) with the short side scaled to `short_side`, aspect kept."""
     if not short_side or min(width, height) == short_side:
@@ -129,7 +135,7 @@ class VideoDecoder:
                         self._start(_info(frame, native_fps, duration))
                     pending.append((index, time, self._to_array(frame)))
                     self.info.frames += 1
-                    if len(pending) == self.options.batch or len(pending) * pending[0][2].nbytes >= self._batch_bytes:
+                    if len(pending) == frames_within(self.options.batch, self._batch_bytes, pending[0][2].nbytes):
                         yield self._batch(pending)
                         pending = []
             except av.FFmpegError as exc:  # part way (a truncated file): first hand out the frames before it

@@ -31,6 +31,17 @@ def test_decodes_every_frame_in_bounded_batches(tmp_path):
     assert np.abs(decoded.astype(int) - frames.astype(int)).max() <= 2  # lossless luma, grey chroma
 
 
+def test_large_frames_come_in_fewer_a_batch_within_max_batch_mb(tmp_path):
+    """640×480 RGB frames are 900 KiB: at most 2 of them reach 1 MiB (the one that passes it included), whatever
+    the batch; the feeder packs by the same rule (`frames_within`)."""
+    frames, _, _ = shape_clip(5, 640, 480, seed=0)
+    write_video(tmp_path / "big.mp4", frames, 12)
+    _, batches = decode_all(tmp_path / "big.mp4", batch=16, max_batch_mb=1)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    _, batches = decode_all(tmp_path / "big.mp4", batch=16, max_batch_mb=2)
+    assert [len(b) for b in batches] == [3, 2]
+
+
 def test_rotation_metadata_gives_upright_frames(tmp_path):
     frames = np.zeros((3, 64, 96, 3), dtype=np.uint8)
     frames[:, :16, :24] = 255  # a marker in the coded top-left corner

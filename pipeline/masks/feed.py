@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo
+from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
 from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
@@ -384,12 +384,6 @@ def switching(often: bool):
             _switching["users"] -= 1
             if not _switching["users"]:
                 sys.setswitchinterval(_switching["before"])
-
-
-def frames_within(frames: int, limit: int, frame_bytes: int) -> int:
-    """At most `frames` frames, fewer where they would pass `limit` bytes (one frame past it, at least one), as
-    VideoDecoder caps its batches."""
-    return min(frames, max(1, -(-limit // frame_bytes)))
 
 
 def free_device_cache() -> None:
