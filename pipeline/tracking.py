@@ -59,9 +59,9 @@ class IouTracker:
 
     def _pairs(self, classes: list[int], counts: list[bytes], height: int, width: int
                ) -> list[tuple[float, int, int]]:
-        """(-IoU, instance, track) of every pair of one class whose mask IoU is at least `min_iou`: sorted, best
-        first, ties by instance then track (the order of the whole matrix's entries). Pairs of other classes are
-        never measured and never match, even at a `min_iou` of 0."""
+        """(-IoU, instance, track) of every pair of one class whose mask IoU is at least `min_iou`, in no order:
+        sorted, they are best first, ties by instance then track (the order of the whole matrix's entries). Pairs
+        of other classes are never measured and never match, even at a `min_iou` of 0."""
         mine: dict[int, list[int]] = {}
         for i, c in enumerate(classes):
             mine.setdefault(c, []).append(i)

@@ -300,8 +300,9 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "stage_in_shards_vs_forward": (round(fps["stage_in_shards"] / fps["forward"], 3)
                                        if fps["forward"] and fps["stage_in_shards"] else None),
         "stage_vs_segment": round(fps["stage"] / fps["segment"], 3),
-        # the stage with the masks it made handed back in place of the model (bench/replay.py): decode, packing,
-        # tracking, tables and writing alone, where the stage ran: what the host side keeps up with, one round
+        # the stage with the masks it made handed back in place of the model (bench/replay.py), where the stage
+        # ran, one run: decode, packing, tracking, tables and writing without the segmenter's own host work, an
+        # upper bound on what the host side keeps up with
         **{name: round(value, 1) if value else None for name, value in host.items()},
         "stage_vs_host": round(fps["stage"] / host["host_frames_per_s"], 3),
         "segment_vs_predict": round(fps["segment"] / fps["predict"], 3),
