@@ -36,7 +36,7 @@ class ReplaySegmenter:
         shard = Path(spec.model)
         statuses = pq.read_table(ShardFiles(shard.parent, shard.stem).clips,
                                  columns=["clip_id", "frames", "height", "width"]).to_pylist()
-        clip = next(iter_shard(Path(spec.model)), None)  # the first clip with masks, if any clip has them
+        clip = next(iter_shard(shard), None)  # the first clip with masks, if any clip has them
         wanted = clip.clip_id if clip is not None else None  # else the first clip with frames
         first = next((row for row in statuses if row["clip_id"] == wanted or wanted is None and row["frames"]), None)
         if first is None or not first["frames"]:
@@ -66,11 +66,9 @@ class ReplaySegmenter:
 
     def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
         """As YOLO's: into pinned memory on CUDA."""
-        if self.spec.device.startswith("cuda"):
-            from pipeline.segment.transfer import pinned_frames
+        from pipeline.segment.transfer import gathered
 
-            return pinned_frames(pieces)
-        return np.concatenate(pieces)
+        return gathered(pieces, pinned=self.spec.device.startswith("cuda"))
 
     def provenance(self) -> dict[str, str]:
         return {"model": f"replay of {self.spec.model}"}

@@ -98,6 +98,11 @@ def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | N
         yield
 
 
+def gathered(pieces: list[np.ndarray], *, pinned: bool) -> np.ndarray:
+    """The pieces' frames in one array: in pinned memory (`pinned_frames`), or in ordinary memory."""
+    return pinned_frames(pieces) if pinned else np.concatenate(pieces)
+
+
 def index_to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:
     """An index array to the device without the host waiting for it (pinned, on CUDA)."""
     tensor = torch.from_numpy(order)

@@ -48,11 +48,9 @@ class YoloSegmenter:
     def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
         """A batch's frames in one array, as the feeder hands them over: in pinned memory for the device path on
         CUDA (they then cross to the GPU without a staging copy), in ordinary memory otherwise."""
-        if self.spec.inference == "device" and self.device.type == "cuda":
-            from pipeline.segment.transfer import pinned_frames
+        from pipeline.segment.transfer import gathered
 
-            return pinned_frames(pieces)
-        return np.concatenate(pieces)
+        return gathered(pieces, pinned=self.spec.inference == "device" and self.device.type == "cuda")
 
     def launch(self, batch: FrameBatch) -> Launched:
         """The batch queued on the device (Segmenter.launch); predict() runs at once."""

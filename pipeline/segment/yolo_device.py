@@ -174,12 +174,12 @@ class DeviceYolo:
         """Two black frames through the whole path with every anchor a candidate (any score, any class), so that
         NMS and mask assembly run too: a device that cannot run it (an operator without a kernel there, a dtype
         it lacks) fails here, at load."""
-        conf, kept, some = self.conf, self.kept, self.some_classes
+        conf, kept = self.conf, self.kept
         self.conf, self.kept = -1.0, torch.ones_like(kept)  # whatever the classes kept, but with their test
         try:
             self(np.zeros((2, 64, 64, 3), dtype=np.uint8), 64, 64)
         finally:
-            self.conf, self.kept, self.some_classes, self.host_waits, self.batches = conf, kept, some, 0, 0
+            self.conf, self.kept, self.host_waits, self.batches = conf, kept, 0, 0
 
     def _checked(self, preds: torch.Tensor) -> torch.Tensor:
         """(N, 4 + classes + 32, anchors) network output → (N, anchors, 4 + classes + 32)."""
