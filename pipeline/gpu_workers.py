@@ -69,7 +69,7 @@ def core_share(environ: Mapping[str, str] | None = None, *, affinity: Callable[[
 class MemoryNeed:
     """The host memory one GPU worker needs at its peak."""
 
-    frames: int  # decoded frames held at once, at most (the Feeder's `frames_in_flight`)
+    frames: int  # decoded frames held at once, at most (`in_flight.frames_in_flight`)
     frame_bytes: int  # each, at the size the figure is stated for
 
     @property
@@ -92,13 +92,13 @@ class MemoryNeed:
 def memory_need(*, decoders: int, batch: int | None = None, frame: tuple[int, int] = WORST_FRAME) -> MemoryNeed:
     """What a GPU worker with `decoders` and `batch` (default: the masks stage's) needs for RGB frames of
     `frame` (height, width). Frames decoded at a smaller size (SHORT_SIDE, smaller sources) need less."""
-    from pipeline.decode import DecodeOptions
-    from pipeline.masks.feed import Feeder
+    from pipeline.decode import DecodeOptions  # PyAV: not for every command that plans a cluster
+    from pipeline.in_flight import frames_in_flight
 
     options = DecodeOptions() if batch is None else DecodeOptions(batch=batch)
-    feeder = Feeder(None, options, decoders=decoders, rows=None, overlap=True)  # only its bound is read
     frame_bytes = frame[0] * frame[1] * 3
-    return MemoryNeed(frames=feeder.frames_in_flight_at(frame_bytes), frame_bytes=frame_bytes)
+    frames = frames_in_flight(options, decoders=max(1, decoders), overlap=True, frame_bytes=frame_bytes)
+    return MemoryNeed(frames=frames, frame_bytes=frame_bytes)
 
 
 def limit_fraction() -> float:

@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
+from pipeline.in_flight import BEHIND, PREFETCH, frames_in_flight, piece_options
 from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
 from pipeline.records import ClipRecord
@@ -39,8 +40,6 @@ from pipeline.segment.base import Launched
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 2  # pieces each slot's decoder may be ahead
-BEHIND = 2  # batches waiting for RLE and tracking (on CUDA)
 SWITCH_INTERVAL = 0.0005  # s: the interpreter's switch interval while feeding a GPU (Python's default: 0.005)
 
 Packed = list[tuple["FedClip", FrameBatch]]
@@ -72,9 +71,8 @@ class Feeder:
     def __init__(self, segmenter: Segmenter, options: DecodeOptions, *, decoders: int,
                  rows: Callable[[ClipRecord], ClipRows], overlap: bool = False) -> None:
         self.segmenter, self.decoders = segmenter, max(1, decoders)
-        self.batch, self.batch_bytes = options.batch, options.max_batch_mb << 20
-        self.options = replace(options, batch=max(1, options.batch // self.decoders),  # a piece: one slot's share
-                               max_batch_mb=max(1, options.max_batch_mb // self.decoders))
+        self.batch_options, self.batch, self.batch_bytes = options, options.batch, options.max_batch_mb << 20
+        self.options = piece_options(options, self.decoders)  # a piece: one slot's share of a batch
         self.rows, self.overlap = rows, overlap
         self.splits = 0  # batches split in two after running out of device memory
         self._launched: Started | None = None  # a batch launched on the device, its masks not yet taken
@@ -85,20 +83,9 @@ class Feeder:
         return self.frames_in_flight_at(1)
 
     def frames_in_flight_at(self, frame_bytes: int) -> int:
-        """At most this many decoded frames of `frame_bytes` each are held at once: per decoder, the pieces queued
-        ahead, the one its thread waits to queue, the one it is filling and the one taken ahead; a batch being
-        packed per frame size (at most one per decoder); the batch being segmented, as its pieces and as one
-        array. On CUDA also the batch launched before it (its pieces and its array), the batches behind (RLE and
-        tracking, queued and running) and the two staging buffers; the arrays and buffers there are in pinned
-        memory, whose blocks torch rounds up to a power of two of bytes. Pieces and batches are capped in bytes too
-        (a piece at its share of max_batch_mb), so large frames are held fewer at a time."""
-        piece = frames_within(self.options.batch, self.options.max_batch_mb << 20, frame_bytes)
-        batch = frames_within(self.batch, self.batch_bytes, frame_bytes)
-        decoding = self.decoders * ((PREFETCH + 3) * piece + batch)
-        if not self.overlap:
-            return decoding + 2 * batch
-        pinned = -(-(1 << (batch * frame_bytes - 1).bit_length()) // frame_bytes)  # a pinned batch, in frames
-        return decoding + 2 * batch + 4 * pinned + (BEHIND + 1) * batch
+        """At most this many decoded frames of `frame_bytes` each are held at once (`in_flight.frames_in_flight`)."""
+        return frames_in_flight(self.batch_options, decoders=self.decoders, overlap=self.overlap,
+                                frame_bytes=frame_bytes)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:

@@ -1,0 +1,36 @@
+"""How many decoded frames the masks stage's feeder (masks/feed.py) holds at once, at most: the bound it reports
+and that a GPU worker's memory is sized by (gpu_workers.memory_need), in one place that needs neither."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pipeline.decode import DecodeOptions, frames_within
+
+PREFETCH = 2  # pieces each decoder may be ahead
+BEHIND = 2  # batches waiting for RLE and tracking (on CUDA)
+
+
+def piece_options(options: DecodeOptions, decoders: int) -> DecodeOptions:
+    """What each of `decoders` decodes at a time: a piece, its slot's share of a batch in frames and in bytes."""
+    return replace(options, batch=max(1, options.batch // decoders),
+                   max_batch_mb=max(1, options.max_batch_mb // decoders))
+
+
+def frames_in_flight(options: DecodeOptions, *, decoders: int, overlap: bool, frame_bytes: int = 1) -> int:
+    """At most this many decoded frames of `frame_bytes` each are held at once by a feeder of `decoders` with
+    batches of `options` (`overlap`: it feeds a GPU): per decoder, the pieces queued ahead, the one its thread
+    waits to queue, the one it is filling and the one taken ahead; a batch being packed per frame size (at most one
+    per decoder); the batch being segmented, as its pieces and as one array. On CUDA also the batch launched before
+    it (its pieces and its array), the batches behind (RLE and tracking, queued and running) and the two staging
+    buffers; the arrays and buffers there are in pinned memory, whose blocks torch rounds up to a power of two of
+    bytes. Pieces and batches are capped in bytes too (a piece at its share of max_batch_mb), so large frames are
+    held fewer at a time. The default `frame_bytes` of 1: frames small enough that no cap in bytes binds."""
+    pieces = piece_options(options, decoders)
+    piece = frames_within(pieces.batch, pieces.max_batch_mb << 20, frame_bytes)
+    batch = frames_within(options.batch, options.max_batch_mb << 20, frame_bytes)
+    decoding = decoders * ((PREFETCH + 3) * piece + batch)
+    if not overlap:
+        return decoding + 2 * batch
+    pinned = -(-(1 << (batch * frame_bytes - 1).bit_length()) // frame_bytes)  # a pinned batch, in frames
+    return decoding + 2 * batch + 4 * pinned + (BEHIND + 1) * batch
