@@ -10,7 +10,7 @@
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
 # installed wheels, bench clips; emptied first), BENCH_MINUTES (4), BENCH_ARGS (extra bench flags), TEST_SECONDS
 # (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120).
-# The wheels: see docs/PERFORMANCE.md, "GPU check". About 9 minutes on a GPU at the defaults.
+# The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 minutes on a GPU at the defaults.
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
@@ -53,7 +53,7 @@ for name in ("torchvision", "ultralytics", "av", "dask", "distributed", "pycocot
 EOF
     } 2>&1 | tee "$OUT/env.txt"
     "$PY" -c "import av, cv2, distributed, pycocotools, torch, ultralytics" \
-        || { echo "gpu_check: a package the pipeline needs cannot be imported (see above); add its wheel to $WHEELS"
+        || { echo "gpu_check: a package the pipeline needs cannot be imported (see above); add its wheel to $WHEELS (scripts/gpu_wheels.sh, run where the package index is)"
              return 2; }
 
     local tests=0
