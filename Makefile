@@ -44,6 +44,7 @@ MASKS_FLAGS := $(LIST_FLAGS) \
 	$(if $(SAM_TYPE),--sam-type "$(SAM_TYPE)") \
 	$(if $(SAM_CHECKPOINT),--sam-checkpoint "$(SAM_CHECKPOINT)") \
 	$(if $(REFINE_EVERY),--refine-every "$(REFINE_EVERY)") \
+	$(if $(SAM_PRECISION),--sam-precision "$(SAM_PRECISION)") \
 	$(EXEC_FLAGS)
 
 RENDER_FLAGS := $(DATASET_FLAGS) \

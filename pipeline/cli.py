@@ -38,7 +38,7 @@ from pipeline.render.variants import (
 )
 from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
 from pipeline.segment.base import RANDOM
-from pipeline.segment.sam import SAM_TYPES
+from pipeline.segment.sam import SAM_PRECISIONS, SAM_TYPES
 from pipeline.tracking import TrackOptions
 
 log = logging.getLogger("pipeline")
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--sam-type", choices=SAM_TYPES, default="vit_b", help="SAM architecture of --sam-checkpoint")
     masks.add_argument("--sam-checkpoint", default="", help=f"SAM weights (.pth) for --refine sam (none by default); "
                        f"'{RANDOM}' for random weights (timing only)")
+    masks.add_argument("--sam-precision", choices=SAM_PRECISIONS,
+                       help="what SAM computes in on CUDA (default bf16; fp16 for a GPU without bf16, its masks in a run "
+                            "folder of their own); a CPU runs fp32")
     masks.add_argument("--refine-every", type=positive_int, default=1, help="refine every Nth frame of a clip; others keep the detector's mask")
     masks.add_argument("--track-iou", type=unit_float, default=0.3, help="least mask IoU that continues an instance's track id")
     masks.add_argument("--track-gap", type=non_negative_int, default=5, help="frames a track may go unseen and continue")
@@ -389,7 +392,8 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             object_classes=object_classes,
             selfie_model=args.selfie_model,
             threshold=args.threshold,
-            refine=RefineSpec(sam_type=args.sam_type, checkpoint=args.sam_checkpoint, every=args.refine_every)
+            refine=RefineSpec(sam_type=args.sam_type, checkpoint=args.sam_checkpoint, every=args.refine_every,
+                              precision=args.sam_precision)
             if args.refine == "sam" else None,
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),

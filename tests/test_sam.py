@@ -191,6 +191,9 @@ def test_missing_or_mismatched_checkpoints_are_clear_errors(shapes_dataset, tmp_
     torch.save(tiny_sam().state_dict(), wrong)
     with pytest.raises(SegmenterLoadError, match="wrong.pth: cannot load as a SAM vit_b checkpoint.*--sam-type"):
         load_sam(RefineSpec(checkpoint=str(wrong)), "cpu")
+    assert main([*base, "--sam-checkpoint", "random", "--sam-precision", "fp16"]) == 2  # a CPU runs fp32
+    assert "SAM runs in fp32 on cpu: leave out SAM_PRECISION=fp16" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "masks").exists()
 
 
 def test_a_keyframe_refined_alone_or_packed_with_others_gives_the_same_bytes(tmp_path):
@@ -216,19 +219,20 @@ def test_a_keyframe_refined_alone_or_packed_with_others_gives_the_same_bytes(tmp
 def test_on_cuda_box_prompts_match_the_cpu_and_a_real_sam_runs_in_bf16_or_fp16_whatever_the_packing(tmp_path):
     batch = next(iter(VideoDecoder(shapes_video(tmp_path), DecodeOptions(batch=6, short_side=32))))
     base = luma().segment(batch)
+    precision = "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"  # an older GPU: fp16 by name
     on_cpu = SamRefiner(box_sam()).refine(batch, base)
-    on_gpu = SamRefiner(box_sam().to("cuda")).refine(batch, base)
+    on_gpu = SamRefiner(box_sam().to("cuda"), precision=precision).refine(batch, base)
     for a, b in zip(on_cpu, on_gpu):
         assert (a.full() != b.full()).mean() < 0.002  # resizing on the GPU may move an edge pixel
-    refiner = SamRefiner(tiny_sam().to("cuda"))
-    dtype = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
-    assert refiner.precision == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    assert refiner.sam.image_encoder.patch_embed.proj.weight.dtype == dtype
+    refiner = SamRefiner(tiny_sam().to("cuda"), precision=precision)
+    assert refiner.precision == precision
+    assert refiner.sam.image_encoder.patch_embed.proj.weight.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[
+        precision]
     for before, after in zip(base, refiner.refine(batch, base)):
         assert after.full().shape == before.masks.shape
     sam = tiny_sam().to("cuda")
     sam.mask_decoder = BitsDecoder()
-    refiner = SamRefiner(sam, images=4)
+    refiner = SamRefiner(sam, images=4, precision=precision)
     packed = [f.rle() for f in refiner.refine(batch, base)]
     together = refiner.refine(frames_of(batch, [2, 5]), [base[2], base[5]])  # other company and places
     assert [f.rle() for f in together] == [packed[2], packed[5]]
@@ -273,21 +277,29 @@ def test_masks_reach_the_host_as_windows_at_their_tight_boxes():
     assert boxes.shape == (0, 4) and windows == []
 
 
-@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float16)])
-def test_on_cuda_sam_computes_in_bf16_where_the_device_has_it_else_fp16(monkeypatch, native, dtype):
+@pytest.mark.parametrize("native", [True, False])
+def test_on_cuda_sam_computes_in_bf16_only_where_the_device_has_it_natively(monkeypatch, native):
+    """A GPU without native bf16 fails to load at the default, rather than run fp16 under a run tag that says
+    bf16: fp16 is asked for by name (and is a run folder of its own)."""
     asked = []
     monkeypatch.setattr(torch.cuda, "device", lambda device: asked.append(str(device)) or contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation
                         and native)
-    assert sam_device.choose_dtype("cuda:1") == dtype and asked == ["cuda:1"]
-    assert sam_device.choose_dtype("cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
+    if native:
+        assert sam_device.choose_dtype("cuda:1", "bf16") == torch.bfloat16 and asked == ["cuda:1"]
+    else:
+        with pytest.raises(SegmenterLoadError, match=r"cuda:1 \(Tesla V100\).*SAM_PRECISION=fp16"):
+            sam_device.choose_dtype("cuda:1", "bf16")
+    assert sam_device.choose_dtype("cuda:1", "fp16") == torch.float16
+    assert sam_device.choose_dtype("cuda:1", "fp32") == torch.float32
+    assert sam_device.choose_dtype("cpu", "fp32") == torch.float32
 
 
 def test_in_bf16_weights_are_cast_once_norms_run_in_fp32_and_provenance_says_bf16(tmp_path, monkeypatch):
     batch = next(iter(VideoDecoder(shapes_video(tmp_path), DecodeOptions(batch=2))))
     base = luma().segment(batch)
-    monkeypatch.setattr(sam_device, "choose_dtype", lambda device: torch.bfloat16)
-    refiner = SamRefiner(tiny_sam())
+    refiner = SamRefiner(tiny_sam(), precision="bf16")  # on a CPU the spec refuses it (fp32), but it runs
     sam = refiner.sam
     assert sam.image_encoder.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert sam.mask_decoder.output_upscaling[0].weight.dtype == torch.bfloat16
@@ -312,9 +324,12 @@ def test_the_run_fingerprint_follows_sam_precision_and_encoder_batch_as_they_run
         return spec.output_fields()["refine"]
 
     assert refine_fields("cpu", 4) == refine_fields("cpu", 2)  # a CPU takes one image per call whatever is asked
-    assert refine_fields("cpu", 4)["images"] == 1 and refine_fields("cpu", 4)["precision"] == "fp32"
+    assert refine_fields("cpu", 4) == {"sam_type": "vit_b", "random": True, "every": 1, "images": 1,
+                                       "precision": "fp32"}  # as before SAM_PRECISION: CPU runs keep their folders
     assert refine_fields("cuda:0", 4)["images"] == 4 and refine_fields("cuda:0", 2)["images"] == 2
-    assert "bf16" in refine_fields("cuda:0", 4)["precision"]
+    assert refine_fields("cuda:0", 4)["precision"] == "bf16"
+    fp16 = SegmenterSpec(backend=LUMA, device="cuda:0", refine=RefineSpec(checkpoint="random", precision="fp16"))
+    assert fp16.output_fields()["refine"] == {**refine_fields("cuda:0", 4), "precision": "fp16"}
 
 
 def test_masks_reach_the_host_as_rle_made_on_the_device_where_it_does_that():

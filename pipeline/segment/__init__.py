@@ -32,7 +32,7 @@ def check_segmenter(spec: SegmenterSpec) -> None:
     if spec.refine:
         from pipeline.segment.sam import check_refine
 
-        check_refine(spec.refine)
+        check_refine(spec.refine, spec.device)
     if spec.backend == "selfie":
         from pipeline.segment.selfie import missing_model_error
 
@@ -103,7 +103,7 @@ def load_segmenter(spec: SegmenterSpec) -> Segmenter:
 
     sam = load_sam(spec.refine, spec.device)
     images = spec.refine.images if spec.device.startswith("cuda") else 1  # a CPU gains nothing from batching
-    refiner = SamRefiner(sam, every=spec.refine.every, images=images)
+    refiner = SamRefiner(sam, every=spec.refine.every, images=images, precision=spec.refine.precision)
     return RefinedSegmenter(base, refiner, refine_provenance(spec.refine))
 
 

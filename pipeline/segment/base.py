@@ -25,6 +25,11 @@ DEVICE_NMS = "greedy by class, float64 IoU, ties by anchor"  # YOLO's device pat
 RANDOM = "random"  # SAM checkpoint value that builds the architecture with random weights (tests, timing)
 
 
+def sam_precision(asked: str | None, device: str) -> str:
+    """What SAM computes in on `device`: the precision asked for, else bf16 on CUDA and fp32 on a CPU."""
+    return asked or ("bf16" if device.startswith("cuda") else "fp32")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RefineSpec:
     """segment-anything refinement of the detector's masks (pipeline/segment/sam.py)."""
@@ -33,6 +38,7 @@ class RefineSpec:
     checkpoint: str = ""  # path of the SAM .pth of sam_type; "random" for random weights
     every: int = 1  # refine every Nth frame of a clip (1: all); the others keep the detector's mask
     images: int = 4  # keyframes per SAM image-encoder call on CUDA, always that many (a CPU takes one at a time)
+    precision: str | None = None  # on CUDA "bf16" (None: the default), "fp16" (a GPU without bf16) or "fp32"
 
     def output_fields(self) -> dict[str, Any]:
         """What shapes the masks; the checkpoint by content (weights_digests), not by where it lies."""
@@ -90,10 +96,10 @@ class SegmenterSpec:
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
         if self.backend == "yolo" and self.inference == "device":  # its NMS once kept other borderline boxes
             fields["nms"] = DEVICE_NMS
-        if self.refine:  # absent rather than None when unset; each shard records the precision SAM ran in
-            cuda = self.device.startswith("cuda")  # the encoder's batch size changes kernels, so the last bits
+        if self.refine:  # absent rather than None when unset; the precision SAM runs in (a GPU without it does not
+            cuda = self.device.startswith("cuda")  # load), and the encoder's batch size, which changes kernels
             fields["refine"] = {**self.refine.output_fields(), "images": self.refine.images if cuda else 1,
-                                "precision": "bf16, fp16 where the GPU has no bf16" if cuda else "fp32"}
+                                "precision": sam_precision(self.refine.precision, self.device)}
         if self.backend != "selfie" or self.refine:  # the models that run in fp16 on CUDA
             fields["precision"] = "fp16" if self.device.startswith("cuda") else "fp32"
         return fields

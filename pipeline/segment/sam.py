@@ -24,11 +24,13 @@ from pipeline.segment.base import (
     SegmenterLoadError,
     boxes_from_masks,
     file_sha256,
+    sam_precision,
 )
 
 log = logging.getLogger(__name__)
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_PRECISIONS = ("bf16", "fp16", "fp32")  # on CUDA; a CPU runs fp32
 CHECKPOINTS = {  # the official file of each type, named in the error when none is given
     "vit_b": "sam_vit_b_01ec64.pth",
     "vit_l": "sam_vit_l_0b3195.pth",
@@ -38,9 +40,9 @@ CHECKPOINTS = {  # the official file of each type, named in the error when none 
 
 class SamRefiner:
     """Refines FrameMasks with any `segment_anything.modeling.Sam` (built by `load_sam`, or a small one in tests),
-    whose weights it casts, once, to the precision of its device (`precision`)."""
+    whose weights it casts, once, to `precision` (None: bf16 on CUDA, fp32 on a CPU)."""
 
-    def __init__(self, sam, *, every: int = 1, images: int = 4) -> None:
+    def __init__(self, sam, *, every: int = 1, images: int = 4, precision: str | None = None) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         from pipeline.segment import sam_device
@@ -49,7 +51,7 @@ class SamRefiner:
         self.every = every
         self.images = images
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
-        dtype = sam_device.choose_dtype(sam.device)
+        dtype = sam_device.choose_dtype(sam.device, sam_precision(precision, str(sam.device)))
         sam_device.cast_once(sam, dtype)
         self.precision = sam_device.PRECISIONS[dtype]
         self._image_pe = None  # the prompt encoder's dense positional encoding, in the model's dtype
@@ -121,10 +123,15 @@ def refine_provenance(spec: RefineSpec) -> dict[str, str]:
     }
 
 
-def check_refine(spec: RefineSpec) -> None:
-    """Fail before a run starts when the SAM type or checkpoint cannot work; loads nothing."""
+def check_refine(spec: RefineSpec, device: str) -> None:
+    """Fail before a run starts when the SAM type, precision or checkpoint cannot work; loads nothing."""
     if spec.sam_type not in SAM_TYPES:
         raise SegmenterLoadError(f"unknown SAM type {spec.sam_type!r}; use one of {', '.join(SAM_TYPES)}")
+    if spec.precision not in (None, *SAM_PRECISIONS):
+        raise SegmenterLoadError(f"SAM precision {spec.precision!r}: use one of {', '.join(SAM_PRECISIONS)}")
+    if sam_precision(spec.precision, device) != "fp32" and not device.startswith("cuda"):
+        raise SegmenterLoadError(f"SAM runs in fp32 on {device}: leave out SAM_PRECISION={spec.precision} "
+                                 "(--sam-precision), or use a CUDA device")
     if spec.checkpoint != RANDOM and not Path(spec.checkpoint).is_file():
         raise missing_checkpoint_error(spec)
 
@@ -143,7 +150,7 @@ def load_sam(spec: RefineSpec, device: str):
     import torch
     from segment_anything import sam_model_registry
 
-    check_refine(spec)
+    check_refine(spec, device)
     sam = sam_model_registry[spec.sam_type](checkpoint=None)
     if spec.checkpoint != RANDOM:
         try:

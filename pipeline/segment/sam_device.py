@@ -2,9 +2,10 @@
 masks that reach the host in one transfer per call: as RLE runs made on a CUDA device (device_rle), as
 bit-packed box windows elsewhere.
 
-Precision: fp32 on a CPU; on CUDA bf16 where the device has it (compute capability 8 and up), else fp16, whose
-range a ViT-H's activations can exceed. The image encoder and the mask decoder are cast to it once, at load;
-segment-anything's LayerNorm2d (which squares deviations itself) keeps fp32 weights and computes in fp32, and
+Precision: fp32 on a CPU; on CUDA bf16 by default, which a device must compute natively (compute capability 8 and
+up): an older one fails to load, and fp16 (whose range a ViT-H's activations can exceed) is asked for by name, so
+that a run's masks are all of the precision its fingerprint names. The image encoder and the mask decoder are
+cast to it once, at load; segment-anything's LayerNorm2d (which squares deviations itself) keeps fp32 weights and computes in fp32, and
 the prompt encoder (a few thousand weights; segment-anything computes its positional encoding in fp32) stays
 fp32, its embeddings cast when they enter the decoder. Logits that come out non-finite make an empty mask (the
 caller keeps the detector's).
@@ -24,20 +25,28 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 
+from pipeline.segment.base import SegmenterLoadError
+
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def choose_dtype(device: torch.device | str) -> torch.dtype:
-    """fp32 off CUDA; bf16 on a CUDA device that computes in it natively, fp16 on an older one."""
+def choose_dtype(device: torch.device | str, precision: str) -> torch.dtype:
+    """The dtype of `precision` (fp32, bf16, fp16) on `device`; bf16 on a CUDA device that does not compute in it
+    natively is a load error that says what to ask for instead."""
+    dtype = {name: dtype for dtype, name in PRECISIONS.items()}[precision]
     device = torch.device(device)
-    if device.type != "cuda":
-        return torch.float32
+    if dtype != torch.bfloat16 or device.type != "cuda":
+        return dtype
     with torch.cuda.device(device):  # is_bf16_supported asks about the current device
         try:
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         except TypeError:  # torch before 2.4 has no `including_emulation` (nor emulates): compute capability 8+
             native = torch.cuda.get_device_capability(device)[0] >= 8
-        return torch.bfloat16 if native else torch.float16
+    if not native:
+        raise SegmenterLoadError(f"SAM runs in bf16 on CUDA, which {device} ({torch.cuda.get_device_name(device)}) "
+                                 "does not compute natively: set SAM_PRECISION=fp16 (--sam-precision; its masks go to "
+                                 "a run folder of their own), or fp32")
+    return dtype
 
 
 def cast_once(sam, dtype: torch.dtype) -> None:
