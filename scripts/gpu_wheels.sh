@@ -3,7 +3,8 @@
 # machine that starts bare: what it lacks of what the masks stage and its bench import, for its Python (3.12;
 # torch, torchvision, numpy, pyarrow, opencv-python-headless and nvidia-ml-py are there already). Into .whl/
 # (ignored by git): carry it with the device tool (`carry: [".whl", "models"]`). Settings: WHEELS (.whl),
-# PY (python3, whose pip downloads), PYTHON_VERSION (3.12). The versions are the ones the rehearsals used.
+# PY (python3, whose pip downloads), PYTHON_VERSION (3.12); a relative WHEELS is from the repository's root.
+# The versions are the ones the rehearsals used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}

@@ -1,7 +1,8 @@
 """Imports run one way: no module of the package imports, at any depth, one that imports it back. Imports inside
 functions count (they only put the circle off until the call); those under `if TYPE_CHECKING:` do not. A
 package's `__init__` is a module of its own: `from pipeline.x import name` imports it where `name` is not a
-module (a submodule's own import of its package's `__init__`, which Python always runs first, is not counted)."""
+module, and importing `pipeline.x.y` runs `pipeline/x/__init__.py` first (a submodule's import of its own
+package's `__init__`, which Python has always run before it, is not counted)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ ROOT = Path(pipeline.__file__).parent
 # The circles not broken yet; breaking one means taking it off this list.
 LEFT = {
     frozenset({"pipeline.render.definitions", "pipeline.render.variants"}),
-    frozenset({"pipeline.manifests.rows", "pipeline.render", "pipeline.render.runner", "pipeline.render.stage",
-               "pipeline.render.tars"}),
+    frozenset({"pipeline.manifests", "pipeline.manifests.rows", "pipeline.manifests.write", "pipeline.render",
+               "pipeline.render.runner", "pipeline.render.stage", "pipeline.render.tars"}),
     frozenset({"pipeline.predict.clip_image", "pipeline.predict.scorers", "pipeline.predict.xclip"}),
-    frozenset({"pipeline.engine.worker_plugin", "pipeline.executor"}),
+    frozenset({"pipeline.engine", "pipeline.engine.run", "pipeline.engine.worker_plugin", "pipeline.executor"}),
+    frozenset({"pipeline.evaluate", "pipeline.evaluate.run", "pipeline.report"}),
 }
 
 
@@ -53,8 +55,9 @@ def imported(path: Path, name: str, known: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in known:
                 target = target.rpartition(".")[0]
-            if target and target != name:
-                out.add(target)
+            while target and target != name and not name.startswith(f"{target}."):  # and the packages it is in
+                out.add(target)  # (their `__init__`s run first), but for those the importer is in itself
+                target = target.rpartition(".")[0]
     return out
 
 
@@ -105,11 +108,20 @@ def test_imports_make_no_circles_but_those_left_to_break():
     assert not LEFT - found, f"broken, so take them off LEFT: {[sorted(c) for c in LEFT - found]}"
 
 
-def test_a_circle_is_found_through_an_import_inside_a_function_but_not_through_type_checking(tmp_path):
+def test_circles_are_found_through_imports_in_functions_and_package_inits_but_not_type_checking(tmp_path):
     (tmp_path / "a.py").write_text("from pipeline import b\n")
     (tmp_path / "b.py").write_text("def f():\n    from pipeline import a\n")
     (tmp_path / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline import a\n")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "__init__.py").write_text("def f():\n    from pipeline import c\n")
+    (tmp_path / "d" / "e.py").write_text("from pipeline.d import f\n")  # its own package: not counted
+    (tmp_path / "d" / "g.py").write_text("x = 1\n")
+    (tmp_path / "c.py").write_text((tmp_path / "c.py").read_text() + "from pipeline.d.g import x\n")  # runs d first
     known = {f"pipeline.{n}": tmp_path / f"{n}.py" for n in "abc"}
+    known |= {"pipeline.d": tmp_path / "d" / "__init__.py", "pipeline.d.e": tmp_path / "d" / "e.py",
+              "pipeline.d.g": tmp_path / "d" / "g.py"}
     graph = {name: imported(path, name, known) for name, path in known.items()}
-    assert graph == {"pipeline.a": {"pipeline.b"}, "pipeline.b": {"pipeline.a"}, "pipeline.c": set()}
-    assert circles(graph) == {frozenset({"pipeline.a", "pipeline.b"})}
+    assert graph == {"pipeline.a": {"pipeline.b"}, "pipeline.b": {"pipeline.a"},
+                     "pipeline.c": {"pipeline.d.g", "pipeline.d"}, "pipeline.d": {"pipeline.c"}, "pipeline.d.e": set(),
+                     "pipeline.d.g": set()}
+    assert circles(graph) == {frozenset({"pipeline.a", "pipeline.b"}), frozenset({"pipeline.c", "pipeline.d"})}

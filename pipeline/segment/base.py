@@ -100,7 +100,8 @@ class SegmenterSpec:
             cuda = self.device.startswith("cuda")  # load), and the encoder's batch size, which changes kernels
             fields["refine"] = {**self.refine.output_fields(), "images": self.refine.images if cuda else 1,
                                 "precision": sam_precision(self.refine.precision, self.device)}
-        if self.backend != "selfie" or self.refine:  # the models that run in fp16 on CUDA
+        if self.backend != "selfie" or self.refine:  # the detectors that run in fp16 on CUDA (SAM's is above; a
+            # selfie base with SAM keeps this field too, as every run tag since it was added has)
             fields["precision"] = "fp16" if self.device.startswith("cuda") else "fp32"
         return fields
 
