@@ -71,7 +71,7 @@ class Feeder:
     def __init__(self, segmenter: Segmenter, options: DecodeOptions, *, decoders: int,
                  rows: Callable[[ClipRecord], ClipRows], overlap: bool = False) -> None:
         self.segmenter, self.decoders = segmenter, max(1, decoders)
-        self.batch_options, self.batch, self.batch_bytes = options, options.batch, options.max_batch_mb << 20
+        self.batch_options = options
         self.options = piece_options(options, self.decoders)  # a piece: one slot's share of a batch
         self.rows, self.overlap = rows, overlap
         self.splits = 0  # batches split in two after running out of device memory
@@ -182,7 +182,7 @@ class Feeder:
     def capacity(self, piece: FrameBatch) -> int:
         """Frames of a batch of this piece's frame size: `batch`, or fewer where they would pass `max_batch_mb`
         (as VideoDecoder caps its batches)."""
-        return frames_within(self.batch, self.batch_bytes, piece.frames[0].nbytes)
+        return frames_within(self.batch_options.batch, self.batch_options.max_batch_mb << 20, piece.frames[0].nbytes)
 
     def _segment(self, packed: Packed, after: Behind) -> None:
         """Segment one packed batch and hand each piece's masks to its clip's rows (behind, in order). Where the

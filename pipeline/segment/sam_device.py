@@ -5,10 +5,10 @@ bit-packed box windows elsewhere.
 Precision: fp32 on a CPU; on CUDA bf16 by default, which a device must compute natively (compute capability 8 and
 up): an older one fails to load, and fp16 (whose range a ViT-H's activations can exceed) is asked for by name, so
 that a run's masks are all of the precision its fingerprint names. The image encoder and the mask decoder are
-cast to it once, at load; segment-anything's LayerNorm2d (which squares deviations itself) keeps fp32 weights and computes in fp32, and
-the prompt encoder (a few thousand weights; segment-anything computes its positional encoding in fp32) stays
-fp32, its embeddings cast when they enter the decoder. Logits that come out non-finite make an empty mask (the
-caller keeps the detector's).
+cast to it once, at load; segment-anything's LayerNorm2d (which squares deviations itself) keeps fp32 weights and
+computes in fp32, and the prompt encoder (a few thousand weights; segment-anything computes its positional
+encoding in fp32) stays fp32, its embeddings cast when they enter the decoder. Logits that come out non-finite
+make an empty mask (the caller keeps the detector's).
 
 Fixed shapes: the image encoder always takes `images` images, zeros where fewer keyframes are left, since
 kernels, and with them the last bits of the embeddings, change with the batch size. A keyframe's embedding
