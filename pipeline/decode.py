@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import av
 import numpy as np
@@ -55,17 +55,12 @@ class FrameBatch:
         return len(self.indices)
 
     @classmethod
-    def concat(cls, batches: list["FrameBatch"], frames: np.ndarray | None = None) -> "FrameBatch":
-        """One batch of the frames of several (of one size, possibly from different clips), in order; `frames`:
-        theirs already in one array (a segmenter's `gather_frames`), else concatenated here."""
+    def concat(cls, batches: list["FrameBatch"]) -> "FrameBatch":
+        """One batch of the frames of several (of one size, possibly from different clips), in order."""
         first = batches[0]
         if not all(first.fits(b) for b in batches):
             raise ValueError("frames of different sizes cannot share a batch")
-        if frames is None:
-            frames = np.concatenate([b.frames for b in batches])
-        elif frames.shape != (sum(map(len, batches)), *first.frames.shape[1:]):
-            raise ValueError(f"frames of shape {frames.shape} for batches of {sum(map(len, batches))} frames of "
-                             f"{first.frames.shape[1:]}")
+        frames = np.concatenate([b.frames for b in batches])
         return cls(frames=frames, indices=np.concatenate([b.indices for b in batches]),
                    times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,
                    positions=np.concatenate([b.positions for b in batches]))
@@ -97,12 +92,18 @@ def inference_size(width: int, height: int, short_side: int | None) -> tuple[int
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-class VideoDecoder:
-    """Iterate a video as FrameBatch objects; `info` is filled once the first frame is decoded."""
+FrameMemory = Callable[[tuple[int, ...]], np.ndarray]  # an empty uint8 array of this shape for a batch's frames
 
-    def __init__(self, path: Path, options: DecodeOptions = DecodeOptions()) -> None:
+
+class VideoDecoder:
+    """Iterate a video as FrameBatch objects; `info` is filled once the first frame is decoded. `memory`: where
+    each batch's frames are written (a GPU segmenter's pinned memory, `Segmenter.frame_memory`); None: numpy's."""
+
+    def __init__(self, path: Path, options: DecodeOptions = DecodeOptions(), *,
+                 memory: FrameMemory | None = None) -> None:
         self.path = Path(path)
         self.options = options
+        self.memory = memory
         self.info: VideoInfo | None = None
         self._quarter_turns = 0  # set with `info`, from the first frame
         self._coded_size = (0, 0)  # (width, height) to ask of the coded, unrotated picture
@@ -176,8 +177,10 @@ class VideoDecoder:
 
     def _batch(self, pending: list[tuple[int, float, np.ndarray]]) -> FrameBatch:
         assert self.info is not None
+        arrays = [array for _, _, array in pending]
+        out = self.memory((len(arrays), *arrays[0].shape)) if self.memory is not None else None
         return FrameBatch(
-            frames=np.stack([array for _, _, array in pending]),
+            frames=np.stack(arrays, out=out),
             indices=np.array([index for index, _, _ in pending], dtype=np.int64),
             times=np.array([time for _, time, _ in pending], dtype=np.float64),
             height=self.info.height,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,18 +119,20 @@ class Launching:
 
     def __init__(self, inner, *, eager: bool = False) -> None:
         self.inner, self.names, self.eager, self.events = inner, inner.names, eager, []
-        self.buffers, self.in_buffers = [], 0  # arrays handed out for frames, and launched batches assembled in one
+        self.buffers, self.in_buffers = [], 0  # arrays handed out for frames, and launches whose pieces are in them
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.inner.segment(batch)
 
-    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
-        self.buffers.append(np.concatenate(pieces))
+    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
+        self.buffers.append(np.full(shape, 7, dtype=np.uint8))  # what a decoder does not write stays 7
         return self.buffers[-1]
 
-    def launch(self, batch: FrameBatch):
+    def launch(self, pieces: list[FrameBatch], *, capacity: int = 0):
         self.events.append("launch")
-        self.in_buffers += any(batch.frames is buffer for buffer in self.buffers)
+        self.in_buffers += all(any(np.shares_memory(piece.frames, buffer) for buffer in self.buffers)
+                               for piece in pieces)
+        batch = replace(FrameBatch.concat(pieces), capacity=capacity)
         if self.eager:
             return Ready(self.inner.segment(batch))
         return Later(self, batch)

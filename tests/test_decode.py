@@ -126,3 +126,23 @@ def test_yuv420p_planes_need_an_even_size(tmp_path):
     write_video(tmp_path / "odd.webm", frames, 10, codec="libvpx-vp9")
     with pytest.raises(ValueError, match="odd size"):
         decode_all(tmp_path / "odd.webm", pixels="yuv420p")
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_frames_are_written_into_the_memory_given(tmp_path, rotation):
+    """Each batch's frames land in an array `memory` hands out (a GPU's pinned memory), the same frames as without."""
+    frames, _, _ = shape_clip(11, 96, 64, seed=3)
+    write_video(tmp_path / "a.mp4", frames, 12, lossless=True, rotation=rotation)
+    given = []
+
+    def memory(shape):
+        given.append(np.full(shape, 7, dtype=np.uint8))
+        return given[-1]
+
+    plain = list(VideoDecoder(tmp_path / "a.mp4", DecodeOptions(batch=4)))
+    written = list(VideoDecoder(tmp_path / "a.mp4", DecodeOptions(batch=4), memory=memory))
+    size = plain[0].frames.shape[1:]
+    assert [b.frames.shape for b in written] == [b.frames.shape for b in plain] == [(4, *size)] * 2 + [(3, *size)]
+    assert all(batch.frames is array for batch, array in zip(written, given, strict=True))
+    for a, b in zip(written, plain):
+        np.testing.assert_array_equal(a.frames, b.frames)

@@ -93,18 +93,23 @@ def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  
     assert len(synchronising) == 2 if not runs else len(synchronising) >= 2, synchronising
 
 
-def test_frames_in_pinned_memory_cross_without_a_staging_copy(checkpoint):  # noqa: F811
+def test_pieces_in_pinned_memory_cross_as_they_are(checkpoint):  # noqa: F811
+    """Frames decoded into the segmenter's memory (pinned) cross to the GPU piece by piece with no staging copy;
+    a batch with a piece in ordinary memory is staged whole; the masks are the same bytes either way."""
     frames = photo_clip(340, 256, 1).frames
     segmenter = YoloSegmenter(cuda_spec(checkpoint))
     device = segmenter.on_device
     staged = device(frames, 256, 340, capacity=8)
     assert device._staging.staged == 1
-    pinned = segmenter.gather_frames([frames[:3], frames[3:]])
-    np.testing.assert_array_equal(pinned, frames)
-    assert torch.from_numpy(pinned).is_pinned() and not torch.from_numpy(frames).is_pinned()
-    found = device(pinned, 256, 340, capacity=8)
+    pieces = [segmenter.frame_memory(part.shape) for part in (frames[:3], frames[3:])]
+    pieces[0][...], pieces[1][...] = frames[:3], frames[3:]
+    assert all(torch.from_numpy(piece).is_pinned() for piece in pieces) and not torch.from_numpy(frames).is_pinned()
+    found = device.launch(pieces, 256, 340, capacity=8).result()
     assert device._staging.staged == 1  # no staging copy this time
     assert_same_bytes(found, staged)
+    mixed = device.launch([pieces[0], frames[3:]], 256, 340, capacity=8).result()
+    assert device._staging.staged == 2
+    assert_same_bytes(mixed, staged)
 
 
 def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, monkeypatch):  # noqa: F811

@@ -85,14 +85,16 @@ def test_memory_need_is_a_cuda_context_the_runtime_and_the_feeders_frames_in_fli
 
 
 def test_frames_in_flight_are_capped_in_bytes():
-    """At 1080p with 8 decoders and BATCH=32, 582 frames (3.4 GiB; the review counted 544 frames, before the caps
-    in bytes, without the copies of the batch being segmented or of the one launched before it, and without
-    pinned memory's rounding to a power of two), and 4K frames are held fewer at a time."""
+    """At 1080p with 8 decoders and BATCH=32, 980 frames (5.7 GiB): every piece of 3 frames (18.7 MB) is decoded
+    into a pinned block of 32 MiB, and a batch of 22 frames can hold parts of 9 pieces (the review counted 544
+    frames, before the caps in bytes, without the copies of the batches, and without pinned memory's rounding to
+    a power of two); 4K frames are held fewer at a time."""
     need = memory_need(decoders=8, batch=32)
-    assert need.frames == 582 and round(need.frames * need.frame_bytes / 2**30, 1) == 3.4
+    assert need.frames == 980 and round(need.frames * need.frame_bytes / 2**30, 1) == 5.7
     four_k = memory_need(decoders=8, batch=32, frame=(2160, 3840))
-    assert four_k.frames == 162 and four_k.frames * four_k.frame_bytes < 3.8 * 2**30
-    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=True).frames_in_flight == 704
+    assert four_k.frames == 213 and four_k.frames * four_k.frame_bytes < 5 * 2**30
+    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=True).frames_in_flight == 756
+    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=False).frames_in_flight == 480
 
 
 def test_local_gpu_workers_get_their_share_of_the_cores_and_the_memory(monkeypatch, caplog):

@@ -5,15 +5,17 @@ machine error stops the run and leaves nothing launched behind; on the CPU, with
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import types
 import weakref
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.decode import DecodeOptions
+from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.masks.feed import Feeder
 from pipeline.masks.tables import ClipRows
 from pipeline.segment import SegmenterSpec, load_segmenter
@@ -49,9 +51,11 @@ def test_one_batch_is_launched_while_the_one_before_is_finished(shapes_dataset, 
     events = "".join(event[0] for event in launching.events)
     assert events.startswith("ll") and events.count("l") == events.count("r") > 2  # every launch finished
     assert "lrlr" in events  # then in step: launch the next, finish the one before
-    assert launching.in_buffers == events.count("l") == len(launching.buffers)  # frames assembled where it asked
+    assert launching.in_buffers == events.count("l")  # every launch's pieces: frames decoded where it asked
+    assert len(launching.buffers) >= events.count("l") * decoders // 2  # (a piece each, and a clip's last ones)
     batch_by_batch = Launching(LumaKeySegmenter(LUMA))
-    assert same(outcomes(root, batch_by_batch, decoders, overlap=False), reference) and not batch_by_batch.events
+    assert same(outcomes(root, batch_by_batch, decoders, overlap=False), reference)
+    assert not batch_by_batch.events and not batch_by_batch.buffers
 
 
 @pytest.mark.parametrize("eager", [True, False])
@@ -138,9 +142,10 @@ class OutOfMemoryAtLaunch(LumaKeySegmenter):
         super().__init__(LUMA)
         self.room, self.held, self.alive = room, weakref.WeakSet(), []
 
-    def launch(self, batch):
+    def launch(self, pieces, *, capacity):
         tensors = Held()
         self.held.add(tensors)
+        batch = replace(FrameBatch.concat(pieces), capacity=capacity)
         if max(batch.capacity, len(batch)) > self.room:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return types.SimpleNamespace(tensors=tensors, result=lambda: self.segment(batch))
@@ -166,10 +171,11 @@ def test_a_batch_out_of_memory_at_launch_lets_go_of_what_it_held_before_it_runs_
     assert len(tight.alive) > 10 and max(tight.alive) <= 1, tight.alive
 
 
-def test_pinned_frames_are_the_pieces_in_order(monkeypatch):
-    """A launched batch's pieces gathered into pinned memory in one copy (`transfer.pinned_frames`); there is no
-    CUDA here to pin with, so the memory is asked for pinned and given plain."""
+def test_decoders_are_given_pinned_memory_by_the_device_path(monkeypatch):
+    """YOLO's device path on CUDA hands its decoders pinned memory (`transfer.pinned_empty`), ordinary memory
+    elsewhere; there is no CUDA here to pin with, so the memory is asked for pinned and given plain."""
     from pipeline.segment import transfer
+    from pipeline.segment.yolo import YoloSegmenter
 
     asked, empty = [], torch.empty
 
@@ -178,8 +184,47 @@ def test_pinned_frames_are_the_pieces_in_order(monkeypatch):
         return empty(*shape, **kwargs)
 
     monkeypatch.setattr(transfer.torch, "empty", unpinned)
+    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
+    memory = YoloSegmenter.frame_memory(yolo, (3, 6, 5, 3))
+    assert asked == [True] and memory.shape == (3, 6, 5, 3) and memory.dtype == np.uint8
+    for inference, device in (("predict", "cuda"), ("device", "cpu")):
+        yolo.spec.inference, yolo.device = inference, torch.device(device)
+        assert YoloSegmenter.frame_memory(yolo, (2, 4, 4, 3)).shape == (2, 4, 4, 3)
+    assert asked == [True]
+
+
+def test_staging_copies_pinned_pieces_as_they_are_and_stages_the_others(monkeypatch):
+    """`transfer.Staging` with CUDA's streams and events stood in for on the CPU: pieces in pinned memory are
+    copied each to its rows, a batch with any other piece is put together in a pinned buffer first; either way
+    the device gets the frames in order, then black ones up to `rows`."""
+    from pipeline.segment import transfer
+
+    pinned, empty = set(), torch.empty
+
+    def maybe_pinned(*shape, pin_memory=False, **kwargs):
+        tensor = empty(*shape, **kwargs)
+        if pin_memory:
+            pinned.add(tensor.data_ptr())
+        return tensor
+
+    stream = types.SimpleNamespace(wait_stream=lambda other: None, wait_event=lambda event: None)
+    event = types.SimpleNamespace(record=lambda stream=None: None, query=lambda: True, synchronize=lambda: None)
+    monkeypatch.setattr(transfer.torch, "empty", maybe_pinned)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: stream)
+    monkeypatch.setattr(torch.cuda, "Event", lambda: event)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: self.data_ptr() in pinned)
     rng = np.random.default_rng(0)
-    pieces = [rng.integers(0, 255, (n, 6, 5, 3), dtype=np.uint8) for n in (3, 1, 4)]
-    gathered = transfer.pinned_frames(pieces)
-    assert asked == [True] and gathered.dtype == np.uint8
-    np.testing.assert_array_equal(gathered, np.concatenate(pieces))
+    frames = rng.integers(0, 255, (7, 6, 5, 3), dtype=np.uint8)
+    pieces = [transfer.pinned_empty(part.shape) for part in (frames[:3], frames[3:4], frames[4:])]
+    for piece, part in zip(pieces, (frames[:3], frames[3:4], frames[4:])):
+        piece[...] = part
+    expected = np.concatenate([frames, np.zeros((3, 6, 5, 3), dtype=np.uint8)])
+    staging = transfer.Staging(torch.device("cpu"))
+    np.testing.assert_array_equal(staging.copy(pieces, 10).numpy(), expected)
+    assert staging.staged == 0
+    np.testing.assert_array_equal(staging.copy([pieces[0], frames[3:4].copy(), pieces[2]], 10).numpy(), expected)
+    np.testing.assert_array_equal(staging.copy([frames], 0).numpy(), frames)
+    assert staging.staged == 2 and staging.buffers[0] is not None and staging.buffers[1] is not None

@@ -1,5 +1,5 @@
 """A segmenter that hands back masks a run already made, by frame position, in place of a model: the masks stage
-with it does everything but the segmenter's work (decode, packing, gathering, tracking, the tables, writing), so its
+with it does everything but the segmenter's work (decode, packing, tracking, the tables, writing), so its
 frames/s bounds from above what the host side of the stage keeps up with (`make bench`'s `host_frames_per_s`):
 the segmenter's own host work (launching, post-processing, making RLE strings) is not in it."""
 
@@ -21,7 +21,7 @@ BACKEND = "pipeline.bench.replay:ReplaySegmenter"
 
 def replay_spec(spec: SegmenterSpec, shard: Path) -> SegmenterSpec:
     """The spec that replays a mask shard's first clip, on the device `spec` names (the feeder runs as it would for
-    it: on CUDA with a batch launched ahead, its frames gathered into pinned memory, tracking on a thread behind)."""
+    it: on CUDA with a batch launched ahead, its frames decoded into pinned memory, tracking on a thread behind)."""
     return SegmenterSpec(backend=BACKEND, model=str(shard), device=spec.device)
 
 
@@ -55,20 +55,27 @@ class ReplaySegmenter:
                                           size=self.size))
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        if (batch.height, batch.width) != self.size:
-            raise ValueError(f"{self.spec.model}: masks of {self.size[1]}x{self.size[0]} cannot be replayed on "
-                             f"frames of {batch.width}x{batch.height}")
-        return [self.frames[position % len(self.frames)] for position in batch.positions.tolist()]
+        return self._replayed([batch])
 
-    def launch(self, batch: FrameBatch) -> Launched:
+    def launch(self, pieces: list[FrameBatch], *, capacity: int = 0) -> Launched:
         """As YOLO's (the feeder then holds a batch launched), with the masks at once."""
-        return Ready(self.segment(batch))
+        return Ready(self._replayed(pieces))
 
-    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
-        """As YOLO's: into pinned memory on CUDA."""
-        from pipeline.segment.transfer import gathered
+    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
+        """As YOLO's: pinned memory on CUDA."""
+        if self.spec.device.startswith("cuda"):
+            from pipeline.segment.transfer import pinned_empty
 
-        return gathered(pieces, pinned=self.spec.device.startswith("cuda"))
+            return pinned_empty(shape)
+        return np.empty(shape, dtype=np.uint8)
+
+    def _replayed(self, pieces: list[FrameBatch]) -> list[FrameMasks]:
+        """The stored masks of the pieces' frames, by position."""
+        first = pieces[0]
+        if (first.height, first.width) != self.size:
+            raise ValueError(f"{self.spec.model}: masks of {self.size[1]}x{self.size[0]} cannot be replayed on "
+                             f"frames of {first.width}x{first.height}")
+        return [self.frames[position % len(self.frames)] for piece in pieces for position in piece.positions.tolist()]
 
     def provenance(self) -> dict[str, str]:
         return {"model": f"replay of {self.spec.model}"}

@@ -13,8 +13,10 @@ A clip's failure stays its own: a decoder that raises ends only its clip, and a 
 run again clip by clip, so that only the clip whose frames raise it gets the error. A batch that runs out of
 device memory is split in two and each half run at half the capacity (down to one frame); any other machine
 error (device, memory) stops the feeder. Frames in flight are bounded (`frames_in_flight`). Feeding a GPU
-(`overlap`), the feeder launches a batch before it takes the masks of the one before, and the interpreter
-switches threads more often, so that the decoders are not starved by the thread that drives the GPU.
+(`overlap`), the decoders write frames where the segmenter wants them (pinned memory, from which each piece
+crosses to the GPU as it is: the thread that drives the GPU copies no frame), the feeder launches a batch before
+it takes the masks of the one before, and the interpreter switches threads more often, so that the decoders are
+not starved by the thread that drives the GPU.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
-
-import numpy as np
 
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
@@ -74,6 +74,8 @@ class Feeder:
         self.batch_options = options
         self.options = piece_options(options, self.decoders)  # a piece: one slot's share of a batch
         self.rows, self.overlap = rows, overlap
+        # where decoders write frames: the segmenter's memory its batches cross to the device from (pinned), on CUDA
+        self._memory = getattr(segmenter, "frame_memory", None) if overlap else None
         self.splits = 0  # batches split in two after running out of device memory
         self._launched: Started | None = None  # a batch launched on the device, its masks not yet taken
 
@@ -143,7 +145,7 @@ class Feeder:
                 ended.append(fed)
 
     def _open(self, clip: ClipRecord) -> FedClip:
-        decoder = VideoDecoder(clip.path, self.options)
+        decoder = VideoDecoder(clip.path, self.options, memory=self._memory)
         return FedClip(clip=clip, rows=self.rows(clip), decoder=decoder, pieces=prefetched(decoder, PREFETCH))
 
     def _next(self, fed: FedClip) -> FrameBatch | None:
@@ -211,22 +213,14 @@ class Feeder:
 
     def _start(self, live: Packed) -> Started:
         """The batch of these pieces, launched where the segmenter can (a failure is kept for `_complete`)."""
+        started = Started(live=live, capacity=self.capacity(live[0][1]))
         launch = getattr(self.segmenter, "launch", None) if self.overlap else None
-        if launch is None:
-            return Started(live=live, batch=self._batch(live))
-        gather = getattr(self.segmenter, "gather_frames", None)  # where it reads frames fastest (pinned memory)
-        batch = None
-        try:
-            batch = self._batch(live, gather([piece.frames for _, piece in live]) if gather else None)
-            return Started(live=live, batch=batch, launched=launch(batch))
-        except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete), at once
-            # no room for its frames where the segmenter wanted them: in ordinary memory
-            return Started(live=live, batch=batch if batch is not None else self._batch(live), error=exc)
-
-    def _batch(self, pieces: Packed, frames: np.ndarray | None = None) -> FrameBatch:
-        """The pieces as one batch (`frames`: theirs, already in one array), at their size's capacity."""
-        batch = FrameBatch.concat([piece for _, piece in pieces], frames=frames)
-        return replace(batch, capacity=self.capacity(pieces[0][1]))
+        if launch is not None:
+            try:
+                started.launched = launch([piece for _, piece in live], capacity=started.capacity)
+            except Exception as exc:  # noqa: BLE001 - raised where a batch's masks are taken (_complete), at once
+                started.error = exc
+        return started
 
     def _complete(self, started: Started, after: Behind) -> None:
         """A started batch's masks, each piece's to its clip's rows (behind, in order)."""
@@ -234,7 +228,7 @@ class Feeder:
         for fed, _ in live:
             fed.waiting -= 1
         try:
-            found = self._by_piece(live, self._fitting(started.batch, started))
+            found = self._by_piece(live, self._fitting(started))
         except Exception as exc:
             if is_infrastructure(exc):
                 raise
@@ -249,7 +243,7 @@ class Feeder:
 
     def _masks(self, pieces: Packed) -> dict[int, list[FrameMasks]]:
         """The segmenter on the pieces as one batch, at once: each piece's masks, by the piece's id."""
-        return self._by_piece(pieces, self._fitting(self._batch(pieces)))
+        return self._by_piece(pieces, self._fitting(Started(live=pieces, capacity=self.capacity(pieces[0][1]))))
 
     @staticmethod
     def _by_piece(pieces: Packed, results: list[FrameMasks]) -> dict[int, list[FrameMasks]]:
@@ -262,17 +256,18 @@ class Feeder:
             found[id(piece)], offset = results[offset:offset + len(piece)], offset + len(piece)
         return found
 
-    def _fitting(self, batch: FrameBatch, started: Started | None = None) -> list[FrameMasks]:
-        """The segmenter's results for `batch` (those of its launch, where it was `started` so); out of device
+    def _fitting(self, started: Started) -> list[FrameMasks]:
+        """The segmenter's results for a started batch (those of its launch, where it was launched); out of device
         memory, the two halves at half the capacity each (a single frame that does not fit is the machine's
         error)."""
         try:
-            if started is not None and (started.launched is not None or started.error is not None):
+            if started.launched is not None or started.error is not None:
                 return _taken(started)
-            return self.segmenter.segment(batch)
+            return self.segmenter.segment(started.batch)
         except Exception as exc:
-            if not is_device_out_of_memory(exc) or batch.capacity <= 1 and len(batch) <= 1:
+            if not is_device_out_of_memory(exc) or started.capacity <= 1 and len(started.batch) <= 1:
                 raise
+        batch = started.batch  # the pieces in one array (in ordinary memory) if they were launched as they are
         free_device_cache()  # out of the handler: its traceback no longer holds the batch's tensors
         self.splits += 1
         capacity = -(-max(batch.capacity, len(batch)) // 2)
@@ -280,8 +275,8 @@ class Feeder:
                     "in the last bits from full batches'; a smaller BATCH avoids it)", batch.capacity or len(batch),
                     capacity)
         head, tail = batch.split(-(-len(batch) // 2))
-        found = self._fitting(replace(head, capacity=capacity))
-        return found + (self._fitting(replace(tail, capacity=capacity)) if tail is not None else [])
+        found = self._fitting(Started.of(replace(head, capacity=capacity)))
+        return found + (self._fitting(Started.of(replace(tail, capacity=capacity))) if tail is not None else [])
 
     def _clip_by_clip(self, live: Packed, error: Exception) -> dict[int, list[FrameMasks]]:
         """A batch raised `error`: each clip's pieces again on their own. A clip that raises alone (or was alone
@@ -327,9 +322,23 @@ class Started:
     segmenter without `launch`, run when the batch is completed)."""
 
     live: Packed
-    batch: FrameBatch
+    capacity: int  # the batch's size as the segmenter runs it (`Feeder.capacity`)
     launched: Launched | None = None
     error: Exception | None = None
+    whole: FrameBatch | None = field(default=None, repr=False)  # the pieces as one batch, once asked for (`batch`)
+
+    @classmethod
+    def of(cls, batch: FrameBatch) -> "Started":
+        """A batch already in one array, not yet run."""
+        return cls(live=[], capacity=batch.capacity, whole=batch)
+
+    @property
+    def batch(self) -> FrameBatch:
+        """The pieces' frames as one batch at the capacity: put together only when asked for, which a launched
+        batch never is unless it runs out of device memory (its pieces cross to the device as they are)."""
+        if self.whole is None:
+            self.whole = replace(FrameBatch.concat([piece for _, piece in self.live]), capacity=self.capacity)
+        return self.whole
 
 
 def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
@@ -380,3 +389,13 @@ def free_device_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def free_pinned_cache() -> None:
+    """Hand the pinned blocks torch keeps cached back to the system, where torch is in use (after a shard whose
+    decoders wrote into pinned memory): torch keeps each freed block for requests of its size rounded to a power
+    of two, so the next shard's frames of other sizes would not reuse them (cudaFreeHost waits for copies still
+    reading a block)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.accelerator.empty_host_cache()

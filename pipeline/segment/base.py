@@ -199,10 +199,11 @@ class Ready:
 
 class Segmenter(Protocol):
     """What the masks stage calls. `names` maps class id → class name. A segmenter may also have
-    `launch(batch) -> Launched`: the batch's work queued (on a GPU), so that the caller can queue the next batch
-    before it waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and has
-    each batch's frames put in one array by `gather_frames(pieces) -> np.ndarray` where it has one (into pinned
-    memory)."""
+    `launch(pieces, *, capacity) -> Launched`: the frames of a list of FrameBatch pieces (one size, in order) as
+    one batch of `capacity`, its work queued (on a GPU), so that the caller can queue the next batch before it
+    waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and has its decoders
+    write each piece's frames into `frame_memory(shape) -> np.ndarray` where the segmenter has one (pinned
+    memory, from which the pieces cross to the GPU as they are)."""
 
     names: Mapping[int, str]
 

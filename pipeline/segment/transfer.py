@@ -1,6 +1,6 @@
-"""Frames to the device and results back without the host waiting where it need not: pinned staging buffers
-copied on a side stream, copies to the host queued into pinned memory with an event, and a side stream for work
-that may run beside the model's."""
+"""Frames to the device and results back without the host waiting where it need not: frames decoded into pinned
+memory (or staged there) copied on a side stream, copies to the host queued into pinned memory with an event, and
+a side stream for work that may run beside the model's."""
 
 from __future__ import annotations
 
@@ -10,23 +10,19 @@ import numpy as np
 import torch
 
 
-def pinned_frames(pieces: list[np.ndarray]) -> np.ndarray:
-    """The pieces' frames, one after the other, in one uint8 array in pinned host memory: it crosses to the GPU
-    without a staging copy (`Staging.copy`). They are copied in one torch call, which lets go of the interpreter
-    lock once: numpy's concatenate lets go and takes it back for each piece, and each time it may wait a switch
-    interval for a busy thread (docs/PERFORMANCE.md). The array's block goes back to torch's pinned-memory cache
-    when it is dropped, with no event to wait for (torch records none for a copy from an array it did not hand
-    out): the array must live until its copy to the GPU is done, as a batch's does until its masks are taken
+def pinned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An empty uint8 array in pinned host memory, for a decoder to write a piece's frames into: it crosses to the
+    GPU with no copy on the host (`Staging.copy`). Its block goes back to torch's pinned-memory cache when the
+    array is dropped, with no event to wait for (torch records none for a copy from an array it did not hand out):
+    the array must live until its copy to the GPU is done, as a piece does until its batch's masks are taken
     (which wait for it), or until the feeder that launched it is gone."""
-    out = torch.empty((sum(map(len, pieces)), *pieces[0].shape[1:]), dtype=torch.uint8, pin_memory=True)
-    torch.cat([torch.from_numpy(piece) for piece in pieces], out=out)
-    return out.numpy()
+    return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
 
 
 class Staging:
     """Frames to a CUDA device, copied on a side stream (the model's stream waits for the copy, the host does
-    not). Frames already in pinned memory (`pinned_frames`) go as they are; others through two pinned buffers in
-    turn, each reused once its last copy is done."""
+    not). Pieces in pinned memory (`pinned_empty`) are copied each to its rows as they are; otherwise the pieces
+    are first put together in one of two pinned buffers, used in turn, each reused once its last copy is done."""
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:
         self.device, self.stream = device, torch.cuda.Stream(device)
@@ -34,14 +30,22 @@ class Staging:
         self.done: list[torch.cuda.Event | None] = [None] * slots
         self.turn = 0
         self.waits = 0  # times a buffer's last copy was not done when it was needed again (the host waited)
-        self.staged = 0  # batches copied into a buffer first (their frames were not pinned)
+        self.staged = 0  # batches copied into a buffer first (some of their frames were not pinned)
 
-    def copy(self, frames: np.ndarray) -> torch.Tensor:
-        host, slot = torch.from_numpy(frames), None
-        if not host.is_pinned():
-            host, slot = self._staged(frames)
+    def copy(self, pieces: list[np.ndarray], rows: int = 0) -> torch.Tensor:
+        """The pieces' frames, one after the other, on the device, then black frames up to `rows`."""
+        hosts = [torch.from_numpy(piece) for piece in pieces]
+        count, slot = sum(map(len, hosts)), None
+        if not all(host.is_pinned() for host in hosts):
+            staged, slot = self._staged(pieces, count)
+            hosts = [staged]
         with torch.cuda.stream(self.stream):
-            pixels = host.to(self.device, non_blocking=True)
+            pixels = torch.empty((max(rows, count), *hosts[0].shape[1:]), dtype=torch.uint8, device=self.device)
+            offset = 0
+            for host in hosts:
+                pixels[offset:offset + len(host)].copy_(host, non_blocking=True)
+                offset += len(host)
+            pixels[count:].zero_()
             if slot is not None:
                 self.done[slot] = torch.cuda.Event()
                 self.done[slot].record(self.stream)
@@ -50,16 +54,18 @@ class Staging:
         pixels.record_stream(main)
         return pixels
 
-    def _staged(self, frames: np.ndarray) -> tuple[torch.Tensor, int]:
-        """The frames copied into the next pinned buffer (once its last copy to the device is done), and which."""
+    def _staged(self, pieces: list[np.ndarray], count: int) -> tuple[torch.Tensor, int]:
+        """The pieces copied into the next pinned buffer (once its last copy to the device is done), and which."""
         slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
         if self.done[slot] is not None and not self.done[slot].query():
             self.done[slot].synchronize()  # two batches back: done by now unless the host runs ahead of the GPU
             self.waits += 1
-        if self.buffers[slot] is None or self.buffers[slot].numel() < frames.size:
-            self.buffers[slot] = torch.empty(frames.size, dtype=torch.uint8, pin_memory=True)
-        host = self.buffers[slot][:frames.size].view(frames.shape)
-        host.numpy()[...] = frames
+        shape = (count, *pieces[0].shape[1:])
+        size = int(np.prod(shape))
+        if self.buffers[slot] is None or self.buffers[slot].numel() < size:
+            self.buffers[slot] = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        host = self.buffers[slot][:size].view(shape)
+        np.concatenate(pieces, out=host.numpy())
         self.staged += 1
         return host, slot
 
@@ -96,11 +102,6 @@ def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | N
         stream.wait_event(after)
     with torch.cuda.stream(stream):
         yield
-
-
-def gathered(pieces: list[np.ndarray], *, pinned: bool) -> np.ndarray:
-    """The pieces' frames in one array: in pinned memory (`pinned_frames`), or in ordinary memory."""
-    return pinned_frames(pieces) if pinned else np.concatenate(pieces)
 
 
 def index_to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,25 @@ class YoloSegmenter:
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        return self.launch(batch).result()
+        return self.launch([batch], capacity=batch.capacity).result()
 
-    def gather_frames(self, pieces: list[np.ndarray]) -> np.ndarray:
-        """A batch's frames in one array, as the feeder hands them over: in pinned memory for the device path on
-        CUDA (they then cross to the GPU without a staging copy), in ordinary memory otherwise."""
-        from pipeline.segment.transfer import gathered
+    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Where a decoder writes a piece's frames (Segmenter.frame_memory): pinned memory for the device path on
+        CUDA (each piece then crosses to the GPU as it is, with no copy on the host), ordinary memory otherwise."""
+        if self.spec.inference == "device" and self.device.type == "cuda":
+            from pipeline.segment.transfer import pinned_empty
 
-        return gathered(pieces, pinned=self.spec.inference == "device" and self.device.type == "cuda")
+            return pinned_empty(shape)
+        return np.empty(shape, dtype=np.uint8)
 
-    def launch(self, batch: FrameBatch) -> Launched:
-        """The batch queued on the device (Segmenter.launch); predict() runs at once."""
+    def launch(self, pieces: list[FrameBatch], *, capacity: int = 0) -> Launched:
+        """The pieces' frames queued on the device as one batch of `capacity` (Segmenter.launch); predict() runs at
+        once."""
         if self.spec.inference == "predict":
-            return Ready(self.predict(batch))
-        return self.on_device.launch(batch.frames, batch.height, batch.width, capacity=batch.capacity)
+            batch = pieces[0] if len(pieces) == 1 else FrameBatch.concat(pieces)
+            return Ready(self.predict(replace(batch, capacity=capacity)))
+        first = pieces[0]
+        return self.on_device.launch([piece.frames for piece in pieces], first.height, first.width, capacity=capacity)
 
     def warm_up(self) -> None:
         """A first small batch on the device through the path the stage will use (see DeviceYolo.warm_up)."""

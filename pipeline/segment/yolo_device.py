@@ -115,10 +115,12 @@ class DeviceYolo:
         return self.launch(frames, out_height, out_width, capacity=capacity).result()
 
     @torch.inference_mode()
-    def launch(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0) -> "Launched":
+    def launch(self, frames: np.ndarray | list[np.ndarray], out_height: int, out_width: int, *, capacity: int = 0
+               ) -> "Launched":
         """The batch's work queued on the device up to NMS, its instances' copy to the host on its way: the host
-        can queue the next batch before it waits for this one (`Launched.result`)."""
-        count = len(frames)
+        can queue the next batch before it waits for this one (`Launched.result`). `frames`: in one array, or in
+        the pieces they were decoded in, in order (on CUDA each crosses as it is, with no copy on the host)."""
+        count = sum(map(len, _pieces(frames)))
         x, geometry = self.prepare(frames, capacity)
         preds, proto = self.forward(x)
         preds = self._checked(preds[:count].float())
@@ -150,18 +152,20 @@ class DeviceYolo:
             self.batches += 1
             return self._frame_masks(found, launched.proto, geometry, len(preds), *size)
 
-    def prepare(self, frames: np.ndarray, capacity: int = 0) -> tuple[torch.Tensor, Geometry]:
-        """The frames on the device, padded with black ones to `capacity`, letterboxed: the model's input."""
-        height, width = frames.shape[1:3]
+    def prepare(self, frames: np.ndarray | list[np.ndarray], capacity: int = 0) -> tuple[torch.Tensor, Geometry]:
+        """The frames (one array, or its pieces in order) on the device, padded with black ones to `capacity`,
+        letterboxed: the model's input."""
+        pieces = _pieces(frames)
+        height, width = pieces[0].shape[1:3]
         geometry = Geometry.of(height, width, input_size(height, width, self.imgsz), self.stride)
         if self._staging:
             waits = self._staging.waits
-            pixels = self._staging.copy(frames)
+            pixels = self._staging.copy(pieces, capacity)
             self.host_waits += self._staging.waits - waits
         else:
-            pixels = torch.from_numpy(frames).to(self.device)
-        if capacity > len(frames):
-            pixels = torch.cat([pixels, pixels.new_zeros((capacity - len(frames), *pixels.shape[1:]))])
+            pixels = torch.from_numpy(pieces[0] if len(pieces) == 1 else np.concatenate(pieces)).to(self.device)
+            if capacity > len(pixels):
+                pixels = torch.cat([pixels, pixels.new_zeros((capacity - len(pixels), *pixels.shape[1:]))])
         return letterbox(pixels, geometry, self.dtype), geometry
 
     @torch.inference_mode()
@@ -306,3 +310,8 @@ def _per_frame(meta: np.ndarray, masks: list[np.ndarray] | list[bytes | None], f
             out.append(FrameMasks(xyxy=xyxy[at], conf=conf[at], cls=cls[at], windows=tuple(masks[k] for k in at),
                                   origins=origins[at], size=(height, width)))
     return out
+
+
+def _pieces(frames: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    """A batch's frames as a list of pieces: one array is one piece."""
+    return [frames] if isinstance(frames, np.ndarray) else list(frames)
