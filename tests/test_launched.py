@@ -111,7 +111,7 @@ def test_yolo_launched_gives_the_same_rows(shapes_dataset, checkpoint, decoders,
 def test_feeding_a_gpu_switches_threads_more_often_while_it_runs(shapes_dataset):
     import sys
 
-    import pipeline.masks.feed as feed
+    from pipeline.masks.runtime import SWITCH_INTERVAL
 
     root, _ = shapes_dataset
     seen = []
@@ -123,7 +123,7 @@ def test_feeding_a_gpu_switches_threads_more_often_while_it_runs(shapes_dataset)
 
     before = sys.getswitchinterval()
     outcomes(root, Launching(Watching(LUMA)), 2, overlap=True)
-    assert set(seen) == {feed.SWITCH_INTERVAL} != {before} and sys.getswitchinterval() == before
+    assert set(seen) == {SWITCH_INTERVAL} != {before} and sys.getswitchinterval() == before
     seen.clear()
     outcomes(root, Watching(LUMA), 2, overlap=False)
     assert set(seen) == {before}

@@ -21,10 +21,7 @@ not starved by the thread that drives the GPU.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
-import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -32,15 +29,14 @@ from typing import Callable, Iterator
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
 from pipeline.in_flight import BEHIND, PREFETCH, frames_in_flight, piece_options
+from pipeline.masks.runtime import free_device_cache, switching
+from pipeline.masks.started import Started, taken
 from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
 from pipeline.records import ClipRecord
 from pipeline.segment import FrameMasks, Segmenter
-from pipeline.segment.base import Launched
 
 log = logging.getLogger(__name__)
-
-SWITCH_INTERVAL = 0.0005  # s: the interpreter's switch interval while feeding a GPU (Python's default: 0.005)
 
 Packed = list[tuple["FedClip", FrameBatch]]
 
@@ -262,7 +258,7 @@ class Feeder:
         error)."""
         try:
             if started.launched is not None or started.error is not None:
-                return _taken(started)
+                return taken(started)
             return self.segmenter.segment(started.batch)
         except Exception as exc:
             if not is_device_out_of_memory(exc) or started.capacity <= 1 and len(started.batch) <= 1:
@@ -303,44 +299,6 @@ class Feeder:
             yield fed.clip, (fed.failed if fed.failed is not None else fed)
 
 
-def _taken(started: "Started") -> list[FrameMasks]:
-    """A started batch's results (or its launch's error, raised), which it then no longer holds: what a launch
-    kept on the device is free before a batch out of memory runs again in halves."""
-    launched, error = started.launched, started.error
-    started.launched = started.error = None
-    if error is not None:
-        try:
-            raise error
-        finally:
-            del error  # else this frame, held by the error's traceback, would hold the error: a cycle
-    return launched.result()
-
-
-@dataclass(eq=False, kw_only=True)
-class Started:
-    """A packed batch given to the segmenter: launched (its masks on their way), failed at launch, or neither (a
-    segmenter without `launch`, run when the batch is completed)."""
-
-    live: Packed
-    capacity: int  # the batch's size as the segmenter runs it (`Feeder.capacity`)
-    launched: Launched | None = None
-    error: Exception | None = None
-    whole: FrameBatch | None = field(default=None, repr=False)  # the pieces as one batch, once asked for (`batch`)
-
-    @classmethod
-    def of(cls, batch: FrameBatch) -> "Started":
-        """A batch already in one array, not yet run."""
-        return cls(live=[], capacity=batch.capacity, whole=batch)
-
-    @property
-    def batch(self) -> FrameBatch:
-        """The pieces' frames as one batch at the capacity: put together only when asked for, which a launched
-        batch never is unless it runs out of device memory (its pieces cross to the device as they are)."""
-        if self.whole is None:
-            self.whole = replace(FrameBatch.concat([piece for _, piece in self.live]), capacity=self.capacity)
-        return self.whole
-
-
 def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
     """Behind the model: each piece's masks into its clip's rows (RLE, tracking), in order."""
     for fed, piece, found in work:
@@ -352,50 +310,3 @@ def _add(work: list[tuple[FedClip, FrameBatch, list[FrameMasks]]]) -> None:
                     raise
                 fed.add_error = exc
         fed.added += 1
-
-
-_switching = {"users": 0, "before": 0.0}  # feeders inside `switching`, and the interval to put back
-_switching_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def switching(often: bool):
-    """With `often`, the interpreter switches threads every SWITCH_INTERVAL: a decoder thread that needs the lock
-    back (after each call into PyAV) then waits 0.5 ms for a busy inference thread, not 5 ms. Measured on a CPU
-    with the inference thread's Python always busy, threads then decoded 7-10× more frames, the busy thread
-    doing 10% less (docs/PERFORMANCE.md, `python -m pipeline.bench decoding`). Feeders inside it at once share
-    it; the last one out puts the interval back."""
-    if not often:
-        yield
-        return
-    with _switching_lock:
-        if not _switching["users"]:
-            _switching["before"] = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
-        _switching["users"] += 1
-    try:
-        yield
-    finally:
-        with _switching_lock:
-            _switching["users"] -= 1
-            if not _switching["users"]:
-                sys.setswitchinterval(_switching["before"])
-
-
-def free_device_cache() -> None:
-    """Hand cached blocks back to the device (after running out of its memory), where torch is in use."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def free_pinned_cache() -> None:
-    """Hand the pinned blocks torch keeps cached back to the system, where torch is in use (after a shard whose
-    decoders wrote into pinned memory): torch keeps each freed block for requests of its size rounded to a power
-    of two, so the next shard's frames of other sizes would not reuse them (cudaFreeHost waits for copies still
-    reading a block)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.accelerator.empty_host_cache()

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 from pipeline.decode import DecodeOptions, VideoInfo
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.problems import stored_statuses
-from pipeline.masks.feed import Feeder, free_pinned_cache
+from pipeline.masks.feed import Feeder
+from pipeline.masks.runtime import free_pinned_cache
 from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
