@@ -418,7 +418,8 @@ def test_a_swap_partner_recomputed_redoes_the_clips_on_its_background(shapes_dat
 def test_open_clip_weights_from_a_file_or_a_folder_holding_one(tmp_path):
     import open_clip
 
-    from pipeline.predict.scorers import load_scorer, state_sha256
+    from pipeline.predict.load import load_scorer
+    from pipeline.predict.scorers import state_sha256
 
     name = tiny_open_clip(tmp_path / "model")
     torch.manual_seed(5)

@@ -30,8 +30,9 @@ from pipeline.executor import ExecOptions
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import variant_rows
 from pipeline.predict.inputs import positions, read_frames
+from pipeline.predict.load import load_scorer
 from pipeline.predict.runner import PredictConfig, run_predict
-from pipeline.predict.scorers import ScorerSpec, load_scorer
+from pipeline.predict.scorers import ScorerSpec
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.variants import resolve

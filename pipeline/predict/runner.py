@@ -33,8 +33,9 @@ from pipeline.manifests.read import LIST_FORMATS, VariantRows, choose_split, man
 from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.predict.inputs import PredictItem
 from pipeline.predict.labels import label_space
+from pipeline.predict.load import load_scorer
 from pipeline.predict.prompts import make_prompts
-from pipeline.predict.scorers import SCORER_FILE, ScorerSpec, load_scorer
+from pipeline.predict.scorers import SCORER_FILE, ScorerSpec
 from pipeline.predict.stage import PredictStage
 from pipeline.records import OK
 from pipeline.render.backdrops import folder_digest

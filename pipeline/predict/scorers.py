@@ -1,5 +1,6 @@
 """Zero-shot video classifiers: which one (`ScorerSpec`, from `open_clip:<arch>` or `xclip:<name or path>` and
-the weights), loading it once per process, and what `predict` asks of it (`Scorer`).
+the weights), what `predict` asks of it (`Scorer`), and what the backends share (loaded once per process by
+predict/load.py).
 
 Weights are `random` (seeded: the same in every process; for tests and timing), a local file or folder, or a
 name the library fetches as its users normally do. Whatever the source, the content hash recorded is the
@@ -9,7 +10,6 @@ downloads of the same weights, or a file moved elsewhere, key the same predictio
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -77,18 +77,6 @@ class Scorer(Protocol):
     def score(self, clips: "torch.Tensor", classes: "torch.Tensor") -> np.ndarray:  # noqa: F821
         """(B, N, 3, S, S) preprocessed clips → (B, C) float32 logits."""
         ...
-
-
-@functools.lru_cache(maxsize=2)
-def load_scorer(spec: ScorerSpec) -> Scorer:
-    """The scorer `spec` names, built once per process (every shard of a worker shares it)."""
-    if spec.backend == "open_clip":
-        from pipeline.predict.clip_image import OpenClipScorer
-
-        return OpenClipScorer(spec)
-    from pipeline.predict.xclip import XClipScorer
-
-    return XClipScorer(spec)
 
 
 def first_line(exc: BaseException) -> str:

@@ -19,8 +19,9 @@ from pipeline.decode import DecodeError
 from pipeline.engine import Commit, ShardTask
 from pipeline.masks import MasksRun
 from pipeline.predict.inputs import PredictItem, positions, read_frames
+from pipeline.predict.load import load_scorer
 from pipeline.predict.prompts import Prompts
-from pipeline.predict.scorers import ScorerSpec, load_scorer
+from pipeline.predict.scorers import ScorerSpec
 from pipeline.records import DECODE_ERROR, FAILED, OK
 from pipeline.render.definitions import from_spec
 from pipeline.render.encode import LAZY
