@@ -24,18 +24,11 @@ from pipeline.executor import ExecOptions
 from pipeline.masks.config import MasksConfig
 from pipeline.predict.scorers import PRECISIONS, ScorerSpec
 from pipeline.render.encode import FORMATS, EncodeOptions
+from pipeline.render.kinds import ALIGNS, SWAP_MODES, MaskOptions
 from pipeline.render.pairing import PAIR_RANGE
 from pipeline.render.pairs_file import pairs_variant
 from pipeline.render.runner import RenderConfig
-from pipeline.render.variants import (
-    ALIGNS,
-    DEFAULT_VARIANTS,
-    NEEDS_RELATIONS,
-    SWAP_MODES,
-    MaskOptions,
-    ProtocolOptions,
-    resolve,
-)
+from pipeline.render.variants import DEFAULT_VARIANTS, NEEDS_RELATIONS, ProtocolOptions, resolve
 from pipeline.segment import BACKENDS, RefineSpec, SegmenterLoadError, SegmenterSpec
 from pipeline.segment.base import RANDOM
 from pipeline.segment.sam import SAM_PRECISIONS, SAM_TYPES

@@ -21,8 +21,9 @@ from pipeline.masks import MasksRun, load_clip_masks, run_masks
 from pipeline.render import run_render
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import composed, partner_frames
+from pipeline.render.kinds import MaskOptions
 from pipeline.render.regions import RegionMasks
-from pipeline.render.variants import MaskOptions, resolve
+from pipeline.render.variants import resolve
 from tests.test_masks_stage import config as masks_config
 from tests.test_render import render_config
 

@@ -20,9 +20,10 @@ from pipeline.render import run_render
 from pipeline.render.backdrops import backdrop, still_index
 from pipeline.render.compose import PartnerFrames, centroid_offset, shifted_frame
 from pipeline.render.encode import EncodeOptions
+from pipeline.render.kinds import Fill, Pairing, VariantError
 from pipeline.render.pairing import pair_clips, read_relations
 from pipeline.render.regions import Regions
-from pipeline.render.variants import PRESETS, Fill, Pairing, ProtocolOptions, VariantError, resolve
+from pipeline.render.variants import PRESETS, ProtocolOptions, resolve
 from tests.test_masks_stage import config as masks_config
 from tests.test_render import render_config, render_frames
 from tests.test_variants import clips

@@ -17,8 +17,9 @@ from pipeline.masks import MasksRun, load_clip_masks, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.compose import PartnerFrames, composed, decoded
 from pipeline.render.encode import EncodeOptions
+from pipeline.render.kinds import IMAGENET_MEAN_RGB, MaskOptions, Variant
 from pipeline.render.regions import RegionMasks, Regions
-from pipeline.render.variants import IMAGENET_MEAN_RGB, MaskOptions, Variant, resolve
+from pipeline.render.variants import resolve
 from tests.conftest import write_kinetics_csv
 from tests.test_masks_stage import config as masks_config
 
@@ -333,8 +334,8 @@ def test_the_inpainting_plate_is_the_lower_median_of_its_samples(masked):
     them, every `step`-th frame sampled, hidden pixels ranked last, the lower median of the visible ones."""
     from pipeline.decode import DecodeOptions
     from pipeline.render.compose import background_plate, decoded, plate_step
+    from pipeline.render.kinds import MaskOptions
     from pipeline.render.regions import RegionMasks
-    from pipeline.render.variants import MaskOptions
 
     _, _, _, run_dir = masked
     run = MasksRun(run_dir)

@@ -14,8 +14,9 @@ import pytest
 from pipeline.cli import main
 from pipeline.masks import MasksRun, run_masks
 from pipeline.render.guards import segmenter_finds_objects, with_objects
+from pipeline.render.kinds import VariantError
 from pipeline.render.pairing import unpaired_reason
-from pipeline.render.variants import DEFAULT_VARIANTS, PRESETS, VariantError, resolve
+from pipeline.render.variants import DEFAULT_VARIANTS, PRESETS, resolve
 from pipeline.segment.base import SegmenterSpec
 from tests.conftest import LUMA, write_kinetics_csv
 from tests.test_datasets import listing

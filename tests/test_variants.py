@@ -8,8 +8,9 @@ import pytest
 
 from pipeline.masks import StoredClip
 from pipeline.render.definitions import parse_fill
+from pipeline.render.kinds import Fill, MaskOptions, VariantError
 from pipeline.render.pairing import pair_clips
-from pipeline.render.variants import PRESETS, Fill, MaskOptions, VariantError, resolve
+from pipeline.render.variants import PRESETS, resolve
 
 
 def test_presets_cover_the_literature_settings():

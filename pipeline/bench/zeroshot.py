@@ -44,7 +44,7 @@ def bare_forward(config: PredictConfig, out: Path, masks_tag: str, frames: int, 
 
     from pipeline.masks import MasksRun
     from pipeline.predict.inputs import PredictItem
-    from pipeline.render.variants import Variant
+    from pipeline.render.kinds import Variant
 
     scorer = load_scorer(config.scorer)
     run = MasksRun(out / "masks" / "kinetics400" / masks_tag)

@@ -24,9 +24,10 @@ from pipeline.loaders.frames import ClipComposer, ClipSource
 from pipeline.loaders.index import MasksIndex
 from pipeline.loaders.sampling import Sampling
 from pipeline.masks import MasksRun, StoredClip
+from pipeline.render.kinds import Variant
 from pipeline.render.pairing import PAIR_RANGE, CoverageTask, pair_clips, read_relations, shard_coverage
 from pipeline.render.stage import RenderItem
-from pipeline.render.variants import Variant, resolve
+from pipeline.render.variants import resolve
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pipeline.decode import DecodeError, DecodeOptions
 from pipeline.masks import ClipMasks, StoredClip
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import FrameComposer, decoded, partner_frames, plate_step
+from pipeline.render.kinds import Fill, Variant
 from pipeline.render.regions import RegionMasks
-from pipeline.render.variants import Fill, Variant
 
 RANDOM_FILLS = (None, "clip", "frame")  # per-sample fills: none (render's), a new draw per sample, or per frame
 DECODE_BATCH = 4  # frames decoded at a time: the decoder thread runs little past a window's last frame

@@ -26,8 +26,9 @@ from pipeline.loaders.dataset import swap_partners
 from pipeline.loaders.frames import ClipComposer, ClipSource
 from pipeline.loaders.index import MasksIndex
 from pipeline.masks import MasksRun, StoredClip
+from pipeline.render.kinds import Variant
 from pipeline.render.stage import RenderItem
-from pipeline.render.variants import Variant, resolve
+from pipeline.render.variants import resolve
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pipeline.loaders.frames import ClipComposer, ClipSource
 from pipeline.masks import ClipMasks, StoredClip
 from pipeline.render.compose import decoded, picked
 from pipeline.render.encode import LAZY
-from pipeline.render.variants import Variant
+from pipeline.render.kinds import Variant
 
 
 def positions(frames: int, count: int) -> list[int]:

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
-    from pipeline.render.variants import Fill
+    from pipeline.render.kinds import Fill
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

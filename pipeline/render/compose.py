@@ -18,9 +18,9 @@ from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.masks import ClipMasks, StoredClip
 from pipeline.prefetch import prefetched
 from pipeline.render.backdrops import backdrop
+from pipeline.render.kinds import STATIC_FILLS, Fill, MaskOptions, Variant
 from pipeline.render.planes import compose_planes
 from pipeline.render.regions import RegionMasks, Regions
-from pipeline.render.variants import STATIC_FILLS, Fill, MaskOptions, Variant
 
 PLATE_SAMPLES = 24  # frames the inpainting median is taken over, evenly spread through the clip
 

@@ -15,17 +15,7 @@ from typing import Any
 
 import tomllib
 
-from pipeline.render.variants import (
-    ALIGNS,
-    MEAN,
-    REGIONS,
-    SWAP_MODES,
-    Fill,
-    MaskOptions,
-    Pairing,
-    Variant,
-    VariantError,
-)
+from pipeline.render.kinds import ALIGNS, MEAN, REGIONS, SWAP_MODES, Fill, MaskOptions, Pairing, Variant, VariantError
 
 
 def parse_fill(text: str, where: str = "") -> Fill:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from pipeline.errors import InputError
 from pipeline.masks import MasksRun
-from pipeline.render.variants import Variant
+from pipeline.render.kinds import Variant
 from pipeline.segment.base import SegmenterSpec
 
 log = logging.getLogger(__name__)

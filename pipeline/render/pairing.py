@@ -24,8 +24,8 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.masks import MasksRun, StoredClip
+from pipeline.render.kinds import MaskOptions
 from pipeline.render.regions import RegionMasks
-from pipeline.render.variants import MaskOptions
 
 log = logging.getLogger(__name__)
 

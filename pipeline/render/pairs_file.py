@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from pipeline.datasets.common import safe_id
 from pipeline.errors import InputError
 from pipeline.masks import StoredClip
-from pipeline.render.variants import SWAP_MODES, Fill, Pairing, Variant
+from pipeline.render.kinds import SWAP_MODES, Fill, Pairing, Variant
 
 log = logging.getLogger(__name__)
 

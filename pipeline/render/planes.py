@@ -16,8 +16,8 @@ import numpy as np
 
 from pipeline.decode import yuv420_planes
 from pipeline.render.encode import VIDEO_FORMATS
+from pipeline.render.kinds import Variant
 from pipeline.render.regions import Regions
-from pipeline.render.variants import Variant
 
 PLANAR_FILLS = ("keep", "color", "mean")
 

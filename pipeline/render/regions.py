@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline import rle
 from pipeline.masks import ClipMasks
-from pipeline.render.variants import MaskOptions
+from pipeline.render.kinds import MaskOptions
 from pipeline.segment.base import PERSON
 
 T = TypeVar("T")

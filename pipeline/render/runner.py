@@ -22,6 +22,7 @@ from pipeline.masks import MasksRun, StoredClip, find_run
 from pipeline.render.backdrops import folder_digest
 from pipeline.render.encode import EncodeOptions
 from pipeline.render.guards import say_what_changed, with_objects
+from pipeline.render.kinds import Variant
 from pipeline.render.pairing import (
     PAIR_RANGE,
     CoverageTask,
@@ -36,7 +37,6 @@ from pipeline.render.pairs_file import match_pairs
 from pipeline.render.planes import planar
 from pipeline.render.stage import SOURCE, RenderItem, RenderStage
 from pipeline.render.tars import WEBDATASET
-from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
 

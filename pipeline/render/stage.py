@@ -25,10 +25,10 @@ from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import composed, partner_frames
 from pipeline.render.encode import LAZY, ClipWriter, EncodeOptions
+from pipeline.render.kinds import Variant
 from pipeline.render.planes import planar
 from pipeline.render.regions import RegionMasks
 from pipeline.render.tars import WEBDATASET, SampleTar, sample_rows, shard_tar_name
-from pipeline.render.variants import Variant
 
 log = logging.getLogger(__name__)
 

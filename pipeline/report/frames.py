@@ -15,9 +15,9 @@ from pipeline.masks import MasksRun, StoredClip
 from pipeline.render.compose import decoded, picked
 from pipeline.render.definitions import from_spec
 from pipeline.render.encode import LAZY
+from pipeline.render.kinds import MaskOptions
 from pipeline.render.regions import RegionMasks
 from pipeline.render.tars import WEBDATASET, read_sample
-from pipeline.render.variants import MaskOptions
 
 TILE_HEIGHT = 120
 PERSON_COLOUR, OBJECT_COLOUR = (255, 70, 220), (40, 230, 255)  # magenta people, cyan objects
