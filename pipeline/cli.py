@@ -495,7 +495,7 @@ def run(args: argparse.Namespace) -> int:
                 print("not evaluated: some clips were not scored (rerun to retry them)")
             return 1
         if args.evaluate:
-            from pipeline.evaluate import EvaluateConfig, run_evaluate
+            from pipeline.evaluate.run import EvaluateConfig, run_evaluate
 
             path, metrics = run_evaluate(EvaluateConfig(
                 dataset=config.dataset, predictions=Path(summary.folder), out=args.out, masks_tag=summary.masks_tag,
@@ -517,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(status_lines(stages)))
         return 0
     if args.command == "evaluate":
-        from pipeline.evaluate import EvaluateConfig, run_evaluate
+        from pipeline.evaluate.run import EvaluateConfig, run_evaluate
 
         config = EvaluateConfig(dataset=output_name(args.dataset, args.split_id), predictions=args.predictions,
                                 out=args.out, masks_tag=args.masks, make_args=make_args(args), split=args.split,

@@ -14,9 +14,8 @@ import torch
 
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.evaluate import EvaluateConfig, run_evaluate
 from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
-from pipeline.evaluate.run import stillmix_pairs
+from pipeline.evaluate.run import EvaluateConfig, run_evaluate, stillmix_pairs
 from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import VariantRows
 from pipeline.masks import run_masks

@@ -18,7 +18,6 @@ LEFT = {
     frozenset({"pipeline.manifests", "pipeline.manifests.rows", "pipeline.manifests.write", "pipeline.render",
                "pipeline.render.runner", "pipeline.render.stage", "pipeline.render.tars"}),
     frozenset({"pipeline.engine", "pipeline.engine.run", "pipeline.engine.worker_plugin", "pipeline.executor"}),
-    frozenset({"pipeline.evaluate", "pipeline.evaluate.run", "pipeline.report"}),
 }
 
 

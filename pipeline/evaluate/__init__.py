@@ -1,5 +1,3 @@
-"""Scoring a model's predictions on the variants: the static-bias metrics of HAT and StillMix, and the grids."""
-
-from pipeline.evaluate.run import EvaluateConfig, run_evaluate
-
-__all__ = ["EvaluateConfig", "run_evaluate"]
+"""Scoring a model's predictions on the variants: the static-bias metrics of HAT and StillMix, and the grids
+(`run.run_evaluate`). Nothing is imported here: report/ reads `evaluate.section`, and evaluate.run writes the
+report, so importing a module of this package must not run the other."""
