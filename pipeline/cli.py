@@ -459,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(rendered.lines()))
         return 1 if rendered.failed else 0
     if args.command == "manifests":
-        from pipeline.manifests import ManifestConfig, write_manifests
+        from pipeline.manifests.write import ManifestConfig, write_manifests
 
         variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
         dataset = output_name(args.dataset, args.split_id)

@@ -1,4 +1,4 @@
-"""The records that cross stage boundaries: a clip to process and its status row."""
+"""The records that cross stage boundaries: a clip to process, its status row, and its render row."""
 
 from __future__ import annotations
 
@@ -89,3 +89,31 @@ def path_name(text: str | None) -> str:
     letters, digits, '-' and '.' become '_' ("passing American football (in game)" → "passing_American_football_in_game")."""
     name = re.sub(r"[^A-Za-z0-9.-]+", "_", text or "").strip("_.")
     return name or "_unlabelled"
+
+
+@dataclass(kw_only=True)
+class RenderRow:
+    """One clip's outcome in one variant and format: a row of RENDER_SCHEMA."""
+
+    clip_id: str
+    split: str
+    label: str | None
+    label_index: int | None
+    meta: str | None
+    variant: str
+    format: str
+    status: str
+    error: str | None = None
+    path: str | None = None
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    person_coverage: list[float] = field(default_factory=list)
+    object_coverage: list[float] = field(default_factory=list)
+    pair_clip_id: str | None = None
+    pair_label: str | None = None
+    pair_label_index: int | None = None
+    masks_shard: str = ""
+    source_clip_id: str | None = None
+    background: int | None = None

@@ -16,8 +16,8 @@ from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.evaluate.metrics import Scored, accuracy, ratio, stillmix, swap_shares
 from pipeline.evaluate.run import EvaluateConfig, run_evaluate, stillmix_pairs
-from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import VariantRows
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.masks import run_masks
 from pipeline.render import run_render
 from pipeline.render.variants import ProtocolOptions, resolve

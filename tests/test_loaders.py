@@ -16,7 +16,7 @@ from pipeline.decode import DecodeOptions
 from pipeline.errors import InputError
 from pipeline.loaders import ClipComposer, ClipSource, MaskedClips, MasksIndex, Sampling
 from pipeline.loaders.mmaction import MaskVariant
-from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.masks import MasksRun, load_clip_masks, run_masks
 from pipeline.render import run_render
 from pipeline.render.backdrops import still_index

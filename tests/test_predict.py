@@ -16,9 +16,9 @@ import torch
 
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.evaluate import EvaluateConfig, run_evaluate
+from pipeline.evaluate.run import EvaluateConfig, run_evaluate
 from pipeline.executor import ExecOptions
-from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.masks import MasksRun, run_masks
 from pipeline.predict.inputs import positions, read_frames
 from pipeline.predict.runner import PredictConfig, run_predict

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.masks import run_masks
 from pipeline.render import run_render
 from pipeline.render.backdrops import backdrop, still_index

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.manifests import ManifestConfig, write_manifests
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.masks import run_masks
 from pipeline.render import run_render
 from pipeline.render.encode import EncodeOptions

@@ -113,7 +113,7 @@ def bench_loader(root: Path, out: Path, variants: list[str], masks_tag: str, rep
     from pipeline.loaders import MaskedClips, Sampling
     from pipeline.loaders.dataset import centre_crop
     from pipeline.loaders.frames import DECODE_BATCH
-    from pipeline.manifests import ManifestConfig, write_manifests
+    from pipeline.manifests.write import ManifestConfig, write_manifests
     from pipeline.render.compose import decoded
 
     run_render(RenderConfig(dataset="kinetics400", out=out, masks_tag=masks_tag, variants=resolve(["original"]),

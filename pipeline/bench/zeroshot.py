@@ -27,8 +27,8 @@ from pathlib import Path
 from pipeline.bench.clips import make_clips, write_listing
 from pipeline.bench.throughput import bench_selfie, device_name
 from pipeline.executor import ExecOptions
-from pipeline.manifests import ManifestConfig, write_manifests
 from pipeline.manifests.read import variant_rows
+from pipeline.manifests.write import ManifestConfig, write_manifests
 from pipeline.predict.inputs import positions, read_frames
 from pipeline.predict.load import load_scorer
 from pipeline.predict.runner import PredictConfig, run_predict

@@ -1,6 +1,4 @@
-"""The manifests step: mmaction2 / PySlowFast lists and Parquet manifests from the current render shards."""
-
-from pipeline.manifests.rows import FILTERED, MANIFEST_SCHEMA, ManifestRow
-from pipeline.manifests.write import ManifestConfig, write_manifests
-
-__all__ = ["FILTERED", "MANIFEST_SCHEMA", "ManifestConfig", "ManifestRow", "write_manifests"]
+"""The manifests step: mmaction2 / PySlowFast lists and Parquet manifests from the current render shards
+(`write.write_manifests`), one row per clip and format (`rows`, which the render step also uses for its
+WebDataset samples). Nothing is imported here, so that importing `rows` does not run `write`, which reads the
+render package."""

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.records import USABLE
-from pipeline.render import RenderRow
+from pipeline.records import USABLE, RenderRow
 
 if TYPE_CHECKING:
     from pipeline.masks import MasksRun

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +21,7 @@ from pipeline.engine import Commit, ShardTask
 from pipeline.engine.claims import remove_stale_temps, temps_of
 from pipeline.engine.problems import stored_statuses
 from pipeline.masks import ClipMasks, MasksRun, StoredClip
-from pipeline.records import DECODE_ERROR, FAILED, MISSING, path_name
+from pipeline.records import DECODE_ERROR, FAILED, MISSING, RenderRow, path_name
 from pipeline.render.backdrops import still_index
 from pipeline.render.compose import composed, partner_frames
 from pipeline.render.encode import LAZY, ClipWriter, EncodeOptions
@@ -84,34 +84,6 @@ class RenderItem:
     def source(self) -> str:
         """The video it is made from (named in problems)."""
         return str(self.clip.path)
-
-
-@dataclass(kw_only=True)
-class RenderRow:
-    """One clip's outcome in one variant and format: a row of RENDER_SCHEMA."""
-
-    clip_id: str
-    split: str
-    label: str | None
-    label_index: int | None
-    meta: str | None
-    variant: str
-    format: str
-    status: str
-    error: str | None = None
-    path: str | None = None
-    frames: int = 0
-    fps: float = 0.0
-    width: int = 0
-    height: int = 0
-    person_coverage: list[float] = field(default_factory=list)
-    object_coverage: list[float] = field(default_factory=list)
-    pair_clip_id: str | None = None
-    pair_label: str | None = None
-    pair_label_index: int | None = None
-    masks_shard: str = ""
-    source_clip_id: str | None = None
-    background: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

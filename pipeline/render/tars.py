@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from pipeline.manifests.rows import manifest_row, masks_provenance
+
 WEBDATASET = "webdataset"
 TAR_MTIME = 0  # every member's mtime, owner and mode are constants: the same samples give the same bytes
 TAR_OWNER = "pipeline"
@@ -72,13 +74,7 @@ def sample_rows(masks: object, shard: str, digest: str, keep_if: tuple[float, fl
                 ) -> Callable[[object], dict]:
     """What turns a render row (`RenderRow`) of `shard` into its sample's JSON: the row as `manifest.parquet`
     will hold it (coverage summary, the verdict of the variant's own filter, the provenance of the masks shard
-    `masks` (a MasksRun) holds under `digest`).
-
-    Imported here, not at the top: `pipeline.manifests.rows` reads the render package's `RenderRow`, and the
-    render package's `__init__` imports the stage, which imports this module; an import at the top would be a
-    cycle that breaks whichever of the two packages is imported first."""
-    from pipeline.manifests.rows import manifest_row, masks_provenance
-
+    `masks` (a MasksRun) holds under `digest`)."""
     provenance = masks_provenance(masks, shard, digest)
     min_coverage, min_frames_frac = keep_if or (0.0, 0.0)
     return lambda render: asdict(manifest_row(asdict(render), provenance, min_coverage, min_frames_frac))
