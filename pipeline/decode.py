@@ -55,15 +55,16 @@ class FrameBatch:
         return len(self.indices)
 
     @classmethod
-    def concat(cls, batches: list["FrameBatch"]) -> "FrameBatch":
-        """One batch of the frames of several (of one size, possibly from different clips), in order."""
+    def concat(cls, batches: list["FrameBatch"], *, capacity: int = 0) -> "FrameBatch":
+        """One batch of the frames of several (of one size, possibly from different clips), in order, run at
+        `capacity`."""
         first = batches[0]
         if not all(first.fits(b) for b in batches):
             raise ValueError("frames of different sizes cannot share a batch")
         frames = np.concatenate([b.frames for b in batches])
         return cls(frames=frames, indices=np.concatenate([b.indices for b in batches]),
                    times=np.concatenate([b.times for b in batches]), height=first.height, width=first.width,
-                   positions=np.concatenate([b.positions for b in batches]))
+                   positions=np.concatenate([b.positions for b in batches]), capacity=capacity)
 
     def split(self, count: int) -> tuple["FrameBatch", "FrameBatch | None"]:
         """(the first `count` frames, the rest or None)."""

@@ -17,29 +17,42 @@ def piece_options(options: DecodeOptions, decoders: int) -> DecodeOptions:
                    max_batch_mb=max(1, options.max_batch_mb // decoders))
 
 
-def frames_in_flight(options: DecodeOptions, *, decoders: int, overlap: bool, frame_bytes: int = 1) -> int:
+def frames_in_flight(options: DecodeOptions, *, decoders: int, overlap: bool, frame_bytes: int = 1,
+                     pinned: bool | None = None) -> int:
     """At most this many decoded frames of `frame_bytes` each are held at once by a feeder of `decoders` with
-    batches of `options` (`overlap`: it feeds a GPU). Per decoder: the pieces queued ahead, the one its thread
-    waits to queue, the one it is filling and the one taken ahead, and a batch being packed per frame size (at most
-    one per decoder); then the batch being segmented, as its pieces and as one array. On CUDA the pieces are
-    decoded into pinned memory, in blocks that torch rounds up to a power of two of bytes and that live while any
-    frame of theirs is held: there, every piece counts as its block, and besides the batches being packed and
-    segmented, the one launched before it and those behind (RLE and tracking, queued and running) hold parts of
-    pieces; the frames a decoder fills a piece from, two pinned staging buffers, and a batch put in one array when
-    it runs out of device memory come on top. Pieces and batches are capped in bytes too (a piece at its share of
-    max_batch_mb), so large frames are held fewer at a time. The default `frame_bytes` of 1: frames small enough
-    that no cap in bytes binds."""
+    batches of `options` (`overlap`: it feeds a GPU): the frames it holds (`frames_held`), and where its decoders
+    write into pinned memory (`pinned`; by default where it feeds a GPU, as YOLO's device path on CUDA does), on
+    top, the pinned memory they may fill (`pinned_budget`, in frames). The default `frame_bytes` of 1: frames
+    small enough that no cap in bytes binds."""
+    held = frames_held(options, decoders=decoders, overlap=overlap, frame_bytes=frame_bytes)
+    if not (overlap if pinned is None else pinned):
+        return held
+    return held + -(-pinned_budget(options, decoders=decoders, frame_bytes=frame_bytes) // frame_bytes)
+
+
+def frames_held(options: DecodeOptions, *, decoders: int, overlap: bool, frame_bytes: int = 1) -> int:
+    """The decoded frames a feeder holds at once, at most, each counted once. Per decoder: the pieces queued
+    ahead, the one its thread waits to queue, the one it is filling and the one taken ahead, and a batch being
+    packed per frame size (at most one per decoder); then the batch being segmented, as its pieces and as one
+    array. Feeding a GPU: also the batch launched before it and the batches behind (RLE and tracking, queued and
+    running), and as a batch's pieces are held whole while any of their frames is, a piece more for each batch
+    and each decoder's packing. Pieces and batches are capped in bytes too (a piece at its share of
+    max_batch_mb), so large frames are held fewer at a time."""
     pieces = piece_options(options, decoders)
     piece = frames_within(pieces.batch, pieces.max_batch_mb << 20, frame_bytes)
     batch = frames_within(options.batch, options.max_batch_mb << 20, frame_bytes)
+    decoding = decoders * ((PREFETCH + 3) * piece + batch)
     if not overlap:
-        return decoders * ((PREFETCH + 3) * piece + batch) + 2 * batch
-    batches = decoders + 2 + BEHIND + 1  # being packed, segmented, launched before it, behind
-    blocks = decoders * (PREFETCH + 3) + batches * (-(-batch // piece) + 1)  # a batch holds parts of so many pieces
-    pinned = blocks * _pinned(piece * frame_bytes) + 2 * _pinned(batch * frame_bytes)
-    return -(-pinned // frame_bytes) + decoders * piece + batch
+        return decoding + 2 * batch
+    return decoding + (BEHIND + 4) * batch + (decoders + BEHIND + 3) * piece
 
 
-def _pinned(size: int) -> int:
-    """The bytes of torch's pinned block for `size` bytes."""
-    return 1 << (size - 1).bit_length()
+def pinned_budget(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1) -> int:
+    """Bytes of pinned memory a GPU feeder's decoders write frames into, at most (`Segmenter.frame_memory`): what
+    the frames it holds take, and the device path's two staging buffers. torch rounds each pinned block up to a
+    power of two and keeps it cached for requests of its own size once freed, so past this budget (counted as
+    torch counts its blocks, cached ones included) decoders write into ordinary memory, and those batches are
+    staged."""
+    batch = frames_within(options.batch, options.max_batch_mb << 20, frame_bytes)
+    held = frames_held(options, decoders=decoders, overlap=True, frame_bytes=frame_bytes)
+    return held * frame_bytes + 2 * (1 << (batch * frame_bytes - 1).bit_length())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,8 @@ class MemoryHogSegmenter(LumaKeySegmenter):
 
 class Launching:
     """Another segmenter with `launch`, as a GPU segmenter has: its masks are made when taken (or at launch,
-    `eager`, so that its errors are raised there); `events` records launches and results in order."""
+    `eager`, so that its errors are raised there), from the pieces as they are then (a GPU reads them after the
+    launch); `events` records launches and results in order."""
 
     def __init__(self, inner, *, eager: bool = False) -> None:
         self.inner, self.names, self.eager, self.events = inner, inner.names, eager, []
@@ -124,27 +124,30 @@ class Launching:
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.inner.segment(batch)
 
-    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
-        self.buffers.append(np.full(shape, 7, dtype=np.uint8))  # what a decoder does not write stays 7
-        return self.buffers[-1]
+    def frame_memory(self, budget):
+        def memory(shape: tuple[int, ...]) -> np.ndarray:
+            assert budget(int(np.prod(shape[1:]))) > 0
+            self.buffers.append(np.full(shape, 7, dtype=np.uint8))  # what a decoder does not write stays 7
+            return self.buffers[-1]
+
+        return memory
 
     def launch(self, pieces: list[FrameBatch], *, capacity: int = 0):
         self.events.append("launch")
         self.in_buffers += all(any(np.shares_memory(piece.frames, buffer) for buffer in self.buffers)
                                for piece in pieces)
-        batch = replace(FrameBatch.concat(pieces), capacity=capacity)
         if self.eager:
-            return Ready(self.inner.segment(batch))
-        return Later(self, batch)
+            return Ready(self.inner.segment(FrameBatch.concat(pieces, capacity=capacity)))
+        return Later(self, pieces, capacity)
 
     def provenance(self) -> dict[str, str]:
         return self.inner.provenance()
 
 
 class Later:
-    def __init__(self, owner: Launching, batch: FrameBatch) -> None:
-        self.owner, self.batch = owner, batch
+    def __init__(self, owner: Launching, pieces: list[FrameBatch], capacity: int) -> None:
+        self.owner, self.pieces, self.capacity = owner, pieces, capacity
 
     def result(self) -> list[FrameMasks]:
         self.owner.events.append("result")
-        return self.owner.inner.segment(self.batch)
+        return self.owner.inner.segment(FrameBatch.concat(self.pieces, capacity=self.capacity))

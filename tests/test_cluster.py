@@ -85,17 +85,17 @@ def test_gpu_jobs_whose_memory_cannot_hold_a_gpu_worker_are_refused_naming_the_f
     path.write_text("cores: 8\nmemory: 32GB\ngpus: 8\n")
     with pytest.raises(InputError, match="memory 32GB over 8 GPU worker.* is 3.7 GiB each") as err:
         load_cluster_spec(path, "slurm")
-    assert str(path) in str(err.value) and "set memory to at least 82GB" in str(err.value)
-    with pytest.raises(InputError, match="a GPU worker needs a memory limit of 9.5 GiB"):
+    assert str(path) in str(err.value) and "set memory to at least 93GB" in str(err.value)
+    with pytest.raises(InputError, match="a GPU worker needs a memory limit of 10.7 GiB"):
         job_cluster(ClusterSpec(kind="slurm", cores=8, memory="32GB", gpus=8), adapt=False)
-    path.write_text("cores: 8\nmemory: 82GB\ngpus: 8\n")
+    path.write_text("cores: 8\nmemory: 93GB\ngpus: 8\n")
     assert load_cluster_spec(path, "slurm").gpus == 8
 
 
 def test_gpu_jobs_with_room_for_a_worker_but_not_for_1080p_frames_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
         assert "--memory-limit 6.00GiB" in job_script(ClusterSpec(kind="slurm", cores=8, memory="12GiB", gpus=2))
-    assert "is 6.0 GiB each, and a GPU worker needs a memory limit of 9.3 GiB" in caplog.text
+    assert "is 6.0 GiB each, and a GPU worker needs a memory limit of 10.6 GiB" in caplog.text
     assert "SHORT_SIDE" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):

@@ -15,7 +15,7 @@ import torch
 import pipeline.segment.yolo_device as yolo_device
 from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.masks import run_masks
-from pipeline.segment import SegmenterSpec, device_rle
+from pipeline.segment import SegmenterSpec, device_rle, transfer
 from pipeline.segment.yolo import YoloSegmenter
 from tests.test_fixed_batches import checkpoint  # noqa: F401 - the lively checkpoint fixture
 from tests.test_masks_stage import config, shard_bytes
@@ -101,7 +101,8 @@ def test_pieces_in_pinned_memory_cross_as_they_are(checkpoint):  # noqa: F811
     device = segmenter.on_device
     staged = device(frames, 256, 340, capacity=8)
     assert device._staging.staged == 1
-    pieces = [segmenter.frame_memory(part.shape) for part in (frames[:3], frames[3:])]
+    memory = segmenter.frame_memory(lambda frame_bytes: 1 << 30)
+    pieces = [memory(part.shape) for part in (frames[:3], frames[3:])]
     pieces[0][...], pieces[1][...] = frames[:3], frames[3:]
     assert all(torch.from_numpy(piece).is_pinned() for piece in pieces) and not torch.from_numpy(frames).is_pinned()
     found = device.launch(pieces, 256, 340, capacity=8).result()
@@ -123,12 +124,18 @@ def test_nms_at_fixed_shapes_keeps_what_torchvision_keeps_on_cuda(checkpoint, mo
     assert_same_bytes(fixed, by_frame)
 
 
-def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset, tmp_path, checkpoint):  # noqa: F811
+def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset, tmp_path, checkpoint,  # noqa: F811
+                                                                  monkeypatch):
+    """... and every batch of the runs crosses to the GPU piece by piece, from the pinned memory its decoders
+    wrote into (no staging copy but the warm-up's)."""
     root, _ = shapes_dataset
-    runs = []
+    runs, staged, stage = [], [], transfer.Staging._staged
+    monkeypatch.setattr(transfer.Staging, "_staged",
+                        lambda self, pieces, count: staged.append(pieces[0].shape[1:]) or stage(self, pieces, count))
     for decoders in (1, 3):
         summary = run_masks(config(root, tmp_path / f"d{decoders}", shard_size=6, segmenter=cuda_spec(checkpoint),
                                    decoders=decoders, decode=DecodeOptions(batch=6)), progress=False)
-        assert summary.by_status == {"ok": 5}
+        assert summary.by_status == {"ok": 5} and "pieces_unpinned" not in summary.totals
         runs.append(Path(summary.output))
+    assert set(staged) <= {(64, 64, 3)}, staged  # the warm-up's frames alone
     assert shard_bytes(runs[0]) == shard_bytes(runs[1]) != {}

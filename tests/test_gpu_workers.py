@@ -4,17 +4,22 @@ batch system's environment or the machine, and the host memory it needs; no GPU 
 from __future__ import annotations
 
 import logging
+import types
 
+import numpy as np
 import pytest
 
 import pipeline.gpu_workers as gpu_workers
 from pipeline.decode import DecodeOptions
 from pipeline.gpu_workers import CORES_ENV, CUDA_CONTEXT_BYTES, RUNTIME_BYTES, CoreShare, core_share, memory_need
+from pipeline.in_flight import frames_held, pinned_budget
 from pipeline.masks.feed import Feeder
 from pipeline.masks.stage import MasksStage, auto_decoders
 from pipeline.segment import SegmenterSpec
 from pipeline.tracking import TrackOptions
 
+# a segmenter whose decoders write into its memory (pinned, as YOLO's device path on CUDA)
+PINNING = types.SimpleNamespace(frame_memory=lambda budget: lambda shape: np.empty(shape, dtype=np.uint8))
 SCHEDULER_VARIABLES = (CORES_ENV, gpu_workers.GPUS_PER_JOB_ENV, "SLURM_CPUS_PER_GPU", "SLURM_CPUS_PER_TASK",
                        "SLURM_CPUS_ON_NODE", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "NCPUS", "NSLOTS")
 
@@ -76,7 +81,7 @@ def test_the_masks_stage_decodes_its_share_on_cuda_and_one_clip_on_a_cpu(monkeyp
 @pytest.mark.parametrize("decoders, batch", [(1, 16), (8, 16), (8, 32)])
 def test_memory_need_is_a_cuda_context_the_runtime_and_the_feeders_frames_in_flight(decoders, batch):
     need = memory_need(decoders=decoders, batch=batch)
-    feeder = Feeder(None, DecodeOptions(batch=batch), decoders=decoders, rows=None, overlap=True)
+    feeder = Feeder(PINNING, DecodeOptions(batch=batch), decoders=decoders, rows=None, overlap=True)
     frames = feeder.frames_in_flight_at(1920 * 1080 * 3)
     assert need.frames == frames and need.frame_bytes == 1920 * 1080 * 3
     assert need.bytes == CUDA_CONTEXT_BYTES + RUNTIME_BYTES + frames * 1920 * 1080 * 3
@@ -85,16 +90,23 @@ def test_memory_need_is_a_cuda_context_the_runtime_and_the_feeders_frames_in_fli
 
 
 def test_frames_in_flight_are_capped_in_bytes():
-    """At 1080p with 8 decoders and BATCH=32, 980 frames (5.7 GiB): every piece of 3 frames (18.7 MB) is decoded
-    into a pinned block of 32 MiB, and a batch of 22 frames can hold parts of 9 pieces (the review counted 544
-    frames, before the caps in bytes, without the copies of the batches, and without pinned memory's rounding to
-    a power of two); 4K frames are held fewer at a time."""
+    """At 1080p with 8 decoders and BATCH=32: 467 frames held (pieces of 3 frames and batches of 22, capped in
+    bytes; a piece partly in a batch held whole), and pinned memory up to what they take plus two staging buffers
+    of 256 MiB (torch's blocks are rounded up to powers of two and cached; past the budget, ordinary memory):
+    1,021 frames, 5.9 GiB (the review counted 544 frames, before the caps in bytes, without the copies of the
+    batches and without pinned memory). That frames held stay within `frames_held` is measured in test_feed, that
+    pinned memory stays within its budget in test_launched. 4K frames are held fewer at a time."""
+    options, frame = DecodeOptions(batch=32), 1920 * 1080 * 3
+    held = frames_held(options, decoders=8, overlap=True, frame_bytes=frame)
+    assert held == 467 and pinned_budget(options, decoders=8, frame_bytes=frame) == held * frame + (512 << 20)
     need = memory_need(decoders=8, batch=32)
-    assert need.frames == 980 and round(need.frames * need.frame_bytes / 2**30, 1) == 5.7
+    assert need.frames == 1021 and round(need.frames * need.frame_bytes / 2**30, 1) == 5.9
     four_k = memory_need(decoders=8, batch=32, frame=(2160, 3840))
-    assert four_k.frames == 213 and four_k.frames * four_k.frame_bytes < 5 * 2**30
-    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=True).frames_in_flight == 756
-    assert Feeder(None, DecodeOptions(batch=32), decoders=8, rows=None, overlap=False).frames_in_flight == 480
+    assert four_k.frames == 296 and four_k.frames * four_k.frame_bytes < 7 * 2**30
+    pinning = Feeder(PINNING, options, decoders=8, rows=None, overlap=True)
+    assert pinning.frames_in_flight_at(frame) == 1021
+    assert Feeder(None, options, decoders=8, rows=None, overlap=True).frames_in_flight_at(frame) == held
+    assert Feeder(None, options, decoders=8, rows=None, overlap=False).frames_in_flight == 480
 
 
 def test_local_gpu_workers_get_their_share_of_the_cores_and_the_memory(monkeypatch, caplog):

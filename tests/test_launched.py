@@ -5,11 +5,11 @@ machine error stops the run and leaves nothing launched behind; on the CPU, with
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import types
 import weakref
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,7 +52,6 @@ def test_one_batch_is_launched_while_the_one_before_is_finished(shapes_dataset, 
     assert events.startswith("ll") and events.count("l") == events.count("r") > 2  # every launch finished
     assert "lrlr" in events  # then in step: launch the next, finish the one before
     assert launching.in_buffers == events.count("l")  # every launch's pieces: frames decoded where it asked
-    assert len(launching.buffers) >= events.count("l") * decoders // 2  # (a piece each, and a clip's last ones)
     batch_by_batch = Launching(LumaKeySegmenter(LUMA))
     assert same(outcomes(root, batch_by_batch, decoders, overlap=False), reference)
     assert not batch_by_batch.events and not batch_by_batch.buffers
@@ -145,7 +144,7 @@ class OutOfMemoryAtLaunch(LumaKeySegmenter):
     def launch(self, pieces, *, capacity):
         tensors = Held()
         self.held.add(tensors)
-        batch = replace(FrameBatch.concat(pieces), capacity=capacity)
+        batch = FrameBatch.concat(pieces, capacity=capacity)
         if max(batch.capacity, len(batch)) > self.room:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return types.SimpleNamespace(tensors=tensors, result=lambda: self.segment(batch))
@@ -171,26 +170,73 @@ def test_a_batch_out_of_memory_at_launch_lets_go_of_what_it_held_before_it_runs_
     assert len(tight.alive) > 10 and max(tight.alive) <= 1, tight.alive
 
 
-def test_decoders_are_given_pinned_memory_by_the_device_path(monkeypatch):
-    """YOLO's device path on CUDA hands its decoders pinned memory (`transfer.pinned_empty`), ordinary memory
-    elsewhere; there is no CUDA here to pin with, so the memory is asked for pinned and given plain."""
-    from pipeline.segment import transfer
+class FakePinned:
+    """torch's pinned-memory cache as `transfer.PinnedFrames` sees it, on the CPU: blocks rounded up to a power of
+    two, a freed block cached for requests of its own size only, and its statistics."""
+
+    def __init__(self, monkeypatch) -> None:
+        from pipeline.segment import transfer
+
+        self.active, self.cached, self.emptied, empty = 0, collections.Counter(), 0, torch.empty
+
+        def pinned_empty(*shape, pin_memory=False, **kwargs):
+            if not pin_memory:
+                return empty(*shape, **kwargs)
+            array = np.empty(*shape, dtype=np.uint8)
+            block = 1 << (array.size - 1).bit_length()
+            self.cached[block] -= 1 if self.cached[block] else 0
+            self.active += block
+            weakref.finalize(array, self.free, block)  # the block is in use while the array is
+            return types.SimpleNamespace(numpy=lambda: array)
+
+        monkeypatch.setattr(transfer.torch, "empty", pinned_empty)
+        monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {
+            "active_bytes.current": self.active, "allocated_bytes.current": self.allocated})
+        monkeypatch.setattr(transfer, "empty_pinned_cache", self.empty_cache)
+
+    @property
+    def allocated(self) -> int:
+        return self.active + sum(block * count for block, count in self.cached.items())
+
+    def free(self, block: int) -> None:
+        self.active -= block
+        self.cached[block] += 1
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+        self.cached.clear()
+
+
+def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_it(monkeypatch):
+    from pipeline.segment.transfer import PinnedFrames
+
+    host = FakePinned(monkeypatch)
+    memory = PinnedFrames(lambda frame_bytes: 64 << 10)
+    small = [memory((10, 1000)) for _ in range(5)]  # 10,000 bytes: a 16 KiB block each
+    assert memory.ordinary == 1 and host.active == 64 << 10 and all(a.shape == (10, 1000) for a in small)
+    del small[:2]
+    small.append(memory((10, 1000)))  # a cached block of its size: taken again, nothing more pinned
+    assert memory.ordinary == 1 and host.allocated == 64 << 10
+    large = memory((20, 1000))  # a 32 KiB block does not fit beside 48 KiB in use
+    assert memory.ordinary == 2 and host.emptied == 0
+    small.clear()
+    del large
+    large = memory((20, 1000))  # fits beside nothing in use, but not beside the 64 KiB of smaller blocks cached
+    assert large.shape == (20, 1000)
+    assert memory.ordinary == 2 and host.emptied == 1 and host.allocated == host.active == 32 << 10
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {})  # a torch that does not count: never pinned
+    assert PinnedFrames(lambda frame_bytes: 1 << 30)((1, 10)).shape == (1, 10) and host.active == 32 << 10
+
+
+def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory():
+    from pipeline.segment.transfer import PinnedFrames
     from pipeline.segment.yolo import YoloSegmenter
 
-    asked, empty = [], torch.empty
-
-    def unpinned(*shape, pin_memory=False, **kwargs):
-        asked.append(pin_memory)
-        return empty(*shape, **kwargs)
-
-    monkeypatch.setattr(transfer.torch, "empty", unpinned)
     yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
-    memory = YoloSegmenter.frame_memory(yolo, (3, 6, 5, 3))
-    assert asked == [True] and memory.shape == (3, 6, 5, 3) and memory.dtype == np.uint8
+    assert isinstance(YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1), PinnedFrames)
     for inference, device in (("predict", "cuda"), ("device", "cpu")):
         yolo.spec.inference, yolo.device = inference, torch.device(device)
-        assert YoloSegmenter.frame_memory(yolo, (2, 4, 4, 3)).shape == (2, 4, 4, 3)
-    assert asked == [True]
+        assert YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1) is None
 
 
 def test_staging_copies_pinned_pieces_as_they_are_and_stages_the_others(monkeypatch):
@@ -218,7 +264,8 @@ def test_staging_copies_pinned_pieces_as_they_are_and_stages_the_others(monkeypa
     monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: self.data_ptr() in pinned)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (7, 6, 5, 3), dtype=np.uint8)
-    pieces = [transfer.pinned_empty(part.shape) for part in (frames[:3], frames[3:4], frames[4:])]
+    pieces = [maybe_pinned(part.shape, dtype=torch.uint8, pin_memory=True).numpy()
+              for part in (frames[:3], frames[3:4], frames[4:])]
     for piece, part in zip(pieces, (frames[:3], frames[3:4], frames[4:])):
         piece[...] = part
     expected = np.concatenate([frames, np.zeros((3, 6, 5, 3), dtype=np.uint8)])

@@ -6,11 +6,12 @@ the segmenter's own host work (launching, post-processing, making RLE strings) i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.decode import FrameBatch
+from pipeline.decode import FrameBatch, FrameMemory
 from pipeline.masks.store import iter_shard
 from pipeline.masks.tables import ShardFiles
 from pipeline.segment import FrameMasks, SegmenterSpec
@@ -61,13 +62,13 @@ class ReplaySegmenter:
         """As YOLO's (the feeder then holds a batch launched), with the masks at once."""
         return Ready(self._replayed(pieces))
 
-    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
-        """As YOLO's: pinned memory on CUDA."""
+    def frame_memory(self, budget: Callable[[int], int]) -> FrameMemory | None:
+        """As YOLO's: pinned memory within `budget` on CUDA."""
         if self.spec.device.startswith("cuda"):
-            from pipeline.segment.transfer import pinned_empty
+            from pipeline.segment.transfer import PinnedFrames
 
-            return pinned_empty(shape)
-        return np.empty(shape, dtype=np.uint8)
+            return PinnedFrames(budget)
+        return None
 
     def _replayed(self, pieces: list[FrameBatch]) -> list[FrameMasks]:
         """The stored masks of the pieces' frames, by position."""

@@ -28,18 +28,15 @@ from typing import Callable, Iterator
 
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
-from pipeline.in_flight import BEHIND, PREFETCH, frames_in_flight, piece_options
+from pipeline.in_flight import BEHIND, PREFETCH, frames_in_flight, piece_options, pinned_budget
 from pipeline.masks.runtime import free_device_cache, switching
-from pipeline.masks.started import Started, taken
+from pipeline.masks.started import Packed, Started, taken
 from pipeline.masks.tables import ClipRows
 from pipeline.prefetch import Behind, prefetched
 from pipeline.records import ClipRecord
 from pipeline.segment import FrameMasks, Segmenter
 
 log = logging.getLogger(__name__)
-
-Packed = list[tuple["FedClip", FrameBatch]]
-
 
 @dataclass(eq=False, kw_only=True)
 class FedClip:
@@ -70,8 +67,9 @@ class Feeder:
         self.batch_options = options
         self.options = piece_options(options, self.decoders)  # a piece: one slot's share of a batch
         self.rows, self.overlap = rows, overlap
-        # where decoders write frames: the segmenter's memory its batches cross to the device from (pinned), on CUDA
-        self._memory = getattr(segmenter, "frame_memory", None) if overlap else None
+        # where decoders write frames on CUDA: the segmenter's memory its batches cross to the device from (pinned)
+        memory = getattr(segmenter, "frame_memory", None) if overlap else None
+        self._memory = memory(self.pinned_budget) if memory is not None else None
         self.splits = 0  # batches split in two after running out of device memory
         self._launched: Started | None = None  # a batch launched on the device, its masks not yet taken
 
@@ -83,7 +81,17 @@ class Feeder:
     def frames_in_flight_at(self, frame_bytes: int) -> int:
         """At most this many decoded frames of `frame_bytes` each are held at once (`in_flight.frames_in_flight`)."""
         return frames_in_flight(self.batch_options, decoders=self.decoders, overlap=self.overlap,
+                                pinned=self._memory is not None,
                                 frame_bytes=frame_bytes)
+
+    def pinned_budget(self, frame_bytes: int) -> int:
+        """Bytes of pinned memory the decoders may write frames of `frame_bytes` into (`in_flight.pinned_budget`)."""
+        return pinned_budget(self.batch_options, decoders=self.decoders, frame_bytes=frame_bytes)
+
+    @property
+    def unpinned(self) -> int:
+        """Pieces decoded into ordinary memory where the segmenter's pinned memory had no room (then staged)."""
+        return getattr(self._memory, "ordinary", 0)
 
     def run(self, clips: list[ClipRecord], begin: Callable[[ClipRecord], None]
             ) -> Iterator[tuple[ClipRecord, FedClip | Exception]]:

@@ -1,5 +1,5 @@
 """What feeding a GPU changes in the process around the feeder (masks/feed.py): the interpreter's switch
-interval while it runs, and the device's memory caches handed back after it."""
+interval while it runs, and the device's memory cache handed back after a batch runs out of it."""
 
 from __future__ import annotations
 
@@ -42,13 +42,3 @@ def free_device_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def free_pinned_cache() -> None:
-    """Hand the pinned blocks torch keeps cached back to the system, where torch is in use (after a shard whose
-    decoders wrote into pinned memory): torch keeps each freed block for requests of its size rounded to a power
-    of two, so the next shard's frames of other sizes would not reuse them (cudaFreeHost waits for copies still
-    reading a block)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.accelerator.empty_host_cache()

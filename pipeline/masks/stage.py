@@ -14,7 +14,6 @@ from pipeline.decode import DecodeOptions, VideoInfo
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.problems import stored_statuses
 from pipeline.masks.feed import Feeder
-from pipeline.masks.runtime import free_pinned_cache
 from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
@@ -115,17 +114,13 @@ class MasksWork:
         splits = self._alone.splits + (self._feeder.splits if self._feeder else 0)
         if splits:  # batches run as two halves after running out of device memory
             totals["oom_splits"] = splits
-        self._free_pinned()
+        unpinned = self._alone.unpinned + (self._feeder.unpinned if self._feeder else 0)
+        if unpinned:  # pieces decoded into ordinary memory (pinned memory at its budget), their batches staged
+            totals["pieces_unpinned"] = unpinned
         return totals
 
     def abort(self) -> None:
         self.writer.abort()
-        self._free_pinned()
-
-    def _free_pinned(self) -> None:
-        """On CUDA, the pinned blocks this shard's frames were decoded into, cached by torch, handed back."""
-        if self.overlap:
-            free_pinned_cache()
 
     def _new_rows(self, clip: ClipRecord) -> ClipRows:
         return ClipRows(clip.clip_id, dict(self.segmenter.names), IouTracker(self.stage.track))

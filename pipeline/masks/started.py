@@ -3,15 +3,14 @@ run when its masks are taken; its pieces put in one array only when asked for.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.decode import FrameBatch
 from pipeline.segment import FrameMasks
 from pipeline.segment.base import Launched
 
-if TYPE_CHECKING:
-    from pipeline.masks.feed import Packed
+Packed = list[tuple[Any, FrameBatch]]  # (the clip each piece is of, a FedClip; the piece), in batch order
 
 
 def taken(started: "Started") -> list[FrameMasks]:
@@ -48,5 +47,5 @@ class Started:
         """The pieces' frames as one batch at the capacity: put together only when asked for, which a launched
         batch never is unless it runs out of device memory (its pieces cross to the device as they are)."""
         if self.whole is None:
-            self.whole = replace(FrameBatch.concat([piece for _, piece in self.live]), capacity=self.capacity)
+            self.whole = FrameBatch.concat([piece for _, piece in self.live], capacity=self.capacity)
         return self.whole

@@ -202,8 +202,8 @@ class Segmenter(Protocol):
     `launch(pieces, *, capacity) -> Launched`: the frames of a list of FrameBatch pieces (one size, in order) as
     one batch of `capacity`, its work queued (on a GPU), so that the caller can queue the next batch before it
     waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and has its decoders
-    write each piece's frames into `frame_memory(shape) -> np.ndarray` where the segmenter has one (pinned
-    memory, from which the pieces cross to the GPU as they are)."""
+    write frames into the memory `frame_memory(budget) -> FrameMemory | None` gives where it gives one (pinned
+    memory while `budget(frame_bytes)` bytes hold it, from which the pieces cross to the GPU as they are)."""
 
     names: Mapping[int, str]
 

@@ -5,23 +5,60 @@ a side stream for work that may run beside the model's."""
 from __future__ import annotations
 
 import contextlib
+import threading
+from typing import Callable
 
 import numpy as np
 import torch
 
 
-def pinned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """An empty uint8 array in pinned host memory, for a decoder to write a piece's frames into: it crosses to the
-    GPU with no copy on the host (`Staging.copy`). Its block goes back to torch's pinned-memory cache when the
-    array is dropped, with no event to wait for (torch records none for a copy from an array it did not hand out):
-    the array must live until its copy to the GPU is done, as a piece does until its batch's masks are taken
-    (which wait for it), or until the feeder that launched it is gone."""
-    return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+class PinnedFrames:
+    """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which
+    each piece crosses to the GPU as it is (`Staging.copy`), while the pinned blocks in use and the new one fit in
+    `budget(frame_bytes)` bytes, counted as torch counts them (each rounded up to a power of two); past it,
+    ordinary memory, whose batches are staged. torch keeps a freed block cached for requests of its own rounded
+    size only: where its cached blocks take its pinned memory past the budget, they are handed back. A pinned
+    array is safe to drop once its copy to the GPU is done, as a piece is once its batch's masks are taken (which
+    wait for the copy), or once the feeder that launched it is gone."""
+
+    def __init__(self, budget: Callable[[int], int]) -> None:
+        self.budget = budget
+        self.ordinary = 0  # pieces given ordinary memory (the budget was reached)
+        self._lock = threading.Lock()
+
+    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
+        budget = self.budget(int(np.prod(shape[1:])))
+        with self._lock:
+            active = _pinned("active_bytes.current")
+            if active is not None and active + block <= budget:
+                array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
+                if (_pinned("allocated_bytes.current") or 0) > budget:  # blocks of other sizes cached: handed back
+                    empty_pinned_cache()
+                return array
+            self.ordinary += 1
+        return np.empty(shape, dtype=np.uint8)
+
+
+def _pinned(stat: str) -> int | None:
+    """One of torch's pinned-memory statistics (bytes of its blocks, rounded as it rounds them); None where torch
+    does not keep them (then no frames are pinned)."""
+    stats = getattr(torch.cuda, "host_memory_stats", None)
+    return stats().get(stat) if stats is not None else None
+
+
+def empty_pinned_cache() -> None:
+    """Hand the pinned blocks torch keeps cached back to the system (cudaFreeHost waits for copies still reading a
+    block): torch reuses a freed block only for requests of its own size rounded to a power of two."""
+    empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    empty = empty or getattr(torch._C, "_host_emptyCache", None)  # torch before `empty_host_cache`
+    if empty is not None:
+        empty()
 
 
 class Staging:
     """Frames to a CUDA device, copied on a side stream (the model's stream waits for the copy, the host does
-    not). Pieces in pinned memory (`pinned_empty`) are copied each to its rows as they are; otherwise the pieces
+    not). Pieces in pinned memory (`PinnedFrames`) are copied each to its rows as they are; otherwise the pieces
     are first put together in one of two pinned buffers, used in turn, each reused once its last copy is done."""
 
     def __init__(self, device: torch.device, slots: int = 2) -> None:

@@ -6,12 +6,12 @@ import copy
 import hashlib
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from pipeline.decode import FrameBatch
+from pipeline.decode import FrameBatch, FrameMemory
 from pipeline.segment.base import (
     PERSON,
     FrameMasks,
@@ -46,21 +46,20 @@ class YoloSegmenter:
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.launch([batch], capacity=batch.capacity).result()
 
-    def frame_memory(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Where a decoder writes a piece's frames (Segmenter.frame_memory): pinned memory for the device path on
-        CUDA (each piece then crosses to the GPU as it is, with no copy on the host), ordinary memory otherwise."""
+    def frame_memory(self, budget: Callable[[int], int]) -> FrameMemory | None:
+        """Where decoders write frames (Segmenter.frame_memory): for the device path on CUDA, pinned memory within
+        `budget` (each piece then crosses to the GPU as it is, with no copy on the host); None otherwise."""
         if self.spec.inference == "device" and self.device.type == "cuda":
-            from pipeline.segment.transfer import pinned_empty
+            from pipeline.segment.transfer import PinnedFrames
 
-            return pinned_empty(shape)
-        return np.empty(shape, dtype=np.uint8)
+            return PinnedFrames(budget)
+        return None
 
     def launch(self, pieces: list[FrameBatch], *, capacity: int = 0) -> Launched:
         """The pieces' frames queued on the device as one batch of `capacity` (Segmenter.launch); predict() runs at
         once."""
         if self.spec.inference == "predict":
-            batch = pieces[0] if len(pieces) == 1 else FrameBatch.concat(pieces)
-            return Ready(self.predict(replace(batch, capacity=capacity)))
+            return Ready(self.predict(FrameBatch.concat(pieces, capacity=capacity)))
         first = pieces[0]
         return self.on_device.launch([piece.frames for piece in pieces], first.height, first.width, capacity=capacity)
 
