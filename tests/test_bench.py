@@ -184,7 +184,7 @@ def test_a_replayed_run_makes_the_rows_of_the_run_it_replays(shapes_dataset, tmp
     again = {clip.clip_id: clip for clip in iter_shard(first_shard(Path(replayed.output)))}
     assert again[first.clip_id].table.equals(first.table)
     assert again[second.clip_id].column("rle").tolist()[:len(first)] == first.column("rle").tolist()
-    # fed as YOLO on CUDA is (launched ahead, frames gathered by it, several clips a batch): the same rows
+    # fed as YOLO on CUDA is (launched ahead as its pieces, several clips a batch): the same rows
     from pipeline.bench.replay import ReplaySegmenter
     from tests.test_launched import outcomes, same
 

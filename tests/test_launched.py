@@ -179,7 +179,7 @@ class FakePinned:
 
         self.active, self.cached, self.emptied, empty = 0, collections.Counter(), 0, torch.empty
 
-        def pinned_empty(*shape, pin_memory=False, **kwargs):
+        def empty_maybe_pinned(*shape, pin_memory=False, **kwargs):
             if not pin_memory:
                 return empty(*shape, **kwargs)
             array = np.empty(*shape, dtype=np.uint8)
@@ -189,7 +189,7 @@ class FakePinned:
             weakref.finalize(array, self.free, block)  # the block is in use while the array is
             return types.SimpleNamespace(numpy=lambda: array)
 
-        monkeypatch.setattr(transfer.torch, "empty", pinned_empty)
+        monkeypatch.setattr(transfer.torch, "empty", empty_maybe_pinned)
         monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {
             "active_bytes.current": self.active, "allocated_bytes.current": self.allocated})
         monkeypatch.setattr(transfer, "empty_pinned_cache", self.empty_cache)
