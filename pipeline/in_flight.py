@@ -48,11 +48,10 @@ def frames_held(options: DecodeOptions, *, decoders: int, overlap: bool, frame_b
 
 
 def pinned_budget(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1) -> int:
-    """Bytes of pinned memory a GPU feeder's decoders write frames into, at most (`Segmenter.frame_memory`): what
-    the frames it holds take, and the device path's two staging buffers. torch rounds each pinned block up to a
-    power of two and keeps it cached for requests of its own size once freed, so past this budget (counted as
-    torch counts its blocks, cached ones included) decoders write into ordinary memory, and those batches are
-    staged."""
+    """Bytes of pinned memory a GPU feeder holds frames in, at most: what the frames it holds take, which its
+    decoders' pinned memory is kept within (`transfer.PinnedFrames`, counting torch's blocks as torch rounds and
+    caches them; past it, ordinary memory, and those batches are staged), and the device path's two staging
+    buffers. Its copies of results to the host, a few of their bytes a frame, come on top."""
     batch = frames_within(options.batch, options.max_batch_mb << 20, frame_bytes)
     held = frames_held(options, decoders=decoders, overlap=True, frame_bytes=frame_bytes)
     return held * frame_bytes + 2 * (1 << (batch * frame_bytes - 1).bit_length())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import logging
 import types
 import weakref
 
@@ -193,6 +194,7 @@ class FakePinned:
         monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {
             "active_bytes.current": self.active, "allocated_bytes.current": self.allocated})
         monkeypatch.setattr(transfer, "empty_pinned_cache", self.empty_cache)
+        monkeypatch.setattr(torch.cuda, "init", lambda: None)
 
     @property
     def allocated(self) -> int:
@@ -207,11 +209,11 @@ class FakePinned:
         self.cached.clear()
 
 
-def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_it(monkeypatch):
+def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_it(monkeypatch, caplog):
     from pipeline.segment.transfer import PinnedFrames
 
     host = FakePinned(monkeypatch)
-    memory = PinnedFrames(lambda frame_bytes: 64 << 10)
+    memory = PinnedFrames(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB; 16 KiB cached is handed back
     small = [memory((10, 1000)) for _ in range(5)]  # 10,000 bytes: a 16 KiB block each
     assert memory.ordinary == 1 and host.active == 64 << 10 and all(a.shape == (10, 1000) for a in small)
     del small[:2]
@@ -221,17 +223,44 @@ def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_i
     assert memory.ordinary == 2 and host.emptied == 0
     small.clear()
     del large
-    large = memory((20, 1000))  # fits beside nothing in use, but not beside the 64 KiB of smaller blocks cached
-    assert large.shape == (20, 1000)
-    assert memory.ordinary == 2 and host.emptied == 1 and host.allocated == host.active == 32 << 10
-    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {})  # a torch that does not count: never pinned
-    assert PinnedFrames(lambda frame_bytes: 1 << 30)((1, 10)).shape == (1, 10) and host.active == 32 << 10
+    large = memory((20, 1000))  # fits beside nothing in use, but 64 KiB of smaller blocks cached: handed back
+    assert large.shape == (20, 1000) and memory.ordinary == 2
+    assert host.emptied == memory.emptied == 1 and host.allocated == host.active == 32 << 10
+    assert host.allocated <= 80 << 10
+    with caplog.at_level(logging.WARNING, logger="pipeline.segment.transfer"):
+        monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {})  # a torch that does not count: no pinning
+        blind = PinnedFrames(lambda frame_bytes: 1 << 30)
+        assert blind((1, 10)).shape == (1, 10) and blind.ordinary == 1 and host.active == 32 << 10
+    assert "no pinned-memory statistics" in caplog.text
 
 
-def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory():
+def test_frames_of_several_sizes_share_the_largest_budget_without_handing_blocks_back_each_time(monkeypatch):
+    """A clip of smaller frames (a smaller budget of its own) is measured against the largest budget asked for,
+    and pieces of two sizes taken and dropped in turn reuse their cached blocks: nothing is handed back."""
+    from pipeline.segment.transfer import PinnedFrames
+
+    host = FakePinned(monkeypatch)
+    memory = PinnedFrames(lambda frame_bytes: (200 << 10) if frame_bytes >= 2000 else (20 << 10))
+    held = [memory((10, 2000)), memory((10, 2000))]  # 32 KiB blocks; then 16, 16 and 64 KiB ones in turn
+    for _ in range(50):
+        pieces = [memory((10, 1000)), memory((10, 1000)), memory((20, 2000))]
+        del pieces
+    assert memory.ordinary == 0 and memory.emptied == 0 and host.allocated <= 200 << 10
+    assert len(held) == 2
+    held.clear()
+    host.empty_cache()
+    memory = PinnedFrames(lambda frame_bytes: 100 << 10)  # in use within 80 KiB; 20 KiB cached is handed back
+    held = [memory((10, 1000)) for _ in range(4)]
+    del held[0]  # 16 KiB cached, too little to hand back
+    held.append(memory((20, 1000)))  # 48 + 32 KiB in use, and the 16 KiB: past 80 KiB, within the budget
+    assert memory.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
+
+
+def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypatch):
     from pipeline.segment.transfer import PinnedFrames
     from pipeline.segment.yolo import YoloSegmenter
 
+    FakePinned(monkeypatch)
     yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
     assert isinstance(YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1), PinnedFrames)
     for inference, device in (("predict", "cuda"), ("device", "cpu")):

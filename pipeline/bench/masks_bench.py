@@ -290,6 +290,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "stage_where": place.where, "stage_workers": sorted(summary.workers),
         "decoders": decoders or None,  # None: the stage's default (1 on CPU)
         "frames_in_flight_max": summary.totals.get("frames_in_flight_max"),
+        "pieces_unpinned": summary.totals.get("pieces_unpinned", 0),  # CUDA: decoded outside pinned memory, staged
         "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2),
         "input_shape": list(inputs[0].shape) if inputs else None,
         "held_frames": held_frames, "segment_frames": passes * held_frames,

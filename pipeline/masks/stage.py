@@ -115,7 +115,7 @@ class MasksWork:
         if splits:  # batches run as two halves after running out of device memory
             totals["oom_splits"] = splits
         unpinned = self._alone.unpinned + (self._feeder.unpinned if self._feeder else 0)
-        if unpinned:  # pieces decoded into ordinary memory (pinned memory at its budget), their batches staged
+        if unpinned:  # pieces decoded into ordinary memory (no room in pinned memory's budget), their batches staged
             totals["pieces_unpinned"] = unpinned
         return totals
 

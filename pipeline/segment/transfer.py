@@ -5,36 +5,51 @@ a side stream for work that may run beside the model's."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from typing import Callable
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 
 class PinnedFrames:
     """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which
-    each piece crosses to the GPU as it is (`Staging.copy`), while the pinned blocks in use and the new one fit in
-    `budget(frame_bytes)` bytes, counted as torch counts them (each rounded up to a power of two); past it,
-    ordinary memory, whose batches are staged. torch keeps a freed block cached for requests of its own rounded
-    size only: where its cached blocks take its pinned memory past the budget, they are handed back. A pinned
-    array is safe to drop once its copy to the GPU is done, as a piece is once its batch's masks are taken (which
-    wait for the copy), or once the feeder that launched it is gone."""
+    each piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
+    memory, whose batches are staged. torch rounds each pinned block up to a power of two and keeps a freed one
+    cached for requests of its own rounded size only, so its blocks are counted as it counts them, against the
+    largest budget asked for so far (a clip of smaller frames does not shrink it): a piece is pinned while the
+    blocks in use and its own fit in four fifths of it, and cached blocks are handed back once they take torch's
+    pinned memory past that and are a fifth of the budget or more. Pinned memory thus stays within the budget,
+    and cached blocks are handed back at most once for each fifth of it freed and not reused. A pinned array is
+    safe to drop once its copy to the GPU is done, as a piece is once its batch's masks are taken (which wait for
+    the copy), or once the feeder that launched it is gone."""
 
     def __init__(self, budget: Callable[[int], int]) -> None:
+        torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
         self.budget = budget
-        self.ordinary = 0  # pieces given ordinary memory (the budget was reached)
+        self.ordinary = 0  # pieces given ordinary memory (no room within the budget, or no statistics to tell)
+        self.emptied = 0  # times cached blocks were handed back
+        self._largest = 0  # the largest budget asked for
         self._lock = threading.Lock()
+        if _pinned("active_bytes.current") is None:
+            log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
+                        "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
-        budget = self.budget(int(np.prod(shape[1:])))
         with self._lock:
+            self._largest = max(self._largest, self.budget(int(np.prod(shape[1:]))))
+            room = self._largest * 4 // 5
             active = _pinned("active_bytes.current")
-            if active is not None and active + block <= budget:
+            if active is not None and active + block <= room:
                 array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
-                if (_pinned("allocated_bytes.current") or 0) > budget:  # blocks of other sizes cached: handed back
-                    empty_pinned_cache()
+                allocated, active = _pinned("allocated_bytes.current") or 0, _pinned("active_bytes.current") or 0
+                if allocated > room and allocated - active >= self._largest // 5:
+                    empty_pinned_cache()  # cached blocks of other sizes: handed back
+                    self.emptied += 1
                 return array
             self.ordinary += 1
         return np.empty(shape, dtype=np.uint8)

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +60,9 @@ class YoloSegmenter:
         """The pieces' frames queued on the device as one batch of `capacity` (Segmenter.launch); predict() runs at
         once."""
         if self.spec.inference == "predict":
-            return Ready(self.predict(FrameBatch.concat(pieces, capacity=capacity)))
+            batch = (replace(pieces[0], capacity=capacity) if len(pieces) == 1  # a lone piece: not copied again
+                     else FrameBatch.concat(pieces, capacity=capacity))
+            return Ready(self.predict(batch))
         first = pieces[0]
         return self.on_device.launch([piece.frames for piece in pieces], first.height, first.width, capacity=capacity)
 
