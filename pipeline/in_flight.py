@@ -48,10 +48,16 @@ def frames_held(options: DecodeOptions, *, decoders: int, overlap: bool, frame_b
 
 
 def pinned_budget(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1) -> int:
-    """Bytes of pinned memory a GPU feeder holds frames in, at most: what the frames it holds take, which its
-    decoders' pinned memory is kept within (`transfer.PinnedFrames`, counting torch's blocks as torch rounds and
-    caches them; past it, ordinary memory, and those batches are staged), and the device path's two staging
-    buffers. Its copies of results to the host, a few of their bytes a frame, come on top."""
+    """Bytes of pinned memory a GPU feeder holds frames in, at most: its decoders' share (`pinned_for_frames`)
+    and the device path's two staging buffers. Its copies of results to the host, a few of their bytes a frame,
+    come on top."""
     batch = frames_within(options.batch, options.max_batch_mb << 20, frame_bytes)
-    held = frames_held(options, decoders=decoders, overlap=True, frame_bytes=frame_bytes)
-    return held * frame_bytes + 2 * (1 << (batch * frame_bytes - 1).bit_length())
+    staging = 2 * (1 << (batch * frame_bytes - 1).bit_length())
+    return pinned_for_frames(options, decoders=decoders, frame_bytes=frame_bytes) + staging
+
+
+def pinned_for_frames(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1) -> int:
+    """Bytes of pinned memory a GPU feeder's decoders write frames into, at most: what the frames it holds take
+    (kept to by `transfer.PinnedFrames`, counting torch's blocks as torch rounds and caches them; past it,
+    ordinary memory, and those batches are staged)."""
+    return frames_held(options, decoders=decoders, overlap=True, frame_bytes=frame_bytes) * frame_bytes

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from pipeline.decode import DecodeError, DecodeOptions, FrameBatch, VideoDecoder, VideoInfo, frames_within
 from pipeline.engine.failures import is_device_out_of_memory, is_infrastructure
-from pipeline.in_flight import BEHIND, PREFETCH, frames_held, frames_in_flight, piece_options
+from pipeline.in_flight import BEHIND, PREFETCH, frames_in_flight, piece_options, pinned_for_frames
 from pipeline.masks.runtime import free_device_cache, switching
 from pipeline.masks.started import Packed, Started, taken
 from pipeline.masks.tables import ClipRows
@@ -85,10 +85,8 @@ class Feeder:
                                 frame_bytes=frame_bytes)
 
     def pinned_budget(self, frame_bytes: int) -> int:
-        """Bytes of pinned memory the decoders may write frames of `frame_bytes` into: what the frames held take
-        (`in_flight.pinned_budget` adds the staging buffers)."""
-        held = frames_held(self.batch_options, decoders=self.decoders, overlap=True, frame_bytes=frame_bytes)
-        return held * frame_bytes
+        """Bytes of pinned memory the decoders may write frames of `frame_bytes` into (`in_flight`)."""
+        return pinned_for_frames(self.batch_options, decoders=self.decoders, frame_bytes=frame_bytes)
 
     @property
     def unpinned(self) -> int:

@@ -33,33 +33,41 @@ class PinnedFrames:
         self.ordinary = 0  # pieces given ordinary memory (no room within the budget, or no statistics to tell)
         self.emptied = 0  # times cached blocks were handed back
         self._largest = 0  # the largest budget asked for
+        self._seen: set[int] = set()  # the frame sizes whose budget was asked for
         self._lock = threading.Lock()
-        if _pinned("active_bytes.current") is None:
+        if _pinned() is None:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
+        frame_bytes = int(np.prod(shape[1:]))
         with self._lock:
-            self._largest = max(self._largest, self.budget(int(np.prod(shape[1:]))))
+            if frame_bytes not in self._seen:
+                self._seen.add(frame_bytes)
+                self._largest = max(self._largest, self.budget(frame_bytes))
             room = self._largest * 4 // 5
-            active = _pinned("active_bytes.current")
-            if active is not None and active + block <= room:
+            counted = _pinned()
+            if counted is not None and counted[0] + block <= room:  # the blocks in use and this one fit
                 array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
-                allocated, active = _pinned("allocated_bytes.current") or 0, _pinned("active_bytes.current") or 0
-                if allocated > room and allocated - active >= self._largest // 5:
-                    empty_pinned_cache()  # cached blocks of other sizes: handed back
-                    self.emptied += 1
+                if counted[1] + block > room:  # it may have taken torch's blocks past the room: cached ones count
+                    active, allocated = _pinned()
+                    if allocated > room and allocated - active >= self._largest // 5:
+                        empty_pinned_cache()  # cached blocks of other sizes: handed back
+                        self.emptied += 1
                 return array
             self.ordinary += 1
         return np.empty(shape, dtype=np.uint8)
 
 
-def _pinned(stat: str) -> int | None:
-    """One of torch's pinned-memory statistics (bytes of its blocks, rounded as it rounds them); None where torch
-    does not keep them (then no frames are pinned)."""
+def _pinned() -> tuple[int, int] | None:
+    """Bytes of torch's pinned blocks in use, and of all it holds (cached ones too), rounded as it rounds them;
+    None where torch does not count them (then no frames are pinned)."""
     stats = getattr(torch.cuda, "host_memory_stats", None)
-    return stats().get(stat) if stats is not None else None
+    counted = stats() if stats is not None else {}
+    if "active_bytes.current" not in counted or "allocated_bytes.current" not in counted:
+        return None
+    return counted["active_bytes.current"], counted["allocated_bytes.current"]
 
 
 def empty_pinned_cache() -> None:
