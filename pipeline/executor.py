@@ -61,6 +61,7 @@ def run_tasks(
     keys: Sequence[str] | None = None,
     resources: dict[str, float] | None = None,
     client: "distributed.Client | None" = None,  # noqa: F821
+    plugins: Sequence["distributed.WorkerPlugin"] = (),  # noqa: F821
 ) -> dict[str, str]:
     """Call `fn(task)` for every task; `on_done(task, result)` as each finishes. Returns failed name → error.
 
@@ -69,6 +70,8 @@ def run_tasks(
     two clients with the same key share one result, so a key must stand for everything the result depends on
     (default: unique to this call). `resources`: each task runs only on a worker that declares them, one task
     per unit at a time. `client`: a session's client (see `session`), one cluster for all of an invocation.
+    `plugins`: registered with the scheduler first, for its workers now and to come (a plugin that declares
+    itself `idempotent` is registered once: another client of a shared scheduler does not replace it).
     """
     failed: dict[str, str] = {}
     if not tasks:
@@ -91,8 +94,11 @@ def run_tasks(
     if client is None:
         with dask_client(options) as client:
             return run_tasks(fn, tasks, names=names, options=options, on_done=on_done, fatal=fatal,
-                             key_prefix=key_prefix, keys=keys, resources=resources, client=client)
+                             key_prefix=key_prefix, keys=keys, resources=resources, client=client, plugins=plugins)
     from distributed import as_completed
+
+    for plugin in plugins:
+        client.register_plugin(plugin)
 
     if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
         require_resources(client, resources)
@@ -153,7 +159,6 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines drown the progress bar
     if options.scheduler:
         with Client(options.scheduler) as client:
-            _release_on_close(client)
             yield client
         return
     # A task whose worker dies is rerun elsewhere; let that happen more often than a clip is tried, so the
@@ -176,7 +181,6 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
                                        scheduler_kwargs={"dashboard": http["dashboard"]}, silence_logs=logging.WARNING,
                                        env={LOCAL_WORKER: "1"})
         with cluster, Client(cluster) as client:
-            _release_on_close(client)
             if not options.cluster:  # local workers share this terminal: their warnings print here, above the bar
                 client.forward_logging("pipeline", level=logging.WARNING)
             if options.dashboard:
@@ -197,13 +201,6 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _release_on_close(client: "distributed.Client") -> None:  # noqa: F821
-    """Workers that close while on a shard take its tries in flight back (engine.worker_plugin)."""
-    from pipeline.engine.worker_plugin import ReleaseOnClose
-
-    client.register_plugin(ReleaseOnClose())
 
 
 def gpu_cluster(gpus: tuple[str, ...], *, dashboard: str | None = None) -> "distributed.SpecCluster":  # noqa: F821

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
+from pipeline.engine.journal import BEGIN, OK
+from pipeline.engine.tries import Tries
+from pipeline.engine.worker_plugin import ReleaseOnClose
 from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, run_tasks
 from pipeline.masks import run_masks
@@ -25,6 +28,43 @@ def test_two_worker_processes_match_in_process_run(shapes_dataset, tmp_path):
     assert shard_bytes(Path(dask.output)) == shard_bytes(Path(local.output))
     workers = {json.loads(p.read_text())["worker"] for p in Path(dask.output).glob("*_stats.json")}
     assert len(workers) >= 1 and not any(w.endswith(f":{os.getpid()}") for w in workers)
+
+
+def hold_a_try(folder: str) -> list[str]:
+    """On a worker: a try of a shard's item begun, and held until the driver says go; then its journal's events."""
+    journal = Path(folder) / ".shard_tries.json"
+    tries = Tries(journal, max_tries=3)
+    tries.open()
+    tries.begin("clip")
+    (Path(folder) / "begun").touch()
+    deadline = time.monotonic() + 120
+    while not (Path(folder) / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tries.succeeded("clip")
+    tries.close()
+    return [json.loads(line)["ev"] for line in journal.read_text().splitlines()]
+
+
+def test_a_second_driver_on_a_shared_scheduler_takes_back_no_try_in_flight(shapes_dataset, tmp_path):
+    """Each stage registers the plugin that gives tries back when a worker closes. Registered again by another
+    client (a second `pipeline` run on the same `--scheduler`), it must not tear the first down on every worker,
+    which takes the tries in flight there back as if the worker were closing: a clip that then kills its worker
+    would not have that try counted."""
+    root, _ = shapes_dataset
+    held = tmp_path / "held"
+    held.mkdir()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster, Client(cluster) as first:
+        first.register_plugin(ReleaseOnClose())  # the first driver's stage
+        future = first.submit(hold_a_try, str(held), pure=False)
+        deadline = time.monotonic() + 60
+        while not (held / "begun").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (held / "begun").exists()
+        shared = ExecOptions(scheduler=cluster.scheduler_address)
+        second = run_masks(config(root, tmp_path / "second", execution=shared), progress=False)
+        (held / "go").touch()
+        assert second.by_status == {"ok": 5}
+        assert future.result(timeout=60) == [BEGIN, OK]  # not taken back ("back") in between
 
 
 def visible_device(seconds: float) -> str:

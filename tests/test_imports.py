@@ -13,12 +13,6 @@ import pipeline
 
 ROOT = Path(pipeline.__file__).parent
 
-# The circles not broken yet; breaking one means taking it off this list.
-LEFT = {
-    frozenset({"pipeline.engine", "pipeline.engine.run", "pipeline.engine.worker_plugin", "pipeline.executor"}),
-}
-
-
 def modules() -> dict[str, Path]:
     found = {}
     for path in ROOT.rglob("*.py"):
@@ -96,11 +90,10 @@ def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
     return found
 
 
-def test_imports_make_no_circles_but_those_left_to_break():
+def test_imports_make_no_circles():
     known = modules()
     found = circles({name: imported(path, name, known) for name, path in known.items()})
-    assert not found - LEFT, f"new import circles: {[sorted(c) for c in found - LEFT]}"
-    assert not LEFT - found, f"broken, so take them off LEFT: {[sorted(c) for c in LEFT - found]}"
+    assert not found, f"import circles: {[sorted(c) for c in found]}"
 
 
 def test_circles_are_found_through_imports_in_functions_and_package_inits_but_not_type_checking(tmp_path):

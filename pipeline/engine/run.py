@@ -115,15 +115,20 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
 
         inputs = inputs_path(todo[0].folder) if todo and not options.in_process else None
         try:
+            plugins = ()
             if inputs is None:
                 fn, sent = run_shard_task, todo
             else:  # the graph carries references; the shards themselves go to a file beside them
+                from pipeline.engine.worker_plugin import ReleaseOnClose  # distributed: only for Dask runs
+
                 fn, sent = run_shard_ref, write_inputs(todo, inputs)
+                plugins = (ReleaseOnClose(),)  # workers stopped while on a shard take its tries back
             by_name = {task.name: task for task in todo}
             failed = run_tasks(fn, sent, names=[t.name for t in todo], options=options,
                                on_done=lambda sent_task, stats: on_done(by_name[sent_task.name], stats),
                                fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
-                               keys=[task_key(t) for t in todo], resources=resources, client=client)
+                               keys=[task_key(t) for t in todo], resources=resources, client=client,
+                               plugins=plugins)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
             # shards a worker committed before the stop count, though their results never came back
             landed = [task for task in todo if task.name in computed

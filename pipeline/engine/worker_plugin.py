@@ -22,6 +22,10 @@ class ReleaseOnClose(WorkerPlugin):
     caused) runs no code, so its tries stay counted."""
 
     name = "pipeline-release-tries"
+    # Registered once per scheduler: another client registering it again (a second driver on a shared scheduler,
+    # each stage of one invocation) would make every worker tear this one down first, which takes back the tries
+    # in flight there as if the worker were closing.
+    idempotent = True
 
     def setup(self, worker: object) -> None:
         if threading.current_thread() is not threading.main_thread():
