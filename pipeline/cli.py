@@ -139,13 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--selfie-model", default="models/selfie_segmentation.tflite", help="path of the selfie .tflite")
     masks.add_argument("--threshold", type=unit_float, default=0.5, help="selfie person-probability threshold")
     masks.add_argument("--refine", choices=("none", "sam"), default="none", help="refine masks with segment-anything, prompted by each instance's box")
-    masks.add_argument("--sam-type", choices=SAM_TYPES, default="vit_b", help="SAM architecture of --sam-checkpoint")
-    masks.add_argument("--sam-checkpoint", default="", help=f"SAM weights (.pth) for --refine sam (none by default); "
+    masks.add_argument("--sam-type", choices=SAM_TYPES, help="SAM architecture of --sam-checkpoint (default vit_b)")
+    masks.add_argument("--sam-checkpoint", help=f"SAM weights (.pth) for --refine sam (none by default); "
                        f"'{RANDOM}' for random weights (timing only)")
     masks.add_argument("--sam-precision", choices=SAM_PRECISIONS,
                        help="what SAM computes in on CUDA (default bf16; fp16 for a GPU without bf16, its masks in a run "
                             "folder of their own); a CPU runs fp32")
-    masks.add_argument("--refine-every", type=positive_int, default=1, help="refine every Nth frame of a clip; others keep the detector's mask")
+    masks.add_argument("--refine-every", type=positive_int,
+                       help="refine every Nth frame of a clip (default 1: all); others keep the detector's mask")
     masks.add_argument("--track-iou", type=unit_float, default=0.3, help="least mask IoU that continues an instance's track id")
     masks.add_argument("--track-gap", type=non_negative_int, default=5, help="frames a track may go unseen and continue")
     masks.add_argument("--tag", help="run folder name (default: derived from the settings)")
@@ -360,6 +361,22 @@ def coverage_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+SAM_ARGS = {"sam_type": "sam_type", "checkpoint": "sam_checkpoint", "every": "refine_every", "precision": "sam_precision"}
+
+
+def refine_spec(args: argparse.Namespace) -> RefineSpec | None:
+    """SAM's settings (RefineSpec field → argument) where `--refine sam` asks for it; given without it, an error:
+    they would be dropped unseen."""
+    given = {field: getattr(args, dest) for field, dest in SAM_ARGS.items() if getattr(args, dest) is not None}
+    if args.refine == "sam":
+        return RefineSpec(**given)
+    if given:
+        flags = ", ".join("--" + SAM_ARGS[field].replace("_", "-") for field in given)
+        raise UsageError(f"{flags} set without --refine sam, which no mask would use: add --refine sam (REFINE=sam), "
+                         "or leave them out")
+    return None
+
+
 def masks_config(args: argparse.Namespace) -> MasksConfig:
     backend = args.segmenter or ("selfie" if args.dataset == "sample" else "yolo")
     if args.object_classes is None:
@@ -385,9 +402,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             object_classes=object_classes,
             selfie_model=args.selfie_model,
             threshold=args.threshold,
-            refine=RefineSpec(sam_type=args.sam_type, checkpoint=args.sam_checkpoint, every=args.refine_every,
-                              precision=args.sam_precision)
-            if args.refine == "sam" else None,
+            refine=refine_spec(args),
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),
         decoders=args.decoders or 0,

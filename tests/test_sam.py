@@ -193,6 +193,11 @@ def test_missing_or_mismatched_checkpoints_are_clear_errors(shapes_dataset, tmp_
         load_sam(RefineSpec(checkpoint=str(wrong)), "cpu")
     assert main([*base, "--sam-checkpoint", "random", "--sam-precision", "fp16"]) == 2  # a CPU runs fp32
     assert "SAM runs in fp32 on cpu: leave out SAM_PRECISION=fp16" in capsys.readouterr().err
+    without = base[:-2]  # SAM's settings, but no --refine sam: no mask would use them
+    assert main([*without, "--sam-checkpoint", "random", "--refine-every", "4"]) == 2
+    assert "--sam-checkpoint, --refine-every set without --refine sam" in capsys.readouterr().err
+    assert main([*without, "--sam-precision", "fp16"]) == 2
+    assert "--sam-precision set without --refine sam" in capsys.readouterr().err
     assert not (tmp_path / "out" / "masks").exists()
 
 
