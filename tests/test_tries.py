@@ -3,11 +3,16 @@ shared with other items' counts against none of them but sends each to be tried 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from pipeline.engine.claims import Tries, release_in_flight
 from pipeline.engine.failures import InfrastructureError
 from pipeline.engine.journal import TryCount, read_tries
+from pipeline.engine.records import ShardStats, ShardTask
+from pipeline.engine.shard import run_shard
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +76,93 @@ def test_machine_errors_and_stops_take_the_try_back(tmp_path):
     entries = on_disk(path)
     assert (entries["alone"].tries, entries["alone"].failures) == (0, 0)
     assert (entries["shared"].tries, entries["shared"].failures, entries["shared"].shared) == (0, 0, True)
+
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    split: str = "train"
+
+
+@dataclass
+class Outcome:
+    status: str
+    error: str | None = None
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class FileStage:
+    """Each item reads the file of its key: "bad" raises, "stop" is a Ctrl-C, anything else is ok. Every try is
+    logged to `tried`."""
+
+    src: Path
+    tried: Path
+
+    def open(self, task: ShardTask, commit) -> "FileStage":
+        return self
+
+    def process(self, item: Item) -> Outcome:
+        with open(self.tried, "a") as log:
+            log.write(item.key)
+        text = (self.src / item.key).read_text()
+        if text == "bad":
+            raise ValueError(f"{item.key} is corrupt")
+        if text == "stop":
+            raise KeyboardInterrupt
+        return Outcome("ok")
+
+    def give_up(self, item: Item, error: str) -> Outcome:
+        return Outcome("failed", error, 0)
+
+    def keep(self, outcome: Outcome) -> None:
+        pass
+
+    def finish(self, outcomes, commit) -> dict:
+        return {}
+
+    def abort(self) -> None:
+        pass
+
+
+def test_tries_at_an_item_made_from_other_inputs_count_no_more(tmp_path):
+    """A run cut short leaves the shard's journal, and the next run's tries count on from it. But where an item's
+    file was replaced, or the stage's settings changed, meanwhile, its tries were at something else: the fixed
+    clip is tried again, not given up on the old one's failures, while an unchanged one stays given up."""
+    src, out, tried = tmp_path / "src", tmp_path / "out", tmp_path / "tried"
+    src.mkdir(), out.mkdir()
+
+    def run(fingerprint: str = "f", *, overwrite: bool = False) -> ShardStats:
+        items = tuple(Item(key) for key in "acs")  # s stops the runs that are to be cut short
+        before = tried.read_text() if tried.exists() else ""
+        try:
+            return run_shard(ShardTask(stage=FileStage(src, tried), name="s", folder=out, items=items, max_tries=2,
+                                       identity={item.key: (src / item.key).read_text() for item in items},
+                                       fingerprint=fingerprint, overwrite=overwrite))
+        finally:
+            run.tried = tried.read_text()[len(before):]
+
+    for key, text in {"a": "bad", "c": "bad", "s": "stop"}.items():
+        (src / key).write_text(text)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert run.tried == "aaccs"  # a and c given up after 2 tries each, then the run stopped at s
+    (src / "a").write_text("fixed")
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert run.tried == "as"  # a tried again: its file is another one; c not: the same file, given up
+    (src / "s").write_text("ok")
+    stats = run()
+    assert run.tried == "as" and stats.by_status == {"ok": 2, "failed": 1}  # (a's ok was not committed)
+    assert stats.retried == {"a": 2, "c": 2}
+    assert "gave up after 2 tries: ValueError: c is corrupt" in stats.failed["c"]
+
+    (src / "s").write_text("stop")
+    with pytest.raises(KeyboardInterrupt):
+        run(overwrite=True)
+    assert run.tried == "accs"
+    (src / "s").write_text("ok")
+    stats = run("other settings", overwrite=True)
+    assert run.tried == "accs"  # c tried again under the new settings (and a, whose ok was not committed)
+    assert stats.by_status == {"ok": 2, "failed": 1} and stats.retried == {"c": 2}  # a's earlier try: not counted

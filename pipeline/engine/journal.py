@@ -4,7 +4,9 @@ beside its done marker as `.<shard>_tries.json` until the shard commits.
 The name is the one the tries file always had, but the content is JSON Lines: each event (a try begun, shared
 or not; succeeded, with the item's frames; failed, with its error; a machine error; taken back; given up) is
 one line, appended with a single `os.write` on an O_APPEND descriptor. Nothing is rewritten or renamed: an item
-that succeeds at its first try costs two small writes. `tries.Tries` replays the lines when it opens; the
+that succeeds at its first try costs two small writes. Each event says what its item was made from (`made`):
+a run cut short, then the clip's file replaced or the settings changed, leaves tries that were at something
+else, and a replay leaves them out. `tries.Tries` replays the lines when it opens; the
 driver's progress bar (`JournalWatch`) and `pipeline status` read the same lines, from any machine that sees
 the folder. A process killed in the middle of a write leaves a torn last line: reading skips it, and the next
 writer starts on a line of its own.
@@ -21,6 +23,7 @@ from typing import Iterator, Mapping, Sequence
 
 BEGIN, OK, FAILED, MACHINE, BACK, GAVE_UP = "begin", "ok", "failed", "machine", "back", "gave_up"
 FINISHED = (OK, GAVE_UP)  # the item's outcome is settled
+MADE = "made"  # an event's field: what its item was made from (ShardTask.made_from)
 _SAID = {FAILED: "try failed", MACHINE: "machine error", GAVE_UP: "failed"}  # how errors are named, by event
 
 
@@ -112,15 +115,19 @@ def events(data: bytes) -> Iterator[dict]:
             yield event
 
 
-def read_tries(path: Path) -> dict[str, TryCount]:
-    """Item key → its tries, replayed from the shard's journal (empty where there is none)."""
+def read_tries(path: Path, made: Mapping[str, str] | None = None) -> dict[str, TryCount]:
+    """Item key → its tries, replayed from the shard's journal (empty where there is none). With `made` (item key
+    → what it is made from, `ShardTask.made_from`), an event recorded for an item made from something else (its
+    file replaced, the settings or the upstream changed since a run that was cut short) is left out: those tries
+    were not at this item. Events written before events said so count."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return {}
     counts, start = _earlier_format(data)
     for event in events(data[start:]):
-        apply(counts, event)
+        if made is None or MADE not in event or event[MADE] == made.get(event["key"]):
+            apply(counts, event)
     return counts
 
 

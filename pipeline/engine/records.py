@@ -96,6 +96,13 @@ class ShardTask(Generic[I]):
         blob = json.dumps([self.fingerprint, sorted(self.identity.items()), sorted(self.upstream.items())])
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def made_from(self) -> dict[str, str]:
+        """Item key → one digest of what that item's outcome is made from (its identity, the stage's settings and
+        the shard's upstream): the tries its journal holds count only while this stays the same."""
+        upstream = sorted(self.upstream.items())
+        return {key: hashlib.sha256(json.dumps([self.fingerprint, identity, upstream]).encode()).hexdigest()[:16]
+                for key, identity in self.identity.items()}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:

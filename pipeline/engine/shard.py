@@ -50,7 +50,7 @@ def run_shard(task: ShardTask) -> ShardStats:
 
 def _compute(task: ShardTask) -> ShardStats:
     started = time.perf_counter()
-    tries = Tries(journal_path(task.marker), task.max_tries)
+    tries = Tries(journal_path(task.marker), task.max_tries, task.made_from())
     commit = Commit(task.folder, cut_short=tries.path.exists())  # a journal outlives a writer cut short
     tries.open()  # before the writer makes a temporary file: a stale one is searched for where a journal is left
     try:

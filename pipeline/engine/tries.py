@@ -8,10 +8,22 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from pipeline.engine.failures import InfrastructureError, Interrupted, is_infrastructure
-from pipeline.engine.journal import BACK, BEGIN, FAILED, GAVE_UP, MACHINE, OK, Journal, TryCount, apply, read_tries
+from pipeline.engine.journal import (
+    BACK,
+    BEGIN,
+    FAILED,
+    GAVE_UP,
+    MACHINE,
+    MADE,
+    OK,
+    Journal,
+    TryCount,
+    apply,
+    read_tries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +40,18 @@ class Tries:
     from outside (SIGTERM in this process: Interrupted; a Dask worker closing: `release_in_flight`) take the try
     back: the item is not to blame, and the process gives the shard up. An item that meets such an error on
     `max_tries` tries in a row, each in a fresh process, is given up as its own problem at its next try, before
-    it touches the machine again.
+    it touches the machine again. Tries count only at the item as it is now: each event says what the item was
+    made from (`made`, ShardTask.made_from), and those of an item made from something else are not replayed.
     """
 
-    def __init__(self, path: Path, max_tries: int) -> None:
+    def __init__(self, path: Path, max_tries: int, made: Mapping[str, str] | None = None) -> None:
         self.path, self.max_tries = Path(path), max_tries
+        self._made = dict(made or {})  # item key → what it is made from: each event says it, replays match it
         # a worker closing releases tries from another thread; reentrant, for a second Ctrl-C whose handler
         # (engine.signals) takes tries back while this thread is inside one of these methods
         self._lock = threading.RLock()
         self._journal = Journal(self.path)
-        self._entries = read_tries(self.path)
+        self._entries = read_tries(self.path, self._made if made is not None else None)
 
     def run(self, key: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
         """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`.
@@ -160,6 +174,8 @@ class Tries:
         return self._entries.get(key) or TryCount()
 
     def _record(self, event: dict) -> None:
+        if event["key"] in self._made:
+            event = {**event, MADE: self._made[event["key"]]}
         self._journal.append(event)  # first: what is not on disk did not happen
         apply(self._entries, event)
 
