@@ -97,11 +97,10 @@ def run_tasks(
                              key_prefix=key_prefix, keys=keys, resources=resources, client=client, plugins=plugins)
     from distributed import as_completed
 
-    for plugin in plugins:
-        client.register_plugin(plugin)
-
     if resources and not options.cluster:  # batch jobs start later; runner checks their spec declares GPUs
         require_resources(client, resources)
+    for plugin in plugins:
+        client.register_plugin(plugin)
     if keys is None:
         run = uuid.uuid4().hex[:8]
         keys = [f"{name}-{run}" for name in names]

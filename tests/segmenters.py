@@ -78,6 +78,18 @@ class WorkerKillingSegmenter(LumaKeySegmenter):
         return super().segment(batch)
 
 
+class MemoryGrowingSegmenter(LumaKeySegmenter):
+    """On any batch holding a bright clip's frames, takes memory (and writes it) until its worker is stopped: a
+    clip that takes every worker past its memory limit. Only for runs on worker processes with a limit."""
+
+    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
+        held = []
+        while bright(batch):
+            held.append(np.ones(50 << 20, np.uint8))
+            time.sleep(0.01)
+        return super().segment(batch)
+
+
 class BoxSegmenter(LumaKeySegmenter):
     """One person per frame, the middle quarter of it, without looking at the pixels: masks at the source size
     for the cost of the pipeline around the model (the memory test on 4K video)."""

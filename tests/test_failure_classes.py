@@ -242,3 +242,23 @@ def test_a_worker_stopped_with_sigterm_mid_clip_does_not_use_up_the_clips_tries(
     stopper.join()
     assert stopped
     assert (summary.failed_shards, summary.by_status) == ({}, {"ok": 5}), summary.failed_items
+
+
+def test_a_clip_that_takes_its_worker_past_the_memory_limit_is_given_up_as_a_memory_error(shapes_dataset, tmp_path):
+    """Dask's nanny stops a worker past its memory limit with SIGTERM, as a batch system does at walltime. That
+    stop is the clip's doing: counted as a machine error, it gives the clip up after max_tries of them, where
+    taking it back each time would have had Dask fail the whole shard (KilledWorker), run after run."""
+    from distributed import LocalCluster
+
+    root, _ = shapes_dataset
+    add_bright_clip(root)
+    hog = SegmenterSpec(backend="tests.segmenters:MemoryGrowingSegmenter")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1.5GiB",
+                      dashboard_address=None) as cluster:
+        summary = run_masks(config(root, tmp_path / "out", segmenter=hog, shard_size=6,
+                                   execution=ExecOptions(scheduler=cluster.scheduler_address, max_tries=2)),
+                            progress=False)
+    assert not summary.failed_shards and summary.by_status == {"failed": 1, "ok": 5}
+    error = summary.failed_items["zzbright_000000_000010"]
+    assert error.startswith("gave up after 2 device, memory or disk errors in a row, each in a fresh process: "
+                            "MemoryError: the worker's memory passed 95% of its limit"), error

@@ -3,16 +3,21 @@ shared with other items' counts against none of them but sends each to be tried 
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pipeline.engine import tries as tries_module
 from pipeline.engine.claims import Tries, release_in_flight
-from pipeline.engine.failures import InfrastructureError
+from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import TryCount, read_tries
+from pipeline.engine.journal import events as journal_events
 from pipeline.engine.records import ShardStats, ShardTask
 from pipeline.engine.shard import run_shard
+from pipeline.engine.worker_plugin import ReleaseOnClose
 
 
 @pytest.fixture(autouse=True)
@@ -166,3 +171,71 @@ def test_tries_at_an_item_made_from_other_inputs_count_no_more(tmp_path):
     stats = run("other settings", overwrite=True)
     assert run.tried == "accs"  # c tried again under the new settings (and a, whose ok was not committed)
     assert stats.by_status == {"ok": 2, "failed": 1} and stats.retried == {"c": 2}  # a's earlier try: not counted
+
+
+@dataclass
+class Limits:
+    memory_limit: int | None
+
+
+@dataclass
+class Worker:
+    """What the worker plugin reads of a Dask worker: its memory manager's limit."""
+
+    memory_manager: Limits
+
+
+@pytest.fixture
+def worker_process(monkeypatch):
+    """This process as a Dask worker's own: the plugin's signal handlers undone after the test, and the process
+    not left stopping (a worker process that is stopping exits)."""
+    monkeypatch.setattr(tries_module, "_STOPPING", threading.Event())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # what the plugin passes the signal on to
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def events(path) -> list[tuple[str, str]]:
+    return [(event["ev"], event["key"]) for event in journal_events(path.read_bytes())]
+
+
+def test_a_closing_worker_takes_its_tries_back_and_counts_none_its_threads_still_start_or_fail(tmp_path,
+                                                                                               worker_process):
+    """Dask tears the plugin down as the worker closes, then waits for the task's thread, which goes on with the
+    shard until the process is killed: a try it begins or fails after the teardown must count against nothing."""
+    path = tmp_path / ".s_tries.json"
+    tries, plugin, worker = Tries(path, max_tries=1), ReleaseOnClose(), Worker(Limits(None))
+    plugin.setup(worker)
+    tries.begin("a")
+    plugin.teardown(worker)
+    with pytest.raises(Interrupted, match="b: not tried: this worker is stopping"):
+        tries.begin("b")
+    with pytest.raises(Interrupted, match="a: ValueError: broken pipe, while this worker was stopping"):
+        tries.failed("a", ValueError("broken pipe"))  # the try it was on, failing as the process goes
+    assert events(path) == [("begin", "a"), ("back", "a")]
+    assert Tries(path, max_tries=1).verdict("a") is None and on_disk(path)["a"].failures == 0
+
+
+@pytest.mark.parametrize("limit, counted", [(1, True), (1 << 60, False)])
+def test_a_worker_stopped_past_its_memory_limit_counts_a_machine_error_and_a_walltime_stop_nothing(
+        tmp_path, worker_process, limit, counted):
+    """Dask's nanny stops a worker past its memory limit with SIGTERM, as a batch system does at walltime: the
+    first is the clip's doing as much as a device out of memory is (given up after as many in a row), the second
+    is not (here a limit of 1 byte is passed, one of an exbibyte is not)."""
+    path = tmp_path / ".s_tries.json"
+    for attempt in range(2):  # two worker processes, each stopped while on the clip
+        tries_module._STOPPING.clear()
+        tries, plugin, worker = Tries(path, max_tries=2), ReleaseOnClose(), Worker(Limits(limit))
+        assert tries.verdict("a") is None
+        plugin.setup(worker)
+        tries.begin("a")
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    kinds = [kind for kind, _ in events(path)]
+    assert kinds == ["begin", "back", "machine"] * 2 if counted else ["begin", "back"] * 2
+    verdict = Tries(path, max_tries=2).verdict("a")
+    if counted:
+        assert "gave up after 2 device, memory or disk errors in a row" in verdict and "MemoryError" in verdict
+    else:
+        assert verdict is None

@@ -99,6 +99,8 @@ class Tries:
         failure. A `shared` try (the item is one of several in flight in one process) is not: a death or machine
         error then may be another item's doing, so it only marks the item to be tried alone next."""
         with self._lock:
+            if _STOPPING.is_set():  # the worker is closing: what it still starts would be cut short, uncounted
+                raise Interrupted(f"{key}: not tried: this worker is stopping")
             self._record({"ev": BEGIN, "key": key, "shared": shared})
             _IN_FLIGHT[(id(self), key)] = (self, key, shared)
 
@@ -117,14 +119,11 @@ class Tries:
         counted apart (unless the try was shared), and raised as InfrastructureError (this process is done with
         the shard)."""
         error = f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            record = _IN_FLIGHT.get((id(self), key))
-        shared = record is not None and record[2]
-        if is_infrastructure(exc):
+        if _STOPPING.is_set():  # what fails while the worker closes is not the item's doing
             self.take_back(key)
-            if not shared:
-                with self._lock:
-                    self._record({"ev": MACHINE, "key": key, "error": error})  # in a row, over workers and runs
+            raise Interrupted(f"{key}: {error}, while this worker was stopping") from exc
+        if is_infrastructure(exc):
+            self.take_back(key, machine_error=error)
             raise InfrastructureError(f"{key}: {error}") from exc
         with self._lock:
             record = _IN_FLIGHT.pop((id(self), key), None)
@@ -140,12 +139,16 @@ class Tries:
         for key in pending:
             self.take_back(key)
 
-    def take_back(self, key: str) -> None:
-        """Uncount the try in flight on `key` (once, whoever calls first)."""
+    def take_back(self, key: str, *, machine_error: str | None = None) -> None:
+        """Uncount the try in flight on `key` (once, whoever calls first). With `machine_error` (the machine
+        failed it), a try made alone also counts as a machine error: in a row, over workers and runs, those give
+        the item up (`verdict`)."""
         with self._lock:
             record = _IN_FLIGHT.pop((id(self), key), None)
             if record is not None:
                 self._record({"ev": BACK, "key": key, "shared": record[2]})  # a shared try counted no failure
+                if machine_error is not None and not record[2]:
+                    self._record({"ev": MACHINE, "key": key, "error": machine_error})
 
     def retried(self) -> dict[str, int]:
         """Item key → tries, for the items that needed more than one."""
@@ -181,11 +184,18 @@ class Tries:
 
 
 _IN_FLIGHT: dict[tuple[int, str], tuple[Tries, str, bool]] = {}  # the tries this process is making now
+_STOPPING = threading.Event()  # this process is going (its Dask worker closing): no try begins or counts
 
 
-def release_in_flight() -> int:
-    """Take back every try this process is making now (it is being stopped from outside); returns how many."""
+def release_in_flight(*, stopping: bool = False, machine_error: str | None = None) -> int:
+    """Take back every try this process is making now (it is being stopped from outside); returns how many.
+    `stopping`: the process is going, and the threads still on a shard are not told: from now on no try begins
+    and none fails (each raises Interrupted, uncounted), so what is cut short when it exits counts against no
+    item. `machine_error`: the machine stopped it (Dask's nanny, past the worker's memory limit); each try made
+    alone counts as a machine error, so an item that does it every time is given up."""
+    if stopping:
+        _STOPPING.set()
     pending = list(_IN_FLIGHT.values())
     for tries, key, _ in pending:
-        tries.take_back(key)
+        tries.take_back(key, machine_error=machine_error)
     return len(pending)

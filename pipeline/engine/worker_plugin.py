@@ -1,4 +1,5 @@
-"""The Dask worker plugin that keeps a stop from outside from counting against clips."""
+"""The Dask worker plugin that keeps a stop from outside from counting against clips, and a stop for memory from
+being taken for one."""
 
 from __future__ import annotations
 
@@ -14,12 +15,20 @@ from pipeline.executor import LOCAL_WORKER
 
 log = logging.getLogger(__name__)
 
+# Dask's nanny stops its worker with SIGTERM once the worker's memory passes this share of its limit's
+# `distributed.worker.memory.terminate` fraction, as this process sees it when the signal arrives (the item's
+# thread may have let go of a little since the nanny measured).
+NEAR_TERMINATE = 0.9
+
 
 class ReleaseOnClose(WorkerPlugin):
     """When its worker is stopped while on a shard (SIGTERM from the batch system at walltime or preemption,
     retired before its walltime, the cluster shutting down), the tries in flight are taken back before the
-    process goes: not the clips' fault. A worker killed outright (SIGKILL, the OOM killer, a crash it
-    caused) runs no code, so its tries stay counted."""
+    process goes: not the clips' fault. From then on no try begins or counts in this process (its threads are
+    not told to stop, and what they start would be cut short when it exits). A worker killed outright (SIGKILL,
+    the OOM killer, a crash it caused) runs no code, so its tries stay counted. Nor is a SIGTERM from Dask's own
+    nanny, sent once the worker is past its memory limit, a stop from outside: a try made alone then counts as a
+    machine error, so a clip that takes every worker past its memory is given up after as many tries."""
 
     name = "pipeline-release-tries"
     # Registered once per scheduler: another client registering it again (a second driver on a shared scheduler,
@@ -27,15 +36,19 @@ class ReleaseOnClose(WorkerPlugin):
     # in flight there as if the worker were closing.
     idempotent = True
 
+    def __init__(self) -> None:
+        self._own_process = False  # set up in a worker process of its own (not threads of the driver's)
+
     def setup(self, worker: object) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._own_process = True
         if os.environ.get(LOCAL_WORKER):  # a worker of a cluster the driver started: Ctrl-C is the driver's
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_sigterm(signum: int, frame: object) -> None:
-            _release("SIGTERM")
+            _release("SIGTERM", stopping=True, machine_error=past_memory_limit(worker))
             if callable(previous):
                 previous(signum, frame)
             else:  # the default: die of the signal, as before
@@ -45,11 +58,28 @@ class ReleaseOnClose(WorkerPlugin):
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def teardown(self, worker: object) -> None:
-        _release("worker closing")
+        _release("worker closing", stopping=self._own_process)
 
 
-def _release(why: str) -> None:
-    released = release_in_flight()
+def past_memory_limit(worker: object) -> str | None:
+    """Why the nanny stopped this worker, where its memory is near the share of the limit at which the nanny does
+    (None where it is not, or where the worker has no limit)."""
+    import dask
+    import psutil
+
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    fraction = dask.config.get("distributed.worker.memory.terminate", default=False)
+    if not limit or not fraction:
+        return None
+    used = psutil.Process().memory_info().rss
+    if used < NEAR_TERMINATE * fraction * limit:
+        return None
+    return (f"MemoryError: the worker's memory passed {fraction:.0%} of its limit ({used / 2**30:.1f} of "
+            f"{limit / 2**30:.1f} GiB) and Dask stopped it")
+
+
+def _release(why: str, **how: object) -> None:
+    released = release_in_flight(**how)
     if released:
-        log.warning("%s: %d clip tr%s in flight released, not counted against the clips", why, released,
-                    "y" if released == 1 else "ies")
+        log.warning("%s: %d clip tr%s in flight released, %s", why, released, "y" if released == 1 else "ies",
+                    "counted as the machine's errors" if how.get("machine_error") else "not counted against the clips")
