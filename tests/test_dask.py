@@ -3,6 +3,8 @@
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import torch
 from distributed import Client, LocalCluster
 
 from pipeline.engine.journal import BEGIN, OK
+from pipeline.engine.records import ShardTask
+from pipeline.engine.run import run_stage
 from pipeline.engine.tries import Tries
 from pipeline.engine.worker_plugin import ReleaseOnClose
 from pipeline.errors import InputError
@@ -65,6 +69,87 @@ def test_a_second_driver_on_a_shared_scheduler_takes_back_no_try_in_flight(shape
         (held / "go").touch()
         assert second.by_status == {"ok": 5}
         assert future.result(timeout=60) == [BEGIN, OK]  # not taken back ("back") in between
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    split: str = "train"
+
+
+@dataclass
+class Outcome:
+    status: str
+    error: str | None = None
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class GateStage:
+    """A shard's items make one file, its name; an item named "slow" first waits for the file `gate`."""
+
+    gate: str
+
+    def open(self, task: ShardTask, commit) -> "GateWork":
+        return GateWork(self.gate, task)
+
+
+@dataclass
+class GateWork:
+    gate: str
+    task: ShardTask
+
+    def process(self, item: Item) -> Outcome:
+        deadline = time.monotonic() + 120
+        while item.key == "slow" and not Path(self.gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return Outcome("ok")
+
+    def give_up(self, item: Item, error: str) -> Outcome:
+        return Outcome("failed", error, 0)
+
+    def keep(self, outcome: Outcome) -> None:
+        pass
+
+    def finish(self, outcomes, commit) -> dict:
+        commit.stage(self.task.folder / f"{self.task.name}.txt").write_text(self.task.name)
+        return {}
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_run_on_a_shared_scheduler_is_not_handed_another_runs_result_for_files_changed_since(tmp_path):
+    """Two runs on one scheduler that want the same shard from the same state share one Dask task, and Dask keeps
+    its result while the first run waits for its other shards. A second run that finds the shard's files gone
+    since, or asks for it to be redone, must compute it, and a result that does not match the disk is no success."""
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    stage = GateStage(str(gate))
+    plan = [ShardTask(stage=stage, name=name, folder=out, items=(Item(key),), identity={key: "x"}, fingerprint="f")
+            for name, key in (("s-00000", "fast"), ("s-00001", "slow"))]
+    fast, marker = out / "s-00000.txt", plan[0].marker
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        shared = ExecOptions(scheduler=cluster.scheduler_address)
+
+        def second_run(tasks: list[ShardTask]):
+            with Client(cluster.scheduler_address) as client:
+                return run_stage("toy", out, plan, tasks, options=shared, progress=False, client=client)
+
+        with Client(cluster.scheduler_address) as client, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(run_stage, "toy", out, plan, plan, options=shared, progress=False, client=client)
+            deadline = time.monotonic() + 60
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            fast.unlink()  # the first run holds s-00000's result, waiting for s-00001
+            again = second_run(plan[:1])
+            assert (again.computed, again.failed_shards, fast.exists()) == (1, {}, True)
+            fast.unlink(), marker.unlink()  # the state the first run found: its task's key, and its result, again
+            stale = second_run(plan[:1])
+            assert stale.computed == 0 and "files on disk are not what it committed" in stale.failed_shards["s-00000"]
+            redo = second_run([replace(plan[0], overwrite=True)])
+            assert (redo.computed, redo.failed_shards, fast.exists()) == (1, {}, True)
+            gate.touch()
+            assert first.result(timeout=60).computed == 2
 
 
 def visible_device(seconds: float) -> str:

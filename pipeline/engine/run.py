@@ -10,11 +10,13 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from pipeline.engine.commit import outputs_present
 from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import JournalWatch
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
@@ -105,10 +107,17 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         require_writable(output)
     log.info("%s: %d of %d shards selected, %d to compute -> %s", stage, len(selected), len(plan), len(todo), output)
     before = {task.name: _marker_state(task) for task in todo}
+    run_id = uuid.uuid4().hex[:8]  # keys tasks that redo shards (task_key)
     computed: dict[str, ShardStats] = {}
+    lost: dict[str, str] = {}  # shards whose result came back but whose files are not there
     watch = JournalWatch(todo) if progress else None  # the bar moves per clip, from the shards' journals
     with ShardProgress(selected, todo, enabled=progress, desc=stage, watch=watch) as bar:
         def on_done(task: ShardTask, stats: ShardStats) -> None:
+            if not committed(task, stats):
+                lost[task.name] = (f"{task.name}: its task came back done, but its files on disk are not what it "
+                                   "committed (removed or changed since, while another run on this scheduler "
+                                   "still held its result); rerun once that run has ended")
+                return
             computed[task.name] = stats
             run_record.commit()  # a shard is in: the run's record describes it
             bar(task, stats.frames)
@@ -127,8 +136,8 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             failed = run_tasks(fn, sent, names=[t.name for t in todo], options=options,
                                on_done=lambda sent_task, stats: on_done(by_name[sent_task.name], stats),
                                fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
-                               keys=[task_key(t) for t in todo], resources=resources, client=client,
-                               plugins=plugins)
+                               keys=[task_key(t, before[t.name], run_id) for t in todo], resources=resources,
+                               client=client, plugins=plugins)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
             # shards a worker committed before the stop count, though their results never came back
             landed = [task for task in todo if task.name in computed
@@ -142,6 +151,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         finally:
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
+    failed = {**failed, **lost}
     if computed:
         run_record.commit()
     elif not failed:
@@ -252,6 +262,13 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
     return path
 
 
+def committed(task: ShardTask, stats: ShardStats) -> bool:
+    """The shard's done marker on disk records what `stats` does, and those files are there."""
+    found = ShardStats.read(task.marker)
+    return (found is not None and (found.plan, found.digest) == (stats.plan, stats.digest)
+            and outputs_present(task.folder, found.outputs))
+
+
 def _marker_state(task: ShardTask) -> tuple[int, int] | None:
     """A shard's done marker as found (inode, modification time), to tell a shard committed since."""
     try:
@@ -287,11 +304,16 @@ def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:
             if item.key in outcomes and outcomes[item.key][0] != OK]
 
 
-def task_key(task: ShardTask) -> str:
-    """The shard's Dask key: where it goes and what it is made from. Two runs on one scheduler that want the
-    very same shard share one task (and its result); anything else gets a task of its own."""
+def task_key(task: ShardTask, found: tuple[int, int] | None, run: str) -> str:
+    """The shard's Dask key: where it goes, what it is made from, and its done marker as this run `found` it
+    (none, or another run's commit since). Two runs on one scheduler that want the very same shard from the very
+    same state share one task (and its result, which Dask keeps while either waits); anything else gets a task
+    of its own: a run that finds the shard's files changed since another's task committed it, or one that asks
+    for a shard to be redone (OVERWRITE, RETRY_FAILED, tasks of this `run` alone)."""
     where = hashlib.sha256(str(task.folder).encode()).hexdigest()[:8]
-    return f"{task.name}-{where}-{task.plan_digest()}"
+    state = "none" if found is None else hashlib.sha256(repr(found).encode()).hexdigest()[:8]
+    redo = f"-{run}" if task.overwrite or task.retry_failed else ""
+    return f"{task.name}-{where}-{task.plan_digest()}-{state}{redo}"
 
 
 def worker_totals(stats: list[ShardStats]) -> dict[str, dict]:
