@@ -139,3 +139,17 @@ def test_shards_are_the_same_bytes_whatever_the_decoders_on_cuda(shapes_dataset,
         runs.append(Path(summary.output))
     assert set(staged) <= {(64, 64, 3)}, staged  # the warm-up's frames alone
     assert shard_bytes(runs[0]) == shard_bytes(runs[1]) != {}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_on_the_second_gpu_gives_the_first_gpus_bytes(checkpoint):  # noqa: F811
+    """With cuda:0 current, a model on cuda:1: each batch's copy to the host is waited for on cuda:1's stream,
+    where it was queued (an event recorded on cuda:0's would be done at once, and the host would read the copy
+    before it lands)."""
+    frames = np.concatenate([photo_clip(340, 256, seed).frames for seed in (0, 1)])
+    first = YoloSegmenter(cuda_spec(checkpoint)).segment(batch(frames, 8))
+    second = YoloSegmenter(SegmenterSpec(backend="yolo", model=str(checkpoint), conf=0.05, device="cuda:1"))
+    assert torch.cuda.current_device() == 0
+    assert sum(map(len, first)) > 0
+    for _ in range(3):  # batches in a row, each copy into a fresh pinned buffer
+        assert_same_bytes(second.segment(batch(frames, 8)), first)

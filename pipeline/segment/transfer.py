@@ -132,7 +132,8 @@ class Staging:
 
 class HostCopy:
     """A device tensor's copy to the host, queued: on CUDA into pinned memory, with an event recorded after it on
-    the current stream (so `done` also marks everything queued before it); elsewhere made at once."""
+    the current stream of the tensor's device (so `done` also marks everything queued before it there, whichever
+    device is current); elsewhere made at once."""
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.done: torch.cuda.Event | None = None
@@ -142,7 +143,7 @@ class HostCopy:
         self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         self.host.copy_(tensor, non_blocking=True)
         self.done = torch.cuda.Event()
-        self.done.record()
+        self.done.record(torch.cuda.current_stream(tensor.device))  # the copy's stream, not the current device's
 
     def numpy(self) -> np.ndarray:
         """The copy, once it is on the host (a wait for the device, on CUDA)."""
