@@ -102,6 +102,21 @@ def test_a_small_capacity_is_reported_and_the_batch_redone_exactly():
                                          windows=tuple(win[:h, :w] for win, (w, h) in zip(windows, extent)),
                                          origins=np.asarray(origin)[:, ::-1]).full())
     assert rle.from_counts(runs, 12, 14) == reference + reference + reference[:1]
+    assert batch.copies == 3  # the copy, then the exact size and the copy of the chunk redone
+
+
+def test_where_torch_lacks_nonzero_static_for_the_device_each_chunk_with_a_capacity_counts_a_wait(monkeypatch):
+    windows = torch.ones((2, 4, 4), dtype=torch.bool)
+    origin, extent = torch.zeros((2, 2), dtype=torch.long), torch.full((2, 2), 4)
+    assert device_rle.static_nonzero("cpu")  # this torch has it on the CPU
+    monkeypatch.setattr(device_rle, "static_nonzero", lambda device_type: False)
+    batch = device_rle.RunBatch(8, 8)
+    batch.add(windows, origin, extent, capacity=64)
+    batch.add(windows, origin, extent, capacity=64)
+    batch.add(windows, origin, extent)  # torch.nonzero by design: waited for when fetched (one copy, sized)
+    assert len(batch.fetch()) == 6 and batch.copies == 3
+    batch.add(windows, origin, extent, capacity=64)
+    assert len(batch.fetch()) == 2 and batch.copies == 2  # counted from the fetch before
 
 
 def test_no_windows():

@@ -15,6 +15,7 @@ assembled in several chunks, with one copy for all of them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -125,20 +126,23 @@ class RunBatch:
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width
         self._chunks: list[_Chunk] = []
-        self.copies = 0  # copies to the host the last `fetch` made (each one a wait on the device)
+        self._waited = 0  # waits on the device while chunks were added (no nonzero_static on it)
+        self.copies = 0  # copies to the host the last `fetch` made, and waits since the one before: each a wait
 
     def add(self, windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, *,
             capacity: int | None = None) -> None:
         """Queue K windows (see `run_lengths`); their runs come back after those of the chunks added before."""
         packed = run_lengths(windows, origin, extent, self.height, self.width, capacity=capacity)
         self._chunks.append(_Chunk(windows, origin, extent, capacity, packed))
+        if capacity is not None and not static_nonzero(windows.device.type):
+            self._waited += 1  # torch.nonzero in its place waited for the device
 
     def fetch(self) -> list[np.ndarray]:
         """Every queued instance's run lengths, in the order added."""
         if not self._chunks:
             return []
         host = torch.cat([chunk.packed for chunk in self._chunks]).cpu().numpy()
-        self.copies = 1
+        self.copies, self._waited = 1 + self._waited, 0
         out, start = [], 0
         for chunk in self._chunks:
             count = len(chunk.windows)
@@ -173,6 +177,17 @@ def encode(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, he
     batch = RunBatch(height, width)
     batch.add(windows, origin, extent, capacity=capacity)
     return rle.from_counts(batch.fetch(), height, width)
+
+
+@functools.cache
+def static_nonzero(device_type: str) -> bool:
+    """Whether this torch has nonzero_static for the device type (CUDA: torch 2.6 on): without it, finding a
+    window's changes waits for the device."""
+    try:
+        torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device_type), size=1)
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return False
+    return True
 
 
 def _nonzero_static(flat: torch.Tensor, size: int) -> torch.Tensor:
