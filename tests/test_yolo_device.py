@@ -135,6 +135,8 @@ def test_device_letterbox_is_opencvs_within_rounding(size):
     assert ours.permute(0, 2, 3, 1).shape == theirs.shape
     difference = np.abs(ours.permute(0, 2, 3, 1).numpy().astype(int) - theirs)
     assert difference.max() <= 1 and difference.mean() < 0.2
+    half = letterbox(torch.from_numpy(frames), geometry, torch.float16)  # a half model's (CUDA): the same steps
+    assert torch.equal(half, letterbox(torch.from_numpy(frames), geometry, torch.float32).half())
 
 
 def test_window_rle_is_pycocotools_bytes():

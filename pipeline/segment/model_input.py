@@ -51,7 +51,8 @@ class Geometry:
 
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
     """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
-    x = frames.permute(0, 3, 1, 2).to(torch.float16 if dtype == torch.float16 else torch.float32)  # half on CUDA
+    # float32 even for a half model: half keeps steps of 1/8 above 128, so its rounding to uint8 steps would differ
+    x = frames.permute(0, 3, 1, 2).float()
     if (geometry.new_height, geometry.new_width) != (geometry.height, geometry.width):
         x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
