@@ -50,6 +50,23 @@ for name in ("torchvision", "ultralytics", "av", "dask", "distributed", "pycocot
         print(name, md.version(name))
     except md.PackageNotFoundError:
         print(name, "absent")
+if torch.cuda.is_available():  # what transfer.PinnedFrames and device_rle rely on, in this torch
+    torch.cuda.init()
+    stats = getattr(torch.cuda, "host_memory_stats", lambda: {})
+    active = lambda: stats().get("active_bytes.current")  # noqa: E731
+    before = active()
+    block = torch.empty(1 << 20, dtype=torch.uint8, pin_memory=True)
+    during = active()
+    del block
+    after = active()
+    follows = None not in (before, during, after) and during >= before + (1 << 20) and after <= before
+    print("pinned-memory statistics:", "follow a 1 MiB block pinned and freed" if follows else
+          f"DO NOT follow a 1 MiB block pinned and freed ({before}, {during}, {after}): PinnedFrames misjudges its budget")
+    try:
+        torch.nonzero_static(torch.ones(1, dtype=torch.bool, device="cuda"), size=1)
+        print("nonzero_static on CUDA: yes")
+    except (AttributeError, NotImplementedError, RuntimeError) as exc:
+        print("nonzero_static on CUDA: NO (each RLE chunk waits for the GPU):", type(exc).__name__)
 EOF
     } 2>&1 | tee "$OUT/env.txt"
     "$PY" -c "import av, cv2, distributed, pycocotools, torch, ultralytics" \
