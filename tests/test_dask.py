@@ -138,8 +138,8 @@ def test_a_run_on_a_shared_scheduler_is_not_handed_another_runs_result_for_files
         with Client(cluster.scheduler_address) as client, ThreadPoolExecutor(1) as pool:
             first = pool.submit(run_stage, "toy", out, plan, plan, options=shared, progress=False, client=client)
             deadline = time.monotonic() + 60
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while not (out / "plan.json").exists() and time.monotonic() < deadline:  # written as s-00000's result
+                time.sleep(0.05)  # comes back to the first run
             fast.unlink()  # the first run holds s-00000's result, waiting for s-00001
             again = second_run(plan[:1])
             assert (again.computed, again.failed_shards, fast.exists()) == (1, {}, True)
