@@ -22,6 +22,7 @@ from pipeline.masks import run_masks
 from pipeline.segment import SegmenterSpec
 from tests.conftest import LUMA
 from tests.test_masks_stage import config, shard_bytes
+from tests.toy_stage import Item, Outcome, ToyWork
 
 
 def test_two_worker_processes_match_in_process_run(shapes_dataset, tmp_path):
@@ -72,19 +73,6 @@ def test_a_second_driver_on_a_shared_scheduler_takes_back_no_try_in_flight(shape
 
 
 @dataclass(frozen=True)
-class Item:
-    key: str
-    split: str = "train"
-
-
-@dataclass
-class Outcome:
-    status: str
-    error: str | None = None
-    frames: int = 1
-
-
-@dataclass(frozen=True)
 class GateStage:
     """A shard's items make one file, its name; an item named "slow" first waits for the file `gate`."""
 
@@ -95,7 +83,7 @@ class GateStage:
 
 
 @dataclass
-class GateWork:
+class GateWork(ToyWork):
     gate: str
     task: ShardTask
 
@@ -105,18 +93,9 @@ class GateWork:
             time.sleep(0.05)
         return Outcome("ok")
 
-    def give_up(self, item: Item, error: str) -> Outcome:
-        return Outcome("failed", error, 0)
-
-    def keep(self, outcome: Outcome) -> None:
-        pass
-
     def finish(self, outcomes, commit) -> dict:
         commit.stage(self.task.folder / f"{self.task.name}.txt").write_text(self.task.name)
         return {}
-
-    def abort(self) -> None:
-        pass
 
 
 def test_a_run_on_a_shared_scheduler_is_not_handed_another_runs_result_for_files_changed_since(tmp_path):

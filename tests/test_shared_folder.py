@@ -11,24 +11,12 @@ from pipeline.engine.records import ShardTask
 from pipeline.engine.run import run_stage
 from pipeline.engine.shard import run_shard
 from pipeline.executor import ExecOptions
+from tests.toy_stage import Item, Outcome, ToyWork
 
 MEANWHILE: list = []  # what another driver does while this run's first item is processed
 
 
-@dataclass(frozen=True)
-class Item:
-    key: str
-    split: str = "train"
-
-
-@dataclass
-class Outcome:
-    status: str
-    error: str | None = None
-    frames: int = 1
-
-
-class Work:
+class Work(ToyWork):
     def __init__(self, failing: frozenset[str]) -> None:
         self.failing = failing
 
@@ -36,18 +24,6 @@ class Work:
         while MEANWHILE:
             MEANWHILE.pop()()
         return Outcome("failed", "boom") if item.key in self.failing else Outcome("ok")
-
-    def give_up(self, item: Item, error: str) -> Outcome:
-        return Outcome("failed", error)
-
-    def keep(self, outcome: Outcome) -> None:
-        pass
-
-    def finish(self, outcomes, commit) -> dict:
-        return {}
-
-    def abort(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pipeline.engine.journal import events as journal_events
 from pipeline.engine.records import ShardStats, ShardTask
 from pipeline.engine.shard import run_shard
 from pipeline.engine.worker_plugin import ReleaseOnClose
+from tests.toy_stage import Item, Outcome, ToyWork
 
 
 @pytest.fixture(autouse=True)
@@ -85,19 +86,6 @@ def test_machine_errors_and_stops_take_the_try_back(tmp_path):
 
 
 @dataclass(frozen=True)
-class Item:
-    key: str
-    split: str = "train"
-
-
-@dataclass
-class Outcome:
-    status: str
-    error: str | None = None
-    frames: int = 1
-
-
-@dataclass(frozen=True)
 class FileStage:
     """Each item reads the file of its key: "bad" raises, "stop" is a Ctrl-C, anything else is ok. Every try is
     logged to `tried`."""
@@ -105,30 +93,23 @@ class FileStage:
     src: Path
     tried: Path
 
-    def open(self, task: ShardTask, commit) -> "FileStage":
-        return self
+    def open(self, task: ShardTask, commit) -> "FileWork":
+        return FileWork(self)
+
+
+@dataclass
+class FileWork(ToyWork):
+    stage: FileStage
 
     def process(self, item: Item) -> Outcome:
-        with open(self.tried, "a") as log:
+        with open(self.stage.tried, "a") as log:
             log.write(item.key)
-        text = (self.src / item.key).read_text()
+        text = (self.stage.src / item.key).read_text()
         if text == "bad":
             raise ValueError(f"{item.key} is corrupt")
         if text == "stop":
             raise KeyboardInterrupt
         return Outcome("ok")
-
-    def give_up(self, item: Item, error: str) -> Outcome:
-        return Outcome("failed", error, 0)
-
-    def keep(self, outcome: Outcome) -> None:
-        pass
-
-    def finish(self, outcomes, commit) -> dict:
-        return {}
-
-    def abort(self) -> None:
-        pass
 
 
 def test_tries_at_an_item_made_from_other_inputs_count_no_more(tmp_path):
