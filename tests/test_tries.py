@@ -220,3 +220,33 @@ def test_a_worker_stopped_past_its_memory_limit_counts_a_machine_error_and_a_wal
         assert "gave up after 2 device, memory or disk errors in a row" in verdict and "MemoryError" in verdict
     else:
         assert verdict is None
+
+
+def test_a_memory_stop_with_several_tries_in_flight_charges_none(tmp_path, worker_process):
+    """Threads of one worker on two shards: which one took the memory is not known, so neither counts."""
+    plugin, worker = ReleaseOnClose(), Worker(Limits(1))
+    first, second = Tries(tmp_path / ".a_tries.json", max_tries=1), Tries(tmp_path / ".b_tries.json", max_tries=1)
+    plugin.setup(worker)
+    first.begin("a")
+    second.begin("b")
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    assert events(first.path) == [("begin", "a"), ("back", "a")]
+    assert events(second.path) == [("begin", "b"), ("back", "b")]
+
+
+def test_a_try_that_begins_as_the_worker_is_told_to_stop_is_taken_back(tmp_path, worker_process, monkeypatch):
+    """The stop comes from another thread while the try's first line is being written: the release may have
+    missed it, so it takes itself back."""
+    path = tmp_path / ".s_tries.json"
+    tries = Tries(path, max_tries=1)
+    append = tries._journal.append
+
+    def stopped_while_writing(event):
+        append(event)
+        if event["ev"] == "begin":
+            release_in_flight(stopping=True)  # before the try is in flight: nothing to release yet
+
+    monkeypatch.setattr(tries._journal, "append", stopped_while_writing)
+    with pytest.raises(Interrupted, match="a: not tried: this worker is stopping"):
+        tries.begin("a")
+    assert events(path) == [("begin", "a"), ("back", "a")] and on_disk(path)["a"].failures == 0

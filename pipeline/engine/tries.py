@@ -103,6 +103,9 @@ class Tries:
                 raise Interrupted(f"{key}: not tried: this worker is stopping")
             self._record({"ev": BEGIN, "key": key, "shared": shared})
             _IN_FLIGHT[(id(self), key)] = (self, key, shared)
+        if _STOPPING.is_set():  # it began as the process was told to stop, maybe after the tries were released
+            self.take_back(key)
+            raise Interrupted(f"{key}: not tried: this worker is stopping")
 
     def succeeded(self, key: str, *, frames: int = 0) -> None:
         with self._lock:
@@ -191,11 +194,12 @@ def release_in_flight(*, stopping: bool = False, machine_error: str | None = Non
     """Take back every try this process is making now (it is being stopped from outside); returns how many.
     `stopping`: the process is going, and the threads still on a shard are not told: from now on no try begins
     and none fails (each raises Interrupted, uncounted), so what is cut short when it exits counts against no
-    item. `machine_error`: the machine stopped it (Dask's nanny, past the worker's memory limit); each try made
-    alone counts as a machine error, so an item that does it every time is given up."""
+    item. `machine_error`: the machine stopped it (Dask's nanny, past the worker's memory limit); where the
+    process was making one try, made alone, it counts as a machine error, so an item that does it every time is
+    given up. With several in flight (threads of one worker on other shards) none is to blame: none counts."""
     if stopping:
         _STOPPING.set()
     pending = list(_IN_FLIGHT.values())
     for tries, key, _ in pending:
-        tries.take_back(key, machine_error=machine_error)
+        tries.take_back(key, machine_error=machine_error if len(pending) == 1 else None)
     return len(pending)

@@ -15,10 +15,11 @@ from pipeline.executor import LOCAL_WORKER
 
 log = logging.getLogger(__name__)
 
-# Dask's nanny stops its worker with SIGTERM once the worker's memory passes this share of its limit's
-# `distributed.worker.memory.terminate` fraction, as this process sees it when the signal arrives (the item's
-# thread may have let go of a little since the nanny measured).
-NEAR_TERMINATE = 0.9
+# A SIGTERM is Dask's nanny's memory stop where this process's memory is at least this share of the point at which
+# the nanny sends it (the limit's `distributed.worker.memory.terminate` fraction): a little below it, as the item's
+# thread may have let go of some since the nanny measured, and well above the 80% at which Dask pauses a worker
+# (where a walltime stop may find one).
+NEAR_TERMINATE = 0.98
 
 
 class ReleaseOnClose(WorkerPlugin):
@@ -27,8 +28,9 @@ class ReleaseOnClose(WorkerPlugin):
     process goes: not the clips' fault. From then on no try begins or counts in this process (its threads are
     not told to stop, and what they start would be cut short when it exits). A worker killed outright (SIGKILL,
     the OOM killer, a crash it caused) runs no code, so its tries stay counted. Nor is a SIGTERM from Dask's own
-    nanny, sent once the worker is past its memory limit, a stop from outside: a try made alone then counts as a
-    machine error, so a clip that takes every worker past its memory is given up after as many tries."""
+    nanny, sent once the worker is past its memory limit, a stop from outside: the worker's one try, made alone,
+    then counts as a machine error, so a clip that takes every worker past its memory is given up after as many
+    tries (with several tries in flight, none is to blame)."""
 
     name = "pipeline-release-tries"
     # Registered once per scheduler: another client registering it again (a second driver on a shared scheduler,
@@ -36,8 +38,7 @@ class ReleaseOnClose(WorkerPlugin):
     # in flight there as if the worker were closing.
     idempotent = True
 
-    def __init__(self) -> None:
-        self._own_process = False  # set up in a worker process of its own (not threads of the driver's)
+    _own_process = False  # set up in a worker process of its own (not threads of the driver's)
 
     def setup(self, worker: object) -> None:
         if threading.current_thread() is not threading.main_thread():
