@@ -98,35 +98,27 @@ class GateWork(ToyWork):
         return {}
 
 
-def test_a_run_on_a_shared_scheduler_is_not_handed_another_runs_result_for_files_changed_since(tmp_path):
-    """Two runs on one scheduler that want the same shard from the same state share one Dask task, and Dask keeps
-    its result while the first run waits for its other shards. A second run that finds the shard's files gone
-    since, or asks for it to be redone, must compute it, and a result that does not match the disk is no success."""
+def test_a_run_that_redoes_a_shard_on_a_shared_scheduler_is_not_handed_another_runs_result(tmp_path):
+    """Two runs on one scheduler that want the same shard share one Dask task, and Dask keeps its result while
+    the first run waits for its other shards. A run that asks for the shard to be redone (OVERWRITE, here after
+    its files were removed) must compute it, not be handed that result."""
     out, gate = tmp_path / "out", tmp_path / "gate"
     stage = GateStage(str(gate))
     plan = [ShardTask(stage=stage, name=name, folder=out, items=(Item(key),), identity={key: "x"}, fingerprint="f")
             for name, key in (("s-00000", "fast"), ("s-00001", "slow"))]
-    fast, marker = out / "s-00000.txt", plan[0].marker
+    fast = out / "s-00000.txt"
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         shared = ExecOptions(scheduler=cluster.scheduler_address)
-
-        def second_run(tasks: list[ShardTask]):
-            with Client(cluster.scheduler_address) as client:
-                return run_stage("toy", out, plan, tasks, options=shared, progress=False, client=client)
-
         with Client(cluster.scheduler_address) as client, ThreadPoolExecutor(1) as pool:
             first = pool.submit(run_stage, "toy", out, plan, plan, options=shared, progress=False, client=client)
             deadline = time.monotonic() + 60
             while not (out / "plan.json").exists() and time.monotonic() < deadline:  # written as s-00000's result
-                time.sleep(0.05)  # comes back to the first run
-            fast.unlink()  # the first run holds s-00000's result, waiting for s-00001
-            again = second_run(plan[:1])
-            assert (again.computed, again.failed_shards, fast.exists()) == (1, {}, True)
-            fast.unlink(), marker.unlink()  # the state the first run found: its task's key, and its result, again
-            stale = second_run(plan[:1])
-            assert stale.computed == 0 and "files on disk are not what it committed" in stale.failed_shards["s-00000"]
-            redo = second_run([replace(plan[0], overwrite=True)])
-            assert (redo.computed, redo.failed_shards, fast.exists()) == (1, {}, True)
+                time.sleep(0.05)  # comes back to the first run, which holds it, waiting for s-00001
+            fast.unlink(), plan[0].marker.unlink()
+            with Client(cluster.scheduler_address) as second:
+                redo = run_stage("toy", out, plan, [replace(plan[0], overwrite=True)], options=shared, progress=False,
+                                 client=second)
+            assert (redo.computed, redo.failed_shards, fast.exists(), plan[0].marker.exists()) == (1, {}, True, True)
             gate.touch()
             assert first.result(timeout=60).computed == 2
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from pipeline.engine.commit import outputs_present
 from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import JournalWatch
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
@@ -109,15 +108,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     before = {task.name: _marker_state(task) for task in todo}
     run_id = uuid.uuid4().hex[:8]  # keys tasks that redo shards (task_key)
     computed: dict[str, ShardStats] = {}
-    lost: dict[str, str] = {}  # shards whose result came back but whose files are not there
     watch = JournalWatch(todo) if progress else None  # the bar moves per clip, from the shards' journals
     with ShardProgress(selected, todo, enabled=progress, desc=stage, watch=watch) as bar:
         def on_done(task: ShardTask, stats: ShardStats) -> None:
-            if not committed(task, stats):
-                lost[task.name] = (f"{task.name}: its task came back done, but its files on disk are not what it "
-                                   "committed (removed or changed since, while another run on this scheduler "
-                                   "still held its result); rerun once that run has ended")
-                return
             computed[task.name] = stats
             run_record.commit()  # a shard is in: the run's record describes it
             bar(task, stats.frames)
@@ -136,7 +129,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             failed = run_tasks(fn, sent, names=[t.name for t in todo], options=options,
                                on_done=lambda sent_task, stats: on_done(by_name[sent_task.name], stats),
                                fatal=fatal, stop_on=(InfrastructureError,), key_prefix=key_prefix or stage,
-                               keys=[task_key(t, before[t.name], run_id) for t in todo], resources=resources,
+                               keys=[task_key(t, run_id) for t in todo], resources=resources,
                                client=client, plugins=plugins)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
             # shards a worker committed before the stop count, though their results never came back
@@ -151,7 +144,6 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         finally:
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
-    failed = {**failed, **lost}
     if computed:
         run_record.commit()
     elif not failed:
@@ -262,13 +254,6 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
     return path
 
 
-def committed(task: ShardTask, stats: ShardStats) -> bool:
-    """The shard's done marker on disk records what `stats` does, and those files are there."""
-    found = ShardStats.read(task.marker)
-    return (found is not None and (found.plan, found.digest) == (stats.plan, stats.digest)
-            and outputs_present(task.folder, found.outputs))
-
-
 def _marker_state(task: ShardTask) -> tuple[int, int] | None:
     """A shard's done marker as found (inode, modification time), to tell a shard committed since."""
     try:
@@ -304,16 +289,14 @@ def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:
             if item.key in outcomes and outcomes[item.key][0] != OK]
 
 
-def task_key(task: ShardTask, found: tuple[int, int] | None, run: str) -> str:
-    """The shard's Dask key: where it goes, what it is made from, and its done marker as this run `found` it
-    (none, or another run's commit since). Two runs on one scheduler that want the very same shard from the very
-    same state share one task (and its result, which Dask keeps while either waits); anything else gets a task
-    of its own: a run that finds the shard's files changed since another's task committed it, or one that asks
-    for a shard to be redone (OVERWRITE, RETRY_FAILED, tasks of this `run` alone)."""
+def task_key(task: ShardTask, run: str) -> str:
+    """The shard's Dask key: where it goes and what it is made from. Two runs on one scheduler that want the
+    very same shard share one task (and its result, which Dask keeps while either waits); anything else gets a
+    task of its own, and so does a run that asks for shards to be redone (OVERWRITE, RETRY_FAILED: tasks of
+    this `run` alone), which another run's result for them must not satisfy."""
     where = hashlib.sha256(str(task.folder).encode()).hexdigest()[:8]
-    state = "none" if found is None else hashlib.sha256(repr(found).encode()).hexdigest()[:8]
     redo = f"-{run}" if task.overwrite or task.retry_failed else ""
-    return f"{task.name}-{where}-{task.plan_digest()}-{state}{redo}"
+    return f"{task.name}-{where}-{task.plan_digest()}{redo}"
 
 
 def worker_totals(stats: list[ShardStats]) -> dict[str, dict]:
