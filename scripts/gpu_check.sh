@@ -51,22 +51,19 @@ for name in ("torchvision", "ultralytics", "av", "dask", "distributed", "pycocot
     except md.PackageNotFoundError:
         print(name, "absent")
 if torch.cuda.is_available():  # what transfer.PinnedFrames and device_rle rely on, in this torch
+    from pipeline.segment.device_rle import static_nonzero
+    from pipeline.segment.transfer import pinned_bytes
+
     torch.cuda.init()
-    stats = getattr(torch.cuda, "host_memory_stats", lambda: {})
-    active = lambda: stats().get("active_bytes.current")  # noqa: E731
-    before = active()
+    before = pinned_bytes()
     block = torch.empty(1 << 20, dtype=torch.uint8, pin_memory=True)
-    during = active()
+    during = pinned_bytes()
     del block
-    after = active()
-    follows = None not in (before, during, after) and during >= before + (1 << 20) and after <= before
+    after = pinned_bytes()
+    follows = None not in (before, during, after) and during[0] >= before[0] + (1 << 20) and after[0] <= before[0]
     print("pinned-memory statistics:", "follow a 1 MiB block pinned and freed" if follows else
           f"DO NOT follow a 1 MiB block pinned and freed ({before}, {during}, {after}): PinnedFrames misjudges its budget")
-    try:
-        torch.nonzero_static(torch.ones(1, dtype=torch.bool, device="cuda"), size=1)
-        print("nonzero_static on CUDA: yes")
-    except (AttributeError, NotImplementedError, RuntimeError) as exc:
-        print("nonzero_static on CUDA: NO (each RLE chunk waits for the GPU):", type(exc).__name__)
+    print("nonzero_static on CUDA:", "yes" if static_nonzero("cuda") else "NO (each RLE chunk waits for the GPU)")
 EOF
     } 2>&1 | tee "$OUT/env.txt"
     "$PY" -c "import av, cv2, distributed, pycocotools, torch, ultralytics" \

@@ -193,8 +193,7 @@ def static_nonzero(device_type: str) -> bool:
 def _nonzero_static(flat: torch.Tensor, size: int) -> torch.Tensor:
     """The first `size` indices of `flat`'s nonzero entries, -1 past them, without waiting for the device where
     torch has nonzero_static for it (CUDA: torch 2.6 on); elsewhere through torch.nonzero, the same values."""
-    try:
+    if static_nonzero(flat.device.type):
         return torch.nonzero_static(flat, size=size, fill_value=-1)[:, 0]
-    except (AttributeError, NotImplementedError):
-        at = flat.nonzero()[:size, 0]
-        return torch.cat([at, at.new_full((size - len(at),), -1)])
+    at = flat.nonzero()[:size, 0]
+    return torch.cat([at, at.new_full((size - len(at),), -1)])

@@ -35,7 +35,7 @@ class PinnedFrames:
         self._largest = 0  # the largest budget asked for
         self._seen: set[int] = set()  # the frame sizes whose budget was asked for
         self._lock = threading.Lock()
-        if _pinned() is None:
+        if pinned_bytes() is None:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
 
@@ -47,11 +47,11 @@ class PinnedFrames:
                 self._seen.add(frame_bytes)
                 self._largest = max(self._largest, self.budget(frame_bytes))
             room = self._largest * 4 // 5
-            counted = _pinned()
+            counted = pinned_bytes()
             if counted is not None and counted[0] + block <= room:  # the blocks in use and this one fit
                 array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
                 if counted[1] + block > room:  # it may have taken torch's blocks past the room: cached ones count
-                    active, allocated = _pinned()
+                    active, allocated = pinned_bytes()
                     if allocated > room and allocated - active >= self._largest // 5:
                         empty_pinned_cache()  # cached blocks of other sizes: handed back
                         self.emptied += 1
@@ -60,7 +60,7 @@ class PinnedFrames:
         return np.empty(shape, dtype=np.uint8)
 
 
-def _pinned() -> tuple[int, int] | None:
+def pinned_bytes() -> tuple[int, int] | None:
     """Bytes of torch's pinned blocks in use, and of all it holds (cached ones too), rounded as it rounds them;
     None where torch does not count them (then no frames are pinned)."""
     stats = getattr(torch.cuda, "host_memory_stats", None)
