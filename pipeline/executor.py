@@ -67,9 +67,10 @@ def run_tasks(
 
     `fatal` errors cancel the rest and propagate. In this process, a `stop_on` error (the machine failing)
     reports the rest as not run: they would meet the same machine. `keys` name the tasks on Dask: tasks of
-    two clients with the same key share one result, so a key must stand for everything the result depends on
-    (default: unique to this call). `resources`: each task runs only on a worker that declares them, one task
-    per unit at a time. `client`: a session's client (see `session`), one cluster for all of an invocation.
+    two clients with the same key share one task while it runs, so a key must stand for everything the result
+    depends on (default: unique to this call); each result is let go once handled, so that a run that comes
+    later, when the files it made may have changed, is not handed it. `resources`: each task runs only on a
+    worker that declares them, one task per unit at a time. `client`: a session's client (see `session`), one cluster for all of an invocation.
     `plugins`: registered with the scheduler first, for its workers now and to come (a plugin that declares
     itself `idempotent` is registered once: another client of a shared scheduler does not replace it).
     """
@@ -110,12 +111,15 @@ def run_tasks(
         for future in as_completed(futures):
             task, name = by_key[future.key]
             if future.status == "finished":
-                on_done(task, future.result())
+                result = future.result()
+                future.release()  # let Dask forget it: a later run of the same key computes it again
+                on_done(task, result)
                 continue
             exc = future.exception()
             if isinstance(exc, fatal):
                 client.cancel(futures)
                 raise exc
+            future.release()
             failed[name] = _failure(name, exc)
     except BaseException as exc:
         if not isinstance(exc, Exception) and not options.scheduler:  # Ctrl-C, SIGTERM: the workers of the cluster

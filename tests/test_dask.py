@@ -98,10 +98,10 @@ class GateWork(ToyWork):
         return {}
 
 
-def test_a_run_that_redoes_a_shard_on_a_shared_scheduler_is_not_handed_another_runs_result(tmp_path):
-    """Two runs on one scheduler that want the same shard share one Dask task, and Dask keeps its result while
-    the first run waits for its other shards. A run that asks for the shard to be redone (OVERWRITE, here after
-    its files were removed) must compute it, not be handed that result."""
+def test_a_later_run_on_a_shared_scheduler_is_not_handed_another_runs_result(tmp_path):
+    """Two runs on one scheduler that want the same shard share one Dask task while it runs. Once the first run
+    has its result (and waits on for its other shards), a run that comes later, here after the shard's files were
+    removed, or one that asks for the shard to be redone (OVERWRITE), must compute it, not be handed that result."""
     out, gate = tmp_path / "out", tmp_path / "gate"
     stage = GateStage(str(gate))
     plan = [ShardTask(stage=stage, name=name, folder=out, items=(Item(key),), identity={key: "x"}, fingerprint="f")
@@ -114,11 +114,13 @@ def test_a_run_that_redoes_a_shard_on_a_shared_scheduler_is_not_handed_another_r
             deadline = time.monotonic() + 60
             while not (out / "plan.json").exists() and time.monotonic() < deadline:  # written as s-00000's result
                 time.sleep(0.05)  # comes back to the first run, which holds it, waiting for s-00001
-            fast.unlink(), plan[0].marker.unlink()
-            with Client(cluster.scheduler_address) as second:
-                redo = run_stage("toy", out, plan, [replace(plan[0], overwrite=True)], options=shared, progress=False,
-                                 client=second)
-            assert (redo.computed, redo.failed_shards, fast.exists(), plan[0].marker.exists()) == (1, {}, True, True)
+            for redo in (False, True):  # a plain rerun after the files went, then one that asks for it again
+                fast.unlink(), plan[0].marker.unlink()
+                with Client(cluster.scheduler_address) as second:
+                    again = run_stage("toy", out, plan, [replace(plan[0], overwrite=redo)], options=shared,
+                                      progress=False, client=second)
+                assert (again.computed, again.failed_shards, fast.exists(), plan[0].marker.exists()) == \
+                    (1, {}, True, True)
             gate.touch()
             assert first.result(timeout=60).computed == 2
 
