@@ -70,7 +70,8 @@ def run_tasks(
     two clients with the same key share one task while it runs, so a key must stand for everything the result
     depends on (default: unique to this call); each result is let go once handled, so that a run that comes
     later, when the files it made may have changed, is not handed it. `resources`: each task runs only on a
-    worker that declares them, one task per unit at a time. `client`: a session's client (see `session`), one cluster for all of an invocation.
+    worker that declares them, one task per unit at a time. `client`: a session's client (see `session`), one
+    cluster for all of an invocation.
     `plugins`: registered with the scheduler first, for its workers now and to come (a plugin that declares
     itself `idempotent` is registered once: another client of a shared scheduler does not replace it).
     """

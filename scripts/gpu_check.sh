@@ -62,7 +62,8 @@ if torch.cuda.is_available():  # what transfer.PinnedFrames and device_rle rely 
     after = pinned_bytes()
     follows = None not in (before, during, after) and during[0] >= before[0] + (1 << 20) and after[0] <= before[0]
     print("pinned-memory statistics:", "follow a 1 MiB block pinned and freed" if follows else
-          f"DO NOT follow a 1 MiB block pinned and freed ({before}, {during}, {after}): PinnedFrames misjudges its budget")
+          f"DO NOT follow a 1 MiB block pinned and freed ({before}, {during}, {after}): "
+          "PinnedFrames misjudges its budget")
     print("nonzero_static on CUDA:", "yes" if static_nonzero("cuda") else "NO (each RLE chunk waits for the GPU)")
 EOF
     } 2>&1 | tee "$OUT/env.txt"

@@ -43,13 +43,13 @@ def execution(args: argparse.Namespace) -> ExecOptions:
 
 
 
-SAM_ARGS = {"sam_type": "sam_type", "checkpoint": "sam_checkpoint", "every": "refine_every", "precision": "sam_precision"}
+SAM_ARGS = {"sam_type": "sam_type", "checkpoint": "sam_checkpoint", "every": "refine_every",
+            "precision": "sam_precision"}  # RefineSpec field → argument
 
 
 
 def refine_spec(args: argparse.Namespace) -> RefineSpec | None:
-    """SAM's settings (RefineSpec field → argument) where `--refine sam` asks for it; given without it, an error:
-    they would be dropped unseen."""
+    """SAM's settings where `--refine sam` asks for it; given without it, an error: they would be dropped unseen."""
     given = {field: getattr(args, dest) for field, dest in SAM_ARGS.items() if getattr(args, dest) is not None}
     if args.refine == "sam":
         return RefineSpec(**given)

@@ -46,12 +46,12 @@ class Tries:
 
     def __init__(self, path: Path, max_tries: int, made: Mapping[str, str] | None = None) -> None:
         self.path, self.max_tries = Path(path), max_tries
-        self._made = dict(made or {})  # item key → what it is made from: each event says it, replays match it
+        self._made = made or {}  # item key → what it is made from: each event says it, replays match it
         # a worker closing releases tries from another thread; reentrant, for a second Ctrl-C whose handler
         # (engine.signals) takes tries back while this thread is inside one of these methods
         self._lock = threading.RLock()
         self._journal = Journal(self.path)
-        self._entries = read_tries(self.path, self._made if made is not None else None)
+        self._entries = read_tries(self.path, made)
 
     def run(self, key: str, attempt: Callable[[], T], give_up: Callable[[str], T]) -> T:
         """`attempt()` until it returns, at most `max_tries` failures in a row over all runs; then `give_up(error)`.
