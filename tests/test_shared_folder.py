@@ -4,6 +4,7 @@ what a writer cut short left is removed by the next, in the same process too."""
 from __future__ import annotations
 
 import csv
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,3 +73,45 @@ def test_a_writer_cut_short_before_its_first_try_leaves_nothing_for_the_next(tmp
     assert [p.name for p in tmp_path.glob(".train-1*.tmp-*")], "the cut-short writer left its temporary file"
     run_shard(shard(tmp_path, "train-1", ["b"], Stage(writes="new.parquet")))  # (a writer staging another file)
     assert not list(tmp_path.glob(".*.tmp-*")) and (tmp_path / "train-1_new.parquet").read_bytes() == b"written"
+
+
+def test_a_shard_busy_here_that_its_holder_commits_before_the_run_ends_counts_as_done(tmp_path, monkeypatch):
+    from pipeline.engine import claims
+
+    monkeypatch.setattr(claims, "CLAIM_WAIT", 0.3)
+    plan = [shard(tmp_path, "train-0", ["a"], Stage()), shard(tmp_path, "train-1", ["b"], Stage())]
+    let_go, held = threading.Event(), threading.Event()
+
+    def holder() -> None:  # another run's thread, on train-0 for longer than this run waits
+        with claims.claim(plan[0].marker):
+            held.set()
+            let_go.wait(10)
+
+    other = threading.Thread(target=holder)
+    other.start()
+    held.wait(10)
+
+    def commit_it() -> None:  # … that lets go and commits train-0 while this run is on train-1
+        let_go.set()
+        other.join()
+        run_shard(plan[0])
+
+    MEANWHILE.append(commit_it)
+    summary = run_stage("toy", tmp_path, plan, plan, options=ExecOptions(workers=0), progress=False)
+    assert not MEANWHILE and summary.computed == 1
+    assert summary.failed_shards == {}
+    assert list(summary.committed_meanwhile) == ["train-0"] and "ShardBusy" in summary.committed_meanwhile["train-0"]
+    assert summary.by_status == {"ok": 2} and problems(tmp_path) == []
+    assert "1 committed meanwhile elsewhere, 0 failed" in summary.lines()[1]
+
+
+def test_a_shard_busy_here_for_the_whole_run_is_failed(tmp_path, monkeypatch):
+    from pipeline.engine import claims
+
+    monkeypatch.setattr(claims, "CLAIM_WAIT", 0.3)
+    plan = [shard(tmp_path, "train-0", ["a"], Stage()), shard(tmp_path, "train-1", ["b"], Stage())]
+    with claims.claim(plan[0].marker):
+        summary = run_stage("toy", tmp_path, plan, plan,
+                            options=ExecOptions(workers=0), progress=False)  # held outside the run: busy
+    assert list(summary.failed_shards) == ["train-0"] and summary.committed_meanwhile == {}
+    assert [(clip, status) for clip, status, _ in problems(tmp_path)] == [("a", "shard_failed")]

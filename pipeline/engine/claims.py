@@ -25,14 +25,18 @@ from pipeline.engine.tries import Tries, release_in_flight  # noqa: F401 - impor
 log = logging.getLogger(__name__)
 
 
+CLAIM_WAIT = 600.0  # seconds a run waits for another holder of a shard's claim before giving the shard up here
+
+
 class ShardBusy(Exception):
     """Another process (another run, or a worker Dask still believes lost) holds the shard's claim."""
 
 
 @contextmanager
-def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
-    """Hold the shard whose done marker is `marker` for the block, waiting up to `wait` seconds for another
-    holder to let go (then ShardBusy).
+def claim(marker: Path, *, wait: float | None = None) -> Iterator[None]:
+    """Hold the shard whose done marker is `marker` for the block, waiting up to `wait` seconds (CLAIM_WAIT) for
+    another holder to let go (then ShardBusy; a run that gets it counts the shard done if the holder commits it
+    before that run ends).
 
     The claim is a POSIX record lock on a hidden `.<marker>.lock` file beside it: the kernel releases it when
     its holder exits or is killed (SIGKILL, a lost node), and NFS propagates it through its lock manager, so a
@@ -47,6 +51,7 @@ def claim(marker: Path, *, wait: float = 600.0) -> Iterator[None]:
     marker.parent.mkdir(parents=True, exist_ok=True)
     lock_path = marker.with_name(f".{marker.name}.lock")
     shard = marker.name.removesuffix("_stats.json")
+    wait = CLAIM_WAIT if wait is None else wait
     deadline = time.monotonic() + wait
     # A POSIX lock belongs to the whole process, and closing any descriptor of its file drops it: so threads of
     # one process take turns on a lock of their own first, and only the one holding it opens the file.

@@ -41,6 +41,9 @@ class StageSummary:
     computed: int
     skipped: int  # done before, not recomputed
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard → error; a rerun redoes them
+    # shard → why its task failed here, though its stats were committed since this run began (by another run
+    # that held it, or by a worker lost after its commit): done, not failed
+    committed_meanwhile: dict[str, str] = field(default_factory=dict)
     items: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     frames: int = 0
@@ -58,7 +61,8 @@ class StageSummary:
         out = [f"{self.stage}: {self.items} clips ({statuses}), {self.frames} frames"
                + "".join(f", {v} {k}" for k, v in self.totals.items()) + f" in {self.seconds:.1f}s",
                f"  shards: {self.shards} of {self.planned} selected, {self.computed} computed, {self.skipped} already "
-               f"done, {len(self.failed_shards)} failed -> {self.output}"]
+               "done, " + (f"{len(self.committed_meanwhile)} committed meanwhile elsewhere, " if self.committed_meanwhile
+                           else "") + f"{len(self.failed_shards)} failed -> {self.output}"]
         if self.left_out:
             out.append("  listing: " + ", ".join(f"{n} {reason}" for reason, n in self.left_out.items()))
         if self.retried:
@@ -133,8 +137,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
                                client=client, plugins=plugins)
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted)
             # shards a worker committed before the stop count, though their results never came back
-            landed = [task for task in todo if task.name in computed
-                      or (_marker_state(task) != before[task.name] and is_done(task))]
+            landed = [task for task in todo if task.name in computed or _committed_since(task, before[task.name])]
             if landed:
                 run_record.commit()
                 record_problems(plan, {}, required=True)
@@ -144,16 +147,21 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         finally:
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
-    if computed:
+    meanwhile = {name: failed.pop(name) for name in list(failed) if _committed_since(by_name[name], before[name])}
+    for name, why in meanwhile.items():
+        log.warning("%s: failed here (%s), but its stats were committed since this run began (by another run, or "
+                    "by a worker lost after its commit): counted as done", name, why)
+    if computed or meanwhile:
         run_record.commit()
     elif not failed:
         run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
-    if computed or not failed:
+    if computed or meanwhile or not failed:
         mark_started(plan)
     read = refreshed(plan, read, versions, computed)  # another run's commits meanwhile count (problems.csv)
     todo_names = {task.name for task in todo} - set(computed)  # their stats, if any, came from elsewhere meanwhile
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
+                           committed_meanwhile=meanwhile,
                            workers=worker_totals(list(computed.values())))
     statuses: Counter[str] = Counter()
     read |= computed
@@ -179,7 +187,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     chosen = {task.name for task in selected}
     found = run_problems(plan, read, failed)
     summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
-    if computed or not failed:
+    if computed or meanwhile or not failed:
         summary.problems_file = str(record_problems(plan, failed, required=bool(computed), found=found))
     summary.problems = ordered(summary.problems)
     summary.seconds = round(time.perf_counter() - started, 2)
@@ -252,6 +260,12 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
                         folder, exc.strerror)
             path = Path(folder) / PROBLEMS_CSV
     return path
+
+
+def _committed_since(task: ShardTask, state: tuple[int, int] | None) -> bool:
+    """Whether the shard's done marker changed from `state` (`_marker_state`, as this run found it) and marks it
+    done now: committed meanwhile, whatever this run heard of its task."""
+    return _marker_state(task) != state and is_done(task)
 
 
 def _marker_state(task: ShardTask) -> tuple[int, int] | None:
