@@ -5,6 +5,7 @@ from pycocotools import mask as coco_mask
 
 from pipeline import rle
 from pipeline.segment import device_rle, load_segmenter
+from pipeline.segment.device_rle import run_lengths
 from pipeline.segment.base import FrameMasks
 from tests.test_device_faults import count_waits
 from tests.test_fixed_batches import checkpoint, spec  # noqa: F401 - the lively checkpoint fixture
@@ -118,6 +119,25 @@ def test_where_torch_lacks_nonzero_static_for_the_device_each_chunk_with_a_capac
     batch.add(windows, origin, extent, capacity=64)
     assert len(batch.fetch()) == 2 and batch.copies == 2  # counted from the fetch before
 
+
+
+@pytest.mark.parametrize("capacity", [None, 40, 400])  # exact, too small (parts redone exactly), enough
+def test_windows_past_the_change_flags_budget_go_in_parts_with_the_same_bytes(monkeypatch, capacity):
+    rng = np.random.default_rng(5)
+    masks = rng.random((7, 9, 11)) < 0.4  # whole frames, as SAM's: 11 × 10 change flags each
+    masks[2] = False
+    whole, extent = torch.zeros((7, 2), dtype=torch.long), torch.tensor([[11, 9]] * 7)
+    calls = []
+    monkeypatch.setattr(device_rle, "CHANGE_FLAGS", 3 * 11 * 10)  # three masks a call
+    monkeypatch.setattr(device_rle, "run_lengths", lambda windows, *args, **kw: calls.append(
+        (len(windows), kw.get("capacity"))) or run_lengths(windows, *args, **kw))
+    batch = device_rle.RunBatch(9, 11)
+    batch.add(torch.from_numpy(masks), whole, extent, capacity=capacity)
+    assert rle.from_counts(batch.fetch(), 9, 11) == _reference(masks)[1]
+    share = None if capacity is None else -(-capacity * 3 // 7)
+    assert calls[:3] == [(3, share), (3, share), (1, None if capacity is None else -(-capacity // 7))]
+    redone = {None: 0, 40: 3, 400: 0}[capacity]  # each part redone exactly: two more copies
+    assert len(calls) == 3 + redone and batch.copies == 1 + 2 * redone
 
 def test_no_windows():
     at = torch.zeros((0, 2), dtype=torch.long)

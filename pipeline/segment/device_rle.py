@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CPU, encoding windows is faster)
 CHANGES_PER_COLUMN = 4  # a capacity guess: a person's mask has one run of ones (two changes) in most columns
+CHANGE_FLAGS = 1 << 28  # the most change flags (K × w × (h + 1)) one `run_lengths` call of `RunBatch` makes: SAM's
+# whole-frame masks at 4K take 8.3M each, so past 32 masks a batch is encoded in parts, its memory bounded
 
 
 def run_lengths(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, height: int, width: int, *,
@@ -131,7 +133,16 @@ class RunBatch:
 
     def add(self, windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, *,
             capacity: int | None = None) -> None:
-        """Queue K windows (see `run_lengths`); their runs come back after those of the chunks added before."""
+        """Queue K windows (see `run_lengths`); their runs come back after those of the chunks added before. Past
+        CHANGE_FLAGS the windows go in parts, each with its share of `capacity`."""
+        count, rows, cols = windows.shape
+        step = max(1, CHANGE_FLAGS // max(1, cols * (rows + 1)))
+        if count > step:
+            for at in range(0, count, step):
+                part = slice(at, min(count, at + step))
+                share = None if capacity is None else -(-capacity * (part.stop - at) // count)
+                self.add(windows[part], origin[part], extent[part], capacity=share)
+            return
         packed = run_lengths(windows, origin, extent, self.height, self.width, capacity=capacity)
         self._chunks.append(_Chunk(windows, origin, extent, capacity, packed))
         if capacity is not None and not static_nonzero(windows.device.type):
