@@ -2,9 +2,10 @@
 # One command for a GPU machine that starts bare (torch preinstalled, no network, no venv): install what it lacks
 # from the wheels carried in .whl/, run the CUDA tests (those marked `gpu`), then the masks bench
 # (`python -m pipeline.bench --masks-only`: make bench would build a venv), and leave the JSON and logs in $OUT:
-#   log (everything), env.txt (machine, versions), pytest.log, bench.log, bench.json; then two probes, each
-#   bounded, whose failure fails nothing: decoding.json (decoders on threads or processes beside a busy thread)
-#   and compiled.json (the forward eager, compiled, as CUDA graphs).
+#   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then two
+#   probes, each bounded, whose failure fails nothing: decoding.json (decoders on threads or processes beside a
+#   busy thread) and compiled.json (the forward eager, compiled, as CUDA graphs). Five files: the device tool
+#   brings back at most 8.
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
@@ -75,8 +76,7 @@ EOF
     mapfile -t gpu_tests < <(grep -l "mark.gpu" tests/test_*.py)
     if [ "${#gpu_tests[@]}" -gt 0 ]; then
         echo "== CUDA tests (-m gpu) in ${gpu_tests[*]}, at most ${TEST_SECONDS}s"
-        timeout "$TEST_SECONDS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}" 2>&1 \
-            | tee "$OUT/pytest.log"
+        timeout "$TEST_SECONDS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
         tests=$?
     else
         echo "== no test file marks a test gpu"
@@ -85,17 +85,19 @@ EOF
     echo "== bench: --minutes $BENCH_MINUTES --masks-only $BENCH_ARGS"
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
     timeout "$(awk "BEGIN {print int($BENCH_MINUTES * 60 + 90)}")" "$PY" -m pipeline.bench --masks-only \
-        --minutes "$BENCH_MINUTES" --out "$WORK/bench" $BENCH_ARGS 2>&1 | tee "$OUT/bench.log"
+        --minutes "$BENCH_MINUTES" --out "$WORK/bench" $BENCH_ARGS
     local bench=$?
     cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
 
     echo "== decoders on threads or in processes beside a busy thread, at most ${PROBE_SECONDS}s"
     timeout "$PROBE_SECONDS" "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" \
-        --clips "$((2 * PROBE_DECODERS))" --frames 60 --out "$WORK/decoding" 2>&1 | tee "$OUT/decoding.log"
+        --clips "$((2 * PROBE_DECODERS))" --frames 60 --out "$WORK/decoding"
     cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
     echo "== the forward eager or compiled (torch.compile, CUDA graphs), at most ${COMPILE_SECONDS}s"
-    timeout "$COMPILE_SECONDS" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json" 2>&1 \
-        | tee "$OUT/compiled.log"
+    timeout "$COMPILE_SECONDS" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
+    local files
+    files=$(find "$OUT" -type f | wc -l)
+    [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"
     echo "== done: tests exit $tests, bench exit $bench"
     [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
 }
