@@ -10,8 +10,9 @@
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
 # installed wheels, bench clips; emptied first), BENCH_MINUTES (4), BENCH_ARGS (extra bench flags), TEST_SECONDS
-# (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120).
-# The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 minutes on a GPU at the defaults.
+# (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120), TOTAL_SECONDS (560: the
+# device tool stops a command at 600; the bench's budget shrinks to fit, the probes take what is left or are
+# skipped). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). At most 9 min 20 s.
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
@@ -23,8 +24,17 @@ TEST_SECONDS=${TEST_SECONDS:-150}
 PROBE_SECONDS=${PROBE_SECONDS:-60}
 PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
 COMPILE_SECONDS=${COMPILE_SECONDS:-120}
+TOTAL_SECONDS=${TOTAL_SECONDS:-560}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
+
+left() {  # seconds left of TOTAL_SECONDS, less $1 kept back
+    echo $(( TOTAL_SECONDS - SECONDS - ${1:-0} ))
+}
+
+at_most() {  # the smaller of two numbers of seconds
+    echo $(( $1 < $2 ? $1 : $2 ))
+}
 
 main() {
     echo "== gpu_check $(date -u +%FT%TZ) in $PWD, python $PY"
@@ -72,29 +82,34 @@ EOF
         || { echo "gpu_check: a package the pipeline needs cannot be imported (see above); add its wheel to $WHEELS (scripts/gpu_wheels.sh, run where the package index is)"
              return 2; }
 
-    local tests=0
+    local tests=0 seconds
     mapfile -t gpu_tests < <(grep -l "mark.gpu" tests/test_*.py)
     if [ "${#gpu_tests[@]}" -gt 0 ]; then
-        echo "== CUDA tests (-m gpu) in ${gpu_tests[*]}, at most ${TEST_SECONDS}s"
-        timeout "$TEST_SECONDS" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+        seconds=$(at_most "$TEST_SECONDS" "$(left 150)")  # the bench keeps 150 s at least
+        echo "== CUDA tests (-m gpu) in ${gpu_tests[*]}, at most ${seconds}s"
+        timeout "$seconds" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
         tests=$?
     else
         echo "== no test file marks a test gpu"
     fi
 
-    echo "== bench: --minutes $BENCH_MINUTES --masks-only $BENCH_ARGS"
+    local minutes  # the bench's budget, and 90 s for what runs past it (loading, the last measurement)
+    minutes=$(awk "BEGIN {m = ($(left) - 90) / 60; print (m < $BENCH_MINUTES ? m : $BENCH_MINUTES)}")
+    echo "== bench: --minutes $minutes --masks-only $BENCH_ARGS"
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-    timeout "$(awk "BEGIN {print int($BENCH_MINUTES * 60 + 90)}")" "$PY" -m pipeline.bench --masks-only \
-        --minutes "$BENCH_MINUTES" --out "$WORK/bench" $BENCH_ARGS
+    timeout "$(awk "BEGIN {print int($minutes * 60 + 90)}")" "$PY" -m pipeline.bench --masks-only \
+        --minutes "$minutes" --out "$WORK/bench" $BENCH_ARGS
     local bench=$?
     cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
 
-    echo "== decoders on threads or in processes beside a busy thread, at most ${PROBE_SECONDS}s"
-    timeout "$PROBE_SECONDS" "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" \
+    seconds=$(at_most "$PROBE_SECONDS" "$(left 30)")  # the compile probe keeps 30 s
+    echo "== decoders on threads or in processes beside a busy thread, at most ${seconds}s"
+    [ "$seconds" -ge 10 ] && timeout "$seconds" "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" \
         --clips "$((2 * PROBE_DECODERS))" --frames 60 --out "$WORK/decoding"
     cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
-    echo "== the forward eager or compiled (torch.compile, CUDA graphs), at most ${COMPILE_SECONDS}s"
-    timeout "$COMPILE_SECONDS" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
+    seconds=$(at_most "$COMPILE_SECONDS" "$(left)")
+    echo "== the forward eager or compiled (torch.compile, CUDA graphs), at most ${seconds}s"
+    [ "$seconds" -ge 10 ] && timeout "$seconds" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"
