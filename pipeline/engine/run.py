@@ -58,11 +58,12 @@ class StageSummary:
 
     def lines(self) -> list[str]:
         statuses = ", ".join(f"{k} {v}" for k, v in self.by_status.items()) or "none"
+        meanwhile = len(self.committed_meanwhile)
         out = [f"{self.stage}: {self.items} clips ({statuses}), {self.frames} frames"
                + "".join(f", {v} {k}" for k, v in self.totals.items()) + f" in {self.seconds:.1f}s",
                f"  shards: {self.shards} of {self.planned} selected, {self.computed} computed, {self.skipped} already "
-               "done, " + (f"{len(self.committed_meanwhile)} committed meanwhile elsewhere, " if self.committed_meanwhile
-                           else "") + f"{len(self.failed_shards)} failed -> {self.output}"]
+               "done, " + (f"{meanwhile} committed meanwhile (their tasks failed here), " if meanwhile else "")
+               + f"{len(self.failed_shards)} failed -> {self.output}"]
         if self.left_out:
             out.append("  listing: " + ", ".join(f"{n} {reason}" for reason, n in self.left_out.items()))
         if self.retried:
@@ -147,7 +148,11 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         finally:
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
-    meanwhile = {name: failed.pop(name) for name in list(failed) if _committed_since(by_name[name], before[name])}
+    # a shard whose task failed here but that was committed since (not where this run asked for it to be redone:
+    # another run's commit may have begun before this run did): done, as read now
+    landed = {name: stats for name in list(failed) if not by_name[name].overwrite
+              and (stats := _committed_since(by_name[name], before[name])) is not None}
+    meanwhile = {name: failed.pop(name) for name in landed}
     for name, why in meanwhile.items():
         log.warning("%s: failed here (%s), but its stats were committed since this run began (by another run, or "
                     "by a worker lost after its commit): counted as done", name, why)
@@ -157,8 +162,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
     if computed or meanwhile or not failed:
         mark_started(plan)
-    read = refreshed(plan, read, versions, computed)  # another run's commits meanwhile count (problems.csv)
-    todo_names = {task.name for task in todo} - set(computed)  # their stats, if any, came from elsewhere meanwhile
+    read = refreshed(plan, read, versions, computed | landed)  # another run's commits meanwhile count (problems.csv)
+    todo_names = {task.name for task in todo} - set(computed) - set(landed)  # their stats, if any, came from
+    # elsewhere meanwhile
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
                            committed_meanwhile=meanwhile,
@@ -262,10 +268,13 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
     return path
 
 
-def _committed_since(task: ShardTask, state: tuple[int, int] | None) -> bool:
-    """Whether the shard's done marker changed from `state` (`_marker_state`, as this run found it) and marks it
-    done now: committed meanwhile, whatever this run heard of its task."""
-    return _marker_state(task) != state and is_done(task)
+def _committed_since(task: ShardTask, state: tuple[int, int] | None) -> ShardStats | None:
+    """The shard's stats, where its done marker changed from `state` (`_marker_state`, as this run found it) and
+    marks it done now: committed meanwhile, whatever this run heard of its task."""
+    if _marker_state(task) == state:
+        return None
+    stats = ShardStats.read(task.marker)
+    return stats if stats is not None and is_done(task, stats) else None
 
 
 def _marker_state(task: ShardTask) -> tuple[int, int] | None:
