@@ -130,18 +130,3 @@ def test_a_shard_busy_here_for_the_whole_run_is_failed(tmp_path, monkeypatch):
                             options=ExecOptions(workers=0), progress=False)  # held outside the run: busy
     assert list(summary.failed_shards) == ["train-0"] and summary.committed_meanwhile == {}
     assert [(clip, status) for clip, status, _ in problems(tmp_path)] == [("a", "shard_failed")]
-
-
-def test_a_shard_reported_committed_whose_stats_are_gone_when_the_run_sums_up_is_named(tmp_path, caplog):
-    first = shard(tmp_path, "train-0", ["a"], Stage())
-
-    @dataclass(frozen=True)
-    class Removing(Stage):  # as train-1 opens, another run (or a hand) removes train-0's stats
-        def open(self, task: ShardTask, commit) -> Work:
-            first.marker.unlink()
-            return super().open(task, commit)
-
-    plan = [first, shard(tmp_path, "train-1", ["b"], Removing())]
-    summary = run_stage("toy", tmp_path, plan, plan, options=ExecOptions(workers=0), progress=False)
-    assert summary.computed == 2 and not first.marker.exists()
-    assert "1 shard(s) reported committed have no stats file in their folder now (train-0)" in caplog.text

@@ -241,11 +241,6 @@ def refreshed(plan: Sequence[ShardTask], read: Mapping[str, ShardStats], version
     the stats another run committed, rewrote or removed since read again: a shared folder's problems.csv and
     summary never drop nor restore what a concurrent run changed."""
     now = marker_versions(plan)
-    gone = sorted(name for name in computed if name not in now)
-    if gone:  # a result another run's commit left with the scheduler, its files removed since, say
-        log.warning("%d shard(s) reported committed have no stats file in their folder now (%s): removed since, or not "
-                    "yet visible from this machine (NFS); a rerun recomputes whatever is missing", len(gone),
-                    ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""))
     out = {name: stats for name, stats in read.items() if name in now}
     for task in plan:
         if task.name not in computed and task.name in now and now[task.name] != versions.get(task.name):
