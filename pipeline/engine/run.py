@@ -149,10 +149,12 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
     # a shard whose task failed here but that was committed since (not where this run asked for it to be redone:
-    # another run's commit may have begun before this run did): done, as read now
-    landed = {name: stats for name in list(failed) if not by_name[name].overwrite
-              and (stats := _committed_since(by_name[name], before[name])) is not None}
-    meanwhile = {name: failed.pop(name) for name in landed}
+    # another run's commit may have begun before this run did) is done, as the folder holds it now
+    meanwhile = {name: failed.pop(name) for name in list(failed)
+                 if not by_name[name].overwrite and _committed_since(by_name[name], before[name])}
+    read = refreshed(plan, read, versions, computed)  # another run's commits meanwhile count (problems.csv)
+    for name in [name for name in meanwhile if name not in read]:  # removed again since: being redone elsewhere
+        failed[name] = f"{meanwhile.pop(name)}; committed meanwhile elsewhere, then removed again"
     for name, why in meanwhile.items():
         log.warning("%s: failed here (%s), but its stats were committed since this run began (by another run, or "
                     "by a worker lost after its commit): counted as done", name, why)
@@ -162,8 +164,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         run_record.commit(whole=False)  # nothing new: the plan alone (which shards readers serve)
     if computed or meanwhile or not failed:
         mark_started(plan)
-    read = refreshed(plan, read, versions, computed | landed)  # another run's commits meanwhile count (problems.csv)
-    todo_names = {task.name for task in todo} - set(computed) - set(landed)  # their stats, if any, came from
+    todo_names = {task.name for task in todo} - set(computed) - set(meanwhile)  # their stats, if any, came from
     # elsewhere meanwhile
     summary = StageSummary(stage=stage, output=str(output), planned=len(plan), shards=len(selected),
                            computed=len(computed), skipped=len(selected) - len(todo), failed_shards=failed,
@@ -268,13 +269,10 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
     return path
 
 
-def _committed_since(task: ShardTask, state: tuple[int, int] | None) -> ShardStats | None:
-    """The shard's stats, where its done marker changed from `state` (`_marker_state`, as this run found it) and
-    marks it done now: committed meanwhile, whatever this run heard of its task."""
-    if _marker_state(task) == state:
-        return None
-    stats = ShardStats.read(task.marker)
-    return stats if stats is not None and is_done(task, stats) else None
+def _committed_since(task: ShardTask, state: tuple[int, int] | None) -> bool:
+    """Whether the shard's done marker changed from `state` (`_marker_state`, as this run found it) and marks it
+    done now: committed meanwhile, whatever this run heard of its task."""
+    return _marker_state(task) != state and is_done(task)
 
 
 def _marker_state(task: ShardTask) -> tuple[int, int] | None:
