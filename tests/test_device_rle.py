@@ -121,23 +121,29 @@ def test_where_torch_lacks_nonzero_static_for_the_device_each_chunk_with_a_capac
 
 
 
-@pytest.mark.parametrize("capacity", [None, 40, 400])  # exact, too small (parts redone exactly), enough
+@pytest.mark.parametrize("capacity", [None, 0, 800])  # exact; too small (every part redone exactly); enough
 def test_windows_past_the_change_flags_budget_go_in_parts_with_the_same_bytes(monkeypatch, capacity):
     rng = np.random.default_rng(5)
-    masks = rng.random((7, 9, 11)) < 0.4  # whole frames, as SAM's: 11 × 10 change flags each
-    masks[2] = False
-    whole, extent = torch.zeros((7, 2), dtype=torch.long), torch.tensor([[11, 9]] * 7)
+    height, width = 20, 30
+    windows = rng.random((7, 9, 11)) < 0.4  # padded to 9 × 11: 11 × (9 + 1) = 110 change flags each
+    extent = np.stack([rng.integers(1, 12, 7), rng.integers(1, 10, 7)], 1)  # (w, h), each its own
+    origin = np.stack([rng.integers(0, width - 11, 7), rng.integers(0, height - 9, 7)], 1)
+    windows[:, 0, 0] = True  # a change in every window's first column …
+    windows[2] = False  # … but one
     calls = []
-    monkeypatch.setattr(device_rle, "CHANGE_FLAGS", 3 * 11 * 10)  # three masks a call
-    monkeypatch.setattr(device_rle, "run_lengths", lambda windows, *args, **kw: calls.append(
-        (len(windows), kw.get("capacity"))) or run_lengths(windows, *args, **kw))
-    batch = device_rle.RunBatch(9, 11)
-    batch.add(torch.from_numpy(masks), whole, extent, capacity=capacity)
-    assert rle.from_counts(batch.fetch(), 9, 11) == _reference(masks)[1]
-    share = None if capacity is None else -(-capacity * 3 // 7)
-    assert calls[:3] == [(3, share), (3, share), (1, None if capacity is None else -(-capacity // 7))]
-    redone = {None: 0, 40: 3, 400: 0}[capacity]  # each part redone exactly: two more copies
-    assert len(calls) == 3 + redone and batch.copies == 1 + 2 * redone
+    monkeypatch.setattr(device_rle, "CHANGE_FLAGS", 3 * 110 - 1)  # two windows a call (three at 99 or 108 a window)
+    monkeypatch.setattr(device_rle, "run_lengths", lambda part, *args, **kw: calls.append(
+        (len(part), kw.get("capacity"))) or run_lengths(part, *args, **kw))
+    batch = device_rle.RunBatch(height, width)
+    batch.add(torch.from_numpy(windows), torch.from_numpy(origin), torch.from_numpy(extent), capacity=capacity)
+    whole = np.zeros((7, height, width), dtype=bool)
+    for k, ((x, y), (w, h)) in enumerate(zip(origin, extent)):
+        whole[k, y:y + h, x:x + w] = windows[k, :h, :w]
+    assert rle.from_counts(batch.fetch(), height, width) == _reference(whole)[1]
+    share = None if capacity is None else -(-capacity * 2 // 7)  # 0, or 229: more than two windows' 220 flags
+    assert calls[:4] == [(2, share), (2, share), (2, share), (1, None if capacity is None else -(-capacity // 7))]
+    redone = 4 if capacity == 0 else 0  # each part redone exactly: two more copies
+    assert len(calls) == 4 + redone and batch.copies == 1 + 2 * redone
 
 def test_no_windows():
     at = torch.zeros((0, 2), dtype=torch.long)
