@@ -9,17 +9,19 @@
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
-# installed wheels, bench clips; emptied first), BENCH_MINUTES (4), BENCH_ARGS (extra bench flags), TEST_SECONDS
+# installed wheels, bench clips; emptied first), BENCH_MINUTES (3.5), BENCH_ARGS (extra bench flags), TEST_SECONDS
 # (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120), TOTAL_SECONDS (560: the
-# device tool stops a command at 600; the bench's budget shrinks to fit, the probes take what is left or are
-# skipped). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). At most 9 min 20 s.
+# device tool stops a command at 600, counted here from the script's start: the bench's budget shrinks to fit, a
+# step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
+# stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
+# wheels install and the versions are read in their usual seconds (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 WORK=${WORK:-/tmp/gpu-check}
-BENCH_MINUTES=${BENCH_MINUTES:-4}
+BENCH_MINUTES=${BENCH_MINUTES:-3.5}
 TEST_SECONDS=${TEST_SECONDS:-150}
 PROBE_SECONDS=${PROBE_SECONDS:-60}
 PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
@@ -34,6 +36,17 @@ left() {  # seconds left of TOTAL_SECONDS, less $1 kept back
 
 at_most() {  # the smaller of two numbers of seconds
     echo $(( $1 < $2 ? $1 : $2 ))
+}
+
+bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skipped under 10: exit 124)
+    local seconds=$1 what=$2
+    shift 2
+    if [ "$seconds" -lt 10 ]; then
+        echo "== $what: skipped, ${seconds}s left of TOTAL_SECONDS=$TOTAL_SECONDS"
+        return 124
+    fi
+    echo "== $what, at most ${seconds}s"
+    timeout -k 10 "$seconds" "$@"
 }
 
 main() {
@@ -85,9 +98,9 @@ EOF
     local tests=0 seconds
     mapfile -t gpu_tests < <(grep -l "mark.gpu" tests/test_*.py)
     if [ "${#gpu_tests[@]}" -gt 0 ]; then
-        seconds=$(at_most "$TEST_SECONDS" "$(left 150)")  # the bench keeps 150 s at least
-        echo "== CUDA tests (-m gpu) in ${gpu_tests[*]}, at most ${seconds}s"
-        timeout "$seconds" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+        # the bench keeps 150 s at least
+        bounded "$(at_most "$TEST_SECONDS" "$(left 150)")" "CUDA tests (-m gpu) in ${gpu_tests[*]}" \
+            "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
         tests=$?
     else
         echo "== no test file marks a test gpu"
@@ -95,21 +108,19 @@ EOF
 
     local minutes  # the bench's budget, and 90 s for what runs past it (loading, the last measurement)
     minutes=$(awk "BEGIN {m = ($(left) - 90) / 60; print (m < $BENCH_MINUTES ? m : $BENCH_MINUTES)}")
-    echo "== bench: --minutes $minutes --masks-only $BENCH_ARGS"
+    seconds=$(awk "BEGIN {s = int($minutes * 60); print (s < 10 ? s : s + 90)}")  # under 10: skipped
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-    timeout "$(awk "BEGIN {print int($minutes * 60 + 90)}")" "$PY" -m pipeline.bench --masks-only \
+    bounded "$seconds" "bench: --minutes $minutes --masks-only $BENCH_ARGS" "$PY" -m pipeline.bench --masks-only \
         --minutes "$minutes" --out "$WORK/bench" $BENCH_ARGS
     local bench=$?
     cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
 
-    seconds=$(at_most "$PROBE_SECONDS" "$(left 30)")  # the compile probe keeps 30 s
-    echo "== decoders on threads or in processes beside a busy thread, at most ${seconds}s"
-    [ "$seconds" -ge 10 ] && timeout "$seconds" "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" \
-        --clips "$((2 * PROBE_DECODERS))" --frames 60 --out "$WORK/decoding"
+    bounded "$(at_most "$PROBE_SECONDS" "$(left 30)")" "decoders on threads or in processes beside a busy thread" \
+        "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
+        --frames 60 --out "$WORK/decoding"  # the compile probe keeps 30 s
     cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
-    seconds=$(at_most "$COMPILE_SECONDS" "$(left)")
-    echo "== the forward eager or compiled (torch.compile, CUDA graphs), at most ${seconds}s"
-    [ "$seconds" -ge 10 ] && timeout "$seconds" "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
+    bounded "$(at_most "$COMPILE_SECONDS" "$(left 10)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
+        "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"
