@@ -5,8 +5,8 @@ from pycocotools import mask as coco_mask
 
 from pipeline import rle
 from pipeline.segment import device_rle, load_segmenter
-from pipeline.segment.device_rle import run_lengths
 from pipeline.segment.base import FrameMasks
+from pipeline.segment.device_rle import run_lengths
 from tests.test_device_faults import count_waits
 from tests.test_fixed_batches import checkpoint, spec  # noqa: F401 - the lively checkpoint fixture
 from tests.test_yolo_device import clip as photo_clip
