@@ -1,0 +1,71 @@
+"""scripts/gpu_check.sh's orchestration, with a stand-in for Python that answers at once: what it leaves in OUT
+(the device tool brings back at most 8 files) and how it keeps to TOTAL_SECONDS (the tool stops a command at
+600 s). The steps themselves are rehearsed on a CPU by hand (docs/PERFORMANCE.md, "GPU check")."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Answers each of gpu_check's calls at once: the versions (a script on stdin), the import check, the tests, and
+# each bench, which writes its JSON where --out says.
+echo "python $*" >> "$CALLS"
+case "$1" in
+    -) cat > /dev/null; echo "python 3.12.3 (stand-in)" ;;
+    -c) ;;
+    -m)
+        case "$2" in
+            pytest) echo "1 passed" ;;
+            pipeline.bench)
+                out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
+                case "$3" in
+                    compiled) echo '{}' > "$out" ;;
+                    decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
+                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json" ;;
+                esac ;;
+        esac ;;
+esac
+"""
+
+
+def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    (tmp_path / "wheels").mkdir()
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PY": str(fake), "WHEELS": str(tmp_path / "wheels"),
+                                            "WORK": str(tmp_path / "work"), "OUT": str(out), "CALLS": str(calls),
+                                            **env})
+    return done, out, calls.read_text()
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_the_gpu_check_leaves_five_files_and_runs_every_step(tmp_path):
+    done, out, calls = gpu_check(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
+    assert "== done: tests exit 0, bench exit 0" in (out / "log").read_text()
+    assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 3.5 " in calls
+    assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
+    done, out, calls = gpu_check(tmp_path, TOTAL_SECONDS="150")  # the tests would leave the bench under 150 s
+    log = (out / "log").read_text()
+    assert done.returncode == 1
+    assert "CUDA tests (-m gpu) in" in log and "s left of TOTAL_SECONDS=150" in log and "-m pytest" not in calls
+    assert "== done: tests exit 124, bench exit 0" in log
+    minutes = float(re.search(r"--masks-only --minutes (\S+) ", calls)[1])  # what is left less 90 s: 60 s (or
+    assert 0.95 < minutes <= 1  # a second less, if the clock's second turned since the script started)
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
