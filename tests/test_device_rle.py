@@ -120,7 +120,6 @@ def test_where_torch_lacks_nonzero_static_for_the_device_each_chunk_with_a_capac
     assert len(batch.fetch()) == 2 and batch.copies == 2  # counted from the fetch before
 
 
-
 @pytest.mark.parametrize("capacity", [None, 0, 800])  # exact; too small (every part redone exactly); enough
 def test_windows_past_the_change_flags_budget_go_in_parts_with_the_same_bytes(monkeypatch, capacity):
     rng = np.random.default_rng(5)
@@ -144,6 +143,7 @@ def test_windows_past_the_change_flags_budget_go_in_parts_with_the_same_bytes(mo
     assert calls[:4] == [(2, share), (2, share), (2, share), (1, None if capacity is None else -(-capacity // 7))]
     redone = 4 if capacity == 0 else 0  # each part redone exactly: two more copies
     assert len(calls) == 4 + redone and batch.copies == 1 + 2 * redone
+
 
 def test_no_windows():
     at = torch.zeros((0, 2), dtype=torch.long)
