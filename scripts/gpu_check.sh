@@ -2,15 +2,17 @@
 # One command for a GPU machine that starts bare (torch preinstalled, no network, no venv): install what it lacks
 # from the wheels carried in .whl/, run the CUDA tests (those marked `gpu`), then the masks bench
 # (`python -m pipeline.bench --masks-only`: make bench would build a venv), and leave the JSON and logs in $OUT:
-#   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then two
-#   probes, each bounded, whose failure fails nothing: decoding.json (decoders on threads or processes beside a
-#   busy thread) and compiled.json (the forward eager, compiled, as CUDA graphs). Five files: the device tool
-#   brings back at most 8.
+#   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then,
+#   each bounded, a second, shorter bench of the largest model at the small size (bench-x.json: the issue's
+#   goal for yolo11x-seg) and two probes, whose failure fails nothing: decoding.json (decoders on threads or
+#   processes beside a busy thread) and compiled.json (the forward eager, compiled, as CUDA graphs). Six files:
+#   the device tool brings back at most 8.
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
-# installed wheels, bench clips; emptied first), BENCH_MINUTES (3.5), BENCH_ARGS (extra bench flags), TEST_SECONDS
-# (150), PROBE_SECONDS (60), PROBE_DECODERS (half the cores), COMPILE_SECONDS (120), TOTAL_SECONDS (560: the
+# installed wheels, bench clips; emptied first), BENCH_MINUTES (2.25), BENCH_ARGS (extra flags of both benches),
+# TEST_SECONDS (100), X_MODEL (yolo11x-seg.yaml; empty: no second bench), X_MINUTES (0.5), PROBE_SECONDS (45), PROBE_DECODERS
+# (half the cores), COMPILE_SECONDS (60), TOTAL_SECONDS (560: the
 # device tool stops a command at 600, counted here from the script's start: the bench's budget shrinks to fit, a
 # step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
 # stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
@@ -21,11 +23,13 @@ OUT=${OUT:-$PWD/gpu-check}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 WORK=${WORK:-/tmp/gpu-check}
-BENCH_MINUTES=${BENCH_MINUTES:-3.5}
-TEST_SECONDS=${TEST_SECONDS:-150}
-PROBE_SECONDS=${PROBE_SECONDS:-60}
+BENCH_MINUTES=${BENCH_MINUTES:-2.25}
+TEST_SECONDS=${TEST_SECONDS:-100}
+X_MODEL=${X_MODEL-yolo11x-seg.yaml}
+X_MINUTES=${X_MINUTES:-0.5}
+PROBE_SECONDS=${PROBE_SECONDS:-45}
 PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
-COMPILE_SECONDS=${COMPILE_SECONDS:-120}
+COMPILE_SECONDS=${COMPILE_SECONDS:-60}
 TOTAL_SECONDS=${TOTAL_SECONDS:-560}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
@@ -115,6 +119,16 @@ EOF
     local bench=$?
     cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
 
+    local x_bench=0
+    if [ -n "$X_MODEL" ]; then  # the probes keep 60 s
+        seconds=$(at_most "$(awk "BEGIN {print int($X_MINUTES * 60) + 90}")" "$(left 60)")
+        # shellcheck disable=SC2086 # BENCH_ARGS too (before the model and size, which win)
+        bounded "$seconds" "bench of $X_MODEL at 340x256: --minutes $X_MINUTES" "$PY" -m pipeline.bench --masks-only \
+            $BENCH_ARGS --model "$X_MODEL" --sizes 340x256 --minutes "$X_MINUTES" --out "$WORK/bench-x"
+        x_bench=$?
+        cp "$WORK/bench-x/bench.json" "$OUT/bench-x.json" 2>/dev/null || echo "gpu_check: no bench-x.json"
+    fi
+
     bounded "$(at_most "$PROBE_SECONDS" "$(left 30)")" "decoders on threads or in processes beside a busy thread" \
         "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
         --frames 60 --out "$WORK/decoding"  # the compile probe keeps 30 s
@@ -124,8 +138,8 @@ EOF
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"
-    echo "== done: tests exit $tests, bench exit $bench"
-    [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+    echo "== done: tests exit $tests, bench exit $bench, bench of ${X_MODEL:-no second model} exit $x_bench"
+    [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$x_bench" -eq 0 ]
 }
 
 main 2>&1 | tee "$OUT/log"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SIX = ["bench-x.json", "bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # Answers each of gpu_check's calls at once: the versions (a script on stdin), the import check, the tests, and
@@ -37,6 +38,7 @@ esac
 
 
 def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+    tmp_path.mkdir(exist_ok=True)
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
@@ -50,13 +52,27 @@ def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, 
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
-def test_the_gpu_check_leaves_five_files_and_runs_every_step(tmp_path):
+def test_the_gpu_check_leaves_six_files_and_runs_every_step(tmp_path):
     done, out, calls = gpu_check(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
-    assert "== done: tests exit 0, bench exit 0" in (out / "log").read_text()
-    assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 3.5 " in calls
+    assert sorted(p.name for p in out.iterdir()) == SIX
+    assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 0" in (out / "log").read_text()
+    assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2.25 --out" in calls
+    assert "--masks-only --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 --out" in calls
     assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_the_second_model_is_left_out_when_asked_and_skipped_without_time(tmp_path):
+    done, out, calls = gpu_check(tmp_path / "none", X_MODEL="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "--model" not in calls and "bench-x.json" not in [p.name for p in out.iterdir()]
+    assert "bench of no second model exit 0" in (out / "log").read_text()
+    done, out, calls = gpu_check(tmp_path / "short", TOTAL_SECONDS="65")  # the probes keep 60 s
+    log = (out / "log").read_text()
+    assert done.returncode == 1 and "--model" not in calls and "pipeline.bench decoding" in calls
+    assert "== bench of yolo11x-seg.yaml at 340x256: --minutes 0.5: skipped, " in log
+    assert "bench of yolo11x-seg.yaml exit 124" in log
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -68,4 +84,6 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
     assert "== done: tests exit 124, bench exit 0" in log
     minutes = float(re.search(r"--masks-only --minutes (\S+) ", calls)[1])  # what is left less 90 s: 60 s (or
     assert 0.95 < minutes <= 1  # a second less, if the clock's second turned since the script started)
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
+    x_seconds = int(re.search(r"== bench of yolo11x-seg.yaml at 340x256: --minutes 0.5, at most (\d+)s", log)[1])
+    assert 85 <= x_seconds <= 90  # what is left less the 60 s the probes keep
+    assert sorted(p.name for p in out.iterdir()) == SIX
