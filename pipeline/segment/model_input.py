@@ -52,13 +52,18 @@ class Geometry:
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
     """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
     # float32 even for a half model: half keeps steps of 1/8 above 128, so its rounding to uint8 steps would differ
-    x = frames.permute(0, 3, 1, 2).float()
-    if (geometry.new_height, geometry.new_width) != (geometry.height, geometry.width):
-        x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
+    x = frames.permute(0, 3, 1, 2)
+    size = (geometry.new_height, geometry.new_width)
+    if size != (geometry.height, geometry.width):
+        planar = x.device.type == "cpu" and size[0] * size[1] >= geometry.height * geometry.width
+        x = F.interpolate((x.contiguous() if planar else x).float(), size=size, mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
+        if planar:  # enlarged on a CPU, planar frames resize 2-2.5× faster, to the same values; then back to the
+            x = x.contiguous(memory_format=torch.channels_last)  # layout the network runs fastest on (and whose
+            # kernels shaped the masks): docs/PERFORMANCE.md, ninth session. Not so shrunk, nor on CUDA
     bottom = geometry.input_height - geometry.new_height - geometry.top
     right = geometry.input_width - geometry.new_width - geometry.left
-    x = F.pad(x, (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
+    x = F.pad(x.float(), (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
     return x.div_(255).to(dtype)
 
 
