@@ -42,16 +42,6 @@ class LumaKeySegmenter:
         return {"model": "luma key (tests)"}
 
 
-class BatchRecorder(LumaKeySegmenter):
-    """The luma key, noting the frames of each batch it is given (`seen`, this process's)."""
-
-    seen: list[int] = []
-
-    def segment(self, batch: FrameBatch) -> list[FrameMasks]:
-        self.seen.append(len(batch))
-        return super().segment(batch)
-
-
 def bright(batch: FrameBatch) -> bool:
     """Whether the batch holds a bright frame (one of a bright clip's, whatever other clips share the batch)."""
     return bool((batch.frames.reshape(len(batch), -1).mean(axis=1) > 100).any())

@@ -186,17 +186,3 @@ def test_the_bound_is_reported_per_shard_and_as_the_largest(shapes_dataset, tmp_
     shards = [json.loads(p.read_text())["totals"] for p in Path(summary.output).glob("*_stats.json")]
     assert len(shards) > 1 and all(t["frames_in_flight_max"] == bound for t in shards)
     assert summary.totals["frames_in_flight_max"] == bound  # the largest, not the sum over shards
-
-
-def test_one_decoder_packs_a_shards_clips_into_full_batches(shapes_dataset, tmp_path):
-    """On a CPU (one clip decoded at a time) a clip's last frames share a batch with the next clip's first: only
-    a shard's last batch is short, where each clip's last batch once was (and the model ran on its padding)."""
-    from tests.segmenters import BatchRecorder
-
-    root, _ = shapes_dataset  # train: clips of 12, 13, 14 and 15 frames, one shard; val: one of 16
-    BatchRecorder.seen.clear()
-    recorder = SegmenterSpec(backend="tests.segmenters:BatchRecorder")
-    summary = run_masks(config(root, tmp_path / "run", segmenter=recorder, shard_size=8, decode=DecodeOptions(batch=6)),
-                        progress=False)
-    assert summary.by_status == {"ok": 5} and len(list(Path(summary.output).glob("*_stats.json"))) == 2
-    assert sorted(BatchRecorder.seen) == [4] + [6] * 11  # 54 frames in 9 batches of 6; 16 in 6, 6 and 4

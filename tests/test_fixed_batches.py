@@ -20,7 +20,6 @@ from pipeline.bench import lively
 from pipeline.datasets.sample import shape_clip
 from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.masks import run_masks
-from pipeline.masks.stage import MasksWork
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
 from tests.test_masks_stage import config, shard_bytes
@@ -43,26 +42,17 @@ def spec(checkpoint: Path) -> SegmenterSpec:
     return SegmenterSpec(backend="yolo", model=str(checkpoint), conf=0.05)
 
 
-def test_shards_are_the_same_bytes_whatever_the_decoders(shapes_dataset, tmp_path, checkpoint, monkeypatch):
+def test_shards_are_the_same_bytes_whatever_the_decoders(shapes_dataset, tmp_path, checkpoint):
     root, _ = shapes_dataset
     runs = {}
-    for decoders in (1, 3, "alone"):  # one clip after another, three at once, and each clip alone (as a retry):
-        if decoders == "alone":  # alone, the 13-frame clip ends in a batch of one frame
-            init = MasksWork.__init__
-
-            def alone(self, *args, **kwargs):
-                init(self, *args, **kwargs)
-                self.process_together = None  # the engine then runs each clip by itself
-
-            monkeypatch.setattr(MasksWork, "__init__", alone)
+    for decoders in (1, 3):  # alone, the 13-frame clip ends in a batch of one frame
         summary = run_masks(config(root, tmp_path / f"d{decoders}", shard_size=6, segmenter=spec(checkpoint),
-                                   decoders=1 if decoders == "alone" else decoders,
-                                   decode=DecodeOptions(batch=6)), progress=False)
+                                   decoders=decoders, decode=DecodeOptions(batch=6)), progress=False)
         assert summary.by_status == {"ok": 5}
         runs[decoders] = Path(summary.output)
     masks = [pq.read_table(p) for p in sorted(runs[1].glob("*-?????.parquet"))]
     assert sum(t.num_rows for t in masks) > 20  # the model finds instances: there are bytes to differ
-    assert shard_bytes(runs[3]) == shard_bytes(runs[1]) == shard_bytes(runs["alone"]) != {}
+    assert shard_bytes(runs[3]) == shard_bytes(runs[1]) != {}
 
 
 @pytest.mark.parametrize("conf, frame", [(0.05, 4), (0.4, 5)])  # frame 5 has one instance at 0.4, frame 8 17

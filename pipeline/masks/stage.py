@@ -1,8 +1,7 @@
 """What the masks stage does per shard and per clip: decode each clip, segment its frames, and write the
-shard's mask rows and status rows (the engine claims, retries, commits and marks the shard done). The shard's
-clips go through the Feeder together, `decoders` of them decoded at once (one on a CPU), their frames packed into
-shared model batches, so that only the shard's last batch of a frame size is short (padded to the batch's size);
-a clip that fails there, or whose last try did not finish, is then tried alone, one clip at a time."""
+shard's mask rows and status rows (the engine claims, retries, commits and marks the shard done). With several
+decoders the shard's clips go through the Feeder together (frames of several clips share model batches); a clip
+that fails there, or whose last try did not finish, is then tried alone, one clip at a time."""
 
 from __future__ import annotations
 
@@ -64,8 +63,8 @@ class MasksWork:
         self._rows: dict[str, ClipRows] = {}  # usable clips' rows, until kept
         self._alone = Feeder(segmenter, stage.decode, decoders=1, rows=self._new_rows, overlap=self.overlap)
         self._feeder = Feeder(segmenter, stage.decode, decoders=self.decoders, rows=self._new_rows,
-                              overlap=self.overlap)  # one decoder too: a clip's last frames share the next's batch
-        self.process_together = self._together  # the engine's hook
+                              overlap=self.overlap) if self.decoders > 1 else None
+        self.process_together = self._together if self._feeder else None  # the engine's hook, or none
 
     @property
     def overlap(self) -> bool:
@@ -109,12 +108,13 @@ class MasksWork:
 
     def finish(self, outcomes: list[ClipStatus], commit: Commit) -> dict[str, Any]:
         self.writer.finish(outcomes)
-        totals = {"instances": sum(status.instances for status in outcomes),
-                  "frames_in_flight_max": self._feeder.frames_in_flight}  # its bound on decoded frames held at once
-        splits = self._alone.splits + self._feeder.splits
+        totals = {"instances": sum(status.instances for status in outcomes)}
+        if self._feeder:  # its bound on decoded frames held at once (host memory)
+            totals["frames_in_flight_max"] = self._feeder.frames_in_flight
+        splits = self._alone.splits + (self._feeder.splits if self._feeder else 0)
         if splits:  # batches run as two halves after running out of device memory
             totals["oom_splits"] = splits
-        unpinned = self._alone.unpinned + self._feeder.unpinned
+        unpinned = self._alone.unpinned + (self._feeder.unpinned if self._feeder else 0)
         if unpinned:  # pieces decoded into ordinary memory (no room in pinned memory's budget), their batches staged
             totals["pieces_unpinned"] = unpinned
         return totals
