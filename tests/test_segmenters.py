@@ -167,6 +167,21 @@ def test_predict_is_handed_the_explicit_torch_device(monkeypatch):
     assert segmenter.on_device.device == torch.device("cpu")
 
 
+def test_predict_leaves_torchs_cpu_threads_as_they_were():
+    """ultralytics' select_device sets torch's CPU threads for the whole process to its own count (cores - 1,
+    at most 8): once predict() had run, the device path and every bench figure after it (the CPU masks bench
+    calls predict() at warm-up) ran on 1 thread of this 2-core machine."""
+    from ultralytics.utils import NUM_THREADS
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(NUM_THREADS + 1)  # not ultralytics' count, whatever the machine
+        fresh_yolo("yolo11n-seg.yaml").predict(photo_batch("bus.jpg", 240, 320, frames=1))
+        assert torch.get_num_threads() == NUM_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def pretend_gpus(monkeypatch, count: int) -> list[int]:
     """torch says `count` CUDA devices are there; returns the devices made current (torch.cuda.set_device)."""
     current: list[int] = []

@@ -102,6 +102,8 @@ class YoloSegmenter:
     def predict(self, batch: FrameBatch) -> list[FrameMasks]:
         """The reference path: ultralytics' predict(), image by image around one batched forward (padded with
         black frames to the batch's capacity)."""
+        import torch
+
         from pipeline.segment.model_input import input_size
 
         self._network_copy()  # before predict() first touches the network
@@ -109,18 +111,22 @@ class YoloSegmenter:
         imgsz = input_size(height, width, self.spec.imgsz)
         frames = [frame[..., ::-1] for frame in batch.frames]  # ultralytics takes numpy frames as BGR
         frames += [np.zeros_like(frames[0])] * (batch.capacity - len(frames))
-        results = self.model.predict(
-            frames,
-            imgsz=imgsz,
-            conf=self.spec.conf,
-            iou=self.spec.iou,
-            max_det=self.spec.max_det,
-            classes=self.class_ids,
-            device=self.device,  # a torch.device: ultralytics then leaves CUDA_VISIBLE_DEVICES alone (see torch_device)
-            **self.precision,
-            retina_masks=True,  # masks at the input frame size, not the letterboxed model size
-            verbose=False,
-        )
+        threads = torch.get_num_threads()
+        try:
+            results = self.model.predict(
+                frames,
+                imgsz=imgsz,
+                conf=self.spec.conf,
+                iou=self.spec.iou,
+                max_det=self.spec.max_det,
+                classes=self.class_ids,
+                device=self.device,  # a torch.device: ultralytics leaves CUDA_VISIBLE_DEVICES alone (torch_device)
+                **self.precision,
+                retina_masks=True,  # masks at the input frame size, not the letterboxed model size
+                verbose=False,
+            )
+        finally:  # ultralytics' select_device sets torch's CPU threads to its own count (cores - 1, at most 8)
+            torch.set_num_threads(threads)  # for the whole process: the device path and the bench's figures too
         return [self._frame_masks(result, batch.height, batch.width) for result in results[:len(batch)]]
 
     def _frame_masks(self, result, out_height: int, out_width: int) -> FrameMasks:
