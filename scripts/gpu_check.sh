@@ -10,12 +10,12 @@
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
-# installed wheels, bench clips; emptied first), BENCH_MINUTES (2.25), BENCH_ARGS (extra flags of both benches),
-# TEST_SECONDS (100), X_MODEL (yolo11x-seg.yaml; empty: no second bench), X_MINUTES (0.5), PROBE_SECONDS (45), PROBE_DECODERS
-# (half the cores), COMPILE_SECONDS (60), TOTAL_SECONDS (560: the
-# device tool stops a command at 600, counted here from the script's start: the bench's budget shrinks to fit, a
-# step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
-# stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
+# installed wheels, bench clips; emptied first), BENCH_MINUTES (2), BENCH_ARGS (extra flags of both benches),
+# TEST_SECONDS (90), X_MODEL (yolo11x-seg.yaml; empty: no second bench), X_MINUTES (0.5), PROBE_SECONDS (40),
+# PROBE_DECODERS (half the cores), COMPILE_SECONDS (60), TOTAL_SECONDS (560: the device tool stops a command at
+# 600, counted here from the script's start; the steps' own limits add up to 520 s: each bench's budget shrinks
+# to fit, a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if
+# SIGTERM does not stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
 # wheels install and the versions are read in their usual seconds (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -23,11 +23,11 @@ OUT=${OUT:-$PWD/gpu-check}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 WORK=${WORK:-/tmp/gpu-check}
-BENCH_MINUTES=${BENCH_MINUTES:-2.25}
-TEST_SECONDS=${TEST_SECONDS:-100}
+BENCH_MINUTES=${BENCH_MINUTES:-2}
+TEST_SECONDS=${TEST_SECONDS:-90}
 X_MODEL=${X_MODEL-yolo11x-seg.yaml}
 X_MINUTES=${X_MINUTES:-0.5}
-PROBE_SECONDS=${PROBE_SECONDS:-45}
+PROBE_SECONDS=${PROBE_SECONDS:-40}
 PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
 COMPILE_SECONDS=${COMPILE_SECONDS:-60}
 TOTAL_SECONDS=${TOTAL_SECONDS:-560}
@@ -40,6 +40,24 @@ left() {  # seconds left of TOTAL_SECONDS, less $1 kept back
 
 at_most() {  # the smaller of two numbers of seconds
     echo $(( $1 < $2 ? $1 : $2 ))
+}
+
+budget() {  # budget MINUTES RESERVE: a bench's --minutes (MINUTES, or what is left less RESERVE and 90 s for what
+    # runs past it: loading, the last measurement) and its limit in seconds (under 10: it is skipped)
+    local minutes
+    minutes=$(awk "BEGIN {m = ($(left "$2") - 90) / 60; print (m < $1 ? m : $1)}")
+    echo "$minutes $(awk "BEGIN {s = int($minutes * 60); print (s < 10 ? s : s + 90)}")"
+}
+
+run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench in its budget, bench.json as OUT/JSON
+    local what=$1 json=$2 minutes seconds status
+    read -r minutes seconds < <(budget "$3" "$4")
+    shift 4
+    bounded "$seconds" "$what: --minutes $minutes" "$PY" -m pipeline.bench --masks-only "$@" --minutes "$minutes" \
+        --out "$WORK/${json%.json}"
+    status=$?
+    cp "$WORK/${json%.json}/bench.json" "$OUT/$json" 2>/dev/null || echo "gpu_check: no $json"
+    return "$status"
 }
 
 bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skipped under 10: exit 124)
@@ -110,23 +128,14 @@ EOF
         echo "== no test file marks a test gpu"
     fi
 
-    local minutes  # the bench's budget, and 90 s for what runs past it (loading, the last measurement)
-    minutes=$(awk "BEGIN {m = ($(left) - 90) / 60; print (m < $BENCH_MINUTES ? m : $BENCH_MINUTES)}")
-    seconds=$(awk "BEGIN {s = int($minutes * 60); print (s < 10 ? s : s + 90)}")  # under 10: skipped
-    # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-    bounded "$seconds" "bench: --minutes $minutes --masks-only $BENCH_ARGS" "$PY" -m pipeline.bench --masks-only \
-        --minutes "$minutes" --out "$WORK/bench" $BENCH_ARGS
-    local bench=$?
-    cp "$WORK/bench/bench.json" "$OUT/bench.json" 2>/dev/null || echo "gpu_check: the bench wrote no bench.json"
-
-    local x_bench=0
-    if [ -n "$X_MODEL" ]; then  # the probes keep 60 s
-        seconds=$(at_most "$(awk "BEGIN {print int($X_MINUTES * 60) + 90}")" "$(left 60)")
-        # shellcheck disable=SC2086 # BENCH_ARGS too (before the model and size, which win)
-        bounded "$seconds" "bench of $X_MODEL at 340x256: --minutes $X_MINUTES" "$PY" -m pipeline.bench --masks-only \
-            $BENCH_ARGS --model "$X_MODEL" --sizes 340x256 --minutes "$X_MINUTES" --out "$WORK/bench-x"
+    # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags (before --minutes and --out, which win)
+    run_bench bench bench.json "$BENCH_MINUTES" 0 $BENCH_ARGS
+    local bench=$? x_bench=0
+    if [ -n "$X_MODEL" ]; then  # 60 s at least kept for the probes
+        # shellcheck disable=SC2086 # and before the model and the size too
+        run_bench "bench of $X_MODEL at 340x256" bench-x.json "$X_MINUTES" 60 $BENCH_ARGS --model "$X_MODEL" \
+            --sizes 340x256
         x_bench=$?
-        cp "$WORK/bench-x/bench.json" "$OUT/bench-x.json" 2>/dev/null || echo "gpu_check: no bench-x.json"
     fi
 
     bounded "$(at_most "$PROBE_SECONDS" "$(left 30)")" "decoders on threads or in processes beside a busy thread" \

@@ -26,6 +26,7 @@ case "$1" in
         case "$2" in
             pytest) echo "1 passed" ;;
             pipeline.bench)
+                if [ -n "${FAIL_MODEL:-}" ] && printf '%s\n' "$@" | grep -qx -- --model; then exit 3; fi
                 out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
                 case "$3" in
                     compiled) echo '{}' > "$out" ;;
@@ -57,7 +58,7 @@ def test_the_gpu_check_leaves_six_files_and_runs_every_step(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.iterdir()) == SIX
     assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 0" in (out / "log").read_text()
-    assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2.25 --out" in calls
+    assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2 --out" in calls
     assert "--masks-only --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 --out" in calls
     assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
 
@@ -71,8 +72,18 @@ def test_the_second_model_is_left_out_when_asked_and_skipped_without_time(tmp_pa
     done, out, calls = gpu_check(tmp_path / "short", TOTAL_SECONDS="65")  # the probes keep 60 s
     log = (out / "log").read_text()
     assert done.returncode == 1 and "--model" not in calls and "pipeline.bench decoding" in calls
-    assert "== bench of yolo11x-seg.yaml at 340x256: --minutes 0.5: skipped, " in log
+    assert re.search(r"== bench of yolo11x-seg.yaml at 340x256: --minutes -?[\d.]+: skipped, ", log)
     assert "bench of yolo11x-seg.yaml exit 124" in log
+    done, out, calls = gpu_check(tmp_path / "shrunk", TOTAL_SECONDS="200", X_MINUTES="1")
+    minutes = float(re.search(r"--model yolo11x-seg.yaml --sizes 340x256 --minutes (\S+) ", calls)[1])
+    assert done.returncode == 0 and 0.8 < minutes <= 50 / 60  # what is left less the probes' 60 s and 90 s
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_the_second_bench_failing_fails_the_check(tmp_path):
+    done, out, _ = gpu_check(tmp_path, FAIL_MODEL="1")
+    assert done.returncode == 1
+    assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 3" in (out / "log").read_text()
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -84,6 +95,5 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
     assert "== done: tests exit 124, bench exit 0" in log
     minutes = float(re.search(r"--masks-only --minutes (\S+) ", calls)[1])  # what is left less 90 s: 60 s (or
     assert 0.95 < minutes <= 1  # a second less, if the clock's second turned since the script started)
-    x_seconds = int(re.search(r"== bench of yolo11x-seg.yaml at 340x256: --minutes 0.5, at most (\d+)s", log)[1])
-    assert 85 <= x_seconds <= 90  # what is left less the 60 s the probes keep
-    assert sorted(p.name for p in out.iterdir()) == SIX
+    assert "bench of yolo11x-seg.yaml exit 124" in log  # no 90 s left after the 60 s kept for the probes
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(SIX) - {"bench-x.json"})
