@@ -55,7 +55,8 @@ def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> t
     x = frames.permute(0, 3, 1, 2)
     size = (geometry.new_height, geometry.new_width)
     if size != (geometry.height, geometry.width):
-        planar = x.device.type == "cpu" and size[0] * size[1] >= geometry.height * geometry.width
+        planar = (x.device.type == "cpu" and size[0] * size[1] >= geometry.height * geometry.width
+                  and x.is_contiguous(memory_format=torch.channels_last))  # (interleaved frames, as decoded)
         x = F.interpolate((x.contiguous() if planar else x).float(), size=size, mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
         if planar:  # enlarged on a CPU, planar frames resize 2-2.5× faster, to the same values; then back to the
