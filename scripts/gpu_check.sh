@@ -15,8 +15,9 @@
 # PROBE_DECODERS (half the cores), COMPILE_SECONDS (60), TOTAL_SECONDS (560: the device tool stops a command at
 # 600, counted here from the script's start; the steps' own limits add up to 520 s: each bench's budget shrinks
 # to fit, a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if
-# SIGTERM does not stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
-# wheels install and the versions are read in their usual seconds (they have no limit of their own).
+# SIGTERM does not stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min
+# 20 s at most, if the wheels install and the versions are read in their usual seconds (they have no limit of
+# their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
