@@ -152,14 +152,20 @@ def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size):
     geometry = Geometry.of(height, width, input_size(height, width, None), 32)
     pixels = np.random.default_rng(width).integers(0, 256, (3, height, width, 3), dtype=np.uint8)
     planar = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NHWC over NCHW memory
-    for frames in (torch.from_numpy(pixels), torch.from_numpy(pixels[:1]), planar):
-        x = frames.permute(0, 3, 1, 2).float()  # as it was made before: in the frames' layout throughout
-        if (geometry.new_height, geometry.new_width) != (height, width):
-            x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear", align_corners=False)
-            x = x.round_().clamp_(0, 255)
-        x = F.pad(x, (geometry.left, geometry.input_width - geometry.new_width - geometry.left, geometry.top,
-                      geometry.input_height - geometry.new_height - geometry.top), value=PAD_VALUE).div_(255)
-        ours = letterbox(frames, geometry, torch.float32)
+    threads = torch.get_num_threads()
+    cases = [(n, frames) for n in (1, 2) for frames in (torch.from_numpy(pixels), torch.from_numpy(pixels[:1]), planar)]
+    for n, frames in cases:  # the planar resize is taken on 2 threads (where it is faster), not on 1; torch's
+        torch.set_num_threads(n)  # interleaved resize itself rounds differently on 1 thread than on several
+        try:
+            ours = letterbox(frames, geometry, torch.float32)
+            x = frames.permute(0, 3, 1, 2).float()  # as it was made before: in the frames' layout throughout
+            if (geometry.new_height, geometry.new_width) != (height, width):
+                x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear",
+                                  align_corners=False).round_().clamp_(0, 255)
+            x = F.pad(x, (geometry.left, geometry.input_width - geometry.new_width - geometry.left, geometry.top,
+                          geometry.input_height - geometry.new_height - geometry.top), value=PAD_VALUE).div_(255)
+        finally:
+            torch.set_num_threads(threads)
         assert torch.equal(ours, x) and ours.stride() == x.stride()
         assert ours.is_contiguous(memory_format=torch.channels_last) == (frames is not planar)
 

@@ -55,17 +55,26 @@ def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> t
     x = frames.permute(0, 3, 1, 2)
     size = (geometry.new_height, geometry.new_width)
     if size != (geometry.height, geometry.width):
-        planar = (x.device.type == "cpu" and size[0] * size[1] >= geometry.height * geometry.width
-                  and x.is_contiguous(memory_format=torch.channels_last))  # (interleaved frames, as decoded)
+        planar = _resize_planar(x, geometry)
         x = F.interpolate((x.contiguous() if planar else x).float(), size=size, mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
-        if planar:  # enlarged on a CPU, planar frames resize 2-2.5× faster, to the same values; then back to the
-            x = x.contiguous(memory_format=torch.channels_last)  # layout the network runs fastest on (and whose
-            # kernels shaped the masks): docs/PERFORMANCE.md, ninth session. Not so shrunk, nor on CUDA
+        if planar:  # back to the layout the network runs fastest on (and whose kernels shaped the masks)
+            x = x.contiguous(memory_format=torch.channels_last)
     bottom = geometry.input_height - geometry.new_height - geometry.top
     right = geometry.input_width - geometry.new_width - geometry.left
     x = F.pad(x.float(), (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
     return x.div_(255).to(dtype)
+
+
+def _resize_planar(x: torch.Tensor, geometry: Geometry) -> bool:
+    """Whether interleaved (channels-last) frames are resized faster made planar first, to the same values: on a
+    CPU with several threads, enlarging to more than 128 rows and columns together, 2-2.5× faster. On one thread,
+    shrinking, or smaller, torch's channels-last path was as fast or faster; CUDA is left as it was
+    (docs/PERFORMANCE.md, ninth session)."""
+    return (x.device.type == "cpu" and torch.get_num_threads() > 1
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and geometry.new_height + geometry.new_width > 128
+            and geometry.new_height * geometry.new_width >= geometry.height * geometry.width)
 
 
 def per_axis(boxes: torch.Tensor, x, y) -> torch.Tensor:
