@@ -2,11 +2,11 @@
 # One command for a GPU machine that starts bare (torch preinstalled, no network, no venv): install what it lacks
 # from the wheels carried in .whl/, run the CUDA tests (those marked `gpu`), then the masks bench
 # (`python -m pipeline.bench --masks-only`: make bench would build a venv), and leave the JSON and logs in $OUT:
-#   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then,
-#   each bounded, a second, shorter bench of the largest model at the small size (bench-x.json: the issue's
-#   goal for yolo11x-seg) and two probes, whose failure fails nothing: decoding.json (decoders on threads or
-#   processes beside a busy thread) and compiled.json (the forward eager, compiled, as CUDA graphs). Six files:
-#   the device tool brings back at most 8.
+#   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then a
+#   second, shorter bench of the largest model at the small size (bench-x.json: the issue's goal for
+#   yolo11x-seg; like the tests and the first bench, its failure or skip fails the check), and two probes, whose
+#   failure fails nothing: decoding.json (decoders on threads or processes beside a busy thread) and
+#   compiled.json (the forward eager, compiled, as CUDA graphs). Six files: the device tool brings back at most 8.
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
@@ -65,7 +65,7 @@ bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skip
     local seconds=$1 what=$2
     shift 2
     if [ "$seconds" -lt 10 ]; then
-        echo "== $what: skipped, ${seconds}s left of TOTAL_SECONDS=$TOTAL_SECONDS"
+        echo "== $what: skipped, a limit of ${seconds}s with $(left)s left of TOTAL_SECONDS=$TOTAL_SECONDS"
         return 124
     fi
     echo "== $what, at most ${seconds}s"
@@ -118,7 +118,7 @@ EOF
         || { echo "gpu_check: a package the pipeline needs cannot be imported (see above); add its wheel to $WHEELS (scripts/gpu_wheels.sh, run where the package index is)"
              return 2; }
 
-    local tests=0 seconds
+    local tests=0
     mapfile -t gpu_tests < <(grep -l "mark.gpu" tests/test_*.py)
     if [ "${#gpu_tests[@]}" -gt 0 ]; then
         # the bench keeps 150 s at least
@@ -130,7 +130,7 @@ EOF
     fi
 
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags (before --minutes and --out, which win)
-    run_bench bench bench.json "$BENCH_MINUTES" 0 $BENCH_ARGS
+    run_bench "bench${BENCH_ARGS:+ $BENCH_ARGS}" bench.json "$BENCH_MINUTES" 0 $BENCH_ARGS
     local bench=$? x_bench=0
     if [ -n "$X_MODEL" ]; then  # 60 s at least kept for the probes
         # shellcheck disable=SC2086 # and before the model and the size too
