@@ -83,8 +83,10 @@ class SegmenterSpec:
         return self.backend == "yolo" or self.refine is not None
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that shape the stored masks. Device and threads do not; weights count by their content
-        (segment.weights_digests), not by where they lie, so the paths are left out too."""
+        """The fields that shape the stored masks, as the run tag keys them. The device does not, nor, on a GPU,
+        the threads; on a CPU YOLO's masks differ in their last bits with torch's thread count (docs/PERFORMANCE.md,
+        ninth session), which is left out all the same and kept in each shard's stats (`made_with`). Weights count
+        by their content (segment.weights_digests), not by where they lie, so the paths are left out too."""
         unused = {"device", "threads", "refine"}
         if self.backend != "selfie":
             unused |= {"selfie_model", "threshold", "min_area"}
