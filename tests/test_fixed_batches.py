@@ -107,3 +107,23 @@ def test_an_instances_logits_do_not_depend_on_other_frames_instances():
     alone = logits([0], [0])
     among = logits([0, *[1] * 20], [0, *range(20)])
     assert torch.equal(alone[0], among[0])  # with one product of 20 padded rows for both frames, they differ here
+
+
+def test_a_cpu_run_whose_shards_ran_on_other_thread_counts_says_so(shapes_dataset, tmp_path, checkpoint):
+    """On a CPU the network's bytes differ with torch's thread count, which the run tag leaves out (it follows
+    WORKERS and the machine): a run folder whose shards ran on different counts is named in the summary."""
+    root, _ = shapes_dataset
+    out = tmp_path / "run"
+
+    def run(threads: int, **overrides):
+        segmenter = dataclasses.replace(spec(checkpoint), threads=threads)
+        return run_masks(config(root, out, shard_size=2, segmenter=segmenter, **overrides), progress=False)
+
+    alike = run(2)  # every shard on 2 threads
+    assert alike.made_with["threads"] == {"2": 3} and alike.warnings == []
+    mixed = run(1, overwrite=True, limit=1)  # the first shard again, on 1 thread
+    assert mixed.computed == 1 and mixed.warnings == []  # this run's selection ran alike
+    everything = run(2)  # nothing to compute: the folder's shards as they are
+    assert everything.computed == 0 and everything.made_with["threads"] == {"1": 1, "2": 2}
+    assert len(everything.warnings) == 1 and "(shards on so many threads: 1 on 1, 2 on 2)" in everything.warnings[0]
+    assert "  WARNING: " + everything.warnings[0] in everything.lines()

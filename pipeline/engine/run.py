@@ -52,6 +52,9 @@ class StageSummary:
     totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances), and maxima
     left_out: dict[str, int] = field(default_factory=dict)  # input entries not made items, by reason (duplicates)
     workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
+    # what ran the selected shards now in the folder (their stats' made_with): each setting's values, by shards
+    made_with: dict[str, dict[str, int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # said with the summary (the stage's own, e.g. mixed shards)
     problems: list[Problem] = field(default_factory=list)  # the selected shards' items that are not ok
     problems_file: str | None = None  # the run's problems.csv (every current shard's), once written
     seconds: float = 0.0
@@ -71,6 +74,7 @@ class StageSummary:
         out += [f"  worker {name}: {w['shards']} shards, {w['frames']} frames, {w['frames_per_s']:.1f} frames/s, "
                 f"peak {w['peak_rss_mb']:.0f} MiB" for name, w in sorted(self.workers.items())]
         out += [f"  FAILED {name}: {error}" for name, error in self.failed_shards.items()]
+        out += [f"  WARNING: {warning}" for warning in self.warnings]
         out += self.problem_lines()
         return out
 
@@ -186,6 +190,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         summary.frames += stats.frames
         summary.failed_items |= stats.failed
         summary.retried |= stats.retried
+        for key, value in stats.made_with.items():
+            values = summary.made_with.setdefault(key, {})
+            values[str(value)] = values.get(str(value), 0) + 1
         for key, value in stats.totals.items():  # sums; a `_max` is the largest of the shards'
             merge = max if key.endswith("_max") else int.__add__
             summary.totals[key] = merge(summary.totals.get(key, 0), value)
