@@ -9,6 +9,7 @@ bytes through the network alone, as a GPU does for every batch size."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,8 @@ def test_an_instances_logits_do_not_depend_on_other_frames_instances():
 
 def test_a_cpu_run_whose_shards_ran_on_other_thread_counts_says_so(shapes_dataset, tmp_path, checkpoint):
     """On a CPU the network's bytes differ with torch's thread count, which the run tag leaves out (it follows
-    WORKERS and the machine): a run folder whose shards ran on different counts is named in the summary."""
+    WORKERS and the machine): a run folder whose current shards ran on different counts is named in the summary,
+    by the run that mixed it and by any later one."""
     root, _ = shapes_dataset
     out = tmp_path / "run"
 
@@ -119,11 +121,31 @@ def test_a_cpu_run_whose_shards_ran_on_other_thread_counts_says_so(shapes_datase
         segmenter = dataclasses.replace(spec(checkpoint), threads=threads)
         return run_masks(config(root, out, shard_size=2, segmenter=segmenter, **overrides), progress=False)
 
-    alike = run(2)  # every shard on 2 threads
+    before = torch.get_num_threads()
+    try:
+        alike = run(2)  # every shard on 2 threads
+        mixed = run(1, overwrite=True, limit=1)  # the first shard again, on 1 thread
+        later = run(2)  # nothing to compute: the folder's shards as they are
+    finally:
+        torch.set_num_threads(before)  # the segmenter set it for this process
     assert alike.made_with["threads"] == {"2": 3} and alike.warnings == []
-    mixed = run(1, overwrite=True, limit=1)  # the first shard again, on 1 thread
-    assert mixed.computed == 1 and mixed.warnings == []  # this run's selection ran alike
-    everything = run(2)  # nothing to compute: the folder's shards as they are
-    assert everything.computed == 0 and everything.made_with["threads"] == {"1": 1, "2": 2}
-    assert len(everything.warnings) == 1 and "(shards on so many threads: 1 on 1, 2 on 2)" in everything.warnings[0]
-    assert "  WARNING: " + everything.warnings[0] in everything.lines()
+    assert mixed.computed == 1 and later.computed == 0
+    for summary in (mixed, later):
+        assert summary.made_with["threads"] == {"1": 1, "2": 2} and len(summary.warnings) == 1
+        assert "(shards on so many threads: 1 on 1, 2 on 2)" in summary.warnings[0]
+        assert "  WARNING: " + summary.warnings[0] in summary.lines()
+    assert json.loads((Path(mixed.output) / "summary.json").read_text())["warnings"] == mixed.warnings
+
+
+def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
+    from pipeline.masks.runner import mixed_cpu_threads
+    from pipeline.segment import RefineSpec
+
+    yolo, made = SegmenterSpec(backend="yolo"), {"device": {"cpu": 12}, "threads": {"2": 2, "10": 10}}
+    assert "(shards on so many threads: 2 on 2, 10 on 10)" in mixed_cpu_threads("k", yolo, made)  # by count
+    refined = SegmenterSpec(backend="selfie", refine=RefineSpec(checkpoint="random"))
+    assert mixed_cpu_threads("k", refined, made) is not None  # SAM runs on torch
+    assert mixed_cpu_threads("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
+    assert mixed_cpu_threads("k", SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter"), made) is None
+    assert mixed_cpu_threads("k", yolo, {**made, "device": {"cuda": 12}}) is None  # the GPU's bytes
+    assert mixed_cpu_threads("k", yolo, {**made, "threads": {"2": 12}}) is None

@@ -52,7 +52,8 @@ class StageSummary:
     totals: dict[str, int] = field(default_factory=dict)  # the stage's own sums (masks: instances), and maxima
     left_out: dict[str, int] = field(default_factory=dict)  # input entries not made items, by reason (duplicates)
     workers: dict[str, dict] = field(default_factory=dict)  # host:pid → shards, frames, seconds, frames/s, peak
-    # what ran the selected shards now in the folder (their stats' made_with): each setting's values, by shards
+    # what ran the plan's current shards (their stats' made_with, all of them: a run that redid a few shards can
+    # mix the folder): each setting's values, by shards
     made_with: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # said with the summary (the stage's own, e.g. mixed shards)
     problems: list[Problem] = field(default_factory=list)  # the selected shards' items that are not ok
@@ -190,9 +191,6 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
         summary.frames += stats.frames
         summary.failed_items |= stats.failed
         summary.retried |= stats.retried
-        for key, value in stats.made_with.items():
-            values = summary.made_with.setdefault(key, {})
-            values[str(value)] = values.get(str(value), 0) + 1
         for key, value in stats.totals.items():  # sums; a `_max` is the largest of the shards'
             merge = max if key.endswith("_max") else int.__add__
             summary.totals[key] = merge(summary.totals.get(key, 0), value)
@@ -200,6 +198,7 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     summary.items += statuses[SHARD_FAILED] + statuses["not_done"]
     chosen = {task.name for task in selected}
     found = run_problems(plan, read, failed)
+    summary.made_with = made_with_counts(plan, read, failed)
     summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
     if computed or meanwhile or not failed:
         summary.problems_file = str(record_problems(plan, failed, required=bool(computed), found=found))
@@ -306,6 +305,19 @@ def run_problems(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
             found = stats.problem_records()
             problems += found if found is not None else stored_problems(task, stats)
     return by_folder
+
+
+def made_with_counts(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
+                     failed: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Over the plan's current shards (`known`: stats already read), what ran them: each made_with setting's
+    values, by the number of shards."""
+    counts: dict[str, Counter[str]] = {}
+    for task in plan:
+        stats = known.get(task.name)
+        if task.name not in failed and stats is not None and stats.plan == task.plan_digest():
+            for key, value in stats.made_with.items():
+                counts.setdefault(key, Counter())[str(value)] += 1
+    return {key: dict(sorted(values.items())) for key, values in counts.items()}
 
 
 def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:

@@ -64,23 +64,24 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
                 and not claimed_elsewhere(run_dir):  # nothing was committed there, and no other run is at it
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    mixed = mixed_cpu_threads(config, summary.made_with)
-    if mixed:
-        log.warning("%s", mixed)
+    mixed = mixed_cpu_threads(config.name, config.segmenter, summary.made_with)
+    if mixed:  # printed with the summary
         summary.warnings.append(mixed)
     if summary.computed:
         write_json(run_dir / "summary.json", summary.record())
     return summary
 
 
-def mixed_cpu_threads(config: MasksConfig, made_with: dict[str, dict[str, int]]) -> str | None:
-    """What to say when the run's shards were segmented on a CPU with different torch thread counts: a torch
-    network's masks differ in their last bits with it (docs/PERFORMANCE.md), and the run tag leaves it out."""
+def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
+    """What to say when the run's current shards were segmented on a CPU with different torch thread counts: a
+    torch network's masks (YOLO's, SAM's) differ in their last bits with it (docs/PERFORMANCE.md), and the run tag
+    leaves it out."""
     threads, devices = made_with.get("threads", {}), made_with.get("device", {})
-    if len(threads) < 2 or not config.segmenter.batch_shapes_masks or any(d != "cpu" for d in devices):
+    torch_network = spec.backend == "yolo" or spec.refine is not None
+    if len(threads) < 2 or not torch_network or any(device != "cpu" for device in devices):
         return None
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
-    return (f"{config.name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
+    return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
             f"{counts}); their masks differ in the last bits with it. For shards alike, run with one WORKERS "
             "setting on one kind of machine, with OVERWRITE=1")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -37,8 +38,10 @@ class MasksStage:
 
     def made_with(self) -> dict[str, Any]:
         """What ran a shard without shaping its masks (kept in its stats, not in the run's record)."""
+        torch = sys.modules.get("torch")  # the threads the model ran on (on a CPU they shape its last bits), not
+        threads = torch.get_num_threads() if torch is not None else self.segmenter.threads  # the setting (0)
         made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
-                "threads": self.segmenter.threads}
+                "threads": threads}
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             made["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         return made
