@@ -149,3 +149,4 @@ def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
     assert mixed_cpu_threads("k", SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter"), made) is None
     assert mixed_cpu_threads("k", yolo, {**made, "device": {"cuda": 12}}) is None  # the GPU's bytes
     assert mixed_cpu_threads("k", yolo, {**made, "threads": {"2": 12}}) is None
+    assert mixed_cpu_threads("k", yolo, {**made, "threads": {"0": 4, "2": 8}}) is None  # 0: stats of before, unknown

@@ -76,7 +76,8 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
     """What to say when the run's current shards were segmented on a CPU with different torch thread counts: a
     torch network's masks (YOLO's, SAM's) differ in their last bits with it (docs/PERFORMANCE.md), and the run tag
     leaves it out."""
-    threads, devices = made_with.get("threads", {}), made_with.get("device", {})
+    devices = made_with.get("device", {})
+    threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
     torch_network = spec.backend == "yolo" or spec.refine is not None
     if len(threads) < 2 or not torch_network or any(device != "cpu" for device in devices):
         return None

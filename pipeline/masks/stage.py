@@ -37,7 +37,8 @@ class MasksStage:
         return self.decoders or auto_decoders(self.segmenter.device)
 
     def made_with(self) -> dict[str, Any]:
-        """What ran a shard without shaping its masks (kept in its stats, not in the run's record)."""
+        """What ran a shard, left out of the run's record (kept in its stats). None of it shapes the masks, but on
+        a CPU the threads, in their last bits: the run says so where its shards ran on different counts."""
         torch = sys.modules.get("torch")  # the threads the model ran on (on a CPU they shape its last bits), not
         threads = torch.get_num_threads() if torch is not None else self.segmenter.threads  # the setting (0)
         made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
