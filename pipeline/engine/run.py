@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import JournalWatch
@@ -197,8 +197,9 @@ def run_stage(stage: str, output: Path, plan: Sequence[ShardTask], selected: Seq
     summary.by_status = dict(sorted(statuses.items()))
     summary.items += statuses[SHARD_FAILED] + statuses["not_done"]
     chosen = {task.name for task in selected}
-    found = run_problems(plan, read, failed)
-    summary.made_with = made_with_counts(plan, read, failed)
+    current = current_stats(plan, read, failed)
+    found = run_problems(plan, current, failed)
+    summary.made_with = made_with_counts(current.values())
     summary.problems = [p for problems in found.values() for p in problems if p.shard in chosen]
     if computed or meanwhile or not failed:
         summary.problems_file = str(record_problems(plan, failed, required=bool(computed), found=found))
@@ -263,7 +264,9 @@ def record_problems(plan: Sequence[ShardTask], failed: Mapping[str, str], *, req
     nothing may find the folder read-only: then a list that is out of date or missing (a run from before the
     lists) is only warned about."""
     path = None
-    for folder, problems in (found if found is not None else run_problems(plan, committed_stats(plan), failed)).items():
+    if found is None:
+        found = run_problems(plan, current_stats(plan, committed_stats(plan), failed), failed)
+    for folder, problems in found.items():
         try:
             path = write_problems(folder, problems)
         except OSError as exc:
@@ -290,33 +293,37 @@ def _marker_state(task: ShardTask) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def run_problems(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
+def current_stats(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
+                  failed: Mapping[str, str]) -> dict[str, ShardStats]:
+    """Shard → its stats (`known`: already read), for the plan's current shards (made from what the plan says
+    now) that did not fail in this run."""
+    return {task.name: stats for task in plan if task.name not in failed
+            and (stats := known.get(task.name)) is not None and stats.plan == task.plan_digest()}
+
+
+def run_problems(plan: Sequence[ShardTask], current: Mapping[str, ShardStats],
                  failed: Mapping[str, str]) -> dict[Path, list[Problem]]:
-    """Shard folder → the problems of every current shard of the plan there, and the items of the shards that
-    failed in this run. `known`: stats already read, by shard."""
+    """Shard folder → the problems of every current shard of the plan there (`current_stats`), and the items of
+    the shards that failed in this run."""
     by_folder: dict[Path, list[Problem]] = {}
     for task in plan:
         problems = by_folder.setdefault(task.folder, [])
         if task.name in failed:
             problems += [Problem.of(item, SHARD_FAILED, failed[task.name], task.name) for item in task.items]
             continue
-        stats = known.get(task.name)
-        if stats is not None and stats.plan == task.plan_digest():
+        stats = current.get(task.name)
+        if stats is not None:
             found = stats.problem_records()
             problems += found if found is not None else stored_problems(task, stats)
     return by_folder
 
 
-def made_with_counts(plan: Sequence[ShardTask], known: Mapping[str, ShardStats],
-                     failed: Mapping[str, str]) -> dict[str, dict[str, int]]:
-    """Over the plan's current shards (`known`: stats already read), what ran them: each made_with setting's
-    values, by the number of shards."""
+def made_with_counts(current: Iterable[ShardStats]) -> dict[str, dict[str, int]]:
+    """What ran these shards: each made_with setting's values, by the number of shards."""
     counts: dict[str, Counter[str]] = {}
-    for task in plan:
-        stats = known.get(task.name)
-        if task.name not in failed and stats is not None and stats.plan == task.plan_digest():
-            for key, value in stats.made_with.items():
-                counts.setdefault(key, Counter())[str(value)] += 1
+    for stats in current:
+        for key, value in stats.made_with.items():
+            counts.setdefault(key, Counter())[str(value)] += 1
     return {key: dict(sorted(values.items())) for key, values in counts.items()}
 
 

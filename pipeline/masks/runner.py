@@ -78,8 +78,7 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
     leaves it out."""
     devices = made_with.get("device", {})
     threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
-    torch_network = spec.backend == "yolo" or spec.refine is not None
-    if len(threads) < 2 or not torch_network or any(device != "cpu" for device in devices):
+    if len(threads) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
         return None
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "

@@ -82,6 +82,13 @@ class SegmenterSpec:
         encoder does; selfie runs frame by frame. A segmenter of your own is taken to run frame by frame."""
         return self.backend == "yolo" or self.refine is not None
 
+    @property
+    def threads_shape_masks(self) -> bool:
+        """Whether, on a CPU, the masks' last bits depend on torch's thread count: a torch network's do (YOLO's,
+        SAM's refining; docs/PERFORMANCE.md, ninth session); selfie runs on TFLite, and one of your own is not known.
+        The run tag leaves the count out (it follows WORKERS and the machine); a run whose shards differ says so."""
+        return self.backend == "yolo" or self.refine is not None
+
     def output_fields(self) -> dict[str, Any]:
         """The fields that shape the stored masks, as the run tag keys them. The device does not, nor, on a GPU,
         the threads; on a CPU YOLO's masks differ in their last bits with torch's thread count (docs/PERFORMANCE.md,
