@@ -39,6 +39,7 @@ MASKS_FLAGS := $(LIST_FLAGS) \
 	$(if $(DEVICE),--device "$(DEVICE)") \
 	$(if $(BATCH),--batch "$(BATCH)") \
 	$(if $(DECODERS),--decoders "$(DECODERS)") \
+	$(if $(THREADS),--threads "$(THREADS)") \
 	$(if $(INFERENCE),--inference "$(INFERENCE)") \
 	$(if $(REFINE),--refine "$(REFINE)") \
 	$(if $(SAM_TYPE),--sam-type "$(SAM_TYPE)") \
@@ -197,7 +198,7 @@ help: ## this list
 	@echo "Main variables (all of them: README.md, 'Real datasets'; every flag: .venv/bin/python -m pipeline CMD --help):"
 	@echo "  DATASET=sample|kinetics400|...|folder|list  DATA_ROOT=  SPLIT_ID=  VIDEO_DIR=  CLASS_LIST=  OFFICIAL_INDICES=1"
 	@echo "  OUT=.  SPLITS=train,val  LIMIT=N  OVERWRITE=1  RETRY_FAILED=1  MAX_TRIES=3"
-	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  REFINE=sam  SAM_CHECKPOINT=  SAM_PRECISION="
+	@echo "  masks:     SEGMENTER=yolo|selfie  MODEL=  DEVICE=cpu|cuda  BATCH=16  DECODERS=  THREADS=  REFINE=sam  SAM_CHECKPOINT=  SAM_PRECISION="
 	@echo "  render:    VARIANTS=bg,...  VARIANTS_FILE=  FORMAT=mp4|rawframes|webdataset  SHORT_SIDE=  SCUBA_IMAGES="
 	@echo "  later:     MASKS=<run>  MIN_COVERAGE=  MIN_FRAMES_FRAC=  PREDICTIONS=DIR  SPLIT=val  ALL_EVALUATIONS=1"
 	@echo "  status:    MASKS=<run> (default: the run that changed last, one in progress included)"

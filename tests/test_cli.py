@@ -138,3 +138,16 @@ def test_help_lists_every_command_and_every_flag_has_help_with_its_default(monke
     masks_help = commands.choices["masks"].format_help()
     assert re.search(r"--device DEVICE +cpu, cuda \(one worker per visible GPU\) or cuda:N \(default: cpu\)", masks_help)
     assert re.search(r"--conf CONF +yolo score threshold \(default: 0.25\)", masks_help)
+
+
+def test_threads_reach_the_masks_run_and_key_a_cpu_yolo_run():
+    from pipeline.cli.configs import masks_config
+
+    def config(*flags: str):
+        return masks_config(build_parser().parse_args(["masks", "--dataset", "kinetics400", "--segmenter", "yolo",
+                                                        "--model", "yolo11n-seg.yaml", "--workers", "0", *flags]))
+
+    three = config("--threads", "3")
+    assert three.segmenter.threads == 3 and three.output_fields()["threads"] == 3
+    assert config().segmenter.threads == 0 and config().output_fields()["threads"] == os.cpu_count()
+    assert config("--threads", "3", "--device", "cuda").run_tag() == config("--device", "cuda").run_tag()

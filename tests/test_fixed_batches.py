@@ -9,7 +9,9 @@ bytes through the network alone, as a GPU does for every batch size."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,9 @@ import torch
 from pipeline.bench import lively
 from pipeline.datasets.sample import shape_clip
 from pipeline.decode import DecodeOptions, FrameBatch
-from pipeline.masks import run_masks
-from pipeline.segment import SegmenterSpec
+from pipeline.executor import ExecOptions
+from pipeline.masks import MasksConfig, run_masks
+from pipeline.segment import RefineSpec, SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
 from tests.test_masks_stage import config, shard_bytes
 
@@ -110,10 +113,10 @@ def test_an_instances_logits_do_not_depend_on_other_frames_instances():
     assert torch.equal(alone[0], among[0])  # with one product of 20 padded rows for both frames, they differ here
 
 
-def test_a_cpu_run_whose_shards_ran_on_other_thread_counts_says_so(shapes_dataset, tmp_path, checkpoint):
-    """On a CPU the network's bytes differ with torch's thread count, which the run tag leaves out (it follows
-    WORKERS and the machine): a run folder whose current shards ran on different counts is named in the summary,
-    by the run that mixed it and by any later one."""
+def test_a_cpu_runs_thread_count_keys_its_run_folder(shapes_dataset, tmp_path, checkpoint):
+    """On a CPU the network's bytes differ with torch's thread count (WORKERS and the machine set it), so the
+    count is part of the run tag: a run on another count starts a folder of its own and names the folder beside
+    it that holds these settings' masks, with the THREADS that goes on with it; that count resumes it."""
     root, _ = shapes_dataset
     out = tmp_path / "run"
 
@@ -123,22 +126,115 @@ def test_a_cpu_run_whose_shards_ran_on_other_thread_counts_says_so(shapes_datase
 
     before = torch.get_num_threads()
     try:
+        two = run(2)
+        torch.set_num_threads(2)  # what ran before in this process does not set the count the shards run on
+        one = run(1)
+        torch.set_num_threads(3)
+        again = run(2, overwrite=True, limit=1)  # the first folder again, its first shard redone
+    finally:
+        torch.set_num_threads(before)  # the stage set it for this process
+    assert one.output != two.output == again.output
+    assert (two.computed, one.computed, again.computed) == (3, 3, 1)
+    assert two.made_with["threads"] == again.made_with["threads"] == {"2": 3} and one.made_with["threads"] == {"1": 3}
+    assert json.loads((Path(two.output) / "run.json").read_text())["config"]["segmenter"]["threads"] == 2
+    assert two.warnings == again.warnings == []  # the first folder is no new one
+    (said,) = one.warnings
+    assert f"{two.output} holds masks of these settings made on 2 torch threads; this run, on 1 torch threads, " \
+           f"starts {Path(one.output).name}" in said and said.endswith("pass THREADS=2")
+    assert "  WARNING: " + said in one.lines()
+    assert json.loads((Path(one.output) / "summary.json").read_text())["warnings"] == one.warnings
+    assert shard_bytes(Path(one.output)) != shard_bytes(Path(two.output))  # why the count keys the folder
+
+
+def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,
+                                                                                         checkpoint):
+    """Where each worker runs on its own default count (a scheduler started elsewhere, no THREADS), the count is
+    not known when the run is planned and cannot key it: a run folder whose current shards ran on different
+    counts is named in the summary, by the run that mixed it and by any later one."""
+    from distributed import Client, LocalCluster
+
+    root, _ = shapes_dataset
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        def run(threads: int, **overrides):  # the worker's default, set on its one task thread
+            client.submit(torch.set_num_threads, threads, pure=False).result()
+            return run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint),
+                                    execution=ExecOptions(scheduler=cluster.scheduler_address), **overrides),
+                             progress=False)
+
         alike = run(2)  # every shard on 2 threads
         mixed = run(1, overwrite=True, limit=1)  # the first shard again, on 1 thread
         later = run(2)  # nothing to compute: the folder's shards as they are
-    finally:
-        torch.set_num_threads(before)  # the segmenter set it for this process
+    assert json.loads((Path(alike.output) / "run.json").read_text())["config"]["segmenter"]["threads"] == 0
     assert alike.made_with["threads"] == {"2": 3} and alike.warnings == []
-    assert mixed.computed == 1 and later.computed == 0
+    assert mixed.output == later.output == alike.output and mixed.computed == 1 and later.computed == 0
     for summary in (mixed, later):
         assert summary.made_with["threads"] == {"1": 1, "2": 2} and len(summary.warnings) == 1
         assert "(shards on so many threads: 1 on 1, 2 on 2)" in summary.warnings[0]
         assert "  WARNING: " + summary.warnings[0] in summary.lines()
-    assert json.loads((Path(mixed.output) / "summary.json").read_text())["warnings"] == mixed.warnings
+
+
+def test_the_thread_count_keys_cpu_runs_of_torch_networks_only(tmp_path):
+    yolo = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml")
+
+    def keyed(segmenter: SegmenterSpec, **execution) -> dict:
+        made = MasksConfig(dataset="sample", out=tmp_path, segmenter=segmenter, execution=ExecOptions(**execution))
+        return {k: v for k, v in made.output_fields().items() if k == "threads"}
+
+    cores = os.cpu_count()
+    assert keyed(yolo, workers=0) == {"threads": cores}  # in this process: all of them
+    assert keyed(yolo, workers=2) == {"threads": max(1, cores // 2)}
+    assert keyed(dataclasses.replace(yolo, threads=3), workers=2) == {"threads": 3}
+    assert keyed(yolo, scheduler="tcp://elsewhere:8786") == {"threads": 0}  # each worker's default
+    assert keyed(dataclasses.replace(yolo, threads=3), scheduler="tcp://elsewhere:8786") == {"threads": 3}
+    assert keyed(SegmenterSpec(backend="selfie", refine=RefineSpec(checkpoint="random")), workers=1) == \
+        {"threads": cores}  # SAM runs on torch
+    assert keyed(dataclasses.replace(yolo, device="cuda")) == {}
+    assert keyed(SegmenterSpec(backend="selfie")) == {}
+    assert keyed(SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter")) == {}
+
+
+def test_a_new_cpu_run_folder_names_the_folders_beside_it_of_these_settings(tmp_path):
+    from pipeline.masks.threads import other_thread_runs
+
+    config = MasksConfig(dataset="sample", out=tmp_path, execution=ExecOptions(workers=0),
+                         segmenter=SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", threads=2))
+    beside = config.run_dir().parent
+
+    def made(folder: str, record: dict) -> None:
+        (beside / folder).mkdir(parents=True)
+        (beside / folder / "run.json").write_text(json.dumps(record))
+
+    def run_on(threads: int, execution: ExecOptions = config.execution, **segmenter) -> dict:
+        other = dataclasses.replace(config, execution=execution,
+                                    segmenter=dataclasses.replace(config.segmenter, threads=threads, **segmenter))
+        return {"config": other.provenance(), "fingerprint": other.fingerprint()}
+
+    made("three", run_on(3))
+    made("remote", run_on(0, ExecOptions(scheduler="tcp://elsewhere:8786")))
+    made("two", run_on(2))  # this run's own settings and count: not named
+    made("conf", run_on(3, conf=0.5))  # other settings
+    old = run_on(2)  # made before the count keyed the folder: run.json and run tag without it
+    del old["config"]["segmenter"]["threads"]
+    old["fingerprint"] = hashlib.sha256(json.dumps({k: v for k, v in config.output_fields().items() if k != "threads"},
+                                                   sort_keys=True, default=str).encode()).hexdigest()[:10]
+    made("before", old)
+    made("broken", {"config": "not a record"})
+    (beside / "empty").mkdir()
+    said = other_thread_runs(config)
+    assert len(said) == 3
+    assert said[0].startswith(f"{beside / 'before'} holds masks of these settings made before the thread count keyed")
+    assert said[1] == f"{beside / 'remote'} holds masks of these settings made on each worker's own torch thread " \
+        f"count; this run, on 2 torch threads, starts {config.run_tag()}: on a CPU the count shapes the masks' " \
+        "last bits"
+    assert said[2].startswith(f"{beside / 'three'} holds masks of these settings made on 3 torch threads; this run")
+    assert said[2].endswith("; to go on with three, pass THREADS=3")
+    assert other_thread_runs(dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter,
+                                                                                       device="cuda"))) == []
 
 
 def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
-    from pipeline.masks.runner import mixed_cpu_threads
+    from pipeline.masks.threads import mixed_cpu_threads
     from pipeline.segment import RefineSpec
 
     yolo, made = SegmenterSpec(backend="yolo"), {"device": {"cpu": 12}, "threads": {"2": 2, "10": 10}}

@@ -86,6 +86,7 @@ def masks_config(args: argparse.Namespace) -> MasksConfig:
             object_classes=object_classes,
             selfie_model=args.selfie_model,
             threshold=args.threshold,
+            threads=args.threads or 0,
             refine=refine_spec(args),
         ),
         decode=DecodeOptions(fps=args.fps, short_side=args.short_side, batch=args.batch),

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--decoders", type=positive_int, help="clips decoded at once per worker, their frames packed "
                        "into shared model batches (default: 1 on CPU; on CUDA one per core of the GPU worker's "
                        "share, 1 to 8)")
+    masks.add_argument("--threads", type=positive_int, help="torch threads per CPU model (default: each worker's "
+                       "share of the cores); on a CPU a YOLO or SAM run's masks differ in their last bits with the "
+                       "count, so it keys the run folder")
     masks.add_argument("--fps", type=positive_float, help="resample to this frame rate (default: every frame)")
     masks.add_argument("--short-side", type=positive_int, help="resize frames for inference to this short side")
     masks.add_argument("--conf", type=unit_float, default=0.25, help="yolo score threshold")

@@ -54,7 +54,8 @@ class MasksConfig:
     def output_fields(self) -> dict[str, Any]:
         """What decides the stored masks; two runs agreeing on these may share a run folder. The weights count
         by the SHA-256 of their content, so weights rewritten in place make a new run folder; the batch size
-        counts for a segmenter whose masks depend on it."""
+        counts for a segmenter whose masks depend on it, and on a CPU the torch thread count for one whose masks
+        depend on that."""
         fields = {
             "dataset": self.dataset,
             "segmenter": self.segmenter.output_fields(),
@@ -65,7 +66,20 @@ class MasksConfig:
         }
         if self.segmenter.batch_shapes_masks:
             fields["batch"] = self.batch_shape()
-        return fields
+        return {**fields, **self.threads_field()}
+
+    def model_threads(self) -> int:
+        """The torch threads each CPU model runs on: the setting (THREADS), else each worker's equal share of the
+        cores (all of them in this process); 0 where the workers' machines are not known here (a scheduler
+        started elsewhere): each worker's own default."""
+        return self.segmenter.threads or self.execution.threads_per_worker()
+
+    def threads_field(self) -> dict[str, int]:
+        """The thread count as the run tag keys it: on a CPU a torch network's masks (YOLO's, SAM's) differ in
+        their last bits with it (docs/PERFORMANCE.md, ninth session), so another count is another run folder.
+        Empty on a GPU and for a segmenter whose masks it does not shape."""
+        keyed = self.segmenter.threads_shape_masks and self.segmenter.device == "cpu"
+        return {"threads": self.model_threads()} if keyed else {}
 
     def batch_shape(self) -> dict[str, int]:
         """What sets a model batch's size: BATCH frames, fewer where they would pass max_batch_mb."""
@@ -75,9 +89,10 @@ class MasksConfig:
         """The settings as run.json records them: what the masks are made from (the run tag's fields: the
         backend's own settings, the weights by content and by where they were read, frame rate, size, tracking)
         and where the clips came from (dataset folder and reader options). Nothing that only selects or
-        schedules the work (splits, limit, overwrite, retries, workers, decoders, batch sizes where they do not
-        change the masks, the device where it does not), nor the output folder, tag or shard size (layout.json has that): a run
-        with other such flags keeps the same record. Each shard's stats keep what ran it (made_with)."""
+        schedules the work (splits, limit, overwrite, retries, workers, decoders, batch sizes and thread
+        counts where they do not change the masks, the device where it does not), nor the output folder, tag or
+        shard size (layout.json has that): a run with other such flags keeps the same record. Each shard's stats
+        keep what ran it (made_with)."""
         spec = self.segmenter
         read_from = {"model": spec.model} if spec.backend not in ("selfie",) else {"selfie_model": spec.selfie_model}
         if spec.refine:
@@ -86,15 +101,15 @@ class MasksConfig:
             "dataset": self.dataset,
             "root": self.root,
             "reader": dataclasses.asdict(self.reader),
-            "segmenter": {**spec.output_fields(), "weights": weights_digests(spec), "weights_paths": read_from},
+            "segmenter": {**spec.output_fields(), **self.threads_field(), "weights": weights_digests(spec),
+                          "weights_paths": read_from},
             "decode": {"fps": self.decode.fps, "short_side": self.decode.short_side,
                        **({"batch": self.batch_shape()} if spec.batch_shapes_masks else {})},
             "track": {"min_iou": self.track.min_iou, "max_gap": self.track.max_gap},
         }
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.output_fields(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return fields_digest(self.output_fields())
 
     def run_tag(self) -> str:
         if self.tag:
@@ -108,3 +123,8 @@ class MasksConfig:
 
     def run_dir(self) -> Path:
         return Path(self.out) / "masks" / self.name / self.run_tag()
+
+
+def fields_digest(fields: dict[str, Any]) -> str:
+    """The run tag's digest of a run's output fields."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -26,6 +26,7 @@ from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, visible_gpus
 from pipeline.masks.config import MasksConfig
 from pipeline.masks.stage import MasksStage
+from pipeline.masks.threads import mixed_cpu_threads, other_thread_runs
 from pipeline.records import ClipRecord, listing_digest
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 
@@ -48,9 +49,12 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
     config = config.with_weights()
     options, resources = placement(config)
     if config.execution.in_process:
-        load_segmenter(config.segmenter)  # in-process: load now, so a bad model fails before anything is written
+        load_segmenter(worker_spec(config))  # in-process: load now, so a bad model fails before anything is written
     run_dir = config.run_dir()
     fresh = not run_dir.exists()
+    beside = other_thread_runs(config) if fresh else []
+    for line in beside:  # now, not only with the summary: the user may stop the run and pass THREADS
+        log.warning("%s: %s", config.name, line)
     with bulk():
         plan, selected, record = plan_masks(config, listing)
     try:
@@ -65,25 +69,10 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     mixed = mixed_cpu_threads(config.name, config.segmenter, summary.made_with)
-    if mixed:  # printed with the summary
-        summary.warnings.append(mixed)
+    summary.warnings += [f"{config.name}: {line}" for line in beside] + ([mixed] if mixed else [])  # printed with it
     if summary.computed:
         write_json(run_dir / "summary.json", summary.record())
     return summary
-
-
-def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
-    """What to say when the run's current shards were segmented on a CPU with different torch thread counts: a
-    torch network's masks (YOLO's, SAM's) differ in their last bits with it (docs/PERFORMANCE.md), and the run tag
-    leaves it out."""
-    devices = made_with.get("device", {})
-    threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
-    if len(threads) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
-        return None
-    counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
-    return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
-            f"{counts}); their masks differ in the last bits with it. For shards alike, run with one WORKERS "
-            "setting on one kind of machine, with OVERWRITE=1")
 
 
 def plan_masks(config: MasksConfig, listing: Listing) -> tuple[list[ShardTask], list[ShardTask], list[RecordFile]]:
@@ -164,14 +153,12 @@ def file_signatures(paths: list, chunk: int = 2048) -> list[str]:
 
 
 def worker_spec(config: MasksConfig) -> SegmenterSpec:
-    """The segmenter as workers load it: each GPU worker sees only its own GPU, as `cuda`; CPU workers share
-    the cores between their models."""
+    """The segmenter as workers load it: each GPU worker sees only its own GPU, as `cuda`; on a CPU, the thread
+    count the run is keyed by (the workers' share of the cores)."""
     spec, options = config.segmenter, config.execution
-    if options.in_process:
-        return spec
     if spec.device.startswith("cuda"):
-        return spec if options.scheduler else dataclasses.replace(spec, device="cuda")
-    return spec if spec.threads else dataclasses.replace(spec, threads=options.threads_per_worker())
+        return spec if options.scheduler or options.in_process else dataclasses.replace(spec, device="cuda")
+    return dataclasses.replace(spec, threads=config.model_threads())
 
 
 def gpu_options(config: MasksConfig):

@@ -38,7 +38,8 @@ class MasksStage:
 
     def made_with(self) -> dict[str, Any]:
         """What ran a shard, left out of the run's record (kept in its stats). None of it shapes the masks, but on
-        a CPU the threads, in their last bits: the run says so where its shards ran on different counts."""
+        a CPU the threads, in their last bits: the run tag keys the count where it is known when the run is
+        planned, and the run says so where its shards still ran on different counts."""
         torch = sys.modules.get("torch")  # the threads the model ran on (on a CPU they shape its last bits), not
         threads = torch.get_num_threads() if torch is not None else self.segmenter.threads  # the setting (0)
         made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
@@ -53,6 +54,11 @@ class MasksStage:
 
     def open(self, task: ShardTask, commit: Commit) -> "MasksWork":
         segmenter = load_segmenter(self.segmenter)
+        spec = self.segmenter
+        if spec.threads and spec.threads_shape_masks and spec.device == "cpu":  # the count the run is keyed by,
+            import torch  # whatever this process ran on since the model (cached) was loaded: SAM's count too
+
+            torch.set_num_threads(spec.threads)
         provenance = {f"segmenter.{key}": value for key, value in segmenter.provenance().items()}
         writer = ShardWriter(ShardFiles(task.folder, task.name), commit, {**self.metadata, **provenance})
         return MasksWork(self, segmenter, writer)

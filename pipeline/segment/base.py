@@ -86,14 +86,14 @@ class SegmenterSpec:
     def threads_shape_masks(self) -> bool:
         """Whether, on a CPU, the masks' last bits depend on torch's thread count: a torch network's do (YOLO's,
         SAM's refining; docs/PERFORMANCE.md, ninth session); selfie runs on TFLite, and one of your own is not known.
-        The run tag leaves the count out (it follows WORKERS and the machine); a run whose shards differ says so."""
+        A masks run keys the count (MasksConfig.threads_field); a run whose shards still differ says so."""
         return self.backend == "yolo" or self.refine is not None
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that shape the stored masks, as the run tag keys them. The device does not, nor, on a GPU,
-        the threads; on a CPU YOLO's masks differ in their last bits with torch's thread count (docs/PERFORMANCE.md,
-        ninth session), which is left out all the same and kept in each shard's stats (`made_with`). Weights count
-        by their content (segment.weights_digests), not by where they lie, so the paths are left out too."""
+        """The backend's fields that shape the stored masks, as the run tag keys them. The device does not, nor
+        the threads setting: on a CPU the count the model runs on does (MasksConfig.threads_field keys it, where
+        the count per worker is known). Weights count by their content (segment.weights_digests), not by where
+        they lie, so the paths are left out too."""
         unused = {"device", "threads", "refine"}
         if self.backend != "selfie":
             unused |= {"selfie_model", "threshold", "min_area"}
