@@ -29,6 +29,7 @@ from pipeline.bench.placement import StagePlace
 from pipeline.bench.replay import replay_spec
 from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.masks import MasksConfig, run_masks
+from pipeline.masks.runner import worker_spec
 from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     spec = resolve_weights(spec)  # as the stage names it: one model for both (a relative .pt made absolute)
     if spec.model.endswith((".yaml", ".yml")):  # calibrated over both photos, their whole pans
         spec = realistic_spec(spec, spread(early, decode, frames, batch), folder, instances=instances)
+    # on a CPU, the thread count the stage runs on and keys its run by: one model for the stage and the figures here
+    spec = worker_spec(MasksConfig(dataset="kinetics400", segmenter=spec, execution=place.execution))
     segmenter = load_segmenter(spec)
     on_device = segmenter.on_device if spec.inference == "device" else None
     segmenter.segment(first)  # warm-up: lazy setup, kernels, allocator
