@@ -39,13 +39,15 @@ class ExecOptions:
         return self.workers == 0 and not self.scheduler and not self.gpus and not self.cluster
 
     def threads_per_worker(self) -> int:
-        """An equal share of the cores per worker (of this machine, or of a batch job); 0 (library default) on a
-        remote cluster."""
+        """An equal share of the cores per worker (of those this process may run on: a job's cpuset, not the
+        whole machine; or of a batch job); 0 (library default) on a remote cluster."""
+        from pipeline.gpu_workers import available_cores
+
         if self.cluster:
             return self.cluster.threads_per_worker()
         if self.scheduler:
             return 0
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        return max(1, available_cores() // max(1, self.workers))
 
 
 def run_tasks(

@@ -142,6 +142,7 @@ def test_help_lists_every_command_and_every_flag_has_help_with_its_default(monke
 
 def test_threads_reach_the_masks_run_and_key_a_cpu_yolo_run():
     from pipeline.cli.configs import masks_config
+    from pipeline.gpu_workers import available_cores
 
     def config(*flags: str):
         return masks_config(build_parser().parse_args(["masks", "--dataset", "kinetics400", "--segmenter", "yolo",
@@ -149,5 +150,5 @@ def test_threads_reach_the_masks_run_and_key_a_cpu_yolo_run():
 
     three = config("--threads", "3")
     assert three.segmenter.threads == 3 and three.output_fields()["threads"] == 3
-    assert config().segmenter.threads == 0 and config().output_fields()["threads"] == os.cpu_count()
+    assert config().segmenter.threads == 0 and config().output_fields()["threads"] == available_cores()
     assert config("--threads", "3", "--device", "cuda").run_tag() == config("--device", "cuda").run_tag()

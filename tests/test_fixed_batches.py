@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from pipeline.bench import lively
 from pipeline.datasets.sample import shape_clip
 from pipeline.decode import DecodeOptions, FrameBatch
 from pipeline.executor import ExecOptions
+from pipeline.gpu_workers import available_cores
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.segment import RefineSpec, SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
@@ -181,7 +181,7 @@ def test_the_thread_count_keys_cpu_runs_of_torch_networks_only(tmp_path):
         made = MasksConfig(dataset="sample", out=tmp_path, segmenter=segmenter, execution=ExecOptions(**execution))
         return {k: v for k, v in made.output_fields().items() if k == "threads"}
 
-    cores = os.cpu_count()
+    cores = available_cores()  # those this process may run on
     assert keyed(yolo, workers=0) == {"threads": cores}  # in this process: all of them
     assert keyed(yolo, workers=2) == {"threads": max(1, cores // 2)}
     assert keyed(dataclasses.replace(yolo, threads=3), workers=2) == {"threads": 3}

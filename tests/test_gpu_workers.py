@@ -4,6 +4,9 @@ batch system's environment or the machine, and the host memory it needs; no GPU 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 
 import pipeline.gpu_workers as gpu_workers
 from pipeline.decode import DecodeOptions
+from pipeline.executor import ExecOptions
 from pipeline.gpu_workers import CORES_ENV, CUDA_CONTEXT_BYTES, RUNTIME_BYTES, CoreShare, core_share, memory_need
 from pipeline.in_flight import frames_held, pinned_budget
 from pipeline.masks.feed import Feeder
@@ -130,3 +134,15 @@ def test_local_gpu_workers_get_their_share_of_the_cores_and_the_memory(monkeypat
         gpu_cluster(("0", "1", "2", "3"))
     assert started["workers"]["gpu-0"]["options"]["memory_limit"] == 4 << 30
     assert "4 GPU worker(s) share 16.0 GiB of memory, 4.0 GiB each" in caplog.text and "SHORT_SIDE" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
+def test_cpu_workers_share_the_cores_this_process_may_run_on_not_the_machines():
+    """A job's cpuset (SLURM, `taskset`, a container's cpuset) holds fewer cores than the machine: the torch threads
+    of a CPU worker, which key a CPU masks run, are a share of those."""
+    script = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+              "from pipeline.executor import ExecOptions; "
+              "print(ExecOptions(workers=0).threads_per_worker(), ExecOptions(workers=2).threads_per_worker())")
+    printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert printed.split() == ["1", "1"]
+    assert ExecOptions(workers=0).threads_per_worker() == len(os.sched_getaffinity(0))
