@@ -11,6 +11,7 @@ from pipeline import rle
 from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.masks import MASK_SCHEMA, read_clips, run_masks
+from pipeline.masks.runner import worker_spec
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 from pipeline.segment.yolo import YoloSegmenter, select_classes, torch_device
 from tests.test_masks_stage import config
@@ -89,8 +90,9 @@ def test_yolo_from_yaml_masks_at_source_size_with_coco_names(inference):
 def test_yolo_run_writes_a_valid_table(shapes_dataset, tmp_path):
     root, truth = shapes_dataset
     spec = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml", conf=0.01, max_det=2, object_classes=())
-    yolo_with_detections(spec)  # workers=0: the run uses this cached instance
-    summary = run_masks(config(root, tmp_path, segmenter=spec, splits=("val",)), progress=False)
+    run = config(root, tmp_path, segmenter=spec, splits=("val",))
+    yolo_with_detections(worker_spec(run))  # workers=0: the run uses this cached instance
+    summary = run_masks(run, progress=False)
     assert summary.by_status == {"ok": 1}
     run_dir = Path(summary.output)
     import pyarrow.parquet as pq
@@ -169,17 +171,22 @@ def test_predict_is_handed_the_explicit_torch_device(monkeypatch):
 
 def test_predict_leaves_torchs_cpu_threads_as_they_were():
     """ultralytics' select_device sets torch's CPU threads for the whole process to its own count (cores - 1,
-    at most 8): once predict() had run, the device path and every bench figure after it (the CPU masks bench
-    calls predict() at warm-up) ran on 1 thread of this 2-core machine."""
+    at most 8) as predict() first sets its predictor up: once predict() had run, the device path and every bench
+    figure after it (the CPU masks bench calls predict() at warm-up) ran on 1 thread of a 2-core machine, and the
+    first call's network ran on that count, later ones on the caller's (on an AMD EPYC VM, other boxes)."""
     from ultralytics.utils import NUM_THREADS
 
     before = torch.get_num_threads()
+    segmenter, ran_on = fresh_yolo("yolo11n-seg.yaml"), []
+    segmenter.model.model.register_forward_pre_hook(lambda module, args: ran_on.append(torch.get_num_threads()))
     try:
         torch.set_num_threads(NUM_THREADS + 1)  # not ultralytics' count, whatever the machine
-        fresh_yolo("yolo11n-seg.yaml").predict(photo_batch("bus.jpg", 240, 320, frames=1))
-        assert torch.get_num_threads() == NUM_THREADS + 1
+        for _ in range(2):  # the first call sets its predictor up (select_device), the second does not
+            segmenter.predict(photo_batch("bus.jpg", 240, 320, frames=1))
+            assert torch.get_num_threads() == NUM_THREADS + 1
     finally:
         torch.set_num_threads(before)
+    assert ran_on == [NUM_THREADS + 1] * 2  # the network too, on the first call as on later ones (its last bits)
 
 
 def pretend_gpus(monkeypatch, count: int) -> list[int]:

@@ -43,6 +43,17 @@ class YoloSegmenter:
         self.precision = _precision_args(self.half)
         self._device_model = None  # the device path's own copy of the network, taken at first use of either path
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
+        self._threads = 0  # torch's CPU threads when predict() was called, put back as its predictor starts
+        self.model.add_callback("on_predict_start", self._own_threads)
+
+    def _own_threads(self, predictor) -> None:
+        """ultralytics' select_device, as predict() first sets its predictor up, sets torch's CPU threads for the
+        whole process to its own count (cores - 1, at most 8): the first call's forward would run on that count
+        and later ones on the caller's, and on a CPU the count shapes the network's last bits."""
+        if self._threads:
+            import torch
+
+            torch.set_num_threads(self._threads)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.launch([batch], capacity=batch.capacity).result()
@@ -111,7 +122,7 @@ class YoloSegmenter:
         imgsz = input_size(height, width, self.spec.imgsz)
         frames = [frame[..., ::-1] for frame in batch.frames]  # ultralytics takes numpy frames as BGR
         frames += [np.zeros_like(frames[0])] * (batch.capacity - len(frames))
-        threads = torch.get_num_threads()
+        threads = self._threads = torch.get_num_threads()
         try:
             results = self.model.predict(
                 frames,
@@ -125,8 +136,8 @@ class YoloSegmenter:
                 retina_masks=True,  # masks at the input frame size, not the letterboxed model size
                 verbose=False,
             )
-        finally:  # ultralytics' select_device sets torch's CPU threads to its own count (cores - 1, at most 8)
-            torch.set_num_threads(threads)  # for the whole process: the device path and the bench's figures too
+        finally:  # and after it (_own_threads), for the whole process: the device path and the bench's figures too
+            torch.set_num_threads(threads)
         return [self._frame_masks(result, batch.height, batch.width) for result in results[:len(batch)]]
 
     def _frame_masks(self, result, out_height: int, out_width: int) -> FrameMasks:
