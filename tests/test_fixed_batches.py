@@ -143,7 +143,36 @@ def test_a_cpu_runs_thread_count_keys_its_run_folder(shapes_dataset, tmp_path, c
            f"starts {Path(one.output).name}" in said and said.endswith("pass THREADS=2")
     assert "  WARNING: " + said in one.lines()
     assert json.loads((Path(one.output) / "summary.json").read_text())["warnings"] == one.warnings
-    assert shard_bytes(Path(one.output)) != shard_bytes(Path(two.output))  # why the count keys the folder
+
+
+def test_a_tag_folder_made_on_another_count_is_redone_and_the_run_says_so(shapes_dataset, tmp_path, checkpoint):
+    root, _ = shapes_dataset
+    before = torch.get_num_threads()
+    try:
+        two = run_masks(config(root, tmp_path / "run", shard_size=2, tag="mine",
+                               segmenter=dataclasses.replace(spec(checkpoint), threads=2)), progress=False)
+        one = run_masks(config(root, tmp_path / "run", shard_size=2, tag="mine", limit=1,
+                               segmenter=dataclasses.replace(spec(checkpoint), threads=1)), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert one.output == two.output and (two.computed, one.computed) == (3, 1) and two.warnings == []
+    assert one.warnings == [f"kinetics400: {two.output} holds masks of these settings made on 2 torch threads; this "
+                            "run, on 1 torch threads, redoes its shards: on a CPU the count shapes the masks' last "
+                            "bits; to go on with mine, pass THREADS=2"]
+
+
+def test_a_cpu_run_without_threads_runs_on_the_count_it_is_keyed_by(shapes_dataset, tmp_path, checkpoint):
+    """The default count (the cores this process may run on, in-process) is the one the shards run on, whatever
+    count this process had before."""
+    root, _ = shapes_dataset
+    cores, before = available_cores(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if cores > 1 else 2)  # not the count the run is keyed by
+        summary = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint)), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((Path(summary.output) / "run.json").read_text())["config"]["segmenter"]["threads"] == cores
+    assert summary.made_with["threads"] == {str(cores): 3}
 
 
 def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,
@@ -178,11 +207,12 @@ def test_the_thread_count_keys_cpu_runs_of_torch_networks_only(tmp_path):
     yolo = SegmenterSpec(backend="yolo", model="yolo11n-seg.yaml")
 
     def keyed(segmenter: SegmenterSpec, **execution) -> dict:
-        made = MasksConfig(dataset="sample", out=tmp_path, segmenter=segmenter, execution=ExecOptions(**execution))
-        return {k: v for k, v in made.output_fields().items() if k == "threads"}
+        return MasksConfig(dataset="sample", out=tmp_path, segmenter=segmenter,
+                           execution=ExecOptions(**execution)).threads_field()
 
     cores = available_cores()  # those this process may run on
     assert keyed(yolo, workers=0) == {"threads": cores}  # in this process: all of them
+    assert MasksConfig(dataset="sample", segmenter=yolo).output_fields()["threads"] == max(1, cores // 2)  # the tag's
     assert keyed(yolo, workers=2) == {"threads": max(1, cores // 2)}
     assert keyed(dataclasses.replace(yolo, threads=3), workers=2) == {"threads": 3}
     assert keyed(yolo, scheduler="tcp://elsewhere:8786") == {"threads": 0}  # each worker's default
@@ -210,7 +240,9 @@ def test_a_new_cpu_run_folder_names_the_folders_beside_it_of_these_settings(tmp_
                                     segmenter=dataclasses.replace(config.segmenter, threads=threads, **segmenter))
         return {"config": other.provenance(), "fingerprint": other.fingerprint()}
 
-    made("three", run_on(3))
+    on_three = dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter, threads=3)).run_tag()
+    made(on_three, run_on(3))  # the folder THREADS=3 goes on with
+    made("three", run_on(3))  # one a TAG named
     made("remote", run_on(0, ExecOptions(scheduler="tcp://elsewhere:8786")))
     made("two", run_on(2))  # this run's own settings and count: not named
     made("conf", run_on(3, conf=0.5))  # other settings
@@ -222,15 +254,20 @@ def test_a_new_cpu_run_folder_names_the_folders_beside_it_of_these_settings(tmp_
     made("broken", {"config": "not a record"})
     (beside / "empty").mkdir()
     said = other_thread_runs(config)
-    assert len(said) == 3
+    assert len(said) == 4
     assert said[0].startswith(f"{beside / 'before'} holds masks of these settings made before the thread count keyed")
+    assert said[0].endswith("last bits")  # no way to go on with it
     assert said[1] == f"{beside / 'remote'} holds masks of these settings made on each worker's own torch thread " \
         f"count; this run, on 2 torch threads, starts {config.run_tag()}: on a CPU the count shapes the masks' " \
-        "last bits"
+        "last bits; to go on with remote, run it on workers of a scheduler started elsewhere, without THREADS"
     assert said[2].startswith(f"{beside / 'three'} holds masks of these settings made on 3 torch threads; this run")
-    assert said[2].endswith("; to go on with three, pass THREADS=3")
+    assert said[2].endswith("; to go on with three, pass THREADS=3 TAG=three")
+    assert said[3].startswith(f"{beside / on_three} holds masks of these settings made on 3 torch threads")
+    assert said[3].endswith(f"; to go on with {on_three}, pass THREADS=3")
     assert other_thread_runs(dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter,
                                                                                        device="cuda"))) == []
+    made(config.run_tag(), run_on(2))
+    assert other_thread_runs(config) == []  # this run goes on with its own folder
 
 
 def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():

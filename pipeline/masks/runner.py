@@ -52,7 +52,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
         load_segmenter(worker_spec(config))  # in-process: load now, so a bad model fails before anything is written
     run_dir = config.run_dir()
     fresh = not run_dir.exists()
-    beside = other_thread_runs(config) if fresh else []
+    beside = other_thread_runs(config)
     for line in beside:  # now, not only with the summary: the user may stop the run and pass THREADS
         log.warning("%s: %s", config.name, line)
     with bulk():

@@ -1,10 +1,13 @@
 """On a CPU a torch network's masks (YOLO's, SAM's) differ in their last bits with torch's thread count
-(docs/PERFORMANCE.md, ninth session). The run tag keys the count (MasksConfig.threads_field); what a run says
-where that sends it to a new folder beside one of the same settings, or where its shards still differ."""
+(docs/PERFORMANCE.md, ninth and tenth sessions). The run tag keys the count (MasksConfig.threads_field); what a
+run says where that keeps it from going on with masks of its settings made on another count, or where its shards
+still ran on different counts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 from pipeline.masks.config import MasksConfig, fields_digest
 from pipeline.segment import SegmenterSpec
@@ -15,44 +18,61 @@ def _count(threads: int) -> str:
 
 
 def other_thread_runs(config: MasksConfig) -> list[str]:
-    """What to say when this run starts a run folder while one beside it holds masks of the same settings made
-    on another thread count (another WORKERS, another machine), or made before the count keyed the folder: a
-    run resumed so would otherwise start again from nothing, silently."""
+    """What to say where masks of this run's settings made on another thread count (another WORKERS, a machine
+    with other cores), or made before the count keyed the run folder, lie in a folder this run does not go on
+    with: beside its own (it starts a folder of its own) or in it (a TAG folder: it redoes the shards). Without
+    a word, a run resumed so would start again from nothing. Nothing where this run goes on with its folder."""
     fields = config.output_fields()
-    if "threads" not in fields:
+    run_dir = config.run_dir()
+    if "threads" not in fields or (_record(run_dir / "run.json") or {}).get("fingerprint") == fields_digest(fields):
         return []
-    here, run_dir = fields["threads"], config.run_dir()
-    said = []
-    for record in sorted(run_dir.parent.glob("*/run.json")):
-        folder = record.parent
+    here, said = fields["threads"], []
+    for path in sorted(run_dir.parent.glob("*/run.json")):
+        made = _record(path)
         try:
-            made = json.loads(record.read_text())
             threads = made["config"]["segmenter"].get("threads")  # absent: made before the count keyed it
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            alike = {k: v for k, v in fields.items() if k != "threads"} | ({} if threads is None else {"threads": threads})
+            if threads == here or made.get("fingerprint") != fields_digest(alike):
+                continue
+        except (KeyError, TypeError, AttributeError):  # not a masks run's record
             continue
-        alike = {k: v for k, v in fields.items() if k != "threads"} | ({} if threads is None else {"threads": threads})
-        if folder == run_dir or threads == here or made.get("fingerprint") != fields_digest(alike):
-            continue
-        if threads is None:
-            said.append(f"{folder} holds masks of these settings made before the thread count keyed the run folder "
-                        f"(each shard's stats name its count); this run, on {_count(here)}, starts {run_dir.name}")
-        else:
-            resume = f"; to go on with {folder.name}, pass THREADS={threads}" if threads else ""
-            said.append(f"{folder} holds masks of these settings made on {_count(threads)}; this run, on "
-                        f"{_count(here)}, starts {run_dir.name}: on a CPU the count shapes the masks' last bits"
-                        f"{resume}")
+        folder = path.parent
+        made_on = "before the thread count keyed the run folder (each shard's stats name its count)" \
+            if threads is None else f"on {_count(threads)}"
+        doing = "redoes its shards" if folder == run_dir else f"starts {run_dir.name}"
+        said.append(f"{folder} holds masks of these settings made {made_on}; this run, on {_count(here)}, {doing}: on "
+                    f"a CPU the count shapes the masks' last bits{_resume(config, folder, threads)}")
     return said
+
+
+def _resume(config: MasksConfig, folder: Path, threads: int | None) -> str:
+    """How to go on with `folder`, made on `threads`; nothing for a folder made before the count keyed it."""
+    if threads is None:
+        return ""
+    if not threads:
+        return f"; to go on with {folder.name}, run it on workers of a scheduler started elsewhere, without THREADS"
+    resumed = dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter, threads=threads))
+    tag = "" if resumed.run_dir() == folder else f" TAG={folder.name}"
+    return f"; to go on with {folder.name}, pass THREADS={threads}{tag}"
+
+
+def _record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
     """What to say when the run's current shards were segmented on a CPU with different torch thread counts: the
     count keys the run folder only where it is known when the run is planned, not where each worker of a
-    scheduler started elsewhere runs on its own default, and not in folders made before it did."""
+    scheduler started elsewhere runs on its own default (every shard runs on the keyed count otherwise)."""
     devices = made_with.get("device", {})
     threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
     if len(threads) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
         return None
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
-            f"{counts}); their masks differ in the last bits with it. For shards alike, pass THREADS=N, "
-            "with OVERWRITE=1")
+            f"{counts}); their masks differ in the last bits with it. Shards alike come from one count: THREADS=N "
+            "runs every worker on N threads, in a run folder of its own")

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -43,17 +44,18 @@ class YoloSegmenter:
         self.precision = _precision_args(self.half)
         self._device_model = None  # the device path's own copy of the network, taken at first use of either path
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
-        self._threads = 0  # torch's CPU threads when predict() was called, put back as its predictor starts
+        self._caller = threading.local()  # torch's CPU threads where predict() was called, put back as it starts
         self.model.add_callback("on_predict_start", self._own_threads)
 
     def _own_threads(self, predictor) -> None:
         """ultralytics' select_device, as predict() first sets its predictor up, sets torch's CPU threads for the
         whole process to its own count (cores - 1, at most 8): the first call's forward would run on that count
         and later ones on the caller's, and on a CPU the count shapes the network's last bits."""
-        if self._threads:
+        threads = getattr(self._caller, "threads", 0)  # the callback runs on the thread that called predict()
+        if threads:
             import torch
 
-            torch.set_num_threads(self._threads)
+            torch.set_num_threads(threads)
 
     def segment(self, batch: FrameBatch) -> list[FrameMasks]:
         return self.launch([batch], capacity=batch.capacity).result()
@@ -122,7 +124,7 @@ class YoloSegmenter:
         imgsz = input_size(height, width, self.spec.imgsz)
         frames = [frame[..., ::-1] for frame in batch.frames]  # ultralytics takes numpy frames as BGR
         frames += [np.zeros_like(frames[0])] * (batch.capacity - len(frames))
-        threads = self._threads = torch.get_num_threads()
+        threads = self._caller.threads = torch.get_num_threads()
         try:
             results = self.model.predict(
                 frames,
