@@ -148,17 +148,24 @@ def test_a_cpu_runs_thread_count_keys_its_run_folder(shapes_dataset, tmp_path, c
 def test_a_tag_folder_made_on_another_count_is_redone_and_the_run_says_so(shapes_dataset, tmp_path, checkpoint):
     root, _ = shapes_dataset
     before = torch.get_num_threads()
+
+    def run(threads: int, **overrides):
+        return run_masks(config(root, tmp_path / "run", shard_size=2, tag="mine", **overrides,
+                                segmenter=dataclasses.replace(spec(checkpoint), threads=threads)), progress=False)
+
     try:
-        two = run_masks(config(root, tmp_path / "run", shard_size=2, tag="mine",
-                               segmenter=dataclasses.replace(spec(checkpoint), threads=2)), progress=False)
-        one = run_masks(config(root, tmp_path / "run", shard_size=2, tag="mine", limit=1,
-                               segmenter=dataclasses.replace(spec(checkpoint), threads=1)), progress=False)
+        two = run(2)
+        one = run(1, limit=1)  # its first shard redone on 1 thread
+        back = run(2)  # as the warning says: the two shards made on 2 threads kept, the first redone again
     finally:
         torch.set_num_threads(before)
-    assert one.output == two.output and (two.computed, one.computed) == (3, 1) and two.warnings == []
-    assert one.warnings == [f"kinetics400: {two.output} holds masks of these settings made on 2 torch threads; this "
-                            "run, on 1 torch threads, redoes its shards: on a CPU the count shapes the masks' last "
-                            "bits; to go on with mine, pass THREADS=2"]
+    assert one.output == two.output == back.output and two.warnings == []
+    assert (two.computed, one.computed, back.computed) == (3, 1, 1)
+    said = "kinetics400: {}'s record says its masks were last made on {} torch threads; this run, on {} torch " \
+        "threads, redoes every shard made on another count: on a CPU the count shapes the masks' last bits; to go " \
+        "on with those, pass THREADS={}"
+    assert one.warnings == [said.format(two.output, 2, 1, 2)]
+    assert back.warnings == [said.format(two.output, 1, 2, 1)]
 
 
 def test_a_cpu_run_without_threads_runs_on_the_count_it_is_keyed_by(shapes_dataset, tmp_path, checkpoint):
@@ -259,13 +266,15 @@ def test_a_new_cpu_run_folder_names_the_folders_beside_it_of_these_settings(tmp_
     assert said[0].endswith("last bits")  # no way to go on with it
     assert said[1] == f"{beside / 'remote'} holds masks of these settings made on each worker's own torch thread " \
         f"count; this run, on 2 torch threads, starts {config.run_tag()}: on a CPU the count shapes the masks' " \
-        "last bits; to go on with remote, run it on workers of a scheduler started elsewhere, without THREADS"
+        "last bits; to go on with remote, run on workers of a scheduler started elsewhere, without THREADS TAG=remote"
     assert said[2].startswith(f"{beside / 'three'} holds masks of these settings made on 3 torch threads; this run")
     assert said[2].endswith("; to go on with three, pass THREADS=3 TAG=three")
     assert said[3].startswith(f"{beside / on_three} holds masks of these settings made on 3 torch threads")
     assert said[3].endswith(f"; to go on with {on_three}, pass THREADS=3")
     assert other_thread_runs(dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter,
                                                                                        device="cuda"))) == []
+    tagged = other_thread_runs(dataclasses.replace(config, tag="mine"))  # THREADS=3 alone would go to mine
+    assert tagged[3].endswith(f"; to go on with {on_three}, pass THREADS=3 TAG={on_three}")
     made(config.run_tag(), run_on(2))
     assert other_thread_runs(config) == []  # this run goes on with its own folder
 

@@ -112,14 +112,16 @@ class MasksConfig:
         return fields_digest(self.output_fields())
 
     def run_tag(self) -> str:
-        if self.tag:
-            return self.tag
+        return self.tag or self.derived_tag(self.fingerprint())
+
+    def derived_tag(self, fingerprint: str) -> str:
+        """The run folder's name without TAG, for settings of this fingerprint."""
         backend = self.segmenter.backend
         if backend == "yolo":
             name = Path(self.segmenter.model).stem
         else:
             name = backend.rpartition(":")[2].lower() or backend
-        return f"{name}-{self.fingerprint()}"
+        return f"{name}-{fingerprint}"
 
     def run_dir(self) -> Path:
         return Path(self.out) / "masks" / self.name / self.run_tag()

@@ -5,7 +5,6 @@ still ran on different counts."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,8 +19,9 @@ def _count(threads: int) -> str:
 def other_thread_runs(config: MasksConfig) -> list[str]:
     """What to say where masks of this run's settings made on another thread count (another WORKERS, a machine
     with other cores), or made before the count keyed the run folder, lie in a folder this run does not go on
-    with: beside its own (it starts a folder of its own) or in it (a TAG folder: it redoes the shards). Without
-    a word, a run resumed so would start again from nothing. Nothing where this run goes on with its folder."""
+    with: beside its own (it starts a folder of its own), or its own (a TAG folder whose record, run.json, was
+    last written on another count: it redoes the shards made on a count not its own). Without a word, a run
+    resumed so would start again from nothing. Nothing where this run goes on with its folder's record."""
     fields = config.output_fields()
     run_dir = config.run_dir()
     if "threads" not in fields or (_record(run_dir / "run.json") or {}).get("fingerprint") == fields_digest(fields):
@@ -36,30 +36,34 @@ def other_thread_runs(config: MasksConfig) -> list[str]:
                 continue
         except (KeyError, TypeError, AttributeError):  # not a masks run's record
             continue
-        folder = path.parent
-        made_on = "before the thread count keyed the run folder (each shard's stats name its count)" \
-            if threads is None else f"on {_count(threads)}"
-        doing = "redoes its shards" if folder == run_dir else f"starts {run_dir.name}"
-        said.append(f"{folder} holds masks of these settings made {made_on}; this run, on {_count(here)}, {doing}: on "
-                    f"a CPU the count shapes the masks' last bits{_resume(config, folder, threads)}")
+        folder, made_on = path.parent, "before the thread count keyed the run folder" if threads is None \
+            else f"on {_count(threads)}"
+        if folder == run_dir:
+            said.append(f"{folder}'s record says its masks were last made {made_on}; this run, on {_count(here)}, "
+                        f"redoes every shard made on another count: on a CPU the count shapes the masks' last bits"
+                        f"{_resume(config, folder, threads, made['fingerprint'], those=True)}")
+        else:
+            said.append(f"{folder} holds masks of these settings made {made_on}; this run, on {_count(here)}, starts "
+                        f"{run_dir.name}: on a CPU the count shapes the masks' last bits"
+                        f"{_resume(config, folder, threads, made['fingerprint'])}")
     return said
 
 
-def _resume(config: MasksConfig, folder: Path, threads: int | None) -> str:
-    """How to go on with `folder`, made on `threads`; nothing for a folder made before the count keyed it."""
+def _resume(config: MasksConfig, folder: Path, threads: int | None, fingerprint: str, *, those: bool = False) -> str:
+    """How to go on with the masks in `folder`, made on `threads` (settings of `fingerprint`); nothing for a
+    folder made before the count keyed it. TAG= where the folder is not the one the run would name."""
     if threads is None:
         return ""
-    if not threads:
-        return f"; to go on with {folder.name}, run it on workers of a scheduler started elsewhere, without THREADS"
-    resumed = dataclasses.replace(config, segmenter=dataclasses.replace(config.segmenter, threads=threads))
-    tag = "" if resumed.run_dir() == folder else f" TAG={folder.name}"
-    return f"; to go on with {folder.name}, pass THREADS={threads}{tag}"
+    what = "those" if those else folder.name
+    how = f"pass THREADS={threads}" if threads else "run on workers of a scheduler started elsewhere, without THREADS"
+    tag = "" if folder.name == (config.tag or config.derived_tag(fingerprint)) else f" TAG={folder.name}"
+    return f"; to go on with {what}, {how}{tag}"
 
 
 def _record(path: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         return None
     return record if isinstance(record, dict) else None
 
@@ -75,4 +79,4 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
             f"{counts}); their masks differ in the last bits with it. Shards alike come from one count: THREADS=N "
-            "runs every worker on N threads, in a run folder of its own")
+            "runs every worker on N threads (in a run folder of its own, unless TAG names this one)")
