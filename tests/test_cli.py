@@ -1,6 +1,7 @@
 """The command line: bad input is one line and exit 2 with nothing written; the sample runs end to end."""
 
 import argparse
+import json
 import os
 import re
 
@@ -113,6 +114,12 @@ def test_masks_render_manifests_report_through_the_cli_on_dask(shapes_dataset, t
     page = (tmp_path / "reports" / "kinetics400" / tag / "index.html").read_text()
     assert "<h3>Last masks run</h3>" in page and "2 computed, 0 already done, 0 failed" in page
     assert re.search(rf"<td>[^<]+:{os.getpid()}</td><td>2</td><td>70</td>", page), "the worker table"
+    assert "WARNING" not in page
+    summary = tmp_path / "masks" / "kinetics400" / tag / "summary.json"  # as a run that warned keeps it
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "warnings": ["counts <1> & <2>"]}))
+    assert main(["report", *out]) == 0
+    page = (tmp_path / "reports" / "kinetics400" / tag / "index.html").read_text()
+    assert "<p><b>WARNING:</b> counts &lt;1&gt; &amp; &lt;2&gt;</p>" in page
     spec = (tmp_path / "renders" / "kinetics400" / tag / "mine" / "variant.mp4.json").read_text()
     assert '"background": "blur(3)"' in spec and '"dilate": 1' in spec
 

@@ -116,10 +116,12 @@ def _describe(summary: dict) -> str:
 
 
 def _run_section(summary: dict) -> str:
-    """The last masks run: wall time, shards, clips given up and retried, and each worker's throughput."""
+    """The last masks run: wall time, shards, clips given up and retried, its warnings (thread counts: another
+    folder of these settings, shards that ran on different counts), and each worker's throughput."""
     lines = [f"<h3>Last masks run</h3><p>{summary['seconds']:.0f} s wall time; shards: {summary['shards']} of "
              f"{summary['planned']} selected, {summary['computed']} computed, {summary['skipped']} already done, "
              f"{len(summary['failed_shards'])} failed; {len(summary['retried'])} clips needed more than one try.</p>"]
+    lines += [f"<p><b>WARNING:</b> {html.escape(warning)}</p>" for warning in summary.get("warnings", [])]
     rows = [(name, str(w["shards"]), str(w["frames"]), f"{w['frames_per_s']:.1f}", f"{w['peak_rss_mb']:.0f}")
             for name, w in sorted(summary["workers"].items())]
     if rows:
