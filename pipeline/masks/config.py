@@ -78,8 +78,7 @@ class MasksConfig:
         """The thread count as the run tag keys it: on a CPU a torch network's masks (YOLO's, SAM's) differ in
         their last bits with it (docs/PERFORMANCE.md, ninth session), so another count is another run folder.
         Empty on a GPU and for a segmenter whose masks it does not shape."""
-        keyed = self.segmenter.threads_shape_masks and self.segmenter.device == "cpu"
-        return {"threads": self.model_threads()} if keyed else {}
+        return {"threads": self.model_threads()} if self.segmenter.threads_shape_masks else {}
 
     def batch_shape(self) -> dict[str, int]:
         """What sets a model batch's size: BATCH frames, fewer where they would pass max_batch_mb."""

@@ -55,7 +55,7 @@ class MasksStage:
     def open(self, task: ShardTask, commit: Commit) -> "MasksWork":
         segmenter = load_segmenter(self.segmenter)
         spec = self.segmenter
-        if spec.threads and spec.threads_shape_masks and spec.device == "cpu":  # the count the run is keyed by,
+        if spec.threads and spec.threads_shape_masks:  # the count the run is keyed by,
             import torch  # whatever this process ran on since the model (cached) was loaded: SAM's count too
 
             torch.set_num_threads(spec.threads)

@@ -84,10 +84,11 @@ class SegmenterSpec:
 
     @property
     def threads_shape_masks(self) -> bool:
-        """Whether, on a CPU, the masks' last bits depend on torch's thread count: a torch network's do (YOLO's,
-        SAM's refining; docs/PERFORMANCE.md, ninth session); selfie runs on TFLite, and one of your own is not known.
-        A masks run keys the count (MasksConfig.threads_field); a run whose shards still differ says so."""
-        return self.backend == "yolo" or self.refine is not None
+        """Whether the masks' last bits depend on torch's thread count: on a CPU a torch network's do (YOLO's,
+        SAM's refining; docs/PERFORMANCE.md, ninth and tenth sessions), not on a GPU; selfie runs on TFLite, and one
+        of your own is not known. A masks run keys the count (MasksConfig.threads_field); a run whose shards still
+        differ says so."""
+        return self.device == "cpu" and (self.backend == "yolo" or self.refine is not None)
 
     def output_fields(self) -> dict[str, Any]:
         """The backend's fields that shape the stored masks, as the run tag keys them. The device does not, nor
