@@ -194,13 +194,20 @@ def test_cuda_matches_cpu():
     cuda = tuple(t.cuda() for t in cpu)
     for capacity in (None, device_rle.capacity(extent[:, 0]), 5):
         assert device_rle.encode(*cuda, 48, 64, capacity=capacity) == device_rle.encode(*cpu, 48, 64)
+    exact = device_rle.run_lengths(*cpu, 48, 64).numpy()  # noise: far more changes than capacity() guesses
+    changes = int(exact[:16].sum())
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # with a capacity, nothing in it waits for the device
     try:
-        packed = device_rle.run_lengths(*cuda, 48, 64, capacity=device_rle.capacity(extent[:, 0]))
+        fits = device_rle.run_lengths(*cuda, 48, 64, capacity=changes)
+        short = device_rle.run_lengths(*cuda, 48, 64, capacity=changes - 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert device_rle.unpack(packed.cpu().numpy(), 16) is not None
+    made = device_rle.unpack(fits.cpu().numpy(), 16)
+    assert made is not None and len(made) == 16
+    for runs, expected in zip(made, device_rle.unpack(exact, 16)):
+        np.testing.assert_array_equal(runs, expected)
+    assert device_rle.unpack(short.cpu().numpy(), 16) is None  # one slot short: an overflow, said
 
 
 def test_the_device_path_hands_over_the_same_rle_made_on_the_device(checkpoint, monkeypatch):  # noqa: F811

@@ -179,6 +179,7 @@ class FakePinned:
         from pipeline.segment import transfer
 
         self.active, self.cached, self.emptied, empty = 0, collections.Counter(), 0, torch.empty
+        self.handed = 0  # bytes of every block ever handed out
 
         def empty_maybe_pinned(*shape, pin_memory=False, **kwargs):
             if not pin_memory:
@@ -187,6 +188,7 @@ class FakePinned:
             block = 1 << (array.size - 1).bit_length()
             self.cached[block] -= 1 if self.cached[block] else 0
             self.active += block
+            self.handed += block
             weakref.finalize(array, self.free, block)  # the block is in use while the array is
             return types.SimpleNamespace(numpy=lambda: array)
 
@@ -254,6 +256,23 @@ def test_frames_of_several_sizes_share_the_largest_budget_without_handing_blocks
     del held[0]  # 16 KiB cached, too little to hand back
     held.append(memory((20, 1000)))  # 48 + 32 KiB in use, and the 16 KiB: past 80 KiB, within the budget
     assert memory.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
+
+
+def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in_use(monkeypatch):
+    """torch 2.11 on an H200 did not lower its count of pinned blocks in use when one was freed (docs/PERFORMANCE.md,
+    the first GPU check): the blocks in use are counted here, so pieces freed make room for the next ones."""
+    from pipeline.segment.transfer import PinnedFrames
+
+    host = FakePinned(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {
+        "active_bytes.current": host.handed, "allocated_bytes.current": host.allocated})
+    memory = PinnedFrames(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB
+    for _ in range(20):
+        pieces = [memory((10, 1000)), memory((10, 1000))]  # 16 KiB blocks, reused from the cache
+        del pieces
+    assert memory.ordinary == 0 and memory.in_use == 0 and host.allocated == 32 << 10 and host.handed == 640 << 10
+    held = [memory((10, 1000)) for _ in range(5)]  # the budget still holds
+    assert memory.ordinary == 1 and memory.in_use == host.active == 64 << 10 and len(held) == 5
 
 
 def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypatch):

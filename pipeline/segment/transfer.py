@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -19,22 +20,25 @@ class PinnedFrames:
     """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which
     each piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
     memory, whose batches are staged. torch rounds each pinned block up to a power of two and keeps a freed one
-    cached for requests of its own rounded size only, so its blocks are counted as it counts them, against the
-    largest budget asked for so far (a clip of smaller frames does not shrink it): a piece is pinned while the
-    blocks in use and its own fit in four fifths of it, and cached blocks are handed back once they take torch's
-    pinned memory past that and are a fifth of the budget or more. Pinned memory thus stays within the budget,
-    and cached blocks are handed back at most once for each fifth of it freed and not reused. A pinned array is
-    safe to drop once its copy to the GPU is done, as a piece is once its batch's masks are taken (which wait for
-    the copy), or once the feeder that launched it is gone."""
+    cached for requests of its own rounded size only. The blocks in use are the ones handed out here and still
+    alive, counted here as torch rounds them (torch's own count of blocks in use did not fall when a block was
+    freed, on an H200 with torch 2.11: docs/PERFORMANCE.md); what torch holds, cached blocks too, is its
+    statistics'. Both are measured against the largest budget asked for so far (a clip of smaller frames does not
+    shrink it): a piece is pinned while the blocks in use and its own fit in four fifths of it, and cached blocks
+    are handed back once they take torch's pinned memory past that and are a fifth of the budget or more. Pinned
+    memory thus stays within the budget, and cached blocks are handed back at most once for each fifth of it
+    freed and not reused. A pinned array is safe to drop once its copy to the GPU is done, as a piece is once its
+    batch's masks are taken (which wait for the copy), or once the feeder that launched it is gone."""
 
     def __init__(self, budget: Callable[[int], int]) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
         self.budget = budget
         self.ordinary = 0  # pieces given ordinary memory (no room within the budget, or no statistics to tell)
         self.emptied = 0  # times cached blocks were handed back
+        self.in_use = 0  # bytes of the blocks handed out here and still alive, rounded as torch rounds them
         self._largest = 0  # the largest budget asked for
         self._seen: set[int] = set()  # the frame sizes whose budget was asked for
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered where an array is freed while it is held
         if pinned_bytes() is None:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
@@ -47,27 +51,31 @@ class PinnedFrames:
                 self._seen.add(frame_bytes)
                 self._largest = max(self._largest, self.budget(frame_bytes))
             room = self._largest * 4 // 5
-            counted = pinned_bytes()
-            if counted is not None and counted[0] + block <= room:  # the blocks in use and this one fit
+            held = pinned_bytes()
+            if held is not None and self.in_use + block <= room:  # the blocks in use and this one fit
                 array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
-                if counted[1] + block > room:  # it may have taken torch's blocks past the room: cached ones count
-                    active, allocated = pinned_bytes()
-                    if allocated > room and allocated - active >= self._largest // 5:
+                self.in_use += block
+                weakref.finalize(array, self._freed, block)  # views keep the array, the array its tensor
+                if held + block > room:  # it may have taken torch's blocks past the room: cached ones count
+                    held = pinned_bytes()
+                    if held > room and held - self.in_use >= self._largest // 5:
                         empty_pinned_cache()  # cached blocks of other sizes: handed back
                         self.emptied += 1
                 return array
             self.ordinary += 1
         return np.empty(shape, dtype=np.uint8)
 
+    def _freed(self, block: int) -> None:
+        with self._lock:
+            self.in_use -= block
 
-def pinned_bytes() -> tuple[int, int] | None:
-    """Bytes of torch's pinned blocks in use, and of all it holds (cached ones too), rounded as it rounds them;
-    None where torch does not count them (then no frames are pinned)."""
+
+def pinned_bytes() -> int | None:
+    """Bytes of all the pinned blocks torch holds (in use or cached), rounded as it rounds them; None where torch
+    does not count them (then no frames are pinned)."""
     stats = getattr(torch.cuda, "host_memory_stats", None)
     counted = stats() if stats is not None else {}
-    if "active_bytes.current" not in counted or "allocated_bytes.current" not in counted:
-        return None
-    return counted["active_bytes.current"], counted["allocated_bytes.current"]
+    return counted.get("allocated_bytes.current")
 
 
 def empty_pinned_cache() -> None:
