@@ -106,18 +106,62 @@ def test_a_small_capacity_is_reported_and_the_batch_redone_exactly():
     assert batch.copies == 3  # the copy, then the exact size and the copy of the chunk redone
 
 
-def test_where_torch_lacks_nonzero_static_for_the_device_each_chunk_with_a_capacity_counts_a_wait(monkeypatch):
+def test_where_torch_lacks_nonzero_static_for_the_device_each_call_with_a_capacity_counts_a_wait(monkeypatch):
     windows = torch.ones((2, 4, 4), dtype=torch.bool)
     origin, extent = torch.zeros((2, 2), dtype=torch.long), torch.full((2, 2), 4)
     assert device_rle.static_nonzero("cpu")  # this torch has it on the CPU
     monkeypatch.setattr(device_rle, "static_nonzero", lambda device_type: False)
     batch = device_rle.RunBatch(8, 8)
     batch.add(windows, origin, extent, capacity=64)
-    batch.add(windows, origin, extent, capacity=64)
+    batch.add(windows, origin, extent, capacity=64)  # encoded with the first: one call, one wait
     batch.add(windows, origin, extent)  # torch.nonzero by design: waited for when fetched (one copy, sized)
-    assert len(batch.fetch()) == 6 and batch.copies == 3
+    assert len(batch.fetch()) == 6 and batch.copies == 2 and batch.calls == 2
     batch.add(windows, origin, extent, capacity=64)
     assert len(batch.fetch()) == 2 and batch.copies == 2  # counted from the fetch before
+
+
+def test_chunks_of_several_sizes_are_encoded_in_one_call_within_the_change_flags_budget(monkeypatch):
+    """A batch's windows come in a chunk for each padded size: encoded together, padded to the largest (the padding
+    holds ones that must not count), pycocotools' bytes; chunks with a capacity and without are not mixed, and
+    chunks whose padded flags would pass CHANGE_FLAGS go in another call."""
+    rng = np.random.default_rng(7)
+    height, width = 40, 50
+    chunks, wholes = [], []
+    for rows, cols in ((8, 8), (12, 8), (8, 16), (24, 16), (12, 12)):
+        count = int(rng.integers(1, 4))
+        windows = rng.random((count, rows, cols)) < 0.5
+        extent = np.stack([rng.integers(1, cols + 1, count), rng.integers(1, rows + 1, count)], 1)
+        origin = np.stack([rng.integers(0, width - cols, count), rng.integers(0, height - rows, count)], 1)
+        chunks.append(tuple(torch.from_numpy(a) for a in (windows, origin, extent)))
+        for k, ((x, y), (w, h)) in enumerate(zip(origin, extent)):
+            whole = np.zeros((height, width), dtype=bool)
+            whole[y:y + h, x:x + w] = windows[k, :h, :w]
+            wholes.append(whole)
+    expected = _reference(np.stack(wholes))[1]
+    calls = []
+    monkeypatch.setattr(device_rle, "run_lengths", lambda part, *args, **kw: calls.append(
+        (tuple(part.shape), kw.get("capacity"))) or run_lengths(part, *args, **kw))
+    total = sum(len(c[0]) for c in chunks)
+    for capacities, encoded in (([1000] * 5, [((total, 24, 16), 5000)]),  # one call, the capacities summed
+                                ([1000, None, None, 1000, 1000], [((len(chunks[0][0]), 8, 8), 1000),
+                                                                   ((len(chunks[1][0]) + len(chunks[2][0]), 12, 16),
+                                                                    None),
+                                                                   ((total - len(chunks[0][0]) - len(chunks[1][0])
+                                                                     - len(chunks[2][0]), 24, 16), 2000)])):
+        calls.clear()
+        batch = device_rle.RunBatch(height, width)
+        for chunk, capacity in zip(chunks, capacities):
+            batch.add(*chunk, capacity=capacity)
+        assert rle.from_counts(batch.fetch(), height, width) == expected
+        assert calls == encoded and batch.calls == len(encoded)
+    monkeypatch.setattr(device_rle, "CHANGE_FLAGS", total * 16 * 25 - 1)  # all of them padded: one flag too many
+    calls.clear()
+    batch = device_rle.RunBatch(height, width)
+    for chunk in chunks:
+        batch.add(*chunk, capacity=1000)
+    assert rle.from_counts(batch.fetch(), height, width) == expected
+    assert len(calls) == 2 and all(rows_cols[0] * rows_cols[2] * (rows_cols[1] + 1) < total * 16 * 25
+                                   for rows_cols, _ in calls)
 
 
 @pytest.mark.parametrize("capacity", [None, 0, 800])  # exact; too small (every part redone exactly); enough

@@ -118,18 +118,30 @@ class _Chunk:
     origin: torch.Tensor
     extent: torch.Tensor
     capacity: int | None
-    packed: torch.Tensor
+    packed: torch.Tensor | None  # its runs (`run_lengths`), once encoded
+
+
+def _flags(chunks: list[_Chunk]) -> int:
+    """The change flags of the chunks' windows encoded together, padded to the largest's rows and columns."""
+    rows, cols = (max(chunk.windows.shape[axis] for chunk in chunks) for axis in (1, 2))
+    return sum(len(chunk.windows) for chunk in chunks) * cols * (rows + 1)
 
 
 class RunBatch:
     """The run lengths of windows assembled in several chunks, kept on the device until `fetch` brings them all
-    to the host in one copy. A chunk whose capacity was too small is redone exactly (one more copy, logged)."""
+    to the host in one copy. Chunks are encoded together, padded to the largest's size (the padding is ignored),
+    in one `run_lengths` call for as many as CHANGE_FLAGS allows: a batch's windows come in one chunk for each
+    padded size they were assembled at, and each call is dozens of kernels. Chunks with a capacity are not encoded
+    with chunks without (those wait for the device to size their result). A call whose capacity was too small is
+    redone exactly (one more copy, logged)."""
 
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width
+        self._queued: list[_Chunk] = []  # added, not encoded yet (packed: None)
         self._chunks: list[_Chunk] = []
-        self._waited = 0  # waits on the device while chunks were added (no nonzero_static on it)
+        self._waited = 0  # waits on the device while chunks were encoded (no nonzero_static on it)
         self.copies = 0  # copies to the host the last `fetch` made, and waits since the one before: each a wait
+        self.calls = 0  # `run_lengths` calls so far, redone ones too
 
     def add(self, windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, *,
             capacity: int | None = None) -> None:
@@ -143,13 +155,39 @@ class RunBatch:
                 share = None if capacity is None else -(-capacity * (part.stop - at) // count)
                 self.add(windows[part], origin[part], extent[part], capacity=share)
             return
+        chunk = _Chunk(windows, origin, extent, capacity, None)
+        if self._queued and ((capacity is None) != (self._queued[0].capacity is None)
+                             or _flags([*self._queued, chunk]) > CHANGE_FLAGS):
+            self._encode()
+        self._queued.append(chunk)
+
+    def _encode(self) -> None:
+        """The queued chunks encoded in one call, padded to the largest's rows and columns."""
+        queued, self._queued = self._queued, []
+        if len(queued) == 1:
+            windows, origin, extent, capacity = queued[0].windows, queued[0].origin, queued[0].extent, \
+                queued[0].capacity
+        else:
+            rows, cols = (max(chunk.windows.shape[axis] for chunk in queued) for axis in (1, 2))
+            windows = queued[0].windows.new_zeros((sum(len(chunk.windows) for chunk in queued), rows, cols))
+            at = 0
+            for chunk in queued:
+                count, h, w = chunk.windows.shape
+                windows[at:at + count, :h, :w] = chunk.windows
+                at += count
+            origin = torch.cat([chunk.origin for chunk in queued])
+            extent = torch.cat([chunk.extent for chunk in queued])
+            capacity = None if queued[0].capacity is None else sum(chunk.capacity for chunk in queued)
         packed = run_lengths(windows, origin, extent, self.height, self.width, capacity=capacity)
+        self.calls += 1
         self._chunks.append(_Chunk(windows, origin, extent, capacity, packed))
         if capacity is not None and not static_nonzero(windows.device.type):
             self._waited += 1  # torch.nonzero in its place waited for the device
 
     def fetch(self) -> list[np.ndarray]:
         """Every queued instance's run lengths, in the order added."""
+        if self._queued:
+            self._encode()
         if not self._chunks:
             return []
         host = torch.cat([chunk.packed for chunk in self._chunks]).cpu().numpy()
@@ -165,6 +203,7 @@ class RunBatch:
                           count, chunk.capacity)
                 exact = run_lengths(chunk.windows, chunk.origin, chunk.extent, self.height, self.width)
                 runs = unpack(exact.cpu().numpy(), count)
+                self.calls += 1
                 self.copies += 2  # the exact size (torch.nonzero), then the copy
             out.extend(runs)
             start += size
