@@ -162,6 +162,18 @@ def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp
     assert sys.getswitchinterval() == 0.005  # put back
 
 
+def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the_host_time(tmp_path):
+    from pipeline.bench.hostcost import main as hostcost
+
+    report = hostcost(["--device", "cpu", "--sizes", "96x64", "--batch", "8", "--batches", "2", "--repeat", "1",
+                       "--top", "3", "--out", str(tmp_path / "hostcost.json")])
+    assert json.loads((tmp_path / "hostcost.json").read_text()) == report
+    size = report["sizes"]["96x64"]
+    assert size["frames"] == 16 and size["launch_ms"] > 0 and size["result_ms"] > 0 and size["forward_ms"] > 0
+    assert len(size["top"]) == 3 and all(row["calls_per_batch"] > 0 for row in size["top"])
+    assert report["host"]["affinity"] >= 1 and report["host"]["python_loop_2e6_ms"] > 0
+
+
 def test_a_replayed_run_makes_the_rows_of_the_run_it_replays(shapes_dataset, tmp_path):
     """The host figure's segmenter: the masks of a shard's first clip handed back by frame position give that
     clip the very rows it had (masks, scores, boxes, and the tracker's ids); other clips get the same masks."""

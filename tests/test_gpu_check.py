@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SIX = ["bench-x.json", "bench.json", "compiled.json", "decoding.json", "env.txt", "log"]
+SEVEN = ["bench-x.json", "bench.json", "compiled.json", "decoding.json", "env.txt", "hostcost.json", "log"]
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # Answers each of gpu_check's calls at once: the versions (a script on stdin), the import check, the tests, and
@@ -29,7 +29,7 @@ case "$1" in
                 if [ -n "${FAIL_MODEL:-}" ] && printf '%s\n' "$@" | grep -qx -- --model; then exit 3; fi
                 out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
                 case "$3" in
-                    compiled) echo '{}' > "$out" ;;
+                    compiled | hostcost) echo '{}' > "$out" ;;
                     decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
                     *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json" ;;
                 esac ;;
@@ -53,14 +53,15 @@ def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, 
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
-def test_the_gpu_check_leaves_six_files_and_runs_every_step(tmp_path):
+def test_the_gpu_check_leaves_seven_files_and_runs_every_step(tmp_path):
     done, out, calls = gpu_check(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in out.iterdir()) == SIX
+    assert sorted(p.name for p in out.iterdir()) == SEVEN
     assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 0" in (out / "log").read_text()
     assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2 --out" in calls
     assert "--masks-only --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 --out" in calls
     assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
+    assert "pipeline.bench hostcost --out" in calls
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -96,7 +97,7 @@ def test_bench_args_reach_both_benches_and_the_scripts_own_flags_win(tmp_path):
                           f"{tmp_path / 'work' / 'bench'}")
     assert second.endswith("--sizes 160x96 --out /elsewhere --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 "
                            f"--out {tmp_path / 'work' / 'bench-x'}")
-    assert sorted(p.name for p in out.iterdir()) == SIX
+    assert sorted(p.name for p in out.iterdir()) == SEVEN
     assert "== bench --frames 8 --minutes 9 --sizes 160x96 --out /elsewhere: --minutes 2, at most" in (
         out / "log").read_text()
 
@@ -111,4 +112,4 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
     minutes = float(re.search(r"--masks-only --minutes (\S+) ", calls)[1])  # what is left less 90 s: 60 s (or
     assert 0.95 < minutes <= 1  # a second less, if the clock's second turned since the script started)
     assert "bench of yolo11x-seg.yaml exit 124" in log  # no 90 s left after the 60 s kept for the probes
-    assert sorted(p.name for p in out.iterdir()) == sorted(set(SIX) - {"bench-x.json"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(SEVEN) - {"bench-x.json"})

@@ -1,6 +1,7 @@
 """`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench;
 `python -m pipeline.bench predict ...`: the zero-shot bench; `python -m pipeline.bench decoding ...`: decoders on threads
-or in processes; `python -m pipeline.bench compiled ...`: the forward eager or compiled."""
+or in processes; `python -m pipeline.bench compiled ...`: the forward eager or compiled; `python -m pipeline.bench hostcost ...`: where the
+device path's host time goes."""
 
 import sys
 
@@ -10,6 +11,10 @@ if sys.argv[1:2] == ["scale"]:
     main(sys.argv[2:])
 elif sys.argv[1:2] == ["compiled"]:
     from pipeline.bench.compiled import main
+
+    main(sys.argv[2:])
+elif sys.argv[1:2] == ["hostcost"]:
+    from pipeline.bench.hostcost import main
 
     main(sys.argv[2:])
 elif sys.argv[1:2] == ["decoding"]:

@@ -1,0 +1,157 @@
+"""`python -m pipeline.bench hostcost`: where the device path's host time goes, batch by batch, and how fast the
+host is. For each frame size: YOLO's device path (`DeviceYolo`) on a bench clip, with seeded lively weights and
+`conf` set for about 8 instances a frame (as `make bench`), timed as `segment()` in its two halves: `launch`
+(frames to the device, the network, detection queued) and `result` (NMS settled, masks assembled and encoded, on
+the host). Per batch: milliseconds of each, of the bare forward, host waits (the path's own count), kernel
+launches and synchronising CUDA calls (torch profiler), and the functions that take the most host time of their
+own (cProfile). The host: its cores (affinity, cgroup quota), a pure-Python loop and single-threaded decoding per
+frame, to compare one machine's host with another's. A figure, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.bench.clips import make_clip
+from pipeline.bench.masks_bench import realistic_spec
+from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.segment import SegmenterSpec
+from pipeline.segment.yolo import YoloSegmenter
+
+SYNCING = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench hostcost", description=__doc__)
+    parser.add_argument("--model", default="yolo11n-seg.yaml", help="weights (.pt) or an architecture (.yaml)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=4, help="batches of the clip, each timed in turn")
+    parser.add_argument("--sizes", default="340x256,1280x720", help="frame sizes, WxH, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the batches (the best is kept)")
+    parser.add_argument("--top", type=int, default=15, help="functions listed by their own host time")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-hostcost.json"))
+    args = parser.parse_args(argv)
+    report = {"model": args.model, "device": args.device, "batch": args.batch, "host": host(), "sizes": {}}
+    work = args.out.parent / "hostcost-work"
+    for size in args.sizes.split(","):
+        width, height = map(int, size.split("x"))
+        report["sizes"][size] = measure(args, width, height, work / size)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))  # after each size: a timeout keeps what was measured
+        print(size, json.dumps(report["sizes"][size]), flush=True)
+    return report
+
+
+def host() -> dict:
+    """The cores this process may use, the cgroup's CPU quota, and a pure-Python loop's milliseconds."""
+    try:
+        quota = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except OSError:
+        quota = None
+    started = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "cgroup_cpu_max": " ".join(quota) if quota else None,
+            "python_loop_2e6_ms": round(1e3 * (time.perf_counter() - started), 1)}
+
+
+def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> dict:
+    clip = make_clip(folder, 0, args.batch * args.batches, width, height)
+    decode = DecodeOptions(batch=args.batch)
+    started = time.perf_counter()
+    batches = list(VideoDecoder(clip, decode))
+    decode_ms = 1e3 * (time.perf_counter() - started) / sum(len(b) for b in batches)
+    spec = realistic_spec(SegmenterSpec(model=args.model, device=args.device, inference="device"), batches[0], folder)
+    segmenter = YoloSegmenter(spec)
+    device = segmenter.on_device
+    for b in batches[:2]:
+        segmenter.segment(b)  # warm-up: kernels, allocator, rooms
+    best = {"launch": float("inf"), "result": float("inf"), "forward": float("inf")}
+    inputs = [device.prepare(b.frames, b.capacity)[0] for b in batches]
+    waits, batches_before = device.host_waits, device.batches
+    for _ in range(args.repeat):
+        launch = result = forward = 0.0
+        for b in batches:
+            sync(args.device)
+            started = time.perf_counter()
+            launched = segmenter.launch([b], capacity=b.capacity)
+            launched_at = time.perf_counter()
+            launched.result()
+            sync(args.device)
+            launch, result = launch + launched_at - started, result + time.perf_counter() - launched_at
+        started = time.perf_counter()
+        for x in inputs:
+            device.forward(x)
+        sync(args.device)
+        forward = time.perf_counter() - started
+        for name, seconds in (("launch", launch), ("result", result), ("forward", forward)):
+            best[name] = min(best[name], seconds)
+    counted = device.batches - batches_before
+    per_batch = {f"{name}_ms": round(1e3 * seconds / len(batches), 2) for name, seconds in best.items()}
+    return {"frames": sum(len(b) for b in batches), "instances_per_frame": instances(segmenter, batches[0]),
+            **per_batch, "host_waits_per_batch": round((device.host_waits - waits) / max(1, counted), 2),
+            "decode_ms_per_frame": round(decode_ms, 3), **profiled(segmenter, batches, args), "top": top(
+                segmenter, batches, args.top)}
+
+
+def instances(segmenter: YoloSegmenter, batch) -> float:
+    return round(sum(len(m) for m in segmenter.segment(batch)) / len(batch), 2)
+
+
+def profiled(segmenter: YoloSegmenter, batches: list, args: argparse.Namespace) -> dict:
+    """Kernel launches, synchronising CUDA calls and kernels' busy time per batch (torch profiler), CUDA only."""
+    if not args.device.startswith("cuda"):
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for b in batches:
+                segmenter.segment(b)
+            sync(args.device)
+    except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
+        return {"profiler_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    n = len(batches)
+    launches = sync_calls = kernels = 0
+    kernel_us = 0.0
+    for event in prof.key_averages():
+        if event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
+            launches += event.count
+        elif event.key.startswith(SYNCING):
+            sync_calls += event.count
+        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kernels += event.count
+            kernel_us += getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
+    return {"kernel_launches_per_batch": round(launches / n, 1), "sync_calls_per_batch": round(sync_calls / n, 1),
+            "device_events_per_batch": round(kernels / n, 1), "device_busy_ms_per_batch": round(kernel_us / 1e3 / n, 2)}
+
+
+def top(segmenter: YoloSegmenter, batches: list, count: int) -> list[dict]:
+    """The functions with the most host time of their own over the batches: calls and milliseconds per batch."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for b in batches:
+        segmenter.segment(b)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:count]
+    return [{"function": f"{Path(file).name}:{line}({name})", "calls_per_batch": round(calls / len(batches), 1),
+             "own_ms_per_batch": round(1e3 * own / len(batches), 3),
+             "total_ms_per_batch": round(1e3 * total / len(batches), 3)}
+            for (file, line, name), (_, calls, own, total, _) in rows]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
