@@ -168,6 +168,7 @@ def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the
     report = hostcost(["--device", "cpu", "--sizes", "96x64", "--batch", "8", "--batches", "2", "--repeat", "1",
                        "--top", "3", "--out", str(tmp_path / "hostcost.json")])
     assert json.loads((tmp_path / "hostcost.json").read_text()) == report
+    assert [p.name for p in tmp_path.iterdir()] == ["hostcost.json"]  # its clips and weights are not left there
     size = report["sizes"]["96x64"]
     assert size["frames"] == 16 and size["launch_ms"] > 0 and size["result_ms"] > 0 and size["forward_ms"] > 0
     assert len(size["top"]) == 3 and all(row["calls_per_batch"] > 0 for row in size["top"])

@@ -15,6 +15,7 @@ import cProfile
 import json
 import os
 import pstats
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("out/bench-hostcost.json"))
     args = parser.parse_args(argv)
     report = {"model": args.model, "device": args.device, "batch": args.batch, "host": host(), "sizes": {}}
-    work = args.out.parent / "hostcost-work"
-    for size in args.sizes.split(","):
-        width, height = map(int, size.split("x"))
-        report["sizes"][size] = measure(args, width, height, work / size)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))  # after each size: a timeout keeps what was measured
-        print(size, json.dumps(report["sizes"][size]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hostcost-") as work:  # the clips and weights: never beside --out
+        for size in args.sizes.split(","):
+            width, height = map(int, size.split("x"))
+            report["sizes"][size] = measure(args, width, height, Path(work) / size)
+            args.out.write_text(json.dumps(report, indent=2))  # after each size: a timeout keeps what was measured
+            print(size, json.dumps(report["sizes"][size]), flush=True)
     return report
 
 
