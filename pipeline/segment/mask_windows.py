@@ -63,7 +63,9 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     """The masks of the `chosen` instances of `kept` (each in `frame` at `rank` among its kept ones, its window at
     `places`: x, y, w, h), as (h_k, w_k) bool windows, or on a device_rle.DEVICES device as RLE strings. Each is
     assembled at padded sizes that depend on its own extent only (`ladder`), together with the others of the same
-    padded size, as many as WINDOW_BUDGET allows; all cross to the host in one copy (the windows, or their run
+    padded size, as many as WINDOW_BUDGET allows (a piece); the operands of consecutive pieces are made at once,
+    at the largest of their sizes (`operands`: each piece reads exact copies of its own values), so that a batch
+    launches a few kernels a piece, not dozens; all cross to the host in one copy (the windows, or their run
     lengths)."""
     rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                 proto.device)
@@ -77,18 +79,20 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     box, origin, extent = kept.xyxy[instance], kept.origin[instance], kept.extent[instance]
     chunks, assembled = [], []
     runs = device_rle.RunBatch(height, width) if proto.device.type in device_rle.DEVICES else None
-    for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)]):
-        ph, pw = rows.span(h), cols.span(w)
-        per = h * w + h * ph + h * pw + w * pw + 2 * ph * pw  # floats one window takes
-        step = max(1, WINDOW_BUDGET // per)
-        for at in range(begin, end, step):
-            chunk, members = on_device[at:min(end, at + step)], order[at:min(end, at + step)]
-            window = assemble(logits[chunk], box[chunk], origin[chunk], rows, cols, h, w, ph, pw)
+    for group in _groups(_pieces(sizes, starts, len(order), rows, cols)):
+        begin, end = group[0].begin, group[-1].end
+        grouped = on_device[begin:end]
+        made = operands(logits[grouped], box[grouped], origin[grouped], rows, cols,
+                        *(max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw")))
+        at, size = origin[grouped], extent[grouped]
+        for piece in group:
+            part, these = slice(piece.begin - begin, piece.end - begin), order[piece.begin:piece.end]
+            window = made.window(part, piece.h, piece.w, piece.ph, piece.pw)
             if runs is not None:
-                runs.add(window, origin[chunk], extent[chunk], capacity=device_rle.capacity(places[members, 2]))
+                runs.add(window, at[part], size[part], capacity=device_rle.capacity(places[these, 2]))
             else:
                 assembled.append(window.flatten())
-            chunks.append((members, h, w))
+            chunks.append((these, piece.h, piece.w))
     if runs is not None:
         added = np.concatenate([members for members, _, _ in chunks])  # the order the runs were added in
         strings: list[bytes | None] = [None] * len(added)
@@ -208,10 +212,72 @@ def instance_logits(coeffs: torch.Tensor, rows: torch.Tensor, proto: torch.Tenso
     return torch.cat(out)[rows]
 
 
-def assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
-             h: int, w: int, ph: int, pw: int) -> torch.Tensor:
-    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
-    to the box."""
+@dataclass(frozen=True)
+class _Piece:
+    """Instances begin … end (in padded-size order) of one padded size (h, w), whose windows read ph × pw
+    prototype logits: one product, within WINDOW_BUDGET."""
+
+    h: int
+    w: int
+    ph: int
+    pw: int
+    begin: int
+    end: int
+
+
+def _pieces(sizes: np.ndarray, starts: np.ndarray, count: int, rows: "Axis", cols: "Axis") -> list[_Piece]:
+    """Each padded size's instances, in as many pieces as WINDOW_BUDGET asks for."""
+    pieces = []
+    for (h, w), begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), count]):
+        ph, pw = rows.span(h), cols.span(w)
+        per = h * w + h * ph + h * pw + w * pw + 2 * ph * pw  # floats one window takes
+        step = max(1, WINDOW_BUDGET // per)
+        pieces += [_Piece(h, w, ph, pw, at, min(end, at + step)) for at in range(begin, end, step)]
+    return pieces
+
+
+def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
+    """Consecutive pieces whose operands, at the largest of their sizes, fit WINDOW_BUDGET together (a piece
+    alone past it: a group of its own): each group's operands are made at once (`operands`)."""
+    groups: list[list[_Piece]] = []
+    for piece in pieces:
+        group = [*groups[-1], piece] if groups else [piece]
+        h, w, ph, pw = (max(getattr(p, side) for p in group) for side in ("h", "w", "ph", "pw"))
+        if groups and (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw) <= WINDOW_BUDGET:
+            groups[-1] = group
+        else:
+            groups.append([piece])
+    return groups
+
+
+@dataclass(frozen=True)
+class Operands:
+    """Instances' operands of their windows' product (`operands`), at sizes up to (h, w) and (ph, pw): a window of
+    a smaller padded size reads their leading rows and columns, the same values as if made at its own size."""
+
+    down: torch.Tensor  # (k, h, ph): the map down each window's rows, cut to its box
+    span: torch.Tensor  # (k, ph, pw): the prototype logits each window reads
+    across: torch.Tensor  # (k, w, pw): the map across its columns, cut to its box
+
+    def window(self, part: slice, h: int, w: int, ph: int, pw: int) -> torch.Tensor:
+        """(k, h, w) bool windows of the instances in `part`: the product at exactly their padded size (each
+        operand its leading block, `_fresh`), so that its bytes depend on that size only."""
+        down, span, across = (_fresh(self.down[part, :h, :ph], self.down), _fresh(self.span[part, :ph, :pw], self.span),
+                              _fresh(self.across[part, :w, :pw], self.across))
+        return (down @ span @ across.transpose(1, 2)) > 0  # (k, h, w)
+
+
+def _fresh(block: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """A block of `whole` as the product's operand: `whole` itself if it is all of it, else a contiguous copy in
+    memory of its own (a BLAS may pick its kernel, and so its order of sums, by where an operand starts)."""
+    return whole if block.shape == whole.shape else block.clone(memory_format=torch.contiguous_format)
+
+
+def operands(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
+             h: int, w: int, ph: int, pw: int) -> Operands:
+    """The operands of (k, h, w) windows at `origin`: the logits' prototype span, and the maps to the window's
+    pixels cut to the box. Each entry is an exact copy of a map's or a logit's value, or 0: a window of a smaller
+    padded size reads the same values from their leading rows and columns."""
     device = logits.device
     ys = (origin[:, 1, None] + torch.arange(h, device=device)).clamp(max=len(rows.start) - 1)  # (k, h)
     xs = (origin[:, 0, None] + torch.arange(w, device=device)).clamp(max=len(cols.start) - 1)  # (k, w)
@@ -227,4 +293,11 @@ def assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows
     # product as uncut (an output element's sum never reads another row of the maps)
     down = rows.sub(ys, top, ph) * inside_y[:, :, None]
     across = cols.sub(xs, left, pw) * inside_x[:, :, None]
-    return (down @ span @ across.transpose(1, 2)) > 0  # (k, h, w)
+    return Operands(down=down, span=span, across=across)
+
+
+def assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
+             h: int, w: int, ph: int, pw: int) -> torch.Tensor:
+    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
+    to the box."""
+    return operands(logits, box, origin, rows, cols, h, w, ph, pw).window(slice(None), h, w, ph, pw)

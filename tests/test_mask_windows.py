@@ -1,0 +1,59 @@
+"""mask_windows makes the operands of consecutive pieces at once, at the largest of their sizes: every window is
+still the bytes of its piece made alone, at its own padded size (the computation before operands were shared)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.segment import device_rle, mask_windows
+from pipeline.segment.mask_windows import Instances
+from pipeline.segment.model_input import Geometry, input_size
+
+
+def instances(seed: int, frames: int, height: int, width: int, slots: int = 12):
+    """Random kept instances of `frames` frames, in slots, boxes of every size up to the frame's, and the
+    arguments mask_windows takes for them."""
+    rng = np.random.default_rng(seed)
+    count = frames * slots
+    w = np.minimum(width, np.exp(rng.uniform(np.log(2), np.log(width), count)).astype(np.int64))
+    h = np.minimum(height, np.exp(rng.uniform(np.log(2), np.log(height), count)).astype(np.int64))
+    x, y = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
+    corner = np.stack([x, y], 1) + rng.random((count, 2))
+    xyxy = np.concatenate([corner, corner + np.stack([w, h], 1) * rng.uniform(0.5, 1, (count, 2))], 1)
+    kept = Instances(xyxy=torch.tensor(xyxy, dtype=torch.float32), coeffs=torch.randn(count, 32),
+                     origin=torch.tensor(np.stack([x, y], 1)), extent=torch.tensor(np.stack([w, h], 1)))
+    per_frame = rng.integers(0, slots + 1, frames)
+    chosen = np.concatenate([f * slots + np.arange(n) for f, n in enumerate(per_frame)]).astype(np.int64)
+    geometry = Geometry.of(height, width, input_size(height, width, None), 32)
+    proto = torch.randn(frames, 32, geometry.input_height // 4, geometry.input_width // 4)
+    return kept, chosen, dict(frame=chosen // slots, rank=chosen % slots,
+                              places=np.stack([x, y, w, h], 1)[chosen], proto=proto, geometry=geometry,
+                              height=height, width=width)
+
+
+@pytest.mark.parametrize("rle", [False, True])
+@pytest.mark.parametrize("out,budget", [((256, 340), 1 << 17), ((256, 340), 1 << 24), ((97, 61), 1 << 12)])
+def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, rle, out, budget):
+    torch.manual_seed(0)
+    kept, chosen, args = instances(1, 8, *out)
+    monkeypatch.setattr(mask_windows, "WINDOW_BUDGET", budget)
+    if rle:
+        monkeypatch.setattr(device_rle, "DEVICES", ("cuda", "cpu"))
+    made, calls = [], []
+    operands = mask_windows.operands
+    monkeypatch.setattr(mask_windows, "operands", lambda *a: calls.append(a[-4:]) or operands(*a))
+    for grouped in (GROUPS, lambda pieces: [[piece] for piece in pieces]):  # shared, as run; each piece alone
+        monkeypatch.setattr(mask_windows, "_groups", grouped)
+        before = len(calls)
+        made.append((mask_windows.mask_windows(kept, chosen, **args).masks, len(calls) - before))
+    (together, shared), (alone, pieces) = made
+    assert len(together) == len(alone) == len(chosen)
+    if rle:
+        assert together == alone and any(string is not None for string in together)
+    else:
+        assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(together, alone))
+        assert any(a.any() for a in together)
+    assert 1 <= shared < pieces  # pieces shared their operands
+
+
+GROUPS = mask_windows._groups  # as the module has it (each test may replace it)
