@@ -9,6 +9,7 @@ import collections
 import contextlib
 import gc
 import logging
+import threading
 import types
 import weakref
 
@@ -273,6 +274,45 @@ def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in
     assert memory.ordinary == 0 and memory.in_use == 0 and host.allocated == 32 << 10 and host.handed == 640 << 10
     held = [memory((10, 1000)) for _ in range(5)]  # the budget still holds
     assert memory.ordinary == 1 and memory.in_use == host.active == 64 << 10 and len(held) == 5
+
+
+def test_other_pinned_memory_does_not_make_the_frames_hand_their_cache_back_again_and_again(monkeypatch):
+    """Staging buffers and copies of results are pinned too: torch holds more than the frames' room, but only the
+    frames' own cached blocks of other sizes are handed back, once; pieces of one size reuse theirs."""
+    from pipeline.segment import transfer
+    from pipeline.segment.transfer import PinnedFrames
+
+    host = FakePinned(monkeypatch)
+    staging = [transfer.torch.empty(64 << 10, pin_memory=True) for _ in range(2)]  # 128 KiB held throughout
+    memory = PinnedFrames(lambda frame_bytes: 160 << 10)  # in use within 128 KiB; 32 KiB stale is handed back
+    for _ in range(50):
+        pieces = [memory((10, 1000)) for _ in range(6)]  # 16 KiB blocks: 96 KiB in use
+        del pieces
+    assert memory.ordinary == 0 and memory.emptied == 0 and host.allocated == (128 + 96) << 10
+    large = [memory((20, 1000)) for _ in range(2)]  # 32 KiB blocks: 96 KiB of 16 KiB ones cached, handed back
+    assert memory.emptied == 1 and host.allocated == (128 + 64) << 10 and memory.in_use == 64 << 10
+    del large
+    for _ in range(20):
+        pieces = [memory((10, 1000)), memory((20, 1000))]  # both sizes reuse their blocks: nothing handed back
+        del pieces
+    assert memory.emptied == 1 and memory.ordinary == 0 and len(staging) == 2
+
+
+def test_a_piece_freed_while_the_lock_is_held_elsewhere_does_not_wait_for_it(monkeypatch):
+    """A piece is dropped in whatever thread lets go of it last, the inference thread say, while a decoder holds
+    the lock across pinning: its finalizer only notes the block, counted at the next call."""
+    from pipeline.segment.transfer import PinnedFrames
+
+    FakePinned(monkeypatch)
+    memory = PinnedFrames(lambda frame_bytes: 80 << 10)
+    holder, done = [memory((10, 1000))], threading.Event()
+    with memory._lock:  # a decoder thread inside __call__
+        dropping = threading.Thread(target=lambda: (holder.clear(), done.set()))  # the last reference, let go
+        dropping.start()
+        dropping.join(5)
+        assert done.is_set()
+    dropping.join()
+    assert memory.in_use == 0
 
 
 def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypatch):

@@ -4,6 +4,7 @@ a side stream for work that may run beside the model's."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -21,53 +22,72 @@ class PinnedFrames:
     each piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
     memory, whose batches are staged. torch rounds each pinned block up to a power of two and keeps a freed one
     cached for requests of its own rounded size only. The blocks in use are the ones handed out here and still
-    alive, counted here as torch rounds them (torch's own count of blocks in use did not fall when a block was
-    freed, on an H200 with torch 2.11: docs/PERFORMANCE.md); what torch holds, cached blocks too, is its
-    statistics'. Both are measured against the largest budget asked for so far (a clip of smaller frames does not
-    shrink it): a piece is pinned while the blocks in use and its own fit in four fifths of it, and cached blocks
-    are handed back once they take torch's pinned memory past that and are a fifth of the budget or more. Pinned
-    memory thus stays within the budget, and cached blocks are handed back at most once for each fifth of it
-    freed and not reused. A pinned array is safe to drop once its copy to the GPU is done, as a piece is once its
-    batch's masks are taken (which wait for the copy), or once the feeder that launched it is gone."""
+    alive, and the cached ones those freed here and not taken again, both counted here as torch rounds them
+    (torch's own count of blocks in use did not fall when a block was freed, on an H200 with torch 2.11:
+    docs/PERFORMANCE.md; other pinned memory, staging buffers and copies of results, is not the frames' budget).
+    Both are measured against the largest budget asked for so far (a clip of smaller frames does not shrink it):
+    a piece is pinned while the blocks in use and its own fit in four fifths of it; a new block that takes them
+    and the cached ones past that hands the cached ones back (torch never gives them to this piece), if they are
+    a fifth of the budget or more. Pinned memory for frames thus stays within the budget, and cached blocks are
+    handed back at most once for each fifth of it freed and not reused. Each feeder has its own (a shard's two
+    feeders run in turn). Where torch keeps no pinned-memory statistics (it may not count what it pins), nothing
+    is pinned. A pinned array is safe to drop once its copy to the GPU is done, as a piece is once its batch's
+    masks are taken (which wait for the copy), or once the feeder that launched it is gone."""
 
     def __init__(self, budget: Callable[[int], int]) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
         self.budget = budget
         self.ordinary = 0  # pieces given ordinary memory (no room within the budget, or no statistics to tell)
         self.emptied = 0  # times cached blocks were handed back
-        self.in_use = 0  # bytes of the blocks handed out here and still alive, rounded as torch rounds them
+        self._in_use = 0  # bytes of the blocks handed out and alive, rounded as torch rounds them
+        self._cached: collections.Counter[int] = collections.Counter()  # blocks freed and not taken again, by size
+        self._freed: collections.deque[int] = collections.deque()  # blocks freed since last counted (a finalizer
+        # only appends, which needs no lock: it may run in any thread, this one too, while the lock is held)
         self._largest = 0  # the largest budget asked for
         self._seen: set[int] = set()  # the frame sizes whose budget was asked for
-        self._lock = threading.RLock()  # re-entered where an array is freed while it is held
-        if pinned_bytes() is None:
+        self._lock = threading.Lock()
+        self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
+        if not self.counted:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
+
+    @property
+    def in_use(self) -> int:
+        """Bytes of the pinned blocks handed out here and still alive."""
+        with self._lock:
+            self._count_freed()
+            return self._in_use
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
         frame_bytes = int(np.prod(shape[1:]))
         with self._lock:
+            self._count_freed()
             if frame_bytes not in self._seen:
                 self._seen.add(frame_bytes)
                 self._largest = max(self._largest, self.budget(frame_bytes))
             room = self._largest * 4 // 5
-            held = pinned_bytes()
-            if held is not None and self.in_use + block <= room:  # the blocks in use and this one fit
+            if self.counted and self._in_use + block <= room:  # the blocks in use and this one fit
                 array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
-                self.in_use += block
-                weakref.finalize(array, self._freed, block)  # views keep the array, the array its tensor
-                if held + block > room:  # it may have taken torch's blocks past the room: cached ones count
-                    held = pinned_bytes()
-                    if held > room and held - self.in_use >= self._largest // 5:
-                        empty_pinned_cache()  # cached blocks of other sizes: handed back
+                self._in_use += block
+                if self._cached[block]:
+                    self._cached[block] -= 1  # taken again
+                elif self._in_use + sum(size * n for size, n in self._cached.items()) > room:  # cached ones count
+                    if sum(size * n for size, n in self._cached.items()) >= self._largest // 5:
+                        empty_pinned_cache()  # cached blocks of other sizes (never this one's): handed back
+                        self._cached.clear()
                         self.emptied += 1
+                weakref.finalize(array, self._freed.append, block).atexit = False  # views keep the array
                 return array
             self.ordinary += 1
         return np.empty(shape, dtype=np.uint8)
 
-    def _freed(self, block: int) -> None:
-        with self._lock:
-            self.in_use -= block
+    def _count_freed(self) -> None:
+        """The blocks freed since last counted: no longer in use, cached (with the lock held)."""
+        while self._freed:
+            block = self._freed.popleft()
+            self._in_use -= block
+            self._cached[block] += 1
 
 
 def pinned_bytes() -> int | None:
