@@ -164,6 +164,28 @@ def test_chunks_of_several_sizes_are_encoded_in_one_call_within_the_change_flags
                                    for rows_cols, _ in calls)
 
 
+def test_small_windows_are_not_padded_to_a_large_ones_size_past_the_slack(monkeypatch):
+    """Thirty 8 × 8 windows and one of 200 × 300: padded together they would take 14 times their own flags, so
+    they go in two calls (within MERGE_SLACK they would go in one); a merged call whose room is too small is
+    redone exactly."""
+    rng = np.random.default_rng(11)
+    height, width = 220, 320
+    small = torch.from_numpy(rng.random((30, 8, 8)) < 0.5), torch.zeros((30, 2), dtype=torch.long) + 3, \
+        torch.full((30, 2), 8)
+    large = torch.from_numpy(rng.random((1, 200, 300)) < 0.5), torch.tensor([[5, 7]]), torch.tensor([[300, 200]])
+    whole = np.zeros((31, height, width), dtype=bool)
+    whole[:30, 3:11, 3:11] = small[0].numpy()
+    whole[30, 7:207, 5:305] = large[0].numpy()[0]
+    expected = _reference(whole)[1]
+    for slack, calls in ((1 << 10, 2), (1 << 24, 1)):
+        monkeypatch.setattr(device_rle, "MERGE_SLACK", slack)
+        batch = device_rle.RunBatch(height, width)
+        batch.add(*small, capacity=30 * 8 * 9)  # every flag a change: room enough
+        batch.add(*large, capacity=10)  # far too little: its call is redone exactly
+        assert rle.from_counts(batch.fetch(), height, width) == expected
+        assert batch.calls == calls + 1 and batch.copies == 3
+
+
 @pytest.mark.parametrize("capacity", [None, 0, 800])  # exact; too small (every part redone exactly); enough
 def test_windows_past_the_change_flags_budget_go_in_parts_with_the_same_bytes(monkeypatch, capacity):
     rng = np.random.default_rng(5)

@@ -30,6 +30,8 @@ DEVICES = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CP
 CHANGES_PER_COLUMN = 4  # a capacity guess: a person's mask has one run of ones (two changes) in most columns
 CHANGE_FLAGS = 1 << 28  # the most change flags (K × w × (h + 1)) one `run_lengths` call of `RunBatch` makes: SAM's
 # whole-frame masks at 4K take 8.3M each, so past 32 masks a batch is encoded in parts, its memory bounded
+MERGE_SLACK = 1 << 22  # change flags that chunks padded to the largest may take whatever their own (4 MB of bools):
+# past it, at most twice their own (a few small windows are not padded to a large one's size)
 
 
 def run_lengths(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, height: int, width: int, *,
@@ -122,16 +124,19 @@ class _Chunk:
     packed: torch.Tensor | None  # its runs (`run_lengths`), once encoded
 
 
-def _flags(chunks: list[_Chunk]) -> int:
-    """The change flags of the chunks' windows encoded together, padded to the largest's rows and columns."""
+def _worth_padding(chunks: list[_Chunk]) -> bool:
+    """Whether the chunks' windows are encoded together, padded to the largest's rows and columns: their change
+    flags within CHANGE_FLAGS, and within MERGE_SLACK or twice their own."""
     rows, cols = (max(chunk.windows.shape[axis] for chunk in chunks) for axis in (1, 2))
-    return sum(len(chunk.windows) for chunk in chunks) * cols * (rows + 1)
+    padded = sum(len(chunk.windows) for chunk in chunks) * cols * (rows + 1)
+    own = sum(len(chunk.windows) * chunk.windows.shape[2] * (chunk.windows.shape[1] + 1) for chunk in chunks)
+    return padded <= CHANGE_FLAGS and (padded <= MERGE_SLACK or padded <= 2 * own)
 
 
 class RunBatch:
     """The run lengths of windows assembled in several chunks, kept on the device until `fetch` brings them all
     to the host in one copy. Chunks are encoded together, padded to the largest's size (the padding is ignored),
-    in one `run_lengths` call for as many as CHANGE_FLAGS allows: a batch's windows come in one chunk for each
+    in one `run_lengths` call for as many as CHANGE_FLAGS and the padding's waste allow (`_worth_padding`): a batch's windows come in one chunk for each
     padded size they were assembled at, and each call is dozens of kernels. Chunks with a capacity are not encoded
     with chunks without (those wait for the device to size their result). A call whose capacity was too small is
     redone exactly (one more copy, logged)."""
@@ -158,7 +163,7 @@ class RunBatch:
             return
         chunk = _Chunk(windows, origin, extent, capacity, None)
         if self._queued and ((capacity is None) != (self._queued[0].capacity is None)
-                             or _flags([*self._queued, chunk]) > CHANGE_FLAGS):
+                             or not _worth_padding([*self._queued, chunk])):
             self._encode()
         self._queued.append(chunk)
 
