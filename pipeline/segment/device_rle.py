@@ -30,8 +30,10 @@ DEVICES = ("cuda",)  # devices whose masks leave as RLE runs made there (on a CP
 CHANGES_PER_COLUMN = 4  # a capacity guess: a person's mask has one run of ones (two changes) in most columns
 CHANGE_FLAGS = 1 << 28  # the most change flags (K × w × (h + 1)) one `run_lengths` call of `RunBatch` makes: SAM's
 # whole-frame masks at 4K take 8.3M each, so past 32 masks a batch is encoded in parts, its memory bounded
-MERGE_SLACK = 1 << 22  # change flags that chunks padded to the largest may take whatever their own (4 MB of bools):
-# past it, at most twice their own (a few small windows are not padded to a large one's size)
+MERGE_SLACK = 1 << 24  # change flags that chunks padded to the largest may take whatever their own (16 MB of bools,
+# a few times that in `run_lengths`, as mask_windows.WINDOW_BUDGET's 64 MiB): past it, at most twice their own (a
+# few small windows are not padded to a large one's size). At 340x256, 2 or 3 calls a 64-frame batch (1 without
+# the bound, one a padded window size, about 30, before chunks were encoded together)
 
 
 def run_lengths(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, height: int, width: int, *,
