@@ -5,21 +5,20 @@
 #   log (everything, the tests' and the bench's output too), env.txt (machine, versions), bench.json; then a
 #   second, shorter bench of the largest model at the small size (bench-x.json: the issue's goal for
 #   yolo11x-seg; like the tests and the first bench, its failure or skip fails the check), and three probes, whose
-#   failure fails nothing: decoding.json (decoders on threads or processes beside a busy thread), compiled.json
-#   (the forward eager, compiled, as CUDA graphs) and hostcost.json (where the device path's host time goes, batch
-#   by batch, and how fast this host is). Seven files: the device tool brings back at most 8.
+#   failure fails nothing: hostcost.json (where the device path's host time goes, batch by batch, and how fast
+#   this host is), decoding.json (decoders on threads or processes beside a busy thread) and compiled.json (the
+#   forward eager, compiled, as CUDA graphs). Seven files: the device tool brings back at most 8.
 # Rehearse it on a CPU first (the CUDA tests skip, the bench runs on the CPU), e.g.:
 #   OUT=/tmp/out-gpucheck PY=.venv/bin/python BENCH_MINUTES=0.5 BENCH_ARGS="--frames 8" scripts/gpu_check.sh
 # Settings (environment): OUT (default ./gpu-check), PY (python3), WHEELS (.whl), WORK (/tmp/gpu-check: the
 # installed wheels, bench clips; emptied first), BENCH_MINUTES (2), BENCH_ARGS (extra flags of both benches),
 # TEST_SECONDS (90), X_MODEL (yolo11x-seg.yaml; empty: no second bench), X_MINUTES (0.5), PROBE_SECONDS (40),
-# PROBE_DECODERS (half the cores), COMPILE_SECONDS (60), HOSTCOST_SECONDS (40), TOTAL_SECONDS (560: the device
-# tool stops a command at 600, counted here from the script's start; the steps' own limits add up to 560 s, the
-# probes' limits shrinking to what is left, in turn: each bench's budget shrinks
-# to fit, a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if
-# SIGTERM does not stop it). The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min
-# 20 s at most, if the wheels install and the versions are read in their usual seconds (they have no limit of
-# their own).
+# PROBE_DECODERS (half the cores), COMPILE_SECONDS (60), HOSTCOST_SECONDS (60), TOTAL_SECONDS (560: the device
+# tool stops a command at 600, counted here from the script's start). The steps' own limits add up to 580 s: each
+# bench's budget shrinks to fit, each probe's limit to what is left (less what it keeps for the probes after it),
+# a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
+# stop it. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
+# wheels install and the versions are read in their usual seconds (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
@@ -33,7 +32,7 @@ X_MINUTES=${X_MINUTES:-0.5}
 PROBE_SECONDS=${PROBE_SECONDS:-40}
 PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
 COMPILE_SECONDS=${COMPILE_SECONDS:-60}
-HOSTCOST_SECONDS=${HOSTCOST_SECONDS:-40}
+HOSTCOST_SECONDS=${HOSTCOST_SECONDS:-60}
 TOTAL_SECONDS=${TOTAL_SECONDS:-560}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
@@ -146,14 +145,15 @@ EOF
         x_bench=$?
     fi
 
-    bounded "$(at_most "$PROBE_SECONDS" "$(left 30)")" "decoders on threads or in processes beside a busy thread" \
+    # the other probes keep 30 s
+    bounded "$(at_most "$HOSTCOST_SECONDS" "$(left 30)")" "the device path's host time, and this host's speed" \
+        "$PY" -m pipeline.bench hostcost --repeat 2 --out "$OUT/hostcost.json"
+    bounded "$(at_most "$PROBE_SECONDS" "$(left 20)")" "decoders on threads or in processes beside a busy thread" \
         "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
-        --frames 60 --out "$WORK/decoding"  # the compile probe keeps 30 s
+        --frames 60 --out "$WORK/decoding"  # the compile probe keeps 20 s
     cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
-    bounded "$(at_most "$COMPILE_SECONDS" "$(left 10)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
+    bounded "$(at_most "$COMPILE_SECONDS" "$(left)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
         "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
-    bounded "$(at_most "$HOSTCOST_SECONDS" "$(left)")" "where the device path's host time goes, and this host's speed" \
-        "$PY" -m pipeline.bench hostcost --out "$OUT/hostcost.json"
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"

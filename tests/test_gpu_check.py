@@ -61,7 +61,7 @@ def test_the_gpu_check_leaves_seven_files_and_runs_every_step(tmp_path):
     assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2 --out" in calls
     assert "--masks-only --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 --out" in calls
     assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
-    assert "pipeline.bench hostcost --out" in calls
+    assert "pipeline.bench hostcost --repeat 2 --out" in calls
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")

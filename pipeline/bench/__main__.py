@@ -1,7 +1,7 @@
 """`python -m pipeline.bench`: the throughput bench; `python -m pipeline.bench scale ...`: the scale bench;
-`python -m pipeline.bench predict ...`: the zero-shot bench; `python -m pipeline.bench decoding ...`: decoders on threads
-or in processes; `python -m pipeline.bench compiled ...`: the forward eager or compiled; `python -m pipeline.bench hostcost ...`: where the
-device path's host time goes."""
+`python -m pipeline.bench predict ...`: the zero-shot bench; three probes: `python -m pipeline.bench decoding ...`
+(decoders on threads or in processes), `... compiled ...` (the forward eager or compiled) and `... hostcost ...`
+(where the device path's host time goes)."""
 
 import sys
 

@@ -3,7 +3,7 @@ host is. For each frame size: YOLO's device path (`DeviceYolo`) on a bench clip,
 `conf` set for about 8 instances a frame (as `make bench`), timed as `segment()` in its two halves: `launch`
 (frames to the device, the network, detection queued) and `result` (NMS settled, masks assembled and encoded, on
 the host). Per batch: milliseconds of each, of the bare forward, host waits (the path's own count), kernel
-launches and synchronising CUDA calls (torch profiler), and the functions that take the most host time of their
+launches, synchronising CUDA calls and kernels' busy time (torch profiler), and the functions that take the most host time of their
 own (cProfile). The host: its cores (affinity, cgroup quota), a pure-Python loop and single-threaded decoding per
 frame, to compare one machine's host with another's. A figure, never a test.
 """
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.bench import probe
 from pipeline.bench.clips import make_clip
 from pipeline.bench.masks_bench import realistic_spec
 from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.gpu_workers import available_cores
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
 
@@ -62,7 +64,7 @@ def host() -> dict:
     total = 0
     for i in range(2_000_000):
         total += i
-    return {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+    return {"cpu_count": os.cpu_count(), "affinity": available_cores(),
             "cgroup_cpu_max": " ".join(quota) if quota else None,
             "python_loop_2e6_ms": round(1e3 * (time.perf_counter() - started), 1)}
 
@@ -80,7 +82,7 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
         segmenter.segment(b)  # warm-up: kernels, allocator, rooms
     best = {"launch": float("inf"), "result": float("inf"), "forward": float("inf")}
     inputs = [device.prepare(b.frames, b.capacity)[0] for b in batches]
-    waits, batches_before = device.host_waits, device.batches
+    before = probe.counters(segmenter)
     for _ in range(args.repeat):
         launch = result = forward = 0.0
         for b in batches:
@@ -98,10 +100,9 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
         forward = time.perf_counter() - started
         for name, seconds in (("launch", launch), ("result", result), ("forward", forward)):
             best[name] = min(best[name], seconds)
-    counted = device.batches - batches_before
     per_batch = {f"{name}_ms": round(1e3 * seconds / len(batches), 2) for name, seconds in best.items()}
     return {"frames": sum(len(b) for b in batches), "instances_per_frame": instances(segmenter, batches[0]),
-            **per_batch, "host_waits_per_batch": round((device.host_waits - waits) / max(1, counted), 2),
+            **per_batch, "host_waits_per_batch": probe.waits_per_batch(before, probe.counters(segmenter)),
             "decode_ms_per_frame": round(decode_ms, 3), **profiled(segmenter, batches, args), "top": top(
                 segmenter, batches, args.top)}
 
@@ -124,18 +125,15 @@ def profiled(segmenter: YoloSegmenter, batches: list, args: argparse.Namespace) 
     except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
         return {"profiler_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     n = len(batches)
-    launches = sync_calls = kernels = 0
-    kernel_us = 0.0
+    launches = sync_calls = 0
     for event in prof.key_averages():
         if event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
             launches += event.count
         elif event.key.startswith(SYNCING):
             sync_calls += event.count
-        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            kernels += event.count
-            kernel_us += getattr(event, "device_time_total", 0.0) or getattr(event, "cuda_time_total", 0.0)
     return {"kernel_launches_per_batch": round(launches / n, 1), "sync_calls_per_batch": round(sync_calls / n, 1),
-            "device_events_per_batch": round(kernels / n, 1), "device_busy_ms_per_batch": round(kernel_us / 1e3 / n, 2)}
+            # the union of kernel intervals, as the masks bench measures it (probe.trace_busy)
+            "kernel_busy_ms_per_batch": round(1e3 * probe.trace_busy(prof) / n, 2)}
 
 
 def top(segmenter: YoloSegmenter, batches: list, count: int) -> list[dict]:
