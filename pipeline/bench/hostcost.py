@@ -3,8 +3,8 @@ host is. For each frame size: YOLO's device path (`DeviceYolo`) on a bench clip,
 `conf` set for about 8 instances a frame (as `make bench`), timed as `segment()` in its two halves: `launch`
 (frames to the device, the network, detection queued) and `result` (NMS settled, masks assembled and encoded, on
 the host). Per batch: milliseconds of each, of the bare forward, host waits (the path's own count), kernel
-launches, synchronising CUDA calls and kernels' busy time (torch profiler), and the functions that take the most host time of their
-own (cProfile). The host: its cores (affinity, cgroup quota), a pure-Python loop and single-threaded decoding per
+launches, synchronising CUDA calls and kernels' busy time (torch profiler), and the functions that take the most
+host time of their own (cProfile). The host: its cores (affinity, cgroup quota), a pure-Python loop and single-threaded decoding per
 frame, to compare one machine's host with another's. A figure, never a test.
 """
 
