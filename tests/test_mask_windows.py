@@ -31,14 +31,23 @@ def instances(seed: int, frames: int, height: int, width: int, slots: int = 12):
                               height=height, width=width)
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                        reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])  # on CUDA: cuBLAS picks kernels by shape and by where operands lie
 @pytest.mark.parametrize("rle", [False, True])
 @pytest.mark.parametrize("out,budget", [((256, 340), 1 << 17), ((256, 340), 1 << 24), ((97, 61), 1 << 12)])
-def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, rle, out, budget):
+def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, device, rle, out, budget):
     torch.manual_seed(0)
     kept, chosen, args = instances(1, 8, *out)
+    kept = Instances(**{name: getattr(kept, name).to(device) for name in ("xyxy", "coeffs", "origin", "extent")})
+    args["proto"] = args["proto"].to(device)
     monkeypatch.setattr(mask_windows, "WINDOW_BUDGET", budget)
     if rle:
         monkeypatch.setattr(device_rle, "DEVICES", ("cuda", "cpu"))
+    elif device == "cuda":
+        monkeypatch.setattr(device_rle, "DEVICES", ())  # windows, not runs
     made, calls = [], []
     operands = mask_windows.operands
     monkeypatch.setattr(mask_windows, "operands", lambda *a: calls.append(a[-4:]) or operands(*a))
