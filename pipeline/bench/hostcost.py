@@ -29,7 +29,8 @@ from pipeline.gpu_workers import available_cores
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
 
-SYNCING = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+SYNCING = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaMemcpy2D")
+# (the calls that block the host; cudaMemcpyAsync does not, though a copy to pageable memory may)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,7 +130,7 @@ def profiled(segmenter: YoloSegmenter, batches: list, args: argparse.Namespace) 
     for event in prof.key_averages():
         if event.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
             launches += event.count
-        elif event.key.startswith(SYNCING):
+        elif event.key in SYNCING:
             sync_calls += event.count
     return {"kernel_launches_per_batch": round(launches / n, 1), "sync_calls_per_batch": round(sync_calls / n, 1),
             # the union of kernel intervals, as the masks bench measures it (probe.trace_busy)
