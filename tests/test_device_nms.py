@@ -83,6 +83,20 @@ def test_a_chain_of_suppressions_takes_a_round_per_link():
     assert kept(xyxy, score, cls, usable, room=8, rounds=0) == [[0, 2, 4, 6]]
 
 
+def test_a_long_chain_settles_in_runs_checked_once_each():
+    """Forty boxes in a row, each suppressing the next: forty rounds to the fixed point, found with a check at the
+    end of runs of 1, 2, 4, … rounds (6 checks, not 41), and the kept set is torchvision's."""
+    count = 40
+    xyxy = torch.tensor([[[x, 0.0, x + 10, 10] for x in range(0, 3 * count, 3)]], dtype=torch.float32)
+    usable, cls = torch.ones(1, count, dtype=torch.bool), torch.zeros(1, count, dtype=torch.long)
+    suppress = device_nms.suppression(xyxy, cls, usable, 0.5)
+    keep, checks = device_nms.settle(suppress, usable)
+    assert keep[0].tolist() == [True, False] * (count // 2) and checks == 6
+    found = device_nms.Candidates(anchor=torch.arange(count)[None], score=torch.linspace(0.9, 0.2, count)[None],
+                                  valid=usable, count=torch.tensor([count]))
+    assert torch.equal(device_nms.frame_by_frame(xyxy, cls, found, 0.5)[0], keep)
+
+
 @pytest.mark.parametrize("room, rounds", [("some", 4), ("all", 4), (1024, 0)])
 def test_frames_that_need_more_run_again_to_the_same_bytes(checkpoint, monkeypatch, room, rounds):  # noqa: F811
     """CUDA's way on the CPU: a room smaller than some frames' candidates (or all frames'), or NMS stopped before
