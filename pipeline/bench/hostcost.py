@@ -1,11 +1,12 @@
 """`python -m pipeline.bench hostcost`: where the device path's host time goes, batch by batch, and how fast the
 host is. For each frame size: YOLO's device path (`DeviceYolo`) on a bench clip, with seeded lively weights and
 `conf` set for about 8 instances a frame (as `make bench`), timed as `segment()` in its two halves: `launch`
-(frames to the device, the network, detection queued) and `result` (NMS settled, masks assembled and encoded, on
-the host). Per batch: milliseconds of each, of the bare forward, host waits (the path's own count), kernel
-launches, synchronising CUDA calls and kernels' busy time (torch profiler), and the functions that take the most
-host time of their own (cProfile). The host: its cores (affinity, cgroup quota), a pure-Python loop and single-threaded decoding per
-frame, to compare one machine's host with another's. A figure, never a test.
+(frames to the device, decoded as the stage decodes them, pinned on CUDA; the network; detection queued) and
+`result` (NMS settled, masks assembled and encoded, on the host). Per batch: milliseconds of each, of the bare
+forward, host waits (the path's own count), kernel launches, synchronising CUDA calls and kernels' busy time
+(torch profiler), and the functions that take the most host time of their own (cProfile). The host: its cores
+(affinity, cgroup quota), a pure-Python loop and single-threaded decoding per frame, to compare one machine's
+host with another's. A figure, never a test.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
     decode_ms = 1e3 * (time.perf_counter() - started) / sum(len(b) for b in batches)
     spec = realistic_spec(SegmenterSpec(model=args.model, device=args.device, inference="device"), batches[0], folder)
     segmenter = YoloSegmenter(spec)
+    memory = segmenter.frame_memory(lambda frame_bytes: 1 << 40)  # on CUDA pinned, as the stage decodes them
+    if memory is not None:
+        batches = list(VideoDecoder(clip, decode, memory=memory))
     device = segmenter.on_device
     for b in batches[:2]:
         segmenter.segment(b)  # warm-up: kernels, allocator, rooms
