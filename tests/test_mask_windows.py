@@ -1,5 +1,7 @@
 """mask_windows makes the operands of consecutive pieces at once, at the largest of their sizes: every window is
-still the bytes of its piece made alone, at its own padded size (the computation before operands were shared)."""
+still the bytes of its piece made alone, at its own padded size (the computation before operands were shared).
+On a CPU a product of a piece's operands taken as views, or at the group's sizes, happens to give the same
+bytes; the CUDA case (`gpu`: cuBLAS picks its kernels by shape and alignment) is the one that would tell."""
 
 import numpy as np
 import pytest
@@ -48,11 +50,12 @@ def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, device, rle
         monkeypatch.setattr(device_rle, "DEVICES", ("cuda", "cpu"))
     elif device == "cuda":
         monkeypatch.setattr(device_rle, "DEVICES", ())  # windows, not runs
-    made, calls = [], []
+    made, calls, grouped = [], [], []
     operands = mask_windows.operands
-    monkeypatch.setattr(mask_windows, "operands", lambda *a: calls.append(a[-4:]) or operands(*a))
-    for grouped in (GROUPS, lambda pieces: [[piece] for piece in pieces]):  # shared, as run; each piece alone
-        monkeypatch.setattr(mask_windows, "_groups", grouped)
+    monkeypatch.setattr(mask_windows, "operands", lambda *a, **k: calls.append(a[-4:]) or operands(*a, **k))
+    for groups in (lambda pieces: grouped.extend(GROUPS(pieces)) or grouped,  # shared, as run; each piece alone
+                   lambda pieces: [[piece] for piece in pieces]):
+        monkeypatch.setattr(mask_windows, "_groups", groups)
         before = len(calls)
         made.append((mask_windows.mask_windows(kept, chosen, **args).masks, len(calls) - before))
     (together, shared), (alone, pieces) = made
@@ -62,7 +65,8 @@ def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, device, rle
     else:
         assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(together, alone))
         assert any(a.any() for a in together)
-    assert 1 <= shared < pieces  # pieces shared their operands
+    assert 1 <= shared < pieces  # pieces shared their operands, in groups of several sizes
+    assert any(len({(piece.h, piece.w, piece.ph, piece.pw) for piece in group}) > 1 for group in grouped)
 
 
 GROUPS = mask_windows._groups  # as the module has it (each test may replace it)

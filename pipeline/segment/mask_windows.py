@@ -24,6 +24,8 @@ from pipeline.segment import device_rle, transfer
 from pipeline.segment.model_input import Geometry
 
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
+GROUP_SLACK = 1 << 16  # operand floats a group of pieces may pad to whatever their own (256 KiB): past it, at most
+# twice their own (small windows are not padded to a large one's size)
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
 
 
@@ -64,9 +66,10 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     `places`: x, y, w, h), as (h_k, w_k) bool windows, or on a device_rle.DEVICES device as RLE strings. Each is
     assembled at padded sizes that depend on its own extent only (`ladder`), together with the others of the same
     padded size, as many as WINDOW_BUDGET allows (a piece); the operands of consecutive pieces are made at once,
-    at the largest of their sizes (`operands`: each piece reads exact copies of its own values), so that a batch
-    launches a few kernels a piece, not dozens; all cross to the host in one copy (the windows, or their run
-    lengths)."""
+    at the largest of their sizes (`operands`: each piece reads exact copies of its own values; `_groups`), so
+    that a batch launches a few kernels a piece, not dozens. At most a group's operands (WINDOW_BUDGET floats,
+    twice that while they are made) and one piece's work (WINDOW_BUDGET) are held at once. All cross to the
+    host in one copy (the windows, or their run lengths)."""
     rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                 proto.device)
     padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
@@ -82,8 +85,9 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     for group in _groups(_pieces(sizes, starts, len(order), rows, cols)):
         begin, end = group[0].begin, group[-1].end
         grouped = on_device[begin:end]
-        made = operands(logits[grouped], box[grouped], origin[grouped], rows, cols,
-                        *(max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw")))
+        made = operands(logits, box[grouped], origin[grouped], rows, cols,
+                        *(max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw")),
+                        members=grouped)
         at, size = origin[grouped], extent[grouped]
         for piece in group:
             part, these = slice(piece.begin - begin, piece.end - begin), order[piece.begin:piece.end]
@@ -93,6 +97,7 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
             else:
                 assembled.append(window.flatten())
             chunks.append((these, piece.h, piece.w))
+        del made  # before the next group's operands
     if runs is not None:
         added = np.concatenate([members for members, _, _ in chunks])  # the order the runs were added in
         strings: list[bytes | None] = [None] * len(added)
@@ -237,13 +242,16 @@ def _pieces(sizes: np.ndarray, starts: np.ndarray, count: int, rows: "Axis", col
 
 
 def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
-    """Consecutive pieces whose operands, at the largest of their sizes, fit WINDOW_BUDGET together (a piece
-    alone past it: a group of its own): each group's operands are made at once (`operands`)."""
+    """Consecutive pieces whose operands, at the largest of their sizes, fit WINDOW_BUDGET together, and GROUP_SLACK
+    or twice their own operands (a piece alone past it: a group of its own): each group's operands are made at
+    once (`operands`)."""
     groups: list[list[_Piece]] = []
     for piece in pieces:
         group = [*groups[-1], piece] if groups else [piece]
         h, w, ph, pw = (max(getattr(p, side) for p in group) for side in ("h", "w", "ph", "pw"))
-        if groups and (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw) <= WINDOW_BUDGET:
+        padded = (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw)
+        own = sum((p.end - p.begin) * (p.h * p.ph + p.w * p.pw + p.ph * p.pw) for p in group)
+        if groups and padded <= WINDOW_BUDGET and (padded <= GROUP_SLACK or padded <= 2 * own):
             groups[-1] = group
         else:
             groups.append([piece])
@@ -274,25 +282,26 @@ def _fresh(block: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
 
 
 def operands(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
-             h: int, w: int, ph: int, pw: int) -> Operands:
-    """The operands of (k, h, w) windows at `origin`: the logits' prototype span, and the maps to the window's
-    pixels cut to the box. Each entry is an exact copy of a map's or a logit's value, or 0: a window of a smaller
-    padded size reads the same values from their leading rows and columns."""
+             h: int, w: int, ph: int, pw: int, *, members: torch.Tensor | None = None) -> Operands:
+    """The operands of (k, h, w) windows at `origin`: the logits' prototype span (the k instances' logits, or
+    those at `members`), and the maps to the window's pixels cut to the box. Each entry is an exact copy of a
+    map's or a logit's value, or 0: a window of a smaller padded size reads the same values from their leading
+    rows and columns."""
     device = logits.device
+    members = torch.arange(len(box), device=device) if members is None else members
     ys = (origin[:, 1, None] + torch.arange(h, device=device)).clamp(max=len(rows.start) - 1)  # (k, h)
     xs = (origin[:, 0, None] + torch.arange(w, device=device)).clamp(max=len(cols.start) - 1)  # (k, w)
     top, left = rows.start[ys[:, 0]], cols.start[xs[:, 0]]
     mh, mw = logits.shape[1:]
     proto_rows = (top[:, None] + torch.arange(ph, device=device)).clamp(max=mh - 1)
     proto_cols = (left[:, None] + torch.arange(pw, device=device)).clamp(max=mw - 1)
-    span = logits[torch.arange(len(logits), device=device)[:, None, None], proto_rows[:, :, None],
-                  proto_cols[:, None, :]]  # (k, ph, pw)
+    span = logits[members[:, None, None], proto_rows[:, :, None], proto_cols[:, None, :]]  # (k, ph, pw)
     inside_y = (ys >= box[:, 1, None]) & (ys < box[:, 3, None])
     inside_x = (xs >= box[:, 0, None]) & (xs < box[:, 2, None])
     # the cut to the box as zero rows of the maps: outside it the product is 0 (never > 0), inside it is the same
     # product as uncut (an output element's sum never reads another row of the maps)
-    down = rows.sub(ys, top, ph) * inside_y[:, :, None]
-    across = cols.sub(xs, left, pw) * inside_x[:, :, None]
+    down = rows.sub(ys, top, ph).mul_(inside_y[:, :, None])  # (copies: written in place)
+    across = cols.sub(xs, left, pw).mul_(inside_x[:, :, None])
     return Operands(down=down, span=span, across=across)
 
 
