@@ -67,6 +67,11 @@ def test_windows_are_the_bytes_of_each_piece_made_alone(monkeypatch, device, rle
         assert any(a.any() for a in together)
     assert 1 <= shared < pieces  # pieces shared their operands, in groups of several sizes
     assert any(len({(piece.h, piece.w, piece.ph, piece.pw) for piece in group}) > 1 for group in grouped)
+    for group in grouped:  # padded to their largest, within the slack or twice their own
+        h, w, ph, pw = (max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw"))
+        padded = (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw)
+        own = sum((p.end - p.begin) * (p.h * p.ph + p.w * p.pw + p.ph * p.pw) for p in group)
+        assert len(group) == 1 or padded <= max(mask_windows.GROUP_SLACK, 2 * own)
 
 
 GROUPS = mask_windows._groups  # as the module has it (each test may replace it)
