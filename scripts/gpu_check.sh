@@ -112,11 +112,11 @@ if torch.cuda.is_available():  # what transfer.PinnedFrames and device_rle rely 
     empty_pinned_cache()
     after = pinned_bytes()
     counts = None not in (before, during, cached) and during >= before + (1 << 20) and cached >= during
-    print("pinned-memory statistics:", "count a 1 MiB block pinned, then cached" if counts else
-          f"DO NOT count a 1 MiB block pinned, then cached ({before}, {during}, {cached}): PinnedFrames pins "
-          "frames only where torch keeps them")
+    print("pinned-memory statistics:", "present" if before is not None else "ABSENT: PinnedFrames pins no frames",
+          "(informative: a 1 MiB block pinned, then cached,", "counted)" if counts else
+          f"not counted as expected: {before}, {during}, {cached})")
     print("cached pinned blocks:", "handed back" if counts and after <= before else
-          f"NOT handed back ({cached} -> {after}): PinnedFrames' cached blocks stay pinned")
+          f"NOT handed back ({cached} -> {after}): PinnedFrames' hand-backs free nothing")
     print("nonzero_static on CUDA:", "yes" if static_nonzero("cuda") else "NO (each RLE chunk waits for the GPU)")
 EOF
     } 2>&1 | tee "$OUT/env.txt"

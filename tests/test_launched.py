@@ -289,13 +289,16 @@ def test_other_pinned_memory_does_not_make_the_frames_hand_their_cache_back_agai
         pieces = [memory((10, 1000)) for _ in range(6)]  # 16 KiB blocks: 96 KiB in use
         del pieces
     assert memory.ordinary == 0 and memory.emptied == 0 and host.allocated == (128 + 96) << 10
+    assert memory.cached == 96 << 10  # each block taken again, then freed again
     large = [memory((20, 1000)) for _ in range(2)]  # 32 KiB blocks: 96 KiB of 16 KiB ones cached, handed back
     assert memory.emptied == 1 and host.allocated == (128 + 64) << 10 and memory.in_use == 64 << 10
+    assert memory.cached == 0
     del large
     for _ in range(20):
         pieces = [memory((10, 1000)), memory((20, 1000))]  # both sizes reuse their blocks: nothing handed back
         del pieces
     assert memory.emptied == 1 and memory.ordinary == 0 and len(staging) == 2
+    assert memory.cached == (16 + 2 * 32) << 10 and memory.in_use == 0  # the two large blocks, one small
 
 
 def test_a_piece_freed_while_the_lock_is_held_elsewhere_does_not_wait_for_it(monkeypatch):

@@ -32,7 +32,7 @@ CHANGE_FLAGS = 1 << 28  # the most change flags (K × w × (h + 1)) one `run_len
 # whole-frame masks at 4K take 8.3M each, so past 32 masks a batch is encoded in parts, its memory bounded
 MERGE_SLACK = 1 << 24  # change flags that chunks padded to the largest may take whatever their own (16 MB of bools,
 # a few times that in `run_lengths`, as mask_windows.WINDOW_BUDGET's 64 MiB): past it, at most twice their own (a
-# few small windows are not padded to a large one's size). At 340x256, 2 or 3 calls a 64-frame batch (1 without
+# few small windows are not padded to a large one's size). At 340x256, 2 to 4 calls a 64-frame batch (1 without
 # the bound, one a padded window size, about 30, before chunks were encoded together)
 
 
@@ -136,12 +136,12 @@ def _worth_padding(chunks: list[_Chunk]) -> bool:
 
 
 class RunBatch:
-    """The run lengths of windows assembled in several chunks, kept on the device until `fetch` brings them all
-    to the host in one copy. Chunks are encoded together, padded to the largest's size (the padding is ignored),
-    in one `run_lengths` call for as many as CHANGE_FLAGS and the padding's waste allow (`_worth_padding`): a batch's windows come in one chunk for each
-    padded size they were assembled at, and each call is dozens of kernels. Chunks with a capacity are not encoded
-    with chunks without (those wait for the device to size their result). A call whose capacity was too small is
-    redone exactly (one more copy, logged)."""
+    """The run lengths of windows assembled in several chunks, kept on the device until `fetch` brings them all to the
+    host in one copy. Chunks are encoded together, padded to the largest's size (the padding is ignored), in one
+    `run_lengths` call for as many as CHANGE_FLAGS and the padding's waste allow (`_worth_padding`): a batch's
+    windows come in one chunk for each padded size they were assembled at, and each call is dozens of kernels.
+    Chunks with a capacity are not encoded with chunks without (those wait for the device to size their result). A
+    call whose capacity was too small is redone exactly (one more copy, logged)."""
 
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width

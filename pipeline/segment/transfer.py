@@ -18,21 +18,23 @@ log = logging.getLogger(__name__)
 
 
 class PinnedFrames:
-    """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which
-    each piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
+    """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which each
+    piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
     memory, whose batches are staged. torch rounds each pinned block up to a power of two and keeps a freed one
     cached for requests of its own rounded size only. The blocks in use are the ones handed out here and still
-    alive, and the cached ones those freed here and not taken again, both counted here as torch rounds them
-    (torch's own count of blocks in use did not fall when a block was freed, on an H200 with torch 2.11:
-    docs/PERFORMANCE.md; other pinned memory, staging buffers and copies of results, is not the frames' budget).
-    Both are measured against the largest budget asked for so far (a clip of smaller frames does not shrink it):
-    a piece is pinned while the blocks in use and its own fit in four fifths of it; a new block that takes them
-    and the cached ones past that hands the cached ones back (torch never gives them to this piece), if they are
-    a fifth of the budget or more. Pinned memory for frames thus stays within the budget, and cached blocks are
-    handed back at most once for each fifth of it freed and not reused. Each feeder has its own (a shard's two
-    feeders run in turn). Where torch keeps no pinned-memory statistics (it may not count what it pins), nothing
-    is pinned. A pinned array is safe to drop once its copy to the GPU is done, as a piece is once its batch's
-    masks are taken (which wait for the copy), or once the feeder that launched it is gone."""
+    alive, and the cached ones those freed here and not taken again, both counted here as torch rounds them (torch's
+    own count of blocks in use did not fall when a block was freed, on an H200 with torch 2.11: docs/PERFORMANCE.md;
+    other pinned memory, staging buffers and copies of results, is not the frames' budget). Both are measured
+    against the largest budget asked for so far (a clip of smaller frames does not shrink it): a piece is pinned
+    while the blocks in use and its own fit in four fifths of it; a new block that takes them and the cached ones
+    past that hands the cached ones back (torch never gives them to this piece), if they are a fifth of the budget
+    or more. Pinned memory for frames thus stays within the budget. Cached blocks are handed back at most once for
+    each fifth of it freed and not reused, as far as this count knows: other pinned memory (staging buffers, copies
+    of results, another feeder's frames) may take a block counted here as cached, and then a hand-back may come
+    sooner. Each feeder has its own (a shard's two feeders run in turn). Where torch keeps no pinned-memory
+    statistics (it may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to
+    the GPU is done, as a piece is once its batch's masks are taken (which wait for the copy), or once the feeder
+    that launched it is gone."""
 
     def __init__(self, budget: Callable[[int], int]) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
@@ -57,6 +59,13 @@ class PinnedFrames:
         with self._lock:
             self._count_freed()
             return self._in_use
+
+    @property
+    def cached(self) -> int:
+        """Bytes of the blocks freed here and not taken again (torch keeps them, unless handed back)."""
+        with self._lock:
+            self._count_freed()
+            return sum(size * n for size, n in self._cached.items())
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
