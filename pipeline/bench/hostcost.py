@@ -106,14 +106,19 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
         for name, seconds in (("launch", launch), ("result", result), ("forward", forward)):
             best[name] = min(best[name], seconds)
     per_batch = {f"{name}_ms": round(1e3 * seconds / len(batches), 2) for name, seconds in best.items()}
-    return {"frames": sum(len(b) for b in batches), "instances_per_frame": instances(segmenter, batches[0]),
+    return {"frames": sum(len(b) for b in batches), **instances(segmenter, batches[0]),
             **per_batch, "host_waits_per_batch": probe.waits_per_batch(before, probe.counters(segmenter)),
             "decode_ms_per_frame": round(decode_ms, 3), **profiled(segmenter, batches, args), "top": top(
                 segmenter, batches, args.top)}
 
 
-def instances(segmenter: YoloSegmenter, batch) -> float:
-    return round(sum(len(m) for m in segmenter.segment(batch)) / len(batch), 2)
+def instances(segmenter: YoloSegmenter, batch) -> dict:
+    """Instances a frame, and the bytes of a mask's RLE string (about one to two a run length: what pycocotools'
+    strings cost grows with)."""
+    found = segmenter.segment(batch)
+    strings = [len(string) for masks in found for string in masks.rle()]
+    return {"instances_per_frame": round(len(strings) / len(batch), 2),
+            "rle_bytes_per_mask": round(sum(strings) / len(strings), 1) if strings else None}
 
 
 def profiled(segmenter: YoloSegmenter, batches: list, args: argparse.Namespace) -> dict:
