@@ -15,7 +15,7 @@ import torch
 from distributed import Client, LocalCluster
 
 from pipeline.bench import main, probe
-from pipeline.bench.budget import affordable_clips, another_round
+from pipeline.bench.budget import affordable_clips, another_round, clip_plan
 from pipeline.bench.clips import make_clips
 from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
 from pipeline.bench.placement import StagePlace
@@ -81,6 +81,7 @@ def test_the_stage_figures_come_from_the_worker_that_ran_it(tmp_path):
     assert masks["instances_per_frame"] > 5 and masks["stage_frames_per_s"] > 0
     assert masks["stage_in_shards_frames_per_s"] >= masks["stage_frames_per_s"]  # the run's start left out
     assert masks["stage_in_shards_vs_forward"] > 0
+    assert masks["stage_decoders"] == 1 and masks["clip_frames"] == 4  # a CPU stage: one decoder, clips at length
 
 
 def test_kernel_busy_time_counts_overlapping_kernels_once():
@@ -123,6 +124,15 @@ def test_budget_fits_clips_and_rounds():
     assert affordable_clips(seconds=10, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 10
     assert affordable_clips(seconds=0, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 1
     assert affordable_clips(seconds=1e9, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 32
+
+
+def test_clips_are_shortened_where_too_few_would_keep_a_gpu_stages_decoders_busy():
+    costs = dict(make_per_frame=0.01, round_per_frame=0.02)  # 9 s a clip of 300 frames
+    assert clip_plan(seconds=90, frames_per_clip=300, most=32, at_least=8, **costs) == (10, 300)  # enough
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, shortest=64, **costs) == (8, 125)
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, shortest=128, **costs) == (7, 128)
+    assert clip_plan(seconds=30, frames_per_clip=300, most=2, at_least=8, **costs) == (2, 300)  # at most 2 asked
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, **costs) == (3, 300)  # a CPU stage: one decoder
     now = time.perf_counter()
     assert another_round(done=[], repeat=1, deadline=now)
     assert not another_round(done=[1.0], repeat=3, deadline=now + 0.5)

@@ -1,6 +1,7 @@
 """`make bench --minutes`: the bench's time budget. Each source size gets an equal share of what is left when it
 starts (less a reserve for the render and loader figures); within it, as many clips as the costs measured on the
-first clip say will fit one round, and further rounds while a round as long as the longest so far still fits.
+first clip say will fit one round (shorter ones where too few would fit for a GPU stage's decoders), and further
+rounds while a round as long as the longest so far still fits.
 One clip and one round are always measured, so a budget too small for them is overrun, never empty."""
 
 from __future__ import annotations
@@ -33,6 +34,23 @@ def affordable_clips(*, seconds: float, frames_per_clip: int, make_per_frame: fl
     if per_clip <= 0:
         return most
     return max(1, min(most, int(seconds // per_clip)))
+
+
+def clip_plan(*, seconds: float, frames_per_clip: int, make_per_frame: float, round_per_frame: float, most: int,
+              at_least: int = 1, shortest: int = 1) -> tuple[int, int]:
+    """Clips, and frames a clip, that can be made and measured once in `seconds` (`affordable_clips`): clips of
+    `frames_per_clip`, as many as fit; where fewer than `at_least` fit (a GPU stage's decoders, each decoding a clip
+    at a time: fewer clips leave decoders idle), shorter clips, never under `shortest` frames, so that `at_least`
+    of them do."""
+    count = affordable_clips(seconds=seconds, frames_per_clip=frames_per_clip, make_per_frame=make_per_frame,
+                             round_per_frame=round_per_frame, most=most)
+    want = min(at_least, most)
+    per_frame = make_per_frame + round_per_frame
+    if count >= want or per_frame <= 0:
+        return count, frames_per_clip
+    frames = max(shortest, min(frames_per_clip, int(seconds // (want * per_frame))))
+    return affordable_clips(seconds=seconds, frames_per_clip=frames, make_per_frame=make_per_frame,
+                            round_per_frame=round_per_frame, most=most), frames
 
 
 def another_round(*, done: list[float], repeat: int, deadline: float) -> bool:

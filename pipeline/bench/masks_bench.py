@@ -23,13 +23,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.bench import probe
-from pipeline.bench.budget import affordable_clips, another_round
+from pipeline.bench.budget import another_round, clip_plan
 from pipeline.bench.clips import make_clips, write_listing
 from pipeline.bench.placement import StagePlace
 from pipeline.bench.replay import replay_spec
 from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.masks.runner import worker_spec
+from pipeline.masks.stage import auto_decoders
 from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -226,16 +227,19 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
              "%.0f s of %.0f s left", width, height, make_per_frame * frames, 1e3 * segment_per_frame,
              1e3 * decode_per_frame, 1e3 * stage_per_frame, deadline - time.perf_counter(), seconds)
 
-    count = affordable_clips(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
-                             make_per_frame=make_per_frame, most=clips,
-                             round_per_frame=2 * stage_per_frame + 2 * segment_per_frame + decode_per_frame)
-    sources = [*early, *make_clips(root, range(len(early), count), frames, width, height)][:count]
+    stage_decoders = decoders or auto_decoders(stage_spec.device)  # on a GPU, each decodes a clip at a time
+    count, clip_frames = clip_plan(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
+                                   make_per_frame=make_per_frame, most=clips, at_least=stage_decoders,
+                                   shortest=min(frames, 2 * batch),
+                                   round_per_frame=2 * stage_per_frame + 2 * segment_per_frame + decode_per_frame)
+    sources = [*early, *make_clips(root, range(len(early), count), clip_frames, width, height)][:count]
     write_listing(root, sources)
     held = held_batches(sources, decode, hold_bytes)
     inputs = [on_device.prepare(b.frames)[0] for b in held] if on_device is not None else []
     held_frames = sum(len(b) for b in held)
     for_predict = held[:max(1, PREDICT_FRAMES // batch)]
-    log.info("%dx%d: %d clips of %d frames, %d held", width, height, len(sources), frames, held_frames)
+    log.info("%dx%d: %d clips (%d of %d frames, the rest of %d) for %d decoders, %d frames held", width, height,
+             len(sources), len(early), frames, clip_frames, stage_decoders, held_frames)
     best = dict.fromkeys(("stage", "stage_in_shards", "segment", "predict", "forward", "decode"), float("inf"))
     rounds: list[float] = []
     waits: dict[str, float | None] = {}
@@ -292,6 +296,9 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "segmenter": shard_segmenter(run_dir),  # as the stage's process ran it
         "stage_where": place.where, "stage_workers": sorted(summary.workers),
         "decoders": decoders or None,  # None: the stage's default (1 on CPU)
+        # the stage's clips decoded at once, and the frames of the clips past the first two (frames_per_clip):
+        # fewer where that many clips would not fit at full length (`clip_plan`)
+        "stage_decoders": stage_decoders, "clip_frames": clip_frames,
         "frames_in_flight_max": summary.totals.get("frames_in_flight_max"),
         "pieces_unpinned": summary.totals.get("pieces_unpinned", 0),  # CUDA: decoded outside pinned memory, staged
         "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2),
