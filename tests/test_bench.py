@@ -124,20 +124,25 @@ def test_budget_fits_clips_and_rounds():
     assert affordable_clips(seconds=10, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 10
     assert affordable_clips(seconds=0, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 1
     assert affordable_clips(seconds=1e9, frames_per_clip=10, make_per_frame=0.05, round_per_frame=0.05, most=32) == 32
-
-
-def test_clips_are_shortened_where_too_few_would_keep_a_gpu_stages_decoders_busy():
-    costs = dict(make_per_frame=0.01, round_per_frame=0.02)  # 9 s a clip of 300 frames
-    assert clip_plan(seconds=90, frames_per_clip=300, most=32, at_least=8, **costs) == (10, 300)  # enough
-    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, shortest=64, **costs) == (8, 125)
-    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, shortest=128, **costs) == (7, 128)
-    assert clip_plan(seconds=30, frames_per_clip=300, most=2, at_least=8, **costs) == (2, 300)  # at most 2 asked
-    assert clip_plan(seconds=30, frames_per_clip=300, most=32, **costs) == (3, 300)  # a CPU stage: one decoder
     now = time.perf_counter()
     assert another_round(done=[], repeat=1, deadline=now)
     assert not another_round(done=[1.0], repeat=3, deadline=now + 0.5)
     assert another_round(done=[1.0], repeat=3, deadline=now + 60)
     assert not another_round(done=[1.0, 1.0, 1.0], repeat=3, deadline=now + 60)
+
+
+def test_clips_are_shortened_where_too_few_would_keep_a_gpu_stages_decoders_busy():
+    costs = dict(make_per_frame=0.01, round_per_frame=0.02)  # 9 s a clip of 300 frames, 6 s its round
+    assert clip_plan(seconds=90, frames_per_clip=300, most=32, at_least=8, **costs) == (10, 300)  # enough
+    # 2 made (12 s of round), 6 more for 8 decoders in the 48 s left: 266 frames each
+    assert clip_plan(seconds=60, frames_per_clip=300, most=32, at_least=8, made=2, **costs) == (8, 266)
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, made=2, shortest=64, **costs) == (8, 100)
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, at_least=8, made=2, shortest=128, **costs) == (6, 128)
+    assert clip_plan(seconds=10, frames_per_clip=300, most=32, at_least=8, made=2, shortest=64, **costs) == (1, 300)
+    assert clip_plan(seconds=30, frames_per_clip=300, most=2, at_least=8, made=2, **costs) == (2, 300)  # at most 2
+    assert clip_plan(seconds=30, frames_per_clip=300, most=32, **costs) == (3, 300)  # a CPU stage: one decoder
+    assert clip_plan(seconds=3, frames_per_clip=50, most=32, at_least=8, shortest=128, **costs) == (2, 50)  # never
+    # longer than full length
 
 
 def test_held_frames_are_capped(tmp_path):

@@ -37,20 +37,25 @@ def affordable_clips(*, seconds: float, frames_per_clip: int, make_per_frame: fl
 
 
 def clip_plan(*, seconds: float, frames_per_clip: int, make_per_frame: float, round_per_frame: float, most: int,
-              at_least: int = 1, shortest: int = 1) -> tuple[int, int]:
-    """Clips, and frames a clip, that can be made and measured once in `seconds` (`affordable_clips`): clips of
-    `frames_per_clip`, as many as fit; where fewer than `at_least` fit (a GPU stage's decoders, each decoding a clip
-    at a time: fewer clips leave decoders idle), shorter clips, never under `shortest` frames, so that `at_least`
-    of them do."""
+              at_least: int = 1, shortest: int = 1, made: int = 0) -> tuple[int, int]:
+    """Clips, and frames a clip past the `made` ones (made already, at `frames_per_clip`), that can be made and
+    measured once in `seconds` (`affordable_clips`): clips of `frames_per_clip`, as many as fit; where fewer than
+    `at_least` fit (a GPU stage's decoders, each decoding a clip at a time: fewer clips leave decoders idle), the
+    rest shorter, never under `shortest` frames, as many as fit beside the made ones' round (`at_least` of all,
+    where `shortest` allows). The frames a clip are `frames_per_clip` where no shorter clip is planned."""
     count = affordable_clips(seconds=seconds, frames_per_clip=frames_per_clip, make_per_frame=make_per_frame,
                              round_per_frame=round_per_frame, most=most)
     want = min(at_least, most)
     per_frame = make_per_frame + round_per_frame
-    if count >= want or per_frame <= 0:
+    if count >= want or per_frame <= 0 or want <= made:
         return count, frames_per_clip
-    frames = max(shortest, min(frames_per_clip, int(seconds // (want * per_frame))))
-    return affordable_clips(seconds=seconds, frames_per_clip=frames, make_per_frame=make_per_frame,
-                            round_per_frame=round_per_frame, most=most), frames
+    left = seconds - made * frames_per_clip * round_per_frame  # the made clips' round
+    shortest = max(1, min(shortest, frames_per_clip))
+    frames = max(shortest, min(frames_per_clip, int(left // ((want - made) * per_frame))))
+    more = min(want - made, int(left // (frames * per_frame))) if left > 0 else 0
+    if more <= 0:
+        return max(1, min(made, count)), frames_per_clip
+    return made + more, frames
 
 
 def another_round(*, done: list[float], repeat: int, deadline: float) -> bool:

@@ -181,7 +181,8 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                frames: int, batch: int, repeat: int, seconds: float, decoders: int = 0,
                hold_bytes: int = 2 << 30, instances: float = 8) -> dict:
     """The masks figures for `clips` (fewer where `seconds` would not fit them) clips of `frames` frames of
-    width × height: best of up to `repeat` interleaved rounds, a round begun only while one fits."""
+    width × height (past the first two, shorter ones where too few would fit for the stage's decoders:
+    `clip_plan`): best of up to `repeat` interleaved rounds, a round begun only while one fits."""
     import torch
 
     started = time.perf_counter()
@@ -227,10 +228,11 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
              "%.0f s of %.0f s left", width, height, make_per_frame * frames, 1e3 * segment_per_frame,
              1e3 * decode_per_frame, 1e3 * stage_per_frame, deadline - time.perf_counter(), seconds)
 
-    stage_decoders = decoders or auto_decoders(stage_spec.device)  # on a GPU, each decodes a clip at a time
+    # the stage's decoders as its worker counts them (a GPU worker's share of the cores is set where it starts)
+    stage_decoders = decoders or place.call(auto_decoders, stage_spec.device)
     count, clip_frames = clip_plan(seconds=deadline - time.perf_counter(), frames_per_clip=frames,
                                    make_per_frame=make_per_frame, most=clips, at_least=stage_decoders,
-                                   shortest=min(frames, 2 * batch),
+                                   shortest=2 * batch, made=len(early),
                                    round_per_frame=2 * stage_per_frame + 2 * segment_per_frame + decode_per_frame)
     sources = [*early, *make_clips(root, range(len(early), count), clip_frames, width, height)][:count]
     write_listing(root, sources)
@@ -239,7 +241,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     held_frames = sum(len(b) for b in held)
     for_predict = held[:max(1, PREDICT_FRAMES // batch)]
     log.info("%dx%d: %d clips (%d of %d frames, the rest of %d) for %d decoders, %d frames held", width, height,
-             len(sources), len(early), frames, clip_frames, stage_decoders, held_frames)
+             len(sources), min(len(early), len(sources)), frames, clip_frames, stage_decoders, held_frames)
     best = dict.fromkeys(("stage", "stage_in_shards", "segment", "predict", "forward", "decode"), float("inf"))
     rounds: list[float] = []
     waits: dict[str, float | None] = {}
@@ -296,8 +298,9 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "segmenter": shard_segmenter(run_dir),  # as the stage's process ran it
         "stage_where": place.where, "stage_workers": sorted(summary.workers),
         "decoders": decoders or None,  # None: the stage's default (1 on CPU)
-        # the stage's clips decoded at once, and the frames of the clips past the first two (frames_per_clip):
-        # fewer where that many clips would not fit at full length (`clip_plan`)
+        # the stage's clips decoded at once, and the frames of each clip past the first two (which have
+        # frames_per_clip): fewer where too few full-length clips would fit for its decoders (`clip_plan`; the
+        # same camera move, faster, and the run ends on the two long clips)
         "stage_decoders": stage_decoders, "clip_frames": clip_frames,
         "frames_in_flight_max": summary.totals.get("frames_in_flight_max"),
         "pieces_unpinned": summary.totals.get("pieces_unpinned", 0),  # CUDA: decoded outside pinned memory, staged
