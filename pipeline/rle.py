@@ -1,4 +1,10 @@
-"""COCO run-length encoding of binary masks, through pycocotools."""
+"""COCO run-length encoding of binary masks, through pycocotools.
+
+pycocotools' `rleToString`, which writes every compressed string (encoding, and merging), allocates 6 characters
+a run length and none for the terminator. A mask whose run lengths all take 6 characters (a run length, or a
+difference of two, of 2^24 or more), or any that takes 7 (2^29), writes past that buffer. Masks of frames of
+SAFE_PIXELS or more are therefore encoded here (`compress`, the same bytes), and their unions made by decoding:
+decoding, areas and IoU only read strings."""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import numpy as np
 from pycocotools import _mask as coco_c
 from pycocotools import mask as coco_mask
 
+SAFE_PIXELS = 1 << 24  # frames under it: every run length in 5 of pycocotools' characters, within its buffer
+
 
 def encode(masks: np.ndarray) -> list[bytes]:
     """Encode a (K, H, W) boolean stack into K compressed COCO RLE `counts` strings."""
@@ -15,6 +23,8 @@ def encode(masks: np.ndarray) -> list[bytes]:
         raise ValueError(f"expected a (K, H, W) mask stack, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
+    if masks.shape[1] * masks.shape[2] >= SAFE_PIXELS:
+        return from_counts([_counts(mask) for mask in masks], masks.shape[1], masks.shape[2])
     stacked = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
     return [rle["counts"] for rle in coco_mask.encode(stacked)]
 
@@ -80,11 +90,53 @@ def _runs(windows: Sequence[np.ndarray], shapes: np.ndarray, places: np.ndarray,
 
 def from_counts(runs: Sequence[np.ndarray], height: int, width: int) -> list[bytes]:
     """Compressed COCO RLE strings of masks given as their run lengths (column-major, starting with a run of
-    zeros, as pycocotools' `encode` counts them): one pycocotools call for all of them."""
-    if not runs:
+    zeros, as pycocotools' `encode` counts them): one pycocotools call for all of them (`compress` from
+    SAFE_PIXELS on)."""
+    if not len(runs):
         return []
+    if int(height) * int(width) >= SAFE_PIXELS:
+        return compress(np.concatenate(runs), np.fromiter(map(len, runs), dtype=np.int64, count=len(runs)))
     size = [int(height), int(width)]
     return [made["counts"] for made in coco_c.frUncompressedRLE([{"size": size, "counts": r} for r in runs], *size)]
+
+
+STRING_CHUNKS = 7  # 5-bit groups for the largest difference of two run lengths under 2**32 (35 bits, signed)
+
+
+def compress(counts: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """pycocotools' compressed strings of masks whose run lengths lie end to end in `counts` (lengths[k] each, at
+    least one), with no buffer to overrun: its `rleToString` writes each run length (from the fourth on, less
+    the one two before it) as 5-bit groups, least significant first, each the character 48 + group, plus 32
+    while more follow, and stops once what is left is the last group's sign (0 or -1). A few numpy passes over
+    the run lengths (slower than pycocotools under SAFE_PIXELS: docs/PERFORMANCE.md, eleventh session)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not len(lengths):
+        return []
+    if (lengths < 1).any():
+        raise ValueError("every mask has at least one run length")
+    given = np.asarray(counts).astype(np.int64)
+    first = np.cumsum(lengths) - lengths  # each mask's first run length
+    later = np.flatnonzero(np.arange(len(given)) - np.repeat(first, lengths) > 2)
+    x = given.copy()
+    x[later] -= given[later - 2]
+    groups = np.ones(len(x), dtype=np.int64)  # the groups each takes: x fits in 5 × groups bits, signed
+    for k in range(1, STRING_CHUNKS):
+        groups += (x >= 1 << (5 * k - 1)) | (x < -(1 << (5 * k - 1)))
+    chars = np.empty((len(x), STRING_CHUNKS), dtype=np.uint8)
+    for k in range(STRING_CHUNKS):
+        chars[:, k] = ((x >> (5 * k)) & 0x1F) + 48 + 32 * (k < groups - 1)
+    blob = chars[np.arange(STRING_CHUNKS) < groups[:, None]].tobytes()
+    ends = np.cumsum(groups)[first + lengths - 1]
+    return [blob[begin:end] for begin, end in zip([0, *ends[:-1].tolist()], ends.tolist())]
+
+
+def _counts(mask: np.ndarray) -> np.ndarray:
+    """pycocotools' run lengths of one (H, W) mask: down the columns, starting with a (possibly empty) run of
+    zeros."""
+    flat = np.ascontiguousarray(mask.T, dtype=bool).reshape(-1)
+    edges = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = np.diff(edges)
+    return np.concatenate([[0], counts]).astype(np.uint32) if flat[0] else counts.astype(np.uint32)
 
 
 def decode(counts: bytes, height: int, width: int) -> np.ndarray:
@@ -101,6 +153,8 @@ def union_area(counts: list[bytes], height: int, width: int) -> int:
     """Foreground pixel count of the union of several RLEs, without decoding them."""
     if not counts:
         return 0
+    if len(counts) > 1 and int(height) * int(width) >= SAFE_PIXELS:  # merging would write a string
+        return int(decode_union(counts, height, width).sum())
     rles = [{"size": [int(height), int(width)], "counts": c} for c in counts]
     return int(coco_mask.area(coco_mask.merge(rles, intersect=0) if len(rles) > 1 else rles[0]))
 
@@ -109,6 +163,11 @@ def decode_union(counts: list[bytes], height: int, width: int) -> np.ndarray:
     """The union of several RLEs as one (H, W) boolean mask (merged as RLE, decoded once)."""
     if not counts:
         return np.zeros((int(height), int(width)), dtype=bool)
+    if len(counts) > 1 and int(height) * int(width) >= SAFE_PIXELS:  # merging would write a string
+        union = decode(counts[0], height, width)
+        for more in counts[1:]:
+            union |= decode(more, height, width)
+        return union
     rles = [{"size": [int(height), int(width)], "counts": c} for c in counts]
     return coco_mask.decode(coco_mask.merge(rles, intersect=0) if len(rles) > 1 else rles[0]).astype(bool)
 

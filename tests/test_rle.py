@@ -40,3 +40,40 @@ def test_from_counts_is_pycocotools_bytes():
     runs = [np.diff(np.concatenate([[0], np.flatnonzero(np.diff(np.concatenate([[0], f]))), [f.size]])) for f in flat]
     assert rle.from_counts(runs, 7, 9) == rle.encode(masks)
     assert rle.from_counts([], 7, 9) == []
+
+
+def test_compress_is_pycocotools_bytes():
+    """Run lengths of every size up to 2^24 (where pycocotools' own writer is safe), zeros among them."""
+    from pycocotools import _mask as coco_c
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        runs = [rng.integers(0, [2, 17, 40, 1 << 12, 1 << 20, 1 << 24][int(rng.integers(0, 6))],
+                             int(rng.integers(1, 12))).astype(np.uint32) for _ in range(int(rng.integers(1, 8)))]
+        made = [m["counts"] for m in coco_c.frUncompressedRLE([{"size": [7, 9], "counts": r} for r in runs], 7, 9)]
+        assert rle.compress(np.concatenate(runs), [len(r) for r in runs]) == made
+    with pytest.raises(ValueError, match="at least one"):
+        rle.compress(np.zeros(2, np.uint32), [2, 0])
+
+
+def test_frames_of_2_24_pixels_or_more_never_reach_pycocotools_string_writer(monkeypatch):
+    """Its writer overruns its buffer for run lengths of 2^24 or more: such frames' strings are made here, and
+    their unions by decoding (the right half of a 4096 × 8192 frame: two run lengths of 2^24, 6 characters each)."""
+    from pycocotools import _mask as coco_c
+    from pycocotools import mask as coco_mask
+
+    height, width = 4096, 8192
+    half = np.zeros((height, width), dtype=bool)
+    half[:, width // 2:] = True
+    corner = np.zeros((height, width), dtype=bool)
+    corner[:10, :20] = True
+    for name, module in (("frUncompressedRLE", coco_c), ("encode", coco_mask), ("merge", coco_mask)):
+        monkeypatch.setattr(module, name, lambda *a, name=name, **k: pytest.fail(f"pycocotools' {name} called"))
+    strings = rle.encode(np.stack([half, corner]))
+    assert strings[0] == b"PPPP`0" * 2  # 2^24 twice, six characters each: groups 0, 0, 0, 0 and 16 with more to
+    # come (48 + 32 + group), then 0 (48)
+    assert all(np.array_equal(rle.decode(s, height, width), m) for s, m in zip(strings, (half, corner)))
+    assert rle.from_counts([np.array([1 << 24, 1 << 24], np.uint32)], height, width) == strings[:1]
+    assert rle.encode_windows([corner[:10, :20]], [(0, 0)], height, width) == strings[1:]
+    assert rle.union_area(strings, height, width) == (1 << 24) + 200
+    assert np.array_equal(rle.decode_union(strings, height, width), half | corner)
