@@ -18,11 +18,12 @@ SAFE_PIXELS = 1 << 24  # frames under it: every run length in 5 of pycocotools' 
 
 
 def encode(masks: np.ndarray) -> list[bytes]:
-    """Encode a (K, H, W) boolean stack into K compressed COCO RLE `counts` strings."""
+    """Encode a (K, H, W) stack (nonzero: in the mask) into K compressed COCO RLE `counts` strings."""
     if masks.ndim != 3:
         raise ValueError(f"expected a (K, H, W) mask stack, got shape {masks.shape}")
     if masks.shape[0] == 0:
         return []
+    masks = masks.astype(bool, copy=False)  # both ways alike (pycocotools would split runs at 1 → 2)
     if masks.shape[1] * masks.shape[2] >= SAFE_PIXELS:
         return from_counts([_counts(mask) for mask in masks], masks.shape[1], masks.shape[2])
     stacked = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
@@ -150,7 +151,8 @@ def area(counts: bytes, height: int, width: int) -> int:
 
 
 def union_area(counts: list[bytes], height: int, width: int) -> int:
-    """Foreground pixel count of the union of several RLEs, without decoding them."""
+    """Foreground pixel count of the union of several RLEs, without decoding them (but from SAFE_PIXELS on,
+    where each is decoded: about 25 ms a mask at 7680×4320, measured by a review on this VM)."""
     if not counts:
         return 0
     if len(counts) > 1 and int(height) * int(width) >= SAFE_PIXELS:  # merging would write a string
@@ -160,7 +162,8 @@ def union_area(counts: list[bytes], height: int, width: int) -> int:
 
 
 def decode_union(counts: list[bytes], height: int, width: int) -> np.ndarray:
-    """The union of several RLEs as one (H, W) boolean mask (merged as RLE, decoded once)."""
+    """The union of several RLEs as one (H, W) boolean mask (merged as RLE, decoded once; from SAFE_PIXELS on,
+    each decoded)."""
     if not counts:
         return np.zeros((int(height), int(width)), dtype=bool)
     if len(counts) > 1 and int(height) * int(width) >= SAFE_PIXELS:  # merging would write a string

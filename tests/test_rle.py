@@ -52,6 +52,13 @@ def test_compress_is_pycocotools_bytes():
                              int(rng.integers(1, 12))).astype(np.uint32) for _ in range(int(rng.integers(1, 8)))]
         made = [m["counts"] for m in coco_c.frUncompressedRLE([{"size": [7, 9], "counts": r} for r in runs], 7, 9)]
         assert rle.compress(np.concatenate(runs), [len(r) for r in runs]) == made
+    for _ in range(300):  # the whole uint32 range, padded with zero run lengths (one character each) so that
+        # pycocotools' own writer stays within its buffer of 6 characters a run length
+        runs = [rng.permutation(np.concatenate([rng.integers(0, 1 << 32, int(rng.integers(1, 4)), dtype=np.uint64),
+                                                np.zeros(12, np.uint64)])).astype(np.uint32)
+                for _ in range(int(rng.integers(1, 5)))]
+        made = [m["counts"] for m in coco_c.frUncompressedRLE([{"size": [7, 9], "counts": r} for r in runs], 7, 9)]
+        assert rle.compress(np.concatenate(runs), [len(r) for r in runs]) == made
     with pytest.raises(ValueError, match="at least one"):
         rle.compress(np.zeros(2, np.uint32), [2, 0])
 
@@ -77,3 +84,10 @@ def test_frames_of_2_24_pixels_or_more_never_reach_pycocotools_string_writer(mon
     assert rle.encode_windows([corner[:10, :20]], [(0, 0)], height, width) == strings[1:]
     assert rle.union_area(strings, height, width) == (1 << 24) + 200
     assert np.array_equal(rle.decode_union(strings, height, width), half | corner)
+    empty = rle.encode(np.zeros((1, 4096, 4096), dtype=bool))  # the smallest that overruns it: one run of 2^24
+    assert empty == [b"PPPP`0"] and rle.area(empty[0], 4096, 4096) == 0
+
+
+def test_a_stack_of_values_is_encoded_as_nonzero_both_ways():
+    values = np.array([[[0, 1], [2, 1]]], dtype=np.uint8)
+    assert rle.encode(values) == rle.encode(values.astype(bool))
