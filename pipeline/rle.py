@@ -24,8 +24,8 @@ def encode(masks: np.ndarray) -> list[bytes]:
     if masks.shape[0] == 0:
         return []
     masks = masks.astype(bool, copy=False)  # both ways alike (pycocotools would split runs at 1 → 2)
-    if masks.shape[1] * masks.shape[2] >= SAFE_PIXELS:
-        return from_counts([_counts(mask) for mask in masks], masks.shape[1], masks.shape[2])
+    if masks.shape[1] * masks.shape[2] >= SAFE_PIXELS:  # each mask a window of the whole frame: `compress`
+        return encode_windows(list(masks), [(0, 0)] * len(masks), masks.shape[1], masks.shape[2])
     stacked = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
     return [rle["counts"] for rle in coco_mask.encode(stacked)]
 
@@ -129,15 +129,6 @@ def compress(counts: np.ndarray, lengths: np.ndarray) -> list[bytes]:
     blob = chars[np.arange(STRING_CHUNKS) < groups[:, None]].tobytes()
     ends = np.cumsum(groups)[first + lengths - 1]
     return [blob[begin:end] for begin, end in zip([0, *ends[:-1].tolist()], ends.tolist())]
-
-
-def _counts(mask: np.ndarray) -> np.ndarray:
-    """pycocotools' run lengths of one (H, W) mask: down the columns, starting with a (possibly empty) run of
-    zeros."""
-    flat = np.ascontiguousarray(mask.T, dtype=bool).reshape(-1)
-    edges = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
-    counts = np.diff(edges)
-    return np.concatenate([[0], counts]).astype(np.uint32) if flat[0] else counts.astype(np.uint32)
 
 
 def decode(counts: bytes, height: int, width: int) -> np.ndarray:

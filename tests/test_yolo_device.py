@@ -17,7 +17,7 @@ from pipeline.datasets.sample import asset, pan_zoom
 from pipeline.decode import FrameBatch
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.base import FrameMasks
-from pipeline.segment.mask_windows import assemble, ladder, mask_operators
+from pipeline.segment.mask_windows import ladder, mask_operators, operands
 from pipeline.segment.model_input import Geometry, input_size
 from pipeline.segment.yolo import YoloSegmenter
 
@@ -255,7 +255,7 @@ def test_mask_windows_are_the_plain_products_bytes(out):
         corner = origin.float() + torch.randint(0, 3, (k, 2)).float() * torch.rand(k, 2).round()  # whole pixels too
         box = torch.cat([corner, corner + torch.tensor([k_w, k_h]) * torch.rand(k, 2)], dim=1)
         ph, pw = rows.span(k_h), cols.span(k_w)
-        made = assemble(logits, box, origin, rows, cols, k_h, k_w, ph, pw)
+        made = operands(logits, box, origin, rows, cols, k_h, k_w, ph, pw).window(slice(None), k_h, k_w, ph, pw)
         assert torch.equal(made, windows_as_written_plainly(logits, box, origin, rows, cols, k_h, k_w, ph, pw))
         assert made.any() and not made.all()
 

@@ -24,7 +24,7 @@ import torch
 
 from pipeline.bench import probe
 from pipeline.bench.clips import make_clip
-from pipeline.bench.masks_bench import realistic_spec
+from pipeline.bench.masks_bench import Clock, realistic_spec
 from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.gpu_workers import available_cores
 from pipeline.segment import SegmenterSpec
@@ -91,18 +91,16 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
     for _ in range(args.repeat):
         launch = result = forward = 0.0
         for b in batches:
-            sync(args.device)
-            started = time.perf_counter()
-            launched = segmenter.launch([b], capacity=b.capacity)
-            launched_at = time.perf_counter()
-            launched.result()
-            sync(args.device)
-            launch, result = launch + launched_at - started, result + time.perf_counter() - launched_at
-        started = time.perf_counter()
-        for x in inputs:
-            device.forward(x)
-        sync(args.device)
-        forward = time.perf_counter() - started
+            with Clock(args.device) as whole:  # from the device idle to its work done
+                started = time.perf_counter()
+                launched = segmenter.launch([b], capacity=b.capacity)
+                queued = time.perf_counter() - started  # the host's own time, no wait at the end
+                launched.result()
+            launch, result = launch + queued, result + whole.seconds - queued
+        with Clock(args.device) as clock:
+            for x in inputs:
+                device.forward(x)
+        forward = clock.seconds
         for name, seconds in (("launch", launch), ("result", result), ("forward", forward)):
             best[name] = min(best[name], seconds)
     per_batch = {f"{name}_ms": round(1e3 * seconds / len(batches), 2) for name, seconds in best.items()}
@@ -129,9 +127,9 @@ def profiled(segmenter: YoloSegmenter, batches: list, args: argparse.Namespace) 
 
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for b in batches:
-                segmenter.segment(b)
-            sync(args.device)
+            with Clock(args.device):  # waits for the batches' kernels
+                for b in batches:
+                    segmenter.segment(b)
     except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
         return {"profiler_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     n = len(batches)
@@ -160,7 +158,3 @@ def top(segmenter: YoloSegmenter, batches: list, count: int) -> list[dict]:
              "total_ms_per_batch": round(1e3 * total / len(batches), 3)}
             for (file, line, name), (_, calls, own, total, _) in rows]
 
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()

@@ -126,13 +126,19 @@ class _Chunk:
     packed: torch.Tensor | None  # its runs (`run_lengths`), once encoded
 
 
+def padding_pays(padded: int, own: int, *, most: int, slack: int) -> bool:
+    """Whether work padded to a common size (`padded` elements, against `own` unpadded) is done together: within
+    `most`, and within `slack` or twice its own (here and in mask_windows' groups)."""
+    return padded <= most and (padded <= slack or padded <= 2 * own)
+
+
 def _worth_padding(chunks: list[_Chunk]) -> bool:
-    """Whether the chunks' windows are encoded together, padded to the largest's rows and columns: their change
-    flags within CHANGE_FLAGS, and within MERGE_SLACK or twice their own."""
+    """Whether the chunks' windows are encoded together, padded to the largest's rows and columns (change flags,
+    `padding_pays` within CHANGE_FLAGS and MERGE_SLACK)."""
     rows, cols = (max(chunk.windows.shape[axis] for chunk in chunks) for axis in (1, 2))
     padded = sum(len(chunk.windows) for chunk in chunks) * cols * (rows + 1)
     own = sum(len(chunk.windows) * chunk.windows.shape[2] * (chunk.windows.shape[1] + 1) for chunk in chunks)
-    return padded <= CHANGE_FLAGS and (padded <= MERGE_SLACK or padded <= 2 * own)
+    return padding_pays(padded, own, most=CHANGE_FLAGS, slack=MERGE_SLACK)
 
 
 class RunBatch:

@@ -251,7 +251,7 @@ def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
         h, w, ph, pw = (max(getattr(p, side) for p in group) for side in ("h", "w", "ph", "pw"))
         padded = (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw)
         own = sum((p.end - p.begin) * (p.h * p.ph + p.w * p.pw + p.ph * p.pw) for p in group)
-        if groups and padded <= WINDOW_BUDGET and (padded <= GROUP_SLACK or padded <= 2 * own):
+        if groups and device_rle.padding_pays(padded, own, most=WINDOW_BUDGET, slack=GROUP_SLACK):
             groups[-1] = group
         else:
             groups.append([piece])
@@ -303,10 +303,3 @@ def operands(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows
     down = rows.sub(ys, top, ph).mul_(inside_y[:, :, None])  # (copies: written in place)
     across = cols.sub(xs, left, pw).mul_(inside_x[:, :, None])
     return Operands(down=down, span=span, across=across)
-
-
-def assemble(logits: torch.Tensor, box: torch.Tensor, origin: torch.Tensor, rows: Axis, cols: Axis,
-             h: int, w: int, ph: int, pw: int) -> torch.Tensor:
-    """(k, h, w) bool windows at `origin`: the logits' prototype span, mapped to the window's pixels and cut
-    to the box."""
-    return operands(logits, box, origin, rows, cols, h, w, ph, pw).window(slice(None), h, w, ph, pw)

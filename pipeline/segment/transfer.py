@@ -65,7 +65,7 @@ class PinnedFrames:
         """Bytes of the blocks freed here and not taken again (torch keeps them, unless handed back)."""
         with self._lock:
             self._count_freed()
-            return sum(size * n for size, n in self._cached.items())
+            return self._cached_bytes()
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
@@ -81,8 +81,8 @@ class PinnedFrames:
                 self._in_use += block
                 if self._cached[block]:
                     self._cached[block] -= 1  # taken again
-                elif self._in_use + sum(size * n for size, n in self._cached.items()) > room:  # cached ones count
-                    if sum(size * n for size, n in self._cached.items()) >= self._largest // 5:
+                elif self._in_use + self._cached_bytes() > room:  # cached ones count
+                    if self._cached_bytes() >= self._largest // 5:
                         empty_pinned_cache()  # cached blocks of other sizes (never this one's): handed back
                         self._cached.clear()
                         self.emptied += 1
@@ -90,6 +90,9 @@ class PinnedFrames:
                 return array
             self.ordinary += 1
         return np.empty(shape, dtype=np.uint8)
+
+    def _cached_bytes(self) -> int:
+        return sum(size * n for size, n in self._cached.items())
 
     def _count_freed(self) -> None:
         """The blocks freed since last counted: no longer in use, cached (with the lock held)."""
