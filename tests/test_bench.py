@@ -187,6 +187,8 @@ def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the
     size = report["sizes"]["96x64"]
     assert size["frames"] == 16 and size["launch_ms"] > 0 and size["result_ms"] > 0 and size["forward_ms"] > 0
     assert size["instances_per_frame"] > 0 and size["rle_bytes_per_mask"] > 2
+    by_batch = size["instances_per_frame_by_batch"]  # over the batches measured, not the first alone
+    assert len(by_batch) == 2 and size["instances_per_frame"] == pytest.approx(sum(by_batch) / 2, abs=0.01)
     assert len(size["top"]) == 3 and all(row["calls_per_batch"] > 0 for row in size["top"])
     assert report["host"]["affinity"] >= 1 and report["host"]["python_loop_2e6_ms"] > 0
 
