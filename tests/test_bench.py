@@ -223,3 +223,29 @@ def test_a_replayed_run_makes_the_rows_of_the_run_it_replays(shapes_dataset, tmp
     launched = outcomes(root, replaying, 3, overlap=True)
     assert same(launched, outcomes(root, replaying, 1, overlap=False))
     assert launched[first.clip_id].equals(first.table)
+
+
+def test_the_compiled_probe_times_the_eager_forward_and_reports_a_mode_that_cannot_run(tmp_path):
+    """On a CPU a CUDA graph cannot be captured: the probe says why and keeps the eager figure."""
+    from pipeline.bench.compiled import main as compiled
+
+    report = compiled(["--device", "cpu", "--sizes", "96x64", "--batch", "2", "--modes", "graph", "--seconds", "0.1",
+                       "--out", str(tmp_path / "compiled.json")])
+    assert json.loads((tmp_path / "compiled.json").read_text()) == report
+    size = report["sizes"]["96x64"]
+    assert size["eager"]["fps"] > 0 and "needs a CUDA device" in size["graph"]["error"]
+
+
+@pytest.mark.gpu
+def test_a_cuda_graph_of_the_forward_gives_the_eager_bytes(tmp_path):
+    """The forward replayed as a CUDA graph runs the kernels the eager forward ran: the same predictions."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from pipeline.bench.compiled import main as compiled
+
+    report = compiled(["--device", "cuda", "--sizes", "340x256", "--batch", "8", "--modes", "graph", "--seconds",
+                       "0.5", "--out", str(tmp_path / "compiled.json")])
+    graph = report["sizes"]["340x256"]["graph"]
+    assert "error" not in graph, graph
+    assert graph["same_bytes"] and graph["max_abs_diff"] == 0.0 and graph["fps"] > 0
