@@ -182,12 +182,32 @@ def test_a_cpu_run_without_threads_runs_on_the_count_it_is_keyed_by(shapes_datas
     assert summary.made_with["threads"] == {str(cores): 3}
 
 
+def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_path, checkpoint, monkeypatch):
+    """A run folder whose current shards were segmented on machines of different kinds of CPU is named in the
+    summary, by the run that mixed it and by any later one."""
+    import pipeline.masks.stage
+    from pipeline.masks.threads import cpu_kind
+
+    root, _ = shapes_dataset
+    alike = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint)), progress=False)
+    monkeypatch.setattr(pipeline.masks.stage, "cpu_kind", lambda: "another CPU")
+    mixed = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint), overwrite=True,
+                             limit=1), progress=False)
+    later = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint)), progress=False)
+    assert alike.warnings == [] and (mixed.computed, later.computed) == (1, 0)
+    for summary in (mixed, later):
+        assert len(summary.warnings) == 1 and "machines of different kinds (shards on each: " in summary.warnings[0]
+        assert "1 on another CPU" in summary.warnings[0] and f"2 on {cpu_kind()}" in summary.warnings[0]
+
+
 def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,
                                                                                          checkpoint):
     """Where each worker runs on its own default count (a scheduler started elsewhere, no THREADS), the count is
     not known when the run is planned and cannot key it: a run folder whose current shards ran on different
     counts is named in the summary, by the run that mixed it and by any later one."""
     from distributed import Client, LocalCluster
+
+    from pipeline.masks.threads import cpu_kind
 
     root, _ = shapes_dataset
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
@@ -203,6 +223,7 @@ def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_co
         later = run(2)  # nothing to compute: the folder's shards as they are
     assert json.loads((Path(alike.output) / "run.json").read_text())["config"]["segmenter"]["threads"] == 0
     assert alike.made_with["threads"] == {"2": 3} and alike.warnings == []
+    assert alike.made_with["cpu"] == {cpu_kind(): 3}  # what each shard ran on, for the run to compare
     assert mixed.output == later.output == alike.output and mixed.computed == 1 and later.computed == 0
     for summary in (mixed, later):
         assert summary.made_with["threads"] == {"1": 1, "2": 2} and len(summary.warnings) == 1
@@ -292,3 +313,18 @@ def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
     assert mixed_cpu_threads("k", yolo, {**made, "device": {"cuda": 12}}) is None  # the GPU's bytes
     assert mixed_cpu_threads("k", yolo, {**made, "threads": {"2": 12}}) is None
     assert mixed_cpu_threads("k", yolo, {**made, "threads": {"0": 4, "2": 8}}) is None  # 0: stats of before, unknown
+
+
+def test_the_mixed_cpu_kinds_warning_is_for_torch_networks_on_a_cpu():
+    from pipeline.masks.threads import cpu_kind, mixed_cpu_kinds
+
+    assert cpu_kind()  # this machine's, as each shard's stats keep it
+    yolo = SegmenterSpec(backend="yolo")
+    made = {"device": {"cpu": 5}, "cpu": {"Intel(R) Xeon(R) CPU @ 2.20GHz": 3, "AMD EPYC 7B13": 2}}
+    said = mixed_cpu_kinds("k", yolo, made)
+    assert said.startswith("k: the shards ran on a CPU on machines of different kinds (shards on each: 2 on AMD "
+                           "EPYC 7B13; 3 on Intel(R) Xeon(R) CPU @ 2.20GHz)")
+    assert mixed_cpu_kinds("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
+    assert mixed_cpu_kinds("k", yolo, {**made, "device": {"cuda": 5}}) is None  # the GPU's bytes
+    assert mixed_cpu_kinds("k", yolo, {**made, "cpu": {"AMD EPYC 7B13": 5}}) is None
+    assert mixed_cpu_kinds("k", yolo, {"device": {"cpu": 5}}) is None  # stats of before: unknown

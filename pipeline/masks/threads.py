@@ -1,11 +1,14 @@
 """On a CPU a torch network's masks (YOLO's, SAM's) differ in their last bits with torch's thread count
-(docs/PERFORMANCE.md, ninth and tenth sessions). The run tag keys the count (MasksConfig.threads_field); what a
-run says where that keeps it from going on with masks of its settings made on another count, or where its shards
-still ran on different counts."""
+(docs/PERFORMANCE.md, ninth and tenth sessions), and with the kind of CPU (its kernels are picked by the
+instructions it has: one count gave other bytes on a Xeon than on an EPYC). The run tag keys the count
+(MasksConfig.threads_field); what a run says where that keeps it from going on with masks of its settings made on
+another count, or where its shards still ran on different counts or kinds of CPU (which no run tag can key: each
+worker learns its own)."""
 
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 from pipeline.masks.config import MasksConfig, fields_digest
@@ -80,3 +83,27 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
             f"{counts}); their masks differ in the last bits with it. Shards alike come from one count: THREADS=N "
             "runs every worker on N threads (in a run folder of its own, unless TAG names this one)")
+
+
+def cpu_kind() -> str:
+    """This machine's kind of CPU: its model name (/proc/cpuinfo), else what `platform` says of it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def mixed_cpu_kinds(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
+    """What to say when the run's current shards were segmented on a CPU on machines of different kinds."""
+    devices = made_with.get("device", {})
+    kinds = made_with.get("cpu", {})
+    if len(kinds) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
+        return None
+    counts = "; ".join(f"{n} on {kind}" for kind, n in sorted(kinds.items()))
+    return (f"{name}: the shards ran on a CPU on machines of different kinds (shards on each: {counts}); their "
+            "masks differ in the last bits with the kind. Shards alike come from one kind: run them again "
+            "(OVERWRITE=1) where the workers are all of one kind")
