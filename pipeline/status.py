@@ -73,6 +73,7 @@ def status_lines(stages: list[StageStatus]) -> list[str]:
         if s.errors:
             out.append("  top errors:")
             out += [f"    {n:,}x {error} (e.g. {example})" for n, error, example in s.errors]
+        out += [f"  WARNING (the last run that computed here): {warning}" for warning in s.warnings]
     return out
 
 

@@ -182,10 +182,12 @@ def test_a_cpu_run_without_threads_runs_on_the_count_it_is_keyed_by(shapes_datas
     assert summary.made_with["threads"] == {str(cores): 3}
 
 
-def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_path, checkpoint, monkeypatch):
+def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_path, checkpoint, monkeypatch,
+                                                          capsys):
     """A run folder whose current shards were segmented on machines of different kinds of CPU is named in the
-    summary, by the run that mixed it and by any later one."""
+    summary, by the run that mixed it and by any later one, and `pipeline status` shows what the last said."""
     import pipeline.masks.stage
+    from pipeline.cli import main
     from pipeline.masks.threads import cpu_kind
 
     root, _ = shapes_dataset
@@ -198,6 +200,9 @@ def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_p
     for summary in (mixed, later):
         assert len(summary.warnings) == 1 and "machines of different kinds (shards on each: " in summary.warnings[0]
         assert "1 on another CPU" in summary.warnings[0] and f"2 on {cpu_kind()}" in summary.warnings[0]
+    capsys.readouterr()
+    assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path / "run")]) == 0
+    assert f"  WARNING (the last run that computed here): {mixed.warnings[0]}\n" in capsys.readouterr().out
 
 
 def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,

@@ -59,6 +59,7 @@ class StageStatus:
     span: float = 0.0
     last: float | None = None  # the latest activity seen (a commit, a journal event)
     errors: list[tuple[int, str, str]] = field(default_factory=list)  # (count, error, an item) by count
+    warnings: list[str] = field(default_factory=list)  # the last run that computed here said (its summary.json)
 
     @property
     def remaining(self) -> int | None:
@@ -116,7 +117,9 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
         for key, state, error in problems:
             if error:
                 _count(errors, examples, f"{state}: {error}", key)
-    summary_failed = _summary_failed(folder)
+    last_run = _last_summary(folder)
+    summary_failed = dict(last_run.get("failed_shards") or {})
+    status.warnings = [str(line) for line in last_run.get("warnings") or []]
     journal_frames = journal_items = 0
     for shard in shards:
         if shard in status.items:
@@ -202,12 +205,14 @@ def _activity(path: Path) -> Activity | None:
     return activity
 
 
-def _summary_failed(folder: Path) -> dict[str, str]:
-    """The shards the last run that computed something here reported failed (its summary.json)."""
+def _last_summary(folder: Path) -> dict:
+    """What the last run that computed something here reported (its summary.json): the shards it found failed,
+    its warnings."""
     try:
-        return dict(json.loads((folder / "summary.json").read_text()).get("failed_shards") or {})
+        summary = json.loads((folder / "summary.json").read_text())
     except (FileNotFoundError, ValueError):
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _share(start: float, end: float, now: float) -> float:
