@@ -9,6 +9,12 @@ from typing import Callable, Iterable, Iterator
 import av
 import numpy as np
 
+# PyAV 17 made frame conversion (sws_scale_frame) multithreaded, by default on as many threads as the machine has
+# cores. For one small frame at a time, beside other decoders and the network, that made decoding 340×256 RGB
+# frames 1.5× slower with one decoder and 1.8× with two, on two cores (docs/PERFORMANCE.md, twelfth session); the
+# bytes are the same on any count (tests/test_decode.py). Older PyAV converts on one thread, without `threads`.
+ONE_THREAD = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
 
 class DecodeError(Exception):
     """The file could not be opened or decoded as video; the message names the file."""
@@ -168,9 +174,9 @@ class VideoDecoder:
         width, height = self._coded_size
         pixels = self.options.pixels
         if (width, height) == (frame.width, frame.height):
-            array = frame.to_ndarray(format=pixels)
+            array = frame.to_ndarray(format=pixels, **ONE_THREAD)
         else:
-            array = frame.to_ndarray(format=pixels, width=width, height=height)
+            array = frame.to_ndarray(format=pixels, width=width, height=height, **ONE_THREAD)
         turns = self._quarter_turns
         if not turns:
             return array

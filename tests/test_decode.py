@@ -146,3 +146,22 @@ def test_frames_are_written_into_the_memory_given(tmp_path, rotation):
     assert all(batch.frames is array for batch, array in zip(written, given, strict=True))
     for a, b in zip(written, plain):
         np.testing.assert_array_equal(a.frames, b.frames)
+
+
+@pytest.mark.parametrize("options", [{}, {"short_side": 90}, {"pixels": "yuv420p", "short_side": 90}])
+def test_frames_converted_on_one_thread_are_the_bytes_of_any_thread_count(tmp_path, options):
+    """The decoder converts each frame on one thread (ONE_THREAD): the same bytes as PyAV's own default (every
+    core, PyAV 17 on) and as other counts, so masks made before it are as current as masks made after."""
+    from pipeline.decode import ONE_THREAD
+
+    frames, _, _ = shape_clip(6, 320, 240, seed=4)
+    write_video(tmp_path / "a.mp4", frames, 10)
+    _, batches = decode_all(tmp_path / "a.mp4", **options)
+    decoded = np.concatenate([b.frames for b in batches])
+    pixels = options.get("pixels", "rgb24")
+    size = {"width": 120, "height": 90} if options.get("short_side") else {}
+    counts = [{}, *([{"threads": n} for n in (0, 3, 8)] if ONE_THREAD else [])]  # {}: PyAV's default
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        raw = list(container.decode(container.streams.video[0]))
+    for count in counts:
+        np.testing.assert_array_equal(decoded, np.stack([f.to_ndarray(format=pixels, **size, **count) for f in raw]))
