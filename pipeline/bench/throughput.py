@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 from contextlib import closing
 from fractions import Fraction
@@ -43,6 +42,7 @@ from pipeline.bench.masks_bench import Clock, bench_size, stored_bytes
 from pipeline.bench.placement import stage_place
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
+from pipeline.machine import cpu_model
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.variants import resolve
@@ -156,7 +156,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

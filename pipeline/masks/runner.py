@@ -26,7 +26,7 @@ from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, visible_gpus
 from pipeline.masks.config import MasksConfig
 from pipeline.masks.stage import MasksStage
-from pipeline.masks.threads import mixed_cpu_kinds, mixed_cpu_threads, other_thread_runs
+from pipeline.masks.threads import mixed_cpu_threads, mixed_machines, other_thread_runs
 from pipeline.records import ClipRecord, listing_digest
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 
@@ -69,7 +69,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     mixed = [said for said in (mixed_cpu_threads(config.name, config.segmenter, summary.made_with),
-                               mixed_cpu_kinds(config.name, config.segmenter, summary.made_with)) if said]
+                               mixed_machines(config.name, config.segmenter, summary.made_with)) if said]
     summary.warnings += [f"{config.name}: {line}" for line in beside] + mixed  # printed with it
     if summary.computed:
         write_json(run_dir / "summary.json", summary.record())

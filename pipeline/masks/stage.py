@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator
 from pipeline.decode import DecodeOptions, VideoInfo
 from pipeline.engine import Commit, ShardTask
 from pipeline.engine.problems import stored_statuses
+from pipeline.machine import cpu_kind, gpu_model
 from pipeline.masks.feed import Feeder
 from pipeline.masks.tables import ClipRows, ShardFiles, ShardWriter
-from pipeline.masks.threads import cpu_kind
 from pipeline.records import CONFLICT, DECODE_ERROR, EMPTY, FAILED, MISSING, OK, PARTIAL, USABLE, ClipRecord, ClipStatus
 from pipeline.segment import Segmenter, SegmenterSpec, load_segmenter
 from pipeline.tracking import IouTracker, TrackOptions
@@ -39,12 +39,17 @@ class MasksStage:
 
     def made_with(self) -> dict[str, Any]:
         """What ran a shard, left out of the run's record (kept in its stats). None of it shapes the masks, but on
-        a CPU the threads and the kind of CPU, in their last bits: the run tag keys the count where it is known
-        when the run is planned, and the run says so where its shards still ran on different counts or kinds."""
+        a CPU the threads and the kind of CPU, and on CUDA the GPU's model, in their last bits: the run tag keys
+        the count where it is known when the run is planned, and the run says so where its shards still ran on
+        different counts or kinds."""
         torch = sys.modules.get("torch")  # the threads the model ran on (on a CPU they shape its last bits), not
         threads = torch.get_num_threads() if torch is not None else self.segmenter.threads  # the setting (0)
         made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
-                "threads": threads, "cpu": cpu_kind()}
+                "threads": threads}
+        if self.segmenter.device == "cpu":
+            made["cpu"] = cpu_kind()
+        elif gpu := gpu_model(self.segmenter.device):
+            made["gpu"] = gpu
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             made["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         return made

@@ -1,14 +1,13 @@
 """On a CPU a torch network's masks (YOLO's, SAM's) differ in their last bits with torch's thread count
-(docs/PERFORMANCE.md, ninth and tenth sessions), and with the kind of CPU (its kernels are picked by the
-instructions it has: one count gave other bytes on a Xeon than on an EPYC). The run tag keys the count
-(MasksConfig.threads_field); what a run says where that keeps it from going on with masks of its settings made on
-another count, or where its shards still ran on different counts or kinds of CPU (which no run tag can key: each
-worker learns its own)."""
+(docs/PERFORMANCE.md, ninth and tenth sessions: which counts differ was itself not the same on a Xeon and an
+EPYC), and may with the kind of CPU, whose instruction sets pick the kernels, as with the model of a GPU. The run
+tag keys the count (MasksConfig.threads_field); what a run says where that keeps it from going on with masks of
+its settings made on another count, or where its shards still ran on different counts, or on machines of
+different kinds (which no run tag can key: each worker learns its own)."""
 
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 from pipeline.masks.config import MasksConfig, fields_digest
@@ -75,9 +74,8 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
     """What to say when the run's current shards were segmented on a CPU with different torch thread counts: the
     count keys the run folder only where it is known when the run is planned, not where each worker of a
     scheduler started elsewhere runs on its own default (every shard runs on the keyed count otherwise)."""
-    devices = made_with.get("device", {})
     threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
-    if len(threads) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
+    if len(threads) < 2 or not _torch_on_cpu(spec, made_with.get("device", {})):
         return None
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
@@ -85,25 +83,30 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
             "runs every worker on N threads (in a run folder of its own, unless TAG names this one)")
 
 
-def cpu_kind() -> str:
-    """This machine's kind of CPU: its model name (/proc/cpuinfo), else what `platform` says of it."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
-
-def mixed_cpu_kinds(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
-    """What to say when the run's current shards were segmented on a CPU on machines of different kinds."""
+def mixed_machines(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
+    """What to say when the run's current shards were segmented on machines whose kernels differ: on a CPU, of
+    different kinds (`machine.cpu_kind`), for a torch network; on CUDA, GPUs of different models. Shards from
+    before the kind was recorded count as a kind of their own (they may be either)."""
     devices = made_with.get("device", {})
-    kinds = made_with.get("cpu", {})
-    if len(kinds) < 2 or not spec.threads_shape_masks or any(device != "cpu" for device in devices):
+    if _torch_on_cpu(spec, devices):
+        key, where, what = "cpu", "on a CPU on machines of different kinds", "kind"
+    elif devices and all(device.startswith("cuda") for device in devices):
+        key, where, what = "gpu", "on GPUs of different models", "model"
+    else:
+        return None
+    kinds = dict(made_with.get(key, {}))
+    unknown = sum(devices.values()) - sum(kinds.values())
+    if unknown > 0 and kinds:
+        kinds[f"a {what} not recorded (made before it was)"] = unknown
+    if len(kinds) < 2:
         return None
     counts = "; ".join(f"{n} on {kind}" for kind, n in sorted(kinds.items()))
-    return (f"{name}: the shards ran on a CPU on machines of different kinds (shards on each: {counts}); their "
-            "masks differ in the last bits with the kind. Shards alike come from one kind: run them again "
-            "(OVERWRITE=1) where the workers are all of one kind")
+    return (f"{name}: the shards ran {where} (shards on each: {counts}); their masks may differ in the last bits "
+            f"with the {what}. Shards alike come from one {what}: run them again (OVERWRITE=1) where the workers "
+            f"are all of one {what}")
+
+
+def _torch_on_cpu(spec: SegmenterSpec, devices: dict[str, int]) -> bool:
+    """Whether the shards ran a torch network (YOLO, SAM) on a CPU, whose last bits the machine shapes."""
+    return spec.threads_shape_masks and not any(device != "cpu" for device in devices)
