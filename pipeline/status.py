@@ -73,7 +73,9 @@ def status_lines(stages: list[StageStatus]) -> list[str]:
         if s.errors:
             out.append("  top errors:")
             out += [f"    {n:,}x {error} (e.g. {example})" for n, error, example in s.errors]
-        out += [f"  WARNING (the last run that computed here): {warning}" for warning in s.warnings]
+        n = s.committed_since
+        since = f"; {n:,} shard{'' if n == 1 else 's'} committed since, so it may be out of date" if n else ""
+        out += [f"  WARNING (the last run that computed here{since}): {warning}" for warning in s.warnings]
     return out
 
 

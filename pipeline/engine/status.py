@@ -60,6 +60,7 @@ class StageStatus:
     last: float | None = None  # the latest activity seen (a commit, a journal event)
     errors: list[tuple[int, str, str]] = field(default_factory=list)  # (count, error, an item) by count
     warnings: list[str] = field(default_factory=list)  # the last run that computed here said (its summary.json)
+    committed_since: int = 0  # current shards committed after that summary was written: it may be out of date
 
     @property
     def remaining(self) -> int | None:
@@ -117,9 +118,10 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
         for key, state, error in problems:
             if error:
                 _count(errors, examples, f"{state}: {error}", key)
-    last_run = _last_summary(folder)
+    last_run, written = _last_summary(folder)
     summary_failed = dict(last_run.get("failed_shards") or {})
     status.warnings = [str(line) for line in last_run.get("warnings") or []]
+    status.committed_since = sum(1 for shard in status.items if stats[shard][1] > written)
     journal_frames = journal_items = 0
     for shard in shards:
         if shard in status.items:
@@ -205,14 +207,16 @@ def _activity(path: Path) -> Activity | None:
     return activity
 
 
-def _last_summary(folder: Path) -> dict:
-    """What the last run that computed something here reported (its summary.json): the shards it found failed,
-    its warnings."""
+def _last_summary(folder: Path) -> tuple[dict, float]:
+    """What the last run that computed something here reported (its summary.json: the shards it found failed,
+    its warnings), and when it was written."""
+    path = folder / "summary.json"
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        written = path.stat().st_mtime
+        summary = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+        return {}, 0.0
+    return (summary, written) if isinstance(summary, dict) else ({}, written)
 
 
 def _share(start: float, end: float, now: float) -> float:
