@@ -41,56 +41,70 @@ def main(argv: list[str] | None = None) -> dict:
     inputs, eager = {}, {}
     for size in args.sizes.split(","):  # every size's eager figure first, then each mode at every size in turn:
         width, height = map(int, size.split("x"))  # a slow compile leaves the faster modes' figures in place
-        frames = np.random.default_rng(0).integers(0, 256, (args.batch, height, width, 3), dtype=np.uint8)
-        with torch.inference_mode():
-            inputs[size], _ = device.prepare(frames, args.batch)
-        eager[size], fps = _timed(device.model, inputs[size], args.seconds)
+        inputs[size] = []
+        for seed in (0, 1):  # a mode is called with the first; its bytes are compared on both
+            frames = np.random.default_rng(seed).integers(0, 256, (args.batch, height, width, 3), dtype=np.uint8)
+            with torch.inference_mode():
+                inputs[size].append(device.prepare(frames, args.batch)[0])
+        eager[size] = [_outputs(device.model, x) for x in inputs[size]]
+        fps = _timed(device.model, inputs[size][0], args.seconds)
         report["sizes"][size] = {"eager": {"fps": round(args.batch * fps, 1)}}
         args.out.write_text(json.dumps(report, indent=2))
     for mode in args.modes.split(","):
-        for size, x in inputs.items():
-            report["sizes"][size][mode] = _compiled(device.model, x, mode, eager[size], args)
+        for size, xs in inputs.items():
+            report["sizes"][size][mode] = _compiled(device.model, xs, mode, eager[size], args)
             args.out.write_text(json.dumps(report, indent=2))  # after each measurement: a timeout keeps it
             print(size, mode, json.dumps(report["sizes"][size][mode]), flush=True)
     return report
 
 
-def _compiled(model: torch.nn.Module, x: torch.Tensor, mode: str, eager: torch.Tensor, args) -> dict:
+def _compiled(model: torch.nn.Module, xs: list[torch.Tensor], mode: str, eager: list[list[torch.Tensor]],
+              args) -> dict:
+    """One mode at one shape: its compile or capture time, frames/s on the first input, and its outputs (every
+    tensor, every frame) against the eager ones on both inputs."""
     try:
         start = time.perf_counter()
         if mode == "graph":
-            compiled = Graphed(model, x)  # captured: the first call below is a replay
+            compiled = Graphed(model, xs[0])  # captured: the first call below is a replay
         else:
-            compiled = torch.compile(model, mode=mode)
+            torch._dynamo.reset()  # a fresh compile at this shape: not a recompile with dynamic sizes
+            compiled = torch.compile(model, mode=mode, dynamic=False)
         with torch.inference_mode():
-            compiled(x)
-        _sync(x)
+            compiled(xs[0])
+        _sync(xs[0])
         seconds = time.perf_counter() - start
-        out, fps = _timed(compiled, x, args.seconds)
+        fps = _timed(compiled, xs[0], args.seconds)
+        pairs = [(got, want) for x, wanted in zip(xs, eager) for got, want in zip(_outputs(compiled, x), wanted)]
     except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return {"compile_s": round(seconds, 1), "fps": round(args.batch * fps, 1),
-            "max_abs_diff": float((out.float() - eager.float()).abs().max()), "same_bytes": bool(torch.equal(out, eager))}
+            "max_abs_diff": max(float((got.float() - want.float()).abs().max()) for got, want in pairs),
+            "same_bytes": all(got.shape == want.shape and torch.equal(got, want) for got, want in pairs)}
 
 
 class Graphed:
-    """A model's forward at one input shape captured as a CUDA graph (after warm-up calls on a side stream, as
-    torch's docs ask): a call copies its input into the graph's own and replays every kernel with one launch. Its
-    outputs are the graph's own tensors, rewritten by the next call."""
+    """A model's forward at one input shape captured as a CUDA graph on the input's device (after warm-up calls
+    on a side stream, as torch's docs ask): a call copies its input into the graph's own and replays every kernel
+    with one launch. Its outputs are the graph's own tensors, rewritten by the next call. ultralytics' head
+    replaces its anchors when it sees another shape; the graph keeps the ones it captured alive, so a second
+    graph of the same model at another shape leaves this one's intact."""
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor) -> None:
         if x.device.type != "cuda":
             raise RuntimeError(f"a CUDA graph needs a CUDA device, not {x.device}")
-        self.x = x.clone()
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):
-                model(self.x)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph):
-            self.out = model(self.x)
+        with torch.cuda.device(x.device):
+            self.x = x.clone()
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.inference_mode(), torch.cuda.stream(side):
+                for _ in range(3):
+                    model(self.x)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(self.graph, stream=side):
+                self.out = model(self.x)
+        self.captured = [value for module in model.modules() for value in vars(module).values()
+                         if isinstance(value, torch.Tensor)]  # (anchors, strides: buffers the graph reads)
 
     def __call__(self, x: torch.Tensor):
         self.x.copy_(x)
@@ -98,11 +112,23 @@ class Graphed:
         return self.out
 
 
-def _timed(model, x: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
-    """The predictions of one call, and calls per second over about `seconds` (after two untimed calls)."""
+def _outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor of one call's outputs, copied (a graph's are rewritten by its next call)."""
+    with torch.inference_mode():
+        return [t.clone() for t in _tensors(model(x))]
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for part in out for t in _tensors(part)] if isinstance(out, (list, tuple)) else []
+
+
+def _timed(model, x: torch.Tensor, seconds: float) -> float:
+    """Calls per second over about `seconds` (after two untimed calls)."""
     with torch.inference_mode():
         for _ in range(2):
-            out = model(x)[0][0].clone()
+            model(x)
         _sync(x)
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or calls < 3:
@@ -111,7 +137,7 @@ def _timed(model, x: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]
             if calls % 8 == 0:
                 _sync(x)
         _sync(x)
-        return out, calls / (time.perf_counter() - start)
+        return calls / (time.perf_counter() - start)
 
 
 def _sync(x: torch.Tensor) -> None:
