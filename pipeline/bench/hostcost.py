@@ -78,9 +78,9 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
     started = time.perf_counter()
     batches = list(VideoDecoder(clip, decode))
     decode_ms = 1e3 * (time.perf_counter() - started) / sum(len(b) for b in batches)
-    # made lively and its conf set on frames spread over the whole clip, not its first batch: on the first batch
-    # alone, a 340×256 clip's later batches found 0 to 100 instances a frame (53 on average) against 8
-    calibration = spread([clip], decode, args.batch * args.batches, args.batch)
+    # made lively and its conf set on frames spread over the whole clip, as many as a batch holds, not on its first
+    # batch: set there, a 340×256 clip's batches found 34 instances a frame, not 8 (docs/PERFORMANCE.md)
+    calibration = spread([clip], decode, args.batch * args.batches, len(batches[0]))
     spec = realistic_spec(SegmenterSpec(model=args.model, device=args.device, inference="device"), calibration,
                           folder)
     segmenter = YoloSegmenter(spec)
