@@ -10,6 +10,7 @@ import sys
 import time
 import types
 
+import numpy as np
 import pytest
 import torch
 from distributed import Client, LocalCluster
@@ -20,7 +21,7 @@ from pipeline.bench.clips import make_clips
 from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
 from pipeline.bench.placement import StagePlace
 from pipeline.bench.throughput import parse_args
-from pipeline.decode import DecodeOptions
+from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.executor import ExecOptions
 from pipeline.segment import SegmenterSpec, load_segmenter
 
@@ -175,11 +176,23 @@ def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp
     assert sys.getswitchinterval() == 0.005  # put back
 
 
-def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the_host_time(tmp_path):
+def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the_host_time(tmp_path, monkeypatch):
+    import pipeline.bench.hostcost
     from pipeline.bench.hostcost import main as hostcost
+    from pipeline.bench.hostcost import realistic_spec
 
+    calibrated = []  # the frames the weights were made lively and conf set on, by their place in the clip
+
+    def spying(spec, frames, folder, **kwargs):
+        (clip,) = folder.rglob("*.mp4")
+        decoded = np.concatenate([b.frames for b in VideoDecoder(clip, DecodeOptions(batch=8))])
+        calibrated.extend(int(np.flatnonzero((decoded == frame).all(axis=(1, 2, 3)))[0]) for frame in frames.frames)
+        return realistic_spec(spec, frames, folder, **kwargs)
+
+    monkeypatch.setattr(pipeline.bench.hostcost, "realistic_spec", spying)
     report = hostcost(["--device", "cpu", "--sizes", "96x64", "--batch", "8", "--batches", "2", "--repeat", "1",
                        "--top", "3", "--out", str(tmp_path / "hostcost.json")])
+    assert len(calibrated) == 8 and min(calibrated) == 0 and max(calibrated) == 15  # over both batches
     assert json.loads((tmp_path / "hostcost.json").read_text()) == report
     assert [p.name for p in tmp_path.iterdir()] == ["hostcost.json"]  # its clips and weights are not left there
     size = report["sizes"]["96x64"]
@@ -236,14 +249,30 @@ def test_the_compiled_probe_times_the_eager_forward_and_reports_a_mode_that_cann
 
 @pytest.mark.gpu
 def test_a_cuda_graph_of_the_forward_gives_the_eager_bytes(tmp_path):
-    """The forward replayed as a CUDA graph runs the kernels the eager forward ran: the same predictions."""
+    """The forward replayed as a CUDA graph runs the kernels the eager forward ran: every output the same bytes, for
+    the input it was captured with and for another one copied in; its outputs are its own, rewritten by each call;
+    a second graph of the same model at another shape leaves the first one's results alone."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    from pipeline.bench.compiled import Graphed, _outputs
     from pipeline.bench.compiled import main as compiled
 
-    report = compiled(["--device", "cuda", "--sizes", "340x256", "--batch", "8", "--modes", "graph", "--seconds",
-                       "0.5", "--out", str(tmp_path / "compiled.json")])
-    graph = report["sizes"]["340x256"]["graph"]
-    assert "error" not in graph, graph
-    assert graph["same_bytes"] and graph["max_abs_diff"] == 0.0 and graph["fps"] > 0
+    report = compiled(["--device", "cuda", "--sizes", "340x256,171x128", "--batch", "8", "--modes", "graph",
+                       "--seconds", "0.5", "--out", str(tmp_path / "compiled.json")])
+    for size in ("340x256", "171x128"):
+        graph = report["sizes"][size]["graph"]
+        assert "error" not in graph, graph
+        assert graph["same_bytes"] and graph["max_abs_diff"] == 0.0 and graph["fps"] > 0
+    device = load_segmenter(SegmenterSpec(model="yolo11n-seg.yaml", device="cuda")).on_device
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        x, y = (device.prepare(rng.integers(0, 256, (4, 256, 340, 3), dtype=np.uint8), 4)[0] for _ in range(2))
+        small = device.prepare(rng.integers(0, 256, (4, 128, 171, 3), dtype=np.uint8), 4)[0]
+    want_x, want_y = _outputs(device.model, x), _outputs(device.model, y)
+    graph = Graphed(device.model, x)
+    first = graph(y)
+    assert all(torch.equal(got, want) for got, want in zip(_outputs(graph, y), want_y))
+    assert graph(x) is first  # the same tensors, rewritten
+    Graphed(device.model, small)  # the head's anchors replaced for another shape
+    assert all(torch.equal(got, want) for got, want in zip(_outputs(graph, x), want_x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,7 @@ def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_p
     summary, by the run that mixed it and by any later one, and `pipeline status` shows what the last said."""
     import pipeline.masks.stage
     from pipeline.cli import main
-    from pipeline.masks.threads import cpu_kind
+    from pipeline.machine import cpu_kind
 
     root, _ = shapes_dataset
     alike = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint)), progress=False)
@@ -203,6 +204,12 @@ def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_p
     capsys.readouterr()
     assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path / "run")]) == 0
     assert f"  WARNING (the last run that computed here): {mixed.warnings[0]}\n" in capsys.readouterr().out
+    stats = sorted(Path(mixed.output).glob("*_stats.json"))[0]  # as if a run committed it after, and never ended
+    later_still = (Path(mixed.output) / "summary.json").stat().st_mtime + 5
+    os.utime(stats, (later_still, later_still))
+    assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path / "run")]) == 0
+    assert "  WARNING (the last run that computed here; 1 shard committed since, so it may be out of date): " \
+        f"{mixed.warnings[0]}\n" in capsys.readouterr().out
 
 
 def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,
@@ -212,7 +219,7 @@ def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_co
     counts is named in the summary, by the run that mixed it and by any later one."""
     from distributed import Client, LocalCluster
 
-    from pipeline.masks.threads import cpu_kind
+    from pipeline.machine import cpu_kind
 
     root, _ = shapes_dataset
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
@@ -320,16 +327,23 @@ def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
     assert mixed_cpu_threads("k", yolo, {**made, "threads": {"0": 4, "2": 8}}) is None  # 0: stats of before, unknown
 
 
-def test_the_mixed_cpu_kinds_warning_is_for_torch_networks_on_a_cpu():
-    from pipeline.masks.threads import cpu_kind, mixed_cpu_kinds
+def test_the_mixed_machines_warning_is_for_torch_networks_on_a_cpu_and_for_gpus():
+    from pipeline.machine import cpu_kind
+    from pipeline.masks.threads import mixed_machines
 
-    assert cpu_kind()  # this machine's, as each shard's stats keep it
+    assert cpu_kind().split(": ")[1]  # this machine's instruction sets, as each CPU shard's stats keep them
     yolo = SegmenterSpec(backend="yolo")
-    made = {"device": {"cpu": 5}, "cpu": {"Intel(R) Xeon(R) CPU @ 2.20GHz": 3, "AMD EPYC 7B13": 2}}
-    said = mixed_cpu_kinds("k", yolo, made)
-    assert said.startswith("k: the shards ran on a CPU on machines of different kinds (shards on each: 2 on AMD "
-                           "EPYC 7B13; 3 on Intel(R) Xeon(R) CPU @ 2.20GHz)")
-    assert mixed_cpu_kinds("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
-    assert mixed_cpu_kinds("k", yolo, {**made, "device": {"cuda": 5}}) is None  # the GPU's bytes
-    assert mixed_cpu_kinds("k", yolo, {**made, "cpu": {"AMD EPYC 7B13": 5}}) is None
-    assert mixed_cpu_kinds("k", yolo, {"device": {"cpu": 5}}) is None  # stats of before: unknown
+    made = {"device": {"cpu": 5}, "cpu": {"AVX2: avx avx2 fma": 3, "AVX512: avx avx2 avx512f fma": 2}}
+    said = mixed_machines("k", yolo, made)
+    assert said.startswith("k: the shards ran on a CPU on machines of different kinds (shards on each: 3 on AVX2: "
+                           "avx avx2 fma; 2 on AVX512: avx avx2 avx512f fma); their masks may differ")
+    assert mixed_machines("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
+    assert mixed_machines("k", yolo, {**made, "device": {"cpu": 4, "cuda": 1}}) is None  # not all on one side
+    assert mixed_machines("k", yolo, {**made, "cpu": {"AVX2: avx avx2 fma": 5}}) is None
+    assert mixed_machines("k", yolo, {"device": {"cpu": 5}}) is None  # stats of before, all alike: unknown
+    older = mixed_machines("k", yolo, {"device": {"cpu": 5}, "cpu": {"AVX2: avx avx2 fma": 3}})
+    assert "(shards on each: 3 on AVX2: avx avx2 fma; 2 on a kind not recorded (made before it was))" in older
+    gpus = {"device": {"cuda:0": 4, "cuda:1": 2}, "gpu": {"NVIDIA H100 80GB HBM3": 4, "NVIDIA A100-SXM4-80GB": 2}}
+    assert "ran on GPUs of different models (shards on each: 2 on NVIDIA A100-SXM4-80GB; 4 on NVIDIA H100" \
+        in mixed_machines("k", yolo, gpus)
+    assert mixed_machines("k", yolo, {**gpus, "gpu": {"NVIDIA H100 80GB HBM3": 6}}) is None
