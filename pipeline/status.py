@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.engine.status import WINDOW, Claim, StageStatus, stage_status
 from pipeline.errors import InputError
+from pipeline.masks.threads import machine_warnings, torch_network_of
 
 
 def run_status(out: Path, dataset: str, masks_tag: str | None = None, *,
@@ -16,7 +17,10 @@ def run_status(out: Path, dataset: str, masks_tag: str | None = None, *,
     """The masks run (`masks_tag`, or the one that moved last), then each variant and format rendered from it."""
     run_dir = pick_run(Path(out).absolute() / "masks" / dataset, masks_tag, make_args or f"DATASET={dataset}")
     now = time.time()
-    stages = [stage_status(f"masks {dataset}/{run_dir.name}", run_dir, total=_listed(run_dir), now=now)]
+    masks = stage_status(f"masks {dataset}/{run_dir.name}", run_dir, total=_listed(run_dir), now=now)
+    # what its current shards say of the machines that made them, as the run's summary says it
+    masks.warnings = machine_warnings(run_dir.parent.name, torch_network_of(_record(run_dir)), masks.made_with)
+    stages = [masks]
     renders = Path(out).absolute() / "renders" / dataset / run_dir.name
     for folder in sorted(renders.glob("*/_status/*")):
         if folder.is_dir():
@@ -45,11 +49,20 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _record(run_dir: Path) -> dict:
+    """A masks run's record (run.json), or nothing where it has none yet or it cannot be read."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _listed(run_dir: Path) -> int | None:
     """The clips a masks run plans (its listing, all of it: the plan covers every split)."""
     try:
-        return int(json.loads((run_dir / "run.json").read_text())["listing"]["clips"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return int(_record(run_dir)["listing"]["clips"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -73,9 +86,7 @@ def status_lines(stages: list[StageStatus]) -> list[str]:
         if s.errors:
             out.append("  top errors:")
             out += [f"    {n:,}x {error} (e.g. {example})" for n, error, example in s.errors]
-        n = s.committed_since
-        since = f"; {n:,} shard{'' if n == 1 else 's'} committed since, so it may be out of date" if n else ""
-        out += [f"  WARNING (the last run that computed here{since}): {warning}" for warning in s.warnings]
+        out += [f"  WARNING: {warning}" for warning in s.warnings]
     return out
 
 

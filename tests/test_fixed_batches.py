@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -203,13 +202,13 @@ def test_shards_that_ran_on_cpus_of_different_kinds_say_so(shapes_dataset, tmp_p
         assert "1 on another CPU" in summary.warnings[0] and f"2 on {cpu_kind()}" in summary.warnings[0]
     capsys.readouterr()
     assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path / "run")]) == 0
-    assert f"  WARNING (the last run that computed here): {mixed.warnings[0]}\n" in capsys.readouterr().out
-    stats = sorted(Path(mixed.output).glob("*_stats.json"))[0]  # as if a run committed it after, and never ended
-    later_still = (Path(mixed.output) / "summary.json").stat().st_mtime + 5
-    os.utime(stats, (later_still, later_still))
+    assert f"  WARNING: {mixed.warnings[0]}\n" in capsys.readouterr().out  # from the shards, as they are now
+    monkeypatch.undo()
+    alike_again = run_masks(config(root, tmp_path / "run", shard_size=2, segmenter=spec(checkpoint), overwrite=True,
+                                   limit=1), progress=False)  # the odd shard made again here: alike
+    assert alike_again.computed == 1 and alike_again.warnings == []
     assert main(["status", "--dataset", "kinetics400", "--out", str(tmp_path / "run")]) == 0
-    assert "  WARNING (the last run that computed here; 1 shard committed since, so it may be out of date): " \
-        f"{mixed.warnings[0]}\n" in capsys.readouterr().out
+    assert "WARNING" not in capsys.readouterr().out
 
 
 def test_shards_on_workers_of_a_scheduler_started_elsewhere_that_ran_on_other_counts_say_so(shapes_dataset, tmp_path,
@@ -313,37 +312,71 @@ def test_a_new_cpu_run_folder_names_the_folders_beside_it_of_these_settings(tmp_
 
 
 def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
-    from pipeline.masks.threads import mixed_cpu_threads
+    from pipeline.masks.threads import machine_warnings
+
+    made = {"device": {"cpu": 12}, "threads": {"2": 2, "10": 10}}
+    (said,) = machine_warnings("k", True, made)
+    assert "(shards on so many threads: 2 on 2, 10 on 10)" in said  # by count
+    assert machine_warnings("k", False, made) == []  # not torch (selfie, one of your own)
+    assert machine_warnings("k", True, {**made, "device": {"cuda": 12}}) == []  # the GPU's bytes
+    assert machine_warnings("k", True, {**made, "threads": {"2": 12}}) == []
+    assert machine_warnings("k", True, {**made, "threads": {"0": 4, "2": 8}}) == []  # 0: stats of before, unknown
+
+
+def test_which_segmenters_and_records_are_torch_networks():
+    from pipeline.masks.threads import torch_network_of
     from pipeline.segment import RefineSpec
 
-    yolo, made = SegmenterSpec(backend="yolo"), {"device": {"cpu": 12}, "threads": {"2": 2, "10": 10}}
-    assert "(shards on so many threads: 2 on 2, 10 on 10)" in mixed_cpu_threads("k", yolo, made)  # by count
-    refined = SegmenterSpec(backend="selfie", refine=RefineSpec(checkpoint="random"))
-    assert mixed_cpu_threads("k", refined, made) is not None  # SAM runs on torch
-    assert mixed_cpu_threads("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
-    assert mixed_cpu_threads("k", SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter"), made) is None
-    assert mixed_cpu_threads("k", yolo, {**made, "device": {"cuda": 12}}) is None  # the GPU's bytes
-    assert mixed_cpu_threads("k", yolo, {**made, "threads": {"2": 12}}) is None
-    assert mixed_cpu_threads("k", yolo, {**made, "threads": {"0": 4, "2": 8}}) is None  # 0: stats of before, unknown
+    assert SegmenterSpec(backend="yolo").torch_network
+    assert SegmenterSpec(backend="selfie", refine=RefineSpec(checkpoint="random")).torch_network  # SAM runs on torch
+    assert not SegmenterSpec(backend="selfie").torch_network
+    assert not SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter").torch_network
+    assert torch_network_of({"config": {"segmenter": {"backend": "yolo"}}})
+    assert torch_network_of({"config": {"segmenter": {"backend": "selfie", "refine": {"model": "vit_b"}}}})
+    assert not torch_network_of({"config": {"segmenter": {"backend": "selfie"}}})
+    assert not torch_network_of({}) and not torch_network_of({"config": "not a record"})
 
 
 def test_the_mixed_machines_warning_is_for_torch_networks_on_a_cpu_and_for_gpus():
     from pipeline.machine import cpu_kind
-    from pipeline.masks.threads import mixed_machines
+    from pipeline.masks.threads import machine_warnings
 
     assert cpu_kind().split(": ")[1]  # this machine's instruction sets, as each CPU shard's stats keep them
-    yolo = SegmenterSpec(backend="yolo")
     made = {"device": {"cpu": 5}, "cpu": {"AVX2: avx avx2 fma": 3, "AVX512: avx avx2 avx512f fma": 2}}
-    said = mixed_machines("k", yolo, made)
+    (said,) = machine_warnings("k", True, made)
     assert said.startswith("k: the shards ran on a CPU on machines of different kinds (shards on each: 3 on AVX2: "
                            "avx avx2 fma; 2 on AVX512: avx avx2 avx512f fma); their masks may differ")
-    assert mixed_machines("k", SegmenterSpec(backend="selfie"), made) is None  # not torch
-    assert mixed_machines("k", yolo, {**made, "device": {"cpu": 4, "cuda": 1}}) is None  # not all on one side
-    assert mixed_machines("k", yolo, {**made, "cpu": {"AVX2: avx avx2 fma": 5}}) is None
-    assert mixed_machines("k", yolo, {"device": {"cpu": 5}}) is None  # stats of before, all alike: unknown
-    older = mixed_machines("k", yolo, {"device": {"cpu": 5}, "cpu": {"AVX2: avx avx2 fma": 3}})
-    assert "(shards on each: 3 on AVX2: avx avx2 fma; 2 on a kind not recorded (made before it was))" in older
+    assert machine_warnings("k", False, made) == []  # not torch
+    assert machine_warnings("k", True, {**made, "device": {"cpu": 4, "cuda": 1}}) == []  # not all on one side
+    assert machine_warnings("k", True, {**made, "cpu": {"AVX2: avx avx2 fma": 5}}) == []
+    assert machine_warnings("k", True, {"device": {"cpu": 5}}) == []  # stats of before, all alike: unknown
+    # shards made before the record beside one recorded kind: nothing can be said; beside two, they are named
+    assert machine_warnings("k", True, {"device": {"cpu": 5}, "cpu": {"AVX2: avx avx2 fma": 3}}) == []
+    (older,) = machine_warnings("k", True, {**made, "device": {"cpu": 7}})
+    assert "(shards on each: 3 on AVX2: avx avx2 fma; 2 on AVX512: avx avx2 avx512f fma, and 2 made before the " \
+        "kind was recorded)" in older
     gpus = {"device": {"cuda:0": 4, "cuda:1": 2}, "gpu": {"NVIDIA H100 80GB HBM3": 4, "NVIDIA A100-SXM4-80GB": 2}}
-    assert "ran on GPUs of different models (shards on each: 2 on NVIDIA A100-SXM4-80GB; 4 on NVIDIA H100" \
-        in mixed_machines("k", yolo, gpus)
-    assert mixed_machines("k", yolo, {**gpus, "gpu": {"NVIDIA H100 80GB HBM3": 6}}) is None
+    (said,) = machine_warnings("k", True, gpus)
+    assert "ran on GPUs of different models (shards on each: 2 on NVIDIA A100-SXM4-80GB; 4 on NVIDIA H100" in said
+    assert machine_warnings("k", True, {**gpus, "gpu": {"NVIDIA H100 80GB HBM3": 6}}) == []
+    assert machine_warnings("k", False, gpus) == []
+
+
+def test_a_shard_records_the_machine_its_network_ran_on(monkeypatch):
+    """A CPU shard of a torch network records its CPU's kind, a CUDA one its GPU's model; other segmenters
+    neither."""
+    import pipeline.masks.stage
+    from pipeline.machine import cpu_kind
+    from pipeline.masks.stage import MasksStage
+    from pipeline.tracking import TrackOptions
+
+    monkeypatch.setattr(pipeline.masks.stage, "gpu_model", lambda device: f"a GPU at {device}")
+    made = {}
+    for name, segmenter in (("cpu", SegmenterSpec(backend="yolo", device="cpu")),
+                            ("cuda", SegmenterSpec(backend="yolo", device="cuda:1")),
+                            ("selfie", SegmenterSpec(backend="selfie", device="cpu"))):
+        made[name] = MasksStage(segmenter=segmenter, decode=DecodeOptions(), track=TrackOptions(), metadata={},
+                                decoders=1).made_with()
+    assert made["cpu"]["cpu"] == cpu_kind() and "gpu" not in made["cpu"]
+    assert made["cuda"]["gpu"] == "a GPU at cuda:1" and "cpu" not in made["cuda"]
+    assert "cpu" not in made["selfie"] and "gpu" not in made["selfie"]

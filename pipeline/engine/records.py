@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from pipeline.atomic import write_json
 
@@ -183,3 +184,12 @@ def count_statuses(outcomes: Sequence[Outcome]) -> dict[str, int]:
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def made_with_counts(current: Iterable[ShardStats]) -> dict[str, dict[str, int]]:
+    """What ran these shards: each made_with setting's values, by the number of shards."""
+    counts: dict[str, Counter[str]] = {}
+    for stats in current:
+        for key, value in stats.made_with.items():
+            counts.setdefault(key, Counter())[str(value)] += 1
+    return {key: dict(sorted(values.items())) for key, values in counts.items()}

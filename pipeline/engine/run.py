@@ -14,13 +14,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from pipeline.engine.failures import InfrastructureError, Interrupted
 from pipeline.engine.journal import JournalWatch
 from pipeline.engine.problems import PROBLEMS_CSV, SHARD_FAILED, ordered, problem_line, write_problems
 from pipeline.engine.record import NOT_WRITABLE, RecordFile, RunRecord, require_writable
-from pipeline.engine.records import MARKER_SUFFIX, Problem, ShardStats, ShardTask
+from pipeline.engine.records import MARKER_SUFFIX, Problem, ShardStats, ShardTask, made_with_counts
 from pipeline.engine.refs import inputs_path, run_shard_ref, write_inputs
 from pipeline.engine.shard import is_done, run_shard_task
 from pipeline.executor import ExecOptions, run_tasks
@@ -316,15 +316,6 @@ def run_problems(plan: Sequence[ShardTask], current: Mapping[str, ShardStats],
             found = stats.problem_records()
             problems += found if found is not None else stored_problems(task, stats)
     return by_folder
-
-
-def made_with_counts(current: Iterable[ShardStats]) -> dict[str, dict[str, int]]:
-    """What ran these shards: each made_with setting's values, by the number of shards."""
-    counts: dict[str, Counter[str]] = {}
-    for stats in current:
-        for key, value in stats.made_with.items():
-            counts.setdefault(key, Counter())[str(value)] += 1
-    return {key: dict(sorted(values.items())) for key, values in counts.items()}
 
 
 def stored_problems(task: ShardTask, stats: ShardStats) -> list[Problem]:

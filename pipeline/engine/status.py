@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.engine.claims import claim_held, claim_holder
 from pipeline.engine.journal import Activity, events, journal_path
-from pipeline.engine.records import ShardStats
+from pipeline.engine.records import ShardStats, made_with_counts
 from pipeline.errors import InputError
 from pipeline.records import FAILED
 
@@ -59,8 +59,8 @@ class StageStatus:
     span: float = 0.0
     last: float | None = None  # the latest activity seen (a commit, a journal event)
     errors: list[tuple[int, str, str]] = field(default_factory=list)  # (count, error, an item) by count
-    warnings: list[str] = field(default_factory=list)  # the last run that computed here said (its summary.json)
-    committed_since: int = 0  # current shards committed after that summary was written: it may be out of date
+    made_with: dict[str, dict[str, int]] = field(default_factory=dict)  # what ran the done shards, counted
+    warnings: list[str] = field(default_factory=list)  # what the stage says of them (a masks run: its machines)
 
     @property
     def remaining(self) -> int | None:
@@ -118,10 +118,8 @@ def stage_status(name: str, folder: Path, *, total: int | None = None, now: floa
         for key, state, error in problems:
             if error:
                 _count(errors, examples, f"{state}: {error}", key)
-    last_run, written = _last_summary(folder)
-    summary_failed = dict(last_run.get("failed_shards") or {})
-    status.warnings = [str(line) for line in last_run.get("warnings") or []]
-    status.committed_since = sum(1 for shard in status.items if stats[shard][1] > written)
+    status.made_with = made_with_counts(stats[shard][0] for shard in status.items)
+    summary_failed = _summary_failed(folder)
     journal_frames = journal_items = 0
     for shard in shards:
         if shard in status.items:
@@ -207,16 +205,12 @@ def _activity(path: Path) -> Activity | None:
     return activity
 
 
-def _last_summary(folder: Path) -> tuple[dict, float]:
-    """What the last run that computed something here reported (its summary.json: the shards it found failed,
-    its warnings), and when it was written."""
-    path = folder / "summary.json"
+def _summary_failed(folder: Path) -> dict[str, str]:
+    """The shards the last run that computed something here reported failed (its summary.json)."""
     try:
-        written = path.stat().st_mtime
-        summary = json.loads(path.read_text())
+        return dict(json.loads((folder / "summary.json").read_text()).get("failed_shards") or {})
     except (FileNotFoundError, ValueError):
-        return {}, 0.0
-    return (summary, written) if isinstance(summary, dict) else ({}, written)
+        return {}
 
 
 def _share(start: float, end: float, now: float) -> float:

@@ -26,7 +26,7 @@ from pipeline.errors import InputError
 from pipeline.executor import GPU, ExecOptions, visible_gpus
 from pipeline.masks.config import MasksConfig
 from pipeline.masks.stage import MasksStage
-from pipeline.masks.threads import mixed_cpu_threads, mixed_machines, other_thread_runs
+from pipeline.masks.threads import machine_warnings, other_thread_runs
 from pipeline.records import ClipRecord, listing_digest
 from pipeline.segment import SegmenterLoadError, SegmenterSpec, load_segmenter
 
@@ -68,8 +68,7 @@ def run_masks(config: MasksConfig, *, progress: bool = True) -> StageSummary:
                 and not claimed_elsewhere(run_dir):  # nothing was committed there, and no other run is at it
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    mixed = [said for said in (mixed_cpu_threads(config.name, config.segmenter, summary.made_with),
-                               mixed_machines(config.name, config.segmenter, summary.made_with)) if said]
+    mixed = machine_warnings(config.name, config.segmenter.torch_network, summary.made_with)
     summary.warnings += [f"{config.name}: {line}" for line in beside] + mixed  # printed with it
     if summary.computed:
         write_json(run_dir / "summary.json", summary.record())

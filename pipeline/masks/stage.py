@@ -46,10 +46,11 @@ class MasksStage:
         threads = torch.get_num_threads() if torch is not None else self.segmenter.threads  # the setting (0)
         made = {"device": self.segmenter.device, "batch": self.decode.batch, "decoders": self.decoders_here(),
                 "threads": threads}
-        if self.segmenter.device == "cpu":
-            made["cpu"] = cpu_kind()
-        elif gpu := gpu_model(self.segmenter.device):
-            made["gpu"] = gpu
+        if self.segmenter.torch_network:  # the machine its kernels ran on
+            if self.segmenter.device == "cpu":
+                made["cpu"] = cpu_kind()
+            elif gpu := gpu_model(self.segmenter.device):
+                made["gpu"] = gpu
         if os.environ.get("CUDA_VISIBLE_DEVICES"):
             made["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         return made

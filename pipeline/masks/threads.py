@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from pipeline.masks.config import MasksConfig, fields_digest
-from pipeline.segment import SegmenterSpec
 
 
 def _count(threads: int) -> str:
@@ -70,12 +69,28 @@ def _record(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
-    """What to say when the run's current shards were segmented on a CPU with different torch thread counts: the
-    count keys the run folder only where it is known when the run is planned, not where each worker of a
-    scheduler started elsewhere runs on its own default (every shard runs on the keyed count otherwise)."""
+def machine_warnings(name: str, torch_network: bool, made_with: dict[str, dict[str, int]]) -> list[str]:
+    """What a run folder's current shards, by what ran them (`made_with`, counted over them), say about what
+    their masks' last bits depend on beyond the run tag: for a torch network, different thread counts or kinds
+    of CPU, or different models of GPU. The run's summary says it, and `pipeline status` from the folder."""
+    return [said for said in (_mixed_threads(name, torch_network, made_with),
+                              _mixed_machines(name, torch_network, made_with)) if said]
+
+
+def torch_network_of(record: dict) -> bool:
+    """Whether a masks run's record (run.json) names a torch network, as SegmenterSpec.torch_network says of the
+    spec it was written from: YOLO, or SAM refining (its fields are there only where it refines)."""
+    config = record.get("config")
+    segmenter = config.get("segmenter") if isinstance(config, dict) else None
+    return isinstance(segmenter, dict) and (segmenter.get("backend") == "yolo" or "refine" in segmenter)
+
+
+def _mixed_threads(name: str, torch_network: bool, made_with: dict[str, dict[str, int]]) -> str | None:
+    """The shards were segmented on a CPU with different torch thread counts: the count keys the run folder only
+    where it is known when the run is planned, not where each worker of a scheduler started elsewhere runs on
+    its own default (every shard runs on the keyed count otherwise)."""
     threads = {t: n for t, n in made_with.get("threads", {}).items() if t != "0"}  # 0: the setting, count unknown
-    if len(threads) < 2 or not _torch_on_cpu(spec, made_with.get("device", {})):
+    if len(threads) < 2 or not torch_network or _side(made_with) != "cpu":
         return None
     counts = ", ".join(f"{n} on {t}" for t, n in sorted(threads.items(), key=lambda item: int(item[0])))
     return (f"{name}: the shards ran on a CPU with different torch thread counts (shards on so many threads: "
@@ -83,30 +98,28 @@ def mixed_cpu_threads(name: str, spec: SegmenterSpec, made_with: dict[str, dict[
             "runs every worker on N threads (in a run folder of its own, unless TAG names this one)")
 
 
-
-def mixed_machines(name: str, spec: SegmenterSpec, made_with: dict[str, dict[str, int]]) -> str | None:
-    """What to say when the run's current shards were segmented on machines whose kernels differ: on a CPU, of
-    different kinds (`machine.cpu_kind`), for a torch network; on CUDA, GPUs of different models. Shards from
-    before the kind was recorded count as a kind of their own (they may be either)."""
-    devices = made_with.get("device", {})
-    if _torch_on_cpu(spec, devices):
-        key, where, what = "cpu", "on a CPU on machines of different kinds", "kind"
-    elif devices and all(device.startswith("cuda") for device in devices):
-        key, where, what = "gpu", "on GPUs of different models", "model"
-    else:
+def _mixed_machines(name: str, torch_network: bool, made_with: dict[str, dict[str, int]]) -> str | None:
+    """The shards were segmented on machines whose kernels differ: on a CPU, of different kinds
+    (`machine.cpu_kind`); on CUDA, GPUs of different models. Said only where two kinds are recorded; shards from
+    before the record are named beside them (they may be of either)."""
+    side = _side(made_with)
+    if not torch_network or side is None:
         return None
-    kinds = dict(made_with.get(key, {}))
-    unknown = sum(devices.values()) - sum(kinds.values())
-    if unknown > 0 and kinds:
-        kinds[f"a {what} not recorded (made before it was)"] = unknown
+    key, where, what = {"cpu": ("cpu", "on a CPU on machines of different kinds", "kind"),
+                        "cuda": ("gpu", "on GPUs of different models", "model")}[side]
+    kinds = made_with.get(key, {})
     if len(kinds) < 2:
         return None
     counts = "; ".join(f"{n} on {kind}" for kind, n in sorted(kinds.items()))
-    return (f"{name}: the shards ran {where} (shards on each: {counts}); their masks may differ in the last bits "
-            f"with the {what}. Shards alike come from one {what}: run them again (OVERWRITE=1) where the workers "
-            f"are all of one {what}")
+    unknown = sum(made_with.get("device", {}).values()) - sum(kinds.values())
+    before = f", and {unknown} made before the {what} was recorded" if unknown > 0 else ""
+    return (f"{name}: the shards ran {where} (shards on each: {counts}{before}); their masks may differ in the "
+            f"last bits with the {what}. Shards alike come from one {what}: run them again (OVERWRITE=1) where the "
+            f"workers are all of one {what}")
 
 
-def _torch_on_cpu(spec: SegmenterSpec, devices: dict[str, int]) -> bool:
-    """Whether the shards ran a torch network (YOLO, SAM) on a CPU, whose last bits the machine shapes."""
-    return spec.threads_shape_masks and not any(device != "cpu" for device in devices)
+def _side(made_with: dict[str, dict[str, int]]) -> str | None:
+    """"cpu" or "cuda" where every shard ran on that side, else None."""
+    devices = made_with.get("device", {})
+    sides = {"cuda" if device.startswith("cuda") else device for device in devices}
+    return next(iter(sides)) if len(sides) == 1 and sides <= {"cpu", "cuda"} else None

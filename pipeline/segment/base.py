@@ -76,11 +76,17 @@ class SegmenterSpec:
         return None
 
     @property
+    def torch_network(self) -> bool:
+        """Whether a torch network makes the masks (YOLO's, or SAM refining them): their last bits then depend
+        on the kernels the machine runs. Selfie runs on TFLite; one of your own is not known."""
+        return self.backend == "yolo" or self.refine is not None
+
+    @property
     def batch_shapes_masks(self) -> bool:
         """Whether the masks depend on the model batch's shape: YOLO's network runs every batch padded to one
         size, and another size picks other kernels (their last bits, and so a few mask pixels, differ), as SAM's
         encoder does; selfie runs frame by frame. A segmenter of your own is taken to run frame by frame."""
-        return self.backend == "yolo" or self.refine is not None
+        return self.torch_network
 
     @property
     def threads_shape_masks(self) -> bool:
@@ -88,7 +94,7 @@ class SegmenterSpec:
         SAM's refining; docs/PERFORMANCE.md, ninth and tenth sessions), not on a GPU; selfie runs on TFLite, and one
         of your own is not known. A masks run keys the count (MasksConfig.threads_field); a run whose shards still
         differ says so."""
-        return self.device == "cpu" and (self.backend == "yolo" or self.refine is not None)
+        return self.device == "cpu" and self.torch_network
 
     def output_fields(self) -> dict[str, Any]:
         """The backend's fields that shape the stored masks, as the run tag keys them. The device does not, nor
