@@ -176,12 +176,12 @@ def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp
     assert sys.getswitchinterval() == 0.005  # put back
 
 
-def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the_host_time(tmp_path, monkeypatch):
+def spy_calibration(monkeypatch) -> list[int]:
+    """The frames the host-cost probe makes its weights lively and sets conf on, by their place in the clip."""
     import pipeline.bench.hostcost
-    from pipeline.bench.hostcost import main as hostcost
     from pipeline.bench.hostcost import realistic_spec
 
-    calibrated = []  # the frames the weights were made lively and conf set on, by their place in the clip
+    calibrated = []
 
     def spying(spec, frames, folder, **kwargs):
         (clip,) = folder.rglob("*.mp4")
@@ -190,6 +190,13 @@ def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the
         return realistic_spec(spec, frames, folder, **kwargs)
 
     monkeypatch.setattr(pipeline.bench.hostcost, "realistic_spec", spying)
+    return calibrated
+
+
+def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the_host_time(tmp_path, monkeypatch):
+    from pipeline.bench.hostcost import main as hostcost
+
+    calibrated = spy_calibration(monkeypatch)
     report = hostcost(["--device", "cpu", "--sizes", "96x64", "--batch", "8", "--batches", "2", "--repeat", "1",
                        "--top", "3", "--out", str(tmp_path / "hostcost.json")])
     assert len(calibrated) == 8 and min(calibrated) == 0 and max(calibrated) == 15  # over both batches
@@ -202,6 +209,21 @@ def test_the_hostcost_probe_splits_segment_and_names_the_functions_that_take_the
     assert len(by_batch) == 2 and size["instances_per_frame"] == pytest.approx(sum(by_batch) / 2, abs=0.01)
     assert len(size["top"]) == 3 and all(row["calls_per_batch"] > 0 for row in size["top"])
     assert report["host"]["affinity"] >= 1 and report["host"]["python_loop_2e6_ms"] > 0
+
+
+def test_the_hostcost_probe_calibrates_on_as_many_frames_as_a_measured_batch_holds(tmp_path, monkeypatch):
+    """Where frames are large, a batch holds fewer than `--batch` (max_batch_mb): so does the calibration."""
+    import functools
+
+    import pipeline.bench.hostcost
+    from pipeline.bench.hostcost import main as hostcost
+
+    calibrated = spy_calibration(monkeypatch)
+    monkeypatch.setattr(pipeline.bench.hostcost, "DecodeOptions", functools.partial(DecodeOptions, max_batch_mb=1))
+    report = hostcost(["--device", "cpu", "--sizes", "640x360", "--batch", "8", "--batches", "1", "--repeat", "1",
+                       "--top", "1", "--out", str(tmp_path / "hostcost.json")])
+    assert len(report["sizes"]["640x360"]["instances_per_frame_by_batch"]) == 4  # 2 frames of 675 KiB a batch
+    assert calibrated == [0, 7]  # as many, spread over the clip's 8 frames
 
 
 def test_a_replayed_run_makes_the_rows_of_the_run_it_replays(shapes_dataset, tmp_path):
@@ -271,8 +293,15 @@ def test_a_cuda_graph_of_the_forward_gives_the_eager_bytes(tmp_path):
         small = device.prepare(rng.integers(0, 256, (4, 128, 171, 3), dtype=np.uint8), 4)[0]
     want_x, want_y = _outputs(device.model, x), _outputs(device.model, y)
     graph = Graphed(device.model, x)
-    first = graph(y)
-    assert all(torch.equal(got, want) for got, want in zip(_outputs(graph, y), want_y))
-    assert graph(x) is first  # the same tensors, rewritten
-    Graphed(device.model, small)  # the head's anchors replaced for another shape
-    assert all(torch.equal(got, want) for got, want in zip(_outputs(graph, x), want_x))
+    anchors = device.model.model[-1].anchors  # what the captured kernels read
+    assert any(kept is anchors for kept in graph.captured)
+    first = graph(y)[0][0]
+    seen = first.clone()
+    assert torch.equal(seen, want_y[0]) and all(torch.equal(a, b) for a, b in zip(_outputs(graph, y), want_y))
+    graph(x)
+    assert torch.equal(first, want_x[0]) and not torch.equal(first, seen)  # its own tensors, rewritten
+    second = Graphed(device.model, small)  # the head's anchors replaced for another shape, the old ones freed
+    second(small)
+    litter = [torch.full((1 << 16,), float("nan"), device=x.device, dtype=x.dtype) for _ in range(64)]  # reuses
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(graph, x), want_x))  # freed memory, if the graph had not
+    del litter

@@ -74,12 +74,16 @@ def _compiled(model: torch.nn.Module, xs: list[torch.Tensor], mode: str, eager: 
         _sync(xs[0])
         seconds = time.perf_counter() - start
         fps = _timed(compiled, xs[0], args.seconds)
-        pairs = [(got, want) for x, wanted in zip(xs, eager) for got, want in zip(_outputs(compiled, x), wanted)]
+        outputs = [_outputs(compiled, x) for x in xs]
+        if [[t.shape for t in out] for out in outputs] != [[t.shape for t in out] for out in eager]:
+            return {"compile_s": round(seconds, 1), "fps": round(args.batch * fps, 1),
+                    "error": "its outputs' shapes are not the eager ones'"}
+        pairs = [pair for out, wanted in zip(outputs, eager) for pair in zip(out, wanted)]
+        return {"compile_s": round(seconds, 1), "fps": round(args.batch * fps, 1),
+                "max_abs_diff": max(float((got.float() - want.float()).abs().max()) for got, want in pairs),
+                "same_bytes": all(torch.equal(got, want) for got, want in pairs)}
     except Exception as exc:  # noqa: BLE001 - reported, as the measurement's result
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    return {"compile_s": round(seconds, 1), "fps": round(args.batch * fps, 1),
-            "max_abs_diff": max(float((got.float() - want.float()).abs().max()) for got, want in pairs),
-            "same_bytes": all(got.shape == want.shape and torch.equal(got, want) for got, want in pairs)}
 
 
 class Graphed:
@@ -119,8 +123,11 @@ def _outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model's outputs: nested tuples, lists and dicts (by key) walked in order."""
     if isinstance(out, torch.Tensor):
         return [out]
+    if isinstance(out, dict):
+        out = [out[key] for key in sorted(out, key=str)]
     return [t for part in out for t in _tensors(part)] if isinstance(out, (list, tuple)) else []
 
 

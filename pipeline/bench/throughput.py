@@ -42,7 +42,7 @@ from pipeline.bench.masks_bench import Clock, bench_size, stored_bytes
 from pipeline.bench.placement import stage_place
 from pipeline.decode import DecodeOptions
 from pipeline.executor import ExecOptions
-from pipeline.machine import cpu_model
+from pipeline.machine import cpu_model, gpu_model
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.render import RenderConfig, run_render
 from pipeline.render.variants import resolve
@@ -153,9 +153,9 @@ def bench_loader(root: Path, out: Path, variants: list[str], masks_tag: str, rep
 
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
-        import torch
+        import torch  # noqa: F401 - loaded, for gpu_model to ask
 
-        return torch.cuda.get_device_name(device)
+        return gpu_model(device) or device
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
