@@ -4,6 +4,7 @@ here)."""
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 from pathlib import Path
@@ -14,14 +15,16 @@ ISA_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
                        "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm"})  # Arm
 
 
-def _cpuinfo() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, ...]:
+    """/proc/cpuinfo's lines, read once (each shard's stats ask)."""
     try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
     except OSError:
-        return []
+        return ()
 
 
-def _field(lines: list[str], *names: str) -> str | None:
+def _field(lines: tuple[str, ...], *names: str) -> str | None:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() in names), None)
 
 

@@ -19,7 +19,7 @@ def run_status(out: Path, dataset: str, masks_tag: str | None = None, *,
     now = time.time()
     masks = stage_status(f"masks {dataset}/{run_dir.name}", run_dir, total=_listed(run_dir), now=now)
     # what its current shards say of the machines that made them, as the run's summary says it
-    masks.warnings = machine_warnings(run_dir.parent.name, torch_network_of(_record(run_dir)), masks.made_with)
+    masks.warnings = machine_warnings(run_dir.parent.name, torch_network_of(run_dir), masks.made_with)
     stages = [masks]
     renders = Path(out).absolute() / "renders" / dataset / run_dir.name
     for folder in sorted(renders.glob("*/_status/*")):
@@ -49,20 +49,11 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _record(run_dir: Path) -> dict:
-    """A masks run's record (run.json), or nothing where it has none yet or it cannot be read."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _listed(run_dir: Path) -> int | None:
     """The clips a masks run plans (its listing, all of it: the plan covers every split)."""
     try:
-        return int(_record(run_dir)["listing"]["clips"])
-    except (KeyError, TypeError, ValueError):
+        return int(json.loads((run_dir / "run.json").read_text())["listing"]["clips"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
         return None
 
 

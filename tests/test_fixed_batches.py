@@ -323,7 +323,7 @@ def test_the_mixed_threads_warning_is_for_torch_networks_on_a_cpu():
     assert machine_warnings("k", True, {**made, "threads": {"0": 4, "2": 8}}) == []  # 0: stats of before, unknown
 
 
-def test_which_segmenters_and_records_are_torch_networks():
+def test_which_segmenters_and_records_are_torch_networks(tmp_path):
     from pipeline.masks.threads import torch_network_of
     from pipeline.segment import RefineSpec
 
@@ -331,10 +331,17 @@ def test_which_segmenters_and_records_are_torch_networks():
     assert SegmenterSpec(backend="selfie", refine=RefineSpec(checkpoint="random")).torch_network  # SAM runs on torch
     assert not SegmenterSpec(backend="selfie").torch_network
     assert not SegmenterSpec(backend="tests.segmenters:LumaKeySegmenter").torch_network
-    assert torch_network_of({"config": {"segmenter": {"backend": "yolo"}}})
-    assert torch_network_of({"config": {"segmenter": {"backend": "selfie", "refine": {"model": "vit_b"}}}})
-    assert not torch_network_of({"config": {"segmenter": {"backend": "selfie"}}})
-    assert not torch_network_of({}) and not torch_network_of({"config": "not a record"})
+    def run_with(record) -> Path:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps(record))
+        return folder
+
+    assert torch_network_of(run_with({"config": {"segmenter": {"backend": "yolo"}}}))
+    assert torch_network_of(run_with({"config": {"segmenter": {"backend": "selfie", "refine": {"model": "vit_b"}}}}))
+    assert not torch_network_of(run_with({"config": {"segmenter": {"backend": "selfie"}}}))
+    assert not torch_network_of(run_with({})) and not torch_network_of(run_with({"config": "not a record"}))
+    assert not torch_network_of(tmp_path / "none")  # no record yet
 
 
 def test_the_mixed_machines_warning_is_for_torch_networks_on_a_cpu_and_for_gpus():

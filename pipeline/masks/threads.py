@@ -77,10 +77,10 @@ def machine_warnings(name: str, torch_network: bool, made_with: dict[str, dict[s
                               _mixed_machines(name, torch_network, made_with)) if said]
 
 
-def torch_network_of(record: dict) -> bool:
+def torch_network_of(run_dir: Path) -> bool:
     """Whether a masks run's record (run.json) names a torch network, as SegmenterSpec.torch_network says of the
     spec it was written from: YOLO, or SAM refining (its fields are there only where it refines)."""
-    config = record.get("config")
+    config = (_record(run_dir / "run.json") or {}).get("config")
     segmenter = config.get("segmenter") if isinstance(config, dict) else None
     return isinstance(segmenter, dict) and (segmenter.get("backend") == "yolo" or "refine" in segmenter)
 
