@@ -15,7 +15,7 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from pipeline.bench import main, probe
+from pipeline.bench import lively, main, probe
 from pipeline.bench.budget import affordable_clips, another_round, clip_plan
 from pipeline.bench.clips import make_clips
 from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
@@ -305,3 +305,35 @@ def test_a_cuda_graph_of_the_forward_gives_the_eager_bytes(tmp_path):
     litter = [torch.full((1 << 16,), float("nan"), device=x.device, dtype=x.dtype) for _ in range(64)]  # reuses
     assert all(torch.equal(a, b) for a, b in zip(_outputs(graph, x), want_x))  # freed memory, if the graph had not
     del litter
+
+
+def test_a_lively_models_class_logits_are_scaled_where_they_saturate():
+    """Where many anchors' scores round to 1 in fp16, no conf keeps a few instances a frame: `unsaturated` scales
+    the class logits until about one anchor a frame passes SATURATED_LOGIT, and leaves a model below it alone."""
+    from ultralytics import YOLO
+
+    from pipeline.bench.masks_bench import SATURATED_LOGIT, unsaturated
+    from pipeline.datasets.sample import shape_clip
+
+    torch.manual_seed(0)
+    model = YOLO("yolo11n-seg.yaml").model
+    frames = np.concatenate([shape_clip(2, 96, 64, seed=seed)[0] for seed in range(2)])
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    lively(model, frames, masks_fill=True)
+    assert unsaturated(model, images) == 1.0  # at this size nothing passes it
+    convs = [branch[-1] for branch in model.model[-1].cv3]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.mul_(20)
+            conv.bias.fill_(5.0)  # every anchor far past it
+    scale = unsaturated(model, images)
+    assert 0 < scale < 1
+    caught = []
+    hooks = [conv.register_forward_hook(lambda module, inputs, output: caught.append(output)) for conv in convs]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    best = torch.cat([logits.flatten(2) for logits in caught], dim=2).amax(1).flatten()
+    assert float(best.topk(len(frames)).values[-1]) == pytest.approx(SATURATED_LOGIT, rel=1e-4)
+    assert unsaturated(model, images) == pytest.approx(1.0, rel=1e-4)
