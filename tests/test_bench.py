@@ -21,7 +21,7 @@ from pipeline.bench.clips import make_clips
 from pipeline.bench.masks_bench import bench_size, held_batches, realistic_spec, spread
 from pipeline.bench.placement import StagePlace
 from pipeline.bench.throughput import parse_args
-from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.decode import DecodeOptions, FrameBatch, VideoDecoder
 from pipeline.executor import ExecOptions
 from pipeline.segment import SegmenterSpec, load_segmenter
 
@@ -307,33 +307,54 @@ def test_a_cuda_graph_of_the_forward_gives_the_eager_bytes(tmp_path):
     del litter
 
 
-def test_a_lively_models_class_logits_are_scaled_where_they_saturate():
-    """Where many anchors' scores round to 1 in fp16, no conf keeps a few instances a frame: `unsaturated` scales
-    the class logits until about one anchor a frame passes SATURATED_LOGIT, and leaves a model below it alone."""
-    from ultralytics import YOLO
+def best_logit(model, frames, rank: int) -> float:
+    """The `rank`-th best of the anchors' best class logits over `frames` at the model's input size."""
+    from pipeline.segment.model_input import Geometry, input_size, letterbox
 
-    from pipeline.bench.masks_bench import SATURATED_LOGIT, unsaturated
-    from pipeline.datasets.sample import shape_clip
-
-    torch.manual_seed(0)
-    model = YOLO("yolo11n-seg.yaml").model
-    frames = np.concatenate([shape_clip(2, 96, 64, seed=seed)[0] for seed in range(2)])
-    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    lively(model, frames, masks_fill=True)
-    assert unsaturated(model, images) == 1.0  # at this size nothing passes it
-    convs = [branch[-1] for branch in model.model[-1].cv3]
-    with torch.no_grad():
-        for conv in convs:
-            conv.weight.mul_(20)
-            conv.bias.fill_(5.0)  # every anchor far past it
-    scale = unsaturated(model, images)
-    assert 0 < scale < 1
+    height, width = frames.shape[1:3]
+    geometry = Geometry.of(height, width, input_size(height, width, None), int(max(model.stride)))
     caught = []
-    hooks = [conv.register_forward_hook(lambda module, inputs, output: caught.append(output)) for conv in convs]
+    hooks = [branch[-1].register_forward_hook(lambda module, inputs, output: caught.append(output))
+             for branch in model.model[-1].cv3]
     with torch.no_grad():
-        model(images)
+        model(letterbox(torch.from_numpy(frames), geometry, torch.float32))
     for hook in hooks:
         hook.remove()
-    best = torch.cat([logits.flatten(2) for logits in caught], dim=2).amax(1).flatten()
-    assert float(best.topk(len(frames)).values[-1]) == pytest.approx(SATURATED_LOGIT, rel=1e-4)
-    assert unsaturated(model, images) == pytest.approx(1.0, rel=1e-4)
+    return float(torch.cat([logits.flatten(2) for logits in caught], dim=2).amax(1).flatten().topk(rank).values[-1])
+
+
+def test_a_lively_models_class_logits_are_scaled_into_conf_s_search(tmp_path, monkeypatch):
+    """Where a lively model's best logits run past where scores can be told apart, no conf keeps a few instances
+    a frame: the bench's model has them scaled until the `instances`-th best a frame lies at SEARCH_LOGIT, at the
+    model's input size; a model already below it is left alone."""
+    from ultralytics import YOLO
+
+    import pipeline.bench.masks_bench
+    from pipeline.bench.masks_bench import within_search
+    from pipeline.datasets.sample import shape_clip
+
+    frames = np.concatenate([shape_clip(2, 96, 64, seed=seed)[0] for seed in range(2)])
+
+    def made(**kwargs):
+        torch.manual_seed(0)
+        model = YOLO("yolo11n-seg.yaml").model
+        lively(model, frames, **kwargs)
+        return model
+
+    model = made(masks_fill=True)
+    rank = 2 * len(frames)  # 2 instances a frame
+    low = best_logit(model, frames, rank) + 1  # above the model's own: nothing to scale
+    monkeypatch.setattr(pipeline.bench.masks_bench, "SEARCH_LOGIT", low)
+    assert within_search(model, frames, instances=2) == 1.0
+    untouched = made(masks_fill=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untouched.state_dict().values()))
+    target = best_logit(model, frames, rank) / 2  # half of where they are: scaled to it
+    monkeypatch.setattr(pipeline.bench.masks_bench, "SEARCH_LOGIT", target)
+    scale = within_search(model, frames, instances=2)
+    assert scale == pytest.approx(0.5, rel=1e-4) and best_logit(model, frames, rank) == pytest.approx(target, rel=1e-4)
+    # the bench's model (realistic_spec) is made so
+    spec = realistic_spec(SegmenterSpec(model="yolo11n-seg.yaml", device="cpu"), FrameBatch(
+        frames=frames, indices=np.arange(len(frames)), times=np.zeros(len(frames)), height=64, width=96),
+        tmp_path, instances=2)
+    saved = torch.load(spec.model, weights_only=False)["model"].float().eval()
+    assert best_logit(saved, frames, rank) == pytest.approx(target, rel=1e-3)

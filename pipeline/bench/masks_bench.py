@@ -36,7 +36,9 @@ from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
 log = logging.getLogger(__name__)
 
 PREDICT_FRAMES = 256
-SATURATED_LOGIT = 8.0  # past it, fp16 rounds a sigmoid to 1 (1 - 2^-11 is the largest score below it)
+SEARCH_LOGIT = 4.0  # where a lively model's `instances`-th best logit a frame may lie at most: conf near 0.982,
+# far from where fp16 scores run out (their steps near 1 are 2^-11; sigmoid(x) rounds to 1 from x = 8.32) and
+# from the top of realistic_spec's 12-step search (1 - 2^-12, sigmoid(8.32) too)
 
 
 def lively(model, frames: np.ndarray, *, masks_fill: bool = False) -> None:
@@ -66,17 +68,21 @@ def lively(model, frames: np.ndarray, *, masks_fill: bool = False) -> None:
                 branch[-1].weight.mul_(0.3)
                 branch[-1].bias.fill_(2.0)
     model.eval()
-    if masks_fill:
-        unsaturated(model, images)
 
 
-def unsaturated(model, images) -> float:
-    """Scale a lively model's class logits so that about one anchor a frame of `images` passes SATURATED_LOGIT,
-    and return the scale (1 where none was needed). On large frames many anchors' best logits pass it (at 1280×720
-    about 20 a frame): their fp16 scores round to 1, no `conf` tells them apart, and the bench's search for 8
-    instances a frame ended at 40 on the H200 (conf 0.99976, its top)."""
+def within_search(model, frames: np.ndarray, *, instances: float, imgsz: int | None = None) -> float:
+    """Scale a lively model's class logits so that, at the model's input size for `frames`, the best logits of
+    about `instances` anchors a frame (over all of `frames`) pass SEARCH_LOGIT, no more; return the scale (1
+    where none was needed). On large frames a lively model's best logits run far past where a score can be told
+    from 1 (at 1280×720, 57 anchors a frame past 8.32): no `conf` keeps 8 a frame, and the bench's search for
+    them ended at 40 on the H200 (conf 0.99976, its top)."""
     import torch
 
+    from pipeline.segment.model_input import Geometry, input_size, letterbox
+
+    height, width = frames.shape[1:3]
+    geometry = Geometry.of(height, width, input_size(height, width, imgsz), int(max(model.stride)))
+    images = letterbox(torch.from_numpy(frames), geometry, torch.float32)  # as the device path feeds the model
     convs = [branch[-1] for branch in model.model[-1].cv3]  # each scale's class logits
     caught = []
     hooks = [conv.register_forward_hook(lambda module, inputs, output: caught.append(output)) for conv in convs]
@@ -87,14 +93,14 @@ def unsaturated(model, images) -> float:
         for hook in hooks:
             hook.remove()
     best = torch.cat([logits.flatten(2) for logits in caught], dim=2).amax(1)  # (N, anchors): each one's best class
-    top = float(best.flatten().topk(len(images)).values[-1])  # about one anchor a frame at or past it
-    if top <= SATURATED_LOGIT:
+    top = float(best.flatten().topk(max(1, round(instances * len(frames)))).values[-1])
+    if top <= SEARCH_LOGIT:
         return 1.0
     with torch.no_grad():
         for conv in convs:
-            conv.weight.mul_(SATURATED_LOGIT / top)
-            conv.bias.mul_(SATURATED_LOGIT / top)
-    return SATURATED_LOGIT / top
+            conv.weight.mul_(SEARCH_LOGIT / top)
+            conv.bias.mul_(SEARCH_LOGIT / top)
+    return SEARCH_LOGIT / top
 
 
 def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, instances: float = 8,
@@ -110,6 +116,7 @@ def realistic_spec(spec: SegmenterSpec, frames: FrameBatch, folder: Path, *, ins
     torch.manual_seed(seed)
     found = YoloSegmenter(dataclasses.replace(spec, conf=0.0))  # not warmed up: the device path copies it after
     lively(found.model.model, frames.frames, masks_fill=True)
+    within_search(found.model.model, frames.frames, instances=instances, imgsz=spec.imgsz)
     path = Path(folder).absolute() / f"lively-{Path(spec.model).stem}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": copy.deepcopy(found.model.model).float(), "ema": None, "train_args": {}}, path)
