@@ -85,9 +85,7 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     for group in _groups(_pieces(sizes, starts, len(order), rows, cols)):
         begin, end = group[0].begin, group[-1].end
         grouped = on_device[begin:end]
-        made = operands(logits, box[grouped], origin[grouped], rows, cols,
-                        *(max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw")),
-                        members=grouped)
+        made = operands(logits, box[grouped], origin[grouped], rows, cols, *_largest(group), members=grouped)
         at, size = origin[grouped], extent[grouped]
         for piece in group:
             part, these = slice(piece.begin - begin, piece.end - begin), order[piece.begin:piece.end]
@@ -248,7 +246,7 @@ def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
     groups: list[list[_Piece]] = []
     for piece in pieces:
         group = [*groups[-1], piece] if groups else [piece]
-        h, w, ph, pw = (max(getattr(p, side) for p in group) for side in ("h", "w", "ph", "pw"))
+        h, w, ph, pw = _largest(group)
         padded = (group[-1].end - group[0].begin) * (h * ph + w * pw + ph * pw)
         own = sum((p.end - p.begin) * (p.h * p.ph + p.w * p.pw + p.ph * p.pw) for p in group)
         if groups and device_rle.padding_pays(padded, own, most=WINDOW_BUDGET, slack=GROUP_SLACK):
@@ -256,6 +254,11 @@ def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
         else:
             groups.append([piece])
     return groups
+
+
+def _largest(group: list[_Piece]) -> tuple[int, int, int, int]:
+    """The sizes a group's operands are made at: its pieces' largest h, w, ph and pw."""
+    return tuple(max(getattr(piece, side) for piece in group) for side in ("h", "w", "ph", "pw"))
 
 
 @dataclass(frozen=True)
