@@ -48,7 +48,7 @@ class PinnedFrames:
         self._largest = 0  # the largest budget asked for
         self._seen: set[int] = set()  # the frame sizes whose budget was asked for
         self._lock = threading.Lock()
-        self.counted = pinned_counted()  # whether this torch counts pinned memory at all
+        self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
         if not self.counted:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
@@ -102,11 +102,12 @@ class PinnedFrames:
             self._cached[block] += 1
 
 
-def pinned_counted() -> bool:
-    """Whether this torch counts the pinned memory it holds (torch.cuda.host_memory_stats); where it does not, no
-    frames are pinned."""
+def pinned_bytes() -> int | None:
+    """Bytes of all the pinned blocks torch holds (in use or cached), rounded as it rounds them; None where torch
+    does not count them (then no frames are pinned)."""
     stats = getattr(torch.cuda, "host_memory_stats", None)
-    return stats is not None and "allocated_bytes.current" in stats()
+    counted = stats() if stats is not None else {}
+    return counted.get("allocated_bytes.current")
 
 
 def empty_pinned_cache() -> None:
