@@ -162,6 +162,33 @@ def test_a_random_model_keeps_about_the_instances_asked_for_on_its_calibration_f
     assert 4 <= sum(kept) / len(kept) <= 16  # about 8 on average (per frame, a random model's count swings)
 
 
+def test_the_stage_runs_on_the_camera_moves_the_model_was_calibrated_on_and_on_enough_of_their_frames(
+        tmp_path, monkeypatch):
+    """A random model's count a frame swings with the image: calibrated on a batch of 4 frames, or on two clips
+    while the stage ran others, the bench's stage found half the instances asked for. Now every stage clip
+    repeats one of the two calibrated camera moves, and conf is set on at least CALIBRATION_FRAMES frames."""
+    import pipeline.bench.masks_bench
+    from pipeline.bench.masks_bench import CALIBRATION_FRAMES
+
+    calibrated = []
+
+    def spying(spec, frames, folder, **kwargs):
+        calibrated.append(len(frames))
+        return realistic_spec(spec, frames, folder, **kwargs)
+
+    monkeypatch.setattr(pipeline.bench.masks_bench, "realistic_spec", spying)
+    place = StagePlace(where="in-process", note="test", execution=ExecOptions(workers=0))
+    spec = SegmenterSpec(model="yolo11n-seg.yaml", device="cpu")
+    masks = bench_size(tmp_path, spec, place, width=96, height=64, clips=4, frames=20, batch=4, repeat=1,
+                       seconds=600)
+    assert masks["clips"] == 4 and masks["clip_frames"] == 20
+    assert calibrated == [min(CALIBRATION_FRAMES, 2 * 20)] and CALIBRATION_FRAMES > 4  # more than a batch
+    clips = sorted((tmp_path / "data" / "train").glob("*.mp4"))
+    decoded = [np.concatenate([b.frames for b in VideoDecoder(clip, DecodeOptions(batch=8))]) for clip in clips]
+    assert len(decoded) == 4 and not np.array_equal(decoded[0], decoded[1])
+    assert np.array_equal(decoded[2], decoded[0]) and np.array_equal(decoded[3], decoded[1])
+
+
 def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp_path):
     from pipeline.bench.decoding import main as decoding
 

@@ -17,19 +17,22 @@ def clip_path(root: Path, index: int) -> Path:
     return root / "train" / f"bench{index:05d}__000000_000010.mp4"
 
 
-def make_clip(root: Path, index: int, frames: int, width: int, height: int) -> Path:
-    """Clip `index`: a pan and zoom (seeded by the index) over one of the photos, lossy, 25 fps."""
+def make_clip(root: Path, index: int, frames: int, width: int, height: int, *, pans: int = 0) -> Path:
+    """Clip `index`: a pan and zoom over one of the photos (the two in turn), lossy, 25 fps. The camera move is
+    seeded by the index, or with `pans` by the index modulo `pans`: clips then repeat the first `pans` moves."""
     photo = cv2.cvtColor(cv2.imread(str(asset(("bus.jpg", "zidane.jpg")[index % 2]))), cv2.COLOR_BGR2RGB)
     path = clip_path(root, index)
-    write_video(path, pan_zoom(photo, width, height, frames, seed=index), FPS)
+    write_video(path, pan_zoom(photo, width, height, frames, seed=index % pans if pans else index), FPS)
     return path
 
 
-def make_clips(root: Path, indexes: range, frames: int, width: int = 340, height: int = 256) -> list[Path]:
-    """The clips of these indexes, a few at a time (each is encoded on one thread, and holds its frames)."""
+def make_clips(root: Path, indexes: range, frames: int, width: int = 340, height: int = 256, *, pans: int = 0
+               ) -> list[Path]:
+    """The clips of these indexes (`make_clip`), a few at a time (each is encoded on one thread, and holds its
+    frames)."""
     threads = max(1, min(4, (os.cpu_count() or 1), len(indexes)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda i: make_clip(root, i, frames, width, height), indexes))
+        return list(pool.map(lambda i: make_clip(root, i, frames, width, height, pans=pans), indexes))
 
 
 def write_listing(root: Path, paths: list[Path]) -> None:

@@ -36,6 +36,10 @@ from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
 log = logging.getLogger(__name__)
 
 PREDICT_FRAMES = 256
+CALIBRATION_FRAMES = 32  # a .yaml model's calibration frames, at least (a batch's where it holds more): a random
+# model's count a frame swings with the image (0 to 60 along one pan at 340x256), so that on 8 frames, 4 a clip,
+# the stage found 3.8 a frame where 8 were asked for, and 7.7 on 32 (/work/s13, thirteenth session)
+PANS = 2  # the stage's clips repeat the two calibrated camera moves: other moves of the same photos found 1 a frame
 SEARCH_LOGIT = 4.0  # where a lively model's `instances`-th best logit a frame may lie at most: conf near 0.982,
 # far from where fp16 scores run out (their steps near 1 are 2^-11; sigmoid(x) rounds to 1 from x = 8.32) and
 # from the top of realistic_spec's 12-step search (1 - 2^-12, sigmoid(8.32) too)
@@ -219,19 +223,21 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                hold_bytes: int = 2 << 30, instances: float = 8) -> dict:
     """The masks figures for `clips` (fewer where `seconds` would not fit them) clips of `frames` frames of
     width × height (past the first two, shorter ones where too few would fit for the stage's decoders:
-    `clip_plan`): best of up to `repeat` interleaved rounds, a round begun only while one fits."""
+    `clip_plan`), repeating the first two's camera moves, on which a .yaml model is calibrated: best of up to
+    `repeat` interleaved rounds, a round begun only while one fits."""
     import torch
 
     started = time.perf_counter()
     deadline = started + seconds
     root, decode, device = folder / "data", DecodeOptions(batch=batch), spec.device
-    early = make_clips(root, range(min(2, clips)), frames, width, height)  # both photos
+    early = make_clips(root, range(min(PANS, clips)), frames, width, height, pans=PANS)  # both photos
     first_clip = early[0]
     make_per_frame = (time.perf_counter() - started) / (frames * len(early))
     first = next(iter(VideoDecoder(first_clip, decode)))
     spec = resolve_weights(spec)  # as the stage names it: one model for both (a relative .pt made absolute)
     if spec.model.endswith((".yaml", ".yml")):  # calibrated over both photos, their whole pans
-        spec = realistic_spec(spec, spread(early, decode, frames, batch), folder, instances=instances)
+        calibration = spread(early, decode, frames, max(batch, CALIBRATION_FRAMES))
+        spec = realistic_spec(spec, calibration, folder, instances=instances)
     # on a CPU, the thread count the stage runs on and keys its run by: one model for the stage and the figures here
     spec = worker_spec(MasksConfig(dataset="kinetics400", segmenter=spec, execution=place.execution))
     segmenter = load_segmenter(spec)
@@ -271,7 +277,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
                                    make_per_frame=make_per_frame, most=clips, at_least=stage_decoders,
                                    shortest=2 * batch, made=len(early),
                                    round_per_frame=2 * stage_per_frame + 2 * segment_per_frame + decode_per_frame)
-    sources = [*early, *make_clips(root, range(len(early), count), clip_frames, width, height)][:count]
+    sources = [*early, *make_clips(root, range(len(early), count), clip_frames, width, height, pans=PANS)][:count]
     write_listing(root, sources)
     held = held_batches(sources, decode, hold_bytes)
     inputs = [on_device.prepare(b.frames)[0] for b in held] if on_device is not None else []
