@@ -139,6 +139,22 @@ def test_every_wait_on_the_device_is_counted(checkpoint, monkeypatch, fixed):  #
     assert len(calls) == 2 if fixed else len(calls) > 4 + len(frames), calls
 
 
+def test_the_waits_that_make_a_new_geometrys_maps_are_counted(checkpoint, monkeypatch):  # noqa: F811
+    """Masks at a size not asked for before: the maps to it are made once (mask_operators), and the host waits
+    while they are; the path's count has those waits too."""
+    from pipeline.segment.mask_windows import OPERATOR_WAITS
+
+    monkeypatch.setattr(yolo_device, "FIXED_NMS", ("cpu",))
+    frames = photo_clip(340, 256, 1).frames
+    device = load_segmenter(spec(checkpoint)).on_device
+    device(frames, 256, 340, capacity=8)
+    calls = count_waits(monkeypatch)
+    before = device.host_waits
+    found = device(frames, 251, 333, capacity=8)  # another display size: new maps
+    assert sum(map(len, found)) > 0
+    assert device.host_waits - before == len(calls) == 2 + OPERATOR_WAITS, calls
+
+
 def count_waits(monkeypatch) -> list[str]:
     """From now on, a list of every call that makes the host wait for a CUDA device: a copy to the host, or a
     result whose size the host needs."""

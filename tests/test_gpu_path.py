@@ -5,6 +5,10 @@ DECODERS."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -65,32 +69,86 @@ def test_rle_made_on_the_gpu_is_the_hosts(checkpoint, monkeypatch):  # noqa: F81
     assert_same_bytes(on_gpu, from_windows)
 
 
-@pytest.mark.parametrize("runs", [True, False])
-def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  # noqa: F811
-    """torch's sync debug mode warns at every synchronising call (and events' waits are counted too); the path's
-    own count is the same: two a batch with the masks as windows (one copy each for the instances and the
-    windows), at least two as RLE runs (their copy is made again where a chunk's runs outgrow the room guessed
-    for them)."""
-    monkeypatch.setattr(device_rle, "DEVICES", ("cuda",) if runs else ())
-    frames = photo_clip(340, 256, 1).frames
-    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
-    device(frames, 256, 340, capacity=8)  # the geometry's operators, made once
+def synchronising(monkeypatch, run):
+    """run()'s result, and every wait on the GPU it made: torch's sync debug mode warns at every synchronising
+    call, and events' waits (which it does not see) are counted apart."""
     torch.cuda.synchronize()
-    before = device.host_waits
-    events = []  # an event's wait is not one the debug mode sees
+    events = []
     synchronize = torch.cuda.Event.synchronize
     monkeypatch.setattr(torch.cuda.Event, "synchronize", lambda event: events.append("event") or synchronize(event))
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            found = device(frames, 256, 340, capacity=8)
+            found = run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    synchronising = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()] + events
+        monkeypatch.setattr(torch.cuda.Event, "synchronize", synchronize)
+    return found, [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()] + events
+
+
+@pytest.mark.parametrize("runs", [True, False])
+def test_the_path_counts_every_wait_on_the_gpu(checkpoint, monkeypatch, runs):  # noqa: F811
+    """The path's own count of waits is the debug mode's: two a batch with the masks as windows (one copy each
+    for the instances and the windows), at least two as RLE runs (their copy is made again where a chunk's runs
+    outgrow the room guessed for them)."""
+    monkeypatch.setattr(device_rle, "DEVICES", ("cuda",) if runs else ())
+    frames = photo_clip(340, 256, 1).frames
+    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
+    device(frames, 256, 340, capacity=8)  # the geometry's operators, made once
+    before = device.host_waits
+    found, waits = synchronising(monkeypatch, lambda: device(frames, 256, 340, capacity=8))
     assert sum(map(len, found)) > 0
-    assert device.host_waits - before == len(synchronising), synchronising
-    assert len(synchronising) == 2 if not runs else len(synchronising) >= 2, synchronising
+    assert device.host_waits - before == len(waits), waits
+    assert len(waits) == 2 if not runs else len(waits) >= 2, waits
+
+
+def test_batches_of_two_sizes_in_turn_wait_twice_a_batch_once_each_is_known(checkpoint, monkeypatch):  # noqa: F811
+    """ultralytics' head makes its anchors again, waiting on the GPU, whenever its input's shape is not the last
+    one's: the path keeps them by shape. A size's first batch waits while its anchors and its masks' maps are
+    made (counted), and every batch after it twice."""
+    monkeypatch.setattr(device_rle, "DEVICES", ())
+    small, large = photo_clip(340, 256, 1).frames, photo_clip(640, 360, 0).frames
+    device = YoloSegmenter(cuda_spec(checkpoint)).on_device
+    seen, counted = [], []
+    for frames in [small, large, small, large, small]:
+        before = device.host_waits
+        found, waits = synchronising(monkeypatch, lambda: device(frames, *frames.shape[1:3], capacity=8))
+        assert sum(map(len, found)) > 0
+        seen.append(waits)
+        counted.append(device.host_waits - before)
+    assert counted == [len(waits) for waits in seen], seen
+    assert counted[2:] == [2, 2, 2], seen
+    assert counted[0] > 2 and counted[1] > 2, seen  # the first batch of each: anchors and maps made
+
+
+def test_the_masks_stream_reads_nothing_the_models_stream_may_still_be_writing(checkpoint):  # noqa: F811
+    """Under torch's CUDA stream sanitizer (in a process of its own: it reports a race and exits), batches
+    launched one ahead of the masks of the one before, as the Feeder runs them: the masks' stream waits on one
+    event a batch, and every tensor it reads must be made before that event (the prototypes' cast was made after
+    it once)."""
+    script = textwrap.dedent(f"""
+        import torch
+        from pipeline.segment import SegmenterSpec
+        from pipeline.segment.yolo import YoloSegmenter
+        from tests.test_yolo_device import clip
+        spec = SegmenterSpec(backend="yolo", model={str(checkpoint)!r}, conf=0.05, device="cuda")
+        device = YoloSegmenter(spec).on_device
+        batches = [clip(340, 256, seed).frames for seed in range(4)]
+        ahead, found = device.launch(batches[0], 256, 340, capacity=8), 0
+        for frames in batches[1:]:
+            launched = device.launch(frames, 256, 340, capacity=8)
+            found += sum(map(len, ahead.result()))
+            ahead = launched
+        found += sum(map(len, ahead.result()))
+        torch.cuda.synchronize()
+        print("instances", found)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TORCH_CUDA_SANITIZER": "1"})
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and "CSAN" not in said, said[-6000:]
+    assert int(done.stdout.split("instances")[-1]) > 0
 
 
 def test_pieces_in_pinned_memory_cross_as_they_are(checkpoint):  # noqa: F811

@@ -273,3 +273,21 @@ def test_predict_stays_selectable_and_is_in_the_fingerprint():
 
     with pytest.raises(SegmenterLoadError, match="unknown YOLO inference"):
         YoloSegmenter(SegmenterSpec(model="yolo11n-seg.yaml", inference="tensorrt"))
+
+
+def test_the_heads_anchors_are_made_once_for_each_input_shape(monkeypatch):
+    """ultralytics' head makes its anchors again whenever its input's shape is not the last one's (on a GPU, nine
+    waits on the device): batches of two frame sizes in turn make them once a shape, with the same masks."""
+    import ultralytics.nn.modules.head as head
+
+    made, make = [], head.make_anchors
+    monkeypatch.setattr(head, "make_anchors", lambda feats, *args: made.append(feats[0].shape) or make(feats, *args))
+    small, large = clip(96, 64, 0), clip(160, 128, 1)
+    device = segmenter("yolo11n-seg.yaml", small, 0, conf=0.05).on_device
+    first = [device(batch.frames, batch.height, batch.width, capacity=4) for batch in (small, large)]
+    made.clear()
+    for _ in range(3):
+        again = [device(batch.frames, batch.height, batch.width, capacity=4) for batch in (small, large)]
+        assert [[m.rle() for m in masks] for masks in again] == [[m.rle() for m in masks] for masks in first]
+    assert made == []  # none made again
+    assert sum(len(m) for masks in first for m in masks) > 0

@@ -26,6 +26,7 @@ from pipeline.segment.model_input import Geometry
 WINDOW_BUDGET = 1 << 24  # float elements of mask windows assembled at once (64 MiB)
 GROUP_SLACK = 1 << 16  # operand floats a group of pieces may pad to whatever their own (256 KiB): past it, at most
 # twice their own (small windows are not padded to a large one's size)
+OPERATOR_WAITS = 4  # a geometry's maps made (`mask_operators`, once): each map's reach and starts read on the host
 SMALLEST_WINDOW = 8  # window sides are padded up the ladder 8, 12, 16, 24, 32, 48, … (at most 1.5× each way)
 
 
@@ -70,8 +71,10 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     that a batch launches a few kernels a piece, not dozens. At most a group's operands (WINDOW_BUDGET floats,
     twice that while they are made) and one piece's work (WINDOW_BUDGET) are held at once. All cross to the
     host in one copy (the windows, or their run lengths)."""
+    misses = mask_operators.cache_info().misses
     rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                 proto.device)
+    setup = OPERATOR_WAITS * (mask_operators.cache_info().misses - misses)  # waits making them (a new geometry)
     padded = np.stack([ladder(places[:, 3]), ladder(places[:, 2])], axis=1)  # h, w
     order = np.lexsort((padded[:, 1], padded[:, 0]))
     sizes, starts = np.unique(padded[order], axis=0, return_index=True)
@@ -101,7 +104,7 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
         strings: list[bytes | None] = [None] * len(added)
         for member, string in zip(added.tolist(), runs.strings()):
             strings[member] = string
-        return Windows(strings, runs.copies)
+        return Windows(strings, setup + runs.copies)
     flat = torch.cat(assembled).cpu().numpy()
     windows: list[np.ndarray] = [np.zeros((0, 0), dtype=bool)] * len(order)
     offset = 0
@@ -110,7 +113,7 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
         offset += block.size
         for k, window in zip(members.tolist(), block):
             windows[k] = window[:places[k, 3], :places[k, 2]]
-    return Windows(windows, 1)
+    return Windows(windows, setup + 1)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ NMS_CAPACITY = 512  # FIXED_NMS: the room for each frame's candidates in a first
 SMALLEST_ROOM = 64  # FIXED_NMS: the room never shrinks below this …
 MAX_ROOM = 1024  # … nor grows past this (its memory grows as its square: device_nms)
 FIXED_NMS = ("cuda",)  # devices where NMS runs at a fixed room, so that the host need not ask how many candidates
+ANCHOR_WAITS = 3  # waits on a CUDA device as ultralytics' head makes a level's anchors for an input shape new to
+# it (make_anchors: two aranges copied from the host, a fill with the stride, a device scalar): kept by shape here
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +70,9 @@ class Detections:
 
 @dataclass(frozen=True, kw_only=True)
 class Launched:
-    """A batch queued on the device (`DeviceYolo.launch`): what its post-processing needs, held until then."""
+    """A batch queued on the device (`DeviceYolo.launch`): what its post-processing needs, held until then. Every
+    tensor here is made on the model's stream before the event of the instances' copy (`queued.copy.done`), the
+    one event the masks' stream waits for before it reads them."""
 
     yolo: "DeviceYolo"
     preds: torch.Tensor  # (N, anchors, 4 + classes + 32)
@@ -106,6 +110,7 @@ class DeviceYolo:
         self._staging = transfer.Staging(self.device) if self.device.type == "cuda" else None
         self._post = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # masks' stream
         self._rooms: dict[int, int] = {}  # anchors → the room for NMS's candidates next (`_room`)
+        self._anchors: dict[tuple, tuple] = {}  # input shape → the head's anchors, strides and shape (`forward`)
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray, out_height: int, out_width: int, *, capacity: int = 0
@@ -124,11 +129,12 @@ class DeviceYolo:
         x, geometry = self.prepare(frames, capacity)
         preds, proto = self.forward(x)
         preds = self._checked(preds[:count].float())
+        proto = proto[:count].float()  # before the copy's event (`_detect`): the masks' stream waits on no other
         score, usable = self._scores(preds)
         size = (out_height, out_width)
         queued = self._detect(preds, score, usable, self._room(usable), geometry, size)
-        return Launched(yolo=self, preds=preds, score=score, usable=usable, proto=proto[:count].float(),
-                        geometry=geometry, size=size, queued=queued)
+        return Launched(yolo=self, preds=preds, score=score, usable=usable, proto=proto, geometry=geometry,
+                        size=size, queued=queued)
 
     @torch.inference_mode()
     def finish(self, launched: "Launched") -> list[FrameMasks]:
@@ -170,8 +176,20 @@ class DeviceYolo:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network alone: (N, 4 + classes + 32, anchors) predictions and (N, 32, mh, mw) prototypes."""
+        """The network alone: (N, 4 + classes + 32, anchors) predictions and (N, 32, mh, mw) prototypes. The head's
+        anchors are kept by input shape: ultralytics' head makes them again whenever its input's shape is not the
+        last one's (batches of two frame sizes in turn), waiting on a CUDA device each time (ANCHOR_WAITS a
+        level, counted); the same values, so the same bytes."""
+        head, shape = self.model.model[-1], tuple(x.shape)
+        known = self._anchors.get(shape)
+        if known is not None:
+            head.anchors, head.strides, head.shape = known
+        before = getattr(head, "anchors", None)
         (preds, proto), _ = self.model(x)
+        if known is None:
+            self._anchors[shape] = head.anchors, head.strides, head.shape
+            if head.anchors is not before and self.device.type == "cuda":
+                self.host_waits += ANCHOR_WAITS * head.nl
         return preds, proto
 
     def warm_up(self) -> None:
