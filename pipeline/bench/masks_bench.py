@@ -137,14 +137,14 @@ class Clock:
     """Wall time of a block, waiting for the GPU's queued work at both ends."""
 
     def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
+        self.device, self.cuda = device, device.startswith("cuda")
         self.seconds = 0.0
 
     def _sync(self) -> None:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)  # its GPU (cuda:N), not the current one
 
     def __enter__(self) -> "Clock":
         self._sync()
@@ -377,6 +377,6 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
         "stage_peak_gpu_allocated_bytes": stage_window["peak_gpu_allocated_bytes"],
         "stage_peak_gpu_reserved_bytes": stage_window["peak_gpu_reserved_bytes"],
         "bench_peak_host_bytes": probe.peak_rss_bytes(),
-        "bench_held_gpu_bytes": torch.cuda.memory_allocated() if device.startswith("cuda") else None,
+        "bench_held_gpu_bytes": torch.cuda.memory_allocated(device) if device.startswith("cuda") else None,
         "bytes_per_instance_frame": round(stored_bytes(run_dir) / max(1, summary.totals["instances"]), 1),
     }

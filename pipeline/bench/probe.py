@@ -102,9 +102,9 @@ def begin(spec: SegmenterSpec, *, profile: bool) -> None:
     _window["counters"] = counters(loaded(spec))
     _window["rss_reset"] = reset_peak_rss()
     cuda = spec.device.startswith("cuda") and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    if cuda:  # the spec's GPU (cuda:N), not the current one
+        torch.cuda.synchronize(spec.device)
+        torch.cuda.reset_peak_memory_stats(spec.device)
     if cuda and profile:
         try:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
@@ -120,14 +120,14 @@ def end(spec: SegmenterSpec) -> dict[str, Any]:
 
     cuda = spec.device.startswith("cuda") and torch.cuda.is_available()
     if cuda:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(spec.device)
     figures: dict[str, Any] = {
         "pid": os.getpid(),
         "host_waits_per_batch": waits_per_batch(_window.get("counters"), counters(loaded(spec))),
         "peak_host_bytes": peak_rss_bytes(),
         "peak_host_scope": "window" if _window.get("rss_reset") else "process",
-        "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
+        "peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated(spec.device) if cuda else None,
+        "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(spec.device) if cuda else None,
         "gpu_kernel_busy_s": None,
         "profiler_error": _window.get("profiler_error"),
     }
