@@ -18,11 +18,12 @@ def clip_path(root: Path, index: int) -> Path:
 
 
 def make_clip(root: Path, index: int, frames: int, width: int, height: int, *, pans: int = 0) -> Path:
-    """Clip `index`: a pan and zoom over one of the photos (the two in turn), lossy, 25 fps. The camera move is
-    seeded by the index, or with `pans` by the index modulo `pans`: clips then repeat the first `pans` moves."""
-    photo = cv2.cvtColor(cv2.imread(str(asset(("bus.jpg", "zidane.jpg")[index % 2]))), cv2.COLOR_BGR2RGB)
+    """Clip `index`: a pan and zoom over one of the photos (the two in turn), lossy, 25 fps, seeded by the index;
+    with `pans`, by the index modulo `pans`: clips then repeat the first `pans` clips' photos and moves."""
+    seed = index % pans if pans else index
+    photo = cv2.cvtColor(cv2.imread(str(asset(("bus.jpg", "zidane.jpg")[seed % 2]))), cv2.COLOR_BGR2RGB)
     path = clip_path(root, index)
-    write_video(path, pan_zoom(photo, width, height, frames, seed=index % pans if pans else index), FPS)
+    write_video(path, pan_zoom(photo, width, height, frames, seed=seed), FPS)
     return path
 
 

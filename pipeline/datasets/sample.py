@@ -173,9 +173,10 @@ def shape_clip(frames: int, width: int, height: int, *, seed: int) -> tuple[np.n
 def write_video(path: Path, frames: np.ndarray, fps: int, *, lossless: bool = False, rotation: int = 0,
                 codec: str = "libx264") -> None:
     """Encode RGB frames (yuv420p) as H.264, or VP9 with codec="libvpx-vp9" (for .webm, as SSv2 ships);
-    `lossless` keeps the luma exact. The same frames give the same bytes: x264's macroblock tree is off, since
-    with it the PyAV wheel's x264 encoded small frames (96x64) differently from run to run, 24 bitstreams in 60
-    encodes of one clip on this project's CPU (none at 340x256)."""
+    `lossless` keeps the luma exact. The same frames give the same H.264 bytes: x264's macroblock tree is off,
+    since with it the PyAV wheel's x264 encoded small frames (96x64) differently from run to run, 24 bitstreams
+    in 60 encodes of one clip on this project's CPU (none at 340x256). A .webm's container bytes still differ
+    (its packets do not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if codec == "libx264":
         options = {"qp": "0", "preset": "fast"} if lossless else {"crf": "20", "preset": "fast",

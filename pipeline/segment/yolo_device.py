@@ -38,6 +38,7 @@ MAX_ROOM = 1024  # … nor grows past this (its memory grows as its square: devi
 FIXED_NMS = ("cuda",)  # devices where NMS runs at a fixed room, so that the host need not ask how many candidates
 ANCHOR_WAITS = 3  # waits on a CUDA device as ultralytics' head makes a level's anchors for an input shape new to
 # it (make_anchors: two aranges copied from the host, a fill with the stride, a device scalar): kept by shape here
+KEPT_ANCHORS = 64  # input shapes whose anchors are kept (a frame size's batch and its halves after running out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,11 +183,15 @@ class DeviceYolo:
         level, counted); the same values, so the same bytes."""
         head, shape = self.model.model[-1], tuple(x.shape)
         known = self._anchors.get(shape)
-        if known is not None:
+        if known is not None and (known[0].device, known[0].dtype) == (x.device, x.dtype):
             head.anchors, head.strides, head.shape = known
+        else:
+            known = None
         before = getattr(head, "anchors", None)
         (preds, proto), _ = self.model(x)
         if known is None:
+            if len(self._anchors) >= KEPT_ANCHORS:
+                del self._anchors[next(iter(self._anchors))]  # the oldest
             self._anchors[shape] = head.anchors, head.strides, head.shape
             if head.anchors is not before and self.device.type == "cuda":
                 self.host_waits += ANCHOR_WAITS * head.nl
