@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PREDICT_FRAMES = 256
 CALIBRATION_FRAMES = 32  # a .yaml model's calibration frames, at least (a batch's where it holds more): a random
 # model's count a frame swings with the image (0 to 60 along one pan at 340x256), so that on 8 frames, 4 a clip,
-# the stage found 3.8 a frame where 8 were asked for, and 7.7 on 32 (/work/s13, thirteenth session)
+# the stage found 3.8 a frame where 8 were asked for (docs/PERFORMANCE.md, thirteenth session)
 PANS = 2  # the stage's clips repeat the two calibrated camera moves: other moves of the same photos found 1 a frame
 SEARCH_LOGIT = 4.0  # where a lively model's `instances`-th best logit a frame may lie at most: conf near 0.982,
 # far from where fp16 scores run out (their steps near 1 are 2^-11; sigmoid(x) rounds to 1 from x = 8.32) and
