@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,25 +33,29 @@ case "$1" in
                 case "$3" in
                     compiled | hostcost) echo '{}' > "$out" ;;
                     decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
-                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json" ;;
+                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json"
+                       if [ -n "${BENCH_SLEEP:-}" ]; then sleep "$BENCH_SLEEP"; fi ;;
                 esac ;;
         esac ;;
 esac
 """
 
 
-def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, str]:
+def gpu_check_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment that runs gpu_check with the stand-in Python (in tmp_path), its OUT tmp_path/out."""
     tmp_path.mkdir(exist_ok=True)
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     (tmp_path / "wheels").mkdir()
-    out, calls = tmp_path / "out", tmp_path / "calls"
+    return {**os.environ, "PY": str(fake), "WHEELS": str(tmp_path / "wheels"), "WORK": str(tmp_path / "work"),
+            "OUT": str(tmp_path / "out"), "CALLS": str(tmp_path / "calls"), **env}
+
+
+def gpu_check(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, str]:
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PY": str(fake), "WHEELS": str(tmp_path / "wheels"),
-                                            "WORK": str(tmp_path / "work"), "OUT": str(out), "CALLS": str(calls),
-                                            **env})
-    return done, out, calls.read_text()
+                          timeout=120, env=gpu_check_env(tmp_path, **env))
+    return done, tmp_path / "out", (tmp_path / "calls").read_text()
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -113,3 +119,23 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
     assert 0.95 < minutes <= 1  # a second less, if the clock's second turned since the script started)
     assert "bench of yolo11x-seg.yaml exit 124" in log  # no 90 s left after the 60 s kept for the probes
     assert sorted(p.name for p in out.iterdir()) == sorted(set(SEVEN) - {"bench-x.json"})
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_a_bench_stopped_from_outside_leaves_what_it_wrote_in_out(tmp_path):
+    """The device tool stops the whole command at its limit: a bench's JSON, which it rewrites after each size, is
+    copied to OUT as it changes, not only once the bench ends."""
+    env = gpu_check_env(tmp_path, BENCH_SLEEP="60", COPY_EVERY="0.2")
+    running = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    copied = tmp_path / "out" / "bench.json"
+    try:
+        deadline = time.monotonic() + 30
+        while not copied.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.poll() is None  # still in the bench, asleep
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)  # as the tool stops it: no step finishes
+        running.wait()
+    assert copied.read_text() == '{"complete": true}\n'
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "env.txt", "log"]
