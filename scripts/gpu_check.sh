@@ -70,12 +70,17 @@ run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench i
 }
 
 keep_copying() {  # keep_copying FROM TO: FROM copied to TO whenever it changes (the bench rewrites its JSON after
-    # each size), so that if the device tool stops the whole command mid-bench, OUT keeps the sizes done
-    while true; do
+    # each size), so that if the device tool stops the whole command mid-bench, OUT keeps the sizes done. Stopped
+    # by TERM: between copies at once; during one, once it is moved into place (no TO.part left in OUT)
+    local stop=
+    trap 'stop=1' TERM
+    while [ -z "$stop" ]; do
         sleep "$COPY_EVERY" &
-        wait $! || return  # a kill ends the wait at once (bash would finish a sleep in the foreground first)
+        wait $!
+        [ -z "$stop" ] || break
         if [ "$1" -nt "$2" ] && cp "$1" "$2.part"; then mv -f "$2.part" "$2"; fi
     done
+    kill $! 2>/dev/null  # its last sleep
 }
 
 bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skipped under 10: exit 124)

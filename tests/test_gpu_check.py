@@ -33,7 +33,8 @@ case "$1" in
                 case "$3" in
                     compiled | hostcost) echo '{}' > "$out" ;;
                     decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
-                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json"
+                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json.tmp"
+                       mv "$out/bench.json.tmp" "$out/bench.json"  # as the bench does: whole, or not at all
                        if [ -n "${BENCH_SLEEP:-}" ]; then sleep "$BENCH_SLEEP"; fi ;;
                 esac ;;
         esac ;;
@@ -135,7 +136,18 @@ def test_a_bench_stopped_from_outside_leaves_what_it_wrote_in_out(tmp_path):
             time.sleep(0.1)
         assert running.poll() is None  # still in the bench, asleep
     finally:
-        os.killpg(running.pid, signal.SIGKILL)  # as the tool stops it: no step finishes
+        kill_session(running.pid)  # as the tool stops it: no step finishes
         running.wait()
     assert copied.read_text() == '{"complete": true}\n'
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "env.txt", "log"]
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of a session (coreutils' timeout puts its command in a process group of its own)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
