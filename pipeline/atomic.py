@@ -29,7 +29,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented, key-sorted JSON (paths as strings), atomically."""
+def write_json(path: Path, data: Any, *, sort_keys: bool = True) -> str:
+    """Write `data` as indented JSON (paths as strings; keys sorted unless told), atomically; return the text."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=str)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(text + "\n")
+    return text

@@ -14,12 +14,12 @@
 # installed wheels, bench clips; emptied first), BENCH_MINUTES (2), BENCH_ARGS (extra flags of both benches),
 # TEST_SECONDS (120), X_MODEL (yolo11x-seg.yaml; empty: no second bench), X_MINUTES (0.5), PROBE_SECONDS (40),
 # PROBE_DECODERS (half the cores), COMPILE_SECONDS (60), HOSTCOST_SECONDS (60), TOTAL_SECONDS (560: the device
-# tool stops a command at 600, counted here from the script's start), COPY_EVERY (5: seconds between copies of a
-# running bench's JSON to OUT, so that a command stopped from outside keeps it). The steps' own limits add up to
-# 610 s: each bench's budget shrinks to fit, each probe's limit to what is left (less what it keeps for the probes
-# after it), a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if
-# SIGTERM does not stop it. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at most, if the
-# wheels install and the versions are read in their usual seconds (they have no limit of their own).
+# tool stops a command at 600, counted here from the script's start). The steps' own limits add up to 610 s: each
+# bench's budget shrinks to fit, each probe's limit to what is left (less what it keeps for the probes after it),
+# a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
+# stop it. The benches, hostcost and compiled rewrite their JSON in OUT as they go (decoding.json is copied once
+# its probe ends), so a command stopped from outside keeps what was measured. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at
+# most, if the wheels install and the versions are read in their usual seconds (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
@@ -35,7 +35,6 @@ PROBE_DECODERS=${PROBE_DECODERS:-$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))}
 COMPILE_SECONDS=${COMPILE_SECONDS:-60}
 HOSTCOST_SECONDS=${HOSTCOST_SECONDS:-60}
 TOTAL_SECONDS=${TOTAL_SECONDS:-560}
-COPY_EVERY=${COPY_EVERY:-5}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
 
@@ -54,33 +53,16 @@ budget() {  # budget MINUTES RESERVE: a bench's --minutes (MINUTES, or what is l
     echo "$minutes $(awk "BEGIN {s = int($minutes * 60); print (s < 10 ? s : s + 90)}")"
 }
 
-run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench in its budget, bench.json as OUT/JSON
-    local what=$1 json=$2 minutes seconds status copier
+run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench in its budget, its bench.json also
+    # written to OUT/JSON after each size (if the device tool stops the whole command mid-bench, the sizes done stay)
+    local what=$1 json=$2 minutes seconds status
     read -r minutes seconds < <(budget "$3" "$4")
     shift 4
-    keep_copying "$WORK/${json%.json}/bench.json" "$OUT/$json" </dev/null >/dev/null 2>&1 &
-    copier=$!
     bounded "$seconds" "$what: --minutes $minutes" "$PY" -m pipeline.bench --masks-only "$@" --minutes "$minutes" \
-        --out "$WORK/${json%.json}"
+        --out "$WORK/${json%.json}" --json "$OUT/$json"
     status=$?
-    kill "$copier" 2>/dev/null
-    wait "$copier" 2>/dev/null
-    cp "$WORK/${json%.json}/bench.json" "$OUT/$json" 2>/dev/null || echo "gpu_check: no $json"
+    [ -f "$OUT/$json" ] || echo "gpu_check: no $json"
     return "$status"
-}
-
-keep_copying() {  # keep_copying FROM TO: FROM copied to TO whenever it changes (the bench rewrites its JSON after
-    # each size), so that if the device tool stops the whole command mid-bench, OUT keeps the sizes done. Stopped
-    # by TERM: between copies at once; during one, once it is moved into place (no TO.part left in OUT)
-    local stop=
-    trap 'stop=1' TERM
-    while [ -z "$stop" ]; do
-        sleep "$COPY_EVERY" &
-        wait $!
-        [ -z "$stop" ] || break
-        if [ "$1" -nt "$2" ] && cp "$1" "$2.part"; then mv -f "$2.part" "$2"; fi
-    done
-    kill $! 2>/dev/null  # its last sleep
 }
 
 bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skipped under 10: exit 124)

@@ -35,7 +35,7 @@ def test_defaults_are_a_runs_settings_at_both_sizes():
 
 def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, monkeypatch, capsys):
     result = main([*TINY, "--clips", "3", "--minutes", "0.001", "--sizes", "96x64,128x96",
-                   "--out", str(tmp_path / "bench")])
+                   "--out", str(tmp_path / "bench"), "--json", str(tmp_path / "elsewhere" / "b.json")])
     assert list(result["masks"]) == ["96x64", "128x96"] and result["max_det"] == 100
     for size, masks in result["masks"].items():
         assert masks["clips"] == 1 and masks["rounds"] == 1 and masks["frames"] == 4, size  # the budget is spent
@@ -55,6 +55,7 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{\n"):]) == result
     assert json.loads((tmp_path / "bench" / "bench.json").read_text()) == result
+    assert json.loads((tmp_path / "elsewhere" / "b.json").read_text()) == result  # --json: written there too
 
 
 def test_a_relative_checkpoint_is_the_model_the_stage_runs(tmp_path, monkeypatch):

@@ -33,8 +33,9 @@ case "$1" in
                 case "$3" in
                     compiled | hostcost) echo '{}' > "$out" ;;
                     decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
-                    *) mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json.tmp"
-                       mv "$out/bench.json.tmp" "$out/bench.json"  # as the bench does: whole, or not at all
+                    *) json=$(printf '%s\n' "$@" | grep -A1 -x -- --json | tail -1)  # and in OUT, as it goes
+                       mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json"
+                       if [ -n "$json" ]; then echo '{"complete": true}' > "$json"; fi
                        if [ -n "${BENCH_SLEEP:-}" ]; then sleep "$BENCH_SLEEP"; fi ;;
                 esac ;;
         esac ;;
@@ -101,9 +102,9 @@ def test_bench_args_reach_both_benches_and_the_scripts_own_flags_win(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     first, second = [line for line in calls.splitlines() if "--masks-only" in line]
     assert first.endswith(f"--masks-only --frames 8 --minutes 9 --sizes 160x96 --out /elsewhere --minutes 2 --out "
-                          f"{tmp_path / 'work' / 'bench'}")
+                          f"{tmp_path / 'work' / 'bench'} --json {out / 'bench.json'}")
     assert second.endswith("--sizes 160x96 --out /elsewhere --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 "
-                           f"--out {tmp_path / 'work' / 'bench-x'}")
+                           f"--out {tmp_path / 'work' / 'bench-x'} --json {out / 'bench-x.json'}")
     assert sorted(p.name for p in out.iterdir()) == SEVEN
     assert "== bench --frames 8 --minutes 9 --sizes 160x96 --out /elsewhere: --minutes 2, at most" in (
         out / "log").read_text()
@@ -124,9 +125,9 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_a_bench_stopped_from_outside_leaves_what_it_wrote_in_out(tmp_path):
-    """The device tool stops the whole command at its limit: a bench's JSON, which it rewrites after each size, is
-    copied to OUT as it changes, not only once the bench ends."""
-    env = gpu_check_env(tmp_path, BENCH_SLEEP="60", COPY_EVERY="0.2")
+    """The device tool stops the whole command at its limit: a bench writes its JSON into OUT as it goes (--json),
+    not only once it ends (the bench's own writing after each size: tests/test_bench.py)."""
+    env = gpu_check_env(tmp_path, BENCH_SLEEP="60")
     running = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     copied = tmp_path / "out" / "bench.json"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import write_json
 from pipeline.segment import SegmenterSpec
 from pipeline.segment.yolo import YoloSegmenter
 
@@ -37,7 +38,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = YoloSegmenter(SegmenterSpec(model=args.model, device=args.device)).on_device
     report = {"model": args.model, "device": str(device.device), "batch": args.batch, "sizes": {}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     inputs, eager = {}, {}
     for size in args.sizes.split(","):  # every size's eager figure first, then each mode at every size in turn:
         width, height = map(int, size.split("x"))  # a slow compile leaves the faster modes' figures in place
@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
         eager[size] = [_outputs(device.model, x) for x in inputs[size]]
         fps = _timed(device.model, inputs[size][0], args.seconds)
         report["sizes"][size] = {"eager": {"fps": round(args.batch * fps, 1)}}
-        args.out.write_text(json.dumps(report, indent=2))
+        write_json(args.out, report, sort_keys=False)
     for mode in args.modes.split(","):
         for size, xs in inputs.items():
             report["sizes"][size][mode] = _compiled(device.model, xs, mode, eager[size], args)
-            args.out.write_text(json.dumps(report, indent=2))  # after each measurement: a timeout keeps it
+            write_json(args.out, report, sort_keys=False)  # after each measurement: a timeout keeps it
             print(size, mode, json.dumps(report["sizes"][size][mode]), flush=True)
     return report
 

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.atomic import write_json
 from pipeline.bench.clips import clip_path, make_clips
 from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.prefetch import prefetched
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         print(size, flush=True)
         report["sizes"][size] = measure(paths, args.decoders, [float(d) for d in args.duties.split(",")],
                                         [float(i) / 1000 for i in args.intervals.split(",")])
-        (args.out / "decoding.json").write_text(json.dumps(report, indent=2))  # after each size: a timeout keeps it
+        write_json(args.out / "decoding.json", report, sort_keys=False)  # after each size: a timeout keeps it
 
 
 def measure(paths: list[Path], decoders: int, duties: list[float], intervals: list[float]) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.atomic import write_json
 from pipeline.bench import probe
 from pipeline.bench.clips import make_clip
 from pipeline.bench.masks_bench import Clock, realistic_spec, spread
@@ -47,12 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("out/bench-hostcost.json"))
     args = parser.parse_args(argv)
     report = {"model": args.model, "device": args.device, "batch": args.batch, "host": host(), "sizes": {}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hostcost-") as work:  # the clips and weights: never beside --out
         for size in args.sizes.split(","):
             width, height = map(int, size.split("x"))
             report["sizes"][size] = measure(args, width, height, Path(work) / size)
-            args.out.write_text(json.dumps(report, indent=2))  # after each size: a timeout keeps what was measured
+            write_json(args.out, report, sort_keys=False)  # after each size: a timeout keeps what was measured
             print(size, json.dumps(report["sizes"][size]), flush=True)
     return report
 

@@ -26,7 +26,6 @@ A model built from a .yaml has seeded random weights made lively, with its score
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.atomic import write_json
 from pipeline.bench.budget import Budget
 from pipeline.bench.masks_bench import Clock, bench_size, stored_bytes
 from pipeline.bench.placement import stage_place
@@ -184,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loader-variants", default="human_only,scuba,background_only",
                         help="variants MaskedClips is measured with (comma-separated; empty: none)")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="work folder, emptied first")
+    parser.add_argument("--json", type=Path, help="bench.json written here too, as it is in OUT (after each size)")
     return parser.parse_args(argv)
 
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                 frames=frames, batch=result["batch"], repeat=args.repeat, decoders=args.decoders,
                 instances=args.instances,
                 seconds=budget.share(len(sizes) - i, reserve), hold_bytes=args.hold_mib << 20)
-            write_result(args.out, result | {"elapsed_s": round(budget.elapsed(), 1), "complete": False})
+            write_result(args, result | {"elapsed_s": round(budget.elapsed(), 1), "complete": False})
     if not args.masks_only:
         folder = args.out / "x".join(map(str, sizes[0]))
         repeat = args.repeat if budget.left() > 0 else 1
@@ -230,16 +231,15 @@ def main(argv: list[str] | None = None) -> dict:
             result["loader"] = bench_loader(folder / "data", folder / "run", loader_variants,
                                             result["selfie_masks"]["run_tag"], repeat, frames)
     result |= {"elapsed_s": round(budget.elapsed(), 1), "complete": True}
-    print(write_result(args.out, result), flush=True)
+    print(write_result(args, result), flush=True)
     return result
 
 
-def write_result(out: Path, result: dict) -> str:
-    """OUT/bench.json, rewritten after each size (a bench stopped by a time limit keeps the sizes done)."""
-    text = json.dumps(result, indent=2)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json.tmp").write_text(text + "\n")
-    os.replace(out / "bench.json.tmp", out / "bench.json")
+def write_result(args: argparse.Namespace, result: dict) -> str:
+    """OUT/bench.json (and --json), rewritten after each size: a bench stopped by a time limit, or the whole
+    command stopped from outside, keeps the sizes done."""
+    for path in (args.out / "bench.json", *([args.json] if args.json else [])):
+        text = write_json(path, result, sort_keys=False)
     return text
 
 
