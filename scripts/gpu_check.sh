@@ -58,6 +58,7 @@ run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench i
     local what=$1 json=$2 minutes seconds status
     read -r minutes seconds < <(budget "$3" "$4")
     shift 4
+    rm -f "$OUT/$json"  # not an earlier run's (OUT is not emptied)
     bounded "$seconds" "$what: --minutes $minutes" "$PY" -m pipeline.bench --masks-only "$@" --minutes "$minutes" \
         --out "$WORK/${json%.json}" --json "$OUT/$json"
     status=$?

@@ -58,6 +58,24 @@ def test_bench_reports_each_size_from_the_stage_within_its_minutes(tmp_path, mon
     assert json.loads((tmp_path / "elsewhere" / "b.json").read_text()) == result  # --json: written there too
 
 
+def test_a_bench_stopped_part_way_keeps_the_sizes_done_in_both_its_files(tmp_path, monkeypatch):
+    """bench.json, and the --json copy gpu_check reads from OUT, are rewritten after each size: a bench stopped
+    during the second size (a time limit, the device tool stopping the command) leaves the first."""
+    import pipeline.bench.throughput as throughput
+
+    def stopped_at_the_second(folder, spec, place, *, width, height, **kwargs):
+        if (width, height) == (128, 96):
+            raise KeyboardInterrupt
+        return {"frames": 4}
+
+    monkeypatch.setattr(throughput, "bench_size", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TINY, "--sizes", "96x64,128x96", "--out", str(tmp_path / "bench"), "--json", str(tmp_path / "b.json")])
+    for path in (tmp_path / "bench" / "bench.json", tmp_path / "b.json"):
+        written = json.loads(path.read_text())
+        assert written["complete"] is False and written["masks"] == {"96x64": {"frames": 4}}, path
+
+
 def test_a_relative_checkpoint_is_the_model_the_stage_runs(tmp_path, monkeypatch):
     from ultralytics import YOLO
 

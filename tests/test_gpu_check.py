@@ -91,9 +91,13 @@ def test_the_second_model_is_left_out_when_asked_and_skipped_without_time(tmp_pa
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_the_second_bench_failing_fails_the_check(tmp_path):
+    (tmp_path / "out").mkdir(parents=True)
+    (tmp_path / "out" / "bench-x.json").write_text("{}")  # an earlier run's, in an OUT used again
     done, out, _ = gpu_check(tmp_path, FAIL_MODEL="1")
     assert done.returncode == 1
-    assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 3" in (out / "log").read_text()
+    log = (out / "log").read_text()
+    assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 3" in log
+    assert "gpu_check: no bench-x.json" in log and not (out / "bench-x.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -126,7 +130,8 @@ def test_a_step_without_time_left_is_skipped_and_says_so(tmp_path):
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_a_bench_stopped_from_outside_leaves_what_it_wrote_in_out(tmp_path):
     """The device tool stops the whole command at its limit: a bench writes its JSON into OUT as it goes (--json),
-    not only once it ends (the bench's own writing after each size: tests/test_bench.py)."""
+    not only once it ends (the bench's own writing after each size: tests/test_bench.py, a bench stopped part
+    way)."""
     env = gpu_check_env(tmp_path, BENCH_SLEEP="60")
     running = subprocess.Popen(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
