@@ -139,7 +139,7 @@ def test_device_letterbox_is_opencvs_within_rounding(size):
     assert torch.equal(half, letterbox(torch.from_numpy(frames), geometry, torch.float32).half())
 
 
-@pytest.mark.parametrize("size", [(340, 256), (171, 128), (1280, 720), (500, 500), (320, 240)])
+@pytest.mark.parametrize("size", [(340, 256), (171, 128), (1280, 720), (500, 500), (320, 240), (256, 340), (240, 320)])
 def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size):
     """Enlarged frames are resized planar on a CPU (faster): the model's input must still be the values and the
     channels-last layout of the interleaved resize, since the network's kernels, and so the masks' bytes, follow

@@ -50,20 +50,29 @@ class Geometry:
 
 
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
-    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded."""
+    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded, in the frames'
+    layout (channels-last for interleaved frames: the layout the network runs fastest on, and whose kernels
+    shaped the masks). The values of resizing, padding with PAD_VALUE and dividing by 255 in turn
+    (tests/test_yolo_device.py), in fewer passes: the frames become float in the layout they are resized in, and
+    the resized frames are divided straight into the padded input, whose margins alone are filled."""
     # float32 even for a half model: half keeps steps of 1/8 above 128, so its rounding to uint8 steps would differ
     x = frames.permute(0, 3, 1, 2)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     size = (geometry.new_height, geometry.new_width)
     if size != (geometry.height, geometry.width):
-        planar = _resize_planar(x, geometry)
-        x = F.interpolate((x.contiguous() if planar else x).float(), size=size, mode="bilinear", align_corners=False)
+        planar = torch.contiguous_format if _resize_planar(x, geometry) else torch.preserve_format
+        x = F.interpolate(x.to(torch.float32, memory_format=planar), size=size, mode="bilinear", align_corners=False)
         x = x.round_().clamp_(0, 255)  # uint8 steps, as OpenCV's resize gives them
-        if planar:  # back to the layout the network runs fastest on (and whose kernels shaped the masks)
-            x = x.contiguous(memory_format=torch.channels_last)
-    bottom = geometry.input_height - geometry.new_height - geometry.top
-    right = geometry.input_width - geometry.new_width - geometry.left
-    x = F.pad(x.float(), (geometry.left, right, geometry.top, bottom), value=PAD_VALUE)
-    return x.div_(255).to(dtype)
+    out = torch.empty((len(x), 3, geometry.input_height, geometry.input_width), dtype=torch.float32,
+                      device=x.device, memory_format=layout)
+    top, left = geometry.top, geometry.left
+    bottom, right = top + geometry.new_height, left + geometry.new_width
+    torch.div(x, 255, out=out[:, :, top:bottom, left:right])
+    grey = PAD_VALUE / 255  # what dividing the float32 pad value by 255 gives (the quotient rounds the same)
+    for margin in (out[:, :, :top], out[:, :, bottom:], out[:, :, top:bottom, :left], out[:, :, top:bottom, right:]):
+        if margin.numel():
+            margin.fill_(grey)
+    return out.to(dtype)
 
 
 def _resize_planar(x: torch.Tensor, geometry: Geometry) -> bool:
