@@ -17,8 +17,8 @@
 # tool stops a command at 600, counted here from the script's start). The steps' own limits add up to 610 s: each
 # bench's budget shrinks to fit, each probe's limit to what is left (less what it keeps for the probes after it),
 # a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
-# stop it. The benches, hostcost and compiled rewrite their JSON in OUT as they go (decoding.json is copied once
-# its probe ends), so a command stopped from outside keeps what was measured. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at
+# stop it. The benches and the probes rewrite their JSON in OUT as they go (the decoding probe after each size), so
+# a command stopped from outside keeps what was measured. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at
 # most, if the wheels install and the versions are read in their usual seconds (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -151,10 +151,11 @@ EOF
     # the other probes keep 30 s
     bounded "$(at_most "$HOSTCOST_SECONDS" "$(left 30)")" "the device path's host time, and this host's speed" \
         "$PY" -m pipeline.bench hostcost --repeat 2 --out "$OUT/hostcost.json"
+    rm -f "$OUT/decoding.json"  # not an earlier run's (OUT is not emptied)
     bounded "$(at_most "$PROBE_SECONDS" "$(left 20)")" "decoders on threads or in processes beside a busy thread" \
         "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
-        --frames 60 --out "$WORK/decoding"  # the compile probe keeps 20 s
-    cp "$WORK/decoding/decoding.json" "$OUT/decoding.json" 2>/dev/null || echo "gpu_check: no decoding.json"
+        --frames 60 --out "$WORK/decoding" --json "$OUT/decoding.json"  # the compile probe keeps 20 s
+    [ -f "$OUT/decoding.json" ] || echo "gpu_check: no decoding.json"
     bounded "$(at_most "$COMPILE_SECONDS" "$(left)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
         "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
     local files

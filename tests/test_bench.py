@@ -212,8 +212,9 @@ def test_the_decoding_bench_times_threads_and_processes_beside_a_busy_thread(tmp
     from pipeline.bench.decoding import main as decoding
 
     decoding(["--out", str(tmp_path), "--clips", "2", "--frames", "8", "--sizes", "96x64", "--duties", "0.5",
-              "--intervals", "5,0.5"])
-    report = json.loads((tmp_path / "decoding.json").read_text())
+              "--intervals", "5,0.5", "--json", str(tmp_path / "report" / "decoding.json")])
+    assert not (tmp_path / "decoding.json").exists()  # where --json says (gpu_check's OUT), not beside the clips
+    report = json.loads((tmp_path / "report" / "decoding.json").read_text())
     runs = report["sizes"]["96x64"]["runs"]
     assert report["sizes"]["96x64"]["frames"] == 16  # every frame, decoded each way
     assert [(r["decoders_on"], r["switch_interval_ms"]) for r in runs] == [("threads", 5), ("threads", 0.5),

@@ -32,7 +32,9 @@ case "$1" in
                 out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
                 case "$3" in
                     compiled | hostcost) echo '{}' > "$out" ;;
-                    decoding) mkdir -p "$out" && echo '{}' > "$out/decoding.json" ;;
+                    decoding) if [ -n "${FAIL_DECODING:-}" ]; then exit 3; fi
+                              json=$(printf '%s\n' "$@" | grep -A1 -x -- --json | tail -1)
+                              mkdir -p "$out" && echo '{}' > "${json:-$out/decoding.json}" ;;
                     *) json=$(printf '%s\n' "$@" | grep -A1 -x -- --json | tail -1)  # and in OUT, as it goes
                        mkdir -p "$out" && echo '{"complete": true}' > "$out/bench.json"
                        if [ -n "$json" ]; then echo '{"complete": true}' > "$json"; fi
@@ -68,7 +70,7 @@ def test_the_gpu_check_leaves_seven_files_and_runs_every_step(tmp_path):
     assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 0" in (out / "log").read_text()
     assert "-m pytest -q -rs -m gpu" in calls and "--masks-only --minutes 2 --out" in calls
     assert "--masks-only --model yolo11x-seg.yaml --sizes 340x256 --minutes 0.5 --out" in calls
-    assert "pipeline.bench decoding" in calls and "pipeline.bench compiled" in calls
+    assert f"--json {out / 'decoding.json'}" in calls and "pipeline.bench compiled" in calls
     assert "pipeline.bench hostcost --repeat 2 --out" in calls
 
 
@@ -98,6 +100,15 @@ def test_the_second_bench_failing_fails_the_check(tmp_path):
     log = (out / "log").read_text()
     assert "== done: tests exit 0, bench exit 0, bench of yolo11x-seg.yaml exit 3" in log
     assert "gpu_check: no bench-x.json" in log and not (out / "bench-x.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_a_failed_decoding_probe_leaves_no_earlier_report(tmp_path):
+    (tmp_path / "out").mkdir(parents=True)
+    (tmp_path / "out" / "decoding.json").write_text('{"earlier": true}')  # an earlier run's, in an OUT used again
+    done, out, _ = gpu_check(tmp_path, FAIL_DECODING="1")
+    assert done.returncode == 0  # a probe's failure fails nothing
+    assert "gpu_check: no decoding.json" in (out / "log").read_text() and not (out / "decoding.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")

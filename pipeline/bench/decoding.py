@@ -31,6 +31,7 @@ DONE = None  # a process decoder's last message
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench decoding", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("out/bench-decoding"), help="clips and decoding.json")
+    parser.add_argument("--json", type=Path, help="the report's path (default: OUT/decoding.json)")
     parser.add_argument("--decoders", type=int, default=1)
     parser.add_argument("--clips", type=int, default=8, help="clips per frame size (split among the decoders)")
     parser.add_argument("--frames", type=int, default=120, help="frames per clip")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duties", default="1,0.5", help="shares of the time the loop holds the lock")
     parser.add_argument("--intervals", default="5,0.5", help="sys.setswitchinterval values (ms) for threads")
     args = parser.parse_args(argv)
-    report = {"decoders": args.decoders, "sizes": {}}
+    report, json_path = {"decoders": args.decoders, "sizes": {}}, args.json or args.out / "decoding.json"
     for size in args.sizes.split(","):
         width, height = map(int, size.split("x"))
         root = args.out / f"clips-{size}"
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         print(size, flush=True)
         report["sizes"][size] = measure(paths, args.decoders, [float(d) for d in args.duties.split(",")],
                                         [float(i) / 1000 for i in args.intervals.split(",")])
-        write_json(args.out / "decoding.json", report, sort_keys=False)  # after each size: a timeout keeps it
+        write_json(json_path, report, sort_keys=False)  # after each size: a timeout keeps it
 
 
 def measure(paths: list[Path], decoders: int, duties: list[float], intervals: list[float]) -> dict:
