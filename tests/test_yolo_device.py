@@ -139,25 +139,34 @@ def test_device_letterbox_is_opencvs_within_rounding(size):
     assert torch.equal(half, letterbox(torch.from_numpy(frames), geometry, torch.float32).half())
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs a CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("size", [(340, 256), (171, 128), (1280, 720), (500, 500), (320, 240), (256, 340), (240, 320)])
-def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size):
-    """Enlarged frames are resized planar on a CPU (faster): the model's input must still be the values and the
-    channels-last layout of the interleaved resize, since the network's kernels, and so the masks' bytes, follow
-    the layout (a planar input ran 25-30% slower here, and its predictions differed)."""
+def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size, device):
+    """Enlarged frames are resized planar on a CPU (faster), and the input is made in fewer passes than step by
+    step: the model's input must still be the values and the layout of resizing, padding and dividing in turn,
+    since the network's kernels, and so the masks' bytes, follow the layout (a planar input ran 25-30% slower
+    here, and its predictions differed); on CUDA, whose division by 255 is a multiplication, too."""
     import torch.nn.functional as F
 
     from pipeline.segment.model_input import PAD_VALUE, letterbox
 
     width, height = size
     geometry = Geometry.of(height, width, input_size(height, width, None), 32)
-    pixels = np.random.default_rng(width).integers(0, 256, (3, height, width, 3), dtype=np.uint8)
-    planar = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NHWC over NCHW memory
+    pixels = np.random.default_rng(width).integers(0, 256, (3, height + 3, width + 2, 4), dtype=np.uint8)
+    dense = torch.from_numpy(np.ascontiguousarray(pixels[:, :height, :width, :3])).to(device)
+    planar = dense.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # NHWC over NCHW memory
+    sliced = torch.from_numpy(pixels).to(device)[:, 3:, 1:-1, :3]  # a crop of RGBA frames: not dense
     threads = torch.get_num_threads()
-    cases = [(n, frames) for n in (1, 2) for frames in (torch.from_numpy(pixels), torch.from_numpy(pixels[:1]), planar)]
+    cases = [(n, frames) for n in (1, 2) for frames in (dense, dense[:1], planar, sliced, dense[::2])]
     for n, frames in cases:  # the planar resize is taken on 2 threads (where it is faster), not on 1; torch's
         torch.set_num_threads(n)  # interleaved resize itself rounds differently on 1 thread than on several
         try:
             ours = letterbox(frames, geometry, torch.float32)
+            half = letterbox(frames, geometry, torch.float16)
             x = frames.permute(0, 3, 1, 2).float()  # as it was made before: in the frames' layout throughout
             if (geometry.new_height, geometry.new_width) != (height, width):
                 x = F.interpolate(x, size=(geometry.new_height, geometry.new_width), mode="bilinear",
@@ -167,6 +176,7 @@ def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size):
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(ours, x) and ours.stride() == x.stride()
+        assert torch.equal(half, x.half()) and half.stride() == x.stride()
         assert ours.is_contiguous(memory_format=torch.channels_last) == (frames is not planar)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format  # Tensor.suggest_memory_format, which torch keeps private
 
 PAD_VALUE = 114  # ultralytics' letterbox grey
 
@@ -50,14 +51,15 @@ class Geometry:
 
 
 def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> torch.Tensor:
-    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded, in the frames'
-    layout (channels-last for interleaved frames: the layout the network runs fastest on, and whose kernels
-    shaped the masks). The values of resizing, padding with PAD_VALUE and dividing by 255 in turn
-    (tests/test_yolo_device.py), in fewer passes: the frames become float in the layout they are resized in, and
-    the resized frames are divided straight into the padded input, whose margins alone are filled."""
+    """(N, h, w, 3) uint8 RGB on the device → (N, 3, H, W) model input in [0, 1], grey-padded, in the layout
+    torch suggests for the frames (channels-last for interleaved frames, a crop or a slice of them: the layout the
+    network runs fastest on, and whose kernels shaped the masks). The values and layout of resizing, padding with
+    PAD_VALUE and dividing by 255 in turn (tests/test_yolo_device.py), in fewer passes: the frames become float
+    in the layout they are resized in, the resized frames are divided straight into the padded input, and its
+    margins alone are filled (with the pad value divided there, by the same kernel)."""
     # float32 even for a half model: half keeps steps of 1/8 above 128, so its rounding to uint8 steps would differ
     x = frames.permute(0, 3, 1, 2)
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    layout = suggest_memory_format(x)  # the layout F.pad gave the input when it was made step by step
     size = (geometry.new_height, geometry.new_width)
     if size != (geometry.height, geometry.width):
         planar = torch.contiguous_format if _resize_planar(x, geometry) else torch.preserve_format
@@ -68,10 +70,9 @@ def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> t
     top, left = geometry.top, geometry.left
     bottom, right = top + geometry.new_height, left + geometry.new_width
     torch.div(x, 255, out=out[:, :, top:bottom, left:right])
-    grey = PAD_VALUE / 255  # what dividing the float32 pad value by 255 gives (the quotient rounds the same)
     for margin in (out[:, :, :top], out[:, :, bottom:], out[:, :, top:bottom, :left], out[:, :, top:bottom, right:]):
-        if margin.numel():
-            margin.fill_(grey)
+        if margin.numel():  # divided on the device, as the frames are: CUDA multiplies by 1/255, a CPU divides
+            margin.fill_(PAD_VALUE).div_(255)
     return out.to(dtype)
 
 
