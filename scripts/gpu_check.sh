@@ -36,6 +36,9 @@ COMPILE_SECONDS=${COMPILE_SECONDS:-60}
 HOSTCOST_SECONDS=${HOSTCOST_SECONDS:-60}
 TOTAL_SECONDS=${TOTAL_SECONDS:-560}
 mkdir -p "$OUT" && rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+for report in bench.json bench-x.json hostcost.json decoding.json compiled.json; do  # what the steps write in OUT:
+    rm -f "$OUT/$report"  # not an earlier run's (OUT is not emptied), so that a step that writes none leaves none
+done
 export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$WORK/ultralytics MPLCONFIGDIR=$WORK/matplotlib
 
 left() {  # seconds left of TOTAL_SECONDS, less $1 kept back
@@ -58,7 +61,6 @@ run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench i
     local what=$1 json=$2 minutes seconds status
     read -r minutes seconds < <(budget "$3" "$4")
     shift 4
-    rm -f "$OUT/$json"  # not an earlier run's (OUT is not emptied)
     bounded "$seconds" "$what: --minutes $minutes" "$PY" -m pipeline.bench --masks-only "$@" --minutes "$minutes" \
         --out "$WORK/${json%.json}" --json "$OUT/$json"
     status=$?
@@ -151,13 +153,14 @@ EOF
     # the other probes keep 30 s
     bounded "$(at_most "$HOSTCOST_SECONDS" "$(left 30)")" "the device path's host time, and this host's speed" \
         "$PY" -m pipeline.bench hostcost --repeat 2 --out "$OUT/hostcost.json"
-    rm -f "$OUT/decoding.json"  # not an earlier run's (OUT is not emptied)
+    [ -f "$OUT/hostcost.json" ] || echo "gpu_check: no hostcost.json"
     bounded "$(at_most "$PROBE_SECONDS" "$(left 20)")" "decoders on threads or in processes beside a busy thread" \
         "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
         --frames 60 --out "$WORK/decoding" --json "$OUT/decoding.json"  # the compile probe keeps 20 s
     [ -f "$OUT/decoding.json" ] || echo "gpu_check: no decoding.json"
     bounded "$(at_most "$COMPILE_SECONDS" "$(left)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
         "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
+    [ -f "$OUT/compiled.json" ] || echo "gpu_check: no compiled.json"
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"

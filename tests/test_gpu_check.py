@@ -31,8 +31,9 @@ case "$1" in
                 if [ -n "${FAIL_MODEL:-}" ] && printf '%s\n' "$@" | grep -qx -- --model; then exit 3; fi
                 out=$(printf '%s\n' "$@" | grep -A1 -x -- --out | tail -1)
                 case "$3" in
-                    compiled | hostcost) echo '{}' > "$out" ;;
-                    decoding) if [ -n "${FAIL_DECODING:-}" ]; then exit 3; fi
+                    compiled | hostcost) if [ -n "${FAIL_PROBES:-}" ]; then exit 3; fi
+                                         echo '{}' > "$out" ;;
+                    decoding) if [ -n "${FAIL_PROBES:-}" ]; then exit 3; fi
                               json=$(printf '%s\n' "$@" | grep -A1 -x -- --json | tail -1)
                               mkdir -p "$out" && echo '{}' > "${json:-$out/decoding.json}" ;;
                     *) json=$(printf '%s\n' "$@" | grep -A1 -x -- --json | tail -1)  # and in OUT, as it goes
@@ -103,12 +104,16 @@ def test_the_second_bench_failing_fails_the_check(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
-def test_a_failed_decoding_probe_leaves_no_earlier_report(tmp_path):
+def test_failed_probes_leave_no_earlier_reports(tmp_path):
+    probes = ["compiled.json", "decoding.json", "hostcost.json"]
     (tmp_path / "out").mkdir(parents=True)
-    (tmp_path / "out" / "decoding.json").write_text('{"earlier": true}')  # an earlier run's, in an OUT used again
-    done, out, _ = gpu_check(tmp_path, FAIL_DECODING="1")
+    for name in probes:  # an earlier run's, in an OUT used again
+        (tmp_path / "out" / name).write_text('{"earlier": true}')
+    done, out, _ = gpu_check(tmp_path, FAIL_PROBES="1")
     assert done.returncode == 0  # a probe's failure fails nothing
-    assert "gpu_check: no decoding.json" in (out / "log").read_text() and not (out / "decoding.json").exists()
+    log = (out / "log").read_text()
+    for name in probes:
+        assert f"gpu_check: no {name}" in log and not (out / name).exists()
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")

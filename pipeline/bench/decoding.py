@@ -30,8 +30,9 @@ DONE = None  # a process decoder's last message
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench decoding", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/bench-decoding"), help="clips and decoding.json")
-    parser.add_argument("--json", type=Path, help="the report's path (default: OUT/decoding.json)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-decoding"),
+                        help="the clips, and decoding.json unless --json says where")
+    parser.add_argument("--json", type=Path, help="the report's path, in place of OUT/decoding.json")
     parser.add_argument("--decoders", type=int, default=1)
     parser.add_argument("--clips", type=int, default=8, help="clips per frame size (split among the decoders)")
     parser.add_argument("--frames", type=int, default=120, help="frames per clip")
