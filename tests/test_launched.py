@@ -217,18 +217,19 @@ def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_i
 
     host = FakePinned(monkeypatch)
     memory = PinnedFrames(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB; 16 KiB cached is handed back
+    assert host.emptied == 1 and memory.emptied == 0  # what earlier feeders left cached (nothing here)
     small = [memory((10, 1000)) for _ in range(5)]  # 10,000 bytes: a 16 KiB block each
     assert memory.ordinary == 1 and host.active == 64 << 10 and all(a.shape == (10, 1000) for a in small)
     del small[:2]
     small.append(memory((10, 1000)))  # a cached block of its size: taken again, nothing more pinned
     assert memory.ordinary == 1 and host.allocated == 64 << 10
     large = memory((20, 1000))  # a 32 KiB block does not fit beside 48 KiB in use
-    assert memory.ordinary == 2 and host.emptied == 0
+    assert memory.ordinary == 2 and host.emptied == 1
     small.clear()
     del large
     large = memory((20, 1000))  # fits beside nothing in use, but 64 KiB of smaller blocks cached: handed back
     assert large.shape == (20, 1000) and memory.ordinary == 2
-    assert host.emptied == memory.emptied == 1 and host.allocated == host.active == 32 << 10
+    assert host.emptied == 2 and memory.emptied == 1 and host.allocated == host.active == 32 << 10
     assert host.allocated <= 80 << 10
     with caplog.at_level(logging.WARNING, logger="pipeline.segment.transfer"):
         monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {})  # a torch that does not count: no pinning
@@ -257,6 +258,23 @@ def test_frames_of_several_sizes_share_the_largest_budget_without_handing_blocks
     del held[0]  # 16 KiB cached, too little to hand back
     held.append(memory((20, 1000)))  # 48 + 32 KiB in use, and the 16 KiB: past 80 KiB, within the budget
     assert memory.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
+
+
+def test_a_new_feeder_hands_back_the_blocks_earlier_feeders_left_cached(monkeypatch):
+    """Each shard's feeders count their own blocks from nothing: the blocks earlier feeders freed are handed back
+    as a new one starts, or, shard after shard of other frame sizes, torch would keep each size's cached blocks
+    pinned, past every feeder's budget (a review by reading found it: 592 KiB held for budgets of 400)."""
+    from pipeline.segment.transfer import PinnedFrames
+
+    host = FakePinned(monkeypatch)
+    budget = 400 << 10
+    for frame in (500, 1000, 2000, 4000):  # each shard's clips at another size: 8, 16, 32 and 64 KiB blocks
+        memory = PinnedFrames(lambda frame_bytes: budget)  # the shard's feeder (4 blocks in use: within its room)
+        for _ in range(20):
+            pieces = [memory((10, frame)) for _ in range(4)]
+            del pieces
+        assert memory.ordinary == 0 and host.allocated <= budget  # without the hand-back: 480 KiB at the last
+    assert host.allocated == 4 * (64 << 10)  # the last feeder's blocks alone
 
 
 def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in_use(monkeypatch):

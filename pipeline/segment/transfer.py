@@ -28,10 +28,13 @@ class PinnedFrames:
     against the largest budget asked for so far (a clip of smaller frames does not shrink it): a piece is pinned
     while the blocks in use and its own fit in four fifths of it; a new block that takes them and the cached ones
     past that hands the cached ones back (torch never gives them to this piece), if they are a fifth of the budget
-    or more. Pinned memory for frames thus stays within the budget. Cached blocks are handed back at most once for
-    each fifth of it freed and not reused, as far as this count knows: other pinned memory (staging buffers, copies
-    of results, another feeder's frames) may take a block counted here as cached, and then a hand-back may come
-    sooner. Each feeder has its own (a shard's two feeders run in turn). Where torch keeps no pinned-memory
+    or more. Cached blocks are handed back at most once for each fifth of it freed and not reused, as far as this
+    count knows: other pinned memory (staging buffers, copies of results, another feeder's frames) may take a block
+    counted here as cached, and then a hand-back may come sooner. Each feeder has its own (a shard's two feeders
+    run in turn), and a new one starts by handing back what torch keeps cached: the blocks earlier feeders freed,
+    which no count here knows, and which a feeder of other frame sizes would never take again (shard after shard,
+    each size's blocks would stay pinned). Pinned memory for frames thus stays within the budget, twice it while a
+    shard's second feeder runs after its first. Where torch keeps no pinned-memory
     statistics (it may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to
     the GPU is done, as a piece is once its batch's masks are taken (which wait for the copy), or once the feeder
     that launched it is gone."""
@@ -49,7 +52,9 @@ class PinnedFrames:
         self._seen: set[int] = set()  # the frame sizes whose budget was asked for
         self._lock = threading.Lock()
         self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
-        if not self.counted:
+        if self.counted:
+            empty_pinned_cache()  # earlier feeders' cached blocks (their copies are done: their batches were taken)
+        else:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
 
