@@ -109,8 +109,8 @@ def test_a_small_capacity_is_reported_and_the_batch_redone_exactly():
 def test_where_torch_lacks_nonzero_static_for_the_device_each_call_with_a_capacity_counts_a_wait(monkeypatch):
     windows = torch.ones((2, 4, 4), dtype=torch.bool)
     origin, extent = torch.zeros((2, 2), dtype=torch.long), torch.full((2, 2), 4)
-    assert device_rle.static_nonzero("cpu")  # this torch has it on the CPU
-    monkeypatch.setattr(device_rle, "static_nonzero", lambda device_type: False)
+    assert device_rle.static_nonzero(torch.device("cpu"))  # this torch has it on the CPU
+    monkeypatch.setattr(device_rle, "static_nonzero", lambda device: False)
     batch = device_rle.RunBatch(8, 8)
     batch.add(windows, origin, extent, capacity=64)
     batch.add(windows, origin, extent, capacity=64)  # encoded with the first: one call, one wait
@@ -118,6 +118,27 @@ def test_where_torch_lacks_nonzero_static_for_the_device_each_call_with_a_capaci
     assert len(batch.fetch()) == 6 and batch.copies == 2 and batch.calls == 2
     batch.add(windows, origin, extent, capacity=64)
     assert len(batch.fetch()) == 2 and batch.copies == 2  # counted from the fetch before
+
+
+def test_running_out_of_memory_while_asking_for_nonzero_static_is_not_kept_as_its_answer(monkeypatch):
+    """A device short of memory for the one-element probe says nothing of what this torch can do: kept as "no",
+    every later batch would wait for the device to find its windows' changes."""
+    probe, calls = torch.nonzero_static, []
+
+    def short_once(*args, **kwargs):
+        calls.append(args[0].device)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("out of memory (injected)")
+        return probe(*args, **kwargs)
+
+    device_rle.static_nonzero.cache_clear()
+    monkeypatch.setattr(torch, "nonzero_static", short_once)
+    try:
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            device_rle.static_nonzero(torch.device("cpu"))
+        assert device_rle.static_nonzero(torch.device("cpu")) and calls == [torch.device("cpu")] * 2
+    finally:
+        device_rle.static_nonzero.cache_clear()
 
 
 def test_chunks_of_several_sizes_are_encoded_in_one_call_within_the_change_flags_budget(monkeypatch):

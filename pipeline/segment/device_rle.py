@@ -195,7 +195,7 @@ class RunBatch:
         packed = run_lengths(windows, origin, extent, self.height, self.width, capacity=capacity)
         self.calls += 1
         self._chunks.append(_Chunk(windows, origin, extent, capacity, packed))
-        if capacity is not None and not static_nonzero(windows.device.type):
+        if capacity is not None and not static_nonzero(windows.device):
             self._waited += 1  # torch.nonzero in its place waited for the device
 
     def fetch(self) -> list[np.ndarray]:
@@ -244,11 +244,14 @@ def encode(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, he
 
 
 @functools.cache
-def static_nonzero(device_type: str) -> bool:
-    """Whether this torch has nonzero_static for the device type (CUDA: torch 2.6 on): without it, finding a
-    window's changes waits for the device."""
+def static_nonzero(device: torch.device) -> bool:
+    """Whether this torch has nonzero_static for the device (CUDA: torch 2.6 on): without it, finding a window's
+    changes waits for the device. Asked of the device itself (on `cuda`, the current one would start a context on
+    another GPU); running out of its memory is raised, not kept as the answer."""
     try:
-        torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device_type), size=1)
+        torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device), size=1)
+    except torch.cuda.OutOfMemoryError:
+        raise
     except (AttributeError, NotImplementedError, RuntimeError):
         return False
     return True
@@ -257,7 +260,7 @@ def static_nonzero(device_type: str) -> bool:
 def _nonzero_static(flat: torch.Tensor, size: int) -> torch.Tensor:
     """The first `size` indices of `flat`'s nonzero entries, -1 past them, without waiting for the device where
     torch has nonzero_static for it (CUDA: torch 2.6 on); elsewhere through torch.nonzero, the same values."""
-    if static_nonzero(flat.device.type):
+    if static_nonzero(flat.device):
         return torch.nonzero_static(flat, size=size, fill_value=-1)[:, 0]
     at = flat.nonzero()[:size, 0]
     return torch.cat([at, at.new_full((size - len(at),), -1)])
