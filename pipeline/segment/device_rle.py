@@ -147,7 +147,9 @@ class RunBatch:
     `run_lengths` call for as many as CHANGE_FLAGS and the padding's waste allow (`_worth_padding`): a batch's
     windows come in one chunk for each padded size they were assembled at, and each call is dozens of kernels.
     Chunks with a capacity are not encoded with chunks without (those wait for the device to size their result). A
-    call whose capacity was too small is redone exactly (one more copy, logged)."""
+    call whose capacity was too small is redone exactly (one more copy, logged), from its windows: every chunk's
+    windows (booleans, padded as encoded) are held until `fetch`, a batch's in all (184 MiB for 16 frames of 40
+    instances each at 1280×720, by a review's count), past mask_windows' WINDOW_BUDGET for the work in flight."""
 
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width

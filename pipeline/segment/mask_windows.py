@@ -69,8 +69,9 @@ def mask_windows(kept: Instances, chosen: np.ndarray, *, frame: np.ndarray, rank
     padded size, as many as WINDOW_BUDGET allows (a piece); the operands of consecutive pieces are made at once,
     at the largest of their sizes (`operands`: each piece reads exact copies of its own values; `_groups`), so
     that a batch launches a few kernels a piece, not dozens. At most a group's operands (WINDOW_BUDGET floats,
-    twice that while they are made) and one piece's work (WINDOW_BUDGET) are held at once. All cross to the
-    host in one copy (the windows, or their run lengths)."""
+    twice that while they are made) and one piece's work (WINDOW_BUDGET) are held at once, besides the windows
+    made so far: the batch's booleans, kept until they cross (as windows; on a device_rle.DEVICES device, until
+    their runs do: `RunBatch`). All cross to the host in one copy (the windows, or their run lengths)."""
     misses = mask_operators.cache_info().misses
     rows, cols = mask_operators(tuple(proto.shape[2:]), geometry.height, geometry.width, height, width,
                                 proto.device)
