@@ -384,3 +384,32 @@ def test_staging_copies_pinned_pieces_as_they_are_and_stages_the_others(monkeypa
     np.testing.assert_array_equal(staging.copy([pieces[0], frames[3:4].copy(), pieces[2]], 10).numpy(), expected)
     np.testing.assert_array_equal(staging.copy([frames], 0).numpy(), frames)
     assert staging.staged == 2 and staging.buffers[0] is not None and staging.buffers[1] is not None
+
+
+def test_work_on_a_side_stream_that_raises_is_waited_for_by_the_stream_outside(monkeypatch):
+    """A batch's masks are assembled on a stream of their own from tensors made on the model's: if that work raises
+    part way (out of memory, then the batch is split), the model's stream waits for what was queued before the
+    tensors, dropped with the error, can be reused there. Streams stand in for CUDA's here."""
+    from pipeline.segment import transfer
+
+    class Stream:
+        device = torch.device("cuda", 0)
+
+        def __init__(self) -> None:
+            self.waited: list[object] = []
+
+        def wait_event(self, event) -> None:
+            self.waited.append(event)
+
+        def wait_stream(self, other) -> None:
+            self.waited.append(other)
+
+    outer, side = Stream(), Stream()
+    monkeypatch.setattr(transfer.torch.cuda, "current_stream", lambda device=None: outer)
+    monkeypatch.setattr(transfer.torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    with transfer.side_stream(side, after="copied"):
+        pass
+    assert side.waited == ["copied"] and outer.waited == []  # work that ends is waited for by its results' copy
+    with pytest.raises(torch.cuda.OutOfMemoryError), transfer.side_stream(side, after=None):
+        raise torch.cuda.OutOfMemoryError("out of memory (injected)")
+    assert outer.waited == [side]

@@ -200,14 +200,23 @@ class HostCopy:
 @contextlib.contextmanager
 def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | None):
     """Work queued inside runs on `stream` once `after` has happened (None: the current stream, as it is). The
-    caller keeps the tensors it reads alive until that work is done (it waits for its results)."""
+    caller keeps the tensors it reads alive until that work is done (it waits for its results). If the work
+    raises part way, the stream that was current waits for what was queued on `stream` before the error goes
+    on: the tensors it read, made on that stream and dropped with the error, are not given to that stream's next
+    work while `stream` may still read them (torch's allocator reuses a block at once on the stream it was made
+    on)."""
     if stream is None:
         yield
         return
     if after is not None:
         stream.wait_event(after)
-    with torch.cuda.stream(stream):
-        yield
+    outer = torch.cuda.current_stream(stream.device)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    except BaseException:
+        outer.wait_stream(stream)
+        raise
 
 
 def index_to_device(order: np.ndarray, device: torch.device) -> torch.Tensor:
