@@ -180,6 +180,27 @@ def test_letterbox_keeps_the_values_and_layout_the_masks_were_made_with(size, de
         assert ours.is_contiguous(memory_format=torch.channels_last) == (frames is not planar)
 
 
+def test_a_half_models_scores_meet_conf_in_half_precision_as_predict_compares_them():
+    """predict() on a half model (CUDA) compares its half scores with `conf` rounded to half: a score equal to
+    half(0.7) = 0.7002 is not over it. The device path compares scores made fp32 with `conf` in the model's
+    precision, so that it keeps what predict() keeps."""
+    import copy
+
+    from pipeline.segment.yolo_device import DeviceYolo
+
+    network = YoloSegmenter(SegmenterSpec(model="yolo11n-seg.yaml")).on_device.model
+    scores = [0.7001953125, 0.69970703125, 0.75]  # half(0.7), the half below it, one over
+    preds = torch.zeros((1, len(scores), 4 + 80 + 32))
+    preds[0, :, 4] = torch.tensor(scores)
+    for half, expected in ((True, (torch.tensor(scores, dtype=torch.float16) > 0.7).tolist()),
+                           (False, [True, False, True])):
+        yolo = DeviceYolo(copy.deepcopy(network), device="cpu", half=half, conf=0.7, iou=0.7, max_det=100,
+                          classes=list(range(80)), imgsz=None)
+        _, usable = yolo._scores(preds)
+        assert usable[0].tolist() == expected
+    assert expected != (torch.tensor(scores, dtype=torch.float16) > 0.7).tolist()  # the two precisions differ here
+
+
 def test_window_rle_is_pycocotools_bytes():
     rng = np.random.default_rng(0)
     for _ in range(500):

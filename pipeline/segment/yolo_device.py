@@ -217,13 +217,16 @@ class DeviceYolo:
         return preds.transpose(1, 2)
 
     def _scores(self, preds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each anchor's best class score, and whether the anchor is a candidate: over the threshold, its best
-        class (the first of equal scores) a kept one, its box finite (an fp16 overflow is dropped before anything
-        indexes with it). Which class is best is asked for only where some are not kept (on a CPU the scores
-        alone are ten times faster); `_detect` finds it at the candidates."""
+        """Each anchor's best class score, and whether the anchor is a candidate: over the threshold (a half
+        model's scores against `conf` rounded to half, as predict() compares them), its best class (the first of
+        equal scores) a kept one, its box finite (an fp16 overflow is dropped before anything indexes with it).
+        Which class is best is asked for only where some are not kept (on a CPU the scores alone are ten times
+        faster); `_detect` finds it at the candidates."""
         scores = preds[..., 4:4 + self.nc]
         score = scores.amax(dim=2)
-        usable = (score > self.conf) & torch.isfinite(preds[..., :4]).all(dim=2)
+        conf = self.conf if self.dtype != torch.float16 else float(np.float16(np.float32(self.conf)))  # as torch
+        # casts a Python number to half (through float32) where predict() compares a half model's scores with it
+        usable = (score > conf) & torch.isfinite(preds[..., :4]).all(dim=2)
         if self.some_classes:
             usable &= self.kept[scores.max(dim=2).indices]
         return score, usable
