@@ -298,6 +298,7 @@ def test_predict_stays_selectable_and_is_in_the_fingerprint():
     assert "nms" in device.output_fields() and "nms" not in predict.output_fields()  # its NMS changed once
     on_cuda = SegmenterSpec(model="yolo11n-seg.yaml", device="cuda").output_fields()  # its fp16 input changed once
     assert "half_input" in on_cuda and "half_input" not in device.output_fields()
+    assert "half_conf" in on_cuda and "half_conf" not in device.output_fields()  # its threshold changed once
     selfie = SegmenterSpec(backend="selfie")
     assert "inference" not in selfie.output_fields()
     from pipeline.segment import SegmenterLoadError

@@ -23,6 +23,7 @@ class SegmenterLoadError(RuntimeError):
 
 DEVICE_NMS = "greedy by class, float64 IoU, ties by anchor"  # YOLO's device path's NMS (another: another run tag)
 HALF_INPUT = "resized in float32"  # YOLO's device path in fp16: its letterbox (it once resized in half precision)
+HALF_CONF = "scores over conf in half"  # and its threshold (it once kept scores equal to conf rounded to half)
 RANDOM = "random"  # SAM checkpoint value that builds the architecture with random weights (tests, timing)
 
 
@@ -113,8 +114,9 @@ class SegmenterSpec:
         fields = {k: v for k, v in self.__dict__.items() if k not in unused}
         if self.backend == "yolo" and self.inference == "device":  # its NMS once kept other borderline boxes
             fields["nms"] = DEVICE_NMS
-            if self.device.startswith("cuda"):  # fp16 there: its input once took other rounding steps
-                fields["half_input"] = HALF_INPUT
+            if self.device.startswith("cuda"):  # fp16 there: its input once took other rounding steps, and its
+                fields["half_input"] = HALF_INPUT  # threshold kept other borderline scores
+                fields["half_conf"] = HALF_CONF
         if self.refine:  # absent rather than None when unset; the precision SAM runs in (a GPU without it does not
             cuda = self.device.startswith("cuda")  # load), and the encoder's batch size, which changes kernels
             fields["refine"] = {**self.refine.output_fields(), "images": self.refine.images if cuda else 1,
