@@ -119,7 +119,8 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 def to_host_rles(masks: torch.Tensor) -> tuple[np.ndarray, list[bytes | None]]:
     """(N, 4) int boxes and N pycocotools RLE strings (None for an empty mask) of an (N, H, W) bool stack, the
-    run lengths made on the device (device_rle). Two waits: the boxes, then every mask's runs."""
+    run lengths made on the device (device_rle). Two waits: the boxes, then every mask's runs (two more for each
+    part whose runs outgrew their room, redone exactly: `RunBatch.fetch`)."""
     from pipeline.segment import device_rle
 
     boxes = tight_boxes(masks)
