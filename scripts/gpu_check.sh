@@ -122,7 +122,8 @@ if torch.cuda.is_available():  # what transfer.PinnedFrames and device_rle rely 
           f"not counted as expected: {before}, {during}, {cached})")
     print("cached pinned blocks:", "handed back" if counts and after <= before else
           f"NOT handed back ({cached} -> {after}): PinnedFrames' hand-backs free nothing")
-    print("nonzero_static on CUDA:", "yes" if static_nonzero("cuda") else "NO (each RLE chunk waits for the GPU)")
+    here = torch.device("cuda", torch.cuda.current_device())
+    print("nonzero_static on CUDA:", "yes" if static_nonzero(here) else "NO (each RLE chunk waits for the GPU)")
 EOF
     } 2>&1 | tee "$OUT/env.txt"
     "$PY" -c "import av, cv2, distributed, pycocotools, torch, ultralytics" \

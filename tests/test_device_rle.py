@@ -141,6 +141,24 @@ def test_running_out_of_memory_while_asking_for_nonzero_static_is_not_kept_as_it
         device_rle.static_nonzero.cache_clear()
 
 
+def test_nonzero_static_is_asked_of_the_datas_device_itself(monkeypatch):
+    """On `cuda:1` the probe runs there, not on the current device (a context on another GPU), and a device's
+    "no" is its own."""
+    ones, made = torch.ones, []
+
+    def spying(*args, device=None, **kwargs):
+        made.append(device)
+        return ones(*args, **kwargs)  # on the CPU, where this test runs
+
+    device_rle.static_nonzero.cache_clear()
+    monkeypatch.setattr(torch, "ones", spying)
+    try:
+        assert device_rle.static_nonzero(torch.device("cuda", 1))
+        assert made == [torch.device("cuda", 1)]
+    finally:
+        device_rle.static_nonzero.cache_clear()
+
+
 def test_chunks_of_several_sizes_are_encoded_in_one_call_within_the_change_flags_budget(monkeypatch):
     """A batch's windows come in a chunk for each padded size: encoded together, padded to the largest (the padding
     holds ones that must not count), pycocotools' bytes; chunks with a capacity and without are not mixed, and

@@ -388,28 +388,48 @@ def test_staging_copies_pinned_pieces_as_they_are_and_stages_the_others(monkeypa
 
 def test_work_on_a_side_stream_that_raises_is_waited_for_by_the_stream_outside(monkeypatch):
     """A batch's masks are assembled on a stream of their own from tensors made on the model's: if that work raises
-    part way (out of memory, then the batch is split), the model's stream waits for what was queued before the
-    tensors, dropped with the error, can be reused there. Streams stand in for CUDA's here."""
+    part way (out of memory, then the batch is split), the model's stream (current outside) waits for what was
+    queued before the tensors, dropped with the error, can be reused there; and the error itself goes on, even
+    where the wait fails too (a context the error broke). Streams stand in for CUDA's here."""
     from pipeline.segment import transfer
 
     class Stream:
-        device = torch.device("cuda", 0)
-
-        def __init__(self) -> None:
-            self.waited: list[object] = []
+        def __init__(self, device: torch.device) -> None:
+            self.device, self.waited = device, []
 
         def wait_event(self, event) -> None:
             self.waited.append(event)
 
         def wait_stream(self, other) -> None:
+            if broken:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
             self.waited.append(other)
 
-    outer, side = Stream(), Stream()
-    monkeypatch.setattr(transfer.torch.cuda, "current_stream", lambda device=None: outer)
-    monkeypatch.setattr(transfer.torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    device = torch.device("cuda", 1)
+    outer, side, asked, broken = Stream(device), Stream(device), [], False
+    current = {device: outer}
+
+    @contextlib.contextmanager
+    def switched(stream):
+        before, current[stream.device] = current[stream.device], stream
+        try:
+            yield
+        finally:
+            current[stream.device] = before
+
+    def current_stream(where=None):
+        asked.append(where)
+        return current[where]
+
+    monkeypatch.setattr(transfer.torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(transfer.torch.cuda, "stream", switched)
     with transfer.side_stream(side, after="copied"):
-        pass
+        assert current[device] is side
     assert side.waited == ["copied"] and outer.waited == []  # work that ends is waited for by its results' copy
     with pytest.raises(torch.cuda.OutOfMemoryError), transfer.side_stream(side, after=None):
         raise torch.cuda.OutOfMemoryError("out of memory (injected)")
-    assert outer.waited == [side]
+    assert outer.waited == [side] and side.waited == ["copied"] and current[device] is outer
+    assert asked and all(where == device for where in asked)  # the side stream's device, not the current one
+    broken = True
+    with pytest.raises(torch.cuda.OutOfMemoryError), transfer.side_stream(side, after=None):
+        raise torch.cuda.OutOfMemoryError("out of memory (injected)")

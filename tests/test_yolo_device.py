@@ -189,16 +189,20 @@ def test_a_half_models_scores_meet_conf_in_half_precision_as_predict_compares_th
     from pipeline.segment.yolo_device import DeviceYolo
 
     network = YoloSegmenter(SegmenterSpec(model="yolo11n-seg.yaml")).on_device.model
-    scores = [0.7001953125, 0.69970703125, 0.75]  # half(0.7), the half below it, one over
+    # half(0.7), the half below it, one over; 0.70068359375 is half(c) for c = 0.700439454125 rounded once, while
+    # torch rounds c through float32 to 0.7001953125: a score of it is over c in half precision
+    scores = [0.7001953125, 0.69970703125, 0.75, 0.70068359375]
     preds = torch.zeros((1, len(scores), 4 + 80 + 32))
     preds[0, :, 4] = torch.tensor(scores)
-    for half, expected in ((True, (torch.tensor(scores, dtype=torch.float16) > 0.7).tolist()),
-                           (False, [True, False, True])):
-        yolo = DeviceYolo(copy.deepcopy(network), device="cpu", half=half, conf=0.7, iou=0.7, max_det=100,
-                          classes=list(range(80)), imgsz=None)
-        _, usable = yolo._scores(preds)
-        assert usable[0].tolist() == expected
-    assert expected != (torch.tensor(scores, dtype=torch.float16) > 0.7).tolist()  # the two precisions differ here
+    for conf, in_fp32 in ((0.7, [True, False, True, True]), (0.700439454125, [False, False, True, True])):
+        in_half = (torch.tensor(scores, dtype=torch.float16) > conf).tolist()  # as predict() compares on CUDA
+        rounded_once = (torch.tensor(scores) > float(np.float16(conf))).tolist()
+        assert in_half != (in_fp32 if conf == 0.7 else rounded_once)  # what each case tells apart
+        for half, expected in ((True, in_half), (False, in_fp32)):
+            yolo = DeviceYolo(copy.deepcopy(network), device="cpu", half=half, conf=conf, iou=0.7, max_det=100,
+                              classes=list(range(80)), imgsz=None)
+            _, usable = yolo._scores(preds)
+            assert usable[0].tolist() == expected, (conf, half)
 
 
 def test_window_rle_is_pycocotools_bytes():

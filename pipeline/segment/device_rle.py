@@ -249,12 +249,11 @@ def encode(windows: torch.Tensor, origin: torch.Tensor, extent: torch.Tensor, he
 def static_nonzero(device: torch.device) -> bool:
     """Whether this torch has nonzero_static for the device (CUDA: torch 2.6 on): without it, finding a window's
     changes waits for the device. Asked of the device itself (on `cuda`, the current one would start a context on
-    another GPU); running out of its memory is raised, not kept as the answer."""
+    another GPU). Only a missing function or kernel is the answer "no": any other error (out of memory, a device
+    error) is raised, not kept as the answer for the life of the process."""
     try:
         torch.nonzero_static(torch.ones(1, dtype=torch.bool, device=device), size=1)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (AttributeError, NotImplementedError, RuntimeError):
+    except (AttributeError, NotImplementedError):
         return False
     return True
 

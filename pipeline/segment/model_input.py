@@ -59,7 +59,8 @@ def letterbox(frames: torch.Tensor, geometry: Geometry, dtype: torch.dtype) -> t
     margins alone are filled (with the pad value divided there, by the same kernel)."""
     # float32 even for a half model: half keeps steps of 1/8 above 128, so its rounding to uint8 steps would differ
     x = frames.permute(0, 3, 1, 2)
-    layout = suggest_memory_format(x)  # the layout F.pad gave the input when it was made step by step
+    layout = suggest_memory_format(x)  # as F.pad chose it when the input was made step by step (dense or sliced
+    # frames: tested; a broadcast or transposed view may differ, which nothing here makes)
     size = (geometry.new_height, geometry.new_width)
     if size != (geometry.height, geometry.width):
         planar = torch.contiguous_format if _resize_planar(x, geometry) else torch.preserve_format

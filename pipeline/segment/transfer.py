@@ -33,11 +33,12 @@ class PinnedFrames:
     counted here as cached, and then a hand-back may come sooner. Each feeder has its own (a shard's two feeders
     run in turn), and a new one starts by handing back what torch keeps cached: the blocks earlier feeders freed,
     which no count here knows, and which a feeder of other frame sizes would never take again (shard after shard,
-    each size's blocks would stay pinned). Pinned memory for frames thus stays within the budget, twice it while a
-    shard's second feeder runs after its first. Where torch keeps no pinned-memory
-    statistics (it may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to
-    the GPU is done, as a piece is once its batch's masks are taken (which wait for the copy), or once the feeder
-    that launched it is gone."""
+    each size's blocks would stay pinned). Each shard thus pins its frames' blocks afresh (not measured on a GPU).
+    Pinned memory for frames stays within the budget, twice it while a shard's second feeder (its retries, alone)
+    runs after its first: one count shared by a segmenter's feeders would hold it to one. Where torch keeps no
+    pinned-memory statistics (it may not count what it pins), nothing is pinned. A pinned array is safe to drop
+    once its copy to the GPU is done, as a piece is once its batch's masks are taken (which wait for the copy), or
+    once the feeder that launched it is gone."""
 
     def __init__(self, budget: Callable[[int], int]) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
@@ -53,7 +54,7 @@ class PinnedFrames:
         self._lock = threading.Lock()
         self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
         if self.counted:
-            empty_pinned_cache()  # earlier feeders' cached blocks (their copies are done: their batches were taken)
+            empty_pinned_cache()  # earlier feeders' cached blocks (torch frees no block in use or still copied)
         else:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
@@ -214,8 +215,11 @@ def side_stream(stream: torch.cuda.Stream | None, *, after: torch.cuda.Event | N
     try:
         with torch.cuda.stream(stream):
             yield
-    except BaseException:
-        outer.wait_stream(stream)
+    except BaseException as error:
+        try:
+            outer.wait_stream(stream)
+        except Exception:  # noqa: BLE001 - a context the error broke: the error itself goes on, not this one
+            log.debug("could not make the stream wait after %r", error, exc_info=True)
         raise
 
 
