@@ -18,8 +18,9 @@
 # bench's budget shrinks to fit, each probe's limit to what is left (less what it keeps for the probes after it),
 # a step with under 10 s left is skipped, and says so; each step is killed 10 s after its limit if SIGTERM does not
 # stop it. The benches and the probes rewrite their JSON in OUT as they go (the decoding probe after each size), so
-# a command stopped from outside keeps what was measured. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md, "GPU check"). About 9 min 20 s at
-# most, if the wheels install and the versions are read in their usual seconds (they have no limit of their own).
+# a command stopped from outside keeps what was measured. The wheels: scripts/gpu_wheels.sh (docs/PERFORMANCE.md,
+# "GPU check"). About 9 min 20 s at most, if the wheels install and the versions are read in their usual seconds
+# (they have no limit of their own).
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/gpu-check}
@@ -64,8 +65,12 @@ run_bench() {  # run_bench WHAT JSON MINUTES RESERVE FLAGS...: the masks bench i
     bounded "$seconds" "$what: --minutes $minutes" "$PY" -m pipeline.bench --masks-only "$@" --minutes "$minutes" \
         --out "$WORK/${json%.json}" --json "$OUT/$json"
     status=$?
-    [ -f "$OUT/$json" ] || echo "gpu_check: no $json"
+    written "$json"
     return "$status"
+}
+
+written() {  # written JSON: says so where a step left no OUT/JSON (it failed, was skipped or stopped first)
+    [ -f "$OUT/$1" ] || echo "gpu_check: no $1"
 }
 
 bounded() {  # bounded SECONDS WHAT COMMAND...: run it for at most SECONDS (skipped under 10: exit 124)
@@ -154,14 +159,14 @@ EOF
     # the other probes keep 30 s
     bounded "$(at_most "$HOSTCOST_SECONDS" "$(left 30)")" "the device path's host time, and this host's speed" \
         "$PY" -m pipeline.bench hostcost --repeat 2 --out "$OUT/hostcost.json"
-    [ -f "$OUT/hostcost.json" ] || echo "gpu_check: no hostcost.json"
+    written hostcost.json
     bounded "$(at_most "$PROBE_SECONDS" "$(left 20)")" "decoders on threads or in processes beside a busy thread" \
         "$PY" -m pipeline.bench decoding --decoders "$PROBE_DECODERS" --clips "$((2 * PROBE_DECODERS))" \
         --frames 60 --out "$WORK/decoding" --json "$OUT/decoding.json"  # the compile probe keeps 20 s
-    [ -f "$OUT/decoding.json" ] || echo "gpu_check: no decoding.json"
+    written decoding.json
     bounded "$(at_most "$COMPILE_SECONDS" "$(left)")" "the forward eager or compiled (torch.compile, CUDA graphs)" \
         "$PY" -m pipeline.bench compiled --seconds 5 --out "$OUT/compiled.json"
-    [ -f "$OUT/compiled.json" ] || echo "gpu_check: no compiled.json"
+    written compiled.json
     local files
     files=$(find "$OUT" -type f | wc -l)
     [ "$files" -le 8 ] || echo "gpu_check: $files files in $OUT, and the device tool brings back at most 8"
