@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,24 @@ from pipeline.gpu_workers import (
 log = logging.getLogger(__name__)
 
 KINDS = ("slurm", "pbs", "sge")
+
+# What Dask's nanny sets in a worker's environment before it starts the worker's process (its `pre-spawn-environ`),
+# changed for the workers a run starts. None unsets Dask's MALLOC_TRIM_THRESHOLD_=65536: any such setting fixes
+# glibc's thresholds, so that every block over 128 KiB (a network layer's output, a batch of frames) is mapped
+# afresh and its pages faulted in on every use; a CPU network's forward ran at 0.71-0.78x a plain process's, in
+# a worker at 0.6x (docs/PERFORMANCE.md, fifteenth session). Workers keep glibc's own thresholds, as the driver.
+NANNY_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
+
+
+def nanny_environ_config() -> dict:
+    """NANNY_ENVIRON as `dask.config.set` takes it, for the nannies of workers started in this process."""
+    return {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in NANNY_ENVIRON.items()}
+
+
+def nanny_environ_export() -> str:
+    """NANNY_ENVIRON as a job script's line sets it for the nannies the job starts (Dask reads its config from
+    DASK_ variables; a dict's keys keep their case, and None unsets)."""
+    return f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(repr(NANNY_ENVIRON))}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +163,7 @@ def job_cluster(spec: ClusterSpec, *, dashboard: str | None = None, adapt: bool 
     walltime = walltime_seconds(spec.walltime)  # retire before the batch system kills the job
     worker_args = ["--lifetime", f"{walltime - min(300, walltime // 10)}s", "--lifetime-stagger", f"{min(60, walltime // 20)}s"]
     directives = list(spec.directives)
-    setup = list(spec.setup)
+    setup = [nanny_environ_export(), *spec.setup]  # the file's own lines after: they may set it otherwise
     if spec.gpus:
         worker_args += ["--resources", "GPU=1", "--preload", "pipeline.gpu_preload"]
         setup += [f"export {GPUS_PER_JOB_ENV}={spec.gpus}", f"export {CORES_ENV}={spec.threads_per_worker()}"]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.cluster import ClusterSpec, scheduler_http
+from pipeline.cluster import ClusterSpec, nanny_environ_config, scheduler_http
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,9 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
     # clip that kills workers is given up (claims.Tries) before Dask gives up its whole shard (KilledWorker):
     # with several clips in flight a death is first uncounted (a shared try), then max_tries alone, and room
     # for a second such clip in the shard.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 2 * (options.max_tries + 1)}):
+    # Workers started here get NANNY_ENVIRON (glibc's own memory thresholds: pipeline.cluster).
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2 * (options.max_tries + 1),
+                          **nanny_environ_config()}):
         if options.cluster:
             from pipeline.cluster import job_cluster
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -71,6 +73,20 @@ def test_gpu_jobs_run_one_gpu_worker_per_gpu():
         assert args in script, args
     pbs = job_script(dataclasses.replace(spec, kind="pbs", directives=("-l ngpus=2",)))
     assert "#PBS -l ngpus=2" in pbs and "gres" not in pbs and "--resources GPU=1" in pbs
+
+
+def test_job_workers_start_with_glibc_memory_thresholds_not_dasks_trim_setting():
+    """Dask's nanny would start each worker with MALLOC_TRIM_THRESHOLD_=65536 (a CPU forward at 0.6-0.8x): the job
+    script's first setup line unsets it for the nannies the job starts; the file's own setup lines come after."""
+    lines = job_script(ClusterSpec(kind="slurm", cores=2, memory="8GB", setup=("module load x",))).splitlines()
+    export = next(line for line in lines if "PRE_SPAWN_ENVIRON" in line)
+    assert lines.index(export) < lines.index("module load x")
+    shown = subprocess.run(
+        ["bash", "-c", f"{export}; {shlex.quote(sys.executable)} -c 'from distributed.nanny import _get_env_variables; "
+                       "print(sorted(_get_env_variables(\"distributed.nanny.pre-spawn-environ\").items()))'"],
+        capture_output=True, text=True, check=True, env={k: v for k, v in os.environ.items()
+                                                          if k != "MALLOC_TRIM_THRESHOLD_"}).stdout
+    assert "MALLOC_TRIM_THRESHOLD_" not in shown and "('OMP_NUM_THREADS', '1')" in shown  # Dask's others kept
 
 
 def test_cpu_jobs_run_one_single_threaded_worker_per_core():

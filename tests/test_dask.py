@@ -137,6 +137,22 @@ def test_gpu_workers_each_see_one_gpu_and_take_gpu_tasks():
     assert not failed and len(seen) == 6 and set(seen) == {"0", "1"}
 
 
+def memory_environ(_: object) -> tuple[str | None, str | None]:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize("options", [ExecOptions(workers=1), ExecOptions(gpus=("0",))], ids=["cpu", "gpu"])
+def test_workers_started_here_keep_glibcs_memory_thresholds(options, monkeypatch):
+    """Dask's nanny would start them with MALLOC_TRIM_THRESHOLD_=65536, which made a CPU forward 0.6-0.8x as fast;
+    its other settings stay (a worker's numpy on one thread)."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a nanny started by another test sets it here
+    seen = []
+    failed = run_tasks(memory_environ, [0], names=["0"], options=options, on_done=lambda _, found: seen.append(found),
+                       resources={GPU: 1} if options.gpus else None)
+    assert not failed and seen == [(None, "1")]
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor set in this process for the nannies started later
+
+
 def test_gpu_stage_on_a_cluster_without_gpu_workers_fails_at_once_and_clearly(shapes_dataset, tmp_path):
     root, _ = shapes_dataset
     spec = SegmenterSpec(backend=LUMA, device="cuda")
