@@ -1,23 +1,26 @@
 """The same stage on two Dask worker processes gives the same shards as in-process; GPU workers and resources."""
 
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import dask
 import pytest
 import torch
 from distributed import Client, LocalCluster
 
+from pipeline.cluster import nanny_environ_config
 from pipeline.engine.journal import BEGIN, OK
 from pipeline.engine.records import ShardTask
 from pipeline.engine.run import run_stage
 from pipeline.engine.tries import Tries
 from pipeline.engine.worker_plugin import ReleaseOnClose
 from pipeline.errors import InputError
-from pipeline.executor import GPU, ExecOptions, run_tasks
+from pipeline.executor import GPU, ExecOptions, dask_client, run_tasks
 from pipeline.masks import run_masks
 from pipeline.segment import SegmenterSpec
 from tests.conftest import LUMA
@@ -151,6 +154,19 @@ def test_workers_started_here_keep_glibcs_memory_thresholds(options, monkeypatch
                        resources={GPU: 1} if options.gpus else None)
     assert not failed and seen == [(None, "1")]
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor set in this process for the nannies started later
+
+
+@pytest.mark.parametrize("told", [False, True], ids=["dasks-default", "told"])
+def test_workers_started_elsewhere_with_dasks_trim_setting_are_warned_about(told, caplog, monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "")  # recorded, so that the nanny's setting here is undone after
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    with dask.config.set(nanny_environ_config() if told else {}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with caplog.at_level(logging.WARNING, logger="pipeline.executor"), \
+                dask_client(ExecOptions(scheduler=cluster.scheduler_address)):
+            pass
+    warned = "1 of the 1 workers" in caplog.text and "PRE_SPAWN_ENVIRON" in caplog.text
+    assert warned != told
 
 
 def test_gpu_stage_on_a_cluster_without_gpu_workers_fails_at_once_and_clearly(shapes_dataset, tmp_path):
