@@ -34,7 +34,7 @@ KINDS = ("slurm", "pbs", "sge")
 # changed for the workers a run starts. None unsets Dask's MALLOC_TRIM_THRESHOLD_=65536: any such setting fixes
 # glibc's thresholds, so that every block over 128 KiB (a network layer's output, a batch of frames) is mapped
 # afresh and its pages faulted in on every use; a CPU network's forward ran at 0.71-0.78x a plain process's, in
-# a worker at 0.6x (docs/PERFORMANCE.md, fifteenth session). Workers keep glibc's own thresholds, as the driver.
+# a worker at 0.64-0.67x (docs/PERFORMANCE.md, fifteenth session). Workers keep glibc's own thresholds, as the driver.
 NANNY_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
 
 
