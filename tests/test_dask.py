@@ -162,6 +162,11 @@ def test_workers_started_elsewhere_with_dasks_trim_setting_are_warned_about(told
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     with dask.config.set(nanny_environ_config() if told else {}), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        # this process's environment unlike the workers': the check must ask them
+        if told:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = "65536"
+        else:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # the nanny set it here as it started the worker
         with caplog.at_level(logging.WARNING, logger="pipeline.executor"), \
                 dask_client(ExecOptions(scheduler=cluster.scheduler_address)):
             pass
