@@ -200,18 +200,19 @@ def dask_client(options: ExecOptions) -> Iterator["distributed.Client"]:  # noqa
 def warn_fixed_malloc(client: "distributed.Client") -> None:  # noqa: F821
     """Warn where workers started elsewhere (those there now; not those that join later) run with
     MALLOC_TRIM_THRESHOLD_ set, as Dask's nanny sets it unless told otherwise (pipeline.cluster.NANNY_ENVIRON):
-    their models and frames run slower. Advice only: workers that do not answer within seconds are left out."""
+    their models and frames run slower. Advice only: a worker that cannot answer is left out, and nothing is said
+    where the answers take more than 10 s."""
     try:  # os.getenv, not os.environ.get: that would carry this process's environment to the workers and read it
         found = client.run(os.getenv, "MALLOC_TRIM_THRESHOLD_", on_error="return", callback_timeout=10)
     except Exception:  # noqa: BLE001 - a scheduler that cannot answer in time is not the run's failure
         log.debug("could not ask the workers for their environment", exc_info=True)
         return
     answered = {address: value for address, value in found.items() if not isinstance(value, BaseException)}
-    fixed = sorted(address for address, value in answered.items() if value is not None)
+    fixed = sum(value is not None for value in answered.values())
     if fixed:
         log.warning("%d of the %d workers of %s run with MALLOC_TRIM_THRESHOLD_ set (Dask's nanny sets it to 65536, "
                     "with which a CPU network ran at 0.64-0.67x its speed in a worker); start them with %s",
-                    len(fixed), len(answered), client.scheduler.address, nanny_environ_export().removeprefix("export "))
+                    fixed, len(answered), client.scheduler.address, nanny_environ_export().removeprefix("export "))
 
 
 @contextmanager
