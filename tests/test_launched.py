@@ -216,8 +216,9 @@ def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_i
     from pipeline.segment.transfer import PinnedFrames
 
     host = FakePinned(monkeypatch)
-    memory = PinnedFrames(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB; 16 KiB cached is handed back
-    assert host.emptied == 1 and memory.emptied == 0  # what earlier feeders left cached (nothing here)
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB; 16 KiB cached is handed back
+    assert host.emptied == 1 and frames.emptied == 0  # what torch kept cached before (nothing here)
     small = [memory((10, 1000)) for _ in range(5)]  # 10,000 bytes: a 16 KiB block each
     assert memory.ordinary == 1 and host.active == 64 << 10 and all(a.shape == (10, 1000) for a in small)
     del small[:2]
@@ -229,11 +230,11 @@ def test_decoders_get_pinned_memory_within_its_budget_and_ordinary_memory_past_i
     del large
     large = memory((20, 1000))  # fits beside nothing in use, but 64 KiB of smaller blocks cached: handed back
     assert large.shape == (20, 1000) and memory.ordinary == 2
-    assert host.emptied == 2 and memory.emptied == 1 and host.allocated == host.active == 32 << 10
+    assert host.emptied == 2 and frames.emptied == 1 and host.allocated == host.active == 32 << 10
     assert host.allocated <= 80 << 10
     with caplog.at_level(logging.WARNING, logger="pipeline.segment.transfer"):
         monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {})  # a torch that does not count: no pinning
-        blind = PinnedFrames(lambda frame_bytes: 1 << 30)
+        blind = PinnedFrames().share(lambda frame_bytes: 1 << 30)
         assert blind((1, 10)).shape == (1, 10) and blind.ordinary == 1 and host.active == 32 << 10
     assert "no pinned-memory statistics" in caplog.text
 
@@ -244,37 +245,63 @@ def test_frames_of_several_sizes_share_the_largest_budget_without_handing_blocks
     from pipeline.segment.transfer import PinnedFrames
 
     host = FakePinned(monkeypatch)
-    memory = PinnedFrames(lambda frame_bytes: (200 << 10) if frame_bytes >= 2000 else (20 << 10))
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: (200 << 10) if frame_bytes >= 2000 else (20 << 10))
     held = [memory((10, 2000)), memory((10, 2000))]  # 32 KiB blocks; then 16, 16 and 64 KiB ones in turn
     for _ in range(50):
         pieces = [memory((10, 1000)), memory((10, 1000)), memory((20, 2000))]
         del pieces
-    assert memory.ordinary == 0 and memory.emptied == 0 and host.allocated <= 200 << 10
+    assert memory.ordinary == 0 and frames.emptied == 0 and host.allocated <= 200 << 10
     assert len(held) == 2
     held.clear()
     host.empty_cache()
-    memory = PinnedFrames(lambda frame_bytes: 100 << 10)  # in use within 80 KiB; 20 KiB cached is handed back
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: 100 << 10)  # in use within 80 KiB; 20 KiB cached is handed back
     held = [memory((10, 1000)) for _ in range(4)]
     del held[0]  # 16 KiB cached, too little to hand back
     held.append(memory((20, 1000)))  # 48 + 32 KiB in use, and the 16 KiB: past 80 KiB, within the budget
-    assert memory.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
+    assert frames.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
 
 
-def test_a_new_feeder_hands_back_the_blocks_earlier_feeders_left_cached(monkeypatch):
-    """Each shard's feeders count their own blocks from nothing: the blocks earlier feeders freed are handed back
-    as a new one starts, or, shard after shard of other frame sizes, torch would keep each size's cached blocks
-    pinned, past every feeder's budget (a review by reading found it: 592 KiB held for budgets of 400)."""
+def test_the_blocks_earlier_shards_feeders_left_cached_are_handed_back_once_they_crowd_the_budget(monkeypatch):
+    """Shard after shard of other frame sizes, each shard's feeder a share of the segmenter's one count: the
+    blocks earlier feeders freed are counted as cached, and handed back once they and the blocks in use pass the
+    room, or torch would keep each size's cached blocks pinned past the budget (480 KiB for 400 at the last)."""
     from pipeline.segment.transfer import PinnedFrames
 
     host = FakePinned(monkeypatch)
-    budget = 400 << 10
+    budget, frames = 400 << 10, PinnedFrames()
     for frame in (500, 1000, 2000, 4000):  # each shard's clips at another size: 8, 16, 32 and 64 KiB blocks
-        memory = PinnedFrames(lambda frame_bytes: budget)  # the shard's feeder (4 blocks in use: within its room)
+        memory = frames.share(lambda frame_bytes: budget)  # the shard's feeder (4 blocks in use: within its room)
         for _ in range(20):
             pieces = [memory((10, frame)) for _ in range(4)]
             del pieces
-        assert memory.ordinary == 0 and host.allocated <= budget  # without the hand-back: 480 KiB at the last
-    assert host.allocated == 4 * (64 << 10)  # the last feeder's blocks alone
+        assert memory.ordinary == 0 and host.allocated <= budget
+    assert frames.emptied == 1 and host.allocated == 4 * (64 << 10)  # the last shard's blocks alone
+
+
+def test_a_segmenters_feeders_share_one_budget_and_count_their_own_unpinned_pieces(monkeypatch):
+    """A shard's clips run together (three decoders: a larger budget), then its retries alone on a clip of
+    another size (a smaller one): the second feeder's blocks and the first's cached ones are one count, held to the
+    larger budget, not to the two added (224 KiB for 200 with a count each); each feeder counts its own pieces
+    given ordinary memory."""
+    from pipeline.segment.transfer import FramesShare
+    from pipeline.segment.yolo import YoloSegmenter
+
+    host = FakePinned(monkeypatch)
+    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0),
+                                 _pinned=None)
+    together = YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 200 << 10)  # in use within 160 KiB
+    alone = YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 100 << 10)
+    assert isinstance(together, FramesShare) and together.frames is alone.frames and host.emptied == 1
+    pieces = [together((10, 1000)) for _ in range(11)]  # 16 KiB blocks: ten pinned, the eleventh not
+    assert together.ordinary == 1 and host.allocated == 160 << 10
+    del pieces  # cached: 160 KiB
+    held = []
+    for _ in range(3):
+        held.append(alone((20, 1000)))  # 32 KiB blocks: the 16 KiB ones cached are handed back for the first
+        assert host.allocated <= 200 << 10
+    assert alone.ordinary == 0 and together.ordinary == 1 and host.allocated == host.active == 96 << 10
 
 
 def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in_use(monkeypatch):
@@ -285,13 +312,14 @@ def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in
     host = FakePinned(monkeypatch)
     monkeypatch.setattr(torch.cuda, "host_memory_stats", lambda: {
         "active_bytes.current": host.handed, "allocated_bytes.current": host.allocated})
-    memory = PinnedFrames(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: 80 << 10)  # blocks in use within 64 KiB
     for _ in range(20):
         pieces = [memory((10, 1000)), memory((10, 1000))]  # 16 KiB blocks, reused from the cache
         del pieces
-    assert memory.ordinary == 0 and memory.in_use == 0 and host.allocated == 32 << 10 and host.handed == 640 << 10
+    assert memory.ordinary == 0 and frames.in_use == 0 and host.allocated == 32 << 10 and host.handed == 640 << 10
     held = [memory((10, 1000)) for _ in range(5)]  # the budget still holds
-    assert memory.ordinary == 1 and memory.in_use == host.active == 64 << 10 and len(held) == 5
+    assert memory.ordinary == 1 and frames.in_use == host.active == 64 << 10 and len(held) == 5
 
 
 def test_other_pinned_memory_does_not_make_the_frames_hand_their_cache_back_again_and_again(monkeypatch):
@@ -302,21 +330,22 @@ def test_other_pinned_memory_does_not_make_the_frames_hand_their_cache_back_agai
 
     host = FakePinned(monkeypatch)
     staging = [transfer.torch.empty(64 << 10, pin_memory=True) for _ in range(2)]  # 128 KiB held throughout
-    memory = PinnedFrames(lambda frame_bytes: 160 << 10)  # in use within 128 KiB; 32 KiB stale is handed back
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: 160 << 10)  # in use within 128 KiB; 32 KiB stale is handed back
     for _ in range(50):
         pieces = [memory((10, 1000)) for _ in range(6)]  # 16 KiB blocks: 96 KiB in use
         del pieces
-    assert memory.ordinary == 0 and memory.emptied == 0 and host.allocated == (128 + 96) << 10
-    assert memory.cached == 96 << 10  # each block taken again, then freed again
+    assert memory.ordinary == 0 and frames.emptied == 0 and host.allocated == (128 + 96) << 10
+    assert frames.cached == 96 << 10  # each block taken again, then freed again
     large = [memory((20, 1000)) for _ in range(2)]  # 32 KiB blocks: 96 KiB of 16 KiB ones cached, handed back
-    assert memory.emptied == 1 and host.allocated == (128 + 64) << 10 and memory.in_use == 64 << 10
-    assert memory.cached == 0
+    assert frames.emptied == 1 and host.allocated == (128 + 64) << 10 and frames.in_use == 64 << 10
+    assert frames.cached == 0
     del large
     for _ in range(20):
         pieces = [memory((10, 1000)), memory((20, 1000))]  # both sizes reuse their blocks: nothing handed back
         del pieces
-    assert memory.emptied == 1 and memory.ordinary == 0 and len(staging) == 2
-    assert memory.cached == (16 + 2 * 32) << 10 and memory.in_use == 0  # the two large blocks, one small
+    assert frames.emptied == 1 and memory.ordinary == 0 and len(staging) == 2
+    assert frames.cached == (16 + 2 * 32) << 10 and frames.in_use == 0  # the two large blocks, one small
 
 
 def test_a_piece_freed_while_the_lock_is_held_elsewhere_does_not_wait_for_it(monkeypatch):
@@ -325,15 +354,16 @@ def test_a_piece_freed_while_the_lock_is_held_elsewhere_does_not_wait_for_it(mon
     from pipeline.segment.transfer import PinnedFrames
 
     FakePinned(monkeypatch)
-    memory = PinnedFrames(lambda frame_bytes: 80 << 10)
+    frames = PinnedFrames()
+    memory = frames.share(lambda frame_bytes: 80 << 10)
     holder, done = [memory((10, 1000))], threading.Event()
-    with memory._lock:  # a decoder thread inside __call__
+    with frames._lock:  # a decoder thread inside __call__
         dropping = threading.Thread(target=lambda: (holder.clear(), done.set()))  # the last reference, let go
         dropping.start()
         dropping.join(5)
         assert done.is_set()
     dropping.join()
-    assert memory.in_use == 0
+    assert frames.in_use == 0
 
 
 def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypatch):
@@ -341,8 +371,9 @@ def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypa
     from pipeline.segment.yolo import YoloSegmenter
 
     FakePinned(monkeypatch)
-    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
-    assert isinstance(YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1), PinnedFrames)
+    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0),
+                                 _pinned=None)
+    assert isinstance(YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1).frames, PinnedFrames)
     for inference, device in (("predict", "cuda"), ("device", "cpu")):
         yolo.spec.inference, yolo.device = inference, torch.device(device)
         assert YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1) is None

@@ -34,6 +34,7 @@ class ReplaySegmenter:
 
     def __init__(self, spec: SegmenterSpec) -> None:
         self.spec = spec
+        self._pinned = None  # its feeders' pinned memory for frames (on CUDA)
         shard = Path(spec.model)
         statuses = pq.read_table(ShardFiles(shard.parent, shard.stem).clips,
                                  columns=["clip_id", "frames", "height", "width"]).to_pylist()
@@ -63,11 +64,13 @@ class ReplaySegmenter:
         return Ready(self._replayed(pieces))
 
     def frame_memory(self, budget: Callable[[int], int]) -> FrameMemory | None:
-        """As YOLO's: pinned memory within `budget` on CUDA."""
+        """As YOLO's: pinned memory within `budget` (and its other feeders') on CUDA."""
         if self.spec.device.startswith("cuda"):
-            from pipeline.segment.transfer import PinnedFrames
+            if self._pinned is None:
+                from pipeline.segment.transfer import PinnedFrames
 
-            return PinnedFrames(budget)
+                self._pinned = PinnedFrames()
+            return self._pinned.share(budget)
         return None
 
     def _replayed(self, pieces: list[FrameBatch]) -> list[FrameMasks]:

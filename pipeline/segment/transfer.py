@@ -18,46 +18,44 @@ log = logging.getLogger(__name__)
 
 
 class PinnedFrames:
-    """Memory for decoded frames (`Segmenter.frame_memory`, called from the decoder threads): pinned, from which each
-    piece crosses to the GPU as it is (`Staging.copy`), within `budget(frame_bytes)` bytes; past it, ordinary
-    memory, whose batches are staged. torch rounds each pinned block up to a power of two and keeps a freed one
-    cached for requests of its own rounded size only. The blocks in use are the ones handed out here and still
-    alive, and the cached ones those freed here and not taken again, both counted here as torch rounds them (torch's
-    own count of blocks in use did not fall when a block was freed, on an H200 with torch 2.11: docs/PERFORMANCE.md;
-    other pinned memory, staging buffers and copies of results, is not the frames' budget). Both are measured
-    against the largest budget asked for so far (a clip of smaller frames does not shrink it): a piece is pinned
-    while the blocks in use and its own fit in four fifths of it; a new block that takes them and the cached ones
-    past that hands the cached ones back (torch never gives them to this piece), if they are a fifth of the budget
-    or more. Cached blocks are handed back at most once for each fifth of it freed and not reused, as far as this
-    count knows: other pinned memory (staging buffers, copies of results, another feeder's frames) may take a block
-    counted here as cached, and then a hand-back may come sooner. Each feeder has its own (a shard's two feeders
-    run in turn), and a new one starts by handing back what torch keeps cached: the blocks earlier feeders freed,
-    which no count here knows, and which a feeder of other frame sizes would never take again (shard after shard,
-    each size's blocks would stay pinned). Each shard thus pins its frames' blocks afresh (not measured on a GPU).
-    Pinned memory for frames stays within the budget, twice it while a shard's second feeder (its retries, alone)
-    runs after its first: one count shared by a segmenter's feeders would hold it to one. Where torch keeps no
-    pinned-memory statistics (it may not count what it pins), nothing is pinned. A pinned array is safe to drop
-    once its copy to the GPU is done, as a piece is once its batch's masks are taken (which wait for the copy), or
-    once the feeder that launched it is gone."""
+    """Pinned memory for decoded frames, one count for all of a segmenter's feeders (`Segmenter.frame_memory`
+    gives each its `share`, called from its decoder threads): each piece crosses to the GPU as it is
+    (`Staging.copy`); past the budget, ordinary memory, whose batches are staged. torch rounds each pinned block up
+    to a power of two and keeps a freed one cached for requests of its own rounded size only. The blocks in use are
+    the ones handed out here and still alive, and the cached ones those freed here and not taken again, both counted
+    here as torch rounds them (torch's own count of blocks in use did not fall when a block was freed, on an H200
+    with torch 2.11: docs/PERFORMANCE.md; other pinned memory, staging buffers and copies of results, is not the
+    frames' budget). Both are measured against the largest budget any share asked for (a clip of smaller frames, or
+    a shard's retries run alone, does not shrink it; the feeders of one shard, and of the shards after it, share
+    it): a piece is pinned while the blocks in use and its own fit in four fifths of it; a new block that takes them
+    and the cached ones past that hands the cached ones back (torch never gives them to this piece), if they are a
+    fifth of the budget or more. Cached blocks are handed back at most once for each fifth of it freed and not
+    reused, as far as this count knows: other pinned memory (staging buffers, copies of results) may take a block
+    counted here as cached, and then a hand-back may come sooner. Made, it hands back what torch keeps cached
+    already, which no count here knows (another segmenter's frames). Where torch keeps no pinned-memory statistics
+    (it may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to the GPU is
+    done, as a piece is once its batch's masks are taken (which wait for the copy), or once the feeder that
+    launched it is gone."""
 
-    def __init__(self, budget: Callable[[int], int]) -> None:
+    def __init__(self) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
-        self.budget = budget
-        self.ordinary = 0  # pieces given ordinary memory (no room within the budget, or no statistics to tell)
         self.emptied = 0  # times cached blocks were handed back
         self._in_use = 0  # bytes of the blocks handed out and alive, rounded as torch rounds them
         self._cached: collections.Counter[int] = collections.Counter()  # blocks freed and not taken again, by size
         self._freed: collections.deque[int] = collections.deque()  # blocks freed since last counted (a finalizer
         # only appends, which needs no lock: it may run in any thread, this one too, while the lock is held)
         self._largest = 0  # the largest budget asked for
-        self._seen: set[int] = set()  # the frame sizes whose budget was asked for
         self._lock = threading.Lock()
         self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
         if self.counted:
-            empty_pinned_cache()  # earlier feeders' cached blocks (torch frees no block in use or still copied)
+            empty_pinned_cache()  # what torch kept cached before this count began
         else:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
+
+    def share(self, budget: Callable[[int], int]) -> "FramesShare":
+        """A feeder's memory for its decoders' frames, within `budget(frame_bytes)` bytes and every other share's."""
+        return FramesShare(self, budget)
 
     @property
     def in_use(self) -> int:
@@ -73,29 +71,30 @@ class PinnedFrames:
             self._count_freed()
             return self._cached_bytes()
 
-    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+    def take(self, shape: tuple[int, ...], share: "FramesShare") -> np.ndarray | None:
+        """A pinned array of `shape` for `share`, or None where the budget has no room (the share counts it)."""
         block = 1 << (int(np.prod(shape)) - 1).bit_length()  # what torch pins for it
         frame_bytes = int(np.prod(shape[1:]))
         with self._lock:
             self._count_freed()
-            if frame_bytes not in self._seen:
-                self._seen.add(frame_bytes)
-                self._largest = max(self._largest, self.budget(frame_bytes))
+            if frame_bytes not in share.seen:
+                share.seen.add(frame_bytes)
+                self._largest = max(self._largest, share.budget(frame_bytes))
             room = self._largest * 4 // 5
-            if self.counted and self._in_use + block <= room:  # the blocks in use and this one fit
-                array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
-                self._in_use += block
-                if self._cached[block]:
-                    self._cached[block] -= 1  # taken again
-                elif self._in_use + self._cached_bytes() > room:  # cached ones count
-                    if self._cached_bytes() >= self._largest // 5:
-                        empty_pinned_cache()  # cached blocks of other sizes (never this one's): handed back
-                        self._cached.clear()
-                        self.emptied += 1
-                weakref.finalize(array, self._freed.append, block).atexit = False  # views keep the array
-                return array
-            self.ordinary += 1
-        return np.empty(shape, dtype=np.uint8)
+            if not self.counted or self._in_use + block > room:  # the blocks in use and this one do not fit
+                share.ordinary += 1
+                return None
+            array = torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()  # a cached block, if free
+            self._in_use += block
+            if self._cached[block]:
+                self._cached[block] -= 1  # taken again
+            elif self._in_use + self._cached_bytes() > room:  # cached ones count
+                if self._cached_bytes() >= self._largest // 5:
+                    empty_pinned_cache()  # cached blocks of other sizes (never this one's): handed back
+                    self._cached.clear()
+                    self.emptied += 1
+            weakref.finalize(array, self._freed.append, block).atexit = False  # views keep the array
+            return array
 
     def _cached_bytes(self) -> int:
         return sum(size * n for size, n in self._cached.items())
@@ -106,6 +105,20 @@ class PinnedFrames:
             block = self._freed.popleft()
             self._in_use -= block
             self._cached[block] += 1
+
+
+class FramesShare:
+    """One feeder's memory for its decoders' frames (a FrameMemory): its segmenter's `PinnedFrames` where they have
+    room, ordinary memory past it, the pieces given ordinary memory counted as its own."""
+
+    def __init__(self, frames: PinnedFrames, budget: Callable[[int], int]) -> None:
+        self.frames, self.budget = frames, budget
+        self.seen: set[int] = set()  # the frame sizes whose budget was asked for (changed with the frames' lock)
+        self.ordinary = 0  # pieces given ordinary memory (no room, or no statistics to tell; with the frames' lock)
+
+    def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
+        array = self.frames.take(shape, self)
+        return array if array is not None else np.empty(shape, dtype=np.uint8)
 
 
 def pinned_bytes() -> int | None:
