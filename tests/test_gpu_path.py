@@ -161,6 +161,7 @@ def test_pieces_in_pinned_memory_cross_as_they_are(checkpoint):  # noqa: F811
     assert device._staging.staged == 1
     memory = segmenter.frame_memory(lambda frame_bytes: 1 << 30)
     pieces = [memory(part.shape) for part in (frames[:3], frames[3:])]
+    memory.close()  # the process's pinned frames: this budget no longer holds (the pieces stay pinned)
     pieces[0][...], pieces[1][...] = frames[:3], frames[3:]
     assert all(torch.from_numpy(piece).is_pinned() for piece in pieces) and not torch.from_numpy(frames).is_pinned()
     found = device.launch(pieces, 256, 340, capacity=8).result()

@@ -198,6 +198,7 @@ class FakePinned:
             "active_bytes.current": self.active, "allocated_bytes.current": self.allocated})
         monkeypatch.setattr(transfer, "empty_pinned_cache", self.empty_cache)
         monkeypatch.setattr(torch.cuda, "init", lambda: None)
+        monkeypatch.setattr(transfer, "_process_frames", None)  # the process's count: made afresh here
 
     @property
     def allocated(self) -> int:
@@ -263,37 +264,42 @@ def test_frames_of_several_sizes_share_the_largest_budget_without_handing_blocks
     assert frames.emptied == 0 and memory.ordinary == 0 and host.allocated == 96 << 10
 
 
-def test_the_blocks_earlier_shards_feeders_left_cached_are_handed_back_once_they_crowd_the_budget(monkeypatch):
-    """Shard after shard of other frame sizes, each shard's feeder a share of the segmenter's one count: the
-    blocks earlier feeders freed are counted as cached, and handed back once they and the blocks in use pass the
-    room, or torch would keep each size's cached blocks pinned past the budget (480 KiB for 400 at the last)."""
+def test_a_shard_starting_hands_back_what_earlier_shards_feeders_left_cached(monkeypatch):
+    """Shard after shard of other frame sizes, each shard's feeder a share of the process's one count, closed with
+    its shard: a share made while no frames are pinned hands back what torch keeps cached, or torch would keep each
+    size's cached blocks pinned, past the budget (480 KiB for 400 at the last shard with no hand-back at all)."""
     from pipeline.segment.transfer import PinnedFrames
 
     host = FakePinned(monkeypatch)
     budget, frames = 400 << 10, PinnedFrames()
     for frame in (500, 1000, 2000, 4000):  # each shard's clips at another size: 8, 16, 32 and 64 KiB blocks
         memory = frames.share(lambda frame_bytes: budget)  # the shard's feeder (4 blocks in use: within its room)
+        assert host.allocated == 0  # the earlier shards' blocks handed back
         for _ in range(20):
             pieces = [memory((10, frame)) for _ in range(4)]
             del pieces
+        memory.close()
         assert memory.ordinary == 0 and host.allocated <= budget
-    assert frames.emptied == 1 and host.allocated == 4 * (64 << 10)  # the last shard's blocks alone
+    assert frames.emptied == 0 and host.emptied == 4 and host.allocated == 4 * (64 << 10)
 
 
 def test_a_segmenters_feeders_share_one_budget_and_count_their_own_unpinned_pieces(monkeypatch):
     """A shard's clips run together (three decoders: a larger budget), then its retries alone on a clip of
     another size (a smaller one): the second feeder's blocks and the first's cached ones are one count, held to the
     larger budget, not to the two added (224 KiB for 200 with a count each); each feeder counts its own pieces
-    given ordinary memory."""
+    given ordinary memory. The replayed masks' segmenter takes its shares of the same count."""
+    from pipeline.bench.replay import ReplaySegmenter
     from pipeline.segment.transfer import FramesShare
     from pipeline.segment.yolo import YoloSegmenter
 
     host = FakePinned(monkeypatch)
-    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0),
-                                 _pinned=None)
+    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
     together = YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 200 << 10)  # in use within 160 KiB
     alone = YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 100 << 10)
-    assert isinstance(together, FramesShare) and together.frames is alone.frames and host.emptied == 1
+    replayed = ReplaySegmenter.frame_memory(types.SimpleNamespace(spec=types.SimpleNamespace(device="cuda:0")),
+                                            lambda frame_bytes: 1)
+    assert isinstance(together, FramesShare) and together.frames is alone.frames is replayed.frames
+    replayed.close()
     pieces = [together((10, 1000)) for _ in range(11)]  # 16 KiB blocks: ten pinned, the eleventh not
     assert together.ordinary == 1 and host.allocated == 160 << 10
     del pieces  # cached: 160 KiB
@@ -302,6 +308,40 @@ def test_a_segmenters_feeders_share_one_budget_and_count_their_own_unpinned_piec
         held.append(alone((20, 1000)))  # 32 KiB blocks: the 16 KiB ones cached are handed back for the first
         assert host.allocated <= 200 << 10
     assert alone.ordinary == 0 and together.ordinary == 1 and host.allocated == host.active == 96 << 10
+
+
+def test_a_closed_feeders_budget_no_longer_holds(monkeypatch):
+    """A run with a large budget (a larger BATCH, more decoders, larger frames), then one with a small budget in
+    the same process (a worker that stays): the second is held to its own budget (160 KiB pinned for 100 where
+    the first one's still held)."""
+    from pipeline.segment.transfer import frame_memory
+
+    host = FakePinned(monkeypatch)
+    large = frame_memory(lambda frame_bytes: 400 << 10)
+    pieces = [large((10, 1000)) for _ in range(20)]  # 16 KiB blocks: 320 KiB, all pinned
+    assert large.ordinary == 0
+    del pieces
+    large.close()
+    small = frame_memory(lambda frame_bytes: 100 << 10)  # in use within 80 KiB
+    pieces = [small((10, 1000)) for _ in range(10)]
+    assert small.ordinary == 5 and len(pieces) == 10 and host.allocated == 80 << 10 and large.frames is small.frames
+
+
+def test_a_feeder_done_closes_its_share_of_the_pinned_memory(shapes_dataset, monkeypatch):
+    """A feeder's budget holds while it runs, not after: a closed feeder's share leaves the process's count."""
+    from pipeline.segment import transfer
+
+    root, _ = shapes_dataset
+    FakePinned(monkeypatch)
+    launching = Launching(LumaKeySegmenter(LUMA))
+    monkeypatch.setattr(launching, "frame_memory", transfer.frame_memory)  # pinned, as YOLO's on CUDA
+    feeder = Feeder(launching, DecodeOptions(batch=8), decoders=3, overlap=True,
+                    rows=lambda clip: ClipRows(clip.clip_id, dict(launching.names)))
+    reference = outcomes(root, LumaKeySegmenter(LUMA), 3, overlap=False)
+    assert same(outcomes(root, launching, 3, overlap=True, feeder=feeder), reference)
+    assert transfer._process_frames._shares == {feeder._memory} and feeder.unpinned == 0
+    feeder.close()
+    assert not transfer._process_frames._shares
 
 
 def test_pieces_freed_make_room_though_torch_counts_every_block_it_handed_out_in_use(monkeypatch):
@@ -371,8 +411,7 @@ def test_the_device_path_on_cuda_alone_gives_its_decoders_pinned_memory(monkeypa
     from pipeline.segment.yolo import YoloSegmenter
 
     FakePinned(monkeypatch)
-    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0),
-                                 _pinned=None)
+    yolo = types.SimpleNamespace(spec=types.SimpleNamespace(inference="device"), device=torch.device("cuda", 0))
     assert isinstance(YoloSegmenter.frame_memory(yolo, lambda frame_bytes: 1).frames, PinnedFrames)
     for inference, device in (("predict", "cuda"), ("device", "cpu")):
         yolo.spec.inference, yolo.device = inference, torch.device(device)

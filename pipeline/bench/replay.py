@@ -34,7 +34,6 @@ class ReplaySegmenter:
 
     def __init__(self, spec: SegmenterSpec) -> None:
         self.spec = spec
-        self._pinned = None  # its feeders' pinned memory for frames (on CUDA)
         shard = Path(spec.model)
         statuses = pq.read_table(ShardFiles(shard.parent, shard.stem).clips,
                                  columns=["clip_id", "frames", "height", "width"]).to_pylist()
@@ -64,13 +63,11 @@ class ReplaySegmenter:
         return Ready(self._replayed(pieces))
 
     def frame_memory(self, budget: Callable[[int], int]) -> FrameMemory | None:
-        """As YOLO's: pinned memory within `budget` (and its other feeders') on CUDA."""
+        """As YOLO's: pinned memory within `budget` (and the other open feeders') on CUDA."""
         if self.spec.device.startswith("cuda"):
-            if self._pinned is None:
-                from pipeline.segment.transfer import PinnedFrames
+            from pipeline.segment.transfer import frame_memory
 
-                self._pinned = PinnedFrames()
-            return self._pinned.share(budget)
+            return frame_memory(budget)
         return None
 
     def _replayed(self, pieces: list[FrameBatch]) -> list[FrameMasks]:

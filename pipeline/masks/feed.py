@@ -88,6 +88,12 @@ class Feeder:
         """Bytes of pinned memory the decoders may write frames of `frame_bytes` into (`in_flight`)."""
         return pinned_for_frames(self.batch_options, decoders=self.decoders, frame_bytes=frame_bytes)
 
+    def close(self) -> None:
+        """Done: its decoders' share of the pinned memory no longer holds a budget (where it has one)."""
+        close = getattr(self._memory, "close", None)
+        if close is not None:
+            close()
+
     @property
     def unpinned(self) -> int:
         """Pieces decoded into ordinary memory where the segmenter's pinned memory had no room (then staged)."""

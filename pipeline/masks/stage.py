@@ -124,6 +124,7 @@ class MasksWork:
             self.writer.write(rows)
 
     def finish(self, outcomes: list[ClipStatus], commit: Commit) -> dict[str, Any]:
+        self._close_feeders()
         self.writer.finish(outcomes)
         totals = {"instances": sum(status.instances for status in outcomes)}
         if self._feeder:  # its bound on decoded frames held at once (host memory)
@@ -137,7 +138,13 @@ class MasksWork:
         return totals
 
     def abort(self) -> None:
+        self._close_feeders()
         self.writer.abort()
+
+    def _close_feeders(self) -> None:
+        for feeder in (self._alone, self._feeder):
+            if feeder is not None:
+                feeder.close()
 
     def _new_rows(self, clip: ClipRecord) -> ClipRows:
         return ClipRows(clip.clip_id, dict(self.segmenter.names), IouTracker(self.stage.track))

@@ -18,44 +18,56 @@ log = logging.getLogger(__name__)
 
 
 class PinnedFrames:
-    """Pinned memory for decoded frames, one count for all of a segmenter's feeders (`Segmenter.frame_memory`
-    gives each its `share`, called from its decoder threads): each piece crosses to the GPU as it is
-    (`Staging.copy`); past the budget, ordinary memory, whose batches are staged. torch rounds each pinned block up
-    to a power of two and keeps a freed one cached for requests of its own rounded size only. The blocks in use are
-    the ones handed out here and still alive, and the cached ones those freed here and not taken again, both counted
-    here as torch rounds them (torch's own count of blocks in use did not fall when a block was freed, on an H200
-    with torch 2.11: docs/PERFORMANCE.md; other pinned memory, staging buffers and copies of results, is not the
-    frames' budget). Both are measured against the largest budget any share asked for (a clip of smaller frames, or
-    a shard's retries run alone, does not shrink it; the feeders of one shard, and of the shards after it, share
-    it): a piece is pinned while the blocks in use and its own fit in four fifths of it; a new block that takes them
-    and the cached ones past that hands the cached ones back (torch never gives them to this piece), if they are a
-    fifth of the budget or more. Cached blocks are handed back at most once for each fifth of it freed and not
-    reused, as far as this count knows: other pinned memory (staging buffers, copies of results) may take a block
-    counted here as cached, and then a hand-back may come sooner. Made, it hands back what torch keeps cached
-    already, which no count here knows (another segmenter's frames). Where torch keeps no pinned-memory statistics
-    (it may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to the GPU is
+    """Pinned memory for decoded frames, one count for the process (torch's pinned cache is the process's): each
+    feeder on CUDA takes a share (`frame_memory`), called from its decoder threads, and each piece crosses to the
+    GPU as it is (`Staging.copy`); past the budget, ordinary memory, whose batches are staged. torch rounds each
+    pinned block up to a power of two and keeps a freed one cached for requests of its own rounded size only. The
+    blocks in use are the ones handed out here and still alive, and the cached ones those freed here and not taken
+    again, both counted here as torch rounds them (torch's own count of blocks in use did not fall when a block was
+    freed, on an H200 with torch 2.11: docs/PERFORMANCE.md; other pinned memory, staging buffers and copies of
+    results, is not the frames' budget). Both are measured against the largest budget an open share asked for (a
+    clip of smaller frames, or a shard's retries alone beside its clips together, do not shrink it; a share is
+    closed with its shard): a piece is pinned while the blocks in use and its own fit in four fifths of it; a new
+    block that takes them and the cached ones past that hands the cached ones back (torch never gives them to this
+    piece), if they are a fifth of the budget or more. Cached blocks are handed back at most once for each fifth of
+    it freed and not reused, as far as this count knows: other pinned memory (staging buffers, copies of results)
+    may take a block counted here as cached, and then a hand-back may come sooner. A share made while no frames
+    are pinned (a shard starting) hands back all that torch keeps cached: earlier shards' frames of sizes it may
+    never take again, staging buffers outgrown, copies of results. Where torch keeps no pinned-memory statistics (it
+    may not count what it pins), nothing is pinned. A pinned array is safe to drop once its copy to the GPU is
     done, as a piece is once its batch's masks are taken (which wait for the copy), or once the feeder that
     launched it is gone."""
 
     def __init__(self) -> None:
         torch.cuda.init()  # torch keeps no pinned-memory statistics before CUDA is started
-        self.emptied = 0  # times cached blocks were handed back
+        self.emptied = 0  # times cached blocks were handed back as new ones crowded them
         self._in_use = 0  # bytes of the blocks handed out and alive, rounded as torch rounds them
         self._cached: collections.Counter[int] = collections.Counter()  # blocks freed and not taken again, by size
         self._freed: collections.deque[int] = collections.deque()  # blocks freed since last counted (a finalizer
         # only appends, which needs no lock: it may run in any thread, this one too, while the lock is held)
-        self._largest = 0  # the largest budget asked for
+        self._shares: set[FramesShare] = set()  # the open ones, whose budgets hold
         self._lock = threading.Lock()
         self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
-        if self.counted:
-            empty_pinned_cache()  # what torch kept cached before this count began
-        else:
+        if not self.counted:
             log.warning("this torch keeps no pinned-memory statistics: frames are decoded into ordinary memory and "
                         "staged for the GPU (a torch with torch.cuda.host_memory_stats pins them)")
 
     def share(self, budget: Callable[[int], int]) -> "FramesShare":
-        """A feeder's memory for its decoders' frames, within `budget(frame_bytes)` bytes and every other share's."""
-        return FramesShare(self, budget)
+        """A feeder's memory for its decoders' frames, within `budget(frame_bytes)` bytes and every open share's;
+        close it when the feeder is done."""
+        share = FramesShare(self, budget)
+        with self._lock:
+            self._count_freed()
+            if self.counted and not self._in_use:  # no frames pinned: what torch keeps cached goes back
+                empty_pinned_cache()
+                self._cached.clear()
+            self._shares.add(share)
+        return share
+
+    def close(self, share: "FramesShare") -> None:
+        """`share`'s budget no longer holds (its pieces still alive are counted until freed)."""
+        with self._lock:
+            self._shares.discard(share)
 
     @property
     def in_use(self) -> int:
@@ -79,8 +91,9 @@ class PinnedFrames:
             self._count_freed()
             if frame_bytes not in share.seen:
                 share.seen.add(frame_bytes)
-                self._largest = max(self._largest, share.budget(frame_bytes))
-            room = self._largest * 4 // 5
+                share.largest = max(share.largest, share.budget(frame_bytes))
+            largest = max((open_share.largest for open_share in self._shares), default=0)
+            room = largest * 4 // 5
             if not self.counted or self._in_use + block > room:  # the blocks in use and this one do not fit
                 share.ordinary += 1
                 return None
@@ -89,7 +102,7 @@ class PinnedFrames:
             if self._cached[block]:
                 self._cached[block] -= 1  # taken again
             elif self._in_use + self._cached_bytes() > room:  # cached ones count
-                if self._cached_bytes() >= self._largest // 5:
+                if self._cached_bytes() >= largest // 5:
                     empty_pinned_cache()  # cached blocks of other sizes (never this one's): handed back
                     self._cached.clear()
                     self.emptied += 1
@@ -108,17 +121,35 @@ class PinnedFrames:
 
 
 class FramesShare:
-    """One feeder's memory for its decoders' frames (a FrameMemory): its segmenter's `PinnedFrames` where they have
+    """One feeder's memory for its decoders' frames (a FrameMemory): the process's `PinnedFrames` where they have
     room, ordinary memory past it, the pieces given ordinary memory counted as its own."""
 
     def __init__(self, frames: PinnedFrames, budget: Callable[[int], int]) -> None:
         self.frames, self.budget = frames, budget
         self.seen: set[int] = set()  # the frame sizes whose budget was asked for (changed with the frames' lock)
+        self.largest = 0  # the largest of those budgets (with the frames' lock)
         self.ordinary = 0  # pieces given ordinary memory (no room, or no statistics to tell; with the frames' lock)
 
     def __call__(self, shape: tuple[int, ...]) -> np.ndarray:
         array = self.frames.take(shape, self)
         return array if array is not None else np.empty(shape, dtype=np.uint8)
+
+    def close(self) -> None:
+        self.frames.close(self)
+
+
+_process_frames: PinnedFrames | None = None  # the count of the process's pinned frames, made at first use
+_process_lock = threading.Lock()
+
+
+def frame_memory(budget: Callable[[int], int]) -> FramesShare:
+    """A CUDA feeder's memory for its decoders' frames (`Segmenter.frame_memory`): a share of the process's one
+    `PinnedFrames`, whichever segmenter the feeder feeds."""
+    global _process_frames
+    with _process_lock:
+        if _process_frames is None:
+            _process_frames = PinnedFrames()
+        return _process_frames.share(budget)
 
 
 def pinned_bytes() -> int | None:

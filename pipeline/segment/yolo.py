@@ -44,7 +44,6 @@ class YoloSegmenter:
         self.precision = _precision_args(self.half)
         self._device_model = None  # the device path's own copy of the network, taken at first use of either path
         self._on_device = None  # built at first use (it fuses the model's batch norms into its convolutions)
-        self._pinned = None  # its feeders' pinned memory for frames, one count for all of them (on CUDA)
         self._caller = threading.local()  # torch's CPU threads where predict() was called, put back as it starts
         self.model.add_callback("on_predict_start", self._own_threads)
 
@@ -63,14 +62,12 @@ class YoloSegmenter:
 
     def frame_memory(self, budget: Callable[[int], int]) -> FrameMemory | None:
         """Where decoders write frames (Segmenter.frame_memory): for the device path on CUDA, pinned memory within
-        `budget` (each piece then crosses to the GPU as it is, with no copy on the host), and within every other
-        feeder's of this segmenter (a shard's two, and the next shards'): one count; None otherwise."""
+        `budget` (each piece then crosses to the GPU as it is, with no copy on the host), one count for the
+        process's open feeders (`transfer.frame_memory`); None otherwise."""
         if self.spec.inference == "device" and self.device.type == "cuda":
-            if self._pinned is None:
-                from pipeline.segment.transfer import PinnedFrames
+            from pipeline.segment.transfer import frame_memory
 
-                self._pinned = PinnedFrames()
-            return self._pinned.share(budget)
+            return frame_memory(budget)
         return None
 
     def launch(self, pieces: list[FrameBatch], *, capacity: int = 0) -> Launched:
