@@ -100,6 +100,7 @@ def inference_size(width: int, height: int, short_side: int | None) -> tuple[int
 
 
 FrameMemory = Callable[[tuple[int, ...]], np.ndarray]  # an empty uint8 array of this shape for a batch's frames
+# (a segmenter's may also have `close()`, called when its feeder is done: transfer.FramesShare)
 
 
 class VideoDecoder:

@@ -339,8 +339,29 @@ def test_a_feeder_done_closes_its_share_of_the_pinned_memory(shapes_dataset, mon
                     rows=lambda clip: ClipRows(clip.clip_id, dict(launching.names)))
     reference = outcomes(root, LumaKeySegmenter(LUMA), 3, overlap=False)
     assert same(outcomes(root, launching, 3, overlap=True, feeder=feeder), reference)
-    assert transfer._process_frames._shares == {feeder._memory} and feeder.unpinned == 0
+    assert set(transfer._process_frames._shares) == {feeder._memory} and feeder.unpinned == 0
     feeder.close()
+    assert not transfer._process_frames._shares
+
+
+@pytest.mark.parametrize("ending", ["finish", "abort"])
+def test_a_shard_finished_or_given_up_closes_its_feeders_shares(monkeypatch, ending):
+    """A shard's two feeders on CUDA (its clips together, its retries alone) each hold a share of the process's
+    pinned frames while the shard runs; finished or given up, the shard closes both."""
+    from pipeline.masks.stage import MasksStage, MasksWork
+    from pipeline.segment import transfer
+    from pipeline.tracking import TrackOptions
+
+    FakePinned(monkeypatch)
+    segmenter = types.SimpleNamespace(names={0: "person"}, frame_memory=transfer.frame_memory)
+    stage = MasksStage(segmenter=SegmenterSpec(device="cuda"), decode=DecodeOptions(batch=8), track=TrackOptions(),
+                       metadata={}, decoders=3)
+    work = MasksWork(stage, segmenter, types.SimpleNamespace(finish=lambda outcomes: None, abort=lambda: None))
+    assert len(transfer._process_frames._shares) == 2
+    if ending == "finish":
+        work.finish([], commit=None)
+    else:
+        work.abort()
     assert not transfer._process_frames._shares
 
 

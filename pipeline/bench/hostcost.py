@@ -86,8 +86,10 @@ def measure(args: argparse.Namespace, width: int, height: int, folder: Path) -> 
     segmenter = YoloSegmenter(spec)
     memory = segmenter.frame_memory(lambda frame_bytes: 1 << 40)  # on CUDA pinned, as the stage decodes them
     if memory is not None:
-        batches = list(VideoDecoder(clip, decode, memory=memory))
-        memory.close()  # its budget no longer holds for the process's pinned frames (these stay pinned)
+        try:
+            batches = list(VideoDecoder(clip, decode, memory=memory))
+        finally:
+            memory.close()  # its budget no longer holds for the process's pinned frames (these stay pinned)
     device = segmenter.on_device
     for b in batches[:2]:
         segmenter.segment(b)  # warm-up: kernels, allocator, rooms

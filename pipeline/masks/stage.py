@@ -79,8 +79,12 @@ class MasksWork:
         self.decoders = stage.decoders_here()
         self._rows: dict[str, ClipRows] = {}  # usable clips' rows, until kept
         self._alone = Feeder(segmenter, stage.decode, decoders=1, rows=self._new_rows, overlap=self.overlap)
-        self._feeder = Feeder(segmenter, stage.decode, decoders=self.decoders, rows=self._new_rows,
-                              overlap=self.overlap) if self.decoders > 1 else None
+        try:
+            self._feeder = Feeder(segmenter, stage.decode, decoders=self.decoders, rows=self._new_rows,
+                                  overlap=self.overlap) if self.decoders > 1 else None
+        except BaseException:
+            self._alone.close()
+            raise
         self.process_together = self._together if self._feeder else None  # the engine's hook, or none
 
     @property
@@ -187,7 +191,11 @@ def segment_clip(clip: ClipRecord, segmenter: Segmenter, options: DecodeOptions,
     mostly waits), RLE and tracking run on a thread of their own; on CPU they run inline, since there they
     only compete with the model for the cores (measured 5–8% slower).
     """
-    return run_alone(clip, Feeder(segmenter, options, decoders=1, rows=lambda _: rows, overlap=overlap))[0]
+    feeder = Feeder(segmenter, options, decoders=1, rows=lambda _: rows, overlap=overlap)
+    try:
+        return run_alone(clip, feeder)[0]
+    finally:
+        feeder.close()
 
 
 def run_alone(clip: ClipRecord, feeder: Feeder) -> tuple[ClipStatus, ClipRows | None]:

@@ -224,7 +224,8 @@ class Segmenter(Protocol):
     one batch of `capacity`, its work queued (on a GPU), so that the caller can queue the next batch before it
     waits for this one's masks; the feeder then holds one batch launched (masks/feed.py), and has its decoders
     write frames into the memory `frame_memory(budget) -> FrameMemory | None` gives where it gives one (pinned
-    memory while `budget(frame_bytes)` bytes hold it, from which the pieces cross to the GPU as they are)."""
+    memory while `budget(frame_bytes)` bytes hold it, from which the pieces cross to the GPU as they are; its
+    `close()`, where it has one, is called when the feeder is done)."""
 
     names: Mapping[int, str]
 

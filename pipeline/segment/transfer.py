@@ -45,7 +45,8 @@ class PinnedFrames:
         self._cached: collections.Counter[int] = collections.Counter()  # blocks freed and not taken again, by size
         self._freed: collections.deque[int] = collections.deque()  # blocks freed since last counted (a finalizer
         # only appends, which needs no lock: it may run in any thread, this one too, while the lock is held)
-        self._shares: set[FramesShare] = set()  # the open ones, whose budgets hold
+        self._shares: weakref.WeakSet[FramesShare] = weakref.WeakSet()  # the open ones, whose budgets hold (one
+        # dropped without being closed holds until it is collected)
         self._lock = threading.Lock()
         self.counted = pinned_bytes() is not None  # whether this torch counts pinned memory at all
         if not self.counted:
