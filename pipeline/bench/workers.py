@@ -1,0 +1,102 @@
+"""`python -m pipeline.bench workers`: the CPU masks stage as `make masks` places it, in `--workers` local Dask
+workers (each on its share of the cores, as a run keys it), against the bare forward of the same model in every
+worker at once. The bench's own stage figure runs in its process on every core; a real CPU run does not, and what
+slows only workers (Dask's trim setting: docs/PERFORMANCE.md, fifteenth session) shows only here.
+
+Both rates are in the workers' own time and added over them: the stage's frames over the seconds its shards took
+in each worker (the run's start, and the tail where one worker waits for another, which a long run does not
+have, are left out; a worker that runs that tail alone runs it faster), and the forward's frames over its
+seconds, all workers at once, on the first clip's batches as the stage cuts them (unpadded, as the bench's
+forward). The clips are shards of one clip each, placed by the hash of their ids. Stage and forward alternate for
+`--rounds`; the best of each counts, as in the bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from pipeline.atomic import write_json
+from pipeline.bench.clips import make_clips, write_listing
+from pipeline.bench.masks_bench import CALIBRATION_FRAMES, PANS, realistic_spec, spread
+from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.executor import ExecOptions, dask_client
+from pipeline.masks import MasksConfig, run_masks
+from pipeline.masks.runner import worker_spec
+from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+def bare_forward(spec: SegmenterSpec, clip: Path, decode: DecodeOptions, seconds: float) -> float:
+    """Frames/s of the stage's model (as this worker loaded it) on the clip's batches, over about `seconds`."""
+    import torch
+
+    segmenter = load_segmenter(spec)
+    if spec.threads:  # as the stage sets it for each shard
+        torch.set_num_threads(spec.threads)
+    device = segmenter.on_device
+    inputs = [device.prepare(batch.frames)[0] for batch in VideoDecoder(clip, decode)]
+    device.forward(inputs[0])  # warm-up
+    frames, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or not frames:
+        for x in inputs:
+            device.forward(x)
+            frames += len(x)
+    return frames / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench workers", description=__doc__)
+    parser.add_argument("--model", default="yolo11n-seg.yaml", help="weights (.pt) or an architecture (.yaml)")
+    parser.add_argument("--size", default="340x256", help="WxH")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=60, help="frames per clip")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--instances", type=float, default=8, help="a .yaml model's instances per frame")
+    parser.add_argument("--workers", type=int, default=2, help="local workers, as WORKERS (make masks: 2)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0, help="the forward's time in each round")
+    parser.add_argument("--work", type=Path, default=Path("bench/workers"), help="clips and runs (emptied runs)")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-workers.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pipeline.bench").setLevel(logging.INFO)  # each round's figures, on stderr
+    width, height = (int(n) for n in args.size.split("x"))
+    decode, root = DecodeOptions(batch=args.batch), args.work / f"{width}x{height}"
+    sources = make_clips(root / "data", range(args.clips), args.frames, width, height, pans=PANS)
+    write_listing(root / "data", sources)
+    spec = resolve_weights(SegmenterSpec(model=args.model, device="cpu"))
+    if spec.model.endswith((".yaml", ".yml")):  # made lively as the bench makes it, on both camera moves
+        calibration = spread(sources[:PANS], decode, args.frames, max(args.batch, CALIBRATION_FRAMES))
+        spec = realistic_spec(spec, calibration, root, instances=args.instances)
+    config = MasksConfig(dataset="kinetics400", root=root / "data", out=root / "run", segmenter=spec, decode=decode,
+                         execution=ExecOptions(workers=args.workers), shard_size=1, overwrite=True)
+    spec = worker_spec(config)  # each worker's share of the cores, as `make masks` keys it
+    rounds = []
+    with dask_client(config.execution) as client:
+        config = dataclasses.replace(config, segmenter=spec, execution=ExecOptions(scheduler=client.scheduler.address))
+        run_masks(config, progress=False)  # each worker that ran a shard loads the model
+        for _ in range(args.rounds):
+            summary = run_masks(config, progress=False)
+            stage = {name: worker["frames_per_s"] for name, worker in summary.workers.items()}
+            futures = [client.submit(bare_forward, spec, sources[0], decode, args.seconds, pure=False,
+                                     workers=[address]) for address in client.scheduler_info()["workers"]]
+            forward = [future.result() for future in futures]
+            rounds.append({"stage_in_shards": stage, "forward": [round(f, 1) for f in forward],
+                           "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2),
+                           "peak_rss_mb": {name: worker["peak_rss_mb"] for name, worker in summary.workers.items()}})
+            log.info("%d workers: stage %.1f, forward %.1f frames/s", args.workers, sum(stage.values()), sum(forward))
+    best_stage = max(sum(r["stage_in_shards"].values()) for r in rounds)
+    best_forward = max(sum(r["forward"]) for r in rounds)
+    report = {"model": args.model, "size": args.size, "clips": args.clips, "frames": args.frames,
+              "batch": args.batch, "workers": args.workers, "threads": spec.threads, "conf": spec.conf,
+              "rounds": rounds, "stage_frames_per_s": round(best_stage, 1),
+              "forward_frames_per_s": round(best_forward, 1), "stage_vs_forward": round(best_stage / best_forward, 3)}
+    write_json(args.out, report)
+    print(f"stage {best_stage:.1f} frames/s in {args.workers} workers, their forward {best_forward:.1f}: "
+          f"{best_stage / best_forward:.3f}")
+    return report
