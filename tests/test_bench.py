@@ -409,16 +409,20 @@ def test_a_lively_models_class_logits_are_scaled_into_conf_s_search(tmp_path, mo
 
 def test_the_workers_probe_times_the_stage_in_local_workers_against_their_forward_at_once(tmp_path):
     """The CPU stage as `make masks` places it: in two local workers (not this process), each on its share of the
-    cores, and the bare forward in both."""
+    cores, one clip a shard, both workers running shards; and the bare forward in both."""
     from pipeline.bench.workers import main as workers
+    from pipeline.gpu_workers import available_cores
 
     report = workers(["--size", "96x64", "--clips", "4", "--frames", "8", "--batch", "4", "--rounds", "1",
                       "--seconds", "0.2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "workers.json")])
     assert json.loads((tmp_path / "workers.json").read_text()) == report
     (done,) = report["rounds"]
     assert len(done["forward"]) == 2 and min(done["forward"]) > 0
-    assert done["stage_in_shards"]
-    assert all(int(name.rsplit(":", 1)[1]) != os.getpid() for name in done["stage_in_shards"])  # not in this process
-    assert report["threads"] == max(1, (os.cpu_count() or 1) // 2)
-    assert report["stage_frames_per_s"] == round(sum(done["stage_in_shards"].values()), 1) > 0
-    assert report["stage_vs_forward"] == round(report["stage_frames_per_s"] / sum(done["forward"]), 3)
+    ran = done["workers"]
+    assert len(ran) == 2 and sum(w["shards"] for w in ran.values()) == 4
+    assert all(w["frames"] == 8 * w["shards"] for w in ran.values())  # one clip a shard
+    assert sorted(int(name.rsplit(":", 1)[1]) for name in ran) == report["worker_pids"]
+    assert os.getpid() not in report["worker_pids"]
+    assert report["threads"] == max(1, available_cores() // 2)
+    assert report["stage_frames_per_s"] == round(sum(w["frames_per_s"] for w in ran.values()), 1) > 0
+    assert report["stage_vs_forward"] == round(report["stage_frames_per_s"] / report["forward_frames_per_s"], 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 
@@ -27,8 +28,8 @@ def make_clip(root: Path, index: int, frames: int, width: int, height: int, *, p
     return path
 
 
-def make_clips(root: Path, indexes: range, frames: int, width: int = 340, height: int = 256, *, pans: int = 0
-               ) -> list[Path]:
+def make_clips(root: Path, indexes: Sequence[int], frames: int, width: int = 340, height: int = 256, *,
+               pans: int = 0) -> list[Path]:
     """The clips of these indexes (`make_clip`), a few at a time (each is encoded on one thread, and holds its
     frames)."""
     threads = max(1, min(4, (os.cpu_count() or 1), len(indexes)))

@@ -7,7 +7,8 @@ Both rates are in the workers' own time and added over them: the stage's frames 
 in each worker (the run's start, and the tail where one worker waits for another, which a long run does not
 have, are left out; a worker that runs that tail alone runs it faster), and the forward's frames over its
 seconds, all workers at once, on the first clip's batches as the stage cuts them (unpadded, as the bench's
-forward). The clips are shards of one clip each, placed by the hash of their ids. Stage and forward alternate for
+forward). The clips are picked so that each is a shard of its own (shards are placed by a hash of the clip's id),
+so that the workers share them evenly and only the last may run alone. Stage and forward alternate for
 `--rounds`; the best of each counts, as in the bench.
 """
 
@@ -15,20 +16,43 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
+import os
 import time
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.bench.clips import make_clips, write_listing
+from pipeline.bench.clips import clip_path, make_clips, write_listing
 from pipeline.bench.masks_bench import CALIBRATION_FRAMES, PANS, realistic_spec, spread
 from pipeline.decode import DecodeOptions, VideoDecoder
+from pipeline.engine.layout import Layout
 from pipeline.executor import ExecOptions, dask_client
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.masks.runner import worker_spec
 from pipeline.segment import SegmenterSpec, load_segmenter, resolve_weights
 
 log = logging.getLogger(__name__)
+
+
+def one_clip_a_shard(clips: int) -> list[int]:
+    """Indexes of `clips` bench clips (`clip_path`) that a run with shards of one clip lays out one to a shard."""
+    layout, found, index = Layout(shard_size=1, buckets={"train": clips}), {}, 0
+    while len(found) < clips:
+        (shard,) = layout.assign([index], group=lambda _: "train", key=lambda i: clip_path(Path(), i).stem)
+        found.setdefault(shard, index)
+        index += 1
+    return sorted(found.values())
+
+
+def stage_rate(done: dict) -> float:
+    """A round's stage frames/s: each worker's frames over its shards' seconds, added."""
+    return sum(worker["frames_per_s"] for worker in done["workers"].values())
+
+
+def load(spec: SegmenterSpec) -> None:
+    """The stage's model loaded in this worker (cached for its shards), so that no timed shard loads it."""
+    load_segmenter(spec)
 
 
 def bare_forward(spec: SegmenterSpec, clip: Path, decode: DecodeOptions, seconds: float) -> float:
@@ -42,10 +66,11 @@ def bare_forward(spec: SegmenterSpec, clip: Path, decode: DecodeOptions, seconds
     inputs = [device.prepare(batch.frames)[0] for batch in VideoDecoder(clip, decode)]
     device.forward(inputs[0])  # warm-up
     frames, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or not frames:
-        for x in inputs:
-            device.forward(x)
-            frames += len(x)
+    batches = itertools.cycle(inputs)
+    while time.perf_counter() - started < seconds or not frames:  # checked each batch: the workers end together
+        x = next(batches)
+        device.forward(x)
+        frames += len(x)
     return frames / (time.perf_counter() - started)
 
 
@@ -66,36 +91,44 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pipeline.bench").setLevel(logging.INFO)  # each round's figures, on stderr
     width, height = (int(n) for n in args.size.split("x"))
-    decode, root = DecodeOptions(batch=args.batch), args.work / f"{width}x{height}"
-    sources = make_clips(root / "data", range(args.clips), args.frames, width, height, pans=PANS)
+    decode, root = DecodeOptions(batch=args.batch), (args.work / f"{width}x{height}").absolute()
+    indexes = one_clip_a_shard(args.clips)  # both camera moves among them: the index's parity picks it
+    sources = make_clips(root / "data", indexes, args.frames, width, height, pans=PANS)
     write_listing(root / "data", sources)
     spec = resolve_weights(SegmenterSpec(model=args.model, device="cpu"))
     if spec.model.endswith((".yaml", ".yml")):  # made lively as the bench makes it, on both camera moves
-        calibration = spread(sources[:PANS], decode, args.frames, max(args.batch, CALIBRATION_FRAMES))
-        spec = realistic_spec(spec, calibration, root, instances=args.instances)
+        moves = [next(path for path, index in zip(sources, indexes) if index % PANS == move) for move in range(PANS)]
+        calibration = spread(moves, decode, args.frames, max(args.batch, CALIBRATION_FRAMES))
+        spec = resolve_weights(realistic_spec(spec, calibration, root, instances=args.instances))
     config = MasksConfig(dataset="kinetics400", root=root / "data", out=root / "run", segmenter=spec, decode=decode,
                          execution=ExecOptions(workers=args.workers), shard_size=1, overwrite=True)
     spec = worker_spec(config)  # each worker's share of the cores, as `make masks` keys it
+    if resolve_weights(spec) != spec:  # run_masks resolves it: a second model, not the one timed here
+        raise RuntimeError(f"the stage would load {resolve_weights(spec).model!r}, not {spec.model!r}")
     rounds = []
     with dask_client(config.execution) as client:
         config = dataclasses.replace(config, segmenter=spec, execution=ExecOptions(scheduler=client.scheduler.address))
-        run_masks(config, progress=False)  # each worker that ran a shard loads the model
+        pids = sorted(client.run(os.getpid).values())
+        client.run(load, spec)  # every worker, whether or not the warm-up run gives it a shard
+        run_masks(config, progress=False)  # warm-up: each worker's first shards
         for _ in range(args.rounds):
             summary = run_masks(config, progress=False)
-            stage = {name: worker["frames_per_s"] for name, worker in summary.workers.items()}
+            if len(summary.workers) != args.workers:
+                raise RuntimeError(f"{len(summary.workers)} of {args.workers} workers ran the stage's shards: "
+                                   "give it more --clips")
             futures = [client.submit(bare_forward, spec, sources[0], decode, args.seconds, pure=False,
                                      workers=[address]) for address in client.scheduler_info()["workers"]]
-            forward = [future.result() for future in futures]
-            rounds.append({"stage_in_shards": stage, "forward": [round(f, 1) for f in forward],
-                           "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2),
-                           "peak_rss_mb": {name: worker["peak_rss_mb"] for name, worker in summary.workers.items()}})
-            log.info("%d workers: stage %.1f, forward %.1f frames/s", args.workers, sum(stage.values()), sum(forward))
-    best_stage = max(sum(r["stage_in_shards"].values()) for r in rounds)
-    best_forward = max(sum(r["forward"]) for r in rounds)
+            forward = [round(future.result(), 1) for future in futures]
+            rounds.append({"workers": summary.workers, "forward": forward,
+                           "instances_per_frame": round(summary.totals["instances"] / max(1, summary.frames), 2)})
+            log.info("%d workers: stage %.1f, forward %.1f frames/s", args.workers, stage_rate(rounds[-1]),
+                     sum(forward))
+    best_stage = round(max(stage_rate(r) for r in rounds), 1)
+    best_forward = round(max(sum(r["forward"]) for r in rounds), 1)
     report = {"model": args.model, "size": args.size, "clips": args.clips, "frames": args.frames,
-              "batch": args.batch, "workers": args.workers, "threads": spec.threads, "conf": spec.conf,
-              "rounds": rounds, "stage_frames_per_s": round(best_stage, 1),
-              "forward_frames_per_s": round(best_forward, 1), "stage_vs_forward": round(best_stage / best_forward, 3)}
+              "batch": args.batch, "workers": args.workers, "worker_pids": pids, "threads": spec.threads,
+              "conf": spec.conf, "rounds": rounds, "stage_frames_per_s": best_stage,
+              "forward_frames_per_s": best_forward, "stage_vs_forward": round(best_stage / best_forward, 3)}
     write_json(args.out, report)
     print(f"stage {best_stage:.1f} frames/s in {args.workers} workers, their forward {best_forward:.1f}: "
           f"{best_stage / best_forward:.3f}")
