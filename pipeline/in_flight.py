@@ -59,5 +59,6 @@ def pinned_budget(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1
 def pinned_for_frames(options: DecodeOptions, *, decoders: int, frame_bytes: int = 1) -> int:
     """Bytes of pinned memory a GPU feeder's decoders write frames into, at most: what the frames it holds take
     (kept to by `transfer.PinnedFrames`, counting torch's blocks as torch rounds and caches them, one count for the
-    process's open feeders, held to the largest of their budgets; past it, ordinary memory, and those batches are staged)."""
+    process's open feeders, held to the largest of their budgets; past it, ordinary memory, and those batches are
+    staged)."""
     return frames_held(options, decoders=decoders, overlap=True, frame_bytes=frame_bytes) * frame_bytes
