@@ -411,7 +411,10 @@ def test_the_workers_probe_times_the_stage_in_local_workers_against_their_forwar
     """The CPU stage as `make masks` places it: in two local workers (not this process), each on its share of the
     cores, one clip a shard, both workers running shards; and the bare forward in both."""
     from pipeline.bench.workers import main as workers
+    from pipeline.bench.workers import one_clip_a_shard
     from pipeline.gpu_workers import available_cores
+
+    assert sum(index % 2 for index in one_clip_a_shard(8)) == 4  # half of each camera move, as the bench's clips
 
     report = workers(["--size", "96x64", "--clips", "4", "--frames", "8", "--batch", "4", "--rounds", "1",
                       "--seconds", "0.2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "workers.json")])

@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from pipeline.atomic import write_json
 from pipeline.bench.clips import clip_path, make_clips, write_listing
 from pipeline.bench.masks_bench import CALIBRATION_FRAMES, PANS, realistic_spec, spread
 from pipeline.decode import DecodeOptions, VideoDecoder
-from pipeline.engine.layout import Layout
+from pipeline.engine.layout import Layout, new_buckets
 from pipeline.executor import ExecOptions, dask_client
 from pipeline.masks import MasksConfig, run_masks
 from pipeline.masks.runner import worker_spec
@@ -36,11 +37,16 @@ log = logging.getLogger(__name__)
 
 
 def one_clip_a_shard(clips: int) -> list[int]:
-    """Indexes of `clips` bench clips (`clip_path`) that a run with shards of one clip lays out one to a shard."""
-    layout, found, index = Layout(shard_size=1, buckets={"train": clips}), {}, 0
+    """Indexes of `clips` bench clips (`clip_path`) that a new run with shards of one clip lays out one to a shard,
+    half of them of each camera move (`PANS`: the index's parity), as the bench's own clips."""
+    layout = Layout(shard_size=1, buckets=new_buckets({"train": clips}, 1))
+    wanted = {move: len(range(move, clips, PANS)) for move in range(PANS)}
+    found, index = {}, 0
     while len(found) < clips:
         (shard,) = layout.assign([index], group=lambda _: "train", key=lambda i: clip_path(Path(), i).stem)
-        found.setdefault(shard, index)
+        if shard not in found and wanted[index % PANS]:
+            found[shard] = index
+            wanted[index % PANS] -= 1
         index += 1
     return sorted(found.values())
 
@@ -85,14 +91,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2, help="local workers, as WORKERS (make masks: 2)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="the forward's time in each round")
-    parser.add_argument("--work", type=Path, default=Path("bench/workers"), help="clips and runs (emptied runs)")
+    parser.add_argument("--work", type=Path, default=Path("bench/workers"),
+                        help="its clips and its run (the run folder removed first)")
     parser.add_argument("--out", type=Path, default=Path("out/bench-workers.json"))
     args = parser.parse_args(argv)
+    if args.clips < max(PANS, args.workers):
+        parser.error(f"--clips {args.clips}: at least {max(PANS, args.workers)} (each camera move, and a shard "
+                     "for each worker)")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pipeline.bench").setLevel(logging.INFO)  # each round's figures, on stderr
     width, height = (int(n) for n in args.size.split("x"))
     decode, root = DecodeOptions(batch=args.batch), (args.work / f"{width}x{height}").absolute()
-    indexes = one_clip_a_shard(args.clips)  # both camera moves among them: the index's parity picks it
+    shutil.rmtree(root / "run", ignore_errors=True)  # a layout recorded for other clips would not be one to a shard
+    indexes = one_clip_a_shard(args.clips)
     sources = make_clips(root / "data", indexes, args.frames, width, height, pans=PANS)
     write_listing(root / "data", sources)
     spec = resolve_weights(SegmenterSpec(model=args.model, device="cpu"))
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
             if len(summary.workers) != args.workers:
                 raise RuntimeError(f"{len(summary.workers)} of {args.workers} workers ran the stage's shards: "
                                    "give it more --clips")
+            if any(w["frames"] != args.frames * w["shards"] for w in summary.workers.values()):
+                raise RuntimeError(f"{root / 'run'}: shards of more than one clip ({summary.workers})")
             futures = [client.submit(bare_forward, spec, sources[0], decode, args.seconds, pure=False,
                                      workers=[address]) for address in client.scheduler_info()["workers"]]
             forward = [round(future.result(), 1) for future in futures]
