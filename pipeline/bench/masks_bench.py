@@ -194,6 +194,16 @@ def shard_segmenter(run_dir: Path) -> dict[str, str | int]:
     return meta
 
 
+def calibrated(spec: SegmenterSpec, moves: list[Path], decode: DecodeOptions, frames: int, folder: Path, *,
+               instances: float) -> SegmenterSpec:
+    """A .yaml model made lively (`realistic_spec`) on frames spread over one clip of each camera move, their
+    whole pans (`frames` each), at least CALIBRATION_FRAMES of them; any other spec as it is."""
+    if not spec.model.endswith((".yaml", ".yml")):
+        return spec
+    calibration = spread(moves, decode, frames, max(decode.batch, CALIBRATION_FRAMES))
+    return realistic_spec(spec, calibration, folder, instances=instances)
+
+
 def spread(sources: list[Path], decode: DecodeOptions, frames: int, count: int) -> FrameBatch:
     """About `count` frames spread evenly over these clips of `frames` frames each, as one batch."""
     keep = set(np.linspace(0, frames - 1, max(1, count // len(sources))).astype(int).tolist())
@@ -235,9 +245,7 @@ def bench_size(folder: Path, spec: SegmenterSpec, place: StagePlace, *, width: i
     make_per_frame = (time.perf_counter() - started) / (frames * len(early))
     first = next(iter(VideoDecoder(first_clip, decode)))
     spec = resolve_weights(spec)  # as the stage names it: one model for both (a relative .pt made absolute)
-    if spec.model.endswith((".yaml", ".yml")):  # calibrated over both photos, their whole pans
-        calibration = spread(early, decode, frames, max(batch, CALIBRATION_FRAMES))
-        spec = realistic_spec(spec, calibration, folder, instances=instances)
+    spec = calibrated(spec, early, decode, frames, folder, instances=instances)
     # on a CPU, the thread count the stage runs on and keys its run by: one model for the stage and the figures here
     spec = worker_spec(MasksConfig(dataset="kinetics400", segmenter=spec, execution=place.execution))
     segmenter = load_segmenter(spec)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.bench.clips import clip_path, make_clips, write_listing
-from pipeline.bench.masks_bench import CALIBRATION_FRAMES, PANS, realistic_spec, spread
+from pipeline.bench.masks_bench import PANS, calibrated
 from pipeline.decode import DecodeOptions, VideoDecoder
 from pipeline.engine.layout import Layout, new_buckets
 from pipeline.executor import ExecOptions, dask_client
@@ -107,10 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     sources = make_clips(root / "data", indexes, args.frames, width, height, pans=PANS)
     write_listing(root / "data", sources)
     spec = resolve_weights(SegmenterSpec(model=args.model, device="cpu"))
-    if spec.model.endswith((".yaml", ".yml")):  # made lively as the bench makes it, on both camera moves
-        moves = [next(path for path, index in zip(sources, indexes) if index % PANS == move) for move in range(PANS)]
-        calibration = spread(moves, decode, args.frames, max(args.batch, CALIBRATION_FRAMES))
-        spec = resolve_weights(realistic_spec(spec, calibration, root, instances=args.instances))
+    moves = [next(path for path, index in zip(sources, indexes) if index % PANS == move) for move in range(PANS)]
+    spec = resolve_weights(calibrated(spec, moves, decode, args.frames, root, instances=args.instances))
     config = MasksConfig(dataset="kinetics400", root=root / "data", out=root / "run", segmenter=spec, decode=decode,
                          execution=ExecOptions(workers=args.workers), shard_size=1, overwrite=True)
     spec = worker_spec(config)  # each worker's share of the cores, as `make masks` keys it
